@@ -1,0 +1,3 @@
+"""dslc: a declarative language for neural networks, compiled to PyTorch and ONNX."""
+
+__version__ = "0.1.0"

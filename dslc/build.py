@@ -1,0 +1,144 @@
+"""`dslc build`: check -> emit PyTorch -> export ONNX -> verify, then publish the files.
+
+Everything is produced in a staging folder inside the output directory and moved into place only
+after every ONNX graph has been verified, so a failed build leaves no half-written output.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dslc import __version__, ir
+from dslc.checker import check_file
+from dslc.emit_torch import emit_program
+from dslc.errors import error
+from dslc.fileio import write_atomic
+
+
+@dataclass
+class ModelReport:
+    name: str
+    onnx: str
+    params: int
+    nodes: int
+    max_abs_diff: float | None
+    verified: bool
+    runs: list[dict[str, int]] = field(default_factory=list)
+
+
+@dataclass
+class BuildResult:
+    program: ir.ProgramIR
+    python_path: Path
+    models: list[ModelReport]
+
+
+def load_generated(path: Path) -> types.ModuleType:
+    """Import a generated file under a private module name."""
+    name = f"dslc_generated_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def build(
+    spec: str | Path,
+    out_dir: str | Path,
+    overrides: list[str] | None = None,
+    export_onnx: bool = True,
+    verify_onnx: bool = True,
+    seed: int = 0,
+    state_dicts: dict[str, Any] | None = None,
+) -> BuildResult:
+    program = check_file(spec, overrides)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(spec).stem
+    staging = Path(tempfile.mkdtemp(prefix=".dslc-build-", dir=out))
+    try:
+        python_path = staging / f"{stem}.py"
+        python_path.write_text(emit_program(program), encoding="utf-8")
+        reports = []
+        if export_onnx:
+            reports = _export_all(program, python_path, staging, verify_onnx, seed, state_dicts or {})
+        manifest = _manifest(program, stem, reports)
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        for item in staging.iterdir():
+            os.replace(item, out / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return BuildResult(program, out / f"{stem}.py", reports)
+
+
+def _export_all(program, python_path, staging, verify_onnx, seed, state_dicts) -> list[ModelReport]:
+    import torch
+
+    from dslc.export_onnx import export
+    from dslc.verify import verify
+
+    generated = load_generated(python_path)
+    reports = []
+    for module in program.exported:
+        torch.manual_seed(seed)
+        model = generated.MODELS[module.spec_name]()
+        if module.spec_name in state_dicts:
+            model.load_state_dict(state_dicts[module.spec_name])
+        model.eval()
+        onnx_path = staging / f"{module.spec_name}.onnx"
+        try:
+            exported = export(model, program, module, onnx_path)
+        except Exception as exc:
+            raise error(module.loc, f"ONNX export of '{module.spec_name}' failed: {str(exc).splitlines()[0]}") from exc
+        report = ModelReport(module.spec_name, onnx_path.name, module.param_count, exported.nodes, None, False)
+        if verify_onnx:
+            checked = verify(model, module, onnx_path)
+            if not checked.passed:
+                raise error(module.loc, f"ONNX verification of '{module.spec_name}' failed: " + "; ".join(checked.problems))
+            report.max_abs_diff, report.verified, report.runs = checked.max_abs_diff, True, checked.runs
+        reports.append(report)
+    return reports
+
+
+def _manifest(program: ir.ProgramIR, stem: str, reports: list[ModelReport]) -> dict[str, Any]:
+    from dslc.export_onnx import port_json
+
+    by_name = {r.name: r for r in reports}
+    models = []
+    for module in program.exported:
+        entry: dict[str, Any] = {
+            "name": module.spec_name,
+            "class": module.class_name,
+            "params": module.param_count,
+            "inputs": [port_json(p) for p in module.inputs],
+            "outputs": [port_json(p) for p in module.outputs],
+        }
+        report = by_name.get(module.spec_name)
+        if report:
+            entry.update(onnx=report.onnx, nodes=report.nodes, verified=report.verified, max_abs_diff=report.max_abs_diff)
+        if program.labels.get(module.spec_name):
+            entry["labels"] = program.labels[module.spec_name]
+        models.append(entry)
+    return {
+        "dslc_version": __version__,
+        "spec": Path(program.path).name,
+        "spec_sha256": program.sha256,
+        "python": f"{stem}.py",
+        "models": models,
+    }
+
+
+def write_python(spec: str | Path, out_path: str | Path, overrides: list[str] | None = None) -> ir.ProgramIR:
+    program = check_file(spec, overrides)
+    write_atomic(out_path, emit_program(program))
+    return program

@@ -1,0 +1,1023 @@
+"""Name resolution and shape/dtype inference: syntax tree -> IR.
+
+Every block is checked once per distinct instantiation (hyperparameters and input types), with
+concrete sizes, so every layer's shape is known at compile time. Errors are collected per
+statement: a failed statement poisons its targets and checking goes on, so one run reports
+several independent mistakes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dslc import ast, ir
+from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error
+from dslc.layers import REGISTRY, AxisName, Op, ShapeError
+from dslc.loader import FileScope, Loader, check_identifier, parse_override
+from dslc.shapes import DTYPES, Sym, TensorType, broadcast
+
+STATIC_OPS = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": operator.truediv,
+    "//": operator.floordiv,
+    "%": operator.mod,
+    "**": operator.pow,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+COMPARISONS = {"==", "!=", "<", "<=", ">", ">="}
+PARAM_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+class Poison:
+    """The value of a name whose statement failed: using it reports nothing more."""
+
+
+POISON = Poison()
+
+
+class _Abort(Exception):
+    """Stops checking the current statement after an error was reported."""
+
+
+@dataclass
+class LayerInstance:
+    """A named submodule, so a later stage can reuse it (shared weights)."""
+
+    attr: str
+    key: Any  # what the instance was built for; a reuse must match it
+    make_call: Any  # (inputs) -> ir.Expr
+
+
+def check_file(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> ir.ProgramIR:
+    """Parse, resolve and check a spec and its imports. Raises DslcError with every problem found."""
+    if isinstance(overrides, list):
+        overrides = dict(parse_override(o) for o in overrides)
+    checker = Checker()
+    loader = Loader(checker.evaluate_const)
+    checker.reporter = loader.reporter
+    try:
+        root = loader.load(path, overrides)
+    except DslcError as exc:
+        loader.reporter.extend(exc)
+        loader.reporter.raise_if_errors()
+        raise
+    loader.reporter.raise_if_errors()
+    program = checker.check_root(root)
+    loader.reporter.raise_if_errors()
+    return program
+
+
+class Checker:
+    def __init__(self) -> None:
+        self.reporter = Reporter()
+        self.modules: list[ir.ModuleIR] = []
+        self.specializations: dict[Any, ir.ModuleIR] = {}
+        self.class_names: set[str] = set()
+        self.in_progress: list[str] = []
+
+    # ------------------------------------------------------------ constants
+
+    def evaluate_const(self, expr: ast.Expr, scope: FileScope) -> Any:
+        body = BodyChecker(self, None, scope, {}, None)
+        value = body.ev(expr)
+        if isinstance(value, ir.Expr) or isinstance(value, (Sym, LayerInstance)):
+            raise error(expr.loc, "a constant must be a number, bool, string or tuple")
+        return value
+
+    # ------------------------------------------------------------ program
+
+    def check_root(self, root: FileScope) -> ir.ProgramIR:
+        models: list[str] = []
+        for block in root.own_blocks():
+            if block.is_model:
+                try:
+                    module = self.instantiate(block, root, {}, None, block.loc)
+                    models.append(module.class_name)
+                except DslcError as exc:
+                    self.reporter.extend(exc)
+            else:
+                self._check_block_alone(block, root)
+        if not models and not self.reporter.diagnostics:
+            self.reporter.error(Loc(root.path, 1, 1), "the spec defines no model", "add `model NAME { ... }`")
+        source = root.program.source
+        return ir.ProgramIR(
+            path=root.path,
+            source=source,
+            sha256=hashlib.sha256(source.encode()).hexdigest(),
+            doc=root.program.doc,
+            modules=list(self.modules),
+            models=models,
+            constants=dict(root.consts),
+            train=next((i for i in root.program.items if isinstance(i, ast.TrainDef)), None),
+        )
+
+    def _check_block_alone(self, block: ast.BlockDef, scope: FileScope) -> None:
+        """Check a block's parameters and defaults even if no model uses it."""
+        for param in block.params:
+            if param.type not in PARAM_TYPES:
+                self.reporter.error(param.loc, f"unknown parameter type '{param.type}'", "use int, float, bool or str")
+
+    def instantiate(
+        self,
+        block: ast.BlockDef,
+        scope: FileScope,
+        hyper: dict[str, Any],
+        input_types: list[TensorType] | None,
+        loc: Loc,
+    ) -> ir.ModuleIR:
+        key = (id(block), tuple(sorted(hyper.items())), tuple(input_types or ()))
+        if key in self.specializations:
+            return self.specializations[key]
+        if block.name in self.in_progress:
+            raise error(loc, f"'{block.name}' uses itself")
+        self.in_progress.append(block.name)
+        try:
+            module = BodyChecker(self, block, scope, hyper, input_types).run()
+        finally:
+            self.in_progress.pop()
+        self.specializations[key] = module
+        self.modules.append(module)
+        return module
+
+    def class_name_for(self, block: ast.BlockDef) -> str:
+        base = "".join(p[:1].upper() + p[1:] for p in block.name.split("_") if p) if block.is_model else block.name
+        name, n = base, 2
+        while name in self.class_names:
+            name, n = f"{base}{n}", n + 1
+        self.class_names.add(name)
+        return name
+
+
+class BodyChecker:
+    """Checks one instantiation of a model or block body and builds its ModuleIR."""
+
+    def __init__(self, checker: Checker, block: ast.BlockDef | None, scope: FileScope, hyper, input_types):
+        self.checker = checker
+        self.block = block
+        self.scope = scope
+        self.hyper = hyper
+        self.input_types = input_types
+        self.env: dict[str, Any] = dict(hyper)
+        self.dims: dict[str, Any] = {}
+        self.body: list[ir.Stmt] = []
+        self.submodules: list[ir.Submodule] = []
+        self.collect: list[list[ir.Submodule]] = [self.submodules]
+        self.records: list[ir.LayerRecord] = []
+        self.helpers: set[str] = set()
+        self.attrs: set[str] = set()
+        self.locals: set[str] = set()
+        self.inputs: list[ir.Port] = []
+        self.outputs: list[ir.Port] = []
+        self.current: ast.Stmt | None = None
+        self.reserved = self._named_stages(block.body) if block else set()
+
+    @property
+    def reporter(self) -> Reporter:
+        return self.checker.reporter
+
+    # ------------------------------------------------------------ driver
+
+    def run(self) -> ir.ModuleIR:
+        block = self.block
+        for stmt in block.body:
+            self.statement(stmt)
+        if self.input_types is not None and len(self.inputs) != len(self.input_types):
+            raise error(
+                block.loc,
+                f"'{block.name}' declares {len(self.inputs)} input(s) but is given {len(self.input_types)}",
+            )
+        if not self.outputs:
+            self.reporter.error(block.loc, f"'{block.name}' declares no output", "add `output NAME = ...`")
+        signature = block.name
+        if block.params:
+            signature += "(" + ", ".join(f"{k}={v!r}" for k, v in self.hyper.items()) + ")"
+        return ir.ModuleIR(
+            class_name=self.checker.class_name_for(block),
+            spec_name=block.name,
+            kind="model" if block.is_model else "block",
+            doc=block.doc,
+            signature=signature,
+            loc=block.loc,
+            inputs=self.inputs,
+            outputs=self.outputs,
+            submodules=self.submodules,
+            body=self.body,
+            helpers=self.helpers,
+            records=self.records,
+            comments=block.comments,
+        )
+
+    def statement(self, stmt: ast.Stmt) -> None:
+        self.current = stmt
+        try:
+            if isinstance(stmt, ast.InputDecl):
+                self.input_decl(stmt)
+            elif isinstance(stmt, ast.OutputDecl):
+                self.output_decl(stmt)
+            elif isinstance(stmt, ast.Assign):
+                self.assign(stmt.targets, stmt.value, stmt)
+            elif isinstance(stmt, ast.If):
+                self.if_stmt(stmt)
+        except DslcError as exc:
+            self.reporter.extend(exc)
+            self._poison(stmt)
+        except _Abort:
+            self._poison(stmt)
+
+    def _poison(self, stmt: ast.Stmt) -> None:
+        names = stmt.targets if isinstance(stmt, ast.Assign) else [getattr(stmt, "name", None)]
+        for name in names:
+            if name:
+                self.env[name] = POISON
+
+    def fail(self, loc: Loc, message: str, hint: str | None = None):
+        self.reporter.error(loc, message, hint)
+        raise _Abort
+
+    # ------------------------------------------------------------ statements
+
+    def input_decl(self, stmt: ast.InputDecl) -> None:
+        check_identifier(stmt.name, stmt.loc, "input")
+        self._new_local(stmt.name, stmt.loc)
+        index = len(self.inputs)
+        if self.input_types is not None:
+            if index >= len(self.input_types):
+                self.fail(stmt.loc, f"'{self.block.name}' is given {len(self.input_types)} input(s); this is input {index + 1}")
+            actual = self.input_types[index]
+            declared = self.tensor_type(stmt.type, actual)
+        else:
+            declared = self.tensor_type(stmt.type, None)
+        self.inputs.append(ir.Port(stmt.name, declared, " ".join(stmt.comments)))
+        self.env[stmt.name] = ir.Var([declared], stmt.name)
+
+    def output_decl(self, stmt: ast.OutputDecl) -> None:
+        check_identifier(stmt.name, stmt.loc, "output")
+        if stmt.value is not None:
+            self.assign([stmt.name], stmt.value, stmt)
+        value = self.env.get(stmt.name)
+        if value is None:
+            self.fail(stmt.loc, f"output '{stmt.name}' has no value", f"write `output {stmt.name} = ...`")
+        if value is POISON:
+            raise _Abort
+        if not isinstance(value, ir.Expr):
+            self.fail(stmt.loc, f"output '{stmt.name}' must be a tensor")
+        if stmt.type is not None:
+            declared = self.tensor_type(stmt.type, value.type)
+            if declared != value.type:
+                self.fail(stmt.type.loc, f"output '{stmt.name}' is declared {declared} but computes {value.type}")
+        if any(o.name == stmt.name for o in self.outputs):
+            self.fail(stmt.loc, f"output '{stmt.name}' is declared twice")
+        self.outputs.append(ir.Port(stmt.name, value.type, " ".join(stmt.comments)))
+
+    def if_stmt(self, stmt: ast.If) -> None:
+        for cond, body in stmt.branches:
+            value = self.static(cond, "an if condition")
+            if not isinstance(value, bool):
+                self.fail(cond.loc, f"an if condition must be true or false, got {value!r}")
+            if value:
+                break
+        else:
+            body = stmt.orelse
+        for inner in body:
+            self.statement(inner)
+
+    def assign(self, targets: list[str], value: ast.Expr, stmt: ast.Stmt) -> None:
+        for name in targets:
+            check_identifier(name, stmt.loc, "name")
+        if isinstance(value, ast.Pipe):
+            result = self.pipe(value, targets)
+        else:
+            result = self.ev(value)
+        if isinstance(result, ir.Expr):
+            if len(result.types) != len(targets):
+                self.fail(
+                    stmt.loc,
+                    f"the right side gives {len(result.types)} tensor(s) but {len(targets)} name(s) receive them",
+                )
+            for name in targets:
+                self._new_local(name, stmt.loc, rebind=True)
+            self.emit(ir.Assign(stmt.loc, targets, result))
+            for i, name in enumerate(targets):
+                self.env[name] = ir.Var([result.types[i]], name)
+        elif isinstance(result, Poison):
+            raise _Abort
+        else:
+            if len(targets) == 1:
+                self.env[targets[0]] = result
+            elif isinstance(result, tuple) and len(result) == len(targets):
+                self.env.update(zip(targets, result))
+            else:
+                self.fail(stmt.loc, f"cannot unpack {result!r} into {len(targets)} names")
+
+    def emit(self, stmt: ir.Stmt) -> None:
+        current = self.current
+        if current is not None:
+            if not any(s.loc == current.loc for s in self.body):
+                stmt.comments = list(current.comments)
+            stmt.source = _source_text(self.scope, current.loc)
+        self.body.append(stmt)
+
+    def _new_local(self, name: str, loc: Loc, rebind: bool = False) -> None:
+        if not rebind and name in self.env:
+            self.fail(loc, f"'{name}' is already defined")
+        self.locals.add(name)
+
+    def fresh(self, stem: str) -> str:
+        stem = stem or "h"
+        name, n = stem, 1
+        while name in self.locals or name in self.env:
+            name, n = f"{stem}{n}", n + 1
+        self.locals.add(name)
+        return name
+
+    # ------------------------------------------------------------ types
+
+    def tensor_type(self, texpr: ast.TensorTypeExpr, actual: TensorType | None) -> TensorType:
+        """Evaluate a declared type. Unknown dim names bind to the actual size (or a new symbol)."""
+        if texpr.dtype not in DTYPES:
+            self.fail(texpr.loc, f"unknown dtype '{texpr.dtype}'", did_you_mean(texpr.dtype, DTYPES) or f"use one of {', '.join(DTYPES)}")
+        if actual is not None and actual.dtype != texpr.dtype:
+            self.fail(texpr.loc, f"expected {texpr.dtype}, got {actual}")
+        if actual is not None and actual.rank != len(texpr.dims):
+            self.fail(texpr.loc, f"expected rank {len(texpr.dims)} {texpr.dtype}[...], got {actual}")
+        dims = []
+        for i, dexpr in enumerate(texpr.dims):
+            if isinstance(dexpr, ast.Name) and dexpr.id not in self.env and dexpr.id not in self.scope.consts:
+                if dexpr.id not in self.dims:
+                    self.dims[dexpr.id] = actual.shape[i] if actual is not None else Sym.named(dexpr.id)
+                    if actual is None:
+                        check_identifier(dexpr.id, dexpr.loc, "dimension")
+                dims.append(self.dims[dexpr.id])
+                continue
+            value = self.static(dexpr, "a dimension")
+            if not isinstance(value, (int, Sym)) or isinstance(value, bool):
+                self.fail(dexpr.loc, f"a dimension must be an integer or a name, got {value!r}")
+            if isinstance(value, int) and value < 0:
+                self.fail(dexpr.loc, f"a dimension cannot be negative ({value})")
+            dims.append(value)
+        declared = TensorType(texpr.dtype, tuple(dims))
+        if actual is not None and declared.shape != actual.shape:
+            self.fail(texpr.loc, f"expected {declared}, got {actual}")
+        return declared
+
+    # ------------------------------------------------------------ expressions
+
+    def static(self, expr: ast.Expr, what: str) -> Any:
+        value = self.ev(expr)
+        if isinstance(value, ir.Expr):
+            self.fail(expr.loc, f"{what} must be known at compile time, but this is a tensor")
+        if isinstance(value, Poison):
+            raise _Abort
+        return value
+
+    def tensor(self, expr: ast.Expr) -> ir.Expr:
+        value = self.ev(expr)
+        if isinstance(value, Poison):
+            raise _Abort
+        if not isinstance(value, ir.Expr):
+            self.fail(expr.loc, f"expected a tensor, got {value!r}")
+        return value
+
+    def ev(self, expr: ast.Expr) -> Any:
+        """Evaluate an expression: a static value (int, float, str, tuple, ...) or a tensor ir.Expr."""
+        if isinstance(expr, (ast.Num, ast.Str, ast.Bool)):
+            return expr.value
+        if isinstance(expr, ast.NoneLit):
+            return None
+        if isinstance(expr, ast.Name):
+            return self.name(expr)
+        if isinstance(expr, (ast.TupleLit, ast.ListLit)):
+            items = [self.ev(e) for e in expr.items]
+            if any(isinstance(i, Poison) for i in items):
+                raise _Abort
+            if any(isinstance(i, ir.Expr) for i in items):
+                return _TensorList(items)
+            return tuple(items)
+        if isinstance(expr, ast.BinOp):
+            return self.binop(expr)
+        if isinstance(expr, ast.UnaryOp):
+            return self.unary(expr)
+        if isinstance(expr, ast.Call):
+            return self.call(expr)
+        if isinstance(expr, ast.Index):
+            return self.index(expr)
+        if isinstance(expr, ast.Pipe):
+            return self.pipe(expr, None)
+        self.fail(expr.loc, f"unsupported expression {type(expr).__name__}")
+
+    def name(self, expr: ast.Name) -> Any:
+        if expr.id in self.env:
+            value = self.env[expr.id]
+            if isinstance(value, Poison):
+                raise _Abort
+            if isinstance(value, LayerInstance):
+                self.fail(expr.loc, f"'{expr.id}' is a layer; apply it with `x -> {expr.id}`")
+            return value
+        if expr.id in self.dims:
+            return self.dims[expr.id]
+        if expr.id in self.scope.consts:
+            return self.scope.consts[expr.id]
+        if self.scope.lookup_block(expr.id):
+            self.fail(expr.loc, f"'{expr.id}' is a block; use it in a pipeline: x -> {expr.id}(...)")
+        candidates = list(self.env) + list(self.dims) + list(self.scope.consts)
+        self.fail(expr.loc, f"unknown name '{expr.id}'", did_you_mean(expr.id, candidates))
+
+    def binop(self, expr: ast.BinOp) -> Any:
+        if expr.op in ("and", "or"):
+            left = self.static(expr.left, f"'{expr.op}'")
+            if expr.op == "and":
+                return left and self.static(expr.right, "'and'")
+            return left or self.static(expr.right, "'or'")
+        left, right = self.ev(expr.left), self.ev(expr.right)
+        if isinstance(left, Poison) or isinstance(right, Poison):
+            raise _Abort
+        if not isinstance(left, ir.Expr) and not isinstance(right, ir.Expr):
+            return self.static_binop(expr, left, right)
+        return self.tensor_binop(expr, left, right)
+
+    def static_binop(self, expr: ast.BinOp, left: Any, right: Any) -> Any:
+        if expr.op == "@":
+            self.fail(expr.loc, "'@' needs tensors")
+        if expr.op == "/" and isinstance(left, Sym):
+            self.fail(expr.loc, "symbolic sizes divide with //")
+        try:
+            return STATIC_OPS[expr.op](left, right)
+        except ZeroDivisionError:
+            self.fail(expr.loc, "division by zero")
+        except TypeError:
+            self.fail(expr.loc, f"cannot apply '{expr.op}' to {left!r} and {right!r}")
+
+    def tensor_binop(self, expr: ast.BinOp, left: Any, right: Any) -> ir.Expr:
+        operands = []
+        for side, value in (("left", left), ("right", right)):
+            if isinstance(value, ir.Expr):
+                if len(value.types) != 1:
+                    self.fail(expr.loc, f"the {side} side of '{expr.op}' is {len(value.types)} tensors, not one")
+                operands.append(value)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) or isinstance(value, bool):
+                operands.append(ir.Scalar([TensorType("float32" if isinstance(value, float) else "int64", ())], value))
+            else:
+                self.fail(expr.loc, f"cannot combine a tensor with {value!r} using '{expr.op}'")
+        a, b = operands
+        if expr.op == "@":
+            return self.matmul(expr, a, b)
+        if expr.op in ("and", "or"):
+            self.fail(expr.loc, f"'{expr.op}' works on compile-time values only")
+        dtype = _result_dtype(a, b)
+        if dtype is None:
+            self.fail(
+                expr.loc,
+                f"'{expr.op}' mixes {a.type.dtype} and {b.type.dtype}",
+                "convert one side with float(x) or long(x)",
+            )
+        shape = broadcast(a.type.shape, b.type.shape)
+        if shape is None:
+            self.fail(
+                expr.loc,
+                f"shapes {a.type.shape_str()} and {b.type.shape_str()} do not broadcast for '{expr.op}'",
+            )
+        if expr.op == "/" and dtype not in ("float32", "float64", "float16", "bfloat16"):
+            dtype = "float32"
+        if expr.op in COMPARISONS:
+            dtype = "bool"
+        return ir.BinOp([TensorType(dtype, shape)], expr.op, a, b)
+
+    def matmul(self, expr: ast.BinOp, a: ir.Expr, b: ir.Expr) -> ir.Expr:
+        ta, tb = a.type, b.type
+        if ta.rank < 2 or tb.rank < 2:
+            self.fail(expr.loc, f"'@' needs tensors of rank 2 or more, got {ta.shape_str()} @ {tb.shape_str()}")
+        if ta.dtype != tb.dtype:
+            self.fail(expr.loc, f"'@' mixes {ta.dtype} and {tb.dtype}")
+        if ta.shape[-1] != tb.shape[-2]:
+            self.fail(
+                expr.loc,
+                f"'@' needs matching inner sizes: {ta.shape_str()} @ {tb.shape_str()} ({ta.shape[-1]} vs {tb.shape[-2]})",
+                "transpose one side with transpose(x)?",
+            )
+        batch = broadcast(ta.shape[:-2], tb.shape[:-2])
+        if batch is None:
+            self.fail(expr.loc, f"'@' batch dimensions do not broadcast: {ta.shape_str()} @ {tb.shape_str()}")
+        return ir.BinOp([TensorType(ta.dtype, (*batch, ta.shape[-2], tb.shape[-1]))], "@", a, b)
+
+    def unary(self, expr: ast.UnaryOp) -> Any:
+        value = self.ev(expr.operand)
+        if isinstance(value, Poison):
+            raise _Abort
+        if expr.op == "not":
+            if isinstance(value, ir.Expr):
+                self.fail(expr.loc, "'not' works on compile-time values only")
+            return not value
+        if isinstance(value, ir.Expr):
+            return ir.UnaryOp(value.types, "-", value)
+        try:
+            return -value
+        except TypeError:
+            self.fail(expr.loc, f"cannot negate {value!r}")
+
+    def index(self, expr: ast.Index) -> Any:
+        value = self.ev(expr.value)
+        if isinstance(value, Poison):
+            raise _Abort
+        if not isinstance(value, ir.Expr):
+            if isinstance(value, tuple) and len(expr.items) == 1:
+                i = self.static(expr.items[0], "an index")
+                try:
+                    return value[i]
+                except (IndexError, TypeError):
+                    self.fail(expr.loc, f"index {i!r} is out of range for {value!r}")
+            self.fail(expr.loc, f"cannot index {value!r}")
+        items = []
+        for item in expr.items:
+            if isinstance(item, ast.Ellipsis_):
+                items.append(Ellipsis)
+            elif isinstance(item, ast.NoneLit):
+                items.append(None)
+            elif isinstance(item, ast.Slice):
+                parts = [None if p is None else self.static(p, "a slice bound") for p in (item.start, item.stop, item.step)]
+                if any(p is not None and not isinstance(p, int) for p in parts):
+                    self.fail(item.loc, "slice bounds must be integers")
+                if parts[2] is not None and parts[2] <= 0:
+                    self.fail(item.loc, "slice steps must be positive")
+                items.append(ir.SliceItem(*parts))
+            else:
+                i = self.ev(item)
+                if isinstance(i, ir.Expr):
+                    self.fail(item.loc, "indexing with a tensor is not supported", "use where(...) or a gather layer")
+                if not isinstance(i, int) or isinstance(i, bool):
+                    self.fail(item.loc, f"an index must be an integer, got {i!r}")
+                items.append(i)
+        try:
+            shape = _index_shape(value.type.shape, items)
+        except ShapeError as exc:
+            self.fail(expr.loc, str(exc))
+        return ir.Index([value.type.with_shape(shape)], value, items)
+
+    # ------------------------------------------------------------ calls and pipelines
+
+    def call(self, expr: ast.Call) -> Any:
+        if expr.func in self.env and isinstance(self.env[expr.func], LayerInstance):
+            if expr.kwargs:
+                self.fail(expr.loc, f"'{expr.func}' is a layer instance; it takes tensors only")
+            inputs = self.flatten_inputs([self.ev(a) for a in expr.args], expr.loc)
+            return self.env[expr.func].make_call(inputs, expr.loc)
+        op = REGISTRY.get(expr.func)
+        if op is None:
+            if self.scope.lookup_block(expr.func):
+                self.fail(expr.loc, f"'{expr.func}' is a block; apply it in a pipeline: x -> {expr.func}(...)")
+            candidates = [k for k, o in REGISTRY.items() if o.category == "function" or k.islower()]
+            self.fail(expr.loc, f"unknown function '{expr.func}'", did_you_mean(expr.func, candidates + list(self.env)))
+        if op.category in ("layer",):
+            self.fail(expr.loc, f"{op.name} is a layer; apply it in a pipeline: x -> {op.name}(...)")
+        values = [self.ev(a) for a in expr.args]
+        tensors: list[Any] = []
+        while values and isinstance(values[0], (ir.Expr, _TensorList, Poison)) and len(tensors) < op.inputs[1]:
+            tensors.append(values.pop(0))
+        inputs = self.flatten_inputs(tensors, expr.loc)
+        return self.apply_op(op, inputs, values, expr.kwargs, expr.loc, None)
+
+    def flatten_inputs(self, values: list[Any], loc: Loc) -> list[ir.Expr]:
+        inputs: list[ir.Expr] = []
+        for v in values:
+            if isinstance(v, Poison):
+                raise _Abort
+            if isinstance(v, _TensorList):
+                inputs.extend(self.flatten_inputs(list(v), loc))
+            elif isinstance(v, ir.Expr):
+                inputs.extend(self.split_outputs(v))
+            else:
+                self.fail(loc, f"expected a tensor, got {v!r}")
+        return inputs
+
+    def split_outputs(self, value: ir.Expr) -> list[ir.Expr]:
+        if len(value.types) == 1:
+            return [value]
+        if isinstance(value, ir.TupleExpr):
+            return list(value.items)
+        names = [self.fresh(f"out{i}") for i in range(len(value.types))]
+        self.emit(ir.Assign(self.current.loc, names, value))
+        return [ir.Var([t], n) for t, n in zip(value.types, names)]
+
+    def pipe(self, pipe: ast.Pipe, targets: list[str] | None) -> ir.Expr:
+        """A statement-level pipeline writes one line per stage into the target; a nested one composes."""
+        source = self.ev(pipe.source)
+        inputs = self.flatten_inputs([source], pipe.source.loc)
+        result: ir.Expr | None = None
+        for i, stage in enumerate(pipe.stages):
+            result = self.stage(stage, inputs, None)
+            last = i == len(pipe.stages) - 1
+            if last:
+                break
+            if targets is not None and len(result.types) == 1 and not isinstance(result, ir.Var):
+                name = targets[0] if len(targets) == 1 else self.fresh("_".join(targets))
+                self.locals.add(name)
+                self.emit(ir.Assign(self.current.loc, [name], result))
+                inputs = [ir.Var(result.types, name)]
+            else:
+                inputs = self.split_outputs(result)
+        return result
+
+    def stage(self, stage: ast.Stage, inputs: list[ir.Expr], name: str | None, in_group: bool = False) -> ir.Expr:
+        if isinstance(stage, ast.NamedStage):
+            if in_group:
+                self.fail(stage.loc, "layers inside a named group are numbered; names are not allowed there")
+            check_identifier(stage.name, stage.loc, "layer name")
+            if stage.name in self.env:
+                self.fail(stage.loc, f"'{stage.name}' is already defined")
+            return self.stage(stage.body, inputs, stage.name)
+        if isinstance(stage, ast.LayerCall):
+            return self.layer_call(stage, inputs, name, in_group)
+        if isinstance(stage, ast.Repeat):
+            return self.repeat(stage, inputs, name, in_group)
+        if isinstance(stage, ast.Group):
+            return self.group(stage, inputs, name, in_group)
+        self.fail(stage.loc, "unsupported pipeline stage")
+
+    def layer_call(self, stage: ast.LayerCall, inputs, name, in_group) -> ir.Expr:
+        instance = self.env.get(stage.name)
+        if isinstance(instance, LayerInstance):
+            if not stage.bare or name:
+                self.fail(stage.loc, f"'{stage.name}' is an existing layer; reuse it as `-> {stage.name}` (shared weights)")
+            return instance.make_call(inputs, stage.loc)
+        if isinstance(instance, Poison):
+            raise _Abort
+        op = REGISTRY.get(stage.name)
+        if op is not None:
+            return self.apply_op(op, inputs, [], stage.kwargs, stage.loc, name, stage.args, in_group)
+        found = self.scope.lookup_block(stage.name)
+        if found is not None:
+            return self.apply_block(found, stage, inputs, name)
+        candidates = list(REGISTRY) + list(self.scope.blocks) + [k for k, v in self.env.items() if isinstance(v, LayerInstance)]
+        self.fail(stage.loc, f"unknown layer '{stage.name}'", did_you_mean(stage.name, candidates))
+
+    def bind(self, params, args: list[Any], kwargs: list[tuple[str, ast.Expr]], loc: Loc, what: str, arg_exprs=None):
+        """Match positional and keyword arguments to parameters, with type checks."""
+        values: dict[str, Any] = {}
+        arg_exprs = arg_exprs or []
+        positional = list(args) + [self._arg_value(e, params[i] if i < len(params) else None) for i, e in enumerate(arg_exprs, len(args))]
+        if params and params[0].kind in ("dims", "axes") and positional:
+            collected = positional[0] if len(positional) == 1 and isinstance(positional[0], tuple) else tuple(positional)
+            values[params[0].name] = collected
+            positional = []
+        if len(positional) > len(params):
+            self.fail(loc, f"{what} takes at most {len(params)} positional argument(s), got {len(positional)}", _signature(what, params))
+        for param, value in zip(params, positional):
+            values[param.name] = value
+        by_name = {p.name: p for p in params}
+        for key, vexpr in kwargs:
+            if key not in by_name:
+                self.fail(vexpr.loc, f"{what} has no argument '{key}'", did_you_mean(key, by_name) or _signature(what, params))
+            if key in values:
+                self.fail(vexpr.loc, f"{what} got '{key}' twice")
+            values[key] = self._arg_value(vexpr, by_name[key])
+        for param in params:
+            if param.name not in values:
+                if param.required:
+                    self.fail(loc, f"{what} is missing its '{param.name}' argument", _signature(what, params))
+                values[param.name] = param.default
+            else:
+                values[param.name] = self._check_arg(param, values[param.name], loc, what)
+        return values
+
+    def _arg_value(self, expr: ast.Expr, param) -> Any:
+        if param is not None and param.kind in ("axis", "axes"):
+            if isinstance(expr, ast.Name) and expr.id not in self.env and expr.id not in self.scope.consts:
+                return AxisName(expr.id)
+            if isinstance(expr, ast.TupleLit):
+                return tuple(self._arg_value(e, param) for e in expr.items)
+        return self.static(expr, "a layer argument")
+
+    def _check_arg(self, param, value: Any, loc: Loc, what: str) -> Any:
+        kind = param.kind
+        ok = True
+        if value is None:
+            ok = param.default is None
+        elif kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind == "float":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        elif kind == "bool":
+            ok = isinstance(value, bool)
+        elif kind == "str":
+            ok = isinstance(value, str)
+        elif kind == "ints":
+            items = value if isinstance(value, tuple) else (value,)
+            ok = all(isinstance(v, int) and not isinstance(v, bool) for v in items)
+        if not ok:
+            self.fail(loc, f"{what}: '{param.name}' must be {_KIND_WORDS.get(kind, kind)}, got {value!r}")
+        if param.choices and value not in param.choices:
+            self.fail(loc, f"{what}: '{param.name}' must be one of {', '.join(map(repr, param.choices))}, got {value!r}")
+        return value
+
+    def apply_op(self, op: Op, inputs, args, kwargs, loc, name, arg_exprs=None, in_group=False) -> ir.Expr:
+        lo, hi = op.inputs
+        if not lo <= len(inputs) <= hi:
+            want = str(lo) if lo == hi else f"{lo} to {hi}"
+            self.fail(loc, f"{op.name} takes {want} input tensor(s), got {len(inputs)}")
+        bound = self.bind(op.params, args, kwargs, loc, op.name, arg_exprs)
+        types = [x.type for x in inputs]
+        try:
+            inferred = op.infer(bound, types)
+        except ShapeError as exc:
+            self.fail(loc, str(exc), exc.hint)
+        self.helpers.update(op.helpers)
+        needs_module = op.stateful or name is not None or in_group
+        if needs_module and op.module is None:
+            self.fail(loc, f"{op.name} has no module form, so it cannot be named or grouped")
+        attr = None
+        if needs_module:
+            attr = name or self.auto_attr(op.prefix)
+            self.add_submodule(ir.Submodule(attr, "op", loc, op=op.name, init=inferred.init, params=op.param_count(inferred.init)))
+            if not in_group:
+                self._record(loc, attr, f"{op.name}", inferred.outputs, op.param_count(inferred.init))
+            if name is not None and not in_group:
+                self.env[name] = self._instance(attr, op, bound, inferred.init)
+        elif op.category != "function":
+            self._record(loc, "", op.name, inferred.outputs, 0)
+        module = f"self.{attr}" if attr and not in_group else attr
+        return ir.OpCall(inferred.outputs, op.name, list(inputs), inferred.init, module)
+
+    def _instance(self, attr: str, op: Op, bound: dict, init: dict) -> LayerInstance:
+        def make_call(inputs, loc):
+            try:
+                again = op.infer(bound, [x.type for x in inputs])
+            except ShapeError as exc:
+                self.fail(loc, f"reusing '{attr}': {exc}", exc.hint)
+            if again.init != init:
+                self.fail(loc, f"layer '{attr}' was built for other input sizes; it cannot be reused with {[str(x.type) for x in inputs]}")
+            return ir.OpCall(again.outputs, op.name, list(inputs), init, f"self.{attr}")
+
+        return LayerInstance(attr, init, make_call)
+
+    def apply_block(self, found, stage: ast.LayerCall, inputs, name) -> ir.Expr:
+        block, scope = found
+        hyper = self.block_args(block, stage)
+        module = self.checker.instantiate(block, scope, hyper, [x.type for x in inputs], stage.loc)
+        attr = name or self.auto_attr(_snake(block.name))
+        self.add_submodule(ir.Submodule(attr, "block", stage.loc, block=module.class_name, params=module.param_count))
+        types = [o.type for o in module.outputs]
+        self._record(stage.loc, attr, module.signature, types, module.param_count)
+        if name is not None and len(self.collect) == 1:
+            self.env[name] = self._block_instance(attr, block, scope, hyper, module)
+        return ir.ModuleCall(types, f"self.{attr}" if len(self.collect) == 1 else attr, list(inputs))
+
+    def _block_instance(self, attr, block, scope, hyper, module) -> LayerInstance:
+        def make_call(inputs, loc):
+            again = self.checker.instantiate(block, scope, hyper, [x.type for x in inputs], loc)
+            if again is not module:
+                self.fail(loc, f"block '{attr}' was built for other input types; it cannot be reused with these inputs")
+            return ir.ModuleCall([o.type for o in module.outputs], f"self.{attr}", list(inputs))
+
+        return LayerInstance(attr, module, make_call)
+
+    def block_args(self, block: ast.BlockDef, stage: ast.LayerCall) -> dict[str, Any]:
+        what = block.name
+        values: dict[str, Any] = {}
+        if len(stage.args) > len(block.params):
+            self.fail(stage.loc, f"{what} takes {len(block.params)} argument(s), got {len(stage.args)}")
+        for param, arg in zip(block.params, stage.args):
+            values[param.name] = self.static(arg, "a block argument")
+        by_name = {p.name: p for p in block.params}
+        for key, vexpr in stage.kwargs:
+            if key not in by_name:
+                self.fail(vexpr.loc, f"{what} has no parameter '{key}'", did_you_mean(key, by_name))
+            values[key] = self.static(vexpr, "a block argument")
+        hyper = {}
+        for param in block.params:
+            if param.name in values:
+                value = values[param.name]
+            elif param.default is not None:
+                value = BodyChecker(self.checker, None, self.scope, {}, None).static(param.default, "a default")
+            else:
+                self.fail(stage.loc, f"{what} is missing its '{param.name}' argument")
+            expected = PARAM_TYPES.get(param.type)
+            if expected is None:
+                self.fail(param.loc, f"unknown parameter type '{param.type}'", "use int, float, bool or str")
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                self.fail(stage.loc, f"{what}: '{param.name}' must be {param.type}, got {value!r}")
+            hyper[param.name] = value
+        return hyper
+
+    def repeat(self, stage: ast.Repeat, inputs, name, in_group) -> ir.Expr:
+        count = self.static(stage.count, "a repeat count")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            self.fail(stage.count.loc, f"repeat needs a positive integer count, got {count!r}")
+        attr = name or self.auto_attr("layers")
+        first, extra = inputs[0], inputs[1:]
+        children: list[ir.Submodule] = []
+        self.collect.append(children)
+        try:
+            current = first
+            for i in range(count):
+                out = self.stage(stage.body, [current, *extra], str(i), in_group=True)
+                if len(out.types) != 1 or out.type != current.type:
+                    self.fail(stage.loc, f"repeat needs a layer whose output has its input's type; got {current.type} -> {out.types[0]}")
+                current = ir.Var(out.types, "_")
+        finally:
+            self.collect.pop()
+        kind = "sequential" if not extra else "list"
+        params = sum(c.params for c in children)
+        self.add_submodule(ir.Submodule(attr, kind, stage.loc, children=children, params=params))
+        self._record(stage.loc, attr, f"repeat {count}", [first.type], params)
+        if not extra:
+            return ir.ModuleCall([first.type], f"self.{attr}", [first])
+        target = self.fresh("h")
+        self.emit(ir.RepeatLoop(self.current.loc, target, f"self.{attr}", first, extra))
+        return ir.Var([first.type], target)
+
+    def group(self, stage: ast.Group, inputs, name, in_group) -> ir.Expr:
+        if name is None and not in_group:
+            result = None
+            for inner in stage.stages:
+                result = self.stage(inner, inputs, None)
+                inputs = self.split_outputs(result)
+            return result
+        if in_group:
+            self.fail(stage.loc, "groups cannot be nested inside named groups")
+        children: list[ir.Submodule] = []
+        self.collect.append(children)
+        try:
+            current = inputs
+            index = 0
+            for inner in stage.stages:
+                count = 1
+                body = inner
+                if isinstance(inner, ast.Repeat):
+                    count = self.static(inner.count, "a repeat count")
+                    body = inner.body
+                for _ in range(count):
+                    out = self.stage(body, current, str(index), in_group=True)
+                    if len(out.types) != 1 or len(current) != 1:
+                        self.fail(inner.loc, "every layer of a named group takes one tensor and gives one")
+                    current = [ir.Var(out.types, "_")]
+                    index += 1
+        finally:
+            self.collect.pop()
+        params = sum(c.params for c in children)
+        self.add_submodule(ir.Submodule(name, "sequential", stage.loc, children=children, params=params))
+        self._record(stage.loc, name, "group", current[0].types, params)
+        self.env[name] = LayerInstance(name, None, lambda xs, loc: self._fail_reuse(name, loc))
+        return ir.ModuleCall(current[0].types, f"self.{name}", list(inputs))
+
+    def _fail_reuse(self, name: str, loc: Loc):
+        self.fail(loc, f"the group '{name}' cannot be reused; give its layers names instead")
+
+    def add_submodule(self, sub: ir.Submodule) -> None:
+        target = self.collect[-1]
+        if target is self.submodules:
+            if sub.attr in self.attrs:
+                self.fail(sub.loc, f"a layer named '{sub.attr}' already exists")
+            self.attrs.add(sub.attr)
+        target.append(sub)
+
+    def auto_attr(self, prefix: str) -> str:
+        n = 1
+        while f"{prefix}{n}" in self.attrs or f"{prefix}{n}" in self.reserved:
+            n += 1
+        return f"{prefix}{n}"
+
+    def _record(self, loc: Loc, module: str, what: str, outputs: list[TensorType], params: int) -> None:
+        if len(self.collect) == 1:
+            self.records.append(ir.LayerRecord(loc, module, what, ", ".join(str(t) for t in outputs), params))
+
+    @staticmethod
+    def _named_stages(stmts) -> set[str]:
+        names: set[str] = set()
+
+        def visit_stage(stage):
+            if isinstance(stage, ast.NamedStage):
+                names.add(stage.name)
+                visit_stage(stage.body)
+            elif isinstance(stage, (ast.Repeat,)):
+                visit_stage(stage.body)
+            elif isinstance(stage, ast.Group):
+                for s in stage.stages:
+                    visit_stage(s)
+
+        def visit_expr(expr):
+            if isinstance(expr, ast.Pipe):
+                visit_expr(expr.source)
+                for s in expr.stages:
+                    visit_stage(s)
+            elif isinstance(expr, ast.BinOp):
+                visit_expr(expr.left)
+                visit_expr(expr.right)
+            elif isinstance(expr, ast.Call):
+                for a in expr.args:
+                    visit_expr(a)
+
+        for stmt in stmts:
+            if isinstance(stmt, (ast.Assign, ast.OutputDecl)) and stmt.value is not None:
+                visit_expr(stmt.value)
+            elif isinstance(stmt, ast.If):
+                for _, body in stmt.branches:
+                    names |= BodyChecker._named_stages(body)
+                names |= BodyChecker._named_stages(stmt.orelse)
+        return names
+
+
+class _TensorList(list):
+    """A list or tuple literal holding tensors, e.g. the argument of concat([a, b])."""
+
+
+_KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "ints": "an integer or a tuple of integers"}
+
+
+def _signature(what: str, params) -> str:
+    parts = [p.name if p.required else f"{p.name}={_show(p.default)}" for p in params]
+    return f"usage: {what}({', '.join(parts)})"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    return repr(value)
+
+
+def _snake(name: str) -> str:
+    out = []
+    for i, c in enumerate(name):
+        if c.isupper() and i and not name[i - 1].isupper():
+            out.append("_")
+        out.append(c.lower())
+    return "".join(out)
+
+
+def _result_dtype(a: ir.Expr, b: ir.Expr) -> str | None:
+    if isinstance(a, ir.Scalar) and isinstance(b, ir.Scalar):
+        return a.type.dtype
+    if isinstance(a, ir.Scalar):
+        a, b = b, a
+    if isinstance(b, ir.Scalar):
+        if not a.type.is_float and b.type.dtype == "float32":
+            return "float32"
+        return a.type.dtype
+    if a.type.dtype == b.type.dtype:
+        return a.type.dtype
+    return None
+
+
+def _index_shape(shape, items) -> tuple:
+    explicit = sum(1 for i in items if i is not Ellipsis and i is not None)
+    if explicit > len(shape):
+        raise ShapeError(f"too many indices ({explicit}) for a tensor of shape [{', '.join(map(str, shape))}]")
+    if items.count(Ellipsis) > 1:
+        raise ShapeError("at most one '...' per index")
+    expanded = []
+    for item in items:
+        if item is Ellipsis:
+            expanded += [ir.SliceItem(None, None, None)] * (len(shape) - explicit)
+        else:
+            expanded.append(item)
+    expanded += [ir.SliceItem(None, None, None)] * (len(shape) - sum(1 for i in expanded if i is not None))
+    out, axis = [], 0
+    for item in expanded:
+        if item is None:
+            out.append(1)
+            continue
+        size = shape[axis]
+        if isinstance(item, int):
+            if isinstance(size, int) and not -size <= item < size:
+                raise ShapeError(f"index {item} is out of range for size {size}")
+        else:
+            out.append(_slice_size(size, item))
+        axis += 1
+    return tuple(out)
+
+
+def _slice_size(size, s: ir.SliceItem):
+    if isinstance(size, int):
+        return len(range(size)[slice(s.start, s.stop, s.step)])
+    if s.step not in (None, 1):
+        raise ShapeError(f"a strided slice of the symbolic size '{size}' is not supported")
+    start = s.start or 0
+    if s.stop is None:
+        stop = size
+    elif s.stop < 0:
+        stop = size + s.stop
+    else:
+        return s.stop - start if start >= 0 else ShapeError("mixed slice bounds")
+    if start < 0:
+        return -start if s.stop is None else stop - (size + start)
+    return stop - start
+
+
+def _source_text(scope: FileScope, loc: Loc) -> str:
+    """The statement's spec text on one line, whitespace collapsed."""
+    lines = scope.program.source.splitlines()[loc.line - 1 : (loc.end_line or loc.line)]
+    return " ".join(" ".join(lines).split())

@@ -1,0 +1,192 @@
+"""The op registry: every layer and tensor function is defined once, here and in its siblings.
+
+An `Op` holds everything the compiler needs to know about one layer or function: its parameters
+(with defaults and documentation), its shape rule, and how it is written in PyTorch. The checker,
+the code generator and the generated reference documentation all read this registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dslc.shapes import Dim, Sym, TensorType, normalize_axis
+
+REQUIRED = object()
+
+
+class ShapeError(Exception):
+    """Raised by a shape rule; the checker adds the source location."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+@dataclass(frozen=True)
+class AxisName:
+    """A dimension named by its symbol (`dim=time`), resolved against the input's shape."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: str  # int | float | bool | str | ints (int or tuple) | axis | axes | any
+    default: Any = REQUIRED
+    doc: str = ""
+    choices: tuple[Any, ...] | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+@dataclass
+class Inferred:
+    """A shape rule's answer: the output types and the resolved constructor arguments."""
+
+    outputs: list[TensorType]
+    init: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    doc: str
+    params: tuple[Param, ...]
+    infer: Callable[[dict[str, Any], list[TensorType]], Inferred]
+    category: str  # layer | activation | shape | function
+    # PyTorch emission. `module` builds the nn.Module constructor (stateful layers, and stateless
+    # ones placed in a named Sequential); `forward` calls it; `functional` writes a stateless op
+    # inline. Each receives resolved arguments and returns Python source.
+    module: Callable[[dict[str, Any]], str] | None = None
+    forward: Callable[[str, list[str], dict[str, Any]], str] | None = None
+    functional: Callable[[list[str], dict[str, Any]], str] | None = None
+    inputs: tuple[int, int] = (1, 1)  # min and max number of tensor inputs
+    prefix: str = "layer"  # stem of generated attribute names: conv1, fc2, ...
+    aliases: tuple[str, ...] = ()
+    helpers: tuple[str, ...] = ()  # names of helper functions (HELPERS) the emitted code calls
+    example: str = ""
+    shape_rule: str = ""  # the rule in words, for the reference
+    param_count: Callable[[dict[str, Any]], int] = lambda init: 0
+
+    @property
+    def stateful(self) -> bool:
+        return self.functional is None
+
+
+REGISTRY: dict[str, Op] = {}
+HELPERS: dict[str, str] = {}
+
+
+def register(op: Op) -> Op:
+    for key in (op.name, *op.aliases):
+        if key in REGISTRY:
+            raise ValueError(f"op {key!r} registered twice")
+        REGISTRY[key] = op
+    return op
+
+
+def helper(name: str, source: str) -> None:
+    HELPERS[name] = source.strip() + "\n"
+
+
+# ---------------------------------------------------------------- Python source helpers
+
+
+def py_literal(value: Any) -> str:
+    """Python source for a literal. Only plain data reaches generated code, always through here."""
+    if value is None or isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(int(value))
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return f'float("{value}")'
+        return repr(float(value))
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        items = ", ".join(py_literal(v) for v in value)
+        if isinstance(value, tuple):
+            return f"({items},)" if len(value) == 1 else f"({items})"
+        return f"[{items}]"
+    raise TypeError(f"no Python literal for {type(value).__name__}")
+
+
+def pycall(func: str, *args: Any, **kwargs: Any) -> str:
+    """`func(args, key=value)` with every argument written as a literal.
+
+    Arguments wrapped in `Src` are already Python source (expressions built by the generator).
+    """
+    parts = [a.code if isinstance(a, Src) else py_literal(a) for a in args]
+    parts += [f"{k}={v.code if isinstance(v, Src) else py_literal(v)}" for k, v in kwargs.items()]
+    return f"{func}({', '.join(parts)})"
+
+
+@dataclass(frozen=True)
+class Src:
+    code: str
+
+
+def non_default(args: dict[str, Any], **defaults: Any) -> dict[str, Any]:
+    """The keyword arguments whose value differs from PyTorch's default, for terse generated code."""
+    return {k: args[k] for k, d in defaults.items() if args.get(k) != d}
+
+
+# ---------------------------------------------------------------- shape-rule helpers
+
+
+def expect_rank(x: TensorType, ranks: Sequence[int], op: str, layout: str, hint: str | None = None) -> None:
+    if x.rank not in ranks:
+        raise ShapeError(f"{op} expects {layout}, got {x.shape_str()}", hint)
+
+
+def expect_float(x: TensorType, op: str) -> None:
+    if not x.is_float:
+        raise ShapeError(f"{op} expects a floating-point tensor, got {x.dtype}", "convert with float(x)")
+
+
+def static(d: Dim, what: str, op: str) -> int:
+    if not isinstance(d, int):
+        raise ShapeError(f"{op} needs a fixed {what}, but it is the symbolic size '{d}'")
+    return d
+
+
+def resolve_axis(value: Any, x: TensorType, op: str) -> int:
+    """An axis given as an int (negative allowed) or by its dimension's symbol name."""
+    if isinstance(value, AxisName):
+        hits = [i for i, d in enumerate(x.shape) if isinstance(d, Sym) and d == Sym.named(value.name)]
+        if len(hits) != 1:
+            where = "no" if not hits else "several"
+            raise ShapeError(f"{op}: {where} dimension named '{value.name}' in {x.shape_str()}")
+        return hits[0]
+    if not isinstance(value, int):
+        raise ShapeError(f"{op}: a dimension must be an integer or a dimension name, got {value!r}")
+    axis = normalize_axis(value, x.rank)
+    if axis is None:
+        raise ShapeError(f"{op}: dimension {value} is out of range for {x.shape_str()} (rank {x.rank})")
+    return axis
+
+
+def pair(value: Any, n: int = 2) -> tuple[int, ...]:
+    if isinstance(value, (tuple, list)):
+        if len(value) != n:
+            raise ShapeError(f"expected {n} values, got {len(value)}")
+        return tuple(value)
+    return (value,) * n
+
+
+def simple(value: tuple[int, ...]) -> int | tuple[int, ...]:
+    """(3, 3) -> 3, for readable generated code."""
+    return value[0] if len(set(value)) == 1 else value
+
+
+def check_positive(args: dict[str, Any], *names: str) -> None:
+    for name in names:
+        values = args[name] if isinstance(args[name], (tuple, list)) else (args[name],)
+        if any(not isinstance(v, int) or v <= 0 for v in values):
+            raise ShapeError(f"{name} must be a positive integer, got {args[name]!r}")

@@ -1,0 +1,337 @@
+"""Dense, embedding, normalisation, dropout and reshaping layers."""
+
+from __future__ import annotations
+
+import math
+
+from dslc.layers.base import (
+    Inferred,
+    Op,
+    Param,
+    ShapeError,
+    check_positive,
+    expect_float,
+    expect_rank,
+    non_default,
+    pycall,
+    register,
+    resolve_axis,
+    static,
+)
+from dslc.shapes import Sym, TensorType, numel
+
+
+def pair_of(value) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+def _call_module(module: str, inputs: list[str], init: dict) -> str:
+    return f"{module}({', '.join(inputs)})"
+
+
+# ---------------------------------------------------------------- Linear
+
+
+def _linear_infer(args, inputs):
+    (x,) = inputs
+    check_positive(args, "out_features")
+    expect_float(x, "Linear")
+    if x.rank < 2 or x.rank > 3:
+        hint = "flatten first?" if x.rank > 3 else "add a batch dimension"
+        raise ShapeError(f"Linear expects [batch, N] or [batch, time, N], got {x.shape_str()}", hint)
+    in_features = static(x.shape[-1], "input size (last dimension)", "Linear")
+    out = x.with_shape((*x.shape[:-1], args["out_features"]))
+    return Inferred([out], {"in_features": in_features, **args})
+
+
+register(
+    Op(
+        name="Linear",
+        doc="Fully connected layer `y = x W^T + b` over the last dimension; the input size is inferred.",
+        params=(
+            Param("out_features", "int", doc="output size"),
+            Param("bias", "bool", True, "learn an additive bias"),
+        ),
+        infer=_linear_infer,
+        category="layer",
+        module=lambda a: pycall("nn.Linear", a["in_features"], a["out_features"], **non_default(a, bias=True)),
+        forward=_call_module,
+        prefix="fc",
+        param_count=lambda a: a["in_features"] * a["out_features"] + a["out_features"] * a["bias"],
+        aliases=("Dense",),
+        example="x -> Linear(128)",
+        shape_rule="[batch, (time,) in] -> [batch, (time,) out_features]",
+    )
+)
+
+# ---------------------------------------------------------------- Embedding
+
+
+def _embedding_infer(args, inputs):
+    (x,) = inputs
+    check_positive(args, "num_embeddings", "embedding_dim")
+    if x.dtype not in ("int64", "int32"):
+        raise ShapeError(f"Embedding expects integer token ids, got {x.dtype}", "declare the input as int64[...]")
+    return Inferred([TensorType("float32", (*x.shape, args["embedding_dim"]))], dict(args))
+
+
+register(
+    Op(
+        name="Embedding",
+        doc="Lookup table of learned vectors, one per token id.",
+        params=(
+            Param("num_embeddings", "int", doc="vocabulary size"),
+            Param("embedding_dim", "int", doc="vector size"),
+            Param("padding_idx", "int", None, "id whose vector stays zero"),
+        ),
+        infer=_embedding_infer,
+        category="layer",
+        module=lambda a: pycall(
+            "nn.Embedding", a["num_embeddings"], a["embedding_dim"], **non_default(a, padding_idx=None)
+        ),
+        forward=_call_module,
+        prefix="embedding",
+        param_count=lambda a: a["num_embeddings"] * a["embedding_dim"],
+        example="tokens -> Embedding(10000, 100)",
+        shape_rule="int[...] -> float32[..., embedding_dim]",
+    )
+)
+
+# ---------------------------------------------------------------- normalisation and dropout
+
+
+def _batchnorm_infer(ranks, name):
+    def infer(args, inputs):
+        (x,) = inputs
+        expect_float(x, name)
+        layout = {(2, 3): "[batch, C] or [batch, C, L]", (4,): "[batch, C, H, W]"}[ranks]
+        expect_rank(x, ranks, name, layout)
+        return Inferred([x], {"num_features": static(x.shape[1], "channel count", name), **args})
+
+    return infer
+
+
+for _name, _ranks in (("BatchNorm1d", (2, 3)), ("BatchNorm2d", (4,))):
+    register(
+        Op(
+            name=_name,
+            doc="Batch normalisation over the channel dimension (dimension 1); channels are inferred.",
+            params=(
+                Param("eps", "float", 1e-5, "added to the variance"),
+                Param("momentum", "float", 0.1, "running-statistics momentum"),
+                Param("affine", "bool", True, "learn scale and shift"),
+            ),
+            infer=_batchnorm_infer(_ranks, _name),
+            category="layer",
+            module=lambda a, n=_name: pycall(
+                f"nn.{n}", a["num_features"], **non_default(a, eps=1e-5, momentum=0.1, affine=True)
+            ),
+            forward=_call_module,
+            prefix="bn",
+            param_count=lambda a: 2 * a["num_features"] * a["affine"],
+            example=f"x -> {_name}",
+            shape_rule="unchanged",
+        )
+    )
+
+
+def _layernorm_infer(args, inputs):
+    (x,) = inputs
+    expect_float(x, "LayerNorm")
+    n = args["dims"]
+    if not 1 <= n <= x.rank:
+        raise ShapeError(f"LayerNorm: dims={n} is out of range for {x.shape_str()}")
+    shape = tuple(static(d, "normalised size", "LayerNorm") for d in x.shape[-n:])
+    return Inferred([x], {"normalized_shape": shape[0] if n == 1 else shape, **args})
+
+
+register(
+    Op(
+        name="LayerNorm",
+        doc="Layer normalisation over the last `dims` dimensions (sizes inferred).",
+        params=(
+            Param("dims", "int", 1, "how many trailing dimensions to normalise"),
+            Param("eps", "float", 1e-5, "added to the variance"),
+            Param("elementwise_affine", "bool", True, "learn scale and shift"),
+        ),
+        infer=_layernorm_infer,
+        category="layer",
+        module=lambda a: pycall(
+            "nn.LayerNorm", a["normalized_shape"], **non_default(a, eps=1e-5, elementwise_affine=True)
+        ),
+        forward=_call_module,
+        prefix="norm",
+        param_count=lambda a: 2 * math.prod(pair_of(a["normalized_shape"])) * a["elementwise_affine"],
+        example="x -> LayerNorm(eps=1e-12)",
+        shape_rule="unchanged",
+    )
+)
+
+
+def _dropout_infer(args, inputs):
+    if not 0.0 <= args["p"] < 1.0:
+        raise ShapeError(f"Dropout probability must be in [0, 1), got {args['p']}")
+    return Inferred([inputs[0]], dict(args))
+
+
+register(
+    Op(
+        name="Dropout",
+        doc="Zeroes elements with probability `p` during training; identity at inference and in ONNX.",
+        params=(Param("p", "float", 0.5, "drop probability"),),
+        infer=_dropout_infer,
+        category="layer",
+        module=lambda a: pycall("nn.Dropout", **non_default(a, p=0.5)),
+        forward=_call_module,
+        prefix="dropout",
+        example="x -> Dropout(0.1)",
+        shape_rule="unchanged",
+    )
+)
+
+# ---------------------------------------------------------------- reshaping
+
+
+def _flatten_infer(args, inputs):
+    (x,) = inputs
+    start = resolve_axis(args["start_dim"], x, "Flatten")
+    end = resolve_axis(args["end_dim"], x, "Flatten")
+    if start > end:
+        raise ShapeError(f"Flatten: start_dim {start} is after end_dim {end}")
+    merged = numel(x.shape[start : end + 1])
+    return Inferred([x.with_shape((*x.shape[:start], merged, *x.shape[end + 1 :]))], dict(args))
+
+
+def _flatten_src(a):
+    return pycall("nn.Flatten", **non_default(a, start_dim=1, end_dim=-1))
+
+
+register(
+    Op(
+        name="Flatten",
+        doc="Merges dimensions `start_dim..end_dim` into one (by default all but the batch dimension).",
+        params=(
+            Param("start_dim", "axis", 1, "first dimension to merge"),
+            Param("end_dim", "axis", -1, "last dimension to merge"),
+        ),
+        infer=_flatten_infer,
+        category="shape",
+        module=_flatten_src,
+        functional=lambda xs, a: f"{xs[0]}.flatten({a['start_dim']}, {a['end_dim']})"
+        if (a["start_dim"], a["end_dim"]) != (1, -1)
+        else f"{xs[0]}.flatten(1)",
+        prefix="flatten",
+        aliases=("flatten",),
+        example="x -> Flatten",
+        shape_rule="[batch, C, H, W] -> [batch, C*H*W]",
+    )
+)
+
+
+def _reshape_infer(args, inputs):
+    (x,) = inputs
+    shape = list(args["shape"])
+    if not shape:
+        raise ShapeError("Reshape needs the target shape, e.g. Reshape(batch, 1, 28, 28)")
+    total = numel(x.shape)
+    free = [i for i, d in enumerate(shape) if d == -1]
+    if len(free) > 1:
+        raise ShapeError("Reshape: at most one dimension may be -1")
+    known = numel([d for d in shape if not (isinstance(d, int) and d == -1)])
+    if free:
+        inferred = _exact_div(total, known)
+        if inferred is None:
+            raise ShapeError(f"Reshape: cannot infer -1, {x.shape_str()} has {total} elements, not a multiple of {known}")
+        shape[free[0]] = inferred
+    elif known != total:
+        raise ShapeError(f"Reshape: {x.shape_str()} has {total} elements, target [{', '.join(map(str, shape))}] has {known}")
+    out = x.with_shape(shape)
+    # In code, keep symbolic sizes dynamic by copying them from the input at run time.
+    return Inferred([out], {"target": [_dim_source(d, x) for d in args["shape"]]})
+
+
+def _exact_div(total, known):
+    if isinstance(known, int) and known == 0:
+        return None
+    if isinstance(total, int) and isinstance(known, int):
+        return total // known if total % known == 0 else None
+    if isinstance(known, int):
+        result = Sym.lift(total) // known
+        return None if isinstance(result, Sym) and any("//" in a for a in result.atoms()) else result
+    # Symbolic divisor: divide out matching monomials (e.g. batch*784 / batch).
+    for atom in known.atoms() if isinstance(known, Sym) else ():
+        if isinstance(total, Sym) and all(atom in m for m in total.terms):
+            reduced = Sym({tuple(a for i, a in enumerate(m) if i != m.index(atom)): c for m, c in total.terms.items()})
+            rest_known = Sym({tuple(a for i, a in enumerate(m) if i != m.index(atom)): c for m, c in known.terms.items()})
+            return _exact_div(reduced.simplify(), rest_known.simplify())
+    return None
+
+
+def _dim_source(d, x: TensorType):
+    """-1 and fixed sizes stay literal; a symbolic size becomes `x.size(i)` of a matching input dim."""
+    if isinstance(d, int):
+        return d
+    for i, xd in enumerate(x.shape):
+        if xd == d:
+            return ("size", i)
+    return -1
+
+
+def _reshape_src(xs, a):
+    parts = [f"{xs[0]}.size({t[1]})" if isinstance(t, tuple) else str(int(t)) for t in a["target"]]
+    return f"{xs[0]}.reshape({', '.join(parts)})"
+
+
+register(
+    Op(
+        name="Reshape",
+        doc="Gives the tensor a new shape with the same number of elements; one size may be -1.",
+        params=(Param("shape", "dims", (), "target sizes, symbolic names allowed (batch, time)"),),
+        infer=_reshape_infer,
+        category="shape",
+        functional=_reshape_src,
+        prefix="reshape",
+        aliases=("reshape",),
+        example="z -> Reshape(batch, 1, 28, 28)",
+        shape_rule="[...] -> shape",
+    )
+)
+
+
+def _permute_infer(args, inputs):
+    (x,) = inputs
+    dims = [resolve_axis(d, x, "Permute") for d in args["dims"]]
+    if sorted(dims) != list(range(x.rank)):
+        raise ShapeError(f"Permute needs a permutation of 0..{x.rank - 1} for {x.shape_str()}, got {args['dims']}")
+    return Inferred([x.with_shape([x.shape[d] for d in dims])], {"dims": dims})
+
+
+register(
+    Op(
+        name="Permute",
+        doc="Reorders dimensions, e.g. Permute(0, 2, 1) swaps the last two of a rank-3 tensor.",
+        params=(Param("dims", "axes", (), "the new order"),),
+        infer=_permute_infer,
+        category="shape",
+        functional=lambda xs, a: f"{xs[0]}.permute({', '.join(map(str, a['dims']))})",
+        prefix="permute",
+        aliases=("permute",),
+        example="x -> Permute(0, 2, 1)",
+        shape_rule="dims reordered",
+    )
+)
+
+register(
+    Op(
+        name="Identity",
+        doc="Returns its input unchanged.",
+        params=(),
+        infer=lambda a, xs: Inferred([xs[0]], {}),
+        category="shape",
+        module=lambda a: "nn.Identity()",
+        functional=lambda xs, a: xs[0],
+        prefix="identity",
+        example="x -> Identity",
+        shape_rule="unchanged",
+    )
+)

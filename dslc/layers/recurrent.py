@@ -1,0 +1,249 @@
+"""Recurrent layers (batch-first) and multi-head attention."""
+
+from __future__ import annotations
+
+from dslc.layers.base import (
+    Inferred,
+    Op,
+    Param,
+    ShapeError,
+    check_positive,
+    expect_float,
+    expect_rank,
+    helper,
+    non_default,
+    pycall,
+    register,
+    static,
+)
+from dslc.shapes import TensorType
+
+RETURNS = ("sequence", "last", "state", "all")
+
+helper(
+    "final_hidden",
+    '''
+def final_hidden(h_n: torch.Tensor, num_directions: int) -> torch.Tensor:
+    """The last layer's final hidden state, directions concatenated: [batch, directions * hidden]."""
+    return torch.cat(list(h_n[-num_directions:]), dim=-1)
+''',
+)
+
+helper(
+    "flat_lstm",
+    '''
+def flat_lstm(result: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]):
+    """(output, (h_n, c_n)) -> (output, h_n, c_n)."""
+    output, (h_n, c_n) = result
+    return output, h_n, c_n
+''',
+)
+
+
+def _rnn_infer(name: str):
+    n_state = 2 if name == "LSTM" else 1
+
+    def infer(args, inputs):
+        x, *state = inputs
+        expect_float(x, name)
+        expect_rank(x, (3,), name, "[batch, time, features]", "recurrent layers are batch-first")
+        check_positive(args, "hidden_size", "layers")
+        if args["returns"] not in RETURNS:
+            raise ShapeError(f"{name}: returns must be one of {', '.join(RETURNS)}, got {args['returns']!r}")
+        if state and len(state) != n_state:
+            raise ShapeError(f"{name} takes the input and {n_state} initial state tensor(s), got {len(state)}")
+        if name == "RNN" and args["nonlinearity"] not in ("tanh", "relu"):
+            raise ShapeError(f"RNN nonlinearity must be 'tanh' or 'relu', got {args['nonlinearity']!r}")
+        batch, hidden = x.shape[0], args["hidden_size"]
+        directions = 2 if args["bidirectional"] else 1
+        state_type = TensorType(x.dtype, (args["layers"] * directions, batch, hidden))
+        for s in state:
+            if s.shape != state_type.shape:
+                raise ShapeError(f"{name} initial state must be {state_type.shape_str()}, got {s.shape_str()}")
+        sequence = TensorType(x.dtype, (batch, x.shape[1], directions * hidden))
+        last = TensorType(x.dtype, (batch, directions * hidden))
+        outputs = {
+            "sequence": [sequence],
+            "last": [last],
+            "state": [state_type] * n_state,
+            "all": [sequence] + [state_type] * n_state,
+        }[args["returns"]]
+        init = {
+            "input_size": static(x.shape[2], "feature size (last dimension)", name),
+            "directions": directions,
+            "has_state": bool(state),
+            **args,
+        }
+        return Inferred(outputs, init)
+
+    return infer
+
+
+def _rnn_module(name: str):
+    def src(a):
+        extra = non_default(a, layers=1, bias=True, dropout=0.0, bidirectional=False)
+        if "layers" in extra:
+            extra["num_layers"] = extra.pop("layers")
+        if name == "RNN" and a["nonlinearity"] != "tanh":
+            extra["nonlinearity"] = a["nonlinearity"]
+        return pycall(f"nn.{name}", a["input_size"], a["hidden_size"], batch_first=True, **extra)
+
+    return src
+
+
+def _rnn_forward(name: str):
+    def forward(module, inputs, a):
+        x, *state = inputs
+        if name == "LSTM" and state:
+            call = f"{module}({x}, ({state[0]}, {state[1]}))"
+        else:
+            call = f"{module}({', '.join([x, *state])})"
+        returns = a["returns"]
+        if returns == "sequence":
+            return f"{call}[0]"
+        if returns == "last":
+            h_n = f"{call}[1][0]" if name == "LSTM" else f"{call}[1]"
+            return f"final_hidden({h_n}, {a['directions']})"
+        if returns == "state":
+            return f"{call}[1]"
+        return f"flat_lstm({call})" if name == "LSTM" else call
+
+    return forward
+
+
+def _rnn_params(name: str):
+    gates = {"RNN": 1, "GRU": 3, "LSTM": 4}[name]
+
+    def count(a) -> int:
+        hidden, total = a["hidden_size"], 0
+        for layer in range(a["layers"]):
+            inputs = a["input_size"] if layer == 0 else a["directions"] * hidden
+            per_direction = gates * hidden * (inputs + hidden) + 2 * gates * hidden * a["bias"]
+            total += a["directions"] * per_direction
+        return total
+
+    return count
+
+
+_RNN_DOC = {
+    "RNN": "Elman RNN, h_t = tanh(W x_t + U h_(t-1) + b), stacked and optionally bidirectional.",
+    "LSTM": "Long short-term memory, stacked and optionally bidirectional.",
+    "GRU": "Gated recurrent unit, stacked and optionally bidirectional.",
+}
+
+for _name in ("RNN", "LSTM", "GRU"):
+    _params = [
+        Param("hidden_size", "int", doc="hidden state size per direction"),
+        Param("layers", "int", 1, "stacked layers"),
+        Param("bidirectional", "bool", False, "also run right to left; outputs are concatenated"),
+        Param("dropout", "float", 0.0, "dropout between stacked layers"),
+        Param("bias", "bool", True, "learn biases"),
+        Param(
+            "returns",
+            "str",
+            "sequence",
+            "sequence: every step's output; last: the final hidden state; state: the final state "
+            "tensors (h, and c for LSTM); all: the sequence and the state",
+            choices=RETURNS,
+        ),
+    ]
+    if _name == "RNN":
+        _params.append(Param("nonlinearity", "str", "tanh", "tanh or relu", choices=("tanh", "relu")))
+    register(
+        Op(
+            name=_name,
+            doc=_RNN_DOC[_name] + " Extra inputs are the initial state.",
+            params=tuple(_params),
+            infer=_rnn_infer(_name),
+            category="layer",
+            module=_rnn_module(_name),
+            forward=_rnn_forward(_name),
+            inputs=(1, 3 if _name == "LSTM" else 2),
+            prefix=_name.lower(),
+            param_count=_rnn_params(_name),
+            helpers=("final_hidden", "flat_lstm") if _name == "LSTM" else ("final_hidden",),
+            example=f"x -> {_name}(128, bidirectional=true, returns=\"last\")",
+            shape_rule="[batch, time, F] -> [batch, time, D*hidden] (sequence) | [batch, D*hidden] (last) "
+            "| [layers*D, batch, hidden] (state)",
+        )
+    )
+
+# ---------------------------------------------------------------- attention
+
+helper(
+    "causal_mask",
+    '''
+def causal_mask(size: int, device: torch.device) -> torch.Tensor:
+    """True above the diagonal: position i may not attend to positions after i."""
+    return torch.ones(size, size, dtype=torch.bool, device=device).triu(1)
+''',
+)
+
+
+def _mha_infer(args, inputs):
+    q = inputs[0]
+    k = inputs[1] if len(inputs) > 1 else q
+    v = inputs[2] if len(inputs) > 2 else k
+    for t in (q, k, v):
+        expect_float(t, "MultiheadAttention")
+        expect_rank(t, (3,), "MultiheadAttention", "[batch, time, features]")
+    check_positive(args, "heads")
+    embed = static(q.shape[2], "feature size", "MultiheadAttention")
+    if embed % args["heads"]:
+        raise ShapeError(f"MultiheadAttention: {args['heads']} heads do not divide the feature size {embed}")
+    if k.shape[1] != v.shape[1]:
+        raise ShapeError(f"MultiheadAttention: keys {k.shape_str()} and values {v.shape_str()} differ in length")
+    if q.shape[0] != k.shape[0]:
+        raise ShapeError(f"MultiheadAttention: query batch {q.shape[0]} differs from key batch {k.shape[0]}")
+    if args["causal"] and q.shape[1] != k.shape[1]:
+        raise ShapeError("MultiheadAttention: causal=true needs queries and keys of the same length")
+    init = {
+        "embed_dim": embed,
+        "kdim": static(k.shape[2], "key size", "MultiheadAttention"),
+        "vdim": static(v.shape[2], "value size", "MultiheadAttention"),
+        **args,
+    }
+    return Inferred([q], init)
+
+
+def _mha_module(a):
+    extra = non_default(a, dropout=0.0, bias=True)
+    if a["kdim"] != a["embed_dim"] or a["vdim"] != a["embed_dim"]:
+        extra.update(kdim=a["kdim"], vdim=a["vdim"])
+    return pycall("nn.MultiheadAttention", a["embed_dim"], a["heads"], batch_first=True, **extra)
+
+
+def _mha_forward(module, inputs, a):
+    q = inputs[0]
+    k = inputs[1] if len(inputs) > 1 else q
+    v = inputs[2] if len(inputs) > 2 else k
+    mask = f", attn_mask=causal_mask({q}.size(1), {q}.device)" if a["causal"] else ""
+    return f"{module}({q}, {k}, {v}{mask}, need_weights=False)[0]"
+
+
+register(
+    Op(
+        name="MultiheadAttention",
+        doc="Scaled dot-product attention with several heads. One input attends to itself; with two, "
+        "the first queries the second; with three: query, key, value.",
+        params=(
+            Param("heads", "int", doc="number of heads (must divide the feature size)"),
+            Param("dropout", "float", 0.0, "dropout on the attention weights"),
+            Param("bias", "bool", True, "learn projection biases"),
+            Param("causal", "bool", False, "mask future positions (decoder self-attention)"),
+        ),
+        infer=_mha_infer,
+        category="layer",
+        module=_mha_module,
+        forward=_mha_forward,
+        inputs=(1, 3),
+        prefix="attn",
+        param_count=lambda a: a["embed_dim"] * (a["embed_dim"] + a["kdim"] + a["vdim"])
+        + 3 * a["embed_dim"] * a["bias"]
+        + a["embed_dim"] * a["embed_dim"]
+        + a["embed_dim"] * a["bias"],
+        helpers=("causal_mask",),
+        example="(x, memory) -> MultiheadAttention(8)",
+        shape_rule="[batch, Tq, E] (+ [batch, Tk, Ek], [batch, Tk, Ev]) -> [batch, Tq, E]",
+    )
+)

@@ -1,0 +1,151 @@
+"""Loads a spec and its imports into file scopes, and applies `--set` overrides to constants."""
+
+from __future__ import annotations
+
+import keyword
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dslc import ast
+from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error, read_source
+from dslc.parser import parse
+
+# Names generated code relies on; a spec may not rebind them.
+RESERVED = frozenset({"self", "torch", "nn", "F", "math", "super", "block", "final_hidden", "flat_lstm", "causal_mask"})
+
+
+@dataclass
+class FileScope:
+    """The top-level names one file sees: its own definitions and what it imports."""
+
+    path: str
+    program: ast.Program
+    consts: dict[str, Any] = field(default_factory=dict)
+    const_locs: dict[str, Loc] = field(default_factory=dict)
+    blocks: dict[str, tuple[ast.BlockDef, FileScope]] = field(default_factory=dict)
+    aliases: dict[str, FileScope] = field(default_factory=dict)
+
+    def lookup_block(self, name: str) -> tuple[ast.BlockDef, FileScope] | None:
+        if "." in name:
+            alias, _, rest = name.partition(".")
+            scope = self.aliases.get(alias)
+            return scope.lookup_block(rest) if scope else None
+        return self.blocks.get(name)
+
+    def own_blocks(self) -> list[ast.BlockDef]:
+        return [item for item in self.program.items if isinstance(item, ast.BlockDef)]
+
+
+def check_identifier(name: str, loc: Loc, what: str) -> None:
+    """Spec names become Python identifiers in generated code: refuse anything that is not safe."""
+    if not name.isidentifier() or not name.isascii():
+        raise error(loc, f"{what} '{name}' is not a valid identifier")
+    if keyword.iskeyword(name) or name in RESERVED:
+        raise error(loc, f"{what} '{name}' is reserved in the generated Python code; choose another name")
+    if name.startswith("__"):
+        raise error(loc, f"{what} '{name}' may not start with two underscores")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`hidden=256` -> ("hidden", 256); values are ints, floats, true/false or strings."""
+    name, sep, raw = text.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise error(None, f"--set expects NAME=VALUE, got {text!r}")
+    raw = raw.strip()
+    for convert in (int, float):
+        try:
+            return name, convert(raw)
+        except ValueError:
+            pass
+    if raw in ("true", "false"):
+        return name, raw == "true"
+    return name, raw
+
+
+class Loader:
+    def __init__(self, evaluate_const):
+        self.evaluate_const = evaluate_const  # (expr, FileScope) -> value; provided by the checker
+        self.scopes: dict[Path, FileScope] = {}
+        self.loading: list[Path] = []
+        self.reporter = Reporter()
+
+    def load(self, path: str | Path, overrides: dict[str, Any] | None = None) -> FileScope:
+        root = self._load(Path(path), None, overrides or {})
+        return root
+
+    def _load(self, path: Path, loc: Loc | None, overrides: dict[str, Any]) -> FileScope:
+        key = path.resolve()
+        if key in self.loading:
+            chain = " -> ".join(p.name for p in self.loading[self.loading.index(key) :] + [key])
+            raise error(loc, f"import cycle: {chain}")
+        if key in self.scopes:
+            return self.scopes[key]
+        if loc is not None and not path.exists():
+            raise error(loc, f"cannot import '{path}': no such file")
+        source = read_source(path)
+        self.reporter.sources[str(path)] = source
+        program = parse(source, str(path))
+        scope = FileScope(str(path), program)
+        self.loading.append(key)
+        try:
+            self._define(scope, overrides)
+        finally:
+            self.loading.pop()
+        self.scopes[key] = scope
+        return scope
+
+    def _define(self, scope: FileScope, overrides: dict[str, Any]) -> None:
+        base = Path(scope.path).parent
+        for item in scope.program.items:
+            try:
+                if isinstance(item, ast.Import):
+                    self._import(scope, item, base)
+                elif isinstance(item, ast.Const):
+                    check_identifier(item.name, item.loc, "constant")
+                    if item.name in scope.consts:
+                        raise error(item.loc, f"constant '{item.name}' is defined twice")
+                    value = self.evaluate_const(item.value, scope)
+                    if item.name in overrides:
+                        value = _coerce_override(item.name, value, overrides[item.name])
+                    scope.consts[item.name] = value
+                    scope.const_locs[item.name] = item.loc
+                elif isinstance(item, ast.BlockDef):
+                    check_identifier(item.name, item.loc, "model" if item.is_model else "block")
+                    if item.name in scope.blocks and scope.blocks[item.name][1] is scope:
+                        raise error(item.loc, f"'{item.name}' is defined twice")
+                    scope.blocks[item.name] = (item, scope)
+            except DslcError as exc:
+                self.reporter.extend(exc)
+        for name in overrides:
+            if name not in scope.consts:
+                hint = did_you_mean(name, scope.consts)
+                self.reporter.error(None, f"--set {name}: the spec has no constant '{name}'", hint)
+
+    def _import(self, scope: FileScope, item: ast.Import, base: Path) -> None:
+        other = self._load(base / item.path, item.loc, {})
+        if item.names is not None:
+            for name in item.names:
+                if name in other.blocks:
+                    scope.blocks[name] = other.blocks[name]
+                elif name in other.consts:
+                    scope.consts[name] = other.consts[name]
+                else:
+                    known = list(other.blocks) + list(other.consts)
+                    raise error(item.loc, f"'{item.path}' defines no '{name}'", did_you_mean(name, known))
+        elif item.alias:
+            check_identifier(item.alias, item.loc, "import alias")
+            scope.aliases[item.alias] = other
+        else:
+            scope.blocks.update(other.blocks)
+            scope.consts.update(other.consts)
+
+
+def _coerce_override(name: str, old: Any, value: Any) -> Any:
+    """An override must keep the constant's type (an int may stand for a float)."""
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(old) is not type(value):
+        raise error(None, f"--set {name}: expected {type(old).__name__} like {old!r}, got {value!r}")
+    return value

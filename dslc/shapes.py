@@ -1,0 +1,173 @@
+"""Tensor types with symbolic dimensions.
+
+A dimension is an `int` or a `Sym`: a polynomial over named sizes (`batch`, `time`, `2*time + 1`)
+with integer coefficients. Floor division that does not divide evenly becomes an opaque atom, so
+`(time - 11) // 2 + 1` after a strided convolution stays exact and comparable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+Monomial = tuple[str, ...]  # sorted atom names; () is the constant term
+
+
+class Sym:
+    __slots__ = ("terms",)
+
+    def __init__(self, terms: dict[Monomial, int]):
+        self.terms = {m: c for m, c in terms.items() if c != 0}
+
+    @staticmethod
+    def named(name: str) -> Sym:
+        return Sym({(name,): 1})
+
+    # -- construction helpers
+    @staticmethod
+    def lift(value: Dim) -> Sym:
+        return value if isinstance(value, Sym) else Sym({(): int(value)})
+
+    def simplify(self) -> Dim:
+        if not self.terms:
+            return 0
+        if set(self.terms) == {()}:
+            return self.terms[()]
+        return self
+
+    # -- arithmetic
+    def __add__(self, other: Dim) -> Dim:
+        terms = dict(self.terms)
+        for m, c in Sym.lift(other).terms.items():
+            terms[m] = terms.get(m, 0) + c
+        return Sym(terms).simplify()
+
+    __radd__ = __add__
+
+    def __neg__(self) -> Dim:
+        return Sym({m: -c for m, c in self.terms.items()}).simplify()
+
+    def __sub__(self, other: Dim) -> Dim:
+        return self + (-Sym.lift(other))
+
+    def __rsub__(self, other: Dim) -> Dim:
+        return Sym.lift(other) + (-self)
+
+    def __mul__(self, other: Dim) -> Dim:
+        terms: dict[Monomial, int] = {}
+        for m1, c1 in self.terms.items():
+            for m2, c2 in Sym.lift(other).terms.items():
+                m = tuple(sorted(m1 + m2))
+                terms[m] = terms.get(m, 0) + c1 * c2
+        return Sym(terms).simplify()
+
+    __rmul__ = __mul__
+
+    def __floordiv__(self, other: int) -> Dim:
+        if not isinstance(other, int) or other <= 0:
+            raise TypeError("symbolic sizes divide only by positive integers")
+        if other == 1:
+            return self
+        if all(c % other == 0 for c in self.terms.values()):
+            return Sym({m: c // other for m, c in self.terms.items()}).simplify()
+        return Sym.named(f"({self} // {other})")
+
+    # -- comparison and display
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (int, Sym)):
+            return self.terms == Sym.lift(other).terms
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self.terms.items())))
+
+    def atoms(self) -> set[str]:
+        return {a for m in self.terms for a in m}
+
+    def __str__(self) -> str:
+        parts = []
+        for m, c in sorted(self.terms.items(), key=lambda mc: (len(mc[0]) == 0, mc[0])):
+            body = "*".join(m)
+            if not m:
+                text = str(abs(c))
+            elif abs(c) == 1:
+                text = body
+            else:
+                text = f"{abs(c)}*{body}"
+            if not parts:
+                parts.append(text if c > 0 else f"-{text}")
+            else:
+                parts.append(("+ " if c > 0 else "- ") + text)
+        return " ".join(parts)
+
+    __repr__ = __str__
+
+
+Dim = Union[int, Sym]
+
+
+def dim_str(d: Dim) -> str:
+    return str(d)
+
+
+def is_static(d: Dim) -> bool:
+    return isinstance(d, int)
+
+
+DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool")
+FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class TensorType:
+    dtype: str
+    shape: tuple[Dim, ...]
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
+
+    def with_shape(self, shape) -> TensorType:
+        return TensorType(self.dtype, tuple(shape))
+
+    def with_dtype(self, dtype: str) -> TensorType:
+        return TensorType(dtype, self.shape)
+
+    def __str__(self) -> str:
+        return f"{self.dtype}[{', '.join(dim_str(d) for d in self.shape)}]"
+
+    def shape_str(self) -> str:
+        return f"[{', '.join(dim_str(d) for d in self.shape)}]"
+
+
+def numel(shape) -> Dim:
+    total: Dim = 1
+    for d in shape:
+        total = d * total if isinstance(d, Sym) else total * d
+    return total
+
+
+def normalize_axis(axis: int, rank: int) -> int | None:
+    """Python-style negative axes; None when out of range."""
+    if -rank <= axis < rank:
+        return axis % rank
+    return None
+
+
+def broadcast(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> tuple[Dim, ...] | None:
+    """numpy broadcasting on symbolic shapes; None when the shapes do not broadcast."""
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else 1
+        y = b[-i] if i <= len(b) else 1
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            return None
+    return tuple(reversed(out))

@@ -1,0 +1,69 @@
+"""Runs an exported ONNX graph in onnxruntime and compares it with the PyTorch module.
+
+Verification uses sizes other than the export example (batch 1 and a larger batch, shorter and
+longer sequences), so a dimension frozen by the exporter shows up as a failure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from dslc import ir
+from dslc.export_onnx import example_inputs, example_sizes
+
+TOLERANCE = 1e-5
+VERIFY_SHIFTS = (-8, 12)  # size offsets from the export example: batch 1 and 6, sequences -8 and +12
+
+
+@dataclass
+class VerifyResult:
+    passed: bool
+    max_abs_diff: float
+    runs: list[dict[str, int]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def verify(torch_module: torch.nn.Module, module: ir.ModuleIR, path: Path, tolerance: float = TOLERANCE) -> VerifyResult:
+    torch_module.eval()
+    sess = session(path)
+    result = VerifyResult(True, 0.0)
+    for i, shift in enumerate(VERIFY_SHIFTS):
+        sizes = example_sizes(module, shift)
+        inputs = example_inputs(module, sizes, seed=100 + i)
+        with torch.no_grad():
+            expected = torch_module(*inputs)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        feeds = {p.name: x.numpy() for p, x in zip(module.inputs, inputs)}
+        try:
+            actual = sess.run([p.name for p in module.outputs], feeds)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            result.passed = False
+            result.problems.append(f"onnxruntime failed at sizes {sizes}: {str(exc).splitlines()[0]}")
+            continue
+        result.runs.append(sizes)
+        for port, want, got in zip(module.outputs, expected, actual):
+            want = want.numpy()
+            if want.shape != got.shape:
+                result.passed = False
+                result.problems.append(f"output '{port.name}' has shape {got.shape} in ONNX, {want.shape} in PyTorch (sizes {sizes})")
+                continue
+            if want.dtype == np.bool_ or np.issubdtype(want.dtype, np.integer):
+                diff = float(np.abs(want.astype(np.int64) - got.astype(np.int64)).max(initial=0))
+            else:
+                diff = float(np.abs(want.astype(np.float64) - got.astype(np.float64)).max(initial=0.0))
+            result.max_abs_diff = max(result.max_abs_diff, diff)
+            if not diff <= tolerance:
+                result.passed = False
+                result.problems.append(f"output '{port.name}' differs by {diff:.3g} (> {tolerance}) at sizes {sizes}")
+    return result

@@ -1,0 +1,24 @@
+"""dslc_runtime: run ONNX models exported by the dslc compiler (onnxruntime + numpy only).
+
+>>> from dslc_runtime import Model
+>>> model = Model.load("build/")              # directory with manifest.json, or a .onnx file
+>>> print(model.signature)
+>>> outputs = model(image=batch)              # dict of numpy arrays
+"""
+
+from .errors import DslcRuntimeError, InputError, ModelError, ProviderError
+from .model import Model
+from .signature import Signature, TensorSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DslcRuntimeError",
+    "InputError",
+    "Model",
+    "ModelError",
+    "ProviderError",
+    "Signature",
+    "TensorSpec",
+    "__version__",
+]

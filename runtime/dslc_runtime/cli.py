@@ -1,0 +1,290 @@
+"""Command-line helpers: ``run``, ``bench`` and ``info``.
+
+The functions :func:`run_cli`, :func:`bench_cli` and :func:`info_cli` are plain functions so that
+another CLI (the ``dslc`` click app) can wire them in; :func:`main` is an argparse front end used
+by ``python -m dslc_runtime``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from .errors import DslcRuntimeError, InputError, ProviderError
+from .model import Model
+from .signature import TensorSpec
+
+_DEFAULT_DIM = 16
+
+
+def _summary(name: str, value: Any) -> str:
+    arr = np.asarray(value)
+    head = f"{name}: {arr.dtype}{list(arr.shape)}"
+    if arr.size <= 20:
+        return f"{head} = {np.array2string(arr, precision=5, separator=', ')}"
+    if arr.dtype.kind in "fiub":
+        return f"{head} min={arr.min():.5g} max={arr.max():.5g} mean={arr.astype(np.float64).mean():.5g}"
+    return head
+
+
+def load_inputs(model: Model, inputs: Mapping[str, str | Path]) -> dict[str, np.ndarray]:
+    """Load ``{name: file.npy}`` (never unpickling objects). A lone input may use the name ``""``."""
+    arrays: dict[str, np.ndarray] = {}
+    for name, file in inputs.items():
+        key = name
+        if not key:
+            if len(model.input_names) != 1:
+                raise InputError(f"{model.name} has inputs {model.input_names}; use NAME=FILE.npy")
+            key = model.input_names[0]
+        try:
+            arrays[key] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read input {key!r} from {file}: {exc}") from None
+    return arrays
+
+
+def run_cli(
+    model_path: str | Path,
+    inputs: Mapping[str, str | Path],
+    output_dir: str | Path | None = None,
+    *,
+    providers: str = "auto",
+    model: str | None = None,
+    stream: TextIO | None = None,
+) -> dict[str, np.ndarray]:
+    """Run a model on ``.npy`` inputs, print a summary of each output, save ``NAME.npy`` files."""
+    out = stream or sys.stdout
+    m = Model.load(model_path, model=model, providers=providers)
+    results = m.run(load_inputs(m, inputs))
+    print(f"{m.name} on {m.provider}", file=out)
+    for note in m.notes:
+        print(f"  note: {note}", file=out)
+    arrays = {name: np.asarray(value) for name, value in results.items()}
+    for name, arr in arrays.items():
+        print("  " + _summary(name, arr), file=out)
+    if output_dir is not None:
+        folder = Path(output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, arr in arrays.items():
+            np.save(folder / f"{name}.npy", arr)
+        print(f"saved {len(arrays)} output(s) to {folder}", file=out)
+    return arrays
+
+
+def info_cli(
+    model_path: str | Path,
+    *,
+    model: str | None = None,
+    providers: str = "auto",
+    stream: TextIO | None = None,
+) -> Model:
+    """Print a model's signature, provider and dslc metadata."""
+    out = stream or sys.stdout
+    m = Model.load(model_path, model=model, providers=providers)
+    print(f"{m.name}  ({m.path})", file=out)
+    print(f"provider: {m.provider}", file=out)
+    for note in m.notes:
+        print(f"  note: {note}", file=out)
+    print(m.signature.describe(), file=out)
+    for key in ("dslc.version", "dslc.spec_sha256"):
+        if key in m.metadata:
+            print(f"{key}: {m.metadata[key]}", file=out)
+    if m.labels:
+        print(
+            f"labels ({len(m.labels)}): {', '.join(m.labels[:10])}{' ...' if len(m.labels) > 10 else ''}",
+            file=out,
+        )
+    if m.vocab:
+        print(f"vocab: {len(m.vocab)} tokens", file=out)
+    return m
+
+
+def random_inputs(
+    model: Model, batch: int, dims: Mapping[str, int] | None = None, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Random inputs matching the signature: leading symbolic dim = ``batch``; ints are zeros."""
+    rng = np.random.default_rng(seed)
+    sizes = dict(dims or {})
+    arrays: dict[str, np.ndarray] = {}
+    for spec in model.signature.inputs:
+        arrays[spec.name] = _random(spec, batch, sizes, rng)
+    return arrays
+
+
+def _random(
+    spec: TensorSpec, batch: int, sizes: dict[str, int], rng: np.random.Generator
+) -> np.ndarray:
+    shape = []
+    for axis, dim in enumerate(spec.shape):
+        if isinstance(dim, int):
+            shape.append(dim)
+        elif dim is not None and dim in sizes:
+            shape.append(sizes[dim])
+        else:
+            size = batch if axis == 0 else _DEFAULT_DIM
+            if dim is not None:
+                sizes[dim] = size
+            shape.append(size)
+    dtype = spec.numpy_dtype or np.dtype(np.float32)
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind == "O":
+        return np.full(shape, "", dtype=object)
+    return np.zeros(shape, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    provider: str
+    batch: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    throughput: float
+    """Samples per second (batch / mean latency)."""
+
+
+def bench_cli(
+    model_path: str | Path,
+    providers: Sequence[str] = ("auto",),
+    batch_sizes: Sequence[int] = (1,),
+    iterations: int = 100,
+    *,
+    warmup: int = 10,
+    model: str | None = None,
+    dims: Mapping[str, int] | None = None,
+    stream: TextIO | None = None,
+) -> list[BenchResult]:
+    """Print latency percentiles (p50/p90/p99) and throughput per provider and batch size."""
+    out = stream or sys.stdout
+    results: list[BenchResult] = []
+    print(
+        f"{'provider':<28} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'samples/s':>11}",
+        file=out,
+    )
+    for request in providers:
+        try:
+            m = Model.load(model_path, model=model, providers=request)
+        except ProviderError as exc:
+            print(f"{request:<28} skipped: {exc}", file=out)
+            continue
+        lead = (
+            m.signature.inputs[0].shape[0]
+            if m.signature.inputs and m.signature.inputs[0].rank
+            else None
+        )
+        for batch in batch_sizes:
+            actual = lead if isinstance(lead, int) else batch
+            feeds = random_inputs(m, actual, dims)
+            for _ in range(warmup):
+                m.run(feeds)
+            times = np.empty(iterations)
+            for i in range(iterations):
+                start = time.perf_counter()
+                m.run(feeds)
+                times[i] = time.perf_counter() - start
+            p50, p90, p99 = (float(v) * 1e3 for v in np.percentile(times, [50, 90, 99]))
+            result = BenchResult(m.provider, actual, p50, p90, p99, actual / float(times.mean()))
+            results.append(result)
+            print(
+                f"{m.provider:<28} {actual:>5} {p50:>9.3f} {p90:>9.3f} {p99:>9.3f} "
+                f"{result.throughput:>11.1f}",
+                file=out,
+            )
+    return results
+
+
+def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            name, value = "", item
+        if name in pairs:
+            raise SystemExit(f"{what} {name or '(unnamed)'} given twice")
+        pairs[name] = value
+    return pairs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m dslc_runtime", description="Run and benchmark dslc ONNX models."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model", help=".onnx file or build directory with manifest.json")
+        p.add_argument(
+            "--model", dest="model_name", help="model name when the manifest has several"
+        )
+
+    p_run = sub.add_parser("run", help="run a model on .npy inputs")
+    common(p_run)
+    p_run.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy")
+    p_run.add_argument("--output-dir", "-o", help="save outputs as NAME.npy here")
+    p_run.add_argument("--providers", default="auto", help="auto | cpu | cuda | tensorrt")
+
+    p_bench = sub.add_parser("bench", help="latency percentiles and throughput")
+    common(p_bench)
+    p_bench.add_argument("--providers", default="auto", help="comma-separated, e.g. cpu,cuda")
+    p_bench.add_argument("--batch-sizes", default="1", help="comma-separated, e.g. 1,8,32")
+    p_bench.add_argument("--iterations", type=int, default=100)
+    p_bench.add_argument("--warmup", type=int, default=10)
+    p_bench.add_argument(
+        "--dim",
+        action="append",
+        default=[],
+        metavar="NAME=SIZE",
+        help="size of a symbolic dim (default: batch for the leading dim, else 16)",
+    )
+
+    p_info = sub.add_parser("info", help="print the signature and metadata")
+    common(p_info)
+    p_info.add_argument("--providers", default="auto")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            run_cli(
+                args.model,
+                _pairs(args.input, "input"),
+                args.output_dir,
+                providers=args.providers,
+                model=args.model_name,
+            )
+        elif args.command == "bench":
+            dims = {k: int(v) for k, v in _pairs(args.dim, "dim").items()}
+            bench_cli(
+                args.model,
+                [p.strip() for p in args.providers.split(",") if p.strip()],
+                [int(b) for b in args.batch_sizes.split(",")],
+                args.iterations,
+                warmup=args.warmup,
+                model=args.model_name,
+                dims=dims,
+            )
+        else:
+            info_cli(args.model, model=args.model_name, providers=args.providers)
+    except DslcRuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def outputs_to_json(outputs: Mapping[str, Any]) -> str:
+    """Serialise outputs as ``{name: {dtype, shape, data}}`` JSON (used by the examples)."""
+    arrays = {name: np.asarray(value) for name, value in outputs.items()}
+    return json.dumps(
+        {
+            name: {"dtype": str(a.dtype), "shape": list(a.shape), "data": a.ravel().tolist()}
+            for name, a in arrays.items()
+        }
+    )

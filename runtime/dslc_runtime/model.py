@@ -1,0 +1,671 @@
+"""``Model``: load an exported ONNX model (file or build directory) and run it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from . import providers as _providers
+from ._onnx_scan import check_external_data, scan_file
+from .errors import InputError, ModelError, ProviderError
+from .signature import (
+    Signature,
+    describe_values,
+    dtype_from_ort,
+    dtype_name,
+    input_error,
+    merge_spec,
+)
+
+MANIFEST = "manifest.json"
+
+_OPT_LEVELS = {
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+}
+
+# DLPack device types (dlpack.h): CPU, CUDA, CUDA pinned host memory.
+_DL_CPU, _DL_CUDA, _DL_CUDA_HOST = 1, 2, 3
+
+_Check = tuple[
+    str, "np.dtype[Any] | None", int, tuple[tuple[int, int], ...], tuple[tuple[int, str], ...]
+]
+
+
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_ORT_LOCATION = re.compile(r"(?:/[^\s:]*/)?[\w-]+\.(?:cc|h|cpp):\d+ ")
+_CPP_FUNCTION = re.compile(r"[\w:<>,*&~ ]*::~?\w+\(")
+
+
+def clean_ort_message(message: str) -> str:
+    """First line of an onnxruntime error without its code prefix and C++ source locations."""
+    text = _ORT_PREFIX.sub("", message.strip().splitlines()[0] if message.strip() else "")
+    while (match := _ORT_LOCATION.search(text)) is not None:
+        end = match.end()
+        rest = text[end:]
+        # Drop a following C++ function signature ``ret ns::f(args...)`` (balanced parens).
+        if _CPP_FUNCTION.match(rest):
+            paren = rest.index("(")
+            depth, i = 0, paren
+            for i in range(paren, len(rest)):
+                depth += {"(": 1, ")": -1}.get(rest[i], 0)
+                if depth == 0:
+                    break
+            end += i + 1
+        text = (text[: match.start()] + text[end:].lstrip()).strip()
+    return text
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.split(".", 1)[0] == "torch"
+
+
+def _inside(folder: Path, relative: str, what: str) -> Path:
+    parts = relative.replace("\\", "/").split("/")
+    target = (folder / relative).resolve()
+    if os.path.isabs(relative) or ".." in parts or not target.is_relative_to(folder.resolve()):
+        raise ModelError(f"{what} {relative!r} points outside the build directory {folder}")
+    return target
+
+
+def _resolve(
+    path: Path, model: str | None
+) -> tuple[Path, dict[str, Any] | None, dict[str, Any] | None]:
+    """Find the ONNX file for ``path`` (file, build dir, manifest); return (onnx, entry, manifest)."""
+    if path.is_dir():
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            candidates = sorted(path.glob("*.onnx"))
+            if model is not None:
+                candidates = [c for c in candidates if c.stem == model]
+            if len(candidates) != 1:
+                names = ", ".join(c.name for c in sorted(path.glob("*.onnx"))) or "none"
+                raise ModelError(
+                    f"{path} has no {MANIFEST} and no single matching .onnx file "
+                    f"(found: {names}); pass the .onnx path or model=NAME"
+                )
+            return candidates[0], None, None
+    elif path.name == MANIFEST or path.suffix == ".json":
+        manifest_path = path
+    elif path.exists():
+        return path, None, None
+    else:
+        raise ModelError(f"model not found: {path}")
+
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        entries = manifest["models"]
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise TypeError("'models' must be a list of objects")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"invalid manifest {manifest_path}: {exc}") from None
+    names = [str(e.get("name")) for e in entries]
+    if model is None:
+        if len(entries) != 1:
+            raise ModelError(
+                f"{manifest_path} describes {len(entries)} models ({', '.join(names)}); "
+                "choose one with model=NAME"
+            )
+        entry = entries[0]
+    else:
+        matches = [e for e in entries if e.get("name") == model]
+        if not matches:
+            raise ModelError(
+                f"no model {model!r} in {manifest_path}; available: {', '.join(names)}"
+            )
+        entry = matches[0]
+    onnx_name = entry.get("onnx") or f"{entry.get('name')}.onnx"
+    onnx_path = _inside(manifest_path.parent, str(onnx_name), "manifest entry 'onnx'")
+    if not onnx_path.is_file():
+        raise ModelError(f"{manifest_path} lists {onnx_name!r} but {onnx_path} does not exist")
+    return onnx_path, entry, manifest
+
+
+def _json_meta(metadata: Mapping[str, str], key: str, path: Path) -> Any:
+    raw = metadata.get(key)
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise ModelError(f"{path}: metadata {key!r} is not valid JSON") from None
+
+
+def _string_list(value: Any, key: str, path: Path) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ModelError(f"{path}: {key} must be a JSON list")
+    return [str(v) for v in value]
+
+
+def _declared(items: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(items, list):
+        return {}
+    return {str(d["name"]): d for d in items if isinstance(d, dict) and "name" in d}
+
+
+class Model:
+    """A loaded ONNX model with a validated, numpy-friendly calling convention.
+
+    Create with :meth:`Model.load`; call with keyword arguments or a dict of arrays::
+
+        model = Model.load("build/", providers="auto")
+        out = model(image=np.zeros((2, 1, 28, 28), np.float32))
+        out["logits"].shape  # (2, 10)
+    """
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        *,
+        path: Path,
+        signature: Signature,
+        metadata: dict[str, str],
+        labels: list[str] | None = None,
+        vocab: list[str] | None = None,
+        manifest: dict[str, Any] | None = None,
+        notes: list[str] | None = None,
+        device_id: int = 0,
+        cuda_graph: bool = False,
+    ) -> None:
+        self._session = session
+        self.path = path
+        self.signature = signature
+        self.metadata = metadata
+        self.labels = labels
+        self.vocab = vocab
+        self.manifest = manifest
+        self.notes = notes or []
+        self.device_id = device_id
+        self.providers: list[str] = list(session.get_providers())
+        self._output_names = signature.output_names
+        self._input_names = frozenset(signature.input_names)
+        self._checks: list[_Check] = [
+            (
+                s.name,
+                s.numpy_dtype,
+                s.rank,
+                tuple((i, d) for i, d in enumerate(s.shape) if isinstance(d, int)),
+                tuple((i, d) for i, d in enumerate(s.shape) if isinstance(d, str)),
+            )
+            for s in signature.inputs
+        ]
+        inner = getattr(session, "_sess", None)
+        # The pybind session skips InferenceSession.run's own Python-level re-validation
+        # (we validated already); fall back to the public API if the layout ever changes.
+        self._run_fn: Callable[..., list[Any]] = (
+            inner.run if inner is not None and hasattr(inner, "run") else session.run
+        )
+        self._on_gpu = self.providers[0] in (_providers.CUDA, _providers.TENSORRT)
+        self._cuda_graph = _CudaGraph(self) if cuda_graph else None
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        model: str | None = None,
+        providers: _providers.ProviderRequest = "auto",
+        device_id: int = 0,
+        cache_dir: str | os.PathLike[str] | None = None,
+        enable_cuda_graph: bool = False,
+        optimization: str = "all",
+        intra_op_num_threads: int | None = None,
+        inter_op_num_threads: int | None = None,
+        provider_options: dict[str, dict[str, Any]] | None = None,
+        session_options: ort.SessionOptions | None = None,
+    ) -> Model:
+        """Load ``path``: an ``.onnx`` file, a build directory with ``manifest.json``, or a manifest.
+
+        Args:
+            model: model name when the manifest lists several (e.g. ``"generator"``).
+            providers: ``"auto"`` (CUDA if really usable, else CPU), ``"cpu"``, ``"cuda"``,
+                ``"tensorrt"`` (TensorRT -> CUDA -> CPU), or a list of onnxruntime provider
+                names. Explicit requests raise :class:`ProviderError` instead of falling back.
+            cache_dir: keep the optimized graph in ``cache_dir`` (keyed by the file's sha256,
+                the providers and the onnxruntime version) to speed up later loads.
+            enable_cuda_graph: capture the model as a CUDA graph (static shapes only, CUDA/TRT).
+            optimization: graph optimization level: ``all`` (default), ``extended``, ``basic``,
+                ``none``.
+        """
+        onnx_path, entry, manifest = _resolve(Path(path), model)
+        scan = scan_file(onnx_path)
+        check_external_data(onnx_path, scan)
+        metadata = dict(scan.metadata)
+
+        plan = _providers.resolve(
+            providers,
+            device_id=device_id,
+            enable_cuda_graph=enable_cuda_graph,
+            provider_options=provider_options,
+        )
+        if optimization not in _OPT_LEVELS:
+            raise ValueError(f"optimization must be one of {', '.join(_OPT_LEVELS)}")
+        options = session_options or ort.SessionOptions()
+        options.graph_optimization_level = _OPT_LEVELS[optimization]
+        if session_options is None:
+            options.log_severity_level = 3
+        if intra_op_num_threads is not None:
+            options.intra_op_num_threads = intra_op_num_threads
+        if inter_op_num_threads is not None:
+            options.inter_op_num_threads = inter_op_num_threads
+
+        source, pending = onnx_path, None
+        if cache_dir is not None and not scan.external:
+            source, pending = _cached_source(
+                onnx_path, Path(cache_dir), plan, optimization, options
+            )
+
+        try:
+            session = ort.InferenceSession(
+                str(source),
+                sess_options=options,
+                providers=[name for name, _ in plan.providers],
+                provider_options=[opts for _, opts in plan.providers],
+            )
+        except Exception as exc:  # onnxruntime raises pybind exception types
+            message = clean_ort_message(str(exc)) or type(exc).__name__
+            raise ModelError(f"onnxruntime cannot load {onnx_path}: {message}") from None
+        if pending is not None:
+            _finish_cache(*pending)
+
+        active = session.get_providers()
+        if plan.required is not None and active[0] != plan.required:
+            raise ProviderError(
+                f"{plan.required} was requested but onnxruntime created the session with "
+                f"{', '.join(active)} (the provider failed to initialise; check the CUDA/cuDNN "
+                "installation). Use providers='auto' to allow CPU fallback."
+            )
+        notes = list(plan.notes)
+        wanted = plan.providers[0][0]
+        if wanted != active[0]:
+            notes.append(f"{wanted} failed to initialise; running on {active[0]}")
+
+        decl_inputs = _declared(entry.get("inputs") if entry else None) or _declared(
+            _json_meta(metadata, "dslc.inputs", onnx_path)
+        )
+        decl_outputs = _declared(entry.get("outputs") if entry else None) or _declared(
+            _json_meta(metadata, "dslc.outputs", onnx_path)
+        )
+        signature = Signature(
+            tuple(
+                merge_spec(i.name, dtype_from_ort(i.type), i.shape, decl_inputs.get(i.name))
+                for i in session.get_inputs()
+            ),
+            tuple(
+                merge_spec(o.name, dtype_from_ort(o.type), o.shape, decl_outputs.get(o.name))
+                for o in session.get_outputs()
+            ),
+        )
+        labels = _string_list(
+            _json_meta(metadata, "dslc.labels", onnx_path) or (entry or {}).get("labels"),
+            "dslc.labels",
+            onnx_path,
+        )
+        vocab = _string_list(
+            _json_meta(metadata, "dslc.vocab", onnx_path) or (entry or {}).get("vocab"),
+            "dslc.vocab",
+            onnx_path,
+        )
+        if enable_cuda_graph and active[0] not in (_providers.CUDA, _providers.TENSORRT):
+            raise ProviderError("enable_cuda_graph=True needs the CUDA or TensorRT provider")
+        if enable_cuda_graph:
+            dynamic = [str(s) for s in (*signature.inputs, *signature.outputs) if not s.is_static]
+            if dynamic:
+                raise ModelError(
+                    "CUDA graphs need static shapes; these tensors have symbolic dims: "
+                    + ", ".join(dynamic)
+                )
+        return cls(
+            session,
+            path=onnx_path,
+            signature=signature,
+            metadata=metadata,
+            labels=labels,
+            vocab=vocab,
+            manifest=manifest,
+            notes=notes,
+            device_id=device_id,
+            cuda_graph=enable_cuda_graph,
+        )
+
+    # --------------------------------------------------------------- properties
+    @property
+    def name(self) -> str:
+        return self.metadata.get("dslc.model") or self.path.stem
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that actually runs the model (first of session.get_providers())."""
+        return self.providers[0]
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The underlying onnxruntime session (for advanced use)."""
+        return self._session
+
+    @property
+    def input_names(self) -> list[str]:
+        return self.signature.input_names
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._output_names)
+
+    def __repr__(self) -> str:
+        return f"<dslc_runtime.Model {self.name!r} {self.signature} on {self.provider}>"
+
+    # ------------------------------------------------------------------ running
+    def __call__(self, **inputs: Any) -> dict[str, Any]:
+        return self.run(inputs)
+
+    def run(self, inputs: Mapping[str, Any] | None = None, /, **kwargs: Any) -> dict[str, Any]:
+        """Run the model; ``inputs`` maps input names to arrays. Returns ``{output: array}``.
+
+        numpy arrays (and nested lists / scalars, converted to the declared dtype) run through
+        the plain session. Objects supporting DLPack (torch tensors, ...) are accepted too: on
+        CPU they are viewed with ``np.from_dlpack`` and, for torch inputs, outputs come back as
+        torch tensors; device-resident (CUDA) tensors go through IOBinding without host copies
+        and outputs stay on the device.
+        """
+        feeds: Mapping[str, Any] = inputs if not kwargs else {**(inputs or {}), **kwargs}
+        arrays, special = self._prepare(feeds)
+        if self._cuda_graph is not None:
+            return self._cuda_graph.run(arrays, special)
+        if special is None:
+            return dict(
+                zip(self._output_names, self._run_fn(self._output_names, arrays, None), strict=True)
+            )
+        if special == "device":
+            return self._run_iobinding(arrays)
+        outputs = self._run_fn(self._output_names, arrays, None)
+        torch = sys.modules["torch"]
+        return {n: torch.from_numpy(o) for n, o in zip(self._output_names, outputs, strict=True)}
+
+    def validate(self, inputs: Mapping[str, Any]) -> None:
+        """Check ``inputs`` against the signature; raise :class:`InputError` if they do not match."""
+        self._prepare(inputs)
+
+    def _prepare(self, feeds: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """Validate and normalise inputs.
+
+        Returns ``(arrays, special)`` where special is None (plain numpy), ``"torch"`` (CPU torch
+        tensors were given) or ``"device"`` (device-resident values need IOBinding).
+        """
+        if len(feeds) != len(self._checks) or not self._input_names.issuperset(feeds):
+            raise self._name_error(feeds)
+        arrays: dict[str, Any] = {}
+        problems: list[str] = []
+        symbols: dict[str, tuple[int, str]] = {}
+        special: str | None = None
+        for name, dtype, rank, fixed, syms in self._checks:
+            x = feeds[name]
+            if type(x) is np.ndarray:
+                shape, got = x.shape, x.dtype
+                if (
+                    got != dtype
+                    and dtype is not None
+                    and not (dtype.kind == "O" and got.kind in "OUS")
+                ):
+                    problems.append(f"{name}: dtype {got} but the model expects {dtype}")
+            else:
+                x, kind = self._convert(name, x, dtype)
+                if kind is not None and special != "device":
+                    special = kind
+                shape = tuple(x.shape() if isinstance(x, ort.OrtValue) else x.shape)
+                got_name = (
+                    dtype_from_ort(x.data_type())
+                    if isinstance(x, ort.OrtValue)
+                    else dtype_name(x.dtype)
+                )
+                if dtype is not None and got_name != dtype_name(dtype) and dtype.kind != "O":
+                    problems.append(f"{name}: dtype {got_name} but the model expects {dtype}")
+            arrays[name] = x
+            if len(shape) != rank:
+                problems.append(
+                    f"{name}: rank {len(shape)} (shape {tuple(shape)}) but the model expects rank {rank}"
+                )
+                continue
+            for i, size in fixed:
+                if shape[i] != size:
+                    problems.append(f"{name}: dim {i} is {shape[i]} but the model expects {size}")
+            for i, sym in syms:
+                seen = symbols.setdefault(sym, (shape[i], name))
+                if seen[0] != shape[i]:
+                    problems.append(
+                        f"{name}: dim {i} ({sym!r}) is {shape[i]} but {seen[1]} has {sym!r} = {seen[0]}"
+                    )
+        if problems:
+            raise input_error(self.signature, problems, describe_values(feeds))
+        return arrays, special
+
+    def _convert(self, name: str, x: Any, dtype: np.dtype[Any] | None) -> tuple[Any, str | None]:
+        if isinstance(x, ort.OrtValue):
+            if x.device_name().lower() != "cpu" and not self._on_gpu:
+                raise input_error(
+                    self.signature,
+                    [
+                        f"{name}: OrtValue on {x.device_name()} but the model runs on {self.provider}"
+                    ],
+                )
+            return x, "device"  # OrtValues always go through IOBinding
+        if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
+            is_torch = _is_torch(x)
+            if is_torch and getattr(x, "requires_grad", False):
+                x = x.detach()
+            device_type = int(x.__dlpack_device__()[0])
+            if device_type in (_DL_CPU, _DL_CUDA_HOST):
+                try:
+                    return np.from_dlpack(x), ("torch" if is_torch else None)
+                except (TypeError, BufferError, RuntimeError) as exc:  # e.g. bfloat16
+                    raise input_error(
+                        self.signature, [f"{name}: cannot view as numpy: {exc}"]
+                    ) from None
+            if device_type == _DL_CUDA and self._on_gpu:
+                return x, "device"
+            raise input_error(
+                self.signature,
+                [
+                    f"{name}: tensor lives on DLPack device {device_type} but the model runs on "
+                    f"{self.provider}; move it to the CPU first"
+                ],
+            )
+        try:
+            return np.asarray(x, dtype=dtype), None
+        except (TypeError, ValueError) as exc:
+            raise input_error(
+                self.signature, [f"{name}: cannot convert {type(x).__name__} to {dtype}: {exc}"]
+            ) from None
+
+    def _name_error(self, feeds: Mapping[str, Any]) -> InputError:
+        problems = []
+        unknown = [k for k in feeds if k not in self._input_names]
+        missing = [n for n in self.signature.input_names if n not in feeds]
+        if unknown:
+            problems.append(f"unknown input(s): {', '.join(map(str, unknown))}")
+        if missing:
+            problems.append(f"missing input(s): {', '.join(missing)}")
+        return input_error(
+            self.signature, problems, describe_values({str(k): v for k, v in feeds.items()})
+        )
+
+    def _run_iobinding(self, arrays: Mapping[str, Any]) -> dict[str, Any]:
+        """Run with device-resident inputs bound in place; outputs stay on the device."""
+        binding = self._session.io_binding()
+        torch_cuda = None
+        for name, x in arrays.items():
+            if isinstance(x, np.ndarray):
+                binding.bind_cpu_input(name, np.ascontiguousarray(x))
+            elif isinstance(x, ort.OrtValue):
+                binding.bind_ortvalue_input(name, x)
+            else:
+                if _is_torch(x):
+                    torch_cuda = sys.modules["torch"].cuda
+                    x = x.contiguous()
+                binding.bind_ortvalue_input(name, ort.OrtValue.from_dlpack(x))
+        device = "cuda" if self._on_gpu else "cpu"
+        for name in self._output_names:
+            binding.bind_output(name, device, self.device_id)
+        if torch_cuda is not None:
+            # The producer's stream must be done before onnxruntime's stream reads the data.
+            torch_cuda.current_stream(self.device_id).synchronize()
+        binding.synchronize_inputs()
+        self._session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        values = binding.get_outputs()
+        if torch_cuda is not None:
+            from_dlpack = sys.modules["torch"].from_dlpack
+            return {n: from_dlpack(v) for n, v in zip(self._output_names, values, strict=True)}
+        return dict(zip(self._output_names, values, strict=True))
+
+    # ----------------------------------------------------------------- batching
+    def run_batched(self, inputs: Mapping[str, Any], batch_size: int) -> dict[str, np.ndarray]:
+        """Run ``inputs`` in chunks of ``batch_size`` along axis 0 and concatenate the outputs.
+
+        Inputs whose leading dim is symbolic (e.g. ``batch``) are split; others are passed whole
+        to every chunk. Outputs with a symbolic leading dim are concatenated; outputs with a
+        fixed leading dim are taken from the first chunk.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        arrays, special = self._prepare(inputs)
+        if special is not None:
+            raise InputError(
+                "run_batched takes numpy arrays; convert tensors with np.asarray first"
+            )
+        batched = [
+            s.name for s in self.signature.inputs if s.rank > 0 and not isinstance(s.shape[0], int)
+        ]
+        if not batched:
+            raise input_error(
+                self.signature, ["run_batched: no input has a dynamic batch (leading) dim"]
+            )
+        total = arrays[batched[0]].shape[0]
+        if any(arrays[n].shape[0] != total for n in batched):
+            raise input_error(
+                self.signature,
+                ["run_batched: batched inputs disagree on the batch size"],
+                describe_values(arrays),
+            )
+        concat = {
+            s.name for s in self.signature.outputs if s.rank > 0 and not isinstance(s.shape[0], int)
+        }
+        chunks: list[dict[str, Any]] = []
+        for start in range(0, max(total, 1), batch_size):
+            feed = {
+                n: (a[start : start + batch_size] if n in batched else a) for n, a in arrays.items()
+            }
+            chunks.append(
+                dict(
+                    zip(
+                        self._output_names,
+                        self._run_fn(self._output_names, feed, None),
+                        strict=True,
+                    )
+                )
+            )
+        return {
+            n: np.concatenate([c[n] for c in chunks], axis=0) if n in concat else chunks[0][n]
+            for n in self._output_names
+        }
+
+
+class _CudaGraph:
+    """Fixed-address input/output buffers for CUDA-graph replay (static shapes only)."""
+
+    def __init__(self, model: Model) -> None:
+        sig, dev = model.signature, model.device_id
+        self.model = model
+        self.inputs = {
+            s.name: ort.OrtValue.ortvalue_from_shape_and_type(
+                list(s.shape), s.numpy_dtype, "cuda", dev
+            )
+            for s in sig.inputs
+        }
+        self.outputs = {
+            s.name: ort.OrtValue.ortvalue_from_shape_and_type(
+                list(s.shape), s.numpy_dtype, "cuda", dev
+            )
+            for s in sig.outputs
+        }
+        self.binding = model.session.io_binding()
+        for name, value in self.inputs.items():
+            self.binding.bind_ortvalue_input(name, value)
+        for name, value in self.outputs.items():
+            self.binding.bind_ortvalue_output(name, value)
+
+    def run(self, arrays: Mapping[str, Any], special: str | None) -> dict[str, Any]:
+        torch = sys.modules.get("torch") if special is not None else None
+        for name, x in arrays.items():
+            if isinstance(x, np.ndarray):
+                self.inputs[name].update_inplace(np.ascontiguousarray(x))
+            elif torch is not None and _is_torch(x):
+                torch.from_dlpack(self.inputs[name]).copy_(x)
+            else:
+                raise InputError(f"{name}: CUDA-graph models take numpy arrays or torch tensors")
+        if torch is not None:
+            torch.cuda.current_stream(self.model.device_id).synchronize()
+        self.model.session.run_with_iobinding(self.binding)
+        self.binding.synchronize_outputs()
+        if torch is not None:
+            return {n: torch.from_dlpack(v).clone() for n, v in self.outputs.items()}
+        return {n: v.numpy() for n, v in self.outputs.items()}
+
+
+def _cached_source(
+    onnx_path: Path,
+    cache_dir: Path,
+    plan: _providers.ProviderPlan,
+    optimization: str,
+    options: ort.SessionOptions,
+) -> tuple[Path, tuple[Path, Path] | None]:
+    """Return the path to load and, when the cache is cold, (temp, final) to publish afterwards."""
+    key_src = json.dumps(
+        [
+            _sha256(onnx_path),
+            ort.__version__,
+            platform.machine(),
+            optimization,
+            [name for name, _ in plan.providers],
+        ]
+    )
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:32]
+    final = cache_dir / f"{onnx_path.stem}-{key}.onnx"
+    if final.is_file():
+        # Already optimized offline: skip re-optimizing for a faster load.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return final, None
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    temp = cache_dir / f".{final.stem}.{os.getpid()}.tmp.onnx"
+    options.optimized_model_filepath = str(temp)
+    return onnx_path, (temp, final)
+
+
+def _finish_cache(temp: Path, final: Path) -> None:
+    try:
+        if temp.is_file():
+            os.replace(temp, final)
+    except OSError:
+        temp.unlink(missing_ok=True)
