@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from torch import nn
-
 from dslc_runtime import Model
+from torch import nn
 
 
 def tiny() -> nn.Module:
@@ -101,10 +100,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    print(f"onnxruntime {ort.__version__}, torch {torch.__version__}, threads={args.threads}, "
-          f"{args.rounds} rounds x {args.calls} calls, CPU, batch 1")
-    print(f"{'model':<10} {'bare ort us':>12} {'runtime us':>11} {'overhead':>9} "
-          f"{'torch us':>9} {'torch/runtime':>14}")
+    print(
+        f"onnxruntime {ort.__version__}, torch {torch.__version__}, threads={args.threads}, "
+        f"{args.rounds} rounds x {args.calls} calls, CPU, batch 1"
+    )
+    print(f"{'model':<10} {'bare ort us':>12} {'runtime us':>11} {'overhead':>9} {'torch us':>9} {'torch/runtime':>14}")
     with tempfile.TemporaryDirectory() as tmp:
         for name, (factory, shape) in MODELS.items():
             net = factory().eval()
@@ -135,11 +135,15 @@ def main() -> None:
                 args.rounds,
                 args.calls,
             )
-            print(f"{name:<10} {t['bare']:>12.2f} {t['runtime']:>11.2f} "
-                  f"{t['runtime'] / t['bare']:>8.3f}x {t['torch']:>9.2f} "
-                  f"{t['torch'] / t['runtime']:>13.2f}x")
-    print("overhead = runtime / bare onnxruntime (target <= 1.05x); "
-          "torch/runtime > 1 means the runtime is faster than torch eager")
+            print(
+                f"{name:<10} {t['bare']:>12.2f} {t['runtime']:>11.2f} "
+                f"{t['runtime'] / t['bare']:>8.3f}x {t['torch']:>9.2f} "
+                f"{t['torch'] / t['runtime']:>13.2f}x"
+            )
+    print(
+        "overhead = runtime / bare onnxruntime (target <= 1.05x); "
+        "torch/runtime > 1 means the runtime is faster than torch eager"
+    )
 
 
 if __name__ == "__main__":

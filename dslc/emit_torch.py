@@ -38,7 +38,10 @@ def _header(program: ir.ProgramIR) -> str:
 
 
 def _imports(body: str, helpers: list[str]) -> str:
-    lines = ["from __future__ import annotations", "", "import torch"]
+    lines = ["from __future__ import annotations", ""]
+    if "math." in body or any("math." in HELPERS[h] for h in helpers):
+        lines += ["import math", ""]
+    lines.append("import torch")
     if "F." in body or any("F." in HELPERS[h] for h in helpers):
         lines.append("import torch.nn.functional as F")
     lines.append("from torch import nn")
@@ -136,10 +139,14 @@ def _expr(e: ir.Expr) -> tuple[str, int]:
         return text, ATOM if not text.startswith("-") else PRECEDENCE["neg"]
     if isinstance(e, ir.OpCall):
         op = REGISTRY[e.op]
-        inputs = [expr(x) if not _needs_parens_for_method(x) else f"({expr(x)})" for x in e.inputs]
+        inputs = [expr(x) for x in e.inputs]
         if e.module is not None:
             return op.forward(e.module, inputs, e.init), ATOM
-        return op.functional(inputs, e.init), ATOM
+        code = op.functional(inputs, e.init)
+        if any(_needs_parens(x) and f"{text}." in code for x, text in zip(e.inputs, inputs)):
+            # a method call on a compound operand: `(a + b).flatten(1)`
+            code = op.functional([f"({t})" if _needs_parens(x) else t for x, t in zip(e.inputs, inputs)], e.init)
+        return code, ATOM
     if isinstance(e, ir.ModuleCall):
         return f"{e.module}({', '.join(expr(x) for x in e.inputs)})", ATOM
     if isinstance(e, ir.BinOp):
@@ -158,7 +165,7 @@ def _expr(e: ir.Expr) -> tuple[str, int]:
     raise TypeError(f"unknown expression {type(e).__name__}")
 
 
-def _needs_parens_for_method(e: ir.Expr) -> bool:
+def _needs_parens(e: ir.Expr) -> bool:
     """`(a + b).flatten(1)` needs parentheses; a name or call does not."""
     return isinstance(e, (ir.BinOp, ir.UnaryOp))
 

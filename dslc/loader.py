@@ -9,10 +9,11 @@ from typing import Any
 
 from dslc import ast
 from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error, read_source
+from dslc.layers import REGISTRY
 from dslc.parser import parse
 
 # Names generated code relies on; a spec may not rebind them.
-RESERVED = frozenset({"self", "torch", "nn", "F", "math", "super", "block", "final_hidden", "flat_lstm", "causal_mask"})
+RESERVED = frozenset({"self", "torch", "nn", "F", "math", "super", "block", "final_hidden", "flat_lstm", "MODELS"})
 
 
 @dataclass
@@ -113,6 +114,8 @@ class Loader:
                     scope.const_locs[item.name] = item.loc
                 elif isinstance(item, ast.BlockDef):
                     check_identifier(item.name, item.loc, "model" if item.is_model else "block")
+                    if item.name in REGISTRY:
+                        raise error(item.loc, f"'{item.name}' is a built-in layer; give the {'model' if item.is_model else 'block'} another name")
                     if item.name in scope.blocks and scope.blocks[item.name][1] is scope:
                         raise error(item.loc, f"'{item.name}' is defined twice")
                     scope.blocks[item.name] = (item, scope)

@@ -171,11 +171,33 @@ for _name in ("RNN", "LSTM", "GRU"):
 # ---------------------------------------------------------------- attention
 
 helper(
-    "causal_mask",
+    "MultiheadAttention",
     '''
-def causal_mask(size: int, device: torch.device) -> torch.Tensor:
-    """True above the diagonal: position i may not attend to positions after i."""
-    return torch.ones(size, size, dtype=torch.bool, device=device).triu(1)
+class MultiheadAttention(nn.Module):
+    """Multi-head scaled dot-product attention, batch-first.
+
+    Written out (rather than nn.MultiheadAttention) so that every size stays dynamic in ONNX.
+    """
+
+    def __init__(self, embed_dim: int, heads: int, kdim: int, vdim: int, dropout: float, bias: bool) -> None:
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.k_proj = nn.Linear(kdim, embed_dim, bias=bias)
+        self.v_proj = nn.Linear(vdim, embed_dim, bias=bias)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        batch, length = query.size(0), query.size(1)
+        q = self.q_proj(query).reshape(batch, length, self.heads, -1).transpose(1, 2)
+        k = self.k_proj(key).reshape(batch, key.size(1), self.heads, -1).transpose(1, 2)
+        v = self.v_proj(value).reshape(batch, value.size(1), self.heads, -1).transpose(1, 2)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+        if causal:
+            future = torch.ones(length, key.size(1), dtype=torch.bool, device=query.device).triu(1)
+            scores = scores.masked_fill(future, float("-inf"))
+        weights = F.dropout(torch.softmax(scores, dim=-1), self.dropout, self.training)
+        return self.out_proj((weights @ v).transpose(1, 2).reshape(batch, length, -1))
 ''',
 )
 
@@ -207,18 +229,15 @@ def _mha_infer(args, inputs):
 
 
 def _mha_module(a):
-    extra = non_default(a, dropout=0.0, bias=True)
-    if a["kdim"] != a["embed_dim"] or a["vdim"] != a["embed_dim"]:
-        extra.update(kdim=a["kdim"], vdim=a["vdim"])
-    return pycall("nn.MultiheadAttention", a["embed_dim"], a["heads"], batch_first=True, **extra)
+    return pycall("MultiheadAttention", a["embed_dim"], a["heads"], a["kdim"], a["vdim"], a["dropout"], a["bias"])
 
 
 def _mha_forward(module, inputs, a):
     q = inputs[0]
     k = inputs[1] if len(inputs) > 1 else q
     v = inputs[2] if len(inputs) > 2 else k
-    mask = f", attn_mask=causal_mask({q}.size(1), {q}.device)" if a["causal"] else ""
-    return f"{module}({q}, {k}, {v}{mask}, need_weights=False)[0]"
+    causal = ", causal=True" if a["causal"] else ""
+    return f"{module}({q}, {k}, {v}{causal})"
 
 
 register(
@@ -242,7 +261,7 @@ register(
         + 3 * a["embed_dim"] * a["bias"]
         + a["embed_dim"] * a["embed_dim"]
         + a["embed_dim"] * a["bias"],
-        helpers=("causal_mask",),
+        helpers=("MultiheadAttention",),
         example="(x, memory) -> MultiheadAttention(8)",
         shape_rule="[batch, Tq, E] (+ [batch, Tk, Ek], [batch, Tk, Ev]) -> [batch, Tq, E]",
     )
