@@ -67,7 +67,7 @@ class Slice(Expr):
 
 
 @dataclass
-class Ellipsis_(Expr):
+class EllipsisLit(Expr):
     pass
 
 

@@ -46,7 +46,7 @@ class Poison:
 POISON = Poison()
 
 
-class _Abort(Exception):
+class _StatementFailedError(Exception):
     """Stops checking the current statement after an error was reported."""
 
 
@@ -91,7 +91,7 @@ class Checker:
     def evaluate_const(self, expr: ast.Expr, scope: FileScope) -> Any:
         body = BodyChecker(self, None, scope, {}, None)
         value = body.ev(expr)
-        if isinstance(value, ir.Expr) or isinstance(value, (Sym, LayerInstance)):
+        if isinstance(value, (ir.Expr, Sym, LayerInstance)):
             raise error(expr.loc, "a constant must be a number, bool, string or tuple")
         return value
 
@@ -197,7 +197,7 @@ class BodyChecker:
                 block.loc,
                 f"'{block.name}' declares {len(self.inputs)} input(s) but is given {len(self.input_types)}",
             )
-        if not self.outputs:
+        if not self.outputs and not any(isinstance(s, ast.OutputDecl) for s in block.body):
             self.reporter.error(block.loc, f"'{block.name}' declares no output", "add `output NAME = ...`")
         signature = block.name
         if block.params:
@@ -232,7 +232,7 @@ class BodyChecker:
         except DslcError as exc:
             self.reporter.extend(exc)
             self._poison(stmt)
-        except _Abort:
+        except _StatementFailedError:
             self._poison(stmt)
 
     def _poison(self, stmt: ast.Stmt) -> None:
@@ -243,7 +243,7 @@ class BodyChecker:
 
     def fail(self, loc: Loc, message: str, hint: str | None = None):
         self.reporter.error(loc, message, hint)
-        raise _Abort
+        raise _StatementFailedError
 
     # ------------------------------------------------------------ statements
 
@@ -269,7 +269,7 @@ class BodyChecker:
         if value is None:
             self.fail(stmt.loc, f"output '{stmt.name}' has no value", f"write `output {stmt.name} = ...`")
         if value is POISON:
-            raise _Abort
+            raise _StatementFailedError
         if not isinstance(value, ir.Expr):
             self.fail(stmt.loc, f"output '{stmt.name}' must be a tensor")
         if stmt.type is not None:
@@ -281,14 +281,14 @@ class BodyChecker:
         self.outputs.append(ir.Port(stmt.name, value.type, " ".join(stmt.comments)))
 
     def if_stmt(self, stmt: ast.If) -> None:
-        for cond, body in stmt.branches:
+        body = stmt.orelse
+        for cond, branch in stmt.branches:
             value = self.static(cond, "an if condition")
             if not isinstance(value, bool):
                 self.fail(cond.loc, f"an if condition must be true or false, got {value!r}")
             if value:
+                body = branch
                 break
-        else:
-            body = stmt.orelse
         for inner in body:
             self.statement(inner)
 
@@ -311,7 +311,7 @@ class BodyChecker:
             for i, name in enumerate(targets):
                 self.env[name] = ir.Var([result.types[i]], name)
         elif isinstance(result, Poison):
-            raise _Abort
+            raise _StatementFailedError
         else:
             if len(targets) == 1:
                 self.env[targets[0]] = result
@@ -378,13 +378,13 @@ class BodyChecker:
         if isinstance(value, ir.Expr):
             self.fail(expr.loc, f"{what} must be known at compile time, but this is a tensor")
         if isinstance(value, Poison):
-            raise _Abort
+            raise _StatementFailedError
         return value
 
     def tensor(self, expr: ast.Expr) -> ir.Expr:
         value = self.ev(expr)
         if isinstance(value, Poison):
-            raise _Abort
+            raise _StatementFailedError
         if not isinstance(value, ir.Expr):
             self.fail(expr.loc, f"expected a tensor, got {value!r}")
         return value
@@ -400,7 +400,7 @@ class BodyChecker:
         if isinstance(expr, (ast.TupleLit, ast.ListLit)):
             items = [self.ev(e) for e in expr.items]
             if any(isinstance(i, Poison) for i in items):
-                raise _Abort
+                raise _StatementFailedError
             if any(isinstance(i, ir.Expr) for i in items):
                 return _TensorList(items)
             return tuple(items)
@@ -420,7 +420,7 @@ class BodyChecker:
         if expr.id in self.env:
             value = self.env[expr.id]
             if isinstance(value, Poison):
-                raise _Abort
+                raise _StatementFailedError
             if isinstance(value, LayerInstance):
                 self.fail(expr.loc, f"'{expr.id}' is a layer; apply it with `x -> {expr.id}`")
             return value
@@ -441,7 +441,7 @@ class BodyChecker:
             return left or self.static(expr.right, "'or'")
         left, right = self.ev(expr.left), self.ev(expr.right)
         if isinstance(left, Poison) or isinstance(right, Poison):
-            raise _Abort
+            raise _StatementFailedError
         if not isinstance(left, ir.Expr) and not isinstance(right, ir.Expr):
             return self.static_binop(expr, left, right)
         return self.tensor_binop(expr, left, right)
@@ -513,7 +513,7 @@ class BodyChecker:
     def unary(self, expr: ast.UnaryOp) -> Any:
         value = self.ev(expr.operand)
         if isinstance(value, Poison):
-            raise _Abort
+            raise _StatementFailedError
         if expr.op == "not":
             if isinstance(value, ir.Expr):
                 self.fail(expr.loc, "'not' works on compile-time values only")
@@ -528,7 +528,7 @@ class BodyChecker:
     def index(self, expr: ast.Index) -> Any:
         value = self.ev(expr.value)
         if isinstance(value, Poison):
-            raise _Abort
+            raise _StatementFailedError
         if not isinstance(value, ir.Expr):
             if isinstance(value, tuple) and len(expr.items) == 1:
                 i = self.static(expr.items[0], "an index")
@@ -539,7 +539,7 @@ class BodyChecker:
             self.fail(expr.loc, f"cannot index {value!r}")
         items = []
         for item in expr.items:
-            if isinstance(item, ast.Ellipsis_):
+            if isinstance(item, ast.EllipsisLit):
                 items.append(Ellipsis)
             elif isinstance(item, ast.NoneLit):
                 items.append(None)
@@ -590,7 +590,7 @@ class BodyChecker:
         inputs: list[ir.Expr] = []
         for v in values:
             if isinstance(v, Poison):
-                raise _Abort
+                raise _StatementFailedError
             if isinstance(v, _TensorList):
                 inputs.extend(self.flatten_inputs(list(v), loc))
             elif isinstance(v, ir.Expr):
@@ -650,7 +650,7 @@ class BodyChecker:
                 self.fail(stage.loc, f"'{stage.name}' is an existing layer; reuse it as `-> {stage.name}` (shared weights)")
             return instance.make_call(inputs, stage.loc)
         if isinstance(instance, Poison):
-            raise _Abort
+            raise _StatementFailedError
         op = REGISTRY.get(stage.name)
         if op is not None:
             return self.apply_op(op, inputs, [], stage.kwargs, stage.loc, name, stage.args, in_group)

@@ -150,7 +150,7 @@ def _expr(e: ir.Expr) -> tuple[str, int]:
     if isinstance(e, ir.ModuleCall):
         return f"{e.module}({', '.join(expr(x) for x in e.inputs)})", ATOM
     if isinstance(e, ir.BinOp):
-        prec = COMPARE if e.op not in PRECEDENCE else PRECEDENCE[e.op]
+        prec = PRECEDENCE.get(e.op, COMPARE)
         left = _operand(e.left, prec, right_side=e.op == "**")
         right = _operand(e.right, prec, right_side=e.op != "**")
         return f"{left} {e.op} {right}", prec

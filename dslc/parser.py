@@ -6,7 +6,7 @@ import ast as pyast
 from functools import cache
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
 
 from dslc import ast
 from dslc.errors import DslcError, Loc, error
@@ -292,7 +292,7 @@ class _ToAst(Transformer):
         return ast.Slice(self._l(meta), start, stop, step)
 
     def sub_ellipsis(self, meta, children):
-        return ast.Ellipsis_(self._l(meta))
+        return ast.EllipsisLit(self._l(meta))
 
     def sub_newaxis(self, meta, children):
         return ast.NewAxis(self._l(meta))

@@ -8,7 +8,6 @@ with integer coefficients. Floor division that does not divide evenly becomes an
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 Monomial = tuple[str, ...]  # sorted atom names; () is the constant term
 
@@ -103,7 +102,7 @@ class Sym:
     __repr__ = __str__
 
 
-Dim = Union[int, Sym]
+Dim = int | Sym
 
 
 def dim_str(d: Dim) -> str:

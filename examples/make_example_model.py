@@ -27,18 +27,12 @@ INPUTS = [
         "doc": "sepal/petal sizes in cm",
     }
 ]
-OUTPUTS = [
-    {"name": "logits", "dtype": "float32", "shape": ["batch", 3], "doc": "class scores"}
-]
-SPEC = (
-    "model iris { input features: float32[batch, 4]; ... }  # placeholder spec text\n"
-)
+OUTPUTS = [{"name": "logits", "dtype": "float32", "shape": ["batch", 3], "doc": "class scores"}]
+SPEC = "model iris { input features: float32[batch, 4]; ... }  # placeholder spec text\n"
 
 
 # Class means of the iris data set (sepal length/width, petal length/width, cm).
-CENTROIDS = np.array(
-    [[5.0, 3.4, 1.5, 0.2], [5.9, 2.8, 4.3, 1.3], [6.6, 3.0, 5.6, 2.0]], dtype=np.float32
-)
+CENTROIDS = np.array([[5.0, 3.4, 1.5, 0.2], [5.9, 2.8, 4.3, 1.3], [6.6, 3.0, 5.6, 2.0]], dtype=np.float32)
 
 
 def build() -> onnx.ModelProto:
@@ -54,9 +48,7 @@ def build() -> onnx.ModelProto:
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
     )
     # IR 8 / opset 17: loadable by every onnxruntime (Python and Node) from 1.14 on.
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8
-    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     spec_sha = hashlib.sha256(SPEC.encode()).hexdigest()
     helper.set_model_props(
         model,
@@ -81,9 +73,7 @@ def main() -> None:
         "dslc_version": "0.1.0",
         "spec": "iris.model",
         "spec_sha256": hashlib.sha256(SPEC.encode()).hexdigest(),
-        "models": [
-            {"name": "iris", "onnx": "iris.onnx", "inputs": INPUTS, "outputs": OUTPUTS}
-        ],
+        "models": [{"name": "iris", "onnx": "iris.onnx", "inputs": INPUTS, "outputs": OUTPUTS}],
     }
     (OUT / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"wrote {OUT}")

@@ -24,20 +24,13 @@ DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "iris"
 
 def read_json_inputs(path: Path) -> dict[str, np.ndarray]:
     raw = json.loads(path.read_text())
-    return {
-        name: np.asarray(t["data"], dtype=t["dtype"]).reshape(t["shape"])
-        for name, t in raw.items()
-    }
+    return {name: np.asarray(t["data"], dtype=t["dtype"]).reshape(t["shape"]) for name, t in raw.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--model", default=str(DEFAULT_MODEL), help=".onnx file or build directory"
-    )
-    parser.add_argument(
-        "--json", type=Path, help="inputs as JSON; print outputs as JSON"
-    )
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help=".onnx file or build directory")
+    parser.add_argument("--json", type=Path, help="inputs as JSON; print outputs as JSON")
     args = parser.parse_args()
 
     model = Model.load(args.model, providers="auto")

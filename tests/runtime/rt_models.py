@@ -36,9 +36,7 @@ def vi(name: str, elem: int, shape: list) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, elem, shape)
 
 
-def dslc_meta(
-    name: str, inputs: list[dict], outputs: list[dict], **extra: object
-) -> dict[str, str]:
+def dslc_meta(name: str, inputs: list[dict], outputs: list[dict], **extra: object) -> dict[str, str]:
     meta = {
         "dslc.version": "0.1.0",
         "dslc.spec_sha256": "0" * 64,
@@ -149,9 +147,7 @@ def build_copy_decoder_step(path: Path, vocab: int = len(VOCAB)) -> Path:
         [
             helper.make_node("GatherElements", ["memory", "state"], ["picked"], axis=1),
             helper.make_node("Squeeze", ["picked", "axis1"], ["picked1"]),
-            helper.make_node(
-                "OneHot", ["picked1", "depth", "onoff"], ["logits"], axis=-1
-            ),
+            helper.make_node("OneHot", ["picked1", "depth", "onoff"], ["logits"], axis=-1),
             helper.make_node("Add", ["state", "one"], ["new_state"]),
             helper.make_node("Identity", ["token"], ["echo"]),
         ],

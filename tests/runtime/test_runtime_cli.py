@@ -27,29 +27,21 @@ def test_import_does_not_pull_heavy_dependencies():
         "heavy = sorted(m for m in ('torch', 'lark', 'onnx', 'click', 'dslc') if m in sys.modules);"
         "print(','.join(heavy))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == "", (
-        f"dslc_runtime imported: {result.stdout.strip()}"
-    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "", f"dslc_runtime imported: {result.stdout.strip()}"
 
 
 def test_run_cli_function(tmp_path, models):
     x = np.ones((2, 1, 4, 4), np.float32)
     np.save(tmp_path / "x.npy", x)
     out = io.StringIO()
-    results = run_cli(
-        models.classifier, {"image": tmp_path / "x.npy"}, tmp_path / "out", stream=out
-    )
+    results = run_cli(models.classifier, {"image": tmp_path / "x.npy"}, tmp_path / "out", stream=out)
     expected = Model.load(models.classifier, providers="cpu")(image=x)["logits"]
     np.testing.assert_allclose(results["logits"], expected)
     np.testing.assert_allclose(np.load(tmp_path / "out" / "logits.npy"), expected)
     assert "logits: float32[2, 3]" in out.getvalue()
     with pytest.raises(InputError, match="cannot read input"):
-        run_cli(
-            models.classifier, {"image": tmp_path / "missing.npy"}, stream=io.StringIO()
-        )
+        run_cli(models.classifier, {"image": tmp_path / "missing.npy"}, stream=io.StringIO())
 
 
 def test_python_m_run_and_errors(tmp_path, models):
@@ -73,9 +65,7 @@ def test_python_m_run_and_errors(tmp_path, models):
 
 def test_bench_and_info(models, capsys):
     out = io.StringIO()
-    results = bench_cli(
-        models.classifier, ["cpu"], [1, 4], iterations=5, warmup=1, stream=out
-    )
+    results = bench_cli(models.classifier, ["cpu"], [1, 4], iterations=5, warmup=1, stream=out)
     assert [(r.provider, r.batch) for r in results] == [
         ("CPUExecutionProvider", 1),
         ("CPUExecutionProvider", 4),
@@ -125,9 +115,7 @@ def _outputs(stdout: str) -> np.ndarray:
 def test_python_example_app(tmp_path):
     x = _inputs_json(tmp_path / "in.json")
     app = EXAMPLES / "python_app" / "app.py"
-    demo = subprocess.run(
-        [sys.executable, str(app)], capture_output=True, text=True, check=True
-    )
+    demo = subprocess.run([sys.executable, str(app)], capture_output=True, text=True, check=True)
     assert "setosa" in demo.stdout
     res = subprocess.run(
         [sys.executable, str(app), "--json", str(tmp_path / "in.json")],
@@ -144,9 +132,7 @@ def test_node_example_matches_python(tmp_path):
     if node is None:
         pytest.skip("node is not installed")
     if not (NODE_APP / "node_modules" / "onnxruntime-node").is_dir():
-        pytest.skip(
-            "onnxruntime-node missing: run `npm install --ignore-scripts` in examples/node_app"
-        )
+        pytest.skip("onnxruntime-node missing: run `npm install --ignore-scripts` in examples/node_app")
     x = _inputs_json(tmp_path / "in.json")
     res = subprocess.run(
         [node, "run.mjs", str(IRIS / "iris.onnx"), str(tmp_path / "in.json")],
@@ -161,6 +147,4 @@ def test_node_example_matches_python(tmp_path):
         pytest.skip(f"onnxruntime-node not loadable here: {res.stderr.strip()[:200]}")
     assert res.returncode == 0, res.stderr
     python_logits = Model.load(IRIS, providers="cpu")(features=x)["logits"]
-    np.testing.assert_allclose(
-        _outputs(res.stdout), python_logits, rtol=1e-5, atol=1e-5
-    )
+    np.testing.assert_allclose(_outputs(res.stdout), python_logits, rtol=1e-5, atol=1e-5)

@@ -18,10 +18,7 @@ def test_signature_and_metadata(models):
     assert (inp.name, inp.dtype, inp.shape) == ("image", "float32", ("batch", 1, 4, 4))
     assert (out.name, out.dtype, out.shape) == ("logits", "float32", ("batch", 3))
     assert inp.doc == "a tiny image"
-    assert (
-        str(m.signature)
-        == "(image: float32[batch, 1, 4, 4]) -> (logits: float32[batch, 3])"
-    )
+    assert str(m.signature) == "(image: float32[batch, 1, 4, 4]) -> (logits: float32[batch, 3])"
     assert m.labels == ["cat", "dog", "bird"]
     assert m.vocab is None
     assert m.name == "classifier"
@@ -72,13 +69,9 @@ def test_validation_messages(models):
     scale = np.ones(1, np.float32)
     assert "unknown input(s): c" in _error(m, a=a, b=a, scale=scale, c=a)
     assert "missing input(s): b" in _error(m, a=a, scale=scale)
-    assert "b: dtype float64 but the model expects float32" in _error(
-        m, a=a, b=a.astype(np.float64), scale=scale
-    )
+    assert "b: dtype float64 but the model expects float32" in _error(m, a=a, b=a.astype(np.float64), scale=scale)
     assert "a: rank 3" in _error(m, a=a[None], b=a, scale=scale)
-    assert "scale: dim 0 is 2 but the model expects 1" in _error(
-        m, a=a, b=a, scale=np.ones(2, np.float32)
-    )
+    assert "scale: dim 0 is 2 but the model expects 1" in _error(m, a=a, b=a, scale=np.ones(2, np.float32))
     text = _error(m, a=a, b=np.zeros((2, 4), np.float32), scale=scale)
     assert "b: dim 1 ('n') is 4 but a has 'n' = 3" in text
     text = _error(m, a=a, b=np.zeros((5, 3), np.float32), scale=scale)
@@ -114,18 +107,14 @@ def test_manifest_loading(build_dir):
     assert cnn.manifest is not None and cnn.manifest["spec"] == "demo.model"
     gen = Model.load(build_dir / "manifest.json", model="generator", providers="cpu")
     assert gen.input_names == ["z"]
-    assert (
-        gen.signature.inputs[0].doc == "noise"
-    )  # manifest lists none: falls back to metadata
+    assert gen.signature.inputs[0].doc == "noise"  # manifest lists none: falls back to metadata
     with pytest.raises(ModelError, match="no model 'nope'.*available: cnn, generator"):
         Model.load(build_dir, model="nope", providers="cpu")
 
 
 def test_manifest_single_model_and_escape(tmp_path, models):
     (tmp_path / "only.onnx").write_bytes(models.generator.read_bytes())
-    manifest = {
-        "models": [{"name": "only", "onnx": "only.onnx", "inputs": [], "outputs": []}]
-    }
+    manifest = {"models": [{"name": "only", "onnx": "only.onnx", "inputs": [], "outputs": []}]}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert Model.load(tmp_path, providers="cpu").input_names == ["z"]
 
@@ -159,6 +148,7 @@ def test_torch_tensors_via_dlpack(models):
         m(image=x.double())
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # legacy exporter deprecation notice
 def test_torch_exported_cnn_matches_eager(tmp_path):
     torch = pytest.importorskip("torch")
     net = torch.nn.Sequential(
@@ -183,9 +173,7 @@ def test_torch_exported_cnn_matches_eager(tmp_path):
     x = torch.randn(5, 1, 28, 28)
     with torch.no_grad():
         expected = net(x).numpy()
-    np.testing.assert_allclose(
-        m(image=x.numpy())["logits"], expected, rtol=1e-4, atol=1e-5
-    )
+    np.testing.assert_allclose(m(image=x.numpy())["logits"], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_optimized_graph_cache(tmp_path, models):
@@ -197,21 +185,14 @@ def test_optimized_graph_cache(tmp_path, models):
     second = Model.load(models.classifier, providers="cpu", cache_dir=cache)
     assert list(cache.glob("*.onnx")) == files
     assert second.labels == first.labels  # metadata read from the original file
-    np.testing.assert_allclose(
-        first(image=x)["logits"], second(image=x)["logits"], rtol=1e-6
-    )
+    np.testing.assert_allclose(first(image=x)["logits"], second(image=x)["logits"], rtol=1e-6)
 
 
 def test_provider_selection_cpu_and_auto(models):
-    assert Model.load(models.classifier, providers="cpu").providers == [
-        "CPUExecutionProvider"
-    ]
+    assert Model.load(models.classifier, providers="cpu").providers == ["CPUExecutionProvider"]
     auto = Model.load(models.classifier, providers="auto")
     assert auto.provider in ("CPUExecutionProvider", "CUDAExecutionProvider")
-    if (
-        auto.provider == "CPUExecutionProvider"
-        and "CUDAExecutionProvider" in prov.ort.get_available_providers()
-    ):
+    if auto.provider == "CPUExecutionProvider" and "CUDAExecutionProvider" in prov.ort.get_available_providers():
         assert any("CPU" in note for note in auto.notes)  # the fallback is reported
     with pytest.raises(ProviderError, match="unknown execution provider 'foo'"):
         Model.load(models.classifier, providers="foo")
@@ -232,6 +213,28 @@ def test_repr(models):
 
 
 def test_path_types(models):
-    assert Model.load(str(models.classifier), providers="cpu").path == Path(
-        models.classifier
-    )
+    assert Model.load(str(models.classifier), providers="cpu").path == Path(models.classifier)
+
+
+def test_fast_path_check(models):
+    m = Model.load(models.pair, providers="cpu")
+    a = np.zeros((2, 3), np.float32)
+    scale = np.ones(1, np.float32)
+    assert m._fast_check({"a": a, "b": a, "scale": scale})
+    assert not m._fast_check({"a": a, "b": a[:, :2], "scale": scale})  # 'n' differs
+    assert not m._fast_check({"a": a, "b": a[:1], "scale": scale})  # 'batch' differs
+    assert not m._fast_check({"a": a, "b": a, "scale": np.ones(2, np.float32)})
+    assert not m._fast_check({"a": a, "b": a.astype(np.float64), "scale": scale})
+    assert not m._fast_check({"a": a, "b": a.tolist(), "scale": scale})
+    assert not m._fast_check({"a": a, "b": a, "c": scale})
+
+
+def test_ortvalue_inputs_use_iobinding(models):
+    ort = pytest.importorskip("onnxruntime")
+    m = Model.load(models.classifier, providers="cpu")
+    x = np.random.default_rng(3).normal(size=(2, 1, 4, 4)).astype(np.float32)
+    out = m(image=ort.OrtValue.ortvalue_from_numpy(x))
+    assert isinstance(out["logits"], ort.OrtValue)
+    np.testing.assert_allclose(out["logits"].numpy(), m(image=x)["logits"], rtol=1e-6)
+    with pytest.raises(InputError, match="dtype int64"):
+        m(image=ort.OrtValue.ortvalue_from_numpy(x.astype(np.int64)))

@@ -48,17 +48,13 @@ def test_external_data_inside_folder_loads(tmp_path):
     np.testing.assert_allclose(out["y"], [1, 2, 3, 4])
 
 
-@pytest.mark.parametrize(
-    "location", ["../secret.bin", "sub/../../secret.bin", "..\\secret.bin"]
-)
+@pytest.mark.parametrize("location", ["../secret.bin", "sub/../../secret.bin", "..\\secret.bin"])
 def test_external_data_dotdot_refused(tmp_path, location):
     np.zeros(4, np.float32).tofile(tmp_path / "secret.bin")
     folder = tmp_path / "model"
     folder.mkdir()
     path = build_external(folder, "evil", location)
-    with pytest.raises(
-        ModelError, match="refusing to load.*outside the model's folder"
-    ):
+    with pytest.raises(ModelError, match="refusing to load.*outside the model's folder"):
         Model.load(path, providers="cpu")
 
 
@@ -86,7 +82,5 @@ def test_external_data_symlink_escape_refused(tmp_path):
 
 def test_external_data_missing_file(tmp_path):
     path = build_external(tmp_path, "missing", "nowhere.bin")
-    with pytest.raises(
-        ModelError, match="external data file 'nowhere.bin' .* is missing"
-    ):
+    with pytest.raises(ModelError, match="external data file 'nowhere.bin' .* is missing"):
         Model.load(path, providers="cpu")

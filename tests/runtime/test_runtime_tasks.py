@@ -64,10 +64,7 @@ def test_greedy_decode_copy_task(models):
     ]
     # max_len truncates
     assert greedy_decode(enc, dec, src, bos=BOS, eos=EOS, max_len=2) == [[3, 4], [9, 8]]
-    assert (
-        "".join(VOCAB[t] for t in greedy_decode(enc, dec, src[:1], BOS, EOS, 10)[0])
-        == "abc"
-    )
+    assert "".join(VOCAB[t] for t in greedy_decode(enc, dec, src[:1], BOS, EOS, 10)[0]) == "abc"
 
 
 def test_greedy_decode_zero_initial_state(tmp_path, models):
@@ -81,9 +78,7 @@ def test_greedy_decode_zero_initial_state(tmp_path, models):
         [helper.make_tensor_value_info("src", TensorProto.INT64, ["batch", "time"])],
         [helper.make_tensor_value_info("memory", TensorProto.INT64, ["batch", "time"])],
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8
-    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     path = tmp_path / "enc_memory_only.onnx"
     onnx.save(model, path)
     enc = Model.load(path, providers="cpu")
@@ -112,9 +107,7 @@ def test_ctc_greedy_decode():
     logits = np.eye(4, dtype=np.float32)[path]
     assert ctc_greedy_decode(logits, alphabet) == ["aabc"]
     assert ctc_greedy_decode(logits, "abc") == ["aabc"]  # alphabet without the blank
-    batch = np.stack(
-        [logits, np.eye(4, dtype=np.float32)[[3, 0, 3, 2, 0, 0, 0, 0, 0, 0]]]
-    )
+    batch = np.stack([logits, np.eye(4, dtype=np.float32)[[3, 0, 3, 2, 0, 0, 0, 0, 0, 0]]])
     assert ctc_greedy_decode(batch, alphabet) == ["aabc", "ccb"]
     assert ctc_greedy_decode(batch.transpose(1, 0, 2), alphabet, time_major=True) == [
         "aabc",
