@@ -69,6 +69,10 @@ def build(
     try:
         python_path = staging / f"{stem}.py"
         python_path.write_text(emit_program(program), encoding="utf-8")
+        if program.train is not None:  # the training script: `python DIR/<stem>_train.py` trains as `dslc train` does
+            from dslc.emit_train import emit_train_script
+
+            (staging / f"{stem}_train.py").write_text(emit_train_script(program, list(overrides or [])), encoding="utf-8")
         reports = []
         if export_onnx:
             reports = _export_all(program, python_path, staging, verify_onnx, seed, state_dicts or {})

@@ -17,7 +17,7 @@ from typing import Any
 from dslc import ast, ir
 from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error
 from dslc.layers import REGISTRY, AxisName, Op, ShapeError
-from dslc.loader import FileScope, Loader, check_identifier, parse_override
+from dslc.loader import RESERVED, FileScope, Loader, check_identifier, parse_override
 from dslc.shapes import DTYPES, Sym, TensorType, broadcast
 
 STATIC_OPS = {
@@ -36,6 +36,7 @@ STATIC_OPS = {
     ">=": operator.ge,
 }
 COMPARISONS = {"==", "!=", "<", "<=", ">", ">="}
+MAX_REPEAT = 1024
 PARAM_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
@@ -59,7 +60,9 @@ class LayerInstance:
     make_call: Any  # (inputs) -> ir.Expr
 
 
-def check_file(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> ir.ProgramIR:
+def check_file(
+    path: str | Path, overrides: list[str] | dict[str, Any] | None = None, train_overrides: dict[str, Any] | None = None
+) -> ir.ProgramIR:
     """Parse, resolve and check a spec and its imports. Raises DslcError with every problem found."""
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
@@ -75,6 +78,11 @@ def check_file(path: str | Path, overrides: list[str] | dict[str, Any] | None = 
     loader.reporter.raise_if_errors()
     program = checker.check_root(root)
     loader.reporter.raise_if_errors()
+    if program.train is not None:  # the train section, checked by dslc.training (torch-free)
+        from dslc.training.check import check_train
+
+        program.train = check_train(program, program.train, loader.reporter, train_overrides)
+        loader.reporter.raise_if_errors()
     return program
 
 
@@ -90,7 +98,10 @@ class Checker:
 
     def evaluate_const(self, expr: ast.Expr, scope: FileScope) -> Any:
         body = BodyChecker(self, None, scope, {}, None)
-        value = body.ev(expr)
+        try:
+            value = body.ev(expr)
+        except _StatementFailedError:
+            raise DslcError([]) from None  # already reported
         if isinstance(value, (ir.Expr, Sym, LayerInstance)):
             raise error(expr.loc, "a constant must be a number, bool, string or tuple")
         return value
@@ -109,7 +120,7 @@ class Checker:
             else:
                 self._check_block_alone(block, root)
         if not models and not self.reporter.diagnostics:
-            self.reporter.error(Loc(root.path, 1, 1), "the spec defines no model", "add `model NAME { ... }`")
+            self.reporter.error(Loc(root.path, 1, 1), "the spec defines no model", "add `model NAME { ... }`", section="models")
         source = root.program.source
         return ir.ProgramIR(
             path=root.path,
@@ -241,8 +252,8 @@ class BodyChecker:
             if name:
                 self.env[name] = POISON
 
-    def fail(self, loc: Loc, message: str, hint: str | None = None):
-        self.reporter.error(loc, message, hint)
+    def fail(self, loc: Loc, message: str, hint: str | None = None, section: str | None = None):
+        self.reporter.error(loc, message, hint, section=section)
         raise _StatementFailedError
 
     # ------------------------------------------------------------ statements
@@ -346,7 +357,7 @@ class BodyChecker:
     def tensor_type(self, texpr: ast.TensorTypeExpr, actual: TensorType | None) -> TensorType:
         """Evaluate a declared type. Unknown dim names bind to the actual size (or a new symbol)."""
         if texpr.dtype not in DTYPES:
-            self.fail(texpr.loc, f"unknown dtype '{texpr.dtype}'", did_you_mean(texpr.dtype, DTYPES) or f"use one of {', '.join(DTYPES)}")
+            self.fail(texpr.loc, f"unknown dtype '{texpr.dtype}'", did_you_mean(texpr.dtype, DTYPES) or f"use one of {', '.join(DTYPES)}", section="tensor-types")
         if actual is not None and actual.dtype != texpr.dtype:
             self.fail(texpr.loc, f"expected {texpr.dtype}, got {actual}")
         if actual is not None and actual.rank != len(texpr.dims):
@@ -631,7 +642,10 @@ class BodyChecker:
         if isinstance(stage, ast.NamedStage):
             if in_group:
                 self.fail(stage.loc, "layers inside a named group are numbered; names are not allowed there")
-            check_identifier(stage.name, stage.loc, "layer name")
+            # A layer name only ever becomes an attribute (`self.NAME`), never a local variable, so the
+            # names kept free for locals (`self`, as in HuggingFace's `attention.self`) are allowed.
+            if stage.name not in RESERVED:
+                check_identifier(stage.name, stage.loc, "layer name")
             if stage.name in self.env:
                 self.fail(stage.loc, f"'{stage.name}' is already defined")
             return self.stage(stage.body, inputs, stage.name)
@@ -658,7 +672,7 @@ class BodyChecker:
         if found is not None:
             return self.apply_block(found, stage, inputs, name)
         candidates = list(REGISTRY) + list(self.scope.blocks) + [k for k, v in self.env.items() if isinstance(v, LayerInstance)]
-        self.fail(stage.loc, f"unknown layer '{stage.name}'", did_you_mean(stage.name, candidates))
+        self.fail(stage.loc, f"unknown layer '{stage.name}'", did_you_mean(stage.name, candidates), section="layers-and-functions")
 
     def bind(self, params, args: list[Any], kwargs: list[tuple[str, ast.Expr]], loc: Loc, what: str, arg_exprs=None):
         """Match positional and keyword arguments to parameters, with type checks."""
@@ -730,7 +744,7 @@ class BodyChecker:
         try:
             inferred = op.infer(bound, types)
         except ShapeError as exc:
-            self.fail(loc, str(exc), exc.hint)
+            self.fail(loc, str(exc), exc.hint, section=f"op-{op.name.lower()}")
         self.helpers.update(op.helpers)
         needs_module = op.stateful or name is not None or in_group
         if needs_module and op.module is None:
@@ -814,7 +828,9 @@ class BodyChecker:
     def repeat(self, stage: ast.Repeat, inputs, name, in_group) -> ir.Expr:
         count = self.static(stage.count, "a repeat count")
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-            self.fail(stage.count.loc, f"repeat needs a positive integer count, got {count!r}")
+            self.fail(stage.count.loc, f"repeat needs a positive integer count, got {count!r}", section="repeat")
+        if count > MAX_REPEAT:
+            self.fail(stage.count.loc, f"repeat {count} is more than the {MAX_REPEAT} copies dslc allows")
         attr = name or self.auto_attr("layers")
         first, extra = inputs[0], inputs[1:]
         children: list[ir.Submodule] = []
@@ -858,6 +874,8 @@ class BodyChecker:
                 if isinstance(inner, ast.Repeat):
                     count = self.static(inner.count, "a repeat count")
                     body = inner.body
+                if not isinstance(count, int) or not 1 <= count <= MAX_REPEAT:
+                    self.fail(inner.loc, f"repeat needs a count from 1 to {MAX_REPEAT}, got {count!r}")
                 for _ in range(count):
                     out = self.stage(body, current, str(index), in_group=True)
                     if len(out.types) != 1 or len(current) != 1:
@@ -1019,5 +1037,5 @@ def _slice_size(size, s: ir.SliceItem):
 
 def _source_text(scope: FileScope, loc: Loc) -> str:
     """The statement's spec text on one line, whitespace collapsed."""
-    lines = scope.program.source.splitlines()[loc.line - 1 : (loc.end_line or loc.line)]
+    lines = scope.program.source.split("\n")[loc.line - 1 : (loc.end_line or loc.line)]
     return " ".join(" ".join(lines).split())

@@ -27,6 +27,9 @@ def _report_errors(func):
             n = len(exc.diagnostics)
             click.echo(f"{n} error{'s' if n != 1 else ''}", err=True)
             sys.exit(1)
+        except _runtime_errors() as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
         except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
             raise
         except Exception as exc:  # an internal error: say so, show the traceback only on request
@@ -38,6 +41,14 @@ def _report_errors(func):
             sys.exit(2)
 
     return wrapper
+
+
+def _runtime_errors() -> tuple[type[Exception], ...]:
+    try:
+        from dslc_runtime import DslcRuntimeError
+    except ImportError:
+        return ()
+    return (DslcRuntimeError,)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -132,6 +143,176 @@ def build(spec: str, out_dir: str | None, no_onnx: bool, no_verify: bool, overri
         else:
             line += "; not verified (--no-verify)"
         click.echo(line)
+
+
+
+# ---------------------------------------------------------------- tools: fmt, graph, init, completion
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--check", is_flag=True, help="Change nothing; list the files that would change and exit 1 if any.")
+@_report_errors
+def fmt(files: tuple[str, ...], check: bool) -> None:
+    """Rewrite spec files in the canonical layout, keeping every comment.
+
+    \b
+    Example:
+      dslc fmt specs/*.model
+      dslc fmt --check specs/*.model   # in CI: exit 1 if a file is not formatted
+    """
+    from dslc.fmt import format_file
+
+    changed = [path for path in files if format_file(path, check=check)]
+    for path in changed:
+        click.echo(f"{'would reformat' if check else 'reformatted'} {path}")
+    if check and changed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="Output file: .svg, .png, .pdf or .dot.")
+@click.option("--expand/--collapse", default=True, help="Draw blocks as clusters of their layers, or as single boxes.")
+@click.option("--model", "model_name", default=None, help="Draw only this model (default: every exported model).")
+@_set_option
+@_report_errors
+def graph(spec: str, out: str, expand: bool, model_name: str | None, overrides: tuple[str, ...]) -> None:
+    """Draw the checked model: layers, blocks as clusters, tensor shapes on the edges.
+
+    Rendering .svg/.png/.pdf needs Graphviz's `dot` on PATH; .dot works without it.
+
+    \b
+    Example:
+      dslc graph specs/transformer_encoder.model -o model.svg
+      dslc graph specs/resnet18.model -o model.png --collapse
+    """
+    from dslc.graph import write_graph
+
+    write_graph(spec, out, expand=expand, model=model_name, overrides=list(overrides))
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("name")
+@click.option(
+    "--template",
+    default="cnn",
+    show_default=True,
+    type=click.Choice(["cnn", "mlp", "rnn", "transformer", "gan"]),
+    help="The kind of network to start from.",
+)
+@_report_errors
+def init(name: str, template: str) -> None:
+    """Start a new spec NAME.model from a template that checks, builds and trains.
+
+    \b
+    Example:
+      dslc init digits --template cnn
+      dslc check digits.model --shapes && dslc build digits.model
+    """
+    from dslc.templates import write_template
+
+    path = write_template(name, template)
+    click.echo(f"wrote {path}; next: dslc check {path} --shapes")
+
+
+@main.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for dslc.
+
+    \b
+    Example:
+      dslc completion bash > ~/.local/share/bash-completion/completions/dslc
+      eval "$(dslc completion zsh)"        # in ~/.zshrc
+      dslc completion fish > ~/.config/fish/completions/dslc.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    click.echo(cls(main, {}, "dslc", "_DSLC_COMPLETE").source())
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Run folder (default: runs/<stem>).")
+@click.option("--epochs", type=int, default=None, help="Override the train section's epochs.")
+@click.option("--batch-size", type=int, default=None, help="Override the (global) batch size.")
+@click.option("--seed", type=int, default=None, help="Override the seed.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a constant or a train setting (epochs=3, optimizer.lr=0.01).")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the run folder.")
+@click.option("--nproc", type=int, default=1, show_default=True, help="Processes (DDP: gloo on CPU, NCCL on GPU).")
+@click.option("--amp", is_flag=True, help="Mixed precision (bf16 autocast; fp16 with loss scaling on older GPUs).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the trained models.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_report_errors
+def train(spec, out_dir, epochs, batch_size, seed, device, overrides, resume, nproc, amp, compile_, quiet) -> None:
+    """Train a spec's models as its `train { }` section says; end with verified ONNX graphs.
+
+    \b
+    The run folder gets the generated <stem>_train.py (what runs), config.json, metrics.jsonl,
+    curves.png, checkpoints/, the trained weights (.safetensors) and the ONNX graphs.
+    Example:
+      dslc train specs/cnn.model --out runs/cnn --epochs 5
+    """
+    from dslc.training.command import prepare_run, run_script
+
+    out = Path(out_dir or Path("runs") / Path(spec).stem)
+    script = prepare_run(spec, out, list(overrides), resume)
+    argv = ["--out", str(out), "--device", device]
+    for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--seed", seed)):
+        if value is not None:
+            argv += [flag, str(value)]
+    argv += [flag for flag, on in (("--resume", resume), ("--amp", amp), ("--compile", compile_), ("--quiet", quiet)) if on]
+    click.echo(f"wrote {script} (the training code that runs now)")
+    run_script(script, argv, nproc)
+
+
+@main.command()
+@click.argument("model_path", type=click.Path(exists=True))
+@click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=FILE.npy", help="An input array (repeatable).")
+@click.option("--model", "model_name", default=None, help="Which model of a build directory to run.")
+@click.option("--providers", default="auto", help="auto, cpu, cuda or tensorrt.")
+@click.option("-o", "--out", "output_dir", default=None, type=click.Path(file_okay=False), help="Save outputs as .npy files here.")
+@_report_errors
+def run(model_path: str, inputs: tuple[str, ...], model_name: str | None, providers: str, output_dir: str | None) -> None:
+    """Run an exported model (ONNX file or build directory) on .npy inputs.
+
+    \b
+    Example:
+      dslc run build/cnn --input image=digits.npy -o predictions/
+    """
+    from dslc_runtime.cli import run_cli
+
+    pairs = {}
+    for item in inputs:
+        name, sep, file = item.partition("=")
+        if not sep:
+            name, file = "", item
+        pairs[name] = file
+    run_cli(model_path, pairs, output_dir, providers=providers, model=model_name)
+
+
+@main.command()
+@click.argument("model_path", type=click.Path(exists=True))
+@click.option("--model", "model_name", default=None, help="Which model of a build directory to time.")
+@click.option("--providers", default="auto", help="Comma-separated providers to compare, e.g. cpu,cuda.")
+@click.option("--batch-sizes", default="1,8", help="Comma-separated batch sizes.")
+@click.option("--iterations", default=100, show_default=True, help="Timed calls per configuration.")
+@_report_errors
+def bench(model_path: str, model_name: str | None, providers: str, batch_sizes: str, iterations: int) -> None:
+    """Latency percentiles and throughput per provider, and against torch eager for a build directory.
+
+    \b
+    Example:
+      dslc bench build/cnn --providers cpu --batch-sizes 1,32
+    """
+    from dslc.benchmark import bench_model
+
+    sizes = [int(b) for b in batch_sizes.split(",") if b]
+    bench_model(Path(model_path), model_name, providers.split(","), sizes, iterations)
 
 
 if __name__ == "__main__":

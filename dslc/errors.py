@@ -44,7 +44,7 @@ class Diagnostic:
 
 
 def caret_lines(source: str, loc: Loc) -> list[str]:
-    src_lines = source.splitlines()
+    src_lines = source.split("\n")  # the lexer counts only \n as a line break
     if not 1 <= loc.line <= len(src_lines):
         return []
     text = src_lines[loc.line - 1].expandtabs(4).rstrip()

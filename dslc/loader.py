@@ -109,7 +109,10 @@ class Loader:
                         raise error(item.loc, f"constant '{item.name}' is defined twice")
                     value = self.evaluate_const(item.value, scope)
                     if item.name in overrides:
-                        value = _coerce_override(item.name, value, overrides[item.name])
+                        try:
+                            value = _coerce_override(item.name, value, overrides[item.name])
+                        except DslcError as exc:  # keep the spec's value so later uses check cleanly
+                            self.reporter.extend(exc)
                     scope.consts[item.name] = value
                     scope.const_locs[item.name] = item.loc
                 elif isinstance(item, ast.BlockDef):

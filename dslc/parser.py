@@ -49,14 +49,15 @@ def parse(source: str, path: str = "<string>") -> ast.Program:
     """Parse one file. Raises DslcError with a located message on bad syntax."""
     try:
         tree = _lark().parse(source)
+        items, doc = _ToAst(path, source).transform(tree)
     except UnexpectedInput as exc:
         raise _syntax_error(exc, source, path) from None
-    try:
-        items, doc = _ToAst(path, source).transform(tree)
     except VisitError as exc:
         if isinstance(exc.orig_exc, DslcError):
             raise exc.orig_exc from None
         raise
+    except RecursionError:
+        raise error(Loc(path, 1, 1), "the spec is nested too deeply to compile") from None
     comments = _comments_by_line(source)
     _attach_comments(items, source, comments)
     return ast.Program(path=path, source=source, doc=doc, items=items, comments=comments)
@@ -349,7 +350,7 @@ def _comments_by_line(source: str) -> dict[int, str]:
 
 def _attach_comments(items: list, source: str, comments: dict[int, str]) -> None:
     """Give each statement the comments on the lines just above it and on its own line."""
-    lines = source.splitlines()
+    lines = source.split("\n")
 
     def leading(line: int) -> list[str]:
         out: list[str] = []

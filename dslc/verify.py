@@ -34,7 +34,8 @@ def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def verify(torch_module: torch.nn.Module, module: ir.ModuleIR, path: Path, tolerance: float = TOLERANCE) -> VerifyResult:
+def verify(torch_module: torch.nn.Module, module: ir.ModuleIR, path: Path, tolerance: float | None = None) -> VerifyResult:
+    tolerance = TOLERANCE if tolerance is None else tolerance
     torch_module.eval()
     sess = session(path)
     result = VerifyResult(True, 0.0)

@@ -1,0 +1,516 @@
+"""Writes docs/reference.md, the language reference, from the registries so it cannot drift.
+
+    python -m dslc.docgen            # rewrite docs/reference.md
+    python -m dslc.docgen --check    # exit 1 if it is stale (the tests do the same)
+
+The constructs of the language are described by the prose below (each with an example that the
+tests check); every layer and function comes from `dslc.layers.REGISTRY`, and the training
+registries (losses, metrics, optimizers, schedules, datasets) are read from their modules when
+they exist. Every heading carries an explicit anchor: diagnostics point at them (`see: ...#anchor`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from dslc.errors import DOCS_URL
+from dslc.layers import REGISTRY, Op
+from dslc.shapes import DTYPES
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / DOCS_URL
+CATEGORIES = [
+    ("layer", "Layers", "Layers with learned parameters (and pooling). Apply them in a pipeline: `x -> Linear(10)`."),
+    ("activation", "Activations", "Element-wise activations; each also works as a function: `relu(x)`."),
+    ("shape", "Reshaping", "Layers that only rearrange a tensor's elements."),
+    ("function", "Tensor functions", "Called like functions, `mean(h, dim=time)`, or applied in a pipeline."),
+]
+# (module, attribute, title, anchor, what it is): the training registries, documented when they exist.
+TRAINING_REGISTRIES = [
+    ("dslc.training.functions", "FUNCTIONS", "Losses and train-section functions", "train-functions"),
+    ("dslc.training.functions", "METRICS", "Metrics", "train-metrics"),
+    ("dslc.training.functions", "OPTIMIZERS", "Optimizers", "train-optimizers"),
+    ("dslc.training.functions", "SCHEDULES", "Learning-rate schedules", "train-schedules"),
+    ("dslc.data.registry", "DATASETS", "Datasets", "train-datasets"),
+]
+
+CONSTRUCTS = r'''
+<a id="file-structure"></a>
+## File structure
+
+A spec is a UTF-8 text file ending in `.model`. It may start with a docstring (a string literal,
+usually triple-quoted) and then holds, in any order: imports, constants, blocks, models and train
+sections. Newlines and indentation carry no meaning, so a statement may span lines (break before
+`->` or an operator). `#` starts a comment that runs to the end of the line; `dslc fmt` keeps every
+comment, and comments on inputs and statements are carried into the generated PyTorch code.
+
+```dslc
+"""A tiny regression model. This docstring becomes the generated module's docstring."""
+
+const hidden = 16   # a constant, overridable with --set hidden=32
+
+model regressor {
+    input features: float32[batch, 8]   # 8 measurements per example
+    output prediction = features -> Linear(hidden) -> ReLU -> Linear(1)
+}
+```
+
+<a id="models"></a>
+## Models
+
+`model NAME { ... }` declares a network that is exported: it becomes an `nn.Module` class
+(`regressor` -> `Regressor`), one ONNX file per model, and an entry in `MODELS`. A spec needs at
+least one model and may hold several (a GAN's generator and discriminator, an encoder and a decoder
+step). The body is a docstring (optional) followed by statements: inputs, assignments, `if` and
+outputs. Every model declares at least one `input` and one `output`.
+
+<a id="blocks"></a>
+## Blocks
+
+`block Name(param: type = default, ...) { ... }` declares a reusable sub-network. Parameters are
+compile-time values of type `int`, `float`, `bool` or `str`; those without a default are required.
+A block is used like a layer, in a pipeline: `x -> Residual(64)`, `x -> Residual(size=64)`. Each
+use with different arguments or input shapes is checked separately, with concrete sizes, and
+becomes its own PyTorch class when needed. Names in the block's input types bind to the sizes it
+is given (below, `d` is whatever the last dimension of `x` is).
+
+```dslc
+block Residual(size: int, drop: float = 0.1) {
+    """x + MLP(x): a residual feed-forward block."""
+    input x: float32[batch, d]
+    h = x -> Linear(size) -> ReLU -> Linear(d) -> Dropout(drop)
+    output y = (x + h) -> LayerNorm
+}
+
+model deep {
+    input x: float32[batch, 32]
+    output y = x -> Residual(64) -> Residual(128, drop=0.2)
+}
+```
+
+A block with several inputs takes a tuple, `(a, b) -> Block()`, and one with several outputs is
+unpacked: `mu, logvar = x -> Encoder()`.
+
+<a id="imports"></a>
+## Imports
+
+Blocks and constants can live in other spec files, found relative to the importing file:
+
+```text
+import "blocks.model"                  # use as blocks.Residual(64), blocks.hidden
+import "blocks.model" as b             # use as b.Residual(64)
+from "blocks.model" import Residual    # use as Residual(64)
+```
+
+Only the importing file's own models are exported.
+
+<a id="constants"></a>
+## Constants
+
+`const NAME = expression` defines a compile-time value: an integer, a float, a bool (`true`,
+`false`), a string, `none`, or a tuple or list of those. Constants may use earlier constants
+(`const ffn = 4 * d_model`). `dslc check/build --set NAME=VALUE` overrides a constant for one run
+without editing the file.
+
+<a id="inputs-and-outputs"></a>
+## Inputs and outputs
+
+`input NAME: TYPE` declares an input tensor; the order of the inputs is the order of the `forward`
+arguments and of the ONNX inputs. `output NAME = expression` computes and returns an output;
+`output NAME: TYPE = expression` also states its type, and the checker verifies it; `output NAME`
+alone returns an existing value. A comment on an input line documents it (in the generated code,
+the manifest and the ONNX metadata).
+
+```text
+input image: float32[batch, 1, 28, 28]      # grey-scale digits
+output logits: float32[batch, 10] = image -> Flatten -> Linear(10)
+output probabilities = softmax(logits, dim=-1)
+```
+
+<a id="tensor-types"></a>
+## Tensor types and dimensions
+
+A tensor type is a dtype and a list of dimensions: `float32[batch, time, 64]`. The dtypes are
+DTYPE_LIST. A dimension is an integer, a constant, or a name. In a model's input, a name (`batch`,
+`time`) is a symbolic size: it stays dynamic in the ONNX graph (a named dynamic axis) and the
+checker tracks it through every layer (`time - 2`, `(time - 11) // 2 + 1`, `2 * time`). The same
+name means the same size everywhere in a model. In a block's input, a name binds to the size the
+block is given. `dslc check --shapes` prints every layer's output type.
+
+<a id="assignments"></a>
+## Assignments
+
+`name = expression` names a value; `a, b = expression` unpacks an expression with several outputs
+(a recurrent layer's outputs and state, `split`, a block with several outputs). A name is assigned
+once per body.
+
+<a id="pipelines"></a>
+## Pipelines
+
+`source -> stage -> stage ...` feeds a tensor through layers, left to right. A stage is a layer or
+block call (`Linear(128)`), a layer without arguments (`ReLU`, `Flatten`), a tensor function used
+as a layer (`softmax(dim=-1)`), a named stage, a reused layer, a group or a `repeat`. The source of
+a pipeline is any expression; several inputs are passed as a tuple: `(x, memory) -> MultiheadAttention(8)`.
+A layer's input sizes are inferred: `Linear(128)` only states its output size.
+
+```dslc
+model cnn_demo {
+    input image: float32[batch, 1, 28, 28]
+    features = image
+        -> Conv2d(32, kernel=3, padding="same") -> ReLU -> MaxPool2d(2)
+        -> Flatten
+    output logits = features -> Linear(128) -> ReLU -> Linear(10)
+}
+```
+
+<a id="named-layers"></a>
+## Named layers and shared weights
+
+`name: Layer(...)` names the layer's submodule (its attribute in PyTorch and its parameters'
+names); unnamed layers are numbered (`fc1`, `conv2`, ...). Writing a name alone later in a pipeline,
+`-> name`, applies the same layer again: the weights are shared.
+
+```dslc
+model siamese {
+    input left: float32[batch, 16]
+    input right: float32[batch, 16]
+    a = left -> embed: Linear(8)
+    b = right -> embed          # the same Linear: shared weights
+    output distance = sum(abs(a - b), dim=-1)
+}
+```
+
+<a id="groups"></a>
+## Groups
+
+`name: (A -> B -> C)` puts several layers into one named `nn.Sequential` (for example a residual
+shortcut `downsample: (Conv2d(128, kernel=1, stride=2) -> BatchNorm2d)`). Layers inside a group
+are numbered, not named.
+
+<a id="repeat"></a>
+## Repeat
+
+`repeat N Stage` applies N copies (separate weights) of a layer or block in sequence; N is an integer
+literal, a constant or a parenthesised expression. The stage's output must have its input's type.
+With a name, `encoder: repeat layers EncoderLayer(heads, ffn)`, the copies form an `nn.Sequential`
+(`encoder.0`, `encoder.1`, ...).
+
+<a id="expressions"></a>
+## Expressions
+
+Tensors combine with `+ - * / @` (broadcasting as in PyTorch; `@` is matrix multiplication) and
+unary `-`. Compile-time values (constants, block parameters, sizes) also have `//` (floor
+division), `%`, `**`, comparisons `== != < <= > >=`, and `and`, `or`, `not`. Literals: integers
+(`1_000`), floats (`1e-3`, `0.5`), strings (`"same"` or `'same'`), `true`, `false`, `none`, tuples
+`(3, 3)` and lists `[1, 2]`. Function calls take positional arguments then keyword arguments:
+`mean(h, dim=time)`; a dimension argument may be an index or the name of a symbolic size.
+
+Precedence, loosest first: `->`; `or`; `and`; `not`; comparisons; `+ -`; `* / // % @`; unary `-`;
+`**`; indexing `x[...]`. Parentheses group as usual.
+
+<a id="indexing"></a>
+## Indexing and slicing
+
+`x[i]`, `x[:, 0]`, `x[:, -1]`, `x[:, 1:5]`, `x[..., ::2]` select with integers, slices (start, stop,
+step; steps are positive) and `...`. Bounds are compile-time integers.
+
+<a id="if"></a>
+## Conditionals
+
+`if condition { ... } elif condition { ... } else { ... }` chooses statements at compile time: the
+condition must be a compile-time bool (constants, block parameters, sizes). Only the chosen branch is
+compiled, so the generated code has no branch.
+
+```dslc
+const use_norm = true
+
+model conditional {
+    input x: float32[batch, 4]
+    h = x -> Linear(4)
+    if use_norm {
+        output y = h -> LayerNorm
+    } else {
+        output y = h
+    }
+}
+```
+
+<a id="training"></a>
+## Train sections
+
+`train [NAME] { ... }` describes how to train the spec's model(s): settings `name = expression` and
+named sections `kind [name] { ... }` holding more settings. Settings name the dataset, the loss (an
+expression over the model's outputs and the dataset's fields), the optimizer, the schedule, the
+metrics and the training loop's parameters; `dslc train` runs it. See [training.md](training.md)
+for the full description, and the registries below for every dataset, loss, metric, optimizer and
+schedule.
+
+```text
+train {
+    data = digits(image_size=28, validation=0.2)   # fields: image, label
+    loss = cross_entropy(logits, label)
+    optimizer = adam(lr=2e-3)
+    epochs = 8
+    batch_size = 64
+    metrics = [accuracy]
+}
+```
+
+<a id="names"></a>
+## Names
+
+Names are ASCII identifiers (`[A-Za-z_][A-Za-z0-9_]*`). The keywords KEYWORD_LIST cannot be used as
+names where they start a statement. Names that the generated Python needs (Python keywords, `self`,
+`torch`, `nn`, `F`, `math`, `super`, `block`, `MODELS`, and names starting with `__`) are refused.
+Layer and function names are looked up in the registry below; a misspelt name gets a
+"did you mean" hint.
+
+<a id="diagnostics"></a>
+## Diagnostics
+
+Errors are reported as `FILE:LINE:COL: error: message`, with the source line, a caret under the
+problem, often a `hint:`, and a `see:` link to the section of this reference that explains it. One
+run reports every independent mistake it finds. `dslc check` exits 0 when the spec is clean and 1 on
+errors.
+'''
+
+
+def keywords() -> list[str]:
+    """The grammar's keywords: every quoted word in grammar/dslc.lark."""
+    import re
+
+    from dslc.grammar import GRAMMAR_PATH
+
+    text = re.sub(r"//[^\n]*", "", GRAMMAR_PATH.read_text(encoding="utf-8"))
+    return sorted(set(re.findall(r'"([a-z]+)"', text)))
+
+
+def dsl_value(value: Any) -> str:
+    """A value written as the language writes it."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, (tuple, list)):
+        inner = ", ".join(dsl_value(v) for v in value)
+        return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+    return repr(value)
+
+
+def _is_required(param: Any) -> bool:
+    required = getattr(param, "required", None)
+    return bool(required) if required is not None else False
+
+
+def signature(name: str, params) -> str:
+    parts = [p.name if _is_required(p) else f"{p.name}={dsl_value(p.default)}" for p in params]
+    return f"{name}({', '.join(parts)})"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def param_table(params) -> list[str]:
+    if not params:
+        return ["No arguments."]
+    rows = ["| argument | kind | default | meaning |", "|---|---|---|---|"]
+    for p in params:
+        default = "required" if _is_required(p) else f"`{dsl_value(p.default)}`"
+        doc = getattr(p, "doc", "") or ""
+        choices = getattr(p, "choices", None)
+        if choices:
+            doc += ("; " if doc else "") + "one of " + ", ".join(f"`{dsl_value(c)}`" for c in choices)
+        rows.append(f"| `{p.name}` | {p.kind} | {default} | {_cell(doc)} |")
+    return rows
+
+
+def op_anchor(name: str) -> str:
+    return f"op-{name.lower()}"
+
+
+def unique_ops() -> list[Op]:
+    seen: dict[str, Op] = {}
+    for op in REGISTRY.values():
+        seen.setdefault(op.name, op)
+    return list(seen.values())
+
+
+def op_section(op: Op) -> list[str]:
+    lo, hi = op.inputs
+    inputs = f"{lo}" if lo == hi else f"{lo} to {hi}"
+    lines = [f'<a id="{op_anchor(op.name)}"></a>', f"### {op.name}", "", op.doc, ""]
+    lines += ["```text", signature(op.name, op.params), "```", ""]
+    facts = [f"Tensor inputs: {inputs}."]
+    if op.shape_rule:
+        facts.append(f"Shape: `{op.shape_rule}`.")
+    if op.aliases:
+        facts.append("Also written " + ", ".join(f"`{a}`" for a in op.aliases) + ".")
+    lines += [" ".join(facts), ""]
+    lines += param_table(op.params) + [""]
+    if op.example:
+        lines += ["Example: `" + op.example + "`", ""]
+    return lines
+
+
+def _registry_entries(module: str, attr: str) -> dict[str, Any] | None:
+    try:
+        registry = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return None
+    return registry if isinstance(registry, dict) and registry else None
+
+
+def registry_section(title: str, anchor: str, entries: dict[str, Any]) -> list[str]:
+    lines = [f'<a id="{anchor}"></a>', f"## {title}", ""]
+    by_kind: dict[str, list[tuple[str, Any]]] = {}
+    for name, entry in entries.items():
+        by_kind.setdefault(getattr(entry, "kind", ""), []).append((name, entry))
+    for kind, items in sorted(by_kind.items()):
+        if kind and len(by_kind) > 1:
+            lines += [f"**{kind}**", ""]
+        for name, entry in items:
+            params = entry if isinstance(entry, tuple) else tuple(getattr(entry, "params", ()))
+            tensors = tuple(getattr(entry, "tensors", ()))
+            sig_params = [*(_Named(t) for t in tensors), *params]
+            lines += [f'<a id="{anchor}-{name.lower()}"></a>', f"### {name}", ""]
+            doc = getattr(entry, "doc", "") or ""
+            if getattr(entry, "torch_class", None):
+                doc = (doc + " " if doc else "") + f"PyTorch: `{entry.torch_class}`."
+            if doc:
+                lines += [doc, ""]
+            lines += ["```text", signature(name, sig_params), "```", ""]
+            if params:
+                lines += param_table(params) + [""]
+    return lines
+
+
+class _Named:
+    """A required positional (tensor) argument, for signatures."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.required = True
+
+
+def cli_section() -> list[str]:
+    import click
+
+    from dslc.cli import main
+
+    lines = ['<a id="command-line"></a>', "## Command line", ""]
+    lines += ["| command | what it does |", "|---|---|"]
+    ctx = click.Context(main, info_name="dslc")
+    for name in sorted(main.commands):
+        cmd = main.commands[name]
+        usage = " ".join(cmd.collect_usage_pieces(ctx))
+        lines.append(f"| `dslc {name} {usage}` | {_cell(cmd.get_short_help_str(limit=200))} |")
+    lines += ["", "Every command has `--help` with examples. Shell completion: see `dslc completion --help`.", ""]
+    return lines
+
+
+def render() -> str:
+    from dslc.grammar import GRAMMAR_PATH
+
+    ops = unique_ops()
+    out = [
+        "# dslc language reference",
+        "",
+        "<!-- Generated by `python -m dslc.docgen` from the op registry and the training registries. -->",
+        "<!-- Do not edit by hand: edit dslc/docgen.py or the registries, then regenerate. -->",
+        "",
+        "New to dslc? Start with the [tutorial](tutorial.md). This page describes every construct of the",
+        "language, then every layer, function and training component the compiler knows.",
+        "",
+        "**Constructs:** "
+        + ", ".join(
+            f"[{t}](#{a})"
+            for t, a in [
+                ("file structure", "file-structure"),
+                ("models", "models"),
+                ("blocks", "blocks"),
+                ("imports", "imports"),
+                ("constants", "constants"),
+                ("inputs and outputs", "inputs-and-outputs"),
+                ("tensor types", "tensor-types"),
+                ("assignments", "assignments"),
+                ("pipelines", "pipelines"),
+                ("named layers", "named-layers"),
+                ("groups", "groups"),
+                ("repeat", "repeat"),
+                ("expressions", "expressions"),
+                ("indexing", "indexing"),
+                ("conditionals", "if"),
+                ("train sections", "training"),
+                ("names", "names"),
+                ("diagnostics", "diagnostics"),
+            ]
+        ),
+        "",
+    ]
+    for category, title, _ in CATEGORIES:
+        names = [op.name for op in ops if op.category == category]
+        out.append(f"**{title}:** " + ", ".join(f"[{n}](#{op_anchor(n)})" for n in names))
+        out.append("")
+    training = [(t, a, e) for m, attr, t, a in TRAINING_REGISTRIES if (e := _registry_entries(m, attr))]
+    if training:
+        out += ["**Training:** " + ", ".join(f"[{t.lower()}](#{a})" for t, a, _ in training), ""]
+    out += ["**Also:** [command line](#command-line), [grammar](#grammar)", ""]
+
+    body = CONSTRUCTS.strip("\n")
+    body = body.replace("DTYPE_LIST", ", ".join(f"`{d}`" for d in DTYPES))
+    body = body.replace("KEYWORD_LIST", ", ".join(f"`{k}`" for k in keywords()))
+    out += ["# The language", "", body, ""]
+
+    out += ['<a id="layers-and-functions"></a>', "# Layers and functions", ""]
+    out += [
+        "Arguments are given positionally in the order shown or by name. Kinds: `int`, `float`, `bool`,",
+        "`str`; `ints` is an integer or a tuple of integers (one per spatial dimension); `axis` is a",
+        "dimension index (negative counts from the end) or the name of a symbolic size (`dim=time`);",
+        "`axes` is one or several of those; `dims` is a list of sizes. Activations and tensor functions",
+        "are written either as a pipeline stage (`x -> ReLU`) or as a call (`relu(x)`).",
+        "",
+    ]
+    for category, title, intro in CATEGORIES:
+        out += [f'<a id="{category}s"></a>', f"## {title}", "", intro, ""]
+        for op in ops:
+            if op.category == category:
+                out += op_section(op)
+    for title, anchor, entries in training:
+        out += registry_section(title, anchor, entries)
+    out += cli_section()
+    grammar = GRAMMAR_PATH.read_text(encoding="utf-8").rstrip("\n")
+    out += ['<a id="grammar"></a>', "## Grammar", "", "The complete grammar (Lark, LALR), `grammar/dslc.lark`:", ""]
+    out += ["```lark", grammar, "```", ""]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def anchors(text: str) -> set[str]:
+    import re
+
+    return set(re.findall(r'<a id="([^"]+)"></a>', text))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    text = render()
+    if "--check" in argv:
+        current = REFERENCE.read_text(encoding="utf-8") if REFERENCE.exists() else ""
+        if current != text:
+            print(f"{REFERENCE} is stale: run `python -m dslc.docgen`", file=sys.stderr)
+            return 1
+        return 0
+    from dslc.fileio import write_atomic
+
+    write_atomic(REFERENCE, text)
+    print(f"wrote {REFERENCE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,736 @@
+"""Checks a `train { }` section against the spec's models: train AST -> TrainConfig.
+
+Torch-free (`dslc check` runs it). Names in loss and metric expressions resolve, in order, to
+tensors defined in the step, tensors defined in the train section, dataset fields, and model
+outputs: a model whose outputs are named is run on the tensors named like its inputs. Models may
+also be called as functions: `discriminator(generator(z))`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from dslc import ast, ir
+from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error
+from dslc.loader import check_identifier, parse_override
+from dslc.shapes import Sym, TensorType
+from dslc.training import config as c
+from dslc.training.functions import FUNCTIONS, GROUP_PARAMS, METRICS, OPTIMIZERS, SCHEDULES
+from dslc.training.params import BindError, P, bind
+
+SECTION = "training"
+ROOT_SETTINGS = {
+    "data": "data = digits(image_size=28, validation=0.2)",
+    "epochs": "epochs = 10",
+    "batch_size": "batch_size = 64",
+    "seed": "seed = 0",
+    "metrics": "metrics = [accuracy]",
+    "early_stopping": "early_stopping = 3  (epochs without improvement)",
+    "monitor": 'monitor = "val_loss"',
+    "checkpoint_every": "checkpoint_every = 1",
+    "keep_checkpoints": "keep_checkpoints = 2",
+    "export": "export = [cnn]",
+    "workers": "workers = 0",
+    "shuffle": "shuffle = true",
+}
+STEP_SETTINGS = {
+    "loss": "loss = cross_entropy(logits, label)",
+    "optimizer": "optimizer = adam(lr=1e-3)",
+    "schedule": "schedule = cosine(warmup=1)",
+    "clip_grad_norm": "clip_grad_norm = 1.0",
+    "accumulate": "accumulate = 4  (micro-batches per optimizer step)",
+}
+# Names the generated training script uses for its own variables.
+TRAIN_RESERVED = {"BATCH_SIZE", "batch", "loss", "models", "outputs", "DEVICE", "args", "run", "rt", "epoch", "step"}
+
+
+class _Failed(Exception):
+    """Stops checking one setting after its error was reported."""
+
+
+def check_train(program: ir.ProgramIR, train: ast.TrainDef, reporter: Reporter, overrides: dict[str, Any] | None = None) -> c.TrainConfig | None:
+    """The checked configuration, or None after reporting errors to `reporter`."""
+    checker = TrainChecker(program, train, reporter)
+    try:
+        if overrides:
+            apply_overrides(train, overrides)
+        return checker.run()
+    except _Failed:
+        return None
+    except DslcError as exc:
+        reporter.extend(exc)
+        return None
+
+
+def split_overrides(path: str | Path, overrides: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """`--set` values for the train section (its setting names, `optimizer.lr`) vs. spec constants."""
+    from dslc.errors import read_source
+    from dslc.parser import parse
+
+    program = parse(read_source(path), str(path))
+    train = next((i for i in program.items if isinstance(i, ast.TrainDef)), None)
+    names = set(ROOT_SETTINGS) | set(STEP_SETTINGS)
+    if train is not None:
+        names |= {i.name for i in train.items if isinstance(i, ast.Setting)}
+    consts, settings = [], {}
+    for text in overrides:
+        key, value = parse_override(text)
+        if "." in key or (key in names and not any(isinstance(i, ast.Const) and i.name == key for i in program.items)):
+            settings[key] = value
+        else:
+            consts.append(text)
+    return consts, settings
+
+
+def apply_overrides(train: ast.TrainDef, overrides: dict[str, Any]) -> None:
+    """Replace settings in the syntax tree, so the override is checked like written source."""
+    for key, value in overrides.items():
+        head, _, arg = key.partition(".")
+        target = _find_setting(train.items, head)
+        if target is None and arg and head in ("optimizer", "schedule"):  # the default call, with this argument
+            target = ast.Setting(train.loc, head, ast.Name(train.loc, "adam" if head == "optimizer" else "constant"))
+            train.items.append(target)
+        if target is None:
+            if arg or head not in ROOT_SETTINGS | STEP_SETTINGS.keys():
+                known = [i.name for i in train.items if isinstance(i, ast.Setting)] + list(ROOT_SETTINGS)
+                raise error(None, f"--set {key}: the train section has no setting '{head}'", did_you_mean(head, known))
+            train.items.append(ast.Setting(train.loc, head, _literal(value, train.loc)))
+            continue
+        if not arg:
+            target.value = _literal(value, target.loc)
+        elif isinstance(target.value, ast.Call):
+            target.value.kwargs = [(k, v) for k, v in target.value.kwargs if k != arg] + [(arg, _literal(value, target.loc))]
+        elif isinstance(target.value, ast.Name):
+            target.value = ast.Call(target.value.loc, target.value.id, [], [(arg, _literal(value, target.loc))])
+        else:
+            raise error(target.loc, f"--set {key}: setting '{head}' is not a call with arguments")
+
+
+def _find_setting(items, name: str) -> ast.Setting | None:
+    return next((i for i in items if isinstance(i, ast.Setting) and i.name == name), None)
+
+
+def _literal(value: Any, loc: Loc) -> ast.Expr:
+    if isinstance(value, bool):
+        return ast.Bool(loc, value)
+    if isinstance(value, (int, float)):
+        return ast.Num(loc, value)
+    return ast.Str(loc, str(value))
+
+
+class Scope:
+    """Names visible to one step (or, with parent None, to the whole train section)."""
+
+    def __init__(self, checker: TrainChecker, lets: dict[str, ast.Setting], parent: Scope | None):
+        self.checker = checker
+        self.lets = lets
+        self.parent = parent
+        self.types: dict[str, Any] = {}
+        self.plan: list[c.Let | c.AutoRun] = []
+        self.resolving: list[str] = []
+
+    def provides(self, name: str) -> bool:
+        return name in self.lets or name in self.types or bool(self.parent and self.parent.provides(name))
+
+    def resolve(self, name: str, loc: Loc) -> Any:
+        ch = self.checker
+        if name in self.types:
+            return self.types[name]
+        if name in ch.fields:
+            return ch.fields[name]
+        if name in self.lets:
+            if name in self.resolving:
+                raise ch.fail(loc, f"'{name}' is defined in terms of itself: {' -> '.join([*self.resolving, name])}")
+            self.resolving.append(name)
+            try:
+                setting = self.lets[name]
+                value = ch.expr(setting.value, self)
+                if not isinstance(value, c.TExpr) or isinstance(value.type, list):
+                    what = "a model with several outputs; index it, e.g. model(x)[0]" if isinstance(value, c.TExpr) else repr(value)
+                    hint = did_you_mean(name, [*ROOT_SETTINGS, *STEP_SETTINGS]) if not isinstance(value, c.TExpr) else None
+                    hint = hint and f"is it a setting? {hint}"
+                    raise ch.fail(setting.loc, f"'{name}' must be a tensor, but it is {what}", hint)
+            finally:
+                self.resolving.pop()
+            self.types[name] = value.type
+            self.plan.append(c.Let(name, value, setting.loc))
+            return value.type
+        if self.parent and self.parent.provides(name):
+            return self.parent.resolve(name, loc)
+        producers = [m for m in ch.models.values() if any(p.name == name for p in m.outputs)]
+        if len(producers) > 1:
+            names = " and ".join(f"'{m.spec_name}'" for m in producers)
+            raise ch.fail(loc, f"'{name}' is an output of both {names}", "call the model explicitly: model(inputs)[i]")
+        if producers:
+            self.auto_run(producers[0], loc)
+            return self.types[name]
+        candidates = [*ch.fields, *self.all_lets(), *(p.name for m in ch.models.values() for p in m.outputs)]
+        raise ch.fail(loc, f"unknown tensor '{name}'", did_you_mean(name, candidates)
+                      or f"available: dataset fields {', '.join(ch.fields)}; model outputs "
+                      + ", ".join(p.name for m in ch.models.values() for p in m.outputs))
+
+    def all_lets(self) -> list[str]:
+        return [*self.lets, *(self.parent.all_lets() if self.parent else [])]
+
+    def auto_run(self, model: ir.ModuleIR, loc: Loc) -> None:
+        ch = self.checker
+        inputs = []
+        for port in model.inputs:
+            if not (port.name in ch.fields or self.provides(port.name) or any(q.name == port.name for m in ch.models.values() for q in m.outputs)):
+                raise ch.fail(loc, f"model '{model.spec_name}' needs input '{port.name}' ({port.type}), but no dataset field or "
+                              f"train tensor has that name (fields: {', '.join(ch.fields)})",
+                              did_you_mean(port.name, [*ch.fields, *self.all_lets()])
+                              or f"define it in the train section, e.g. `{port.name} = ...`, or call the model explicitly")
+            ch.compatible(self.resolve(port.name, loc), port, model, loc, f"'{port.name}'")
+            inputs.append(port.name)
+        for port in model.outputs:
+            self.types[port.name] = port.type
+        self.plan.append(c.AutoRun(model.spec_name, inputs, [p.name for p in model.outputs]))
+
+
+class TrainChecker:
+    def __init__(self, program: ir.ProgramIR, train: ast.TrainDef, reporter: Reporter):
+        self.program = program
+        self.train = train
+        self.reporter = reporter
+        self.models = {m.spec_name: m for m in program.exported}
+        self.consts = program.constants
+        self.fields: dict[str, TensorType] = {}
+        self.base = Path(program.path).parent
+        self._label_checks: list[c.LabelCheck] = []
+        self._step_scopes: dict[str, Scope] = {}
+
+    def fail(self, loc: Loc | None, message: str, hint: str | None = None) -> _Failed:
+        self.reporter.error(loc, message, hint, section=SECTION)
+        return _Failed()
+
+    # ------------------------------------------------------------ structure
+
+    def run(self) -> c.TrainConfig | None:
+        root_settings, root_lets, steps, groups = self.split(self.train.items, root=True)
+        errors_before = len(self.reporter.diagnostics)
+        data = self.guard(lambda: self.data(root_settings.get("data"), self.train.loc))
+        if data is None:
+            return None
+        self.fields = data.fields
+        for name in self.fields:
+            if name in self.models:
+                self.fail(data.loc, f"dataset field '{name}' has the name of a model; rename the model")
+        root = Scope(self, root_lets, None)
+        checked_steps: list[c.Step] = []
+        if steps:
+            for key in STEP_SETTINGS:
+                if key in root_settings and key in ("loss", "optimizer"):
+                    self.fail(root_settings[key].loc, f"'{key}' belongs inside each `step NAME {{ }}` when the train section has steps")
+            if groups:
+                self.fail(groups[0].loc, "`group` sections belong inside a step when the train section has steps")
+            for section in steps:
+                settings, lets, inner, step_groups = self.split(section.items, root=False)
+                merged = {k: v for k, v in root_settings.items() if k in STEP_SETTINGS} | settings
+                step = self.guard(lambda s=section, m=merged, lt=lets, g=step_groups: self.step(s.name, s.loc, m, Scope(self, lt, root), g, True))
+                if step:
+                    checked_steps.append(step)
+        else:
+            step = self.guard(lambda: self.step("train", self.train.loc, root_settings, Scope(self, {}, root), groups, False))
+            if step:
+                checked_steps.append(step)
+        if len(self.reporter.diagnostics) > errors_before or not checked_steps:
+            return None
+        # every train-level tensor is computed up front; a step may still rebind nothing of it
+        for name, setting in root_lets.items():
+            self.guard(lambda n=name, s=setting: root.resolve(n, s.loc))
+        metrics = self.guard(lambda: self.metrics(root_settings.get("metrics"), checked_steps[0])) or []
+        return self.config(root_settings, data, root, checked_steps, metrics)
+
+    def guard(self, func):
+        try:
+            return func()
+        except _Failed:
+            return None
+        except DslcError as exc:
+            self.reporter.extend(exc)
+            return None
+
+    def split(self, items, root: bool):
+        settings: dict[str, ast.Setting] = {}
+        lets: dict[str, ast.Setting] = {}
+        steps, groups = [], []
+        allowed = (ROOT_SETTINGS.keys() | STEP_SETTINGS.keys()) if root else STEP_SETTINGS.keys()
+        for item in items:
+            if isinstance(item, ast.Section):
+                if item.kind == "step" and root:
+                    if not item.name:
+                        self.fail(item.loc, "a step needs a name: `step discriminator { ... }`")
+                    elif any(s.name == item.name for s in steps):
+                        self.fail(item.loc, f"step '{item.name}' is defined twice")
+                    else:
+                        steps.append(item)
+                elif item.kind == "group":
+                    if not item.name:
+                        self.fail(item.loc, "a parameter group names a submodule: `group encoder { lr = 1e-4 }`")
+                    else:
+                        groups.append(item)
+                else:
+                    kinds = ["step", "group"] if root else ["group"]
+                    self.fail(item.loc, f"unknown section '{item.kind}'" + ("" if root else " inside a step"), did_you_mean(item.kind, kinds)
+                              or f"sections here: {', '.join(kinds)}")
+                continue
+            if item.name in settings or item.name in lets:
+                self.fail(item.loc, f"'{item.name}' is set twice")
+            elif item.name in allowed:
+                settings[item.name] = item
+            elif item.name in ROOT_SETTINGS:
+                self.fail(item.loc, f"'{item.name}' is a setting of the whole train section, not of a step")
+            elif isinstance(item.value, (ast.Num, ast.Str, ast.Bool, ast.NoneLit, ast.ListLit)):
+                known = [*allowed, *(ROOT_SETTINGS if not root else [])]
+                self.fail(item.loc, f"unknown setting '{item.name}'", did_you_mean(item.name, known) or f"settings: {', '.join(sorted(known))}")
+            else:
+                try:
+                    check_identifier(item.name, item.loc, "tensor")
+                    if item.name in TRAIN_RESERVED or item.name in self.models:
+                        what = "a model" if item.name in self.models else "reserved in the generated training script"
+                        raise error(item.loc, f"'{item.name}' is {what}; choose another name")
+                except DslcError as exc:
+                    self.reporter.extend(exc)
+                    continue
+                lets[item.name] = item
+        return settings, lets, steps, groups
+
+    # ------------------------------------------------------------ settings
+
+    def static(self, expr: ast.Expr) -> Any:
+        """A compile-time value: numbers, strings, bools, none, tuples/lists, constants, arithmetic."""
+        if isinstance(expr, (ast.Num, ast.Str, ast.Bool)):
+            return expr.value
+        if isinstance(expr, ast.NoneLit):
+            return None
+        if isinstance(expr, ast.Name):
+            if expr.id in self.consts:
+                return self.consts[expr.id]
+            raise self.fail(expr.loc, f"unknown name '{expr.id}'", did_you_mean(expr.id, self.consts))
+        if isinstance(expr, (ast.TupleLit, ast.ListLit)):
+            return tuple(self.static(e) for e in expr.items)
+        if isinstance(expr, ast.UnaryOp) and expr.op == "-":
+            value = self.static(expr.operand)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return -value
+        if isinstance(expr, ast.BinOp) and expr.op in "+-*/":
+            a, b = self.static(expr.left), self.static(expr.right)
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)):
+                try:
+                    return {"+": a + b, "-": a - b, "*": a * b}[expr.op] if expr.op != "/" else a / b
+                except ZeroDivisionError:
+                    raise self.fail(expr.loc, "division by zero") from None
+        raise self.fail(expr.loc, "expected a number, string, bool or list here")
+
+    def setting(self, settings: dict[str, ast.Setting], name: str, param: P) -> Any:
+        s = settings.get(name)
+        if s is None:
+            if param.required:
+                raise self.fail(self.train.loc, f"the train section needs '{name}'", f"add `{ROOT_SETTINGS.get(name) or STEP_SETTINGS[name]}`")
+            return param.default
+        value = self.static(s.value)
+        try:
+            from dslc.training.params import coerce
+
+            return coerce(param, value, name)
+        except BindError as exc:
+            raise self.fail(s.value.loc, str(exc), exc.hint) from None
+
+    def call_args(self, expr: ast.Expr, what: str) -> tuple[str, Loc, list[ast.Expr], list[tuple[str, ast.Expr]]]:
+        if isinstance(expr, ast.Name):
+            return expr.id, expr.loc, [], []
+        if isinstance(expr, ast.Call):
+            return expr.func, expr.loc, expr.args, expr.kwargs
+        raise self.fail(expr.loc, f"{what} must be a name or a call, e.g. {ROOT_SETTINGS.get(what) or STEP_SETTINGS.get(what)}")
+
+    def bind(self, params, args, kwargs, what: str, loc: Loc) -> dict[str, Any]:
+        try:
+            return bind(params, args, kwargs, what)
+        except BindError as exc:
+            raise self.fail(loc, str(exc), exc.hint) from None
+
+    def data(self, setting: ast.Setting | None, loc: Loc) -> c.Data:
+        from dslc.data.registry import DATASETS, resolve_path
+
+        if setting is None:
+            raise self.fail(loc, "the train section needs 'data'", f"add `{ROOT_SETTINGS['data']}`; data sets: {', '.join(DATASETS)}")
+        name, cloc, args, kwargs = self.call_args(setting.value, "data")
+        if name not in DATASETS:
+            raise self.fail(cloc, f"unknown data set '{name}'", did_you_mean(name, DATASETS) or f"data sets: {', '.join(DATASETS)}")
+        dataset = DATASETS[name]
+        options = self.bind(dataset.params, [self.static(a) for a in args], {k: self.static(v) for k, v in kwargs}, name, cloc)
+        if not 0.0 <= options["validation"] < 1.0:
+            raise self.fail(cloc, f"{name}: 'validation' must be in [0, 1), got {options['validation']}")
+        for key in dataset.files:
+            if not resolve_path(options[key], self.base).is_file():
+                raise self.fail(cloc, f"{name}: data file '{options[key]}' not found (looked in {self.base})")
+        for key, value in options.items():
+            if isinstance(value, int) and not isinstance(value, bool) and value <= 0 and key not in ("validation",):
+                raise self.fail(cloc, f"{name}: '{key}' must be positive, got {value}")
+        try:
+            fields = dataset.fields(options, self.base)
+        except BindError as exc:
+            raise self.fail(cloc, str(exc), exc.hint) from None
+        for field in fields:
+            check_identifier(field, cloc, "dataset field")
+        return c.Data(name, options, fields, cloc)
+
+    # ------------------------------------------------------------ steps
+
+    def step(self, name: str, loc: Loc, settings: dict[str, ast.Setting], scope: Scope, groups, explicit: bool) -> c.Step:
+        if "loss" not in settings:
+            raise self.fail(loc, f"{'step ' + repr(name) if explicit else 'the train section'} needs a 'loss'", f"add `{STEP_SETTINGS['loss']}`")
+        loss = self.expr(settings["loss"].value, scope)
+        if not isinstance(loss, c.TExpr) or not isinstance(loss.type, TensorType) or loss.type.rank != 0:
+            shape = loss.type if isinstance(loss, c.TExpr) else loss
+            raise self.fail(settings["loss"].value.loc, f"the loss must be a single number (a scalar tensor), got {shape}",
+                            "reduce it with mean(...) or use a loss function such as cross_entropy(...)")
+        optimizer = self.optimizer(settings.get("optimizer"), name, loc, explicit, groups)
+        schedule = self.schedule(settings.get("schedule"))
+        clip = self.setting(settings, "clip_grad_norm", P("clip_grad_norm", "float", None))
+        if clip is not None and clip <= 0:
+            raise self.fail(settings["clip_grad_norm"].loc, "clip_grad_norm must be positive")
+        accumulate = self.setting(settings, "accumulate", P("accumulate", "int", 1))
+        if accumulate < 1:
+            raise self.fail(settings["accumulate"].loc, "accumulate must be at least 1")
+        for let_name, let in scope.lets.items():
+            scope.resolve(let_name, let.loc)  # check every step tensor, used or not
+        self.label_checks(loss)
+        self._step_scopes[name] = scope
+        return c.Step(name, loc, loss, optimizer, schedule, clip, accumulate, scope.plan, [])
+
+    def optimizer(self, setting, step: str, loc: Loc, explicit: bool, groups) -> c.Optimizer:
+        if setting is None:
+            name, oloc, args, kwargs = "adam", loc, [], []
+        else:
+            name, oloc, args, kwargs = self.call_args(setting.value, "optimizer")
+        if name not in OPTIMIZERS:
+            raise self.fail(oloc, f"unknown optimizer '{name}'", did_you_mean(name, OPTIMIZERS) or f"optimizers: {', '.join(OPTIMIZERS)}")
+        models = []
+        for a in args:
+            if not isinstance(a, ast.Name) or a.id not in self.models:
+                raise self.fail(a.loc, f"{name}: positional arguments name the models it trains; '{_text(a)}' is not a model",
+                                did_you_mean(_text(a), self.models) or f"models: {', '.join(self.models)}")
+            models.append(a.id)
+        if not models:
+            if explicit and len(self.models) > 1:
+                raise self.fail(oloc, f"the optimizer of step '{step}' must name the model(s) it trains",
+                                f"e.g. {name}({next(iter(self.models))}, lr=1e-3)")
+            models = [m for m, mod in self.models.items() if mod.param_count > 0]
+        if not any(self.models[m].param_count for m in models):
+            raise self.fail(oloc, f"{name}: {', '.join(models)} ha{'s' if len(models) == 1 else 've'} no parameters to train")
+        options = self.bind(OPTIMIZERS[name].params, [], {k: self.static(v) for k, v in kwargs}, name, oloc)
+        checked_groups = []
+        for g in groups:
+            owner = next((m for m in models if any(s.attr == g.name for s in self.models[m].submodules)), None)
+            if owner is None:
+                attrs = [s.attr for m in models for s in self.models[m].submodules]
+                raise self.fail(g.loc, f"group '{g.name}': no submodule of that name in {', '.join(models)}",
+                                did_you_mean(g.name, attrs) or f"submodules: {', '.join(attrs)}")
+            values = {}
+            for item in g.items:
+                if isinstance(item, ast.Section):
+                    raise self.fail(item.loc, "a group holds settings only (lr, weight_decay, momentum)")
+                values[item.name] = self.static(item.value)
+            opts = self.bind(GROUP_PARAMS, [], values, f"group {g.name}", g.loc)
+            checked_groups.append(c.Group(owner, g.name, {k: v for k, v in opts.items() if v is not None}, g.loc))
+        return c.Optimizer(name, models, options, checked_groups, oloc)
+
+    def schedule(self, setting) -> c.Schedule:
+        if setting is None:
+            return c.Schedule("constant", {"warmup": 0.0})
+        name, sloc, args, kwargs = self.call_args(setting.value, "schedule")
+        if name not in SCHEDULES:
+            raise self.fail(sloc, f"unknown schedule '{name}'", did_you_mean(name, SCHEDULES) or f"schedules: {', '.join(SCHEDULES)}")
+        options = self.bind(SCHEDULES[name], [self.static(a) for a in args], {k: self.static(v) for k, v in kwargs}, name, sloc)
+        return c.Schedule(name, options)
+
+    def label_checks(self, e: c.TExpr) -> None:
+        if isinstance(e, c.FnCall):
+            if e.fn in ("cross_entropy", "nll") and isinstance(e.args[1], c.Ref) and e.args[1].name in self.fields:
+                classes = e.args[0].type.shape[-1]
+                if isinstance(classes, int) and not e.args[1].type.is_float:
+                    ignore = e.kwargs.get("ignore_index", -100)
+                    check = c.LabelCheck(e.args[1].name, classes, ignore)
+                    self._label_checks.append(check)
+            for a in e.args:
+                self.label_checks(a)
+        elif isinstance(e, c.BinOp):
+            self.label_checks(e.left)
+            self.label_checks(e.right)
+        elif isinstance(e, c.Neg):
+            self.label_checks(e.operand)
+
+    # ------------------------------------------------------------ expressions
+
+    def expr(self, e: ast.Expr, scope: Scope) -> Any:
+        """A TExpr (tensor valued) or a static value."""
+        if isinstance(e, (ast.Num, ast.Str, ast.Bool, ast.NoneLit)):
+            return None if isinstance(e, ast.NoneLit) else e.value
+        if isinstance(e, ast.Name):
+            if e.id == "batch":
+                return Sym.named("batch")
+            if e.id in self.consts and not scope.provides(e.id) and e.id not in self.fields:
+                return self.consts[e.id]
+            if e.id in self.models:
+                raise self.fail(e.loc, f"'{e.id}' is a model; call it: {e.id}(...)")
+            return c.Ref(e.loc, scope.resolve(e.id, e.loc), e.id)
+        if isinstance(e, ast.BinOp):
+            if e.op not in ("+", "-", "*", "/"):
+                raise self.fail(e.loc, f"operator '{e.op}' is not available in train expressions (use + - * /)")
+            left, right = self.expr(e.left, scope), self.expr(e.right, scope)
+            if not isinstance(left, c.TExpr) and not isinstance(right, c.TExpr):
+                return self.static(e)
+            for side in (left, right):
+                if not isinstance(side, c.TExpr) and not _is_number(side):
+                    raise self.fail(e.loc, f"cannot combine {side!r} with a tensor")
+            left = left if isinstance(left, c.TExpr) else c.Number(e.left.loc, float(left), left)
+            right = right if isinstance(right, c.TExpr) else c.Number(e.right.loc, float(right), right)
+            ltype = left.type if isinstance(left.type, TensorType) else right.type
+            return c.BinOp(e.loc, ltype, e.op, left, right)
+        if isinstance(e, ast.UnaryOp) and e.op == "-":
+            operand = self.expr(e.operand, scope)
+            return c.Neg(e.loc, operand.type, operand) if isinstance(operand, c.TExpr) else self.static(e)
+        if isinstance(e, ast.Index):
+            value = self.expr(e.value, scope)
+            if not (isinstance(value, c.TExpr) and isinstance(value.type, list)) or len(e.items) != 1:
+                raise self.fail(e.loc, "indexing picks one output of a model call: model(x)[0]")
+            index = self.static(e.items[0])
+            if not isinstance(index, int) or not -len(value.type) <= index < len(value.type):
+                raise self.fail(e.loc, f"output index must be an integer below {len(value.type)}")
+            return c.Item(e.loc, value.type[index], value, index % len(value.type))
+        if isinstance(e, ast.Call):
+            return self.call(e, scope)
+        if isinstance(e, (ast.TupleLit, ast.ListLit)):
+            return self.static(e)
+        raise self.fail(e.loc, "unsupported expression in the train section")
+
+    def call(self, e: ast.Call, scope: Scope) -> Any:
+        if e.func in self.models:
+            model = self.models[e.func]
+            if e.kwargs:
+                raise self.fail(e.loc, f"call model '{e.func}' with positional inputs ({', '.join(p.name for p in model.inputs)})")
+            if len(e.args) != len(model.inputs):
+                raise self.fail(e.loc, f"model '{e.func}' takes {len(model.inputs)} input(s) ({', '.join(p.name for p in model.inputs)}), got {len(e.args)}")
+            args = []
+            for a, port in zip(e.args, model.inputs):
+                value = self.expr(a, scope)
+                if not isinstance(value, c.TExpr) or isinstance(value.type, list):
+                    raise self.fail(a.loc, f"model '{e.func}' input '{port.name}' must be a tensor")
+                self.compatible(value.type, port, model, a.loc, "this argument")
+                args.append(value)
+            types = [p.type for p in model.outputs]
+            return c.ModelCall(e.loc, types[0] if len(types) == 1 else types, e.func, args)
+        fn = FUNCTIONS.get(e.func)
+        if fn is None:
+            if e.func in METRICS:
+                raise self.fail(e.loc, f"'{e.func}' is a metric; list it in `metrics = [...]`")
+            if e.func in OPTIMIZERS or e.func in SCHEDULES:
+                raise self.fail(e.loc, f"'{e.func}' belongs in an `optimizer =` or `schedule =` setting")
+            raise self.fail(e.loc, f"unknown function '{e.func}'", did_you_mean(e.func, [*FUNCTIONS, *self.models]))
+        if fn.variadic:
+            if e.kwargs:
+                raise self.fail(e.loc, f"{fn.name} takes sizes only, e.g. {fn.name}(batch, 64)")
+            sizes = [self.expr(a, scope) for a in e.args]
+            if not sizes:
+                raise self.fail(e.loc, f"{fn.name} needs sizes, e.g. {fn.name}(batch, 64)")
+            try:
+                ttype = fn.check(sizes, {})
+            except BindError as exc:
+                raise self.fail(e.loc, str(exc), exc.hint) from None
+            args = [c.Ref(a.loc, None, "BATCH_SIZE") if isinstance(s, Sym) else c.Number(a.loc, None, s) for a, s in zip(e.args, sizes)]
+            return c.FnCall(e.loc, ttype, fn.name, args, {})
+        if len(e.args) < len(fn.tensors):
+            raise self.fail(e.loc, f"{fn.name} takes {len(fn.tensors)} tensor argument(s) ({', '.join(fn.tensors)}), got {len(e.args)}")
+        tensors = []
+        for a in e.args[: len(fn.tensors)]:
+            value = self.expr(a, scope)
+            if isinstance(value, c.TExpr) and isinstance(value.type, list):
+                raise self.fail(a.loc, "this model call has several outputs; pick one with [i]")
+            if not isinstance(value, c.TExpr) and not _is_number(value):
+                raise self.fail(a.loc, f"{fn.name}: expected a tensor, got {value!r}")
+            tensors.append(value)
+        extra = [self.static(a) for a in e.args[len(fn.tensors):]]
+        options = self.bind(fn.params, extra, {k: self.static(v) for k, v in e.kwargs}, fn.name, e.loc)
+        types = [t.type if isinstance(t, c.TExpr) else float(t) for t in tensors]
+        try:
+            ttype = fn.check(types, options)
+        except BindError as exc:
+            raise self.fail(e.loc, str(exc), exc.hint) from None
+        args = [t if isinstance(t, c.TExpr) else c.Number(e.loc, float(t), t) for t in tensors]
+        return c.FnCall(e.loc, ttype, fn.name, args, options)
+
+    def compatible(self, actual: Any, port: ir.Port, model: ir.ModuleIR, loc: Loc, what: str) -> None:
+        if not isinstance(actual, TensorType):
+            raise self.fail(loc, f"model '{model.spec_name}' input '{port.name}' needs a tensor, got {actual!r}")
+        want = port.type
+        problem = None
+        if actual.dtype != want.dtype:
+            problem = "dtype"
+        elif actual.rank != want.rank:
+            problem = "rank"
+        elif any(isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(actual.shape, want.shape)):
+            problem = "size"
+        if problem:
+            hint = None
+            if self.program.train is not None and problem == "size":
+                hint = "change the data set's size options (e.g. digits(image_size=28)) or the model input"
+            if problem == "dtype":
+                hint = "convert with float(x)" if want.is_float else None
+            raise self.fail(loc, f"{what} is {actual} but model '{model.spec_name}' input '{port.name}' expects {want}", hint)
+
+    # ------------------------------------------------------------ metrics and the result
+
+    def metrics(self, setting: ast.Setting | None, step: c.Step) -> list[c.MetricUse]:
+        if setting is None:
+            return []
+        items = setting.value.items if isinstance(setting.value, (ast.ListLit, ast.TupleLit)) else [setting.value]
+        pred, target = _default_pair(step.loss)
+        scope = self._step_scopes[step.name]
+        uses: list[c.MetricUse] = []
+        for item in items:
+            name, mloc, args, kwargs = self.call_args(item, "metrics")
+            metric = METRICS.get(name)
+            if metric is None:
+                raise self.fail(mloc, f"unknown metric '{name}'", did_you_mean(name, METRICS) or f"metrics: {', '.join(METRICS)}")
+            tensor_args: list[str] = []
+            if args and isinstance(args[0], ast.Name) and args[0].id not in self.consts:
+                if len(args) < 2 or not isinstance(args[1], ast.Name):
+                    raise self.fail(mloc, f"{name} takes two tensor names (prediction, target) before its options")
+                tensor_args, args = [args[0].id, args[1].id], args[2:]
+            p, t = tensor_args or (pred, target)
+            if p is None:
+                raise self.fail(mloc, f"{name}: name the prediction and target, e.g. {name}(logits, label)",
+                                "the loss has no (prediction, target) pair to default to")
+            options = self.bind(metric.params, [self.static(a) for a in args], {k: self.static(v) for k, v in kwargs}, name, mloc)
+            ptype, ttype = scope.resolve(p, mloc), scope.resolve(t, mloc)
+            self.metric_types(metric, ptype, ttype, mloc)
+            key = metric.key(options)
+            if any(u.key == key for u in uses):
+                raise self.fail(mloc, f"metric '{key}' is listed twice")
+            uses.append(c.MetricUse(name, key, p, t, options))
+            for n in (p, t):
+                if n not in step.outputs:
+                    step.outputs.append(n)
+        return uses
+
+    def metric_types(self, metric, ptype, ttype, loc) -> None:
+        if not isinstance(ptype, TensorType) or not isinstance(ttype, TensorType):
+            raise self.fail(loc, f"{metric.name} needs tensors")
+        if metric.classification:
+            if not ptype.is_float or ttype.is_float or ttype.rank != ptype.rank - 1:
+                raise self.fail(loc, f"{metric.name} compares scores [..., classes] with class ids [...]; got {ptype} and {ttype}")
+            if metric.name == "top_k" and isinstance(ptype.shape[-1], int):
+                pass
+        elif not ptype.is_float or ptype.rank != ttype.rank:
+            raise self.fail(loc, f"{metric.name} compares a float prediction with a target of the same shape; got {ptype} and {ttype}")
+
+    def config(self, settings, data, root: Scope, steps: list[c.Step], metrics: list[c.MetricUse]) -> c.TrainConfig:
+        epochs = self.setting(settings, "epochs", P("epochs", "int", 10))
+        batch_size = self.setting(settings, "batch_size", P("batch_size", "int", 32))
+        for key, value in (("epochs", epochs), ("batch_size", batch_size)):
+            if value < 1:
+                raise self.fail(settings[key].loc, f"{key} must be at least 1")
+        patience = self.setting(settings, "early_stopping", P("early_stopping", "int", None))
+        validation = data.options["validation"] > 0
+        keys = ["train_loss", *(["val_loss"] if validation else []), *(u.key for u in metrics)]
+        if len(steps) > 1:
+            keys += [f"{p}_loss_{s.name}" for s in steps for p in (("train", "val") if validation else ("train",))]
+        monitor = self.setting(settings, "monitor", P("monitor", "str", "val_loss" if validation else "train_loss"))
+        if monitor not in keys:
+            loc = settings["monitor"].loc if "monitor" in settings else self.train.loc
+            raise self.fail(loc, f"monitor '{monitor}' is not a recorded value", did_you_mean(monitor, keys) or f"recorded: {', '.join(keys)}")
+        use = next((u for u in metrics if u.key == monitor), None)
+        mode = "max" if use and METRICS[use.metric].higher_is_better else "min"
+        export = list(self.models)
+        if "export" in settings:
+            items = settings["export"].value
+            items = items.items if isinstance(items, (ast.ListLit, ast.TupleLit)) else [items]
+            export = []
+            for i in items:
+                if not isinstance(i, ast.Name) or i.id not in self.models:
+                    raise self.fail(i.loc, f"export lists models; '{_text(i)}' is not one", did_you_mean(_text(i), self.models))
+                export.append(i.id)
+        checkpoint_every = self.setting(settings, "checkpoint_every", P("checkpoint_every", "int", 1))
+        keep = self.setting(settings, "keep_checkpoints", P("keep_checkpoints", "int", 2))
+        workers = self.setting(settings, "workers", P("workers", "int", 0))
+        if checkpoint_every < 1 or keep < 1 or workers < 0:
+            raise self.fail(self.train.loc, "checkpoint_every and keep_checkpoints must be at least 1, workers at least 0")
+        config = c.TrainConfig(
+            loc=self.train.loc, data=data, prepare=root.plan, steps=steps, metrics=metrics, models=list(self.models),
+            epochs=epochs, batch_size=batch_size, seed=self.setting(settings, "seed", P("seed", "int", 0)),
+            early_stopping=patience, monitor=monitor, monitor_mode=mode, checkpoint_every=checkpoint_every,
+            keep_checkpoints=keep, export=export, workers=workers, shuffle=self.setting(settings, "shuffle", P("shuffle", "bool", True)),
+            label_checks=_unique(self._label_checks),
+        )
+        config.settings = settings_json(config)
+        return config
+
+
+def _unique(checks: list[c.LabelCheck]) -> list[c.LabelCheck]:
+    seen, out = set(), []
+    for ch in checks:
+        key = (ch.field, ch.classes, ch.ignore_index)
+        if key not in seen:
+            seen.add(key)
+            out.append(ch)
+    return out
+
+
+def _default_pair(loss: c.TExpr) -> tuple[str | None, str | None]:
+    """The (prediction, target) names of the first loss term, for metrics written without arguments."""
+    if isinstance(loss, c.FnCall):
+        if len(loss.args) >= 2 and isinstance(loss.args[0], c.Ref) and isinstance(loss.args[1], c.Ref):
+            return loss.args[0].name, loss.args[1].name
+        for a in loss.args:
+            found = _default_pair(a)
+            if found[0]:
+                return found
+    if isinstance(loss, c.BinOp):
+        found = _default_pair(loss.left)
+        return found if found[0] else _default_pair(loss.right)
+    return None, None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _text(e: ast.Expr) -> str:
+    return e.id if isinstance(e, ast.Name) else type(e).__name__.lower()
+
+
+def settings_json(cfg: c.TrainConfig) -> dict[str, Any]:
+    """The resolved settings, as written to config.json and compared on --resume."""
+
+    def plain(v):
+        return list(v) if isinstance(v, tuple) else v
+
+    return {
+        "data": {"name": cfg.data.name, **{k: plain(v) for k, v in cfg.data.options.items()}},
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "steps": [
+            {
+                "name": s.name,
+                "optimizer": {"name": s.optimizer.kind, "models": s.optimizer.models, **{k: plain(v) for k, v in s.optimizer.options.items()},
+                              "groups": [{"module": f"{g.model}.{g.attr}", **g.options} for g in s.optimizer.groups]},
+                "schedule": {"name": s.schedule.kind, **s.schedule.options},
+                "clip_grad_norm": s.clip_grad_norm,
+                "accumulate": s.accumulate,
+            }
+            for s in cfg.steps
+        ],
+        "metrics": [u.key for u in cfg.metrics],
+        "early_stopping": cfg.early_stopping,
+        "monitor": cfg.monitor,
+        "monitor_mode": cfg.monitor_mode,
+        "keep_checkpoints": cfg.keep_checkpoints,
+        "checkpoint_every": cfg.checkpoint_every,
+        "export": cfg.export,
+        "shuffle": cfg.shuffle,
+    }

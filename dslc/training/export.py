@@ -1,0 +1,55 @@
+"""The trained models -> verified ONNX graphs in the run folder, through `dslc.build`.
+
+The build runs in a staging folder (the run's own training script is never overwritten); its
+ONNX files, model code and manifest are then moved in, with the vocabulary added when the data
+set has one (ONNX metadata `dslc.vocab`, manifest `vocab`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from dslc.errors import error
+from dslc.fileio import write_atomic
+
+
+def export_trained(spec: dict[str, Any], out: Path, state_dicts: dict[str, Any], vocab: list[str] | None,
+                   labels: list[str] | None) -> list[Any]:
+    from dslc.build import build
+
+    path = Path(spec["path"])
+    if not path.is_file():
+        raise error(None, f"cannot export: the spec {path} is gone", "the trained weights are in the run folder (*.safetensors)")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != spec["sha256"]:
+        raise error(None, f"cannot export: {path} changed since this training script was generated",
+                    "the trained weights are in the run folder (*.safetensors); rebuild the script and export from them")
+    staging = Path(tempfile.mkdtemp(prefix=".dslc-export-", dir=out))
+    try:
+        result = build(path, staging, spec["overrides"], state_dicts=state_dicts)
+        manifest = json.loads((staging / "manifest.json").read_text(encoding="utf-8"))
+        for entry in manifest["models"]:
+            if vocab:
+                entry["vocab"] = vocab
+            if labels and "labels" not in entry:
+                entry["labels"] = labels
+            onnx_path = staging / entry.get("onnx", "")
+            if vocab and onnx_path.is_file():
+                model = onnx.load(str(onnx_path))
+                model.metadata_props.add(key="dslc.vocab", value=json.dumps(vocab, ensure_ascii=False))
+                write_atomic(onnx_path, model.SerializeToString())
+        manifest["trained"] = True
+        write_atomic(staging / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+        for item in staging.iterdir():
+            if not item.name.endswith("_train.py"):
+                os.replace(item, out / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result.models

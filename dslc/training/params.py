@@ -1,0 +1,104 @@
+"""Parameters of training functions and argument binding, shared by the data, loss, metric,
+optimizer and schedule registries. Torch-free: `dslc check` imports it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+REQUIRED = object()
+KIND_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "strs": "a list of strings",
+    "floats": "a tuple of numbers",
+    "any": "a value",
+}
+
+
+@dataclass(frozen=True)
+class P:
+    """One parameter: name, kind (int | float | bool | str | strs | floats | any), default, doc."""
+
+    name: str
+    kind: str
+    default: Any = REQUIRED
+    doc: str = ""
+    choices: tuple[Any, ...] | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+class BindError(Exception):
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+def signature(what: str, params: tuple[P, ...]) -> str:
+    parts = [p.name if p.required else f"{p.name}={_show(p.default)}" for p in params]
+    return f"{what}({', '.join(parts)})"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    return repr(value)
+
+
+def coerce(param: P, value: Any, what: str) -> Any:
+    """Check a value against its parameter kind; ints stand for floats."""
+    kind, ok = param.kind, True
+    if value is None:
+        ok = param.default is None
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "str":
+        ok = isinstance(value, str)
+    elif kind == "strs":
+        value = (value,) if isinstance(value, str) else value
+        ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+    elif kind == "floats":
+        ok = isinstance(value, tuple) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        value = tuple(float(v) for v in value) if ok else value
+    if not ok:
+        raise BindError(f"{what}: '{param.name}' must be {KIND_WORDS.get(kind, kind)}, got {_show(value)}")
+    if param.choices and value not in param.choices:
+        raise BindError(f"{what}: '{param.name}' must be one of {', '.join(map(repr, param.choices))}, got {_show(value)}")
+    return value
+
+
+def bind(params: tuple[P, ...], args: list[Any], kwargs: dict[str, Any], what: str) -> dict[str, Any]:
+    """Match positional and keyword values to parameters, fill defaults, check kinds."""
+    from dslc.errors import did_you_mean
+
+    if len(args) > len(params):
+        raise BindError(f"{what} takes at most {len(params)} positional argument(s), got {len(args)}", signature(what, params))
+    values = dict(zip((p.name for p in params), args))
+    by_name = {p.name: p for p in params}
+    for key, value in kwargs.items():
+        if key not in by_name:
+            raise BindError(f"{what} has no argument '{key}'", did_you_mean(key, by_name) or signature(what, params))
+        if key in values:
+            raise BindError(f"{what} got '{key}' twice")
+        values[key] = value
+    out = {}
+    for param in params:
+        if param.name not in values:
+            if param.required:
+                raise BindError(f"{what} is missing its '{param.name}' argument", signature(what, params))
+            out[param.name] = param.default
+        else:
+            out[param.name] = coerce(param, values[param.name], what)
+    return out

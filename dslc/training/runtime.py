@@ -1,0 +1,384 @@
+"""What a generated training script imports besides PyTorch: command-line flags, the run folder,
+devices and processes, batching, checkpoints and resuming, progress output, and the final export.
+
+The training step, losses, optimizers and the loop itself stay in the generated script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dslc import __version__
+from dslc.errors import DslcError, error
+from dslc.fileio import write_atomic
+from dslc.training import checkpoint as ckpt
+from dslc.training.curves import plot
+
+LOG_EVERY = 10  # steps between progress updates (each reads the loss, a device sync)
+
+
+def parse_args(argv: list[str] | None, config: dict[str, Any], default_out: Path) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train the models of a dslc spec (generated script).")
+    p.add_argument("--out", type=Path, default=default_out, help="run folder (default: this script's folder)")
+    p.add_argument("--epochs", type=int, default=config["epochs"])
+    p.add_argument("--batch-size", type=int, default=config["batch_size"])
+    p.add_argument("--seed", type=int, default=config["seed"])
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast (fp16 + loss scaling on GPUs without bf16)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the trained models")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    for key in ("epochs", "batch_size"):
+        if getattr(args, key) < 1:
+            raise error(None, f"--{key.replace('_', '-')} must be at least 1")
+    return args
+
+
+def run_script(main) -> None:
+    """Entry point of a generated script: dslc errors as messages, not tracebacks."""
+    try:
+        main()
+    except DslcError as exc:
+        print(exc.render(), file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+class Totals:
+    """Sums and counts for averages; tensors are summed on the device and read once at the end."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Any] = {}
+        self.counts: dict[str, float] = {}
+
+    def add(self, key: str, total: Any, count: Any) -> None:
+        total = total.detach().double() if isinstance(total, torch.Tensor) else float(total)
+        self.sums[key] = self.sums.get(key, 0.0) + total
+        self.counts[key] = self.counts.get(key, 0.0) + float(count)
+
+    def mean(self, key: str) -> float:
+        return float(self.sums[key]) / max(self.counts[key], 1.0)
+
+
+class Batches:
+    """In-memory batching: a seeded permutation per epoch (the same in every process and on
+    resume); with several processes each takes its share of every global batch."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, shuffle: bool, seed: int, rank: int, world: int,
+                 device: torch.device, workers: int):
+        if not tensors or len(next(iter(tensors.values()))) == 0:
+            raise error(None, "the data split is empty", "lower `validation` or provide more examples")
+        self.n = len(next(iter(tensors.values())))
+        self.batch_size, self.shuffle, self.seed, self.rank, self.world = batch_size, shuffle, seed, rank, world
+        self.workers, self.device = workers, device
+        # small data sets live on the device: indexing there is faster than any loader
+        self.tensors = tensors if workers else {k: v.to(device) for k, v in tensors.items()}
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self):
+        return self.epoch(0)
+
+    def indices(self, epoch: int) -> list[torch.Tensor]:
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        else:
+            order = torch.arange(self.n)
+        chunks = list(order.split(self.batch_size))
+        if self.world > 1:
+            chunks = [c.tensor_split(self.world)[self.rank] for c in chunks]
+        return chunks
+
+    def epoch(self, epoch: int):
+        chunks = self.indices(epoch)
+        if not self.workers:
+            for idx in chunks:
+                idx = idx.to(self.device)
+                yield {k: v[idx] for k, v in self.tensors.items()}
+            return
+        loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=self.workers,
+                                             collate_fn=lambda idx: {k: v[idx] for k, v in self.tensors.items()},
+                                             pin_memory=self.device.type == "cuda", persistent_workers=False)
+        for batch in loader:
+            yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+
+class Run:
+    """One training run: its folder, device, processes, checkpoints and output."""
+
+    def __init__(self, args: argparse.Namespace, spec: dict[str, Any], config: dict[str, Any], steps: int = 1):
+        self.args, self.spec = args, spec
+        self.config = {**config, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed}
+        self.out = Path(args.out)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.main = self.rank == 0
+        self.device = self._device(args.device)
+        if self.world > 1:
+            if steps > 1:
+                raise error(None, "several processes (--nproc / torchrun) support one training step; this spec alternates steps")
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.amp_dtype = None
+        if args.amp:
+            cuda_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+            self.amp_dtype = torch.bfloat16 if self.device.type == "cpu" or cuda_bf16 else torch.float16
+        self.history: list[dict[str, Any]] = []
+        self.state: dict[str, Any] = {}
+        self.models: dict[str, nn.Module] = {}
+        self.console = None
+        self.bar = None
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            existing = ckpt.checkpoints(self.ckpt_dir)
+            if existing and not args.resume:
+                raise error(None, f"{self.out} already holds a run ({existing[-1].name})",
+                            "pass --resume to continue it, or choose another --out")
+            if not args.resume or not existing:
+                write_atomic(self.out / "config.json", json.dumps(self._config_json(), indent=2) + "\n")
+        self.interactive = self.main and sys.stdout.isatty() and not args.quiet
+        torch.manual_seed(args.seed)
+
+    def _device(self, choice: str) -> torch.device:
+        if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+            if not torch.cuda.is_available():
+                raise error(None, "--device cuda: no CUDA device is available")
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            return torch.device("cuda", local)
+        return torch.device("cpu")
+
+    def _config_json(self) -> dict[str, Any]:
+        return {"dslc_version": __version__, "spec": self.spec, "train": self.config, "world_size": self.world}
+
+    def log(self, text: str) -> None:
+        if not self.main:
+            return
+        if self.console is not None:
+            self.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, flush=True)
+
+    # ------------------------------------------------------------ setup
+
+    def batches(self, tensors: dict[str, torch.Tensor], batch_size: int, shuffle: bool, workers: int = 0, split: bool = True) -> Batches:
+        return Batches(tensors, batch_size, shuffle, self.args.seed, self.rank if split else 0, self.world if split else 1,
+                       self.device, workers)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling, needed only for float16 autocast; otherwise a pass-through."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def restore(self, models: dict[str, nn.Module], steps: dict[str, tuple[Any, Any, Any]]) -> int:
+        """Remember what a checkpoint holds; with --resume load the last one. Returns the first epoch to run."""
+        self.models, self.state = models, steps
+        found = ckpt.checkpoints(self.ckpt_dir)
+        if not self.args.resume or not found:
+            if self.args.resume:
+                self.log(f"no checkpoint in {self.ckpt_dir}: starting from the beginning")
+            return 0
+        path = found[-1]
+        weights, state, meta = ckpt.load(path)
+        self._check_compatible(path, meta)
+        for name, model in models.items():
+            model.load_state_dict(weights[name])
+        for name, (optimizer, scheduler, scaler) in steps.items():
+            optimizer.load_state_dict(state["steps"][name]["optimizer"])
+            scheduler.load_state_dict(state["steps"][name]["scheduler"])
+            scaler.load_state_dict(state["steps"][name]["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if torch.cuda.is_available() and state["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.history = meta["history"]
+        if self.main:
+            self._write_metrics()
+        self.log(f"resumed from {path} (epoch {meta['epoch']})")
+        return meta["epoch"]
+
+    def _check_compatible(self, path: Path, meta: dict[str, Any]) -> None:
+        if meta["spec_sha256"] != self.spec["sha256"]:
+            raise error(None, f"cannot resume from {path}: the spec changed since it was written",
+                        "resume with the spec the run started with, or start a new run with another --out")
+        old = meta["config"]
+        if old != json.loads(json.dumps(self.config)):
+            keys = sorted(k for k in set(old) | set(self.config) if old.get(k) != json.loads(json.dumps(self.config.get(k))))
+            raise error(None, f"cannot resume from {path}: the training settings changed ({', '.join(keys)})",
+                        "resume with the same settings and flags, or start a new run with another --out")
+
+    def wrap(self, models: dict[str, nn.Module], trained: list[str]) -> dict[str, nn.Module]:
+        """The modules the training step calls: DDP across processes, torch.compile on request."""
+        wrapped = dict(models)
+        for name in trained:
+            module = models[name]
+            if self.world > 1:
+                from torch.nn.parallel import DistributedDataParallel
+
+                module = DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.args.compile:
+                module = torch.compile(module)
+            wrapped[name] = module
+        return wrapped
+
+    # ------------------------------------------------------------ during an epoch
+
+    def start_epoch(self, epoch: int, steps: int) -> None:
+        self.epoch, self.steps, self.t0, self.samples = epoch, steps, time.perf_counter(), 0
+        if self.interactive and self.bar is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.console = Console()
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                TimeRemainingColumn(), console=self.console, transient=True)
+            self.bar.start()
+        if self.bar is not None:
+            self.task = self.bar.add_task(f"epoch {epoch + 1}/{self.args.epochs}", total=steps, info="")
+
+    def progress(self, i: int, batch_samples: int, loss_sums: dict[str, torch.Tensor]) -> None:
+        self.samples += batch_samples * self.world
+        if (i + 1) % LOG_EVERY and i + 1 != self.steps:
+            return
+        losses = {k: float(v) / (i + 1) for k, v in loss_sums.items()}
+        for name, value in losses.items():
+            if not math.isfinite(value):
+                self._stop_bar()
+                last = ckpt.checkpoints(self.ckpt_dir)
+                where = f"; the last good checkpoint is {last[-1]}" if last else ""
+                raise error(None, f"the loss of step '{name}' became {value} in epoch {self.epoch + 1} (step {i + 1}){where}",
+                            "lower the learning rate, add clip_grad_norm, or check the data for NaN/inf values")
+        if self.bar is not None:
+            rate = self.samples / max(time.perf_counter() - self.t0, 1e-9)
+            info = "  ".join(f"loss{'' if len(losses) == 1 else '_' + k} {v:.4f}" for k, v in losses.items())
+            self.bar.update(self.task, completed=i + 1, info=f"{info}  {rate:,.0f} samples/s")
+
+    def train_record(self, epoch: int, loss_sums: dict[str, torch.Tensor], steps: int) -> dict[str, Any]:
+        """The epoch's mean training losses, averaged over processes."""
+        values = torch.stack([v.detach().float() for v in loss_sums.values()]) / steps
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(values)
+            values /= self.world
+        values = values.tolist()
+        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": sum(values)}
+        if len(values) > 1:
+            record.update({f"train_loss_{k}": v for k, v in zip(loss_sums, values)})
+        self.seconds = time.perf_counter() - self.t0
+        record["samples_per_s"] = round(self.samples / max(self.seconds, 1e-9), 1)
+        return record
+
+    # ------------------------------------------------------------ end of an epoch
+
+    def end_epoch(self, record: dict[str, Any], models: dict[str, nn.Module]) -> bool:
+        """Record the epoch, checkpoint, plot; True when training should stop (early stopping)."""
+        for key, value in record.items():
+            if isinstance(value, float) and not math.isfinite(value) and "loss" in key:
+                self._stop_bar()
+                raise error(None, f"{key} is {value} after epoch {record['epoch']}",
+                            "lower the learning rate, add clip_grad_norm, or check the data for NaN/inf values")
+        self.history.append(record)
+        stop = self._should_stop()
+        last = record["epoch"] == self.args.epochs or stop
+        if self.bar is not None:
+            self.bar.remove_task(self.task)
+        shown = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items() if k not in ("epoch", "samples_per_s"))
+        self.log(f"epoch {record['epoch']}/{self.args.epochs}  {shown}  ({record['samples_per_s']:,.0f} samples/s, {self.seconds:.1f}s)")
+        if self.main:
+            if record["epoch"] % self.config["checkpoint_every"] == 0 or last:
+                self._save_checkpoint(record["epoch"])
+            self._write_metrics()
+        if stop:
+            self.log(f"early stopping: {self.config['monitor']} has not improved for {self.config['early_stopping']} epochs")
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+        return stop
+
+    def _should_stop(self) -> bool:
+        patience = self.config.get("early_stopping")
+        monitor = self.config["monitor"]
+        values = [r.get(monitor) for r in self.history]
+        if not patience or any(v is None for v in values):
+            return False
+        sign = 1 if self._mode() == "max" else -1
+        best = max(range(len(values)), key=lambda i: (sign * values[i], -i))
+        return len(values) - 1 - best >= patience
+
+    def _mode(self) -> str:
+        return self.config.get("monitor_mode", "min")
+
+    def _save_checkpoint(self, epoch: int) -> None:
+        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        state = {
+            "steps": {name: {"optimizer": o.state_dict(), "scheduler": s.state_dict(), "scaler": sc.state_dict()}
+                      for name, (o, s, sc) in self.state.items()},
+            "rng": rng,
+        }
+        meta = {"dslc_version": __version__, "epoch": epoch, "spec_sha256": self.spec["sha256"],
+                "config": json.loads(json.dumps(self.config)), "history": self.history}
+        ckpt.save(ckpt.path_for(self.ckpt_dir, epoch), self.models, state, meta)
+        for old in ckpt.checkpoints(self.ckpt_dir)[: -self.config.get("keep_checkpoints", 2)]:
+            old.unlink(missing_ok=True)
+
+    def _write_metrics(self) -> None:
+        text = "".join(json.dumps(r) + "\n" for r in self.history)
+        write_atomic(self.out / "metrics.jsonl", text)
+        if self.history:
+            plot(self.history, self.out / "curves.png")
+
+    def _stop_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    # ------------------------------------------------------------ the end
+
+    def finish(self, models: dict[str, nn.Module], data: Any, export: list[str]) -> None:
+        self._stop_bar()
+        if self.main:
+            from safetensors.torch import save_file
+
+            from dslc.training.export import export_trained
+
+            states = {name: {k: v.detach().cpu().clone() for k, v in models[name].state_dict().items()} for name in models}
+            for name in export:
+                tmp = self.out / f".{name}.safetensors.tmp"
+                save_file(states[name], str(tmp))
+                os.replace(tmp, self.out / f"{name}.safetensors")
+            if data.vocab:
+                write_atomic(self.out / "vocab.json", json.dumps(data.vocab, ensure_ascii=False) + "\n")
+            reports = export_trained(self.spec, self.out, {n: states[n] for n in export}, data.vocab, data.labels)
+            for r in reports:
+                verified = f"verified (max abs diff {r.max_abs_diff:.1e})" if r.verified else "not verified"
+                self.log(f"wrote {self.out / r.onnx}: {r.nodes} nodes, {r.params:,} parameters, {verified}")
+            if self.history:
+                final = {k: v for k, v in self.history[-1].items() if k != "samples_per_s"}
+                self.log("final: " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in final.items()))
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()

@@ -1,0 +1,88 @@
+"""The dslc command: exit codes, located errors, no tracebacks, atomic output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, SPECS
+
+
+def dslc(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dslc.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_check_all_shipped_specs():
+    result = dslc("check", *sorted(str(p) for p in SPECS.glob("*.model")))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(": ok (") == len(list(SPECS.glob("*.model")))
+
+
+def test_check_shapes_table():
+    result = dslc("check", str(SPECS / "cnn.model"), "--shapes")
+    assert result.returncode == 0
+    assert "float32[batch, 32, 28, 28]" in result.stdout and "315,146" in result.stdout
+
+
+def test_check_reports_errors_with_carets(write_spec):
+    path = write_spec("model m {\n    input x: float32[batch, 4]\n    output y = x -> Lineer(3)\n}\n")
+    result = dslc("check", str(path))
+    assert result.returncode == 1
+    assert f"{path}:3:21: error: unknown layer 'Lineer'" in result.stderr
+    assert "^^^^^^^^^" in result.stderr and "did you mean 'Linear'?" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_continues_past_a_bad_file(write_spec, tmp_path):
+    bad = write_spec("model m {", "bad.model")
+    result = dslc("check", str(bad), str(SPECS / "mlp.model"))
+    assert result.returncode == 1
+    assert "mlp.model: ok" in result.stdout and "bad.model:1:9" in result.stderr
+
+
+def test_missing_file_and_set_override(tmp_path):
+    result = dslc("check", str(tmp_path / "nope.model"))
+    assert result.returncode == 1 and "no such file" in result.stderr and "Traceback" not in result.stderr
+    result = dslc("check", str(SPECS / "mlp.model"), "--set", "hidden=7", "--shapes")
+    assert result.returncode == 0 and "float32[batch, 7]" in result.stdout
+
+
+def test_build_then_run(tmp_path):
+    out = tmp_path / "cnn"
+    result = dslc("build", str(SPECS / "cnn.model"), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "onnxruntime matches PyTorch" in result.stdout
+    assert {"cnn.py", "cnn.onnx", "manifest.json"} <= {p.name for p in out.iterdir()}
+    np.save(tmp_path / "x.npy", np.zeros((2, 1, 28, 28), np.float32))
+    result = dslc("run", str(out), "--input", f"image={tmp_path / 'x.npy'}", "-o", str(tmp_path / "pred"))
+    assert result.returncode == 0, result.stderr
+    assert np.load(tmp_path / "pred" / "logits.npy").shape == (2, 10)
+    result = dslc("run", str(out), "--input", f"imag={tmp_path / 'x.npy'}")
+    assert result.returncode == 1 and "unknown input(s): imag" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_failed_build_keeps_previous_output(write_spec, tmp_path):
+    out = tmp_path / "out"
+    assert dslc("build", str(SPECS / "mlp.model"), "-o", str(out), "--no-onnx").returncode == 0
+    before = (out / "mlp.py").read_bytes()
+    bad = write_spec("model mlp {\n input x: float32[b, 4]\n output y = x -> Linear(zz)\n}\n", "mlp.model")
+    result = dslc("build", str(bad), "-o", str(out))
+    assert result.returncode == 1
+    assert (out / "mlp.py").read_bytes() == before
+    assert not any(p.name.startswith(".dslc-build") for p in out.iterdir())
+
+
+@pytest.mark.parametrize("command", ["check", "build", "run", "bench"])
+def test_help_has_an_example(command):
+    result = dslc(command, "--help")
+    assert result.returncode == 0 and "Example:" in result.stdout
+
+
+def test_internal_errors_say_so(tmp_path):
+    # A directory where a spec file is expected makes reading fail in an unexpected way.
+    result = dslc("--debug", "check", str(tmp_path))
+    assert result.returncode in (1, 2)
+    assert "error" in result.stderr

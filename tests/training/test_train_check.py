@@ -1,0 +1,92 @@
+"""The train section's checker: located errors with hints, and no torch import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from dslc.checker import check_file
+from dslc.errors import DslcError
+from tests.conftest import SPECS
+
+MODEL = """
+model net {
+    input image: float32[batch, 1, 8, 8]
+    output logits = image -> Flatten -> Linear(10)
+}
+"""
+
+
+def errors(write_spec, train: str) -> str:
+    path = write_spec(MODEL + train)
+    with pytest.raises(DslcError) as info:
+        check_file(path)
+    return info.value.render()
+
+
+def test_all_training_specs_check():
+    for name in ("cnn", "mlp", "gan", "vae", "rnn", "autoencoder", "bilstm_classifier", "transformer_encoder", "seq2seq_reverse"):
+        program = check_file(SPECS / f"{name}.model")
+        assert program.train is not None, name
+
+
+def test_check_stays_torch_free():
+    code = "import sys; from dslc.checker import check_file; check_file('specs/gan.model'); check_file('specs/cnn.model'); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=SPECS.parent, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("train", "expected"),
+    [
+        ("train { data = digit()  loss = cross_entropy(logits, label) }", "unknown data set 'digit'"),
+        ("train { data = digits()  loss = cross_entropy(logit, label) }", "unknown tensor 'logit'"),
+        ("train { data = digits()  loss = crossentropy(logits, label) }", "did you mean 'cross_entropy'"),
+        ("train { data = digits()  loss = cross_entropy(logits, label)  optimizer = adan() }", "unknown optimizer 'adan'"),
+        ("train { data = digits()  loss = cross_entropy(logits, label)  epoch = 3 }", "did you mean 'epochs'"),
+        ("train { data = digits()  loss = cross_entropy(logits, label)  metrics = [acuracy] }", "unknown metric 'acuracy'"),
+        ("train { data = digits()  loss = cross_entropy(logits, label)  schedule = cosine(warmup=\"x\") }", "'warmup' must be a number"),
+        ("train { data = digits()  loss = cross_entropy(logits, label, label_smoothing=true) }", "must be a number"),
+        ("train { data = digits() }", "needs a 'loss'"),
+        ("train { loss = cross_entropy(logits, label) }", "needs 'data'"),
+        ("train { data = digits(image_size=28)  loss = cross_entropy(logits, label) }", "expects float32[batch, 1, 8, 8]"),
+        ("train { data = digits()  loss = cross_entropy(label, logits) }", "must be a floating-point tensor"),
+        ("train { data = digits()  loss = mse(logits, label) }", "must be a floating-point tensor"),
+        ("train { data = csv(\"nope.csv\", features=[\"a\"], label=\"y\")  loss = mse(logits, label) }", "not found"),
+        ("train { data = digits()  loss = cross_entropy(logits, label)  monitor = \"acc\" }", "monitor 'acc'"),
+        ("train { data = digits()  loss = cross_entropy(logits, label)  group fc { lr = 0.1 } }", "no submodule"),
+        ("train { data = digits()  loss = cross_entropy(logits, label)  batch_size = 0 }", "at least 1"),
+        ("train { data = digits()  loss = logits }", "single number"),
+    ],
+)
+def test_located_errors(write_spec, train, expected):
+    text = errors(write_spec, train)
+    assert expected in text
+    assert "t.model:" in text  # FILE:LINE:COL
+
+
+def test_gan_errors(write_spec):
+    path = write_spec("""
+        model g { input z: float32[batch, 4]  output image = z -> Linear(64) -> Reshape(batch, 1, 8, 8) }
+        model d { input image: float32[batch, 1, 8, 8]  output score = image -> Flatten -> Linear(1) }
+        train {
+            data = digits(validation=0.0)
+            z = normal(batch, 4)
+            step d_step { loss = bce_with_logits(d(image), 1.0)  optimizer = adam(lr=1e-3) }
+            step g_step { loss = bce_with_logits(d(g(z, z)), 1.0)  optimizer = adam(g) }
+        }
+    """)
+    with pytest.raises(DslcError) as info:
+        check_file(path)
+    text = info.value.render()
+    assert "must name the model(s) it trains" in text
+    assert "takes 1 input(s)" in text
+
+
+def test_train_overrides(write_spec):
+    path = write_spec(MODEL + "train { data = digits()  loss = cross_entropy(logits, label)  epochs = 5 }")
+    program = check_file(path, None, {"epochs": 2, "optimizer.lr": 0.5})
+    assert program.train.epochs == 2
+    assert program.train.steps[0].optimizer.options["lr"] == 0.5
