@@ -41,7 +41,7 @@ def _lark() -> Lark:
         parser="lalr",
         propagate_positions=True,
         maybe_placeholders=True,
-        cache=False,
+        cache=True,  # reuses the built LALR tables across processes (keyed by grammar and lark version)
     )
 
 
