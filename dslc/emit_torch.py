@@ -13,6 +13,7 @@ from dslc import __version__, ir
 from dslc.layers import HELPERS, REGISTRY, py_literal
 
 INDENT = "    "
+WIDTH = 120  # the generated code is formatted as `ruff format --line-length 120` would
 PRECEDENCE = {"**": 6, "neg": 5, "*": 4, "/": 4, "//": 4, "%": 4, "@": 4, "+": 3, "-": 3}
 COMPARE = 2
 ATOM = 10
@@ -72,7 +73,7 @@ def emit_module(module: ir.ModuleIR, spec_file: str) -> str:
 def _init(module: ir.ModuleIR) -> list[str]:
     lines = [f"{INDENT}def __init__(self) -> None:", f"{INDENT * 2}super().__init__()"]
     for sub in module.submodules:
-        lines.append(f"{INDENT * 2}self.{sub.attr} = {constructor(sub)}")
+        lines += wrap(f"{INDENT * 2}self.{sub.attr} = {constructor(sub)}")
     return lines
 
 
@@ -93,7 +94,7 @@ def constructor(sub: ir.Submodule) -> str:
 def _forward(module: ir.ModuleIR) -> list[str]:
     args = ", ".join(f"{p.name}: torch.Tensor" for p in module.inputs)
     returns = "torch.Tensor" if len(module.outputs) == 1 else f"tuple[{', '.join(['torch.Tensor'] * len(module.outputs))}]"
-    lines = [f"{INDENT}def forward(self, {args}) -> {returns}:"]
+    lines = wrap(f"{INDENT}def forward(self, {args}) -> {returns}:")
     for port in module.inputs:
         lines.append(f"{INDENT * 2}# {port.name}: {sanitize_comment(str(port.type))}" + (f"  {sanitize_comment(port.doc)}" if port.doc else ""))
     traced: set[tuple[int, int]] = set()
@@ -104,7 +105,8 @@ def _forward(module: ir.ModuleIR) -> list[str]:
             for comment in stmt.comments:
                 lines.append(f"{INDENT * 2}# {sanitize_comment(comment)}")
             lines.append(f"{INDENT * 2}# line {stmt.loc.line}: {sanitize_comment(_shorten(stmt.source))}")
-        lines += [INDENT * 2 + line for line in statement(stmt)]
+        for line in statement(stmt):
+            lines += wrap(INDENT * 2 + line)
     lines.append(f"{INDENT * 2}return {', '.join(p.name for p in module.outputs)}")
     return lines
 
@@ -189,6 +191,107 @@ def _index_item(item) -> str:
     if item.step is not None:
         text += f":{item.step}"
     return text
+
+
+# ---------------------------------------------------------------- line wrapping
+
+
+def wrap(line: str) -> list[str]:
+    """Split a long line at its last bracket pair, then at top-level commas (ruff's right-hand split)."""
+    if len(line) <= WIDTH:
+        return [line]
+    indent = line[: len(line) - len(line.lstrip())]
+    if line.lstrip().startswith("def "):  # a signature splits at its parameter list
+        open_ = line.index("(")
+        close = _matching_close(line, open_)
+    else:
+        close = _last_closing_bracket(line)
+        open_ = None if close is None else _matching_open(line, close)
+    if close is None:
+        return [line]
+    if open_ is None or open_ == close - 1:
+        return [line]
+    head, body, tail = line[: open_ + 1], line[open_ + 1 : close], line[close:]
+    inner = indent + INDENT
+    if len(inner) + len(body) <= WIDTH and not body.rstrip().endswith(","):
+        return [head, *wrap(inner + body), indent + tail]
+    items = _split_top_level(body)
+    return [head, *[w for item in items for w in wrap(f"{inner}{item},")], indent + tail]
+
+
+def _last_closing_bracket(line: str) -> int | None:
+    depth_string = _string_mask(line)
+    for i in range(len(line) - 1, -1, -1):
+        if line[i] in ")]}" and not depth_string[i]:
+            return i
+    return None
+
+
+def _matching_open(line: str, close: int) -> int | None:
+    mask = _string_mask(line)
+    depth = 0
+    for i in range(close, -1, -1):
+        if mask[i]:
+            continue
+        if line[i] in ")]}":
+            depth += 1
+        elif line[i] in "([{":
+            depth -= 1
+            if depth == 0:
+                return i
+    return None
+
+
+def _matching_close(line: str, open_: int) -> int | None:
+    mask = _string_mask(line)
+    depth = 0
+    for i in range(open_, len(line)):
+        if mask[i]:
+            continue
+        if line[i] in "([{":
+            depth += 1
+        elif line[i] in ")]}":
+            depth -= 1
+            if depth == 0:
+                return i
+    return None
+
+
+def _split_top_level(body: str) -> list[str]:
+    mask = _string_mask(body)
+    items, depth, start = [], 0, 0
+    for i, c in enumerate(body):
+        if mask[i]:
+            continue
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif c == "," and depth == 0:
+            items.append(body[start:i].strip())
+            start = i + 1
+    last = body[start:].strip()
+    if last:
+        items.append(last)
+    return items
+
+
+def _string_mask(text: str) -> list[bool]:
+    """True for characters inside string literals (generated code uses double-quoted strings)."""
+    mask, inside, escaped = [], False, False
+    for c in text:
+        if inside:
+            mask.append(True)
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                inside = False
+        else:
+            inside = c == '"'
+            mask.append(inside)
+    return mask
 
 
 # ---------------------------------------------------------------- text from the spec

@@ -7,6 +7,7 @@ the code generator and the generated reference documentation all read this regis
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,7 +109,7 @@ def py_literal(value: Any) -> str:
             return f'float("{value}")'
         return repr(float(value))
     if isinstance(value, str):
-        return repr(value)
+        return json.dumps(value)  # a valid, fully escaped Python literal, double-quoted like ruff/black
     if isinstance(value, (tuple, list)):
         items = ", ".join(py_literal(v) for v in value)
         if isinstance(value, tuple):

@@ -187,7 +187,9 @@ class MultiheadAttention(nn.Module):
         self.v_proj = nn.Linear(vdim, embed_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, causal: bool = False
+    ) -> torch.Tensor:
         batch, length = query.size(0), query.size(1)
         q = self.q_proj(query).reshape(batch, length, self.heads, -1).transpose(1, 2)
         k = self.k_proj(key).reshape(batch, key.size(1), self.heads, -1).transpose(1, 2)

@@ -6,6 +6,7 @@ tick marks for epochs. Enough to see at a glance whether training went well.
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -78,12 +79,13 @@ def plot(history: list[dict], path: Path) -> None:
     canvas = Canvas(W * cols, H * rows)
     for n, panel in enumerate(panels):
         ox, oy = (n % cols) * W, (n // cols) * H
-        series = [[(r["epoch"], r[k]) for r in history if isinstance(r.get(k), (int, float)) and r[k] == r[k]] for k in panel]
+        series = [[(r["epoch"], r[k]) for r in history if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])] for k in panel]
         values = [v for s in series for _, v in s]
         if not values:
             continue
         lo, hi = min(values), max(values)
-        hi = hi if hi > lo else lo + 1.0
+        if not hi - lo > 1e-12 * max(abs(hi), abs(lo), 1.0):  # flat (or overflowing) curve: give it some height
+            lo, hi = lo - max(abs(lo), 1.0) * 0.01, hi + max(abs(hi), 1.0) * 0.01
         e0, e1 = history[0]["epoch"], max(history[-1]["epoch"], history[0]["epoch"] + 1)
         x0, x1, y0, y1 = ox + PAD + 8, ox + W - 8, oy + H - PAD, oy + 14
 

@@ -48,6 +48,13 @@ def test_generated_code_is_ruff_clean(generated):
     assert result.returncode == 0, result.stdout
 
 
+def test_generated_code_is_formatted(generated):
+    paths = [str(p) for _, p in generated.values()]
+    result = subprocess.run([sys.executable, "-m", "ruff", "format", "--check", "--line-length", "120", *paths],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_every_statement_traces_to_its_spec_line(generated):
     program, path = generated["cnn"]
     text = path.read_text()

@@ -55,3 +55,11 @@ def test_doc_examples_check(source, tmp_path: Path):
     spec = tmp_path / "example.model"
     spec.write_text(source, encoding="utf-8")
     assert check_file(spec).exported
+
+
+def test_tutorial_spec_is_the_cnn_template():
+    from dslc.templates import template_text
+
+    tutorial = (ROOT / "docs" / "tutorial.md").read_text(encoding="utf-8")
+    first = re.search(r"```dslc\n(.*?)```", tutorial, re.S).group(1)
+    assert first == template_text("cnn", "digits")

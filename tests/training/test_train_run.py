@@ -139,7 +139,7 @@ def test_text_vocab_stored_with_the_model(tmp_path, write_spec):
 
 
 def test_bad_input_messages(tmp_path, write_spec):
-    (tmp_path / "d.csv").write_text("a,b,y\n1,2,0\n3,4,5\n5,6,1\n7,8,0\n")
+    (tmp_path / "d.csv").write_text("a,b,y\n1,2,0\n3,4,5\n5,6,1\n7,8,2\n")
     model = "model m { input features: float32[batch, 2]  output logits = features -> Linear(3) }\n"
     bad_column = write_spec(model + 'train { data = csv("d.csv", features=["a", "bb"], label="y")  loss = cross_entropy(logits, label) }', "c.model")
     code, output = train(str(bad_column), "--out", str(tmp_path / "r1"))
