@@ -172,8 +172,8 @@ def bench_latency(iterations: int) -> None:
                     inputs = example_inputs(module_ir, sizes)
                     feeds = {p.name: x.numpy() for p, x in zip(module_ir.inputs, inputs)}
                     with torch.inference_mode():
-                        eager = median_latency(lambda: model(*inputs), iterations)
-                    onnx_time = median_latency(lambda: session.run(None, feeds), iterations)
+                        eager = median_latency(lambda m=model, x=inputs: m(*x), iterations)
+                    onnx_time = median_latency(lambda s=session, f=feeds: s.run(None, f), iterations)
                     label = report.name if len(result.models) > 1 else spec.stem
                     print(f"{label:<22} {batch:>5} {eager * 1e3:>9.3f} {onnx_time * 1e3:>8.3f} {onnx_time / eager:>10.2f}")
 

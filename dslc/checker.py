@@ -706,7 +706,7 @@ class BodyChecker:
     def _arg_value(self, expr: ast.Expr, param) -> Any:
         if param is not None and param.kind in ("axis", "axes"):
             if isinstance(expr, ast.Name) and expr.id not in self.env and expr.id not in self.scope.consts:
-                return AxisName(expr.id)
+                return AxisName(expr.id, self.dims.get(expr.id))
             if isinstance(expr, ast.TupleLit):
                 return tuple(self._arg_value(e, param) for e in expr.items)
         return self.static(expr, "a layer argument")
@@ -902,6 +902,8 @@ class BodyChecker:
         target.append(sub)
 
     def auto_attr(self, prefix: str) -> str:
+        if prefix[-1:].isdigit():
+            prefix += "_"  # b2 -> b2_1, not b21
         n = 1
         while f"{prefix}{n}" in self.attrs or f"{prefix}{n}" in self.reserved:
             n += 1
@@ -1036,6 +1038,9 @@ def _slice_size(size, s: ir.SliceItem):
 
 
 def _source_text(scope: FileScope, loc: Loc) -> str:
-    """The statement's spec text on one line, whitespace collapsed."""
+    """The statement's spec text (without trailing comments) on one line, whitespace collapsed."""
     lines = scope.program.source.split("\n")[loc.line - 1 : (loc.end_line or loc.line)]
+    if lines and loc.end_col:
+        lines[-1] = lines[-1][: loc.end_col - 1]
+    lines = [line.split("#", 1)[0] if '"' not in line and "'" not in line else line for line in lines]
     return " ".join(" ".join(lines).split())

@@ -46,6 +46,8 @@ def emit_train_script(program: ir.ProgramIR, overrides: list[str] | None = None,
     parts.append(_main(cfg))
     parts.append('if __name__ == "__main__":\n    rt.run_script(main)')
     text = "\n\n\n".join(p.rstrip("\n") for p in parts) + "\n"
+    if "math." not in text.replace("import math\n", ""):
+        text = text.replace("import math\n", "", 1)
     return "\n".join(line.rstrip() for line in text.split("\n"))
 
 
@@ -323,8 +325,10 @@ def _schedule(s: c.Schedule, lr: float) -> list[str]:
             ")",
             "return optimizer, scheduler",
         ]
-    lines = ["total = max(1, epochs * steps_per_epoch)"]
     warm = o.get("warmup", 0.0)
+    if s.kind == "constant" and not warm:
+        return ["return optimizer, None  # constant learning rate: no scheduler"]
+    lines = ["total = max(1, epochs * steps_per_epoch)"] if s.kind in ("cosine", "linear") else []
     if warm:
         lines.append(f"warmup = max(1, round({py_literal(warm)} * steps_per_epoch))")
     lines += ["", "def lr_factor(step: int) -> float:"]
@@ -409,7 +413,7 @@ def _main(cfg: c.TrainConfig) -> str:
     steps = cfg.steps
     multi = len(steps) > 1
     needs_eval = cfg.data.options["validation"] > 0 or bool(cfg.metrics)
-    L = [
+    out = [
         "def main(argv: list[str] | None = None) -> None:",
         f"{I1}global DEVICE",
         f"{I1}args = rt.parse_args(argv, CONFIG, default_out=Path(__file__).resolve().parent)",
@@ -422,15 +426,15 @@ def _main(cfg: c.TrainConfig) -> str:
     ]
     if needs_eval:
         split = "data.val" if cfg.data.options["validation"] > 0 else "data.train"
-        L.append(f"{I1}eval_batches = run.batches({split}, args.batch_size, shuffle=False, workers={cfg.workers}, split=False)")
+        out.append(f"{I1}eval_batches = run.batches({split}, args.batch_size, shuffle=False, workers={cfg.workers}, split=False)")
     for s in steps:
         per_epoch = "len(train_batches)" if s.accumulate == 1 else f"math.ceil(len(train_batches) / {s.accumulate})"
-        L.append(f"{I1}optimizer_{s.name}, scheduler_{s.name} = make_optimizer_{s.name}(models, {per_epoch}, args.epochs)")
-        L.append(f"{I1}scaler_{s.name} = run.grad_scaler()")
+        out.append(f"{I1}optimizer_{s.name}, scheduler_{s.name} = make_optimizer_{s.name}(models, {per_epoch}, args.epochs)")
+        out.append(f"{I1}scaler_{s.name} = run.grad_scaler()")
         if multi:
-            L.append(f"{I1}params_{s.name} = [p for name in {py_literal(s.optimizer.models)} for p in models[name].parameters()]")
+            out.append(f"{I1}params_{s.name} = [p for name in {py_literal(s.optimizer.models)} for p in models[name].parameters()]")
     state = ", ".join(f"{py_literal(s.name)}: (optimizer_{s.name}, scheduler_{s.name}, scaler_{s.name})" for s in steps)
-    L += [
+    out += [
         f"{I1}start_epoch = run.restore(models, {{{state}}})  # --resume: continue from the last checkpoint",
         f"{I1}train_models = run.wrap(models, trained={py_literal(sorted({m for s in steps for m in s.optimizer.models}))})  # DDP / torch.compile when asked",
         "",
@@ -442,26 +446,26 @@ def _main(cfg: c.TrainConfig) -> str:
         f"{I2}for i, batch in enumerate(train_batches.epoch(epoch)):",
     ]
     if cfg.prepare:
-        L += [f"{I3}with run.autocast():", f"{I4}batch = prepare(train_models, batch)"]
+        out += [f"{I3}with run.autocast():", f"{I4}batch = prepare(train_models, batch)"]
     for s in steps:
-        L += _step_lines(s, multi)
-    L += [
+        out += _step_lines(s, multi)
+    out += [
         f"{I3}run.progress(i, len(batch[{py_literal(next(iter(cfg.data.fields)))}]), loss_sums)",
         "",
         f"{I2}record = run.train_record(epoch, loss_sums, len(train_batches))",
     ]
     if needs_eval:
-        L += [
+        out += [
             f"{I2}for model in models.values():",
             f"{I3}model.eval()",
             f"{I2}record.update(evaluate(models, eval_batches, run))",
         ]
-    L += [
+    out += [
         f"{I2}if run.end_epoch(record, models):  # metrics.jsonl, checkpoint, curves; true when stopping early",
         f"{I3}break",
         f"{I1}run.finish(models, data, export={py_literal(cfg.export)})  # final weights, verified ONNX",
     ]
-    return "\n".join(L)
+    return "\n".join(out)
 
 
 def _step_lines(s: c.Step, multi: bool) -> list[str]:
@@ -485,7 +489,7 @@ def _step_lines(s: c.Step, multi: bool) -> list[str]:
         f"{inner}scaler_{n}.step(optimizer_{n})",
         f"{inner}scaler_{n}.update()",
         f"{inner}optimizer_{n}.zero_grad(set_to_none=True)",
-        f"{inner}scheduler_{n}.step()",
+        *([f"{inner}scheduler_{n}.step()"] if s.schedule.kind != "constant" or s.schedule.options.get("warmup") else []),
         f"{I3}loss_sums[{py_literal(n)}] += loss.detach().float()",
     ]
     return lines

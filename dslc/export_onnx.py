@@ -71,54 +71,8 @@ def example_sizes(module: ir.ModuleIR, shift: int = 0) -> dict[str, int]:
     return sizes
 
 
-def _split_top(text: str, separators: tuple[str, ...]) -> list[tuple[str, str]]:
-    """Split at separators outside parentheses: [(separator before the piece or '', piece), ...]."""
-    pieces, depth, start, before, i = [], 0, 0, "", 0
-    while i < len(text):
-        if text[i] in "()":
-            depth += 1 if text[i] == "(" else -1
-        elif depth == 0 and (sep := next((s for s in separators if text.startswith(s, i)), None)):
-            pieces.append((before, text[start:i]))
-            before, i = sep, i + len(sep)
-            start = i
-            continue
-        i += 1
-    pieces.append((before, text[start:]))
-    return pieces
-
-
-def atom_value(atom: str, sizes: dict[str, int]) -> int:
-    """The size of a Sym atom: a symbol, or an opaque floor division `(<polynomial> // k)` such as the
-    output length of a strided convolution (the divisor applies to the whole polynomial)."""
-    if atom in sizes:
-        return sizes[atom]
-    inner, sep, divisor = atom[1:-1].rpartition(" // ")
-    if not (atom.startswith("(") and atom.endswith(")") and sep and divisor.isdigit()):
-        raise KeyError(atom)
-    total = 0
-    for sign, term in _split_top(inner, (" + ", " - ")):
-        negative = (sign == " - ") != term.startswith("-")
-        value = 1
-        for _, factor in _split_top(term.removeprefix("-"), ("*",)):
-            value *= int(factor) if factor.isdigit() else atom_value(factor, sizes)
-        total += -value if negative else value
-    return total // int(divisor)
-
-
 def concrete_shape(shape, sizes: dict[str, int]) -> tuple[int, ...]:
-    out = []
-    for d in shape:
-        if isinstance(d, int):
-            out.append(d)
-        else:
-            value = 0
-            for monomial, coeff in d.terms.items():
-                term = coeff
-                for atom in monomial:
-                    term *= atom_value(atom, sizes)
-                value += term
-            out.append(value)
-    return tuple(out)
+    return tuple(d if isinstance(d, int) else d.evaluate(sizes) for d in shape)
 
 
 def int_input_bounds(module: ir.ModuleIR) -> dict[str, int]:

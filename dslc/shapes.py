@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 Monomial = tuple[str, ...]  # sorted atom names; () is the constant term
 
+# Opaque floor-division atoms by name: "((time - 11) // 2)" -> (time - 11, 2), for evaluation.
+FLOOR_ATOMS: dict[str, tuple[Sym, int]] = {}
+
 
 class Sym:
     __slots__ = ("terms",)
@@ -69,7 +72,24 @@ class Sym:
             return self
         if all(c % other == 0 for c in self.terms.values()):
             return Sym({m: c // other for m, c in self.terms.items()}).simplify()
-        return Sym.named(f"({self} // {other})")
+        numerator = str(self) if len(self.terms) == 1 else f"({self})"
+        name = f"({numerator} // {other})"
+        FLOOR_ATOMS[name] = (self, other)
+        return Sym.named(name)
+
+    def evaluate(self, sizes: dict[str, int]) -> int:
+        """The concrete size given a size for every named symbol."""
+        total = 0
+        for monomial, coeff in self.terms.items():
+            term = coeff
+            for atom in monomial:
+                if atom in FLOOR_ATOMS:
+                    numerator, divisor = FLOOR_ATOMS[atom]
+                    term *= numerator.evaluate(sizes) // divisor
+                else:
+                    term *= sizes[atom]
+            total += term
+        return total
 
     # -- comparison and display
     def __eq__(self, other: object) -> bool:

@@ -30,6 +30,7 @@ class AxisName:
     """A dimension named by its symbol (`dim=time`), resolved against the input's shape."""
 
     name: str
+    size: Any = None  # inside a block, what the name is bound to (an int or a Sym)
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,13 @@ def resolve_axis(value: Any, x: TensorType, op: str) -> int:
     """An axis given as an int (negative allowed) or by its dimension's symbol name."""
     if isinstance(value, AxisName):
         hits = [i for i, d in enumerate(x.shape) if isinstance(d, Sym) and d == Sym.named(value.name)]
+        if not hits and value.size is not None:  # a block's dimension name, bound to the caller's size
+            hits = [i for i, d in enumerate(x.shape) if d == value.size]
+            if len(hits) > 1:
+                raise ShapeError(
+                    f"{op}: '{value.name}' is {value.size} here, which several dimensions of {x.shape_str()} have",
+                    "use an integer dimension",
+                )
         if len(hits) != 1:
             where = "no" if not hits else "several"
             raise ShapeError(f"{op}: {where} dimension named '{value.name}' in {x.shape_str()}")

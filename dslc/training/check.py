@@ -46,7 +46,7 @@ STEP_SETTINGS = {
 TRAIN_RESERVED = {"BATCH_SIZE", "batch", "loss", "models", "outputs", "DEVICE", "args", "run", "rt", "epoch", "step"}
 
 
-class _Failed(Exception):
+class _CheckFailedError(Exception):
     """Stops checking one setting after its error was reported."""
 
 
@@ -57,7 +57,7 @@ def check_train(program: ir.ProgramIR, train: ast.TrainDef, reporter: Reporter, 
         if overrides:
             apply_overrides(train, overrides)
         return checker.run()
-    except _Failed:
+    except _CheckFailedError:
         return None
     except DslcError as exc:
         reporter.extend(exc)
@@ -202,9 +202,9 @@ class TrainChecker:
         self._label_checks: list[c.LabelCheck] = []
         self._step_scopes: dict[str, Scope] = {}
 
-    def fail(self, loc: Loc | None, message: str, hint: str | None = None) -> _Failed:
+    def fail(self, loc: Loc | None, message: str, hint: str | None = None) -> _CheckFailedError:
         self.reporter.error(loc, message, hint, section=SECTION)
-        return _Failed()
+        return _CheckFailedError()
 
     # ------------------------------------------------------------ structure
 
@@ -247,7 +247,7 @@ class TrainChecker:
     def guard(self, func):
         try:
             return func()
-        except _Failed:
+        except _CheckFailedError:
             return None
         except DslcError as exc:
             self.reporter.extend(exc)

@@ -99,7 +99,7 @@ def plot(history: list[dict], path: Path) -> None:
         for e in range(e0, e1 + 1):
             x, _ = px(e, lo)
             canvas.line(x, y0, x, y0 + 3, (0, 0, 0))
-        for i, (key, s) in enumerate(zip(panel, series)):
+        for i, s in enumerate(series):
             color = COLORS[(i + n) % len(COLORS)]
             canvas.line(x0 + 4 + 30 * i, oy + 5, x0 + 20 + 30 * i, oy + 5, color, 2)
             for (ea, va), (eb, vb) in zip(s, s[1:]):
@@ -107,5 +107,4 @@ def plot(history: list[dict], path: Path) -> None:
             if len(s) == 1:
                 x, y = px(*s[0])
                 canvas.line(x - 1, y - 1, x + 1, y + 1, color, 2)
-        del key
     write_atomic(path, _png(canvas.rows, canvas.width, canvas.height))

@@ -206,7 +206,8 @@ class Run:
             model.load_state_dict(weights[name])
         for name, (optimizer, scheduler, scaler) in steps.items():
             optimizer.load_state_dict(state["steps"][name]["optimizer"])
-            scheduler.load_state_dict(state["steps"][name]["scheduler"])
+            if scheduler is not None:
+                scheduler.load_state_dict(state["steps"][name]["scheduler"])
             scaler.load_state_dict(state["steps"][name]["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
         if torch.cuda.is_available() and state["rng"].get("cuda"):
@@ -333,7 +334,7 @@ class Run:
     def _save_checkpoint(self, epoch: int) -> None:
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
         state = {
-            "steps": {name: {"optimizer": o.state_dict(), "scheduler": s.state_dict(), "scaler": sc.state_dict()}
+            "steps": {name: {"optimizer": o.state_dict(), "scheduler": s.state_dict() if s is not None else None, "scaler": sc.state_dict()}
                       for name, (o, s, sc) in self.state.items()},
             "rng": rng,
         }

@@ -128,8 +128,8 @@ def test_vae_encoder_and_decoder_graphs_compose_to_the_training_model(built):
     with torch.no_grad():
         reconstruction, mu, _ = b.model("vae")(torch.from_numpy(image), torch.from_numpy(eps))
     enc = run(b, "encoder", {"image": image})
-    np.testing.assert_allclose(enc["mu"], mu.numpy(), rtol=1e-4, atol=1e-5)
-    dec = run(b, "decoder", {"z": enc["mu"]})
+    np.testing.assert_allclose(enc["latent_mean"], mu.numpy(), rtol=1e-4, atol=1e-5)
+    dec = run(b, "decoder", {"z": enc["latent_mean"]})
     np.testing.assert_allclose(dec["image"], reconstruction.numpy(), rtol=1e-4, atol=1e-5)
     # eps moves the sample: z = mu + exp(logvar / 2) * eps
     moved = run(b, "vae", {"image": image, "eps": np.ones((5, 20), dtype=np.float32)})
