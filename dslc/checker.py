@@ -752,7 +752,9 @@ class BodyChecker:
         attr = None
         if needs_module:
             attr = name or self.auto_attr(op.prefix)
-            self.add_submodule(ir.Submodule(attr, "op", loc, op=op.name, init=inferred.init, params=op.param_count(inferred.init)))
+            self.add_submodule(
+                ir.Submodule(attr, "op", loc, op=op.name, init=inferred.init, args=bound, params=op.param_count(inferred.init))
+            )
             if not in_group:
                 self._record(loc, attr, f"{op.name}", inferred.outputs, op.param_count(inferred.init))
             if name is not None and not in_group:
@@ -760,7 +762,7 @@ class BodyChecker:
         elif op.category != "function":
             self._record(loc, "", op.name, inferred.outputs, 0)
         module = f"self.{attr}" if attr and not in_group else attr
-        return ir.OpCall(inferred.outputs, op.name, list(inputs), inferred.init, module)
+        return ir.OpCall(inferred.outputs, op.name, list(inputs), inferred.init, module, args=bound)
 
     def _instance(self, attr: str, op: Op, bound: dict, init: dict) -> LayerInstance:
         def make_call(inputs, loc):

@@ -16,7 +16,7 @@ from typing import Any
 from dslc import ir
 from dslc.errors import error
 from dslc.fileio import write_atomic
-from dslc.layers import REGISTRY
+from dslc.layers import REGISTRY, AxisName
 from dslc.layers.base import REQUIRED
 from dslc.shapes import TensorType
 
@@ -123,7 +123,7 @@ class _Drawer:
         if isinstance(e, ir.OpCall):
             inputs = [p for x in e.inputs for p in self.expr(x, env, subs)]
             attr = e.module.removeprefix("self.") if e.module else None
-            node = self._op_node(e.op, e.init, attr)
+            node = self._op_node(e.op, e.args or e.init, attr)
             return self._connect(node, inputs, e.types)
         if isinstance(e, ir.ModuleCall):
             inputs = [p for x in e.inputs for p in self.expr(x, env, subs)]
@@ -160,7 +160,7 @@ class _Drawer:
             node = self.dot.node("block", f"{sub.attr}: {self._describe(sub)}")
             return self._connect(node, inputs, types)
         if sub.kind == "op":
-            return self._connect(self._op_node(sub.op, sub.init, sub.attr), inputs, types)
+            return self._connect(self._op_node(sub.op, sub.args or sub.init, sub.attr), inputs, types)
         if sub.kind == "block":
             module = self.program.module(sub.block)
             self.dot.cluster(f"{sub.attr}: {module.signature}")
@@ -177,7 +177,7 @@ class _Drawer:
                 out_type = self.program.module(child.block).outputs[0].type
                 current = self.submodule(child, [current, *extra], [out_type])[0]
             else:  # a layer of a named group: its output type is not recorded, so the edge after it has no label
-                node = self._op_node(child.op, child.init, child.attr)
+                node = self._op_node(child.op, child.args or child.init, child.attr)
                 self._connect(node, [current], [])
                 current = (node, None)
         self.dot.end()
@@ -185,7 +185,7 @@ class _Drawer:
 
     def _describe(self, sub: ir.Submodule) -> str:
         if sub.kind == "op":
-            return op_summary(sub.op, sub.init)
+            return op_summary(sub.op, sub.args or sub.init)
         if sub.kind == "block":
             return self.program.module(sub.block).signature
         names = [c.block or c.op or c.kind for c in sub.children]
@@ -211,6 +211,8 @@ def op_summary(op_name: str, init: dict[str, Any]) -> str:
 
 
 def _short(value: Any) -> str:
+    if isinstance(value, AxisName):
+        return value.name
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):

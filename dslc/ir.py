@@ -42,6 +42,7 @@ class OpCall(Expr):
     inputs: list[Expr]
     init: dict[str, Any]
     module: str | None  # attribute path of the submodule, None for inline functional ops
+    args: dict[str, Any] = field(default_factory=dict)  # the arguments as the spec gave them
 
 
 @dataclass
@@ -128,6 +129,7 @@ class Submodule:
     op: str | None = None
     init: dict[str, Any] = field(default_factory=dict)
     block: str | None = None  # class name, for kind == "block"
+    args: dict[str, Any] = field(default_factory=dict)  # the op's arguments as the spec gave them
     children: list[Submodule] = field(default_factory=list)
     params: int = 0  # learnable parameters, children included
 

@@ -248,6 +248,49 @@ _reg(Fn("normal", "noise", "standard normal noise of the given sizes (`batch` = 
 _reg(Fn("uniform", "noise", "uniform noise in [0, 1) of the given sizes", (), (), _noise_check, _noise_emit("torch.rand"), variadic=True))
 
 
+# ---------------------------------------------------------------- layout helpers (data fields -> model inputs)
+
+
+def _axis(t: TensorType, axis: int, rank: int, fn: str) -> int:
+    if not isinstance(axis, int) or not -rank <= axis < rank:
+        raise BindError(f"{fn}: dim {axis!r} is out of range for {t.shape_str()}")
+    return axis % rank
+
+
+def _transpose_check(types, a):
+    x = _tensor(types[0], "transpose", "input")
+    shape = list(x.shape)
+    i, j = _axis(x, a["dim0"], x.rank, "transpose"), _axis(x, a["dim1"], x.rank, "transpose")
+    shape[i], shape[j] = shape[j], shape[i]
+    return x.with_shape(shape)
+
+
+def _unsqueeze_check(types, a):
+    x = _tensor(types[0], "unsqueeze", "input")
+    i = _axis(x, a["dim"], x.rank + 1, "unsqueeze")
+    return x.with_shape([*x.shape[:i], 1, *x.shape[i:]])
+
+
+def _floor_div_check(types, a):
+    x = _tensor(types[0], "floor_div", "input")
+    if not isinstance(a["divisor"], int) or a["divisor"] < 1:
+        raise BindError(f"floor_div: the divisor must be a positive integer, got {a['divisor']!r}")
+    return x
+
+
+_reg(Fn("transpose", "tensor", "swap two dimensions, e.g. [batch, time, freq] -> [batch, freq, time]", ("input",),
+        (P("dim0", "int"), P("dim1", "int")), _transpose_check,
+        lambda c, a, t: f"{c[0]}.transpose({py_literal(a['dim0'])}, {py_literal(a['dim1'])})"))
+_reg(Fn("unsqueeze", "tensor", "insert a dimension of size 1 (e.g. a channel axis)", ("input",), (P("dim", "int"),),
+        _unsqueeze_check, lambda c, a, t: f"{c[0]}.unsqueeze({py_literal(a['dim'])})"))
+_reg(Fn("floor_div", "tensor", "integer division rounding down, e.g. sequence lengths after a stride-2 layer", ("input",),
+        (P("divisor", "int"),), _floor_div_check, lambda c, a, t: f"torch.div({c[0]}, {py_literal(a['divisor'])}, rounding_mode=\"floor\")"))
+_reg(Fn("ones_like", "tensor", "a tensor of ones with the input's shape and dtype (e.g. a full attention mask)", ("input",), (),
+        _same, lambda c, a, t: f"torch.ones_like({c[0]})"))
+_reg(Fn("zeros_like", "tensor", "a tensor of zeros with the input's shape and dtype (e.g. segment ids)", ("input",), (),
+        _same, lambda c, a, t: f"torch.zeros_like({c[0]})"))
+
+
 # ---------------------------------------------------------------- metrics
 
 

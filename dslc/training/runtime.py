@@ -26,6 +26,7 @@ from dslc.training import checkpoint as ckpt
 from dslc.training.curves import plot
 
 LOG_EVERY = 10  # steps between progress updates (each reads the loss, a device sync)
+BEST = "best.safetensors"  # checkpoints/best.safetensors: the best epoch's weights by `monitor` (early stopping)
 
 
 def parse_args(argv: list[str] | None, config: dict[str, Any], default_out: Path) -> argparse.Namespace:
@@ -71,6 +72,45 @@ class Totals:
 
     def mean(self, key: str) -> float:
         return float(self.sums[key]) / max(self.counts[key], 1.0)
+
+
+def match_state(target: dict[str, torch.Tensor], sources: dict[str, dict[str, torch.Tensor]]
+                ) -> tuple[dict[str, torch.Tensor] | None, list[str], str]:
+    """The trained tensor for every key of `target` (same name, shape and dtype, in exactly one trained model or equal
+    in all that have it): (state dict, the trained models it comes from, ""), or (None, [], why not)."""
+    found: dict[str, torch.Tensor] = {}
+    origins: list[str] = []
+    missing, mismatched, ambiguous = [], [], []
+    for key, value in target.items():
+        hits = [(src, state[key]) for src, state in sources.items() if key in state]
+        same = [(src, t) for src, t in hits if t.shape == value.shape and t.dtype == value.dtype]
+        if not hits:
+            missing.append(key)
+        elif not same:
+            src, t = hits[0]
+            mismatched.append(f"{key} is {list(value.shape)} {str(value.dtype).removeprefix('torch.')} here but "
+                              f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')} in {src}")
+        elif any(not torch.equal(same[0][1], t) for _, t in same[1:]):
+            ambiguous.append(f"{key} (in {', '.join(src for src, _ in same)})")
+        else:
+            found[key] = same[0][1]
+            if same[0][0] not in origins:
+                origins.append(same[0][0])
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} of its {len(target)} parameters/buffers have no trained counterpart in "
+                        f"{', '.join(sources) or 'no trained model'} ({_some(missing)})")
+    if mismatched:
+        problems.append(f"{len(mismatched)} differ in shape or dtype ({_some(mismatched)})")
+    if ambiguous:
+        problems.append(f"{len(ambiguous)} have different trained values in several models ({_some(ambiguous)})")
+    if problems:
+        return None, [], "; ".join(problems)
+    return found, origins, ""
+
+
+def _some(items: list[str], n: int = 3) -> str:
+    return ", ".join(items[:n]) + (f", ... {len(items) - n} more" if len(items) > n else "")
 
 
 class Batches:
@@ -143,6 +183,8 @@ class Run:
         self.history: list[dict[str, Any]] = []
         self.state: dict[str, Any] = {}
         self.models: dict[str, nn.Module] = {}
+        self.weights: dict[str, str] = {}  # model -> where its exported weights come from (manifest "weights")
+        self.exported_record: dict[str, Any] | None = None  # the epoch whose weights are exported
         self.console = None
         self.bar = None
         if self.main:
@@ -307,6 +349,8 @@ class Run:
         shown = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items() if k not in ("epoch", "samples_per_s"))
         self.log(f"epoch {record['epoch']}/{self.args.epochs}  {shown}  ({record['samples_per_s']:,.0f} samples/s, {self.seconds:.1f}s)")
         if self.main:
+            if self.config.get("early_stopping") and self._best_index() == len(self.history) - 1:
+                self._save_best(record)  # before the epoch checkpoint: a resumed run never lacks it
             if record["epoch"] % self.config["checkpoint_every"] == 0 or last:
                 self._save_checkpoint(record["epoch"])
             self._write_metrics()
@@ -320,13 +364,23 @@ class Run:
 
     def _should_stop(self) -> bool:
         patience = self.config.get("early_stopping")
-        monitor = self.config["monitor"]
-        values = [r.get(monitor) for r in self.history]
-        if not patience or any(v is None for v in values):
+        best = self._best_index()
+        if not patience or best is None:
             return False
+        return len(self.history) - 1 - best >= patience
+
+    def _best_index(self) -> int | None:
+        """The history index of the best epoch by `monitor` (the earliest of equals); None when not recorded."""
+        values = [r.get(self.config["monitor"]) for r in self.history]
+        if not values or any(v is None for v in values):
+            return None
         sign = 1 if self._mode() == "max" else -1
-        best = max(range(len(values)), key=lambda i: (sign * values[i], -i))
-        return len(values) - 1 - best >= patience
+        return max(range(len(values)), key=lambda i: (sign * values[i], -i))
+
+    def _save_best(self, record: dict[str, Any]) -> None:
+        meta = {"dslc_version": __version__, "epoch": record["epoch"], "spec_sha256": self.spec["sha256"],
+                "monitor": self.config["monitor"], "value": record[self.config["monitor"]], "history": self.history}
+        ckpt.save(self.ckpt_dir / BEST, self.models, {}, meta)
 
     def _mode(self) -> str:
         return self.config.get("monitor_mode", "min")
@@ -357,7 +411,52 @@ class Run:
 
     # ------------------------------------------------------------ the end
 
-    def finish(self, models: dict[str, nn.Module], data: Any, export: list[str]) -> None:
+    def restore_best(self, models: dict[str, nn.Module]) -> None:
+        """Early stopping: load the weights of the best epoch by `monitor` (checkpoints/best.safetensors),
+        so that they are the ones saved and exported."""
+        best = self._best_index()
+        if not self.main or not self.config.get("early_stopping") or best is None:
+            return
+        record = self.history[best]
+        self.exported_record = record
+        if best == len(self.history) - 1:
+            return
+        monitor = self.config["monitor"]
+        path = self.ckpt_dir / BEST
+        if not path.is_file():
+            self.log(f"warning: {path} is missing: exporting the last epoch's weights, not those of the best epoch {record['epoch']}")
+            self.exported_record = None
+            return
+        weights, _, meta = ckpt.load(path)
+        if meta.get("epoch") != record["epoch"]:
+            self.log(f"warning: {path} holds epoch {meta.get('epoch')}, not the best epoch {record['epoch']}: exporting the last epoch's weights")
+            self.exported_record = None
+            return
+        for name, model in models.items():
+            model.load_state_dict(weights[name])
+        self.log(f"early stopping: exporting the weights of epoch {record['epoch']}, the best by {monitor} ({record[monitor]:.4f})")
+
+    def share_trained_weights(self, models: dict[str, nn.Module], trained: list[str], into: list[str]) -> None:
+        """Each exported model that was not trained takes the trained weights by parameter name (`encoder.*` of a
+        trained `vae` into a model `encoder` built from the same block), when every one of its parameters and
+        buffers has a trained counterpart of the same shape; otherwise it keeps its initial weights, with a warning."""
+        if not self.main:
+            return
+        sources = {name: models[name].state_dict() for name in trained}
+        for name in into:
+            target = models[name].state_dict()
+            if not target:
+                continue
+            found, origins, problem = match_state(target, sources)
+            if found is None:
+                self.weights[name] = "initial"
+                self.log(f"warning: model '{name}' keeps its initial, untrained weights: {problem}")
+                continue
+            models[name].load_state_dict(found)
+            self.weights[name] = f"trained (from {', '.join(origins)})"
+            self.log(f"model '{name}' takes its {len(target)} parameters and buffers from the trained {', '.join(origins)} (by name)")
+
+    def finish(self, models: dict[str, nn.Module], data: Any, export: list[str], trained: list[str] | None = None) -> None:
         self._stop_bar()
         if self.main:
             from safetensors.torch import save_file
