@@ -60,8 +60,15 @@ def build(
     verify_onnx: bool = True,
     seed: int = 0,
     state_dicts: dict[str, Any] | None = None,
+    labels: list[str] | None = None,
+    vocab: list[str] | None = None,
 ) -> BuildResult:
+    """Compile, export and verify. `labels` (class names) go into the metadata of every model with
+    an output over that many classes; `vocab` (tokens by id) into every model's metadata."""
     program = check_file(spec, overrides)
+    if labels:
+        program.labels = {m.spec_name: list(labels) for m in program.exported if _classifies(m, len(labels))}
+    program.vocab = list(vocab) if vocab else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(spec).stem
@@ -114,6 +121,10 @@ def _export_all(program, python_path, staging, verify_onnx, seed, state_dicts) -
     return reports
 
 
+def _classifies(module: ir.ModuleIR, classes: int) -> bool:
+    return any(p.type.is_float and p.type.rank >= 1 and p.type.shape[-1] == classes for p in module.outputs)
+
+
 def _manifest(program: ir.ProgramIR, stem: str, reports: list[ModelReport]) -> dict[str, Any]:
     from dslc.export_onnx import port_json
 
@@ -132,6 +143,8 @@ def _manifest(program: ir.ProgramIR, stem: str, reports: list[ModelReport]) -> d
             entry.update(onnx=report.onnx, nodes=report.nodes, verified=report.verified, max_abs_diff=report.max_abs_diff)
         if program.labels.get(module.spec_name):
             entry["labels"] = program.labels[module.spec_name]
+        if program.vocab:
+            entry["vocab"] = program.vocab
         models.append(entry)
     return {
         "dslc_version": __version__,

@@ -436,7 +436,7 @@ def _main(cfg: c.TrainConfig) -> str:
     state = ", ".join(f"{py_literal(s.name)}: (optimizer_{s.name}, scheduler_{s.name}, scaler_{s.name})" for s in steps)
     out += [
         f"{I1}start_epoch = run.restore(models, {{{state}}})  # --resume: continue from the last checkpoint",
-        f"{I1}train_models = run.wrap(models, trained={py_literal(sorted({m for s in steps for m in s.optimizer.models}))})  # DDP / torch.compile when asked",
+        f"{I1}train_models = run.wrap(models, trained={py_literal(_trained(cfg))})  # DDP / torch.compile when asked",
         "",
         f"{I1}for epoch in range(start_epoch, args.epochs):",
         f"{I2}for model in models.values():",
@@ -463,9 +463,25 @@ def _main(cfg: c.TrainConfig) -> str:
     out += [
         f"{I2}if run.end_epoch(record, models):  # metrics.jsonl, checkpoint, curves; true when stopping early",
         f"{I3}break",
-        f"{I1}run.finish(models, data, export={py_literal(cfg.export)})  # final weights, verified ONNX",
+        "",
     ]
+    trained = _trained(cfg)
+    if cfg.early_stopping:
+        out.append(f"{I1}run.restore_best(models)  # early stopping: the weights of the best epoch by {py_literal(cfg.monitor)}")
+    shared = [m for m in cfg.export if m not in trained]
+    if shared:
+        out += [
+            f"{I1}# exported models that no step trains take the trained weights by parameter name (all or none, with a warning)",
+            f"{I1}run.share_trained_weights(models, trained={py_literal(trained)}, into={py_literal(shared)})",
+        ]
+    out.append(f"{I1}run.finish(models, data, export={py_literal(cfg.export)}, trained={py_literal(trained)})  # weights, verified ONNX")
     return "\n".join(out)
+
+
+def _trained(cfg: c.TrainConfig) -> list[str]:
+    """The models some optimizer trains, in the spec's order."""
+    names = {m for s in cfg.steps for m in s.optimizer.models}
+    return [m for m in cfg.models if m in names]
 
 
 def _step_lines(s: c.Step, multi: bool) -> list[str]:

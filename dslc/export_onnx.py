@@ -149,7 +149,9 @@ def metadata(program: ir.ProgramIR, module: ir.ModuleIR) -> dict[str, str]:
     }
     labels = program.labels.get(module.spec_name)
     if labels:
-        props["dslc.labels"] = json.dumps(labels)
+        props["dslc.labels"] = json.dumps(labels, ensure_ascii=False)
+    if program.vocab:
+        props["dslc.vocab"] = json.dumps(program.vocab, ensure_ascii=False)
     return props
 
 

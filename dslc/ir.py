@@ -183,6 +183,7 @@ class ProgramIR:
     models: list[str]  # class names of exported models, in spec order
     constants: dict[str, Any]
     labels: dict[str, list[str]] = field(default_factory=dict)  # model -> class labels
+    vocab: list[str] | None = None  # token strings by id, for text models
     train: Any = None  # the checked training configuration (dslc.training), None when absent
 
     def module(self, class_name: str) -> ModuleIR:

@@ -22,7 +22,9 @@ from dslc.fileio import write_atomic
 
 
 def export_trained(spec: dict[str, Any], out: Path, state_dicts: dict[str, Any], vocab: list[str] | None,
-                   labels: list[str] | None) -> list[Any]:
+                   labels: list[str] | None, weights: dict[str, str] | None = None) -> list[Any]:
+    """Build the spec with the trained state dicts; `weights` (model -> "trained", "trained (from vae)", "initial")
+    goes into the manifest entries."""
     from dslc.build import build
 
     path = Path(spec["path"])
@@ -36,6 +38,8 @@ def export_trained(spec: dict[str, Any], out: Path, state_dicts: dict[str, Any],
         result = build(path, staging, spec["overrides"], state_dicts=state_dicts)
         manifest = json.loads((staging / "manifest.json").read_text(encoding="utf-8"))
         for entry in manifest["models"]:
+            if weights and entry.get("name") in weights:
+                entry["weights"] = weights[entry["name"]]
             if vocab:
                 entry["vocab"] = vocab
             if labels and "labels" not in entry:

@@ -271,6 +271,14 @@ def _unsqueeze_check(types, a):
     return x.with_shape([*x.shape[:i], 1, *x.shape[i:]])
 
 
+def _repeat_check(types, a):
+    x = _tensor(types[0], "repeat", "input")
+    i = _axis(x, a["dim"], x.rank, "repeat")
+    if not isinstance(a["times"], int) or a["times"] < 1:
+        raise BindError(f"repeat: times must be a positive integer, got {a['times']!r}")
+    return x.with_shape([*x.shape[:i], x.shape[i] * a["times"], *x.shape[i + 1:]])
+
+
 def _floor_div_check(types, a):
     x = _tensor(types[0], "floor_div", "input")
     if not isinstance(a["divisor"], int) or a["divisor"] < 1:
@@ -283,6 +291,9 @@ _reg(Fn("transpose", "tensor", "swap two dimensions, e.g. [batch, time, freq] ->
         lambda c, a, t: f"{c[0]}.transpose({py_literal(a['dim0'])}, {py_literal(a['dim1'])})"))
 _reg(Fn("unsqueeze", "tensor", "insert a dimension of size 1 (e.g. a channel axis)", ("input",), (P("dim", "int"),),
         _unsqueeze_check, lambda c, a, t: f"{c[0]}.unsqueeze({py_literal(a['dim'])})"))
+_reg(Fn("repeat", "tensor", "repeat each element `times` along `dim` (e.g. grey [batch, 1, H, W] -> RGB [batch, 3, H, W])",
+        ("input",), (P("times", "int"), P("dim", "int", 1)), _repeat_check,
+        lambda c, a, t: f"{c[0]}.repeat_interleave({py_literal(a['times'])}, dim={py_literal(a['dim'])})"))
 _reg(Fn("floor_div", "tensor", "integer division rounding down, e.g. sequence lengths after a stride-2 layer", ("input",),
         (P("divisor", "int"),), _floor_div_check, lambda c, a, t: f"torch.div({c[0]}, {py_literal(a['divisor'])}, rounding_mode=\"floor\")"))
 _reg(Fn("ones_like", "tensor", "a tensor of ones with the input's shape and dtype (e.g. a full attention mask)", ("input",), (),

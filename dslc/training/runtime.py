@@ -457,6 +457,8 @@ class Run:
             self.log(f"model '{name}' takes its {len(target)} parameters and buffers from the trained {', '.join(origins)} (by name)")
 
     def finish(self, models: dict[str, nn.Module], data: Any, export: list[str], trained: list[str] | None = None) -> None:
+        """Save the exported models' weights (<model>.safetensors) and export them to verified ONNX; the manifest
+        says for each where its weights come from (`trained`, `trained (from MODEL)` or `initial`)."""
         self._stop_bar()
         if self.main:
             from safetensors.torch import save_file
@@ -470,13 +472,21 @@ class Run:
                 os.replace(tmp, self.out / f"{name}.safetensors")
             if data.vocab:
                 write_atomic(self.out / "vocab.json", json.dumps(data.vocab, ensure_ascii=False) + "\n")
-            reports = export_trained(self.spec, self.out, {n: states[n] for n in export}, data.vocab, data.labels)
+            sources = None
+            if trained is not None:
+                sources = {n: "trained" if n in trained else self.weights.get(n, "initial") for n in export}
+                for name in export:
+                    if sources[name] == "initial" and name not in self.weights and any(True for _ in models[name].parameters()):
+                        self.log(f"warning: model '{name}' is exported with its initial, untrained weights (no step trains it)")
+            reports = export_trained(self.spec, self.out, {n: states[n] for n in export}, data.vocab, data.labels, sources)
             for r in reports:
                 verified = f"verified (max abs diff {r.max_abs_diff:.1e})" if r.verified else "not verified"
                 self.log(f"wrote {self.out / r.onnx}: {r.nodes} nodes, {r.params:,} parameters, {verified}")
             if self.history:
-                final = {k: v for k, v in self.history[-1].items() if k != "samples_per_s"}
-                self.log("final: " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in final.items()))
+                record = self.exported_record or self.history[-1]
+                label = "final" if record is self.history[-1] else f"exported (best, epoch {record['epoch']})"
+                shown = {k: v for k, v in record.items() if k != "samples_per_s"}
+                self.log(f"{label}: " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
         if self.world > 1:
             import torch.distributed as dist
 

@@ -91,6 +91,16 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch):
     assert list(out.iterdir()) == []
 
 
+def test_labels_and_vocab_reach_the_metadata(tmp_path):
+    labels = [str(d) for d in range(10)]
+    result = build(SPECS / "cnn.model", tmp_path / "cnn", labels=labels, vocab=["<pad>", "a"])
+    meta = {p.key: p.value for p in onnx.load(tmp_path / "cnn" / "cnn.onnx").metadata_props}
+    assert json.loads(meta["dslc.labels"]) == labels and json.loads(meta["dslc.vocab"]) == ["<pad>", "a"]
+    manifest = json.loads((tmp_path / "cnn" / "manifest.json").read_text())
+    assert manifest["models"][0]["labels"] == labels
+    assert result.models[0].verified
+
+
 def test_build_is_byte_identical(tmp_path):
     a = build(SPECS / "mlp.model", tmp_path / "a", export_onnx=False)
     b = build(SPECS / "mlp.model", tmp_path / "b", export_onnx=False)
