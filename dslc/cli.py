@@ -247,8 +247,10 @@ def completion(shell: str) -> None:
 @click.option("--amp", is_flag=True, help="Mixed precision (bf16 autocast; fp16 with loss scaling on older GPUs).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the trained models.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--weights", multiple=True, metavar="[MODEL=]FILE",
+              help="Start from a checkpoint (.safetensors, or .pth read with weights_only=True; strict). --epochs 0 only exports it.")
 @_report_errors
-def train(spec, out_dir, epochs, batch_size, seed, device, overrides, resume, nproc, amp, compile_, quiet) -> None:
+def train(spec, out_dir, epochs, batch_size, seed, device, overrides, resume, nproc, amp, compile_, quiet, weights) -> None:
     """Train a spec's models as its `train { }` section says; end with verified ONNX graphs.
 
     \b
@@ -266,6 +268,8 @@ def train(spec, out_dir, epochs, batch_size, seed, device, overrides, resume, np
         if value is not None:
             argv += [flag, str(value)]
     argv += [flag for flag, on in (("--resume", resume), ("--amp", amp), ("--compile", compile_), ("--quiet", quiet)) if on]
+    for item in weights:
+        argv += ["--weights", item]
     click.echo(f"wrote {script} (the training code that runs now)")
     run_script(script, argv, nproc)
 

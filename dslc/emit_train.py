@@ -361,7 +361,7 @@ def _metric_lines(cfg: c.TrainConfig) -> tuple[list[str], list[str]]:
     update, result = [], []
     for use in cfg.metrics:
         metric = METRICS[use.metric]
-        total, count = metric.total(use.pred, use.target, use.options)
+        total, count = metric.total(use.pred, use.target, {**use.options, "lengths": use.extra})
         update.append(f"totals.add({py_literal(use.key)}, {total}, {count})")
         mean = f"totals.mean({py_literal(use.key)})"
         final = {"mean": mean, "sqrt": f"math.sqrt({mean})", "exp": f"math.exp(min({mean}, 50.0))"}[metric.final]
@@ -390,7 +390,7 @@ def _evaluate(cfg: c.TrainConfig) -> str:
         lines.append(f"{I3}loss, {outs} = step_{step.name}(models, batch)")
         lines.append(f"{I3}totals.add({py_literal('loss_' + step.name)}, loss.float() * n, n)")
     if cfg.metrics:
-        names = sorted({n for u in cfg.metrics for n in (u.pred, u.target)}, key=cfg.steps[0].outputs.index)
+        names = sorted({n for u in cfg.metrics for n in (u.pred, u.target, *u.extra)}, key=cfg.steps[0].outputs.index)
         lines.append(f"{I2}{', '.join(names)} = {', '.join(f'outputs[{py_literal(n)}]' for n in names)}")
         lines += [I2 + x for x in update]
     out = []
@@ -431,7 +431,7 @@ def _main(cfg: c.TrainConfig) -> str:
         per_epoch = "len(train_batches)" if s.accumulate == 1 else f"math.ceil(len(train_batches) / {s.accumulate})"
         out.append(f"{I1}optimizer_{s.name}, scheduler_{s.name} = make_optimizer_{s.name}(models, {per_epoch}, args.epochs)")
         out.append(f"{I1}scaler_{s.name} = run.grad_scaler()")
-        if multi:
+        if multi or s.clip_grad_norm is not None:
             out.append(f"{I1}params_{s.name} = [p for name in {py_literal(s.optimizer.models)} for p in models[name].parameters()]")
     state = ", ".join(f"{py_literal(s.name)}: (optimizer_{s.name}, scheduler_{s.name}, scaler_{s.name})" for s in steps)
     out += [
@@ -499,8 +499,7 @@ def _step_lines(s: c.Step, multi: bool) -> list[str]:
         lines.append(f"{I3}if (i + 1) % {s.accumulate} == 0 or i + 1 == len(train_batches):  # gradient accumulation")
         inner = I4
     if s.clip_grad_norm is not None:
-        params = f"params_{n}" if multi else f"[p for name in {py_literal(s.optimizer.models)} for p in models[name].parameters()]"
-        lines += [f"{inner}scaler_{n}.unscale_(optimizer_{n})", f"{inner}torch.nn.utils.clip_grad_norm_({params}, {py_literal(s.clip_grad_norm)})"]
+        lines += [f"{inner}scaler_{n}.unscale_(optimizer_{n})", f"{inner}torch.nn.utils.clip_grad_norm_(params_{n}, {py_literal(s.clip_grad_norm)})"]
     lines += [
         f"{inner}scaler_{n}.step(optimizer_{n})",
         f"{inner}scaler_{n}.update()",

@@ -611,8 +611,11 @@ class TrainChecker:
             key = metric.key(options)
             if any(u.key == key for u in uses):
                 raise self.fail(mloc, f"metric '{key}' is listed twice")
-            uses.append(c.MetricUse(name, key, p, t, options))
-            for n in (p, t):
+            extra = _ctc_lengths(step.loss, p, t) if name == "cer" else []
+            for n in extra:
+                scope.resolve(n, mloc)
+            uses.append(c.MetricUse(name, key, p, t, options, extra))
+            for n in (p, t, *extra):
                 if n not in step.outputs:
                     step.outputs.append(n)
         return uses
@@ -620,6 +623,8 @@ class TrainChecker:
     def metric_types(self, metric, ptype, ttype, loc) -> None:
         if not isinstance(ptype, TensorType) or not isinstance(ttype, TensorType):
             raise self.fail(loc, f"{metric.name} needs tensors")
+        if metric.name == "cer" and (ptype.rank != 3 or ttype.rank != 2):
+            raise self.fail(loc, f"cer compares per-frame scores [batch, time, classes] with padded targets [batch, length]; got {ptype} and {ttype}")
         if metric.classification:
             if not ptype.is_float or ttype.is_float or ttype.rank != ptype.rank - 1:
                 raise self.fail(loc, f"{metric.name} compares scores [..., classes] with class ids [...]; got {ptype} and {ttype}")
@@ -693,6 +698,21 @@ def _default_pair(loss: c.TExpr) -> tuple[str | None, str | None]:
         found = _default_pair(loss.left)
         return found if found[0] else _default_pair(loss.right)
     return None, None
+
+
+def _ctc_lengths(loss: c.TExpr, pred: str, target: str) -> list[str]:
+    """[input_lengths, target_lengths] of a ctc(pred, target, ...) term of the loss, when they are plain names."""
+    if isinstance(loss, c.FnCall):
+        if loss.fn == "ctc" and all(isinstance(a, c.Ref) for a in loss.args) and [a.name for a in loss.args[:2]] == [pred, target]:
+            return [loss.args[2].name, loss.args[3].name]
+        for a in loss.args:
+            if found := _ctc_lengths(a, pred, target):
+                return found
+    if isinstance(loss, c.BinOp):
+        return _ctc_lengths(loss.left, pred, target) or _ctc_lengths(loss.right, pred, target)
+    if isinstance(loss, c.Neg):
+        return _ctc_lengths(loss.operand, pred, target)
+    return []
 
 
 def _is_number(v: Any) -> bool:

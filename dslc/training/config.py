@@ -123,6 +123,7 @@ class MetricUse:
     pred: str
     target: str
     options: dict[str, Any]
+    extra: list[str] = field(default_factory=list)  # further tensors it reads (cer: the ctc loss's lengths)
 
 
 @dataclass

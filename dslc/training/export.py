@@ -15,8 +15,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from dslc.errors import error
 from dslc.fileio import write_atomic
 
@@ -35,20 +33,12 @@ def export_trained(spec: dict[str, Any], out: Path, state_dicts: dict[str, Any],
                     "the trained weights are in the run folder (*.safetensors); rebuild the script and export from them")
     staging = Path(tempfile.mkdtemp(prefix=".dslc-export-", dir=out))
     try:
-        result = build(path, staging, spec["overrides"], state_dicts=state_dicts)
+        # labels and vocabulary go into the ONNX metadata before verification, and into the manifest
+        result = build(path, staging, spec["overrides"], state_dicts=state_dicts, labels=labels, vocab=vocab)
         manifest = json.loads((staging / "manifest.json").read_text(encoding="utf-8"))
         for entry in manifest["models"]:
             if weights and entry.get("name") in weights:
                 entry["weights"] = weights[entry["name"]]
-            if vocab:
-                entry["vocab"] = vocab
-            if labels and "labels" not in entry:
-                entry["labels"] = labels
-            onnx_path = staging / entry.get("onnx", "")
-            if vocab and onnx_path.is_file():
-                model = onnx.load(str(onnx_path))
-                model.metadata_props.add(key="dslc.vocab", value=json.dumps(vocab, ensure_ascii=False))
-                write_atomic(onnx_path, model.SerializeToString())
         manifest["trained"] = True
         write_atomic(staging / "manifest.json", json.dumps(manifest, indent=2) + "\n")
         for item in staging.iterdir():

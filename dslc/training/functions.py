@@ -336,6 +336,15 @@ def _ppl_total(p, t, a):
             f"({t} != {py_literal(ign)}).sum()")
 
 
+def _cer_total(p, t, a):
+    """`a["lengths"]`: the (input_lengths, target_lengths) tensor names of the ctc loss on the same pair, if any."""
+    blank = py_literal(a["blank"])
+    lengths = a.get("lengths") or []
+    if len(lengths) == 2:
+        return f"rt.ctc_char_errors({p}, {t}, {lengths[0]}, {lengths[1]}, blank={blank})", f"{lengths[1]}.sum()"
+    return f"rt.ctc_char_errors({p}, {t}, blank={blank})", f"({t} != {blank}).sum()"
+
+
 METRICS: dict[str, Metric] = {}
 for _m in (
     Metric("accuracy", "fraction of correct argmax predictions", (P("ignore_index", "int", None),), True, True,
@@ -343,6 +352,9 @@ for _m in (
     Metric("top_k", "fraction of targets among the k highest scores", (P("k", "int", 5),), True, True,
            lambda a: f"top{a['k']}_accuracy", _topk_total),
     Metric("perplexity", "exp of the mean token cross-entropy", (_IGNORE,), False, True, lambda a: "perplexity", _ppl_total, "exp"),
+    Metric("cer", "character error rate of CTC output: edit distance of the greedy decoding (best path, repeats merged, "
+           "blanks dropped) to the target, per target character; lengths come from the ctc loss on the same pair",
+           (P("blank", "int", 0),), False, True, lambda a: "cer", _cer_total),
     Metric("mae", "mean absolute error", (), False, False, lambda a: "mae", lambda p, t, a: (f"({p} - {t}).abs().sum()", f"{t}.numel()")),
     Metric("mse", "mean squared error", (), False, False, lambda a: "mse", lambda p, t, a: (f"({p} - {t}).pow(2).sum()", f"{t}.numel()")),
     Metric("rmse", "root mean squared error", (), False, False, lambda a: "rmse",

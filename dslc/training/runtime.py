@@ -40,10 +40,12 @@ def parse_args(argv: list[str] | None, config: dict[str, Any], default_out: Path
     p.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast (fp16 + loss scaling on GPUs without bf16)")
     p.add_argument("--compile", action="store_true", help="torch.compile the trained models")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--weights", action="append", default=[], metavar="[MODEL=]FILE",
+                   help="load a .safetensors/.pth state dict (strict) before training; --epochs 0 only exports it")
     args = p.parse_args(argv)
     for key in ("epochs", "batch_size"):
-        if getattr(args, key) < 1:
-            raise error(None, f"--{key.replace('_', '-')} must be at least 1")
+        if getattr(args, key) < (0 if key == "epochs" else 1):
+            raise error(None, f"--{key.replace('_', '-')} must be at least {0 if key == 'epochs' else 1}")
     return args
 
 
@@ -72,6 +74,33 @@ class Totals:
 
     def mean(self, key: str) -> float:
         return float(self.sums[key]) / max(self.counts[key], 1.0)
+
+
+def ctc_char_errors(scores: torch.Tensor, target: torch.Tensor, input_lengths: torch.Tensor | None = None,
+                    target_lengths: torch.Tensor | None = None, blank: int = 0) -> int:
+    """Edit distance, summed over the batch, between the greedy CTC decoding of `scores` [batch, time, classes]
+    (best class per frame, repeats merged, blanks dropped) and the padded `target` [batch, length] (the cer metric)."""
+    best = scores.argmax(-1).cpu().tolist()
+    refs = target.cpu().tolist()
+    frames = input_lengths.cpu().tolist() if input_lengths is not None else [len(best[0]) if best else 0] * len(best)
+    chars = target_lengths.cpu().tolist() if target_lengths is not None else None
+    errors = 0
+    for b, path in enumerate(best):
+        path = path[: frames[b]]
+        decoded = [k for i, k in enumerate(path) if k != blank and (i == 0 or k != path[i - 1])]
+        ref = refs[b][: chars[b]] if chars is not None else [k for k in refs[b] if k != blank]
+        errors += edit_distance(decoded, ref)
+    return errors
+
+
+def edit_distance(a: list[int], b: list[int]) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions)."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]
 
 
 def match_state(target: dict[str, torch.Tensor], sources: dict[str, dict[str, torch.Tensor]]
@@ -133,23 +162,25 @@ class Batches:
     def __iter__(self):
         return self.epoch(0)
 
-    def indices(self, epoch: int) -> list[torch.Tensor]:
+    def indices(self, epoch: int, device: torch.device | None = None) -> list[torch.Tensor]:
         if self.shuffle:
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
         else:
             order = torch.arange(self.n)
+        if device is not None:
+            order = order.to(device)  # one copy per epoch, not one per batch
         chunks = list(order.split(self.batch_size))
         if self.world > 1:
             chunks = [c.tensor_split(self.world)[self.rank] for c in chunks]
         return chunks
 
     def epoch(self, epoch: int):
-        chunks = self.indices(epoch)
         if not self.workers:
-            for idx in chunks:
-                idx = idx.to(self.device)
-                yield {k: v[idx] for k, v in self.tensors.items()}
+            tensors = self.tensors
+            for idx in self.indices(epoch, self.device):
+                yield {k: v[idx] for k, v in tensors.items()}
             return
+        chunks = self.indices(epoch)
         loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=self.workers,
                                              collate_fn=lambda idx: {k: v[idx] for k, v in self.tensors.items()},
                                              pin_memory=self.device.type == "cuda", persistent_workers=False)
@@ -184,6 +215,7 @@ class Run:
         self.state: dict[str, Any] = {}
         self.models: dict[str, nn.Module] = {}
         self.weights: dict[str, str] = {}  # model -> where its exported weights come from (manifest "weights")
+        self.loaded: set[str] = set()  # models given weights with --weights
         self.exported_record: dict[str, Any] | None = None  # the epoch whose weights are exported
         self.console = None
         self.bar = None
@@ -240,6 +272,14 @@ class Run:
         if not self.args.resume or not found:
             if self.args.resume:
                 self.log(f"no checkpoint in {self.ckpt_dir}: starting from the beginning")
+            if getattr(self.args, "weights", None):  # --weights: a checkpoint to start from (dslc/training/weights.py)
+                from dslc.training.weights import load_weights
+
+                versions = {n: [t._version for t in m.state_dict().values()] for n, m in models.items()}
+                for line in load_weights(self.args.weights, models):
+                    self.log(line)
+                # models given weights explicitly keep them (share_trained_weights leaves them alone)
+                self.loaded = {n for n, m in models.items() if [t._version for t in m.state_dict().values()] != versions[n]}
             return 0
         path = found[-1]
         weights, state, meta = ckpt.load(path)
@@ -288,6 +328,7 @@ class Run:
 
     def start_epoch(self, epoch: int, steps: int) -> None:
         self.epoch, self.steps, self.t0, self.samples = epoch, steps, time.perf_counter(), 0
+        self._pending = None  # GPU: (loss sums being copied to the host, its event, steps)
         if self.interactive and self.bar is None:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -300,21 +341,29 @@ class Run:
             self.task = self.bar.add_task(f"epoch {epoch + 1}/{self.args.epochs}", total=steps, info="")
 
     def progress(self, i: int, batch_samples: int, loss_sums: dict[str, torch.Tensor]) -> None:
+        """Count samples; every LOG_EVERY steps update the progress bar, when one is shown. Reading the loss waits for
+        the device, so without a bar nothing is read until the end of the epoch; on a GPU the bar shows the values of
+        the previous update, copied without blocking."""
         self.samples += batch_samples * self.world
-        if (i + 1) % LOG_EVERY and i + 1 != self.steps:
+        if self.bar is None or ((i + 1) % LOG_EVERY and i + 1 != self.steps):
             return
-        losses = {k: float(v) / (i + 1) for k, v in loss_sums.items()}
-        for name, value in losses.items():
-            if not math.isfinite(value):
-                self._stop_bar()
-                last = ckpt.checkpoints(self.ckpt_dir)
-                where = f"; the last good checkpoint is {last[-1]}" if last else ""
-                raise error(None, f"the loss of step '{name}' became {value} in epoch {self.epoch + 1} (step {i + 1}){where}",
-                            "lower the learning rate, add clip_grad_norm, or check the data for NaN/inf values")
-        if self.bar is not None:
-            rate = self.samples / max(time.perf_counter() - self.t0, 1e-9)
-            info = "  ".join(f"loss{'' if len(losses) == 1 else '_' + k} {v:.4f}" for k, v in losses.items())
-            self.bar.update(self.task, completed=i + 1, info=f"{info}  {rate:,.0f} samples/s")
+        sums = torch.stack([v.detach().float() for v in loss_sums.values()])
+        if self.device.type == "cuda":
+            done = self._pending is not None and self._pending[1].query()
+            shown = (self._pending[0].tolist(), self._pending[2]) if done else None
+            if self._pending is None or done:
+                event = torch.cuda.Event()
+                self._pending = (sums.to("cpu", non_blocking=True), event, i + 1)
+                event.record()
+            if shown is None:
+                return
+            values, steps = shown
+        else:
+            values, steps = sums.tolist(), i + 1
+        losses = {k: v / steps for k, v in zip(loss_sums, values)}
+        rate = self.samples / max(time.perf_counter() - self.t0, 1e-9)
+        info = "  ".join(f"loss{'' if len(losses) == 1 else '_' + k} {v:.4f}" for k, v in losses.items())
+        self.bar.update(self.task, completed=i + 1, info=f"{info}  {rate:,.0f} samples/s")
 
     def train_record(self, epoch: int, loss_sums: dict[str, torch.Tensor], steps: int) -> dict[str, Any]:
         """The epoch's mean training losses, averaged over processes."""
@@ -325,6 +374,13 @@ class Run:
             dist.all_reduce(values)
             values /= self.world
         values = values.tolist()
+        for name, value in zip(loss_sums, values):
+            if not math.isfinite(value):
+                self._stop_bar()
+                last = ckpt.checkpoints(self.ckpt_dir)
+                where = f"; the last good checkpoint is {last[-1]}" if last else ""
+                raise error(None, f"the loss of step '{name}' became {value} in epoch {epoch + 1}{where}",
+                            "lower the learning rate, add clip_grad_norm, or check the data for NaN/inf values")
         record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": sum(values)}
         if len(values) > 1:
             record.update({f"train_loss_{k}": v for k, v in zip(loss_sums, values)})
@@ -447,14 +503,26 @@ class Run:
             target = models[name].state_dict()
             if not target:
                 continue
+            if name in self.loaded:
+                self.weights[name] = "loaded (--weights)"
+                self.log(f"model '{name}' keeps the weights given with --weights")
+                continue
             found, origins, problem = match_state(target, sources)
             if found is None:
                 self.weights[name] = "initial"
                 self.log(f"warning: model '{name}' keeps its initial, untrained weights: {problem}")
                 continue
             models[name].load_state_dict(found)
-            self.weights[name] = f"trained (from {', '.join(origins)})"
-            self.log(f"model '{name}' takes its {len(target)} parameters and buffers from the trained {', '.join(origins)} (by name)")
+            self.weights[name] = f"trained (from {', '.join(origins)})" if self.history else f"from {', '.join(origins)}"
+            self.log(f"model '{name}' takes its {len(target)} parameters and buffers from the {'trained ' if self.history else ''}{', '.join(origins)} (by name)")
+
+    def _origin(self, name: str, trained: list[str]) -> str:
+        """Where the exported weights of `name` come from, for the manifest."""
+        if name in self.weights:
+            return self.weights[name]
+        if name in trained and self.history:
+            return "trained"
+        return "loaded (--weights)" if name in self.loaded else "initial"
 
     def finish(self, models: dict[str, nn.Module], data: Any, export: list[str], trained: list[str] | None = None) -> None:
         """Save the exported models' weights (<model>.safetensors) and export them to verified ONNX; the manifest
@@ -474,9 +542,9 @@ class Run:
                 write_atomic(self.out / "vocab.json", json.dumps(data.vocab, ensure_ascii=False) + "\n")
             sources = None
             if trained is not None:
-                sources = {n: "trained" if n in trained else self.weights.get(n, "initial") for n in export}
+                sources = {n: self._origin(n, trained) for n in export}
                 for name in export:
-                    if sources[name] == "initial" and name not in self.weights and any(True for _ in models[name].parameters()):
+                    if sources[name] == "initial" and name not in self.weights and name not in trained and any(True for _ in models[name].parameters()):
                         self.log(f"warning: model '{name}' is exported with its initial, untrained weights (no step trains it)")
             reports = export_trained(self.spec, self.out, {n: states[n] for n in export}, data.vocab, data.labels, sources)
             for r in reports:

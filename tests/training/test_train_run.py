@@ -11,11 +11,13 @@ import time
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from dslc.build import load_generated
 from dslc.cli import main
 from tests.conftest import ROOT, SPECS
 
@@ -80,6 +82,23 @@ def test_build_writes_the_same_training_script(tmp_path):
     code, output = train(str(SPECS / "vae.model"), "--out", str(run_dir), "--epochs", "1", "--quiet")
     assert code == 0, output
     assert (build_dir / "vae_train.py").read_text() == (run_dir / "vae_train.py").read_text()
+    # the exported encoder and decoder carry the trained vae's encoder.* and decoder.* weights
+    assert "model 'encoder' takes its 6 parameters and buffers from the trained vae" in output
+    weights = {m["name"]: m["weights"] for m in json.loads((run_dir / "manifest.json").read_text())["models"]}
+    assert weights == {"vae": "trained", "encoder": "trained (from vae)", "decoder": "trained (from vae)"}
+    vae = load_generated(run_dir / "vae.py").MODELS["vae"]()
+    vae.load_state_dict(load_file(run_dir / "vae.safetensors"))
+    vae.eval()
+    image, z = torch.rand(3, 1, 28, 28), torch.randn(3, 20)
+    with torch.no_grad():
+        _, mu, logvar = vae(image, torch.zeros(3, 20))
+        generated = vae.decoder(z)
+    latent_mean, latent_logvar = ort.InferenceSession(str(run_dir / "encoder.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"image": image.numpy()})
+    np.testing.assert_allclose(latent_mean, mu.numpy(), atol=1e-5)
+    np.testing.assert_allclose(latent_logvar, logvar.numpy(), atol=1e-5)
+    (decoded,) = ort.InferenceSession(str(run_dir / "decoder.onnx"), providers=["CPUExecutionProvider"]).run(None, {"z": z.numpy()})
+    np.testing.assert_allclose(decoded, (generated[0] if isinstance(generated, tuple) else generated).numpy(), atol=1e-5)
     # and the built script runs on its own
     proc = subprocess.run([sys.executable, str(build_dir / "vae_train.py"), "--epochs", "1", "--quiet"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,87 @@
+"""`dslc train --weights [MODEL=]FILE`: load a checkpoint into a model before training (or, with
+`--epochs 0`, only to export it).
+
+FILE is a `.safetensors` file or a PyTorch `.pth`/`.pt`/`.bin` file read with
+`torch.load(weights_only=True)` (no code runs). A state dict wrapped as `{"state_dict": ...}` or
+`{"model": ...}` and DDP's `module.` prefix are unwrapped. Without `MODEL=`, the file goes to the
+model whose parameter names it holds (e.g. a torchvision resnet18 checkpoint to `resnet18`). The
+load is strict: every parameter and buffer must be present with its shape, and nothing extra.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dslc.errors import error
+
+WRAPPERS = ("state_dict", "model_state_dict", "model")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    p = Path(path)
+    if not p.is_file():
+        raise error(None, f"--weights: no file {p}")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(p))
+        else:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (any unreadable file: a message, not a traceback)
+        raise error(None, f"--weights: cannot read {p} ({type(exc).__name__}: {exc})",
+                    "pass a .safetensors file or a state_dict saved with torch.save(model.state_dict(), path)") from None
+    for key in WRAPPERS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not state or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise error(None, f"--weights: {p} does not hold a state dict (parameter name -> tensor)")
+    if all(k.startswith("module.") for k in state):  # saved from a DistributedDataParallel wrapper
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def _pick(state: dict[str, torch.Tensor], models: dict[str, nn.Module], path: str) -> str:
+    keys = set(state)
+    overlap = {name: len(keys & set(m.state_dict())) for name, m in models.items()}
+    exact = [name for name, m in models.items() if set(m.state_dict()) == keys]
+    if len(exact) == 1:
+        return exact[0]
+    best = max(overlap, key=lambda n: overlap[n])
+    if overlap[best] == 0:
+        raise error(None, f"--weights: {path} shares no parameter name with any model ({', '.join(models)})",
+                    f"e.g. the file has '{next(iter(keys))}'; model '{best}' has '{next(iter(models[best].state_dict()), '')}'")
+    return best
+
+
+def load_weights(items: list[str], models: dict[str, nn.Module]) -> list[str]:
+    """Load each `[MODEL=]FILE` into its model (strict); returns log lines."""
+    lines = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or name not in models:
+            name, path = "", item
+        state = read_state_dict(path)
+        name = name or _pick(state, models, path)
+        model = models[name]
+        expected = model.state_dict()
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected]
+        shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                  if k in state and state[k].shape != v.shape]
+        if missing or unexpected or shapes:
+            parts = []
+            for label, found in (("missing", missing), ("unexpected", unexpected), ("wrong shape (file vs model)", shapes)):
+                if found:
+                    parts.append(f"{label}: {', '.join(found[:4])}{' ...' if len(found) > 4 else ''} ({len(found)})")
+            raise error(None, f"--weights: {path} does not fit model '{name}' (strict load): " + "; ".join(parts),
+                        "check the spec's constants (e.g. --set classes=...) against the checkpoint")
+        with torch.no_grad():
+            model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+        lines.append(f"loaded {len(state)} tensors from {path} into '{name}'")
+    return lines
