@@ -18,6 +18,7 @@ from dslc import ast, ir
 from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error
 from dslc.layers import REGISTRY, AxisName, Op, ShapeError
 from dslc.loader import RESERVED, FileScope, Loader, check_identifier, parse_override
+from dslc.params import BindError, coerce, signature
 from dslc.shapes import DTYPES, Sym, TensorType, broadcast
 
 STATIC_OPS = {
@@ -712,27 +713,12 @@ class BodyChecker:
         return self.static(expr, "a layer argument")
 
     def _check_arg(self, param, value: Any, loc: Loc, what: str) -> Any:
-        kind = param.kind
-        ok = True
-        if value is None:
-            ok = param.default is None
-        elif kind == "int":
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif kind == "float":
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            value = float(value) if ok else value
-        elif kind == "bool":
-            ok = isinstance(value, bool)
-        elif kind == "str":
-            ok = isinstance(value, str)
-        elif kind == "ints":
-            items = value if isinstance(value, tuple) else (value,)
-            ok = all(isinstance(v, int) and not isinstance(v, bool) for v in items)
-        if not ok:
-            self.fail(loc, f"{what}: '{param.name}' must be {_KIND_WORDS.get(kind, kind)}, got {value!r}")
-        if param.choices and value not in param.choices:
-            self.fail(loc, f"{what}: '{param.name}' must be one of {', '.join(map(repr, param.choices))}, got {value!r}")
-        return value
+        if param.kind in ("axis", "axes", "dims"):
+            return value  # resolved against the input's shape by the op's shape rule
+        try:
+            return coerce(param, value, what)
+        except BindError as exc:
+            self.fail(loc, str(exc), exc.hint)
 
     def apply_op(self, op: Op, inputs, args, kwargs, loc, name, arg_exprs=None, in_group=False) -> ir.Expr:
         lo, hi = op.inputs
@@ -955,20 +941,8 @@ class _TensorList(list):
     """A list or tuple literal holding tensors, e.g. the argument of concat([a, b])."""
 
 
-_KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "ints": "an integer or a tuple of integers"}
-
-
 def _signature(what: str, params) -> str:
-    parts = [p.name if p.required else f"{p.name}={_show(p.default)}" for p in params]
-    return f"usage: {what}({', '.join(parts)})"
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "none"
-    return repr(value)
+    return f"usage: {signature(what, params)}"
 
 
 def _snake(name: str) -> str:

@@ -17,7 +17,7 @@ from dslc import ir
 from dslc.errors import error
 from dslc.fileio import write_atomic
 from dslc.layers import REGISTRY, AxisName
-from dslc.layers.base import REQUIRED
+from dslc.params import REQUIRED
 from dslc.shapes import TensorType
 
 FORMATS = ("svg", "png", "pdf", "dot")

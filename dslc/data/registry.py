@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dslc.params import BindError, P
 from dslc.shapes import Sym, TensorType
-from dslc.training.params import BindError, P
 
 BATCH = Sym.named("batch")
 VALIDATION = P("validation", "float", 0.2, "fraction held out for validation (0 for none)")

@@ -12,9 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dslc.params import Param
 from dslc.shapes import Dim, Sym, TensorType, normalize_axis
-
-REQUIRED = object()
 
 
 class ShapeError(Exception):
@@ -31,19 +30,6 @@ class AxisName:
 
     name: str
     size: Any = None  # inside a block, what the name is bound to (an int or a Sym)
-
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    kind: str  # int | float | bool | str | ints (int or tuple) | axis | axes | any
-    default: Any = REQUIRED
-    doc: str = ""
-    choices: tuple[Any, ...] | None = None
-
-    @property
-    def required(self) -> bool:
-        return self.default is REQUIRED
 
 
 @dataclass

@@ -15,10 +15,10 @@ from typing import Any
 from dslc import ast, ir
 from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error
 from dslc.loader import check_identifier, parse_override
+from dslc.params import BindError, P, bind
 from dslc.shapes import Sym, TensorType
 from dslc.training import config as c
 from dslc.training.functions import FUNCTIONS, GROUP_PARAMS, METRICS, OPTIMIZERS, SCHEDULES
-from dslc.training.params import BindError, P, bind
 
 SECTION = "training"
 ROOT_SETTINGS = {
@@ -333,7 +333,7 @@ class TrainChecker:
             return param.default
         value = self.static(s.value)
         try:
-            from dslc.training.params import coerce
+            from dslc.params import coerce
 
             return coerce(param, value, name)
         except BindError as exc:

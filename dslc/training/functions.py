@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dslc.layers.base import py_literal
+from dslc.params import BindError, P
 from dslc.shapes import Sym, TensorType
-from dslc.training.params import BindError, P
 
 REDUCTION = P("reduction", "str", "mean", "mean over elements, sum, or batchmean (sum / batch size)", ("mean", "sum", "batchmean"))
 # A scalar (float) stands for a tensor filled with it, e.g. bce_with_logits(score, 1.0).

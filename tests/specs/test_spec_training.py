@@ -179,8 +179,8 @@ def test_trained_encoder_and_decoder_step_greedy_decode_through_the_runtime(trai
     from dslc_runtime.tasks import greedy_decode
 
     out = trained(stem)
-    if not _trained_weights_reached(out, stem, "decoder_step"):
-        pytest.xfail("dslc train does not copy the trained weights into encoder/decoder_step yet")
+    for name in ("encoder", "decoder_step"):  # dslc train copies the trained weights in by parameter name
+        assert _trained_weights_reached(out, stem, name), name
     rng = np.random.default_rng(0)
     source = rng.integers(2, 16, size=(32, 8)).astype(np.int64)
     decoded = greedy_decode(Model.load(out, model="encoder", providers="cpu"),
@@ -231,8 +231,7 @@ def test_vae_trained_decoder_samples_through_the_runtime(trained):
     from dslc_runtime.tasks import sample
 
     out = trained("vae")
-    if not _trained_weights_reached(out, "vae", "decoder"):
-        pytest.xfail("dslc train does not copy the trained weights into the decoder yet")
+    assert _trained_weights_reached(out, "vae", "decoder") and _trained_weights_reached(out, "vae", "encoder")
     images = sample(Model.load(out, model="decoder", providers="cpu"), n=8, seed=0)
     assert images.shape == (8, 1, 28, 28) and images.min() >= 0.0 and images.max() <= 1.0
 
@@ -242,8 +241,8 @@ def test_rvae_trained_graphs_sample_sequences_through_the_runtime(trained):
     from dslc_runtime.tasks import greedy_decode
 
     out = trained("rvae")
-    if not _trained_weights_reached(out, "rvae", "decoder_step"):
-        pytest.xfail("dslc train does not copy the trained weights into the inference graphs yet")
+    for name in ("encoder", "initial_state", "decoder_step"):
+        assert _trained_weights_reached(out, "rvae", name), name
     z = np.random.default_rng(1).standard_normal((4, 16)).astype(np.float32)
     samples = greedy_decode(Model.load(out, model="initial_state", providers="cpu"),
                             Model.load(out, model="decoder_step", providers="cpu"), z, bos=BOS, eos=NO_EOS, max_len=8)

@@ -1,5 +1,5 @@
-"""Parameters of training functions and argument binding, shared by the data, loss, metric,
-optimizer and schedule registries. Torch-free: `dslc check` imports it."""
+"""Parameters and argument checking, shared by every registry: layers and functions (dslc.layers),
+data sets, losses, metrics, optimizers and schedules (dslc.data, dslc.training). Torch-free."""
 
 from __future__ import annotations
 
@@ -14,13 +14,18 @@ KIND_WORDS = {
     "str": "a string",
     "strs": "a list of strings",
     "floats": "a tuple of numbers",
+    "ints": "an integer or a tuple of integers",
     "any": "a value",
 }
 
 
 @dataclass(frozen=True)
-class P:
-    """One parameter: name, kind (int | float | bool | str | strs | floats | any), default, doc."""
+class Param:
+    """One parameter: name, kind, default, doc, allowed choices.
+
+    Kinds: int | float | bool | str | strs | floats | ints (an int or a tuple) | any, and for layers
+    axis | axes (a dimension given by index or by name) | dims (sizes, symbolic names allowed).
+    """
 
     name: str
     kind: str
@@ -33,13 +38,16 @@ class P:
         return self.default is REQUIRED
 
 
+P = Param  # the short name the training registries use
+
+
 class BindError(Exception):
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
         self.hint = hint
 
 
-def signature(what: str, params: tuple[P, ...]) -> str:
+def signature(what: str, params: tuple[Param, ...]) -> str:
     parts = [p.name if p.required else f"{p.name}={_show(p.default)}" for p in params]
     return f"{what}({', '.join(parts)})"
 
@@ -52,7 +60,7 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
-def coerce(param: P, value: Any, what: str) -> Any:
+def coerce(param: Param, value: Any, what: str) -> Any:
     """Check a value against its parameter kind; ints stand for floats."""
     kind, ok = param.kind, True
     if value is None:
@@ -69,6 +77,9 @@ def coerce(param: P, value: Any, what: str) -> Any:
     elif kind == "strs":
         value = (value,) if isinstance(value, str) else value
         ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+    elif kind == "ints":
+        items = value if isinstance(value, tuple) else (value,)
+        ok = all(isinstance(v, int) and not isinstance(v, bool) for v in items)
     elif kind == "floats":
         ok = isinstance(value, tuple) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
         value = tuple(float(v) for v in value) if ok else value
@@ -79,7 +90,7 @@ def coerce(param: P, value: Any, what: str) -> Any:
     return value
 
 
-def bind(params: tuple[P, ...], args: list[Any], kwargs: dict[str, Any], what: str) -> dict[str, Any]:
+def bind(params: tuple[Param, ...], args: list[Any], kwargs: dict[str, Any], what: str) -> dict[str, Any]:
     """Match positional and keyword values to parameters, fill defaults, check kinds."""
     from dslc.errors import did_you_mean
 
