@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 dslc check specs/cnn.model --shapes
 dslc build specs/cnn.model -o build/cnn
 dslc train specs/cnn.model --out runs/cnn --epochs 3
-python examples/python_app/app.py runs/cnn
+python examples/classify_digits.py runs/cnn
