@@ -93,3 +93,15 @@ def test_syntax_error_is_reported(tmp_path):
     bad.write_text("model m { input x: }\n")
     result = CliRunner().invoke(main, ["fmt", str(bad)])
     assert result.exit_code == 1 and "syntax error" in result.output
+
+
+def test_shipped_specs_are_formatted():
+    """specs/ is kept in canonical layout: run `dslc fmt specs/*.model` after editing a spec."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    specs = sorted(str(p) for p in (root / "specs").glob("*.model"))
+    result = subprocess.run([sys.executable, "-m", "dslc.cli", "fmt", "--check", *specs], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
