@@ -32,8 +32,7 @@ def emit_train_script(program: ir.ProgramIR, overrides: list[str] | None = None,
     }
     source_lines = program.source.splitlines()
     parts = [
-        _header(program, stem),
-        _imports(stem),
+        _header(program, stem) + "\n\n" + _imports(stem),
         f"SPEC = {_literal_dict(spec)}\n# The resolved train settings (written to config.json; --resume checks them).\nCONFIG = {_literal_dict(cfg.settings)}\n"
         "DEVICE = torch.device(\"cpu\")  # set by main()",
         _load_data(cfg),
