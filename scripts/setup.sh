@@ -6,5 +6,5 @@ python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 # The CPU build of torch (a plain `torch` requirement would pull a multi-GB CUDA build).
-python -m pip install -q "torch==2.13.0" || python -m pip install -q --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
+python -m pip install -q "torch==2.13.0"
 python -m pip install -q ./runtime -e ".[test,data]"
