@@ -102,3 +102,28 @@ def test_huge_repeat_is_refused(write_spec):
     spec = write_spec("model m {\n input x: float32[b, 2]\n output y = x -> repeat 100000000 ReLU\n}\n")
     with pytest.raises(DslcError, match="repeat"):
         check_file(spec)
+
+
+def test_train_section_strings_and_comments_stay_data(tmp_path):
+    """The generated training script escapes spec strings (here a data file name) and comments."""
+    import ast as pyast
+
+    from dslc.emit_train import emit_train_script
+
+    evil_name = "d\"); __import__('os').getcwd(); (\".csv"
+    (tmp_path / evil_name).write_text("a,b,c,t\n1,2,3,4\n5,6,7,8\n")
+    dsl_name = evil_name.replace('"', '\\"')
+    spec = tmp_path / "t.model"
+    spec.write_text(
+        "model m {\n input features: float32[batch, 3]\n output y = features -> Linear(1)\n}\n"
+        "train {\n"
+        f'    data = csv("{dsl_name}", features=["a", "b", "c"], target="t")  # """ + __import__("os").getcwd() + """\n'
+        "    loss = mse(y, target)\n"
+        "}\n"
+    )
+    program = check_file(spec)
+    script = emit_train_script(program)
+    tree = pyast.parse(script)  # valid Python
+    calls = [n for n in pyast.walk(tree) if isinstance(n, pyast.Call) and getattr(n.func, "id", "") == "__import__"]
+    assert calls == []
+    assert evil_name in {n.value for n in pyast.walk(tree) if isinstance(n, pyast.Constant) and isinstance(n.value, str)}
