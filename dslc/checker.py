@@ -118,6 +118,8 @@ class Checker:
                     models.append(module.class_name)
                 except DslcError as exc:
                     self.reporter.extend(exc)
+                except _StatementFailedError:
+                    pass  # already reported
             else:
                 self._check_block_alone(block, root)
         if not models and not self.reporter.diagnostics:
@@ -150,14 +152,25 @@ class Checker:
     ) -> ir.ModuleIR:
         key = (id(block), tuple(sorted(hyper.items())), tuple(input_types or ()))
         if key in self.specializations:
+            if self.specializations[key] is None:  # this instantiation failed and was reported
+                raise _StatementFailedError
             return self.specializations[key]
         if block.name in self.in_progress:
             raise error(loc, f"'{block.name}' uses itself")
         self.in_progress.append(block.name)
+        reported = len(self.reporter.diagnostics)
         try:
             module = BodyChecker(self, block, scope, hyper, input_types).run()
         finally:
             self.in_progress.pop()
+        if len(self.reporter.diagnostics) > reported:
+            # The block's own errors say what is wrong; its uses report nothing more.
+            if not block.is_model:
+                args = "(" + ", ".join(f"{k}={v!r}" for k, v in hyper.items()) + ")" if hyper else ""
+                for diag in self.reporter.diagnostics[reported:]:
+                    diag.notes.append(f"in {block.name}{args} used at {loc}")
+            self.specializations[key] = None
+            raise _StatementFailedError
         self.specializations[key] = module
         self.modules.append(module)
         return module
@@ -745,7 +758,7 @@ class BodyChecker:
                 self._record(loc, attr, f"{op.name}", inferred.outputs, op.param_count(inferred.init))
             if name is not None and not in_group:
                 self.env[name] = self._instance(attr, op, bound, inferred.init)
-        elif op.category != "function":
+        else:
             self._record(loc, "", op.name, inferred.outputs, 0)
         module = f"self.{attr}" if attr and not in_group else attr
         return ir.OpCall(inferred.outputs, op.name, list(inputs), inferred.init, module, args=bound)

@@ -30,12 +30,14 @@ class Diagnostic:
     hint: str | None = None
     severity: str = "error"
     section: str | None = None  # anchor in the language reference that explains it
+    notes: list[str] = field(default_factory=list)  # context, e.g. which use of a block failed
 
     def render(self, sources: dict[str, str] | None = None) -> str:
         where = f"{self.loc}: " if self.loc else ""
         lines = [f"{where}{self.severity}: {self.message}"]
         if self.loc and sources and self.loc.file in sources:
             lines += caret_lines(sources[self.loc.file], self.loc)
+        lines += [f"  note: {note}" for note in self.notes]
         if self.hint:
             lines.append(f"  hint: {self.hint}")
         if self.section:

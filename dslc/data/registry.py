@@ -134,7 +134,9 @@ _register(DatasetDef(
 _register(DatasetDef(
     "sequence_classes", "generated sequence classification: sequence float32[batch, length, features], "
     "label int64[batch] = which of the first `classes` features has the largest sum over time",
-    (P("features", "int", 8), P("length", "int", 16), P("classes", "int", 2), SAMPLES, VALIDATION),
+    (P("features", "int", 8, "values per time step (the last dimension: channels-last; for a Conv1d model write "
+       "`series = transpose(sequence, 1, 2)`)"), P("length", "int", 16, "time steps"),
+     P("classes", "int", 2, "number of classes"), SAMPLES, VALIDATION),
     lambda a, base: {"sequence": _t("float32", a["length"], a["features"]), "label": _t("int64")},
 ))
 _register(DatasetDef(

@@ -39,6 +39,11 @@ def _linear_infer(args, inputs):
     if x.rank < 2 or x.rank > 3:
         hint = "flatten first?" if x.rank > 3 else "add a batch dimension"
         raise ShapeError(f"Linear expects [batch, N] or [batch, time, N], got {x.shape_str()}", hint)
+    if not isinstance(x.shape[-1], int):
+        raise ShapeError(
+            f"Linear needs a fixed input size (last dimension), but it is the symbolic size '{x.shape[-1]}'",
+            f"pool over it first, e.g. mean(h, dim={x.shape[-1]}) or AdaptiveAvgPool1d(1) -> Flatten",
+        )
     in_features = static(x.shape[-1], "input size (last dimension)", "Linear")
     out = x.with_shape((*x.shape[:-1], args["out_features"]))
     return Inferred([out], {"in_features": in_features, **args})

@@ -222,3 +222,32 @@ def test_check_does_not_import_torch():
     from tests.conftest import ROOT
 
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_an_error_inside_a_block_is_reported_once_with_its_use(write_spec):
+    path = write_spec("""
+        block Res(k: int = 3) {
+            input x: float32[batch, c, time]
+            h = x -> Conv1d(c, kernel=k, padding="same") -> BatchNrom1d
+            output y = x + h
+        }
+        model m {
+            input s: float32[batch, 4, time]
+            h = s -> Res(3) -> Res(5)
+            output y = mean(h, dim=time) -> Linear(2)
+        }
+    """)
+    with pytest.raises(DslcError) as info:
+        check_file(path)
+    diagnostics = info.value.diagnostics
+    assert len(diagnostics) == 1
+    assert "unknown layer 'BatchNrom1d'" in diagnostics[0].message
+    assert diagnostics[0].notes == [f"in Res(k=3) used at {path}:8:14"]
+
+
+def test_linear_over_a_symbolic_size_suggests_pooling(write_spec):
+    messages = errors_of(write_spec("model m {\n input s: float32[batch, 4, time]\n output y = s -> Linear(2)\n}\n"))
+    assert messages == [
+        "3:18 Linear needs a fixed input size (last dimension), but it is the symbolic size 'time' "
+        "[pool over it first, e.g. mean(h, dim=time) or AdaptiveAvgPool1d(1) -> Flatten]"
+    ]
