@@ -273,8 +273,9 @@ Layer and function names are looked up in the registry below; a misspelt name ge
 
 Errors are reported as `FILE:LINE:COL: error: message`, with the source line, a caret under the
 problem, often a `hint:`, and a `see:` link to the section of this reference that explains it. One
-run reports every independent mistake it finds. `dslc check` exits 0 when the spec is clean and 1 on
-errors.
+run reports every independent mistake it finds. A block is checked where it is used, once per distinct
+use (arguments and input shapes); an error inside it carries a `note:` naming that use. `dslc check`
+exits 0 when the spec is clean and 1 on errors.
 '''
 
 
