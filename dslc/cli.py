@@ -135,6 +135,9 @@ def build(spec: str, out_dir: str | None, no_onnx: bool, no_verify: bool, overri
     out = Path(out_dir or Path("build") / Path(spec).stem)
     result = run_build(spec, out, list(overrides), export_onnx=not no_onnx, verify_onnx=not no_verify)
     click.echo(f"wrote {result.python_path}")
+    train_script = result.python_path.with_name(f"{result.python_path.stem}_train.py")
+    if result.program.train is not None and train_script.exists():
+        click.echo(f"wrote {train_script} (the training script; `python {train_script.name}` trains as `dslc train` does)")
     for report in result.models:
         line = f"wrote {out / report.onnx}: {report.nodes} nodes, {report.params:,} parameters"
         if report.verified:
