@@ -203,10 +203,10 @@ def wrap(line: str) -> list[str]:
     indent = line[: len(line) - len(line.lstrip())]
     if line.lstrip().startswith("def "):  # a signature splits at its parameter list
         open_ = line.index("(")
-        close = _matching_close(line, open_)
+        close = _matching(line, open_, 1)
     else:
         close = _last_closing_bracket(line)
-        open_ = None if close is None else _matching_open(line, close)
+        open_ = None if close is None else _matching(line, close, -1)
     if close is None:
         return [line]
     if open_ is None or open_ == close - 1:
@@ -227,33 +227,20 @@ def _last_closing_bracket(line: str) -> int | None:
     return None
 
 
-def _matching_open(line: str, close: int) -> int | None:
+def _matching(line: str, start: int, step: int) -> int | None:
+    """Index of the bracket matching line[start], scanning forward (step 1) or backward (step -1)."""
     mask = _string_mask(line)
-    depth = 0
-    for i in range(close, -1, -1):
-        if mask[i]:
-            continue
-        if line[i] in ")]}":
-            depth += 1
-        elif line[i] in "([{":
-            depth -= 1
-            if depth == 0:
-                return i
-    return None
-
-
-def _matching_close(line: str, open_: int) -> int | None:
-    mask = _string_mask(line)
-    depth = 0
-    for i in range(open_, len(line)):
-        if mask[i]:
-            continue
-        if line[i] in "([{":
-            depth += 1
-        elif line[i] in ")]}":
-            depth -= 1
-            if depth == 0:
-                return i
+    opening, closing = ("([{", ")]}") if step == 1 else (")]}", "([{")
+    depth, i = 0, start
+    while 0 <= i < len(line):
+        if not mask[i]:
+            if line[i] in opening:
+                depth += 1
+            elif line[i] in closing:
+                depth -= 1
+                if depth == 0:
+                    return i
+        i += step
     return None
 
 

@@ -21,6 +21,7 @@ import torch
 from click.testing import CliRunner
 
 from dslc.cli import main
+from dslc.training.runtime import edit_distance
 
 from .conftest import FIXTURES, ROOT, SPEC_FILES, SPECS_DIR
 
@@ -149,17 +150,8 @@ def test_deepspeech_trained_logits_decode_with_ctc_through_the_runtime(trained):
     assert len(texts) == 16 and all(set(t) <= set(" 'abcdefghijklmnopqrstuvwxyz") for t in texts)
     truth = ["".join("abcdefghijklmnopqrstuvwxyz"[c - 1] for c in row[:n]) for row, n in
              zip(data.val["transcript"][:16].tolist(), data.val["transcript_lengths"][:16].tolist())]
-    cer = sum(_edit_distance(a, b) for a, b in zip(texts, truth)) / sum(len(t) for t in truth)
+    cer = sum(edit_distance(a, b) for a, b in zip(texts, truth)) / sum(len(t) for t in truth)
     assert cer <= json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["cer"] + 0.5, (texts[:3], truth[:3])
-
-
-def _edit_distance(a: str, b: str) -> int:
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
-    return row[-1]
 
 
 def _trained_weights_reached(out: Path, stem: str, name: str) -> bool:
