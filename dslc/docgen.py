@@ -18,6 +18,7 @@ from typing import Any
 
 from dslc.errors import DOCS_URL
 from dslc.layers import REGISTRY, Op
+from dslc.params import dsl_value, signature
 from dslc.shapes import DTYPES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -289,30 +290,6 @@ def keywords() -> list[str]:
     return sorted(set(re.findall(r'"([a-z]+)"', text)))
 
 
-def dsl_value(value: Any) -> str:
-    """A value written as the language writes it."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, (tuple, list)):
-        inner = ", ".join(dsl_value(v) for v in value)
-        return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
-    return repr(value)
-
-
-def _is_required(param: Any) -> bool:
-    required = getattr(param, "required", None)
-    return bool(required) if required is not None else False
-
-
-def signature(name: str, params) -> str:
-    parts = [p.name if _is_required(p) else f"{p.name}={dsl_value(p.default)}" for p in params]
-    return f"{name}({', '.join(parts)})"
-
-
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -322,7 +299,7 @@ def param_table(params) -> list[str]:
         return ["No arguments."]
     rows = ["| argument | kind | default | meaning |", "|---|---|---|---|"]
     for p in params:
-        default = "required" if _is_required(p) else f"`{dsl_value(p.default)}`"
+        default = "required" if p.required else f"`{dsl_value(p.default)}`"
         doc = getattr(p, "doc", "") or ""
         choices = getattr(p, "choices", None)
         if choices:

@@ -17,7 +17,7 @@ from dslc import ir
 from dslc.errors import error
 from dslc.fileio import write_atomic
 from dslc.layers import REGISTRY, AxisName
-from dslc.params import REQUIRED
+from dslc.params import REQUIRED, dsl_value
 from dslc.shapes import TensorType
 
 FORMATS = ("svg", "png", "pdf", "dot")
@@ -213,13 +213,9 @@ def op_summary(op_name: str, init: dict[str, Any]) -> str:
 def _short(value: Any) -> str:
     if isinstance(value, AxisName):
         return value.name
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:g}"
     if isinstance(value, (tuple, list)):
         return "(" + ", ".join(_short(v) for v in value) + ")"
-    return str(value) if not isinstance(value, str) else f'"{value}"'
+    return dsl_value(value)
 
 
 def program_dot(program: ir.ProgramIR, expand: bool = True, model: str | None = None) -> str:

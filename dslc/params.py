@@ -48,15 +48,22 @@ class BindError(Exception):
 
 
 def signature(what: str, params: tuple[Param, ...]) -> str:
-    parts = [p.name if p.required else f"{p.name}={_show(p.default)}" for p in params]
+    """`Conv2d(out_channels, kernel, stride=1, ...)`, as hints and the reference show it."""
+    parts = [p.name if p.required else f"{p.name}={dsl_value(p.default)}" for p in params]
     return f"{what}({', '.join(parts)})"
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
+def dsl_value(value: Any) -> str:
+    """A value written as the language writes it: true, none, "text", (1, 2), [a, b]."""
     if value is None:
         return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, (tuple, list)):
+        inner = ", ".join(dsl_value(v) for v in value)
+        return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
     return repr(value)
 
 
@@ -84,9 +91,9 @@ def coerce(param: Param, value: Any, what: str) -> Any:
         ok = isinstance(value, tuple) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
         value = tuple(float(v) for v in value) if ok else value
     if not ok:
-        raise BindError(f"{what}: '{param.name}' must be {KIND_WORDS.get(kind, kind)}, got {_show(value)}")
+        raise BindError(f"{what}: '{param.name}' must be {KIND_WORDS.get(kind, kind)}, got {dsl_value(value)}")
     if param.choices and value not in param.choices:
-        raise BindError(f"{what}: '{param.name}' must be one of {', '.join(map(repr, param.choices))}, got {_show(value)}")
+        raise BindError(f"{what}: '{param.name}' must be one of {', '.join(map(repr, param.choices))}, got {dsl_value(value)}")
     return value
 
 
