@@ -826,12 +826,16 @@ class BodyChecker:
             hyper[param.name] = value
         return hyper
 
-    def repeat(self, stage: ast.Repeat, inputs, name, in_group) -> ir.Expr:
+    def repeat_count(self, stage: ast.Repeat) -> int:
         count = self.static(stage.count, "a repeat count")
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             self.fail(stage.count.loc, f"repeat needs a positive integer count, got {count!r}", section="repeat")
         if count > MAX_REPEAT:
             self.fail(stage.count.loc, f"repeat {count} is more than the {MAX_REPEAT} copies dslc allows")
+        return count
+
+    def repeat(self, stage: ast.Repeat, inputs, name, in_group) -> ir.Expr:
+        count = self.repeat_count(stage)
         attr = name or self.auto_attr("layers")
         first, extra = inputs[0], inputs[1:]
         children: list[ir.Submodule] = []
@@ -870,13 +874,8 @@ class BodyChecker:
             current = inputs
             index = 0
             for inner in stage.stages:
-                count = 1
-                body = inner
-                if isinstance(inner, ast.Repeat):
-                    count = self.static(inner.count, "a repeat count")
-                    body = inner.body
-                if not isinstance(count, int) or not 1 <= count <= MAX_REPEAT:
-                    self.fail(inner.loc, f"repeat needs a count from 1 to {MAX_REPEAT}, got {count!r}")
+                # a repeat inside a named group splices its copies into the group's numbering
+                count, body = (self.repeat_count(inner), inner.body) if isinstance(inner, ast.Repeat) else (1, inner)
                 for _ in range(count):
                     out = self.stage(body, current, str(index), in_group=True)
                     if len(out.types) != 1 or len(current) != 1:
