@@ -1027,8 +1027,15 @@ def _slice_size(size, s: ir.SliceItem):
 
 def _source_text(scope: FileScope, loc: Loc) -> str:
     """The statement's spec text (without trailing comments) on one line, whitespace collapsed."""
-    lines = scope.program.source.split("\n")[loc.line - 1 : (loc.end_line or loc.line)]
-    if lines and loc.end_col:
-        lines[-1] = lines[-1][: loc.end_col - 1]
-    lines = [line.split("#", 1)[0] if '"' not in line and "'" not in line else line for line in lines]
+    comments = scope.program.comments  # found by the lexer, so a '#' inside a string is not one
+    source_lines = scope.program.source.split("\n")
+    lines = []
+    for number in range(loc.line, (loc.end_line or loc.line) + 1):
+        line = source_lines[number - 1]
+        if number == loc.end_line and loc.end_col:
+            line = line[: loc.end_col - 1]
+        elif number in comments:  # cut the trailing comment: its text ends the line
+            text_start = len(line.rstrip()) - len(comments[number])
+            line = line[: line.rfind("#", 0, text_start + 1)]
+        lines.append(line)
     return " ".join(" ".join(lines).split())
