@@ -71,7 +71,7 @@ def build(
     program.vocab = list(vocab) if vocab else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = Path(spec).stem
+    stem = program.module_name
     staging = Path(tempfile.mkdtemp(prefix=".dslc-build-", dir=out))
     try:
         python_path = staging / f"{stem}.py"

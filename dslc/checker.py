@@ -18,7 +18,7 @@ from dslc import ast, ir
 from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error
 from dslc.layers import REGISTRY, AxisName, Op, ShapeError
 from dslc.loader import RESERVED, FileScope, Loader, check_identifier, parse_override
-from dslc.params import BindError, coerce, signature
+from dslc.params import BindError, brief, coerce, dsl_value, signature
 from dslc.shapes import DTYPES, Sym, TensorType, broadcast
 
 STATIC_OPS = {
@@ -166,7 +166,7 @@ class Checker:
         if len(self.reporter.diagnostics) > reported:
             # The block's own errors say what is wrong; its uses report nothing more.
             if not block.is_model:
-                args = "(" + ", ".join(f"{k}={v!r}" for k, v in hyper.items()) + ")" if hyper else ""
+                args = "(" + ", ".join(f"{k}={dsl_value(v)}" for k, v in hyper.items()) + ")" if hyper else ""
                 for diag in self.reporter.diagnostics[reported:]:
                     diag.notes.append(f"in {block.name}{args} used at {loc}")
             self.specializations[key] = None
@@ -226,7 +226,7 @@ class BodyChecker:
             self.reporter.error(block.loc, f"'{block.name}' declares no output", "add `output NAME = ...`")
         signature = block.name
         if block.params:
-            signature += "(" + ", ".join(f"{k}={v!r}" for k, v in self.hyper.items()) + ")"
+            signature += "(" + ", ".join(f"{k}={dsl_value(v)}" for k, v in self.hyper.items()) + ")"
         return ir.ModuleIR(
             class_name=self.checker.class_name_for(block),
             spec_name=block.name,
@@ -310,7 +310,7 @@ class BodyChecker:
         for cond, branch in stmt.branches:
             value = self.static(cond, "an if condition")
             if not isinstance(value, bool):
-                self.fail(cond.loc, f"an if condition must be true or false, got {value!r}")
+                self.fail(cond.loc, f"an if condition must be true or false, got {brief(value)}")
             if value:
                 body = branch
                 break
@@ -343,7 +343,7 @@ class BodyChecker:
             elif isinstance(result, tuple) and len(result) == len(targets):
                 self.env.update(zip(targets, result))
             else:
-                self.fail(stmt.loc, f"cannot unpack {result!r} into {len(targets)} names")
+                self.fail(stmt.loc, f"cannot unpack {brief(result)} into {len(targets)} names")
 
     def emit(self, stmt: ir.Stmt) -> None:
         current = self.current
@@ -387,7 +387,7 @@ class BodyChecker:
                 continue
             value = self.static(dexpr, "a dimension")
             if not isinstance(value, (int, Sym)) or isinstance(value, bool):
-                self.fail(dexpr.loc, f"a dimension must be an integer or a name, got {value!r}")
+                self.fail(dexpr.loc, f"a dimension must be an integer or a name, got {brief(value)}")
             if isinstance(value, int) and value < 0:
                 self.fail(dexpr.loc, f"a dimension cannot be negative ({value})")
             dims.append(value)
@@ -411,7 +411,7 @@ class BodyChecker:
         if isinstance(value, Poison):
             raise _StatementFailedError
         if not isinstance(value, ir.Expr):
-            self.fail(expr.loc, f"expected a tensor, got {value!r}")
+            self.fail(expr.loc, f"expected a tensor, got {brief(value)}")
         return value
 
     def ev(self, expr: ast.Expr) -> Any:
@@ -481,7 +481,7 @@ class BodyChecker:
         except ZeroDivisionError:
             self.fail(expr.loc, "division by zero")
         except TypeError:
-            self.fail(expr.loc, f"cannot apply '{expr.op}' to {left!r} and {right!r}")
+            self.fail(expr.loc, f"cannot apply '{expr.op}' to {brief(left)} and {brief(right)}")
 
     def tensor_binop(self, expr: ast.BinOp, left: Any, right: Any) -> ir.Expr:
         operands = []
@@ -493,7 +493,7 @@ class BodyChecker:
             elif isinstance(value, (int, float)) and not isinstance(value, bool) or isinstance(value, bool):
                 operands.append(ir.Scalar([TensorType("float32" if isinstance(value, float) else "int64", ())], value))
             else:
-                self.fail(expr.loc, f"cannot combine a tensor with {value!r} using '{expr.op}'")
+                self.fail(expr.loc, f"cannot combine a tensor with {brief(value)} using '{expr.op}'")
         a, b = operands
         if expr.op == "@":
             return self.matmul(expr, a, b)
@@ -548,7 +548,7 @@ class BodyChecker:
         try:
             return -value
         except TypeError:
-            self.fail(expr.loc, f"cannot negate {value!r}")
+            self.fail(expr.loc, f"cannot negate {brief(value)}")
 
     def index(self, expr: ast.Index) -> Any:
         value = self.ev(expr.value)
@@ -560,8 +560,8 @@ class BodyChecker:
                 try:
                     return value[i]
                 except (IndexError, TypeError):
-                    self.fail(expr.loc, f"index {i!r} is out of range for {value!r}")
-            self.fail(expr.loc, f"cannot index {value!r}")
+                    self.fail(expr.loc, f"index {brief(i)} is out of range for {brief(value)}")
+            self.fail(expr.loc, f"cannot index {brief(value)}")
         items = []
         for item in expr.items:
             if isinstance(item, ast.EllipsisLit):
@@ -580,7 +580,7 @@ class BodyChecker:
                 if isinstance(i, ir.Expr):
                     self.fail(item.loc, "indexing with a tensor is not supported", "use where(...) or a gather layer")
                 if not isinstance(i, int) or isinstance(i, bool):
-                    self.fail(item.loc, f"an index must be an integer, got {i!r}")
+                    self.fail(item.loc, f"an index must be an integer, got {brief(i)}")
                 items.append(i)
         try:
             shape = _index_shape(value.type.shape, items)
@@ -621,7 +621,7 @@ class BodyChecker:
             elif isinstance(v, ir.Expr):
                 inputs.extend(self.split_outputs(v))
             else:
-                self.fail(loc, f"expected a tensor, got {v!r}")
+                self.fail(loc, f"expected a tensor, got {brief(v)}")
         return inputs
 
     def split_outputs(self, value: ir.Expr) -> list[ir.Expr]:
@@ -822,14 +822,14 @@ class BodyChecker:
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-                self.fail(stage.loc, f"{what}: '{param.name}' must be {param.type}, got {value!r}")
+                self.fail(stage.loc, f"{what}: '{param.name}' must be {param.type}, got {brief(value)}")
             hyper[param.name] = value
         return hyper
 
     def repeat_count(self, stage: ast.Repeat) -> int:
         count = self.static(stage.count, "a repeat count")
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-            self.fail(stage.count.loc, f"repeat needs a positive integer count, got {count!r}", section="repeat")
+            self.fail(stage.count.loc, f"repeat needs a positive integer count, got {brief(count)}", section="repeat")
         if count > MAX_REPEAT:
             self.fail(stage.count.loc, f"repeat {count} is more than the {MAX_REPEAT} copies dslc allows")
         return count

@@ -11,6 +11,7 @@ import click
 
 from dslc import __version__
 from dslc.errors import DslcError
+from dslc.pytext import module_name
 
 
 def _report_errors(func):
@@ -132,7 +133,7 @@ def build(spec: str, out_dir: str | None, no_onnx: bool, no_verify: bool, overri
     """
     from dslc.build import build as run_build
 
-    out = Path(out_dir or Path("build") / Path(spec).stem)
+    out = Path(out_dir or Path("build") / module_name(Path(spec).stem))
     result = run_build(spec, out, list(overrides), export_onnx=not no_onnx, verify_onnx=not no_verify)
     click.echo(f"wrote {result.python_path}")
     train_script = result.python_path.with_name(f"{result.python_path.stem}_train.py")
@@ -264,7 +265,7 @@ def train(spec, out_dir, epochs, batch_size, seed, device, overrides, resume, np
     """
     from dslc.training.command import prepare_run, run_script
 
-    out = Path(out_dir or Path("runs") / Path(spec).stem)
+    out = Path(out_dir or Path("runs") / module_name(Path(spec).stem))
     script = prepare_run(spec, out, list(overrides), resume)
     argv = ["--out", str(out), "--device", device]
     for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--seed", seed)):

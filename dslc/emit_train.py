@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dslc import __version__, ir
-from dslc.emit_torch import docstring_lines, sanitize_comment
-from dslc.layers.base import py_literal
+from dslc.pytext import comment, docstring, docstring_lines, py_literal
 from dslc.training import config as c
 from dslc.training.functions import FUNCTIONS, METRICS, OPTIMIZERS
 
@@ -23,7 +22,7 @@ PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
 
 def emit_train_script(program: ir.ProgramIR, overrides: list[str] | None = None, train_overrides: dict[str, Any] | None = None) -> str:
     cfg: c.TrainConfig = program.train
-    stem = Path(program.path).stem
+    stem = program.module_name
     spec = {
         "path": str(Path(program.path).resolve()),
         "sha256": program.sha256,
@@ -81,7 +80,7 @@ def _header(program: ir.ProgramIR, stem: str) -> str:
         "The training step, losses, optimizers, schedules and the loop are plain PyTorch below; data sets,",
         "checkpoints, progress output and the final ONNX export come from dslc.data and dslc.training.",
     ]
-    return '"""' + "\n".join(docstring_lines("\n".join(lines))) + '\n"""'
+    return "\n".join(docstring(docstring_lines("\n".join(lines)), ""))
 
 
 def _imports(stem: str) -> str:
@@ -102,7 +101,7 @@ def _load_data(cfg: c.TrainConfig) -> str:
     fields = ", ".join(f"{k} {v}" for k, v in cfg.data.fields.items())
     lines = [
         "def load_data(seed: int) -> sets.Data:",
-        f'{I1}"""{cfg.data.name}: {sanitize_comment(fields)}."""',
+        *docstring(docstring_lines(f"{cfg.data.name}: {fields}."), I1),
         f"{I1}data = sets.load({py_literal(cfg.data.name)}, base=Path(SPEC[\"path\"]).parent, seed=seed, {opts})",
     ]
     for check in cfg.label_checks:
@@ -204,7 +203,7 @@ def _body(plan: list[c.Let | c.AutoRun], finals: list[c.TExpr], cfg: c.TrainConf
             _refs(item.value, names)
             _models_used(item.value, models)
             text = source_lines[item.loc.line - 1].strip() if 0 < item.loc.line <= len(source_lines) else item.name
-            code.append(f"# line {item.loc.line}: {sanitize_comment(text)}")
+            code.append(f"# line {item.loc.line}: {comment(text)}")
             value = _hoist(item.value, code, used, top=True)
             code.append(f"{item.name} = {texpr(value)}")
             outs = [item.name]
@@ -277,7 +276,7 @@ def _step_fn(cfg: c.TrainConfig, step: c.Step, source_lines: list[str]) -> str:
         f"def step_{step.name}(models: dict[str, nn.Module], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:",
         f'{I1}"""Step \'{step.name}\': its loss, and the tensors the metrics read."""',
         *[I1 + x for x in lines],
-        f"{I1}# line {loss_line}: {sanitize_comment(text)}",
+        f"{I1}# line {loss_line}: {comment(text)}",
         *[I1 + x for x in hoisted],
         f"{I1}loss = {texpr(loss)}",
         f"{I1}return loss, {{{outputs}}}",

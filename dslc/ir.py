@@ -7,9 +7,11 @@ resolved constructor arguments. Nothing here refers back to the syntax tree.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dslc.errors import Loc
+from dslc.pytext import module_name
 from dslc.shapes import TensorType
 
 # ---------------------------------------------------------------- tensor expressions
@@ -195,3 +197,8 @@ class ProgramIR:
     @property
     def exported(self) -> list[ModuleIR]:
         return [self.module(n) for n in self.models]
+
+    @property
+    def module_name(self) -> str:
+        """The generated code's module (and file) name, derived from the spec's file name."""
+        return module_name(Path(self.path).stem)

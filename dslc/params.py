@@ -3,6 +3,7 @@ data sets, losses, metrics, optimizers and schedules (dslc.data, dslc.training).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,11 +61,20 @@ def dsl_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return f'"{value}"'
+        return json.dumps(value, ensure_ascii=False)  # the language's string escapes are Python's
     if isinstance(value, (tuple, list)):
         inner = ", ".join(dsl_value(v) for v in value)
         return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
     return repr(value)
+
+
+def brief(value: Any, width: int = 60) -> str:
+    """`dsl_value` cut to fit in a message: a value can be a string of a million characters."""
+    if isinstance(value, (str, tuple, list)) and len(value) > width:
+        head = dsl_value(value[:width])
+        return f"{head[:width]}... ({len(value):,} {'characters' if isinstance(value, str) else 'items'})"
+    text = dsl_value(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def coerce(param: Param, value: Any, what: str) -> Any:

@@ -7,12 +7,12 @@ the code generator and the generated reference documentation all read this regis
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dslc.params import Param
+from dslc.params import Param, brief
+from dslc.pytext import py_literal
 from dslc.shapes import Dim, Sym, TensorType, normalize_axis
 
 
@@ -85,26 +85,6 @@ def helper(name: str, source: str) -> None:
 # ---------------------------------------------------------------- Python source helpers
 
 
-def py_literal(value: Any) -> str:
-    """Python source for a literal. Only plain data reaches generated code, always through here."""
-    if value is None or isinstance(value, bool):
-        return repr(value)
-    if isinstance(value, int):
-        return repr(int(value))
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            return f'float("{value}")'
-        return repr(float(value))
-    if isinstance(value, str):
-        return json.dumps(value)  # a valid, fully escaped Python literal, double-quoted like ruff/black
-    if isinstance(value, (tuple, list)):
-        items = ", ".join(py_literal(v) for v in value)
-        if isinstance(value, tuple):
-            return f"({items},)" if len(value) == 1 else f"({items})"
-        return f"[{items}]"
-    raise TypeError(f"no Python literal for {type(value).__name__}")
-
-
 def pycall(func: str, *args: Any, **kwargs: Any) -> str:
     """`func(args, key=value)` with every argument written as a literal.
 
@@ -160,7 +140,7 @@ def resolve_axis(value: Any, x: TensorType, op: str) -> int:
             raise ShapeError(f"{op}: {where} dimension named '{value.name}' in {x.shape_str()}")
         return hits[0]
     if not isinstance(value, int):
-        raise ShapeError(f"{op}: a dimension must be an integer or a dimension name, got {value!r}")
+        raise ShapeError(f"{op}: a dimension must be an integer or a dimension name, got {brief(value)}")
     axis = normalize_axis(value, x.rank)
     if axis is None:
         raise ShapeError(f"{op}: dimension {value} is out of range for {x.shape_str()} (rank {x.rank})")
@@ -184,4 +164,4 @@ def check_positive(args: dict[str, Any], *names: str) -> None:
     for name in names:
         values = args[name] if isinstance(args[name], (tuple, list)) else (args[name],)
         if any(not isinstance(v, int) or v <= 0 for v in values):
-            raise ShapeError(f"{name} must be a positive integer, got {args[name]!r}")
+            raise ShapeError(f"{name} must be a positive integer, got {brief(args[name])}")

@@ -19,6 +19,7 @@ from dslc.layers.base import (
     simple,
     static,
 )
+from dslc.params import brief
 
 
 def _call_module(module, inputs, init):
@@ -63,7 +64,7 @@ def _conv_infer(n: int, name: str):
         elif args["padding"] == "valid":
             padding = (0,) * n
         elif isinstance(args["padding"], str):
-            raise ShapeError(f"{name}: padding must be an integer, 'same' or 'valid', got {args['padding']!r}")
+            raise ShapeError(f"{name}: padding must be an integer, 'same' or 'valid', got {brief(args['padding'])}")
         else:
             padding = pair(args["padding"], n)
         if in_channels % args["groups"] or args["out_channels"] % args["groups"]:

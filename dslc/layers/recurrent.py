@@ -16,6 +16,7 @@ from dslc.layers.base import (
     register,
     static,
 )
+from dslc.params import brief
 from dslc.shapes import TensorType
 
 RETURNS = ("sequence", "last", "state", "all")
@@ -49,11 +50,11 @@ def _rnn_infer(name: str):
         expect_rank(x, (3,), name, "[batch, time, features]", "recurrent layers are batch-first")
         check_positive(args, "hidden_size", "layers")
         if args["returns"] not in RETURNS:
-            raise ShapeError(f"{name}: returns must be one of {', '.join(RETURNS)}, got {args['returns']!r}")
+            raise ShapeError(f"{name}: returns must be one of {', '.join(RETURNS)}, got {brief(args['returns'])}")
         if state and len(state) != n_state:
             raise ShapeError(f"{name} takes the input and {n_state} initial state tensor(s), got {len(state)}")
         if name == "RNN" and args["nonlinearity"] not in ("tanh", "relu"):
-            raise ShapeError(f"RNN nonlinearity must be 'tanh' or 'relu', got {args['nonlinearity']!r}")
+            raise ShapeError(f"RNN nonlinearity must be 'tanh' or 'relu', got {brief(args['nonlinearity'])}")
         batch, hidden = x.shape[0], args["hidden_size"]
         directions = 2 if args["bidirectional"] else 1
         state_type = TensorType(x.dtype, (args["layers"] * directions, batch, hidden))

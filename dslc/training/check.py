@@ -15,7 +15,7 @@ from typing import Any
 from dslc import ast, ir
 from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error
 from dslc.loader import check_identifier, parse_override
-from dslc.params import BindError, P, bind
+from dslc.params import BindError, P, bind, brief
 from dslc.shapes import Sym, TensorType
 from dslc.training import config as c
 from dslc.training.functions import FUNCTIONS, GROUP_PARAMS, METRICS, OPTIMIZERS, SCHEDULES
@@ -486,7 +486,7 @@ class TrainChecker:
                 return self.static(e)
             for side in (left, right):
                 if not isinstance(side, c.TExpr) and not _is_number(side):
-                    raise self.fail(e.loc, f"cannot combine {side!r} with a tensor")
+                    raise self.fail(e.loc, f"cannot combine {brief(side)} with a tensor")
             left = left if isinstance(left, c.TExpr) else c.Number(e.left.loc, float(left), left)
             right = right if isinstance(right, c.TExpr) else c.Number(e.right.loc, float(right), right)
             ltype = left.type if isinstance(left.type, TensorType) else right.type
@@ -551,7 +551,7 @@ class TrainChecker:
             if isinstance(value, c.TExpr) and isinstance(value.type, list):
                 raise self.fail(a.loc, "this model call has several outputs; pick one with [i]")
             if not isinstance(value, c.TExpr) and not _is_number(value):
-                raise self.fail(a.loc, f"{fn.name}: expected a tensor, got {value!r}")
+                raise self.fail(a.loc, f"{fn.name}: expected a tensor, got {brief(value)}")
             tensors.append(value)
         extra = [self.static(a) for a in e.args[len(fn.tensors):]]
         options = self.bind(fn.params, extra, {k: self.static(v) for k, v in e.kwargs}, fn.name, e.loc)
@@ -565,7 +565,7 @@ class TrainChecker:
 
     def compatible(self, actual: Any, port: ir.Port, model: ir.ModuleIR, loc: Loc, what: str) -> None:
         if not isinstance(actual, TensorType):
-            raise self.fail(loc, f"model '{model.spec_name}' input '{port.name}' needs a tensor, got {actual!r}")
+            raise self.fail(loc, f"model '{model.spec_name}' input '{port.name}' needs a tensor, got {brief(actual)}")
         want = port.type
         problem = None
         if actual.dtype != want.dtype:

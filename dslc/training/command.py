@@ -24,7 +24,7 @@ def prepare_run(spec: str | Path, out: Path, overrides: list[str], resume: bool)
     program = check_file(spec, consts, settings)
     if program.train is None:
         raise error(None, f"{spec}: the spec has no train section", "add `train { data = ...  loss = ... }`; see docs/training.md")
-    stem = Path(spec).stem
+    stem = program.module_name
     found = ckpt.checkpoints(out / "checkpoints")
     if found and not resume:
         raise error(None, f"{out} already holds a run ({found[-1].name})", "pass --resume to continue it, or choose another --out")
