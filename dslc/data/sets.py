@@ -39,8 +39,12 @@ class Data:
                 bad &= values != ignore_index
             if bad.any():
                 value = int(values[bad][0])
-                raise error(None, f"{split} data: field '{name}' holds class id {value}, outside [0, {classes}) for a model "
-                            f"with {classes} outputs", "the model's last layer must have as many outputs as there are classes")
+                raise error(
+                    None,
+                    f"{split} data: field '{name}' holds class id {value}, outside [0, {classes}) for a model "
+                    f"with {classes} outputs",
+                    "the model's last layer must have as many outputs as there are classes",
+                )
 
 
 def load(name: str, base: Path, seed: int, **options: Any) -> Data:
@@ -57,8 +61,12 @@ def load(name: str, base: Path, seed: int, **options: Any) -> Data:
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = int(round(n * validation))
     val_idx, train_idx = order[:n_val], order[n_val:]
-    out = Data({k: t[train_idx] for k, t in tensors.items()}, {k: t[val_idx] for k, t in tensors.items()},
-               extra.get("labels"), extra.get("vocab"))
+    out = Data(
+        {k: t[train_idx] for k, t in tensors.items()},
+        {k: t[val_idx] for k, t in tensors.items()},
+        extra.get("labels"),
+        extra.get("vocab"),
+    )
     if "build_vocab" in extra:  # text: the vocabulary comes from the training split only
         extra["build_vocab"](out, train_idx)
     return out
@@ -73,7 +81,9 @@ def digits(base: Path, seed: int, image_size: int, flatten: bool):
     d = load_digits()
     images = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
     if image_size != 8:
-        images = torch.nn.functional.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
+        images = torch.nn.functional.interpolate(
+            images, size=(image_size, image_size), mode="bilinear", align_corners=False
+        )
     images = images.clamp(0, 1).numpy()
     if flatten:
         images = images.reshape(len(images), -1)
@@ -107,7 +117,9 @@ def text_classes(base: Path, seed: int, vocab: int, length: int, samples: int):
     rng = np.random.default_rng(seed + 3)
     bias = rng.uniform(0.3, 0.7, size=(samples, 1))
     low = rng.random((samples, length)) < bias
-    tokens = np.where(low, rng.integers(1, vocab // 2, (samples, length)), rng.integers(vocab // 2, vocab, (samples, length)))
+    tokens = np.where(
+        low, rng.integers(1, vocab // 2, (samples, length)), rng.integers(vocab // 2, vocab, (samples, length))
+    )
     return {"tokens": tokens.astype(np.int64), "label": (low.mean(1) > 0.5).astype(np.int64)}
 
 
@@ -141,7 +153,10 @@ def speech(base: Path, seed: int, features: int, max_chars: int, samples: int):
         x[i, :t] += 0.3 * rng.normal(size=(t, features))
         transcript[i, :n], t_len[i], x_len[i] = chars, n, t
     vocab = ["<blank>", *CHARS]
-    return ({"features": x, "feature_lengths": x_len, "transcript": transcript, "transcript_lengths": t_len}, {"vocab": vocab})
+    return (
+        {"features": x, "feature_lengths": x_len, "transcript": transcript, "transcript_lengths": t_len},
+        {"vocab": vocab},
+    )
 
 
 # ---------------------------------------------------------------- user files
@@ -154,7 +169,15 @@ def _open(path: str, base: Path) -> Path:
     return p
 
 
-def csv(base: Path, seed: int, path: str, features: tuple[str, ...], label: str | None, target: str | None, standardize: bool):
+def csv(
+    base: Path,
+    seed: int,
+    path: str,
+    features: tuple[str, ...],
+    label: str | None,
+    target: str | None,
+    standardize: bool,
+):
     p = _open(path, base)
     with p.open(newline="", encoding="utf-8") as handle:
         rows = list(csv_module.DictReader(handle))
@@ -194,7 +217,9 @@ def _numpy_arrays(named: dict[str, Path]) -> dict[str, np.ndarray]:
     out = {}
     for name, p in named.items():
         arr = np.load(p, allow_pickle=False)
-        out[name] = arr.astype(np.float32) if arr.dtype.kind == "f" else arr.astype(np.int64) if arr.dtype.kind in "iu" else arr
+        out[name] = (
+            arr.astype(np.float32) if arr.dtype.kind == "f" else arr.astype(np.int64) if arr.dtype.kind in "iu" else arr
+        )
     return out
 
 
@@ -202,8 +227,16 @@ def npz(base: Path, seed: int, path: str):
     p = _open(path, base)
     try:
         with np.load(p, allow_pickle=False) as arrays:
-            return {k: (arrays[k].astype(np.float32) if arrays[k].dtype.kind == "f" else arrays[k].astype(np.int64)
-                        if arrays[k].dtype.kind in "iu" else arrays[k]) for k in arrays.files}
+            return {
+                k: (
+                    arrays[k].astype(np.float32)
+                    if arrays[k].dtype.kind == "f"
+                    else arrays[k].astype(np.int64)
+                    if arrays[k].dtype.kind in "iu"
+                    else arrays[k]
+                )
+                for k in arrays.files
+            }
     except (OSError, ValueError) as exc:
         raise error(None, f"{p}: not a readable .npz file ({exc})") from None
 
@@ -248,8 +281,17 @@ def text(base: Path, seed: int, path: str, max_len: int, min_freq: int, lowercas
 
 
 LOADERS = {
-    "digits": digits, "diabetes": diabetes, "sequences": sequences, "sequence_classes": sequence_classes,
-    "text_classes": text_classes, "token_tags": token_tags, "speech": speech, "csv": csv, "npz": npz, "npy": npy, "text": text,
+    "digits": digits,
+    "diabetes": diabetes,
+    "sequences": sequences,
+    "sequence_classes": sequence_classes,
+    "text_classes": text_classes,
+    "token_tags": token_tags,
+    "speech": speech,
+    "csv": csv,
+    "npz": npz,
+    "npy": npy,
+    "text": text,
 }
 
 

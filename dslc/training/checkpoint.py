@@ -67,8 +67,11 @@ def load(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]
         header = json.loads(raw[8 : 8 + header_len])
         meta = json.loads(header["__metadata__"]["dslc"])
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise error(None, f"checkpoint {path} is corrupt or incomplete ({str(exc).splitlines()[0][:120]})",
-                    "delete it to resume from the checkpoint before it, or start a new run with another --out") from None
+        raise error(
+            None,
+            f"checkpoint {path} is corrupt or incomplete ({str(exc).splitlines()[0][:120]})",
+            "delete it to resume from the checkpoint before it, or start a new run with another --out",
+        ) from None
     models: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("model/"):

@@ -37,11 +37,18 @@ def parse_args(argv: list[str] | None, config: dict[str, Any], default_out: Path
     p.add_argument("--seed", type=int, default=config["seed"])
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    p.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast (fp16 + loss scaling on GPUs without bf16)")
+    p.add_argument(
+        "--amp", action="store_true", help="mixed precision: bf16 autocast (fp16 + loss scaling on GPUs without bf16)"
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the trained models")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--weights", action="append", default=[], metavar="[MODEL=]FILE",
-                   help="load a .safetensors/.pth state dict (strict) before training; --epochs 0 only exports it")
+    p.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="[MODEL=]FILE",
+        help="load a .safetensors/.pth state dict (strict) before training; --epochs 0 only exports it",
+    )
     args = p.parse_args(argv)
     for key in ("epochs", "batch_size"):
         if getattr(args, key) < (0 if key == "epochs" else 1):
@@ -76,8 +83,13 @@ class Totals:
         return float(self.sums[key]) / max(self.counts[key], 1.0)
 
 
-def ctc_char_errors(scores: torch.Tensor, target: torch.Tensor, input_lengths: torch.Tensor | None = None,
-                    target_lengths: torch.Tensor | None = None, blank: int = 0) -> int:
+def ctc_char_errors(
+    scores: torch.Tensor,
+    target: torch.Tensor,
+    input_lengths: torch.Tensor | None = None,
+    target_lengths: torch.Tensor | None = None,
+    blank: int = 0,
+) -> int:
     """Edit distance, summed over the batch, between the greedy CTC decoding of `scores` [batch, time, classes]
     (best class per frame, repeats merged, blanks dropped) and the padded `target` [batch, length] (the cer metric)."""
     best = scores.argmax(-1).cpu().tolist()
@@ -103,8 +115,9 @@ def edit_distance(a: list[int], b: list[int]) -> int:
     return row[-1]
 
 
-def match_state(target: dict[str, torch.Tensor], sources: dict[str, dict[str, torch.Tensor]]
-                ) -> tuple[dict[str, torch.Tensor] | None, list[str], str]:
+def match_state(
+    target: dict[str, torch.Tensor], sources: dict[str, dict[str, torch.Tensor]]
+) -> tuple[dict[str, torch.Tensor] | None, list[str], str]:
     """The trained tensor for every key of `target` (same name, shape and dtype, in exactly one trained model or equal
     in all that have it): (state dict, the trained models it comes from, ""), or (None, [], why not)."""
     found: dict[str, torch.Tensor] = {}
@@ -117,8 +130,10 @@ def match_state(target: dict[str, torch.Tensor], sources: dict[str, dict[str, to
             missing.append(key)
         elif not same:
             src, t = hits[0]
-            mismatched.append(f"{key} is {list(value.shape)} {str(value.dtype).removeprefix('torch.')} here but "
-                              f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')} in {src}")
+            mismatched.append(
+                f"{key} is {list(value.shape)} {str(value.dtype).removeprefix('torch.')} here but "
+                f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')} in {src}"
+            )
         elif any(not torch.equal(same[0][1], t) for _, t in same[1:]):
             ambiguous.append(f"{key} (in {', '.join(src for src, _ in same)})")
         else:
@@ -127,8 +142,10 @@ def match_state(target: dict[str, torch.Tensor], sources: dict[str, dict[str, to
                 origins.append(same[0][0])
     problems = []
     if missing:
-        problems.append(f"{len(missing)} of its {len(target)} parameters/buffers have no trained counterpart in "
-                        f"{', '.join(sources) or 'no trained model'} ({_some(missing)})")
+        problems.append(
+            f"{len(missing)} of its {len(target)} parameters/buffers have no trained counterpart in "
+            f"{', '.join(sources) or 'no trained model'} ({_some(missing)})"
+        )
     if mismatched:
         problems.append(f"{len(mismatched)} differ in shape or dtype ({_some(mismatched)})")
     if ambiguous:
@@ -146,8 +163,17 @@ class Batches:
     """In-memory batching: a seeded permutation per epoch (the same in every process and on
     resume); with several processes each takes its share of every global batch."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, shuffle: bool, seed: int, rank: int, world: int,
-                 device: torch.device, workers: int):
+    def __init__(
+        self,
+        tensors: dict[str, torch.Tensor],
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        rank: int,
+        world: int,
+        device: torch.device,
+        workers: int,
+    ):
         if not tensors or len(next(iter(tensors.values()))) == 0:
             raise error(None, "the data split is empty", "lower `validation` or provide more examples")
         self.n = len(next(iter(tensors.values())))
@@ -181,9 +207,14 @@ class Batches:
                 yield {k: v[idx] for k, v in tensors.items()}
             return
         chunks = self.indices(epoch)
-        loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=self.workers,
-                                             collate_fn=lambda idx: {k: v[idx] for k, v in self.tensors.items()},
-                                             pin_memory=self.device.type == "cuda", persistent_workers=False)
+        loader = torch.utils.data.DataLoader(
+            chunks,
+            batch_size=None,
+            num_workers=self.workers,
+            collate_fn=lambda idx: {k: v[idx] for k, v in self.tensors.items()},
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
         for batch in loader:
             yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
@@ -202,7 +233,9 @@ class Run:
         self.device = self._device(args.device)
         if self.world > 1:
             if steps > 1:
-                raise error(None, "several processes (--nproc / torchrun) support one training step; this spec alternates steps")
+                raise error(
+                    None, "several processes (--nproc / torchrun) support one training step; this spec alternates steps"
+                )
             import torch.distributed as dist
 
             if not dist.is_initialized():
@@ -223,8 +256,11 @@ class Run:
             self.out.mkdir(parents=True, exist_ok=True)
             existing = ckpt.checkpoints(self.ckpt_dir)
             if existing and not args.resume:
-                raise error(None, f"{self.out} already holds a run ({existing[-1].name})",
-                            "pass --resume to continue it, or choose another --out")
+                raise error(
+                    None,
+                    f"{self.out} already holds a run ({existing[-1].name})",
+                    "pass --resume to continue it, or choose another --out",
+                )
             if not args.resume or not existing:
                 write_atomic(self.out / "config.json", json.dumps(self._config_json(), indent=2) + "\n")
         self.interactive = self.main and sys.stdout.isatty() and not args.quiet
@@ -252,9 +288,19 @@ class Run:
 
     # ------------------------------------------------------------ setup
 
-    def batches(self, tensors: dict[str, torch.Tensor], batch_size: int, shuffle: bool, workers: int = 0, split: bool = True) -> Batches:
-        return Batches(tensors, batch_size, shuffle, self.args.seed, self.rank if split else 0, self.world if split else 1,
-                       self.device, workers)
+    def batches(
+        self, tensors: dict[str, torch.Tensor], batch_size: int, shuffle: bool, workers: int = 0, split: bool = True
+    ) -> Batches:
+        return Batches(
+            tensors,
+            batch_size,
+            shuffle,
+            self.args.seed,
+            self.rank if split else 0,
+            self.world if split else 1,
+            self.device,
+            workers,
+        )
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """Loss scaling, needed only for float16 autocast; otherwise a pass-through."""
@@ -279,7 +325,9 @@ class Run:
                 for line in load_weights(self.args.weights, models):
                     self.log(line)
                 # models given weights explicitly keep them (share_trained_weights leaves them alone)
-                self.loaded = {n for n, m in models.items() if [t._version for t in m.state_dict().values()] != versions[n]}
+                self.loaded = {
+                    n for n, m in models.items() if [t._version for t in m.state_dict().values()] != versions[n]
+                }
             return 0
         path = found[-1]
         weights, state, meta = ckpt.load(path)
@@ -302,13 +350,21 @@ class Run:
 
     def _check_compatible(self, path: Path, meta: dict[str, Any]) -> None:
         if meta["spec_sha256"] != self.spec["sha256"]:
-            raise error(None, f"cannot resume from {path}: the spec changed since it was written",
-                        "resume with the spec the run started with, or start a new run with another --out")
+            raise error(
+                None,
+                f"cannot resume from {path}: the spec changed since it was written",
+                "resume with the spec the run started with, or start a new run with another --out",
+            )
         old = meta["config"]
         if old != json.loads(json.dumps(self.config)):
-            keys = sorted(k for k in set(old) | set(self.config) if old.get(k) != json.loads(json.dumps(self.config.get(k))))
-            raise error(None, f"cannot resume from {path}: the training settings changed ({', '.join(keys)})",
-                        "resume with the same settings and flags, or start a new run with another --out")
+            keys = sorted(
+                k for k in set(old) | set(self.config) if old.get(k) != json.loads(json.dumps(self.config.get(k)))
+            )
+            raise error(
+                None,
+                f"cannot resume from {path}: the training settings changed ({', '.join(keys)})",
+                "resume with the same settings and flags, or start a new run with another --out",
+            )
 
     def wrap(self, models: dict[str, nn.Module], trained: list[str]) -> dict[str, nn.Module]:
         """The modules the training step calls: DDP across processes, torch.compile on request."""
@@ -318,7 +374,9 @@ class Run:
             if self.world > 1:
                 from torch.nn.parallel import DistributedDataParallel
 
-                module = DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                module = DistributedDataParallel(
+                    module, device_ids=[self.device.index] if self.device.type == "cuda" else None
+                )
             if self.args.compile:
                 module = torch.compile(module)
             wrapped[name] = module
@@ -334,8 +392,15 @@ class Run:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.console = Console()
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                                TimeRemainingColumn(), console=self.console, transient=True)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
             self.bar.start()
         if self.bar is not None:
             self.task = self.bar.add_task(f"epoch {epoch + 1}/{self.args.epochs}", total=steps, info="")
@@ -379,8 +444,11 @@ class Run:
                 self._stop_bar()
                 last = ckpt.checkpoints(self.ckpt_dir)
                 where = f"; the last good checkpoint is {last[-1]}" if last else ""
-                raise error(None, f"the loss of step '{name}' became {value} in epoch {epoch + 1}{where}",
-                            "lower the learning rate, add clip_grad_norm, or check the data for NaN/inf values")
+                raise error(
+                    None,
+                    f"the loss of step '{name}' became {value} in epoch {epoch + 1}{where}",
+                    "lower the learning rate, add clip_grad_norm, or check the data for NaN/inf values",
+                )
         record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": sum(values)}
         if len(values) > 1:
             record.update({f"train_loss_{k}": v for k, v in zip(loss_sums, values)})
@@ -395,15 +463,24 @@ class Run:
         for key, value in record.items():
             if isinstance(value, float) and not math.isfinite(value) and "loss" in key:
                 self._stop_bar()
-                raise error(None, f"{key} is {value} after epoch {record['epoch']}",
-                            "lower the learning rate, add clip_grad_norm, or check the data for NaN/inf values")
+                raise error(
+                    None,
+                    f"{key} is {value} after epoch {record['epoch']}",
+                    "lower the learning rate, add clip_grad_norm, or check the data for NaN/inf values",
+                )
         self.history.append(record)
         stop = self._should_stop()
         last = record["epoch"] == self.args.epochs or stop
         if self.bar is not None:
             self.bar.remove_task(self.task)
-        shown = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items() if k not in ("epoch", "samples_per_s"))
-        self.log(f"epoch {record['epoch']}/{self.args.epochs}  {shown}  ({record['samples_per_s']:,.0f} samples/s, {self.seconds:.1f}s)")
+        shown = "  ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in record.items()
+            if k not in ("epoch", "samples_per_s")
+        )
+        self.log(
+            f"epoch {record['epoch']}/{self.args.epochs}  {shown}  ({record['samples_per_s']:,.0f} samples/s, {self.seconds:.1f}s)"
+        )
         if self.main:
             if self.config.get("early_stopping") and self._best_index() == len(self.history) - 1:
                 self._save_best(record)  # before the epoch checkpoint: a resumed run never lacks it
@@ -411,7 +488,9 @@ class Run:
                 self._save_checkpoint(record["epoch"])
             self._write_metrics()
         if stop:
-            self.log(f"early stopping: {self.config['monitor']} has not improved for {self.config['early_stopping']} epochs")
+            self.log(
+                f"early stopping: {self.config['monitor']} has not improved for {self.config['early_stopping']} epochs"
+            )
         if self.world > 1:
             import torch.distributed as dist
 
@@ -434,22 +513,42 @@ class Run:
         return max(range(len(values)), key=lambda i: (sign * values[i], -i))
 
     def _save_best(self, record: dict[str, Any]) -> None:
-        meta = {"dslc_version": __version__, "epoch": record["epoch"], "spec_sha256": self.spec["sha256"],
-                "monitor": self.config["monitor"], "value": record[self.config["monitor"]], "history": self.history}
+        meta = {
+            "dslc_version": __version__,
+            "epoch": record["epoch"],
+            "spec_sha256": self.spec["sha256"],
+            "monitor": self.config["monitor"],
+            "value": record[self.config["monitor"]],
+            "history": self.history,
+        }
         ckpt.save(self.ckpt_dir / BEST, self.models, {}, meta)
 
     def _mode(self) -> str:
         return self.config.get("monitor_mode", "min")
 
     def _save_checkpoint(self, epoch: int) -> None:
-        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        rng = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
         state = {
-            "steps": {name: {"optimizer": o.state_dict(), "scheduler": s.state_dict() if s is not None else None, "scaler": sc.state_dict()}
-                      for name, (o, s, sc) in self.state.items()},
+            "steps": {
+                name: {
+                    "optimizer": o.state_dict(),
+                    "scheduler": s.state_dict() if s is not None else None,
+                    "scaler": sc.state_dict(),
+                }
+                for name, (o, s, sc) in self.state.items()
+            },
             "rng": rng,
         }
-        meta = {"dslc_version": __version__, "epoch": epoch, "spec_sha256": self.spec["sha256"],
-                "config": json.loads(json.dumps(self.config)), "history": self.history}
+        meta = {
+            "dslc_version": __version__,
+            "epoch": epoch,
+            "spec_sha256": self.spec["sha256"],
+            "config": json.loads(json.dumps(self.config)),
+            "history": self.history,
+        }
         ckpt.save(ckpt.path_for(self.ckpt_dir, epoch), self.models, state, meta)
         for old in ckpt.checkpoints(self.ckpt_dir)[: -self.config.get("keep_checkpoints", 2)]:
             old.unlink(missing_ok=True)
@@ -480,17 +579,23 @@ class Run:
         monitor = self.config["monitor"]
         path = self.ckpt_dir / BEST
         if not path.is_file():
-            self.log(f"warning: {path} is missing: exporting the last epoch's weights, not those of the best epoch {record['epoch']}")
+            self.log(
+                f"warning: {path} is missing: exporting the last epoch's weights, not those of the best epoch {record['epoch']}"
+            )
             self.exported_record = None
             return
         weights, _, meta = ckpt.load(path)
         if meta.get("epoch") != record["epoch"]:
-            self.log(f"warning: {path} holds epoch {meta.get('epoch')}, not the best epoch {record['epoch']}: exporting the last epoch's weights")
+            self.log(
+                f"warning: {path} holds epoch {meta.get('epoch')}, not the best epoch {record['epoch']}: exporting the last epoch's weights"
+            )
             self.exported_record = None
             return
         for name, model in models.items():
             model.load_state_dict(weights[name])
-        self.log(f"early stopping: exporting the weights of epoch {record['epoch']}, the best by {monitor} ({record[monitor]:.4f})")
+        self.log(
+            f"early stopping: exporting the weights of epoch {record['epoch']}, the best by {monitor} ({record[monitor]:.4f})"
+        )
 
     def share_trained_weights(self, models: dict[str, nn.Module], trained: list[str], into: list[str]) -> None:
         """Each exported model that was not trained takes the trained weights by parameter name (`encoder.*` of a
@@ -513,8 +618,12 @@ class Run:
                 self.log(f"warning: model '{name}' keeps its initial, untrained weights: {problem}")
                 continue
             models[name].load_state_dict(found)
-            self.weights[name] = f"trained (from {', '.join(origins)})" if self.history else f"from {', '.join(origins)}"
-            self.log(f"model '{name}' takes its {len(target)} parameters and buffers from the {'trained ' if self.history else ''}{', '.join(origins)} (by name)")
+            self.weights[name] = (
+                f"trained (from {', '.join(origins)})" if self.history else f"from {', '.join(origins)}"
+            )
+            self.log(
+                f"model '{name}' takes its {len(target)} parameters and buffers from the {'trained ' if self.history else ''}{', '.join(origins)} (by name)"
+            )
 
     def _origin(self, name: str, trained: list[str]) -> str:
         """Where the exported weights of `name` come from, for the manifest."""
@@ -524,7 +633,9 @@ class Run:
             return "trained"
         return "loaded (--weights)" if name in self.loaded else "initial"
 
-    def finish(self, models: dict[str, nn.Module], data: Any, export: list[str], trained: list[str] | None = None) -> None:
+    def finish(
+        self, models: dict[str, nn.Module], data: Any, export: list[str], trained: list[str] | None = None
+    ) -> None:
         """Save the exported models' weights (<model>.safetensors) and export them to verified ONNX; the manifest
         says for each where its weights come from (`trained`, `trained (from MODEL)` or `initial`)."""
         self._stop_bar()
@@ -533,7 +644,9 @@ class Run:
 
             from dslc.training.export import export_trained
 
-            states = {name: {k: v.detach().cpu().clone() for k, v in models[name].state_dict().items()} for name in models}
+            states = {
+                name: {k: v.detach().cpu().clone() for k, v in models[name].state_dict().items()} for name in models
+            }
             for name in export:
                 tmp = self.out / f".{name}.safetensors.tmp"
                 save_file(states[name], str(tmp))
@@ -544,9 +657,18 @@ class Run:
             if trained is not None:
                 sources = {n: self._origin(n, trained) for n in export}
                 for name in export:
-                    if sources[name] == "initial" and name not in self.weights and name not in trained and any(True for _ in models[name].parameters()):
-                        self.log(f"warning: model '{name}' is exported with its initial, untrained weights (no step trains it)")
-            reports = export_trained(self.spec, self.out, {n: states[n] for n in export}, data.vocab, data.labels, sources)
+                    if (
+                        sources[name] == "initial"
+                        and name not in self.weights
+                        and name not in trained
+                        and any(True for _ in models[name].parameters())
+                    ):
+                        self.log(
+                            f"warning: model '{name}' is exported with its initial, untrained weights (no step trains it)"
+                        )
+            reports = export_trained(
+                self.spec, self.out, {n: states[n] for n in export}, data.vocab, data.labels, sources
+            )
             for r in reports:
                 verified = f"verified (max abs diff {r.max_abs_diff:.1e})" if r.verified else "not verified"
                 self.log(f"wrote {self.out / r.onnx}: {r.nodes} nodes, {r.params:,} parameters, {verified}")
@@ -554,7 +676,10 @@ class Run:
                 record = self.exported_record or self.history[-1]
                 label = "final" if record is self.history[-1] else f"exported (best, epoch {record['epoch']})"
                 shown = {k: v for k, v in record.items() if k != "samples_per_s"}
-                self.log(f"{label}: " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
+                self.log(
+                    f"{label}: "
+                    + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+                )
         if self.world > 1:
             import torch.distributed as dist
 

@@ -44,12 +44,16 @@ train {
 
 def train(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(main, ["train", *args])
-    return result.exit_code, result.output + (str(result.exception) if result.exception and result.exit_code not in (0, 1) else "")
+    return result.exit_code, result.output + (
+        str(result.exception) if result.exception and result.exit_code not in (0, 1) else ""
+    )
 
 
 def cli(*args: str, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "dslc.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "dslc.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT, **kw
+    )
 
 
 def test_run_folder_mlp_regression(tmp_path):
@@ -57,8 +61,18 @@ def test_run_folder_mlp_regression(tmp_path):
     code, output = train(str(SPECS / "mlp.model"), "--out", str(out), "--epochs", "3", "--quiet")
     assert code == 0, output
     names = {p.name for p in out.iterdir()}
-    assert {"mlp.py", "mlp_train.py", "mlp.model", "config.json", "metrics.jsonl", "curves.png", "mlp.onnx", "manifest.json",
-            "mlp.safetensors", "checkpoints"} <= names
+    assert {
+        "mlp.py",
+        "mlp_train.py",
+        "mlp.model",
+        "config.json",
+        "metrics.jsonl",
+        "curves.png",
+        "mlp.onnx",
+        "manifest.json",
+        "mlp.safetensors",
+        "checkpoints",
+    } <= names
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert {"train_loss", "val_loss", "mae", "rmse"} <= records[-1].keys()
@@ -70,7 +84,9 @@ def test_run_folder_mlp_regression(tmp_path):
     weights = load_file(out / "mlp.safetensors")
     graph = onnx.load(str(out / "mlp.onnx"))
     inits = [onnx.numpy_helper.to_array(i) for i in graph.graph.initializer]
-    assert any(a.shape == tuple(weights["fc1.weight"].shape) and np.allclose(a, weights["fc1.weight"].numpy()) for a in inits)
+    assert any(
+        a.shape == tuple(weights["fc1.weight"].shape) and np.allclose(a, weights["fc1.weight"].numpy()) for a in inits
+    )
     # without --resume, a folder holding a run is not overwritten
     code, output = train(str(SPECS / "mlp.model"), "--out", str(out), "--epochs", "1")
     assert code == 1 and "already holds a run" in output
@@ -78,7 +94,9 @@ def test_run_folder_mlp_regression(tmp_path):
 
 def test_build_writes_the_same_training_script(tmp_path):
     build_dir, run_dir = tmp_path / "b", tmp_path / "r"
-    assert CliRunner().invoke(main, ["build", str(SPECS / "vae.model"), "-o", str(build_dir), "--no-onnx"]).exit_code == 0
+    assert (
+        CliRunner().invoke(main, ["build", str(SPECS / "vae.model"), "-o", str(build_dir), "--no-onnx"]).exit_code == 0
+    )
     code, output = train(str(SPECS / "vae.model"), "--out", str(run_dir), "--epochs", "1", "--quiet")
     assert code == 0, output
     assert (build_dir / "vae_train.py").read_text() == (run_dir / "vae_train.py").read_text()
@@ -93,14 +111,21 @@ def test_build_writes_the_same_training_script(tmp_path):
     with torch.no_grad():
         _, mu, logvar = vae(image, torch.zeros(3, 20))
         generated = vae.decoder(z)
-    latent_mean, latent_logvar = ort.InferenceSession(str(run_dir / "encoder.onnx"), providers=["CPUExecutionProvider"]).run(
-        None, {"image": image.numpy()})
+    latent_mean, latent_logvar = ort.InferenceSession(
+        str(run_dir / "encoder.onnx"), providers=["CPUExecutionProvider"]
+    ).run(None, {"image": image.numpy()})
     np.testing.assert_allclose(latent_mean, mu.numpy(), atol=1e-5)
     np.testing.assert_allclose(latent_logvar, logvar.numpy(), atol=1e-5)
-    (decoded,) = ort.InferenceSession(str(run_dir / "decoder.onnx"), providers=["CPUExecutionProvider"]).run(None, {"z": z.numpy()})
-    np.testing.assert_allclose(decoded, (generated[0] if isinstance(generated, tuple) else generated).numpy(), atol=1e-5)
+    (decoded,) = ort.InferenceSession(str(run_dir / "decoder.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"z": z.numpy()}
+    )
+    np.testing.assert_allclose(
+        decoded, (generated[0] if isinstance(generated, tuple) else generated).numpy(), atol=1e-5
+    )
     # and the built script runs on its own
-    proc = subprocess.run([sys.executable, str(build_dir / "vae_train.py"), "--epochs", "1", "--quiet"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(build_dir / "vae_train.py"), "--epochs", "1", "--quiet"], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     assert (build_dir / "vae.onnx").exists() and (build_dir / "metrics.jsonl").exists()
 
@@ -134,7 +159,9 @@ def test_amp_bf16_on_cpu(tmp_path):
 
 
 def test_text_vocab_stored_with_the_model(tmp_path, write_spec):
-    lines = [f"{'pos' if i % 2 else 'neg'}\t{'good great fine' if i % 2 else 'bad awful poor'} words {i}" for i in range(60)]
+    lines = [
+        f"{'pos' if i % 2 else 'neg'}\t{'good great fine' if i % 2 else 'bad awful poor'} words {i}" for i in range(60)
+    ]
     (tmp_path / "reviews.tsv").write_text("\n".join(lines) + "\n")
     spec = write_spec("""
         model clf {
@@ -159,19 +186,32 @@ def test_text_vocab_stored_with_the_model(tmp_path, write_spec):
 def test_bad_input_messages(tmp_path, write_spec):
     (tmp_path / "d.csv").write_text("a,b,y\n1,2,0\n3,4,5\n5,6,1\n7,8,2\n")
     model = "model m { input features: float32[batch, 2]  output logits = features -> Linear(3) }\n"
-    bad_column = write_spec(model + 'train { data = csv("d.csv", features=["a", "bb"], label="y")  loss = cross_entropy(logits, label) }', "c.model")
+    bad_column = write_spec(
+        model + 'train { data = csv("d.csv", features=["a", "bb"], label="y")  loss = cross_entropy(logits, label) }',
+        "c.model",
+    )
     code, output = train(str(bad_column), "--out", str(tmp_path / "r1"))
     assert code == 1 and "no column 'bb'" in output and "did you mean 'b'" in output and "Traceback" not in output
     # y has 4 distinct values: ids 0..3, but the model has 3 outputs
-    bad_label = write_spec(model + 'train { data = csv("d.csv", features=["a", "b"], label="y", validation=0.0)  loss = cross_entropy(logits, label) }', "l.model")
+    bad_label = write_spec(
+        model
+        + 'train { data = csv("d.csv", features=["a", "b"], label="y", validation=0.0)  loss = cross_entropy(logits, label) }',
+        "l.model",
+    )
     code, output = train(str(bad_label), "--out", str(tmp_path / "r2"))
     assert code == 1 and "class id 3, outside [0, 3)" in output
-    nan = write_spec(model + 'train { data = csv("d.csv", features=["a", "b"], target="y", validation=0.0, standardize=false)\n'
-                     "  loss = mse(logits[:, :1], target)  optimizer = sgd(lr=1e12)  epochs = 3 }", "n.model")
+    nan = write_spec(
+        model + 'train { data = csv("d.csv", features=["a", "b"], target="y", validation=0.0, standardize=false)\n'
+        "  loss = mse(logits[:, :1], target)  optimizer = sgd(lr=1e12)  epochs = 3 }",
+        "n.model",
+    )
     del nan  # indexing is not a train expression: use a regression model instead
-    reg = write_spec("model m { input features: float32[batch, 2]  output y = features -> Linear(1) }\n"
-                     'train { data = csv("d.csv", features=["a", "b"], target="y", validation=0.0, standardize=false)\n'
-                     "  loss = mse(y, target)  optimizer = sgd(lr=1e12)  epochs = 3  batch_size = 2 }", "n.model")
+    reg = write_spec(
+        "model m { input features: float32[batch, 2]  output y = features -> Linear(1) }\n"
+        'train { data = csv("d.csv", features=["a", "b"], target="y", validation=0.0, standardize=false)\n'
+        "  loss = mse(y, target)  optimizer = sgd(lr=1e12)  epochs = 3  batch_size = 2 }",
+        "n.model",
+    )
     code, output = train(str(reg), "--out", str(tmp_path / "r3"))
     assert code == 1 and "became" in output and ("nan" in output or "inf" in output)
 
@@ -202,10 +242,19 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
     spec.write_text(MLP_DIGITS.replace("EPOCHS", "10"))
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert cli("train", str(spec), "--out", str(full), "--quiet").returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "dslc.cli", "train", str(spec), "--out", str(killed), "--quiet"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dslc.cli", "train", str(spec), "--out", str(killed), "--quiet"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     deadline = time.time() + 120
-    while not (killed / "checkpoints" / "epoch-0002.safetensors").exists() and time.time() < deadline and proc.poll() is None:
+    while (
+        not (killed / "checkpoints" / "epoch-0002.safetensors").exists()
+        and time.time() < deadline
+        and proc.poll() is None
+    ):
         time.sleep(0.05)
     time.sleep(0.3)  # into the next epoch
     assert proc.poll() is None, "training finished before it could be killed"
