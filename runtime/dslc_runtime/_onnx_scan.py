@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._files import open_regular, require_regular, resolve_inside
 from .errors import ModelError
 
 _MAX_DEPTH = 64
@@ -217,41 +218,28 @@ def scan_bytes(data: bytes | memoryview | mmap.mmap, *, source: str = "<bytes>")
 
 def scan_file(path: Path) -> ModelScan:
     """Scan an ONNX file without copying its payloads (memory-mapped)."""
-    try:
-        with open(path, "rb") as fh:
+    with open_regular(path, "model file", ModelError) as fh:
+        try:
             if os.fstat(fh.fileno()).st_size == 0:
                 return scan_bytes(b"", source=str(path))
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 return scan_bytes(mm, source=str(path))
-    except OSError as exc:
-        raise ModelError(f"cannot read model file {path}: {exc.strerror or exc}") from None
+        except OSError as exc:
+            raise ModelError(f"cannot read model file {path}: {exc.strerror or exc}") from None
 
 
 def check_external_data(path: Path, scan: ModelScan) -> None:
-    """Refuse external-data locations that are absolute, use ``..`` or resolve outside the folder."""
+    """Refuse external data that is absolute, uses ``..``, leaves the folder or is no regular file."""
     folder = path.resolve().parent
     for ref in scan.external:
-        loc = ref.location
-        parts = loc.replace("\\", "/").split("/")
-        if (
-            not loc
-            or os.path.isabs(loc)
-            or loc.startswith(("/", "\\"))
-            or ":" in parts[0]
-            or ".." in parts
-        ):
+        what = f"tensor {ref.tensor!r} stores its data at"
+        try:
+            target = resolve_inside(folder, ref.location, what, "the model's folder", ModelError)
+        except ModelError as exc:
+            raise ModelError(f"{path}: refusing to load: {exc}") from None
+        if not os.path.exists(target):
             raise ModelError(
-                f"{path}: refusing to load: tensor {ref.tensor!r} stores its data at {loc!r}, "
-                "outside the model's folder (absolute paths and '..' are not allowed)"
-            )
-        target = (folder / loc).resolve()
-        if not target.is_relative_to(folder):
-            raise ModelError(
-                f"{path}: refusing to load: external data {loc!r} of tensor {ref.tensor!r} "
-                f"resolves to {target}, outside the model's folder {folder}"
-            )
-        if not target.is_file():
-            raise ModelError(
-                f"{path}: external data file {loc!r} for tensor {ref.tensor!r} is missing "
+                f"{path}: external data file {ref.location!r} for tensor {ref.tensor!r} is missing "
                 f"(expected next to the model, at {target})"
             )
+        require_regular(target, f"external data file of tensor {ref.tensor!r}", ModelError)

@@ -18,21 +18,50 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from ._npy import load_npy
+from ._output_files import output_file_names, save_outputs
 from .errors import DslcRuntimeError, InputError, ProviderError
 from .model import Model
-from .signature import TensorSpec
+from .signature import TensorSpec, display, quoted
+
+__all__ = [
+    "BenchResult",
+    "bench_cli",
+    "info_cli",
+    "load_inputs",
+    "main",
+    "output_file_names",
+    "outputs_to_json",
+    "parse_pairs",
+    "random_inputs",
+    "run_cli",
+    "save_outputs",
+]
 
 _DEFAULT_DIM = 16
 
 
 def _summary(name: str, value: Any) -> str:
     arr = np.asarray(value)
-    head = f"{name}: {arr.dtype}{list(arr.shape)}"
+    head = f"{display(name)}: {arr.dtype}{list(arr.shape)}"
     if arr.size <= 20:
         return f"{head} = {np.array2string(arr, precision=5, separator=', ')}"
     if arr.dtype.kind in "fiub":
         return f"{head} min={arr.min():.5g} max={arr.max():.5g} mean={arr.astype(np.float64).mean():.5g}"
     return head
+
+
+def parse_pairs(items: Sequence[str], what: str = "input") -> dict[str, str]:
+    """``["NAME=VALUE", "VALUE"]`` -> ``{"NAME": "VALUE", "": "VALUE"}``; a name given twice is an error."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            name, value = "", item
+        if name in pairs:
+            raise InputError(f"{what} {quoted(name) if name else '(unnamed)'} given twice")
+        pairs[name] = value
+    return pairs
 
 
 def load_inputs(model: Model, inputs: Mapping[str, str | Path]) -> dict[str, np.ndarray]:
@@ -42,12 +71,10 @@ def load_inputs(model: Model, inputs: Mapping[str, str | Path]) -> dict[str, np.
         key = name
         if not key:
             if len(model.input_names) != 1:
-                raise InputError(f"{model.name} has inputs {model.input_names}; use NAME=FILE.npy")
+                names = ", ".join(map(display, model.input_names)) or "none"
+                raise InputError(f"{display(model.name)} has inputs ({names}); use NAME=FILE.npy")
             key = model.input_names[0]
-        try:
-            arrays[key] = np.load(file, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read input {key!r} from {file}: {exc}") from None
+        arrays[key] = load_npy(file, f"input {quoted(key)}")
     return arrays
 
 
@@ -60,11 +87,15 @@ def run_cli(
     model: str | None = None,
     stream: TextIO | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run a model on ``.npy`` inputs, print a summary of each output, save ``NAME.npy`` files."""
+    """Run a model on ``.npy`` inputs, print a summary of each output, save ``NAME.npy`` files.
+
+    Output file names are made safe (see :func:`output_file_names`): a model cannot make this
+    write outside ``output_dir``.
+    """
     out = stream or sys.stdout
     m = Model.load(model_path, model=model, providers=providers)
     results = m.run(load_inputs(m, inputs))
-    print(f"{m.name} on {m.provider}", file=out)
+    print(f"{display(m.name)} on {m.provider}", file=out)
     for note in m.notes:
         print(f"  note: {note}", file=out)
     arrays = {name: np.asarray(value) for name, value in results.items()}
@@ -72,10 +103,11 @@ def run_cli(
         print("  " + _summary(name, arr), file=out)
     if output_dir is not None:
         folder = Path(output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, arr in arrays.items():
-            np.save(folder / f"{name}.npy", arr)
-        print(f"saved {len(arrays)} output(s) to {folder}", file=out)
+        saved = save_outputs(folder, arrays)
+        print(f"saved {len(saved)} output(s) to {folder}", file=out)
+        for name, file in saved.items():
+            if file.name != f"{name}.npy":
+                print(f"  {quoted(name)} -> {file.name}", file=out)
     return arrays
 
 
@@ -89,19 +121,17 @@ def info_cli(
     """Print a model's signature, provider and dslc metadata."""
     out = stream or sys.stdout
     m = Model.load(model_path, model=model, providers=providers)
-    print(f"{m.name}  ({m.path})", file=out)
+    print(f"{display(m.name)}  ({m.path})", file=out)
     print(f"provider: {m.provider}", file=out)
     for note in m.notes:
         print(f"  note: {note}", file=out)
     print(m.signature.describe(), file=out)
     for key in ("dslc.version", "dslc.spec_sha256"):
         if key in m.metadata:
-            print(f"{key}: {m.metadata[key]}", file=out)
+            print(f"{key}: {display(m.metadata[key])}", file=out)
     if m.labels:
-        print(
-            f"labels ({len(m.labels)}): {', '.join(m.labels[:10])}{' ...' if len(m.labels) > 10 else ''}",
-            file=out,
-        )
+        shown = ", ".join(display(label) for label in m.labels[:10])
+        print(f"labels ({len(m.labels)}): {shown}{' ...' if len(m.labels) > 10 else ''}", file=out)
     if m.vocab:
         print(f"vocab: {len(m.vocab)} tokens", file=out)
     return m
@@ -165,6 +195,10 @@ def bench_cli(
 ) -> list[BenchResult]:
     """Print latency percentiles (p50/p90/p99) and throughput per provider and batch size."""
     out = stream or sys.stdout
+    if iterations < 1 or warmup < 0:
+        raise InputError(
+            f"bench needs iterations >= 1 and warmup >= 0 (got {iterations}, {warmup})"
+        )
     results: list[BenchResult] = []
     print(
         f"{'provider':<28} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'samples/s':>11}",
@@ -202,16 +236,14 @@ def bench_cli(
     return results
 
 
-def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep:
-            name, value = "", item
-        if name in pairs:
-            raise SystemExit(f"{what} {name or '(unnamed)'} given twice")
-        pairs[name] = value
-    return pairs
+def _sizes(text: str, what: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not sizes or any(size < 1 for size in sizes):
+        raise InputError(f"{what} must be positive integers, got {text!r}")
+    return sizes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -251,21 +283,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_info.add_argument("--providers", default="auto")
 
     args = parser.parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # names from model files may not fit the encoding
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         if args.command == "run":
             run_cli(
                 args.model,
-                _pairs(args.input, "input"),
+                parse_pairs(args.input, "input"),
                 args.output_dir,
                 providers=args.providers,
                 model=args.model_name,
             )
         elif args.command == "bench":
-            dims = {k: int(v) for k, v in _pairs(args.dim, "dim").items()}
+            dims = {k: _sizes(v, f"--dim {k}")[0] for k, v in parse_pairs(args.dim, "dim").items()}
             bench_cli(
                 args.model,
                 [p.strip() for p in args.providers.split(",") if p.strip()],
-                [int(b) for b in args.batch_sizes.split(",")],
+                _sizes(args.batch_sizes, "--batch-sizes"),
                 args.iterations,
                 warmup=args.warmup,
                 model=args.model_name,

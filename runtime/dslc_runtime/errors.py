@@ -17,3 +17,11 @@ class InputError(DslcRuntimeError, ValueError):
 
 class ProviderError(DslcRuntimeError):
     """A requested execution provider (CUDA, TensorRT) is not usable."""
+
+
+class RunError(DslcRuntimeError, RuntimeError):
+    """onnxruntime failed while running valid-looking inputs (out of memory, a node failed)."""
+
+
+class OutputError(DslcRuntimeError):
+    """Outputs cannot be saved (unwritable folder, values that cannot be stored as .npy)."""

@@ -16,18 +16,20 @@ import numpy as np
 import onnxruntime as ort
 
 from . import providers as _providers
+from ._files import sha256_of
+from ._manifest import Resolved, check_ports, resolve
 from ._onnx_scan import check_external_data, scan_file
-from .errors import InputError, ModelError, ProviderError
+from .errors import DslcRuntimeError, InputError, ModelError, ProviderError, RunError
 from .signature import (
     Signature,
     describe_values,
+    display,
     dtype_from_ort,
     dtype_name,
     input_error,
     merge_spec,
+    quoted,
 )
-
-MANIFEST = "manifest.json"
 
 _OPT_LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
@@ -68,77 +70,8 @@ def clean_ort_message(message: str) -> str:
     return text
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _is_torch(x: Any) -> bool:
     return type(x).__module__.split(".", 1)[0] == "torch"
-
-
-def _inside(folder: Path, relative: str, what: str) -> Path:
-    parts = relative.replace("\\", "/").split("/")
-    target = (folder / relative).resolve()
-    if os.path.isabs(relative) or ".." in parts or not target.is_relative_to(folder.resolve()):
-        raise ModelError(f"{what} {relative!r} points outside the build directory {folder}")
-    return target
-
-
-def _resolve(
-    path: Path, model: str | None
-) -> tuple[Path, dict[str, Any] | None, dict[str, Any] | None]:
-    """Find the ONNX file for ``path`` (file, build dir, manifest); return (onnx, entry, manifest)."""
-    if path.is_dir():
-        manifest_path = path / MANIFEST
-        if not manifest_path.is_file():
-            candidates = sorted(path.glob("*.onnx"))
-            if model is not None:
-                candidates = [c for c in candidates if c.stem == model]
-            if len(candidates) != 1:
-                names = ", ".join(c.name for c in sorted(path.glob("*.onnx"))) or "none"
-                raise ModelError(
-                    f"{path} has no {MANIFEST} and no single matching .onnx file "
-                    f"(found: {names}); pass the .onnx path or model=NAME"
-                )
-            return candidates[0], None, None
-    elif path.name == MANIFEST or path.suffix == ".json":
-        manifest_path = path
-    elif path.exists():
-        return path, None, None
-    else:
-        raise ModelError(f"model not found: {path}")
-
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        entries = manifest["models"]
-        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            raise TypeError("'models' must be a list of objects")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelError(f"invalid manifest {manifest_path}: {exc}") from None
-    names = [str(e.get("name")) for e in entries]
-    if model is None:
-        if len(entries) != 1:
-            raise ModelError(
-                f"{manifest_path} describes {len(entries)} models ({', '.join(names)}); "
-                "choose one with model=NAME"
-            )
-        entry = entries[0]
-    else:
-        matches = [e for e in entries if e.get("name") == model]
-        if not matches:
-            raise ModelError(
-                f"no model {model!r} in {manifest_path}; available: {', '.join(names)}"
-            )
-        entry = matches[0]
-    onnx_name = entry.get("onnx") or f"{entry.get('name')}.onnx"
-    onnx_path = _inside(manifest_path.parent, str(onnx_name), "manifest entry 'onnx'")
-    if not onnx_path.is_file():
-        raise ModelError(f"{manifest_path} lists {onnx_name!r} but {onnx_path} does not exist")
-    return onnx_path, entry, manifest
 
 
 def _json_meta(metadata: Mapping[str, str], key: str, path: Path) -> Any:
@@ -147,15 +80,18 @@ def _json_meta(metadata: Mapping[str, str], key: str, path: Path) -> Any:
         return None
     try:
         return json.loads(raw)
+    except RecursionError:
+        raise ModelError(f"{path}: metadata {key!r} is JSON nested too deeply") from None
     except ValueError:
         raise ModelError(f"{path}: metadata {key!r} is not valid JSON") from None
 
 
 def _string_list(value: Any, key: str, path: Path) -> list[str] | None:
+    """Labels or tokens as strings; numbers are accepted (``[0, 1]``), containers are not."""
     if value is None:
         return None
-    if not isinstance(value, list):
-        raise ModelError(f"{path}: {key} must be a JSON list")
+    if not isinstance(value, list) or not all(isinstance(v, str | int | float) for v in value):
+        raise ModelError(f"{path}: {key} must be a JSON list of strings")
     return [str(v) for v in value]
 
 
@@ -163,6 +99,47 @@ def _declared(items: Any) -> dict[str, dict[str, Any]]:
     if not isinstance(items, list):
         return {}
     return {str(d["name"]): d for d in items if isinstance(d, dict) and "name" in d}
+
+
+def _graph_signature(
+    session: ort.InferenceSession, resolved: Resolved, metadata: Mapping[str, str]
+) -> Signature:
+    """Names, dtypes and shapes from the graph; docs and dim names from the manifest or metadata."""
+    path, entry = resolved.onnx_path, resolved.entry
+    decl_inputs = _declared(entry and entry.inputs) or _declared(
+        _json_meta(metadata, "dslc.inputs", path)
+    )
+    decl_outputs = _declared(entry and entry.outputs) or _declared(
+        _json_meta(metadata, "dslc.outputs", path)
+    )
+    try:  # onnxruntime decodes names lazily, on attribute access
+        return Signature(
+            tuple(
+                merge_spec(i.name, dtype_from_ort(i.type), i.shape, decl_inputs.get(i.name))
+                for i in session.get_inputs()
+            ),
+            tuple(
+                merge_spec(o.name, dtype_from_ort(o.type), o.shape, decl_outputs.get(o.name))
+                for o in session.get_outputs()
+            ),
+        )
+    except UnicodeDecodeError:
+        raise ModelError(
+            f"{path}: an input or output name or dimension is not valid UTF-8 (corrupt file?)"
+        ) from None
+
+
+def _ort_error_types() -> tuple[type[BaseException], ...]:
+    """What a session run raises: onnxruntime's pybind exception types, RuntimeError, MemoryError."""
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as state
+    except ImportError:  # a layout change: the built-in types below still cover most failures
+        return (RuntimeError, MemoryError)
+    own = [t for t in vars(state).values() if isinstance(t, type) and issubclass(t, Exception)]
+    return (*own, RuntimeError, MemoryError)
+
+
+_ORT_ERRORS = _ort_error_types()
 
 
 class Model:
@@ -251,7 +228,8 @@ class Model:
             optimization: graph optimization level: ``all`` (default), ``extended``, ``basic``,
                 ``none``.
         """
-        onnx_path, entry, manifest = _resolve(Path(path), model)
+        resolved = resolve(Path(path), model)
+        onnx_path = resolved.onnx_path
         scan = scan_file(onnx_path)
         check_external_data(onnx_path, scan)
         metadata = dict(scan.metadata)
@@ -304,29 +282,16 @@ class Model:
         if wanted != active[0]:
             notes.append(f"{wanted} failed to initialise; running on {active[0]}")
 
-        decl_inputs = _declared(entry.get("inputs") if entry else None) or _declared(
-            _json_meta(metadata, "dslc.inputs", onnx_path)
-        )
-        decl_outputs = _declared(entry.get("outputs") if entry else None) or _declared(
-            _json_meta(metadata, "dslc.outputs", onnx_path)
-        )
-        signature = Signature(
-            tuple(
-                merge_spec(i.name, dtype_from_ort(i.type), i.shape, decl_inputs.get(i.name))
-                for i in session.get_inputs()
-            ),
-            tuple(
-                merge_spec(o.name, dtype_from_ort(o.type), o.shape, decl_outputs.get(o.name))
-                for o in session.get_outputs()
-            ),
-        )
+        signature = _graph_signature(session, resolved, metadata)
+        check_ports(resolved, signature)
+        entry = resolved.entry
         labels = _string_list(
-            _json_meta(metadata, "dslc.labels", onnx_path) or (entry or {}).get("labels"),
+            _json_meta(metadata, "dslc.labels", onnx_path) or (entry and entry.labels),
             "dslc.labels",
             onnx_path,
         )
         vocab = _string_list(
-            _json_meta(metadata, "dslc.vocab", onnx_path) or (entry or {}).get("vocab"),
+            _json_meta(metadata, "dslc.vocab", onnx_path) or (entry and entry.vocab),
             "dslc.vocab",
             onnx_path,
         )
@@ -346,7 +311,7 @@ class Model:
             metadata=metadata,
             labels=labels,
             vocab=vocab,
-            manifest=manifest,
+            manifest=resolved.manifest,
             notes=notes,
             device_id=device_id,
             cuda_graph=enable_cuda_graph,
@@ -392,16 +357,41 @@ class Model:
         and outputs stay on the device.
         """
         feeds: Mapping[str, Any] = inputs if not kwargs else {**(inputs or {}), **kwargs}
-        if type(feeds) is dict and self._fast_check(feeds):
-            names = self._output_names
-            return dict(zip(names, self._run_fn(names, feeds, None), strict=True))
+        try:  # free in CPython 3.11+ unless something is raised
+            if type(feeds) is dict and self._fast_check(feeds):
+                names = self._output_names
+                return dict(zip(names, self._run_fn(names, feeds, None), strict=True))
+            return self._run_checked(feeds)
+        except DslcRuntimeError:
+            raise
+        except _ORT_ERRORS as exc:
+            raise self._run_error(exc, feeds) from None
+
+    def _run_error(self, exc: BaseException, feeds: Mapping[str, Any]) -> RunError:
+        """onnxruntime's failure as a :class:`RunError` naming the model and the input shapes."""
+        if isinstance(exc, MemoryError):
+            reason = "out of memory"
+        else:
+            reason = clean_ort_message(str(exc)) or type(exc).__name__
+        return RunError(
+            f"onnxruntime failed to run {quoted(self.name)} ({self.path}) on "
+            f"{describe_values(feeds) or 'no inputs'}: {reason}"
+        )
+
+    def _run_numpy(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+        """One plain session run of validated numpy inputs."""
+        try:
+            outputs = self._run_fn(self._output_names, feeds, None)
+        except _ORT_ERRORS as exc:
+            raise self._run_error(exc, feeds) from None
+        return dict(zip(self._output_names, outputs, strict=True))
+
+    def _run_checked(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         arrays, special = self._prepare(feeds)
         if self._cuda_graph is not None:
             return self._cuda_graph.run(arrays, special)
         if special is None:
-            return dict(
-                zip(self._output_names, self._run_fn(self._output_names, arrays, None), strict=True)
-            )
+            return self._run_numpy(arrays)
         if special == "device":
             return self._run_iobinding(arrays)
         outputs = self._run_fn(self._output_names, arrays, None)
@@ -508,9 +498,9 @@ class Model:
         unknown = [k for k in feeds if k not in self._input_names]
         missing = [n for n in self.signature.input_names if n not in feeds]
         if unknown:
-            problems.append(f"unknown input(s): {', '.join(map(str, unknown))}")
+            problems.append(f"unknown input(s): {', '.join(display(str(k)) for k in unknown)}")
         if missing:
-            problems.append(f"missing input(s): {', '.join(missing)}")
+            problems.append(f"missing input(s): {', '.join(map(display, missing))}")
         return input_error(
             self.signature, problems, describe_values({str(k): v for k, v in feeds.items()})
         )
@@ -581,15 +571,7 @@ class Model:
             feed = {
                 n: (a[start : start + batch_size] if n in batched else a) for n, a in arrays.items()
             }
-            chunks.append(
-                dict(
-                    zip(
-                        self._output_names,
-                        self._run_fn(self._output_names, feed, None),
-                        strict=True,
-                    )
-                )
-            )
+            chunks.append(self._run_numpy(feed))
         return {
             n: np.concatenate([c[n] for c in chunks], axis=0) if n in concat else chunks[0][n]
             for n in self._output_names
@@ -698,7 +680,7 @@ def _cached_source(
     """Return the path to load and, when the cache is cold, (temp, final) to publish afterwards."""
     key_src = json.dumps(
         [
-            _sha256(onnx_path),
+            sha256_of(onnx_path, "model file", ModelError),
             ort.__version__,
             platform.machine(),
             optimization,

@@ -49,8 +49,27 @@ def dtype_name(dtype: Any) -> str:
     return name
 
 
+DISPLAY_LIMIT = 120
+
+
+def display(text: str, limit: int = DISPLAY_LIMIT) -> str:
+    """``text`` safe to print: control and unprintable characters escaped, long text shortened.
+
+    Names come from untrusted model files; printed raw, a newline or an escape sequence would
+    forge output lines or drive the terminal, and lone surrogates would fail to encode.
+    """
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def quoted(text: str, limit: int = DISPLAY_LIMIT) -> str:
+    """``repr`` of ``text`` shortened to ``limit`` (repr already escapes unprintable characters)."""
+    return repr(text if len(text) <= limit else f"{text[: limit - 3]}...")
+
+
 def _fmt_dim(d: Dim) -> str:
-    return "?" if d is None else str(d)
+    return "?" if d is None else display(str(d))
 
 
 @dataclass(frozen=True)
@@ -81,8 +100,9 @@ class TensorSpec:
             return None
 
     def __str__(self) -> str:
-        text = f"{self.name}: {self.dtype}[{', '.join(_fmt_dim(d) for d in self.shape)}]"
-        return f"{text}  # {self.doc}" if self.doc else text
+        dims = ", ".join(_fmt_dim(d) for d in self.shape)
+        text = f"{display(self.name)}: {display(self.dtype)}[{dims}]"
+        return f"{text}  # {display(self.doc)}" if self.doc else text
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "doc": self.doc}

@@ -68,12 +68,7 @@ def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                     }
                 ],
             },
-            {
-                "name": "generator",
-                "onnx": "generator.onnx",
-                "inputs": [],
-                "outputs": [],
-            },
+            {"name": "generator", "onnx": "generator.onnx"},  # no ports listed: metadata gives docs
         ],
     }
     (root / "manifest.json").write_text(json.dumps(manifest))

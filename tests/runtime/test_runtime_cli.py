@@ -40,7 +40,7 @@ def test_run_cli_function(tmp_path, models):
     np.testing.assert_allclose(results["logits"], expected)
     np.testing.assert_allclose(np.load(tmp_path / "out" / "logits.npy"), expected)
     assert "logits: float32[2, 3]" in out.getvalue()
-    with pytest.raises(InputError, match="cannot read input"):
+    with pytest.raises(InputError, match="input .image. file not found"):
         run_cli(models.classifier, {"image": tmp_path / "missing.npy"}, stream=io.StringIO())
 
 
