@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from dslc.errors import Loc
 
@@ -246,3 +247,8 @@ class Program:
     doc: str | None
     items: list[Item]
     comments: dict[int, str]  # line -> comment text, for carrying into generated code
+
+    @cached_property
+    def lines(self) -> list[str]:
+        """The source split at \\n, as the lexer counts lines."""
+        return self.source.split("\n")

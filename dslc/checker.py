@@ -9,33 +9,17 @@ several independent mistakes.
 from __future__ import annotations
 
 import hashlib
-import operator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dslc import ast, ir
+from dslc import ast, consteval, ir
 from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error
 from dslc.layers import REGISTRY, AxisName, Op, ShapeError
 from dslc.loader import RESERVED, FileScope, Loader, check_identifier, parse_override
 from dslc.params import BindError, brief, coerce, dsl_value, signature
 from dslc.shapes import DTYPES, Sym, TensorType, broadcast
 
-STATIC_OPS = {
-    "+": operator.add,
-    "-": operator.sub,
-    "*": operator.mul,
-    "/": operator.truediv,
-    "//": operator.floordiv,
-    "%": operator.mod,
-    "**": operator.pow,
-    "==": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
 COMPARISONS = {"==", "!=", "<", "<=", ">", ">="}
 MAX_REPEAT = 1024
 PARAM_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
@@ -205,6 +189,8 @@ class BodyChecker:
         self.inputs: list[ir.Port] = []
         self.outputs: list[ir.Port] = []
         self.current: ast.Stmt | None = None
+        self.emitted_locs: set[Loc] = set()
+        self.next_index: dict[str, int] = {}  # auto_attr's next number per prefix
         self.reserved = self._named_stages(block.body) if block else set()
 
     @property
@@ -348,7 +334,8 @@ class BodyChecker:
     def emit(self, stmt: ir.Stmt) -> None:
         current = self.current
         if current is not None:
-            if not any(s.loc == current.loc for s in self.body):
+            if current.loc not in self.emitted_locs:  # a statement's comments go before its first line only
+                self.emitted_locs.add(current.loc)
                 stmt.comments = list(current.comments)
             stmt.source = _source_text(self.scope, current.loc)
         self.body.append(stmt)
@@ -360,9 +347,10 @@ class BodyChecker:
 
     def fresh(self, stem: str) -> str:
         stem = stem or "h"
-        name, n = stem, 1
+        name, n = stem, self.next_index.get(f"local {stem}", 1)
         while name in self.locals or name in self.env:
             name, n = f"{stem}{n}", n + 1
+        self.next_index[f"local {stem}"] = n
         self.locals.add(name)
         return name
 
@@ -477,11 +465,12 @@ class BodyChecker:
         if expr.op == "/" and isinstance(left, Sym):
             self.fail(expr.loc, "symbolic sizes divide with //")
         try:
-            return STATIC_OPS[expr.op](left, right)
-        except ZeroDivisionError:
-            self.fail(expr.loc, "division by zero")
-        except TypeError:
-            self.fail(expr.loc, f"cannot apply '{expr.op}' to {brief(left)} and {brief(right)}")
+            return consteval.apply(expr.op, left, right)
+        except consteval.ConstError as exc:
+            message = str(exc)
+            if message.startswith("cannot apply"):
+                message += f" to {brief(left)} and {brief(right)}"
+            self.fail(expr.loc, message)
 
     def tensor_binop(self, expr: ast.BinOp, left: Any, right: Any) -> ir.Expr:
         operands = []
@@ -546,9 +535,9 @@ class BodyChecker:
         if isinstance(value, ir.Expr):
             return ir.UnaryOp(value.types, "-", value)
         try:
-            return -value
-        except TypeError:
-            self.fail(expr.loc, f"cannot negate {brief(value)}")
+            return consteval.negate(value)
+        except consteval.ConstError as exc:
+            self.fail(expr.loc, f"{exc} {brief(value)}" if str(exc) == "cannot negate" else str(exc))
 
     def index(self, expr: ast.Index) -> Any:
         value = self.ev(expr.value)
@@ -904,9 +893,10 @@ class BodyChecker:
     def auto_attr(self, prefix: str) -> str:
         if prefix[-1:].isdigit():
             prefix += "_"  # b2 -> b2_1, not b21
-        n = 1
+        n = self.next_index.get(prefix, 1)
         while f"{prefix}{n}" in self.attrs or f"{prefix}{n}" in self.reserved:
             n += 1
+        self.next_index[prefix] = n + 1
         return f"{prefix}{n}"
 
     def _record(self, loc: Loc, module: str, what: str, outputs: list[TensorType], params: int) -> None:
@@ -1028,7 +1018,7 @@ def _slice_size(size, s: ir.SliceItem):
 def _source_text(scope: FileScope, loc: Loc) -> str:
     """The statement's spec text (without trailing comments) on one line, whitespace collapsed."""
     comments = scope.program.comments  # found by the lexer, so a '#' inside a string is not one
-    source_lines = scope.program.source.split("\n")
+    source_lines = scope.program.lines
     lines = []
     for number in range(loc.line, (loc.end_line or loc.line) + 1):
         line = source_lines[number - 1]

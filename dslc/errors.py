@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import functools
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 DOCS_URL = "docs/reference.md"
+MAX_SHOWN = 50  # diagnostics printed per run; the count says how many more there were
 
 
 @dataclass(frozen=True)
@@ -45,17 +49,32 @@ class Diagnostic:
         return "\n".join(lines)
 
 
+CARET_WIDTH = 100  # a longer source line is shown as a window around the column
+
+
+@functools.lru_cache(maxsize=8)
+def _split_lines(source: str) -> list[str]:
+    return source.split("\n")  # the lexer counts only \n as a line break
+
+
 def caret_lines(source: str, loc: Loc) -> list[str]:
-    src_lines = source.split("\n")  # the lexer counts only \n as a line break
+    src_lines = _split_lines(source)
     if not 1 <= loc.line <= len(src_lines):
         return []
     text = src_lines[loc.line - 1].expandtabs(4).rstrip()
+    col = loc.col
     width = 1
     if loc.end_line == loc.line and loc.end_col and loc.end_col > loc.col:
         width = loc.end_col - loc.col
-    width = max(1, min(width, len(text) - loc.col + 1))
+    if len(text) > CARET_WIDTH:
+        start = max(0, min(col - 1 - CARET_WIDTH // 2, len(text) - CARET_WIDTH))
+        prefix = "..." if start else ""
+        suffix = "..." if start + CARET_WIDTH < len(text) else ""
+        text = prefix + text[start : start + CARET_WIDTH] + suffix
+        col = col - start + len(prefix)
+    width = max(1, min(width, len(text) - col + 1))
     gutter = f"{loc.line:>5} | "
-    return [gutter + text, " " * (len(gutter) + loc.col - 1) + "^" * width]
+    return [gutter + text, " " * (len(gutter) + col - 1) + "^" * width]
 
 
 class DslcError(Exception):
@@ -67,7 +86,10 @@ class DslcError(Exception):
         super().__init__(self.render())
 
     def render(self) -> str:
-        return "\n".join(d.render(self.sources) for d in self.diagnostics)
+        shown = [d.render(self.sources) for d in self.diagnostics[:MAX_SHOWN]]
+        if len(self.diagnostics) > MAX_SHOWN:
+            shown.append(f"... and {len(self.diagnostics) - MAX_SHOWN:,} more errors")
+        return "\n".join(shown)
 
 
 def error(loc: Loc | None, message: str, hint: str | None = None, section: str | None = None) -> DslcError:
@@ -87,9 +109,11 @@ class Reporter:
 
     sources: dict[str, str] = field(default_factory=dict)
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    seen: set[tuple[Loc | None, str]] = field(default_factory=set)
 
     def add(self, diag: Diagnostic) -> None:
-        if not any(d.loc == diag.loc and d.message == diag.message for d in self.diagnostics):
+        if (diag.loc, diag.message) not in self.seen:
+            self.seen.add((diag.loc, diag.message))
             self.diagnostics.append(diag)
 
     def error(self, loc: Loc | None, message: str, hint: str | None = None, section: str | None = None) -> None:
@@ -105,12 +129,41 @@ class Reporter:
             raise DslcError(list(self.diagnostics), dict(self.sources))
 
 
+MAX_SOURCE_BYTES = 4 * 1024 * 1024  # the parser refuses specs over 128 Ki characters; this bounds the read
+
+
 def read_source(path: str | Path) -> str:
+    """A spec's text. Only regular files are read (a FIFO or device would block or never end)."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise error(None, f"{path}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise error(None, f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise error(None, f"{path}: cannot read ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(None, f"{path}: not a regular file")
+        if info.st_size > MAX_SOURCE_BYTES:
+            raise error(None, f"{path}: {info.st_size:,} bytes is too large for a spec (at most {MAX_SOURCE_BYTES:,})")
+        try:
+            data = file.read(MAX_SOURCE_BYTES + 1)
+        except OSError as exc:
+            raise error(None, f"{path}: cannot read ({exc.strerror})") from None
+    if len(data) > MAX_SOURCE_BYTES:
+        raise error(None, f"{path}: too large for a spec (at most {MAX_SOURCE_BYTES:,} bytes)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(str(path), data, exc) from None
+
+
+def _not_utf8(path: str, data: bytes, exc: UnicodeDecodeError) -> DslcError:
+    before = data[: exc.start]
+    line = before.count(b"\n") + 1
+    line_start = before.rfind(b"\n") + 1
+    col = len(before[line_start:].decode("utf-8", errors="replace")) + 1
+    shown = data.decode("utf-8", errors="replace")
+    err = error(Loc(path, line, col), f"not UTF-8 text: byte 0x{data[exc.start]:02x} ({exc.reason})", "save the file as UTF-8")
+    err.sources[path] = shown
+    return err

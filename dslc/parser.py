@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ast as pyast
+import re
 from functools import cache
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
 
 from dslc import ast
@@ -34,6 +35,20 @@ TOKEN_NAMES = {
 }
 
 
+# Limits that keep every spec's compile time and memory small; each is reported at its location.
+MAX_SPEC_CHARS = 128 * 1024  # 20x the largest shipped spec; parsing costs about 20 us per token
+MAX_NESTING = 64  # brackets and braces; generated Python must stay below CPython's 200
+MAX_TREE_DEPTH = 200  # parse-tree levels, for chains without brackets (`- - x`, `a ** b ** c`)
+MAX_NAME_LENGTH = 128
+MAX_INT = 2**63 - 1  # the largest size PyTorch and ONNX can hold
+
+# Strings and comments are skipped whole, so brackets and names inside them do not count.
+_SCAN = re.compile(
+    r'"""(?:[^"\\]|\\.|"(?!""))*"""|"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*'
+    rf"|[A-Za-z_][A-Za-z0-9_]{{{MAX_NAME_LENGTH},}}|[(\[{{]|[)\]}}]"
+)
+
+
 @cache
 def _lark() -> Lark:
     return Lark(
@@ -48,7 +63,9 @@ def _lark() -> Lark:
 def parse(source: str, path: str = "<string>") -> ast.Program:
     """Parse one file. Raises DslcError with a located message on bad syntax."""
     try:
+        _check_limits(source, path)
         tree = _lark().parse(source)
+        _check_depth(tree, path, source)
         items, doc = _ToAst(path, source).transform(tree)
     except UnexpectedInput as exc:
         raise _syntax_error(exc, source, path) from None
@@ -56,11 +73,48 @@ def parse(source: str, path: str = "<string>") -> ast.Program:
         if isinstance(exc.orig_exc, DslcError):
             raise exc.orig_exc from None
         raise
-    except RecursionError:
+    except RecursionError:  # a safety net: _check_limits and _check_depth refuse such specs first
         raise error(Loc(path, 1, 1), "the spec is nested too deeply to compile") from None
     comments = _comments_by_line(source)
     _attach_comments(items, source, comments)
     return ast.Program(path=path, source=source, doc=doc, items=items, comments=comments)
+
+
+def _check_limits(source: str, path: str) -> None:
+    """Refuse, before parsing, what would make parsing or checking slow: size, nesting, long names."""
+    if len(source) > MAX_SPEC_CHARS:
+        raise _located(source, path, MAX_SPEC_CHARS, f"the spec is longer than {MAX_SPEC_CHARS:,} characters")
+    depth = 0
+    for match in _SCAN.finditer(source):
+        text = match.group()
+        if text in "([{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise _located(source, path, match.start(), f"brackets nest more than {MAX_NESTING} levels deep")
+        elif text in ")]}":
+            depth -= 1
+        elif text[0] not in "\"'#":
+            raise _located(source, path, match.start(), f"a name longer than {MAX_NAME_LENGTH} characters")
+
+
+def _check_depth(tree, path: str, source: str) -> None:
+    """Refuse trees too deep to transform and check without deep recursion (walked iteratively)."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_TREE_DEPTH:
+            meta = node.meta
+            raise error(Loc(path, meta.line, meta.column), f"the expression nests more than {MAX_TREE_DEPTH} levels deep",
+                        "split it into named steps")
+        stack.extend((child, depth + 1) for child in node.children if isinstance(child, Tree))
+
+
+def _located(source: str, path: str, pos: int, message: str) -> DslcError:
+    line = source.count("\n", 0, pos) + 1
+    col = pos - (source.rfind("\n", 0, pos) + 1) + 1
+    err = error(Loc(path, line, col), message)
+    err.sources[path] = source
+    return err
 
 
 def _syntax_error(exc: UnexpectedInput, source: str, path: str) -> DslcError:
@@ -111,9 +165,20 @@ def _string_value(tok: Token, path: str) -> str:
         raise error(_tok_loc(path, tok), f"bad string literal: {exc}") from None
 
 
-def _number(text: str) -> int | float:
-    text = text.replace("_", "")
-    return float(text) if any(c in text for c in ".eE") else int(text)
+def _number(tok: Token, path: str) -> int | float:
+    text = str(tok).replace("_", "")
+    if any(c in text for c in ".eE"):
+        value = float(text)
+        if value == float("inf"):
+            raise error(_tok_loc(path, tok), f"the number {_cut(text)} is too large")
+        return value
+    if len(text) > len(str(MAX_INT)) or int(text) > MAX_INT:
+        raise error(_tok_loc(path, tok), f"the integer {_cut(text)} is too large", "the largest is 2**63 - 1")
+    return int(text)
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= 24 else f"{text[:20]}... ({len(text):,} digits)"
 
 
 @v_args(meta=True)
@@ -237,10 +302,10 @@ class _ToAst(Transformer):
 
     # -- expressions
     def int_lit(self, meta, children):
-        return ast.Num(self._l(meta), _number(children[0]))
+        return ast.Num(self._l(meta), _number(children[0], self.path))
 
     def float_lit(self, meta, children):
-        return ast.Num(self._l(meta), _number(children[0]))
+        return ast.Num(self._l(meta), _number(children[0], self.path))
 
     def str_lit(self, meta, children):
         return ast.Str(self._l(meta), _string_value(children[0], self.path))

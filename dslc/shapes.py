@@ -17,6 +17,7 @@ FLOOR_ATOMS: dict[str, tuple[Sym, int]] = {}
 
 class Sym:
     __slots__ = ("terms",)
+    MAX_TERMS = 64  # a size with more terms than this is refused (products of sums grow fast)
 
     def __init__(self, terms: dict[Monomial, int]):
         self.terms = {m: c for m, c in terms.items() if c != 0}

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dslc import ast, ir
+from dslc import ast, consteval, ir
 from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error
 from dslc.loader import check_identifier, parse_override
 from dslc.params import BindError, P, bind, brief
@@ -315,15 +315,18 @@ class TrainChecker:
         if isinstance(expr, ast.UnaryOp) and expr.op == "-":
             value = self.static(expr.operand)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return -value
-        if isinstance(expr, ast.BinOp) and expr.op in "+-*/":
+                return self._arith(expr, consteval.negate, value)
+        if isinstance(expr, ast.BinOp) and expr.op in ("+", "-", "*", "/"):
             a, b = self.static(expr.left), self.static(expr.right)
             if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)):
-                try:
-                    return {"+": a + b, "-": a - b, "*": a * b}[expr.op] if expr.op != "/" else a / b
-                except ZeroDivisionError:
-                    raise self.fail(expr.loc, "division by zero") from None
+                return self._arith(expr, consteval.apply, expr.op, a, b)
         raise self.fail(expr.loc, "expected a number, string, bool or list here")
+
+    def _arith(self, expr: ast.Expr, function, *args) -> Any:
+        try:
+            return function(*args)
+        except consteval.ConstError as exc:
+            raise self.fail(expr.loc, str(exc)) from None
 
     def setting(self, settings: dict[str, ast.Setting], name: str, param: P) -> Any:
         s = settings.get(name)

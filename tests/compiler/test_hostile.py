@@ -95,7 +95,7 @@ def test_deep_nesting_is_a_clean_error(write_spec):
     result = subprocess.run([sys.executable, "-m", "dslc.cli", "check", str(spec)], capture_output=True, text=True)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert "nested too deeply" in result.stderr
+    assert "nest more than" in result.stderr
 
 
 def test_huge_repeat_is_refused(write_spec):
