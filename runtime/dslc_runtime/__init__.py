@@ -6,7 +6,7 @@
 >>> outputs = model(image=batch)              # dict of numpy arrays
 """
 
-from .errors import DslcRuntimeError, InputError, ModelError, ProviderError
+from .errors import DslcRuntimeError, InputError, ModelError, OutputError, ProviderError, RunError
 from .model import Model
 from .signature import Signature, TensorSpec
 
@@ -17,7 +17,9 @@ __all__ = [
     "InputError",
     "Model",
     "ModelError",
+    "OutputError",
     "ProviderError",
+    "RunError",
     "Signature",
     "TensorSpec",
     "__version__",

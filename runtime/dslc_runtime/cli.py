@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+import onnxruntime as ort
 
 from ._npy import load_npy
 from ._output_files import output_file_names, save_outputs
@@ -39,6 +40,11 @@ __all__ = [
 ]
 
 _DEFAULT_DIM = 16
+
+
+def _quiet_onnxruntime() -> None:
+    """Silence onnxruntime's own error log: its failures reach the user as dslc_runtime errors."""
+    ort.set_default_logger_severity(4)
 
 
 def _summary(name: str, value: Any) -> str:
@@ -93,6 +99,7 @@ def run_cli(
     write outside ``output_dir``.
     """
     out = stream or sys.stdout
+    _quiet_onnxruntime()
     m = Model.load(model_path, model=model, providers=providers)
     results = m.run(load_inputs(m, inputs))
     print(f"{display(m.name)} on {m.provider}", file=out)
@@ -120,6 +127,7 @@ def info_cli(
 ) -> Model:
     """Print a model's signature, provider and dslc metadata."""
     out = stream or sys.stdout
+    _quiet_onnxruntime()
     m = Model.load(model_path, model=model, providers=providers)
     print(f"{display(m.name)}  ({m.path})", file=out)
     print(f"provider: {m.provider}", file=out)

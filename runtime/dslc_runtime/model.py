@@ -46,7 +46,11 @@ _Check = tuple[
 ]
 
 
-_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_ORT_PREFIX = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_ORT_OUT_OF_MEMORY = re.compile(r"allocate memory|bad.alloc|storage size overflowed")
+# FATAL only: every onnxruntime error becomes an exception carrying its message, so logging
+# it too would print it twice (raw, with C++ source locations).
+_LOG_FATAL_ONLY = 4
 _ORT_LOCATION = re.compile(r"(?:/[^\s:]*/)?[\w-]+\.(?:cc|h|cpp):\d+ ")
 _CPP_FUNCTION = re.compile(r"[\w:<>,*&~ ]*::~?\w+\(")
 
@@ -245,7 +249,7 @@ class Model:
         options = session_options or ort.SessionOptions()
         options.graph_optimization_level = _OPT_LEVELS[optimization]
         if session_options is None:
-            options.log_severity_level = 3
+            options.log_severity_level = _LOG_FATAL_ONLY
         if intra_op_num_threads is not None:
             options.intra_op_num_threads = intra_op_num_threads
         if inter_op_num_threads is not None:
@@ -373,6 +377,8 @@ class Model:
             reason = "out of memory"
         else:
             reason = clean_ort_message(str(exc)) or type(exc).__name__
+            if _ORT_OUT_OF_MEMORY.search(reason):
+                reason += " (not enough memory for its tensors: try smaller inputs or batches)"
         return RunError(
             f"onnxruntime failed to run {quoted(self.name)} ({self.path}) on "
             f"{describe_values(feeds) or 'no inputs'}: {reason}"
