@@ -18,6 +18,7 @@ from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error
 from dslc.layers import REGISTRY, AxisName, Op, ShapeError
 from dslc.loader import RESERVED, FileScope, Loader, check_identifier, parse_override
 from dslc.params import BindError, brief, coerce, dsl_value, signature
+from dslc.pytext import PYTHON_NAMES
 from dslc.shapes import DTYPES, Sym, TensorType, broadcast
 
 COMPARISONS = {"==", "!=", "<", "<=", ">", ">="}
@@ -161,6 +162,8 @@ class Checker:
 
     def class_name_for(self, block: ast.BlockDef) -> str:
         base = "".join(p[:1].upper() + p[1:] for p in block.name.split("_") if p) if block.is_model else block.name
+        if not base or base in RESERVED or base in PYTHON_NAMES:  # model `_`, or `f` -> `F` (torch.nn.functional)
+            base += "Model"
         name, n = base, 2
         while name in self.class_names:
             name, n = f"{base}{n}", n + 1
@@ -192,6 +195,7 @@ class BodyChecker:
         self.emitted_locs: set[Loc] = set()
         self.next_index: dict[str, int] = {}  # auto_attr's next number per prefix
         self.reserved = self._named_stages(block.body) if block else set()
+        self.declared = _declared_names(block.body) if block else set()  # fresh temporaries avoid them all
 
     @property
     def reporter(self) -> Reporter:
@@ -273,7 +277,7 @@ class BodyChecker:
         self.env[stmt.name] = ir.Var([declared], stmt.name)
 
     def output_decl(self, stmt: ast.OutputDecl) -> None:
-        check_identifier(stmt.name, stmt.loc, "output")
+        check_identifier(stmt.name, stmt.loc, "output", role="script" if self.block.is_model else "variable")
         if stmt.value is not None:
             self.assign([stmt.name], stmt.value, stmt)
         value = self.env.get(stmt.name)
@@ -348,7 +352,7 @@ class BodyChecker:
     def fresh(self, stem: str) -> str:
         stem = stem or "h"
         name, n = stem, self.next_index.get(f"local {stem}", 1)
-        while name in self.locals or name in self.env:
+        while name in self.locals or name in self.env or name in self.declared:
             name, n = f"{stem}{n}", n + 1
         self.next_index[f"local {stem}"] = n
         self.locals.add(name)
@@ -647,8 +651,7 @@ class BodyChecker:
                 self.fail(stage.loc, "layers inside a named group are numbered; names are not allowed there")
             # A layer name only ever becomes an attribute (`self.NAME`), never a local variable, so the
             # names kept free for locals (`self`, as in HuggingFace's `attention.self`) are allowed.
-            if stage.name not in RESERVED:
-                check_identifier(stage.name, stage.loc, "layer name")
+            check_identifier(stage.name, stage.loc, "layer name", role="attribute")
             if stage.name in self.env:
                 self.fail(stage.loc, f"'{stage.name}' is already defined")
             return self.stage(stage.body, inputs, stage.name)
@@ -937,6 +940,21 @@ class BodyChecker:
                     names |= BodyChecker._named_stages(body)
                 names |= BodyChecker._named_stages(stmt.orelse)
         return names
+
+
+def _declared_names(stmts: list[ast.Stmt]) -> set[str]:
+    """Every input, output and assigned name of a body, in any branch."""
+    names: set[str] = set()
+    for stmt in stmts:
+        if isinstance(stmt, ast.Assign):
+            names.update(stmt.targets)
+        elif isinstance(stmt, (ast.InputDecl, ast.OutputDecl)):
+            names.add(stmt.name)
+        elif isinstance(stmt, ast.If):
+            for _, body in stmt.branches:
+                names |= _declared_names(body)
+            names |= _declared_names(stmt.orelse)
+    return names
 
 
 class _TensorList(list):

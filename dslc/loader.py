@@ -9,11 +9,12 @@ from typing import Any
 
 from dslc import ast
 from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error, read_source
-from dslc.layers import REGISTRY
+from dslc.layers import HELPERS, REGISTRY
 from dslc.parser import parse
+from dslc.pytext import MODEL_CODE_NAMES, MODULE_ATTRIBUTES, PYTHON_NAMES, TRAIN_SCRIPT_NAMES, TRAIN_SCRIPT_PREFIXES
 
 # Names generated code relies on; a spec may not rebind them.
-RESERVED = frozenset({"self", "torch", "nn", "F", "math", "super", "block", "final_hidden", "flat_lstm", "MODELS"})
+RESERVED = MODEL_CODE_NAMES | set(HELPERS)
 
 
 @dataclass
@@ -38,14 +39,27 @@ class FileScope:
         return [item for item in self.program.items if isinstance(item, ast.BlockDef)]
 
 
-def check_identifier(name: str, loc: Loc, what: str) -> None:
-    """Spec names become Python identifiers in generated code: refuse anything that is not safe."""
+def check_identifier(name: str, loc: Loc, what: str, role: str = "variable") -> None:
+    """Spec names become Python names in generated code: refuse anything unsafe for their role.
+
+    `variable`: a variable or class of the model code (no keyword, builtin or generator name);
+    `script`: also a variable of the training script (models, model outputs, train tensors);
+    `attribute`: a layer, stored as `self.NAME` (no nn.Module attribute); `constant`: compile time only.
+    """
     if not name.isidentifier() or not name.isascii():
         raise error(loc, f"{what} '{name}' is not a valid identifier")
-    if keyword.iskeyword(name) or name in RESERVED:
-        raise error(loc, f"{what} '{name}' is reserved in the generated Python code; choose another name")
     if name.startswith("__"):
         raise error(loc, f"{what} '{name}' may not start with two underscores")
+    if keyword.iskeyword(name):
+        raise error(loc, f"{what} '{name}' is a Python keyword; choose another name")
+    if role == "attribute":
+        if name in MODULE_ATTRIBUTES or name.startswith("_"):
+            raise error(loc, f"{what} '{name}' would replace nn.Module's own '{name}'; choose another name")
+        return
+    if name in RESERVED or (role != "constant" and name in PYTHON_NAMES):
+        raise error(loc, f"{what} '{name}' is a name the generated Python code uses; choose another name")
+    if role == "script" and (name in TRAIN_SCRIPT_NAMES or name.startswith(TRAIN_SCRIPT_PREFIXES)):
+        raise error(loc, f"{what} '{name}' is a name the generated training script uses; choose another name")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -104,7 +118,7 @@ class Loader:
                 if isinstance(item, ast.Import):
                     self._import(scope, item, base)
                 elif isinstance(item, ast.Const):
-                    check_identifier(item.name, item.loc, "constant")
+                    check_identifier(item.name, item.loc, "constant", role="constant")
                     if item.name in scope.consts:
                         raise error(item.loc, f"constant '{item.name}' is defined twice")
                     value = self.evaluate_const(item.value, scope)
@@ -116,7 +130,7 @@ class Loader:
                     scope.consts[item.name] = value
                     scope.const_locs[item.name] = item.loc
                 elif isinstance(item, ast.BlockDef):
-                    check_identifier(item.name, item.loc, "model" if item.is_model else "block")
+                    check_identifier(item.name, item.loc, "model" if item.is_model else "block", role="script" if item.is_model else "variable")
                     if item.name in REGISTRY:
                         raise error(item.loc, f"'{item.name}' is a built-in layer; give the {'model' if item.is_model else 'block'} another name")
                     if item.name in scope.blocks and scope.blocks[item.name][1] is scope:
@@ -141,7 +155,7 @@ class Loader:
                     known = list(other.blocks) + list(other.consts)
                     raise error(item.loc, f"'{item.path}' defines no '{name}'", did_you_mean(name, known))
         elif item.alias:
-            check_identifier(item.alias, item.loc, "import alias")
+            check_identifier(item.alias, item.loc, "import alias", role="constant")
             scope.aliases[item.alias] = other
         else:
             scope.blocks.update(other.blocks)

@@ -9,12 +9,45 @@ name; every other generated name is a spec identifier checked by `dslc.loader.ch
 
 from __future__ import annotations
 
+import builtins
 import json
 import keyword
 import re
 import sys
 import unicodedata
 from typing import Any
+
+# Names a spec may not give to what becomes a Python variable, class or attribute. Each set is
+# checked against the generated code by tests/compiler/test_names.py, so it cannot fall behind.
+PYTHON_NAMES = frozenset(keyword.kwlist + keyword.softkwlist + [n for n in dir(builtins) if not n.startswith("_")])
+# Module-level and forward() names of the model code (helper functions are added by the loader).
+MODEL_CODE_NAMES = frozenset({"self", "torch", "nn", "F", "math", "block", "annotations", "MODELS"})
+# Names the training script binds; a model, a model output or a train tensor becomes a variable there.
+TRAIN_SCRIPT_NAMES = frozenset(
+    {
+        "BATCH_SIZE", "CONFIG", "DEVICE", "MODELS", "Path", "SPEC", "annotations", "args", "argv", "batch", "batches",
+        "epoch", "epochs", "eval_batches", "evaluate", "i", "load_data", "loss", "loss_sums", "lr_factor", "main",
+        "math", "model", "models", "n", "name", "nn", "outputs", "p", "params", "prepare", "progress", "record", "rt",
+        "run", "seed", "sets", "start_epoch", "step", "steps_per_epoch", "sys", "torch", "F", "total", "totals",
+        "train_batches", "train_models", "warmup", "optimizer", "scheduler", "data",
+    }
+)  # fmt: skip
+TRAIN_SCRIPT_PREFIXES = ("step_", "make_optimizer_", "optimizer_", "scheduler_", "scaler_", "params_")
+# nn.Module's own attributes: a layer named `forward` or `training` would replace them.
+MODULE_ATTRIBUTES = frozenset(
+    {
+        "T_destination", "add_module", "apply", "bfloat16", "buffers", "call_super_init", "children", "compile",
+        "cpu", "cuda", "double", "dump_patches", "eval", "extra_repr", "float", "forward", "get_buffer",
+        "get_extra_state", "get_parameter", "get_submodule", "half", "ipu", "load_state_dict", "modules", "mtia",
+        "named_buffers", "named_children", "named_modules", "named_parameters", "parameters",
+        "register_backward_hook", "register_buffer", "register_forward_hook", "register_forward_pre_hook",
+        "register_full_backward_hook", "register_full_backward_pre_hook", "register_load_state_dict_post_hook",
+        "register_load_state_dict_pre_hook", "register_module", "register_parameter",
+        "register_state_dict_post_hook", "register_state_dict_pre_hook", "requires_grad_", "set_extra_state",
+        "set_submodule", "share_memory", "state_dict", "to", "to_empty", "train", "training", "type", "xpu",
+        "zero_grad",
+    }
+)  # fmt: skip
 
 MAX_MODULE_NAME = 64  # keeps `<name>_train.py` far below any file system's name limit
 

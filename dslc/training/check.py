@@ -43,7 +43,6 @@ STEP_SETTINGS = {
     "accumulate": "accumulate = 4  (micro-batches per optimizer step)",
 }
 # Names the generated training script uses for its own variables.
-TRAIN_RESERVED = {"BATCH_SIZE", "batch", "loss", "models", "outputs", "DEVICE", "args", "run", "rt", "epoch", "step"}
 
 
 class _CheckFailedError(Exception):
@@ -288,10 +287,9 @@ class TrainChecker:
                 self.fail(item.loc, f"unknown setting '{item.name}'", did_you_mean(item.name, known) or f"settings: {', '.join(sorted(known))}")
             else:
                 try:
-                    check_identifier(item.name, item.loc, "tensor")
-                    if item.name in TRAIN_RESERVED or item.name in self.models:
-                        what = "a model" if item.name in self.models else "reserved in the generated training script"
-                        raise error(item.loc, f"'{item.name}' is {what}; choose another name")
+                    check_identifier(item.name, item.loc, "tensor", role="script")
+                    if item.name in self.models:
+                        raise error(item.loc, f"'{item.name}' is a model; choose another name")
                 except DslcError as exc:
                     self.reporter.extend(exc)
                     continue
