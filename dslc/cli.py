@@ -264,9 +264,9 @@ def train(spec, out_dir, epochs, batch_size, seed, device, overrides, resume, np
       dslc train specs/cnn.model --out runs/cnn --epochs 5
     """
     from dslc.training.command import prepare_run, run_script
+    from dslc.training.runtime import run_folder_locked
 
     out = Path(out_dir or Path("runs") / module_name(Path(spec).stem))
-    script = prepare_run(spec, out, list(overrides), resume)
     argv = ["--out", str(out), "--device", device]
     for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--seed", seed)):
         if value is not None:
@@ -274,8 +274,10 @@ def train(spec, out_dir, epochs, batch_size, seed, device, overrides, resume, np
     argv += [flag for flag, on in (("--resume", resume), ("--amp", amp), ("--compile", compile_), ("--quiet", quiet)) if on]
     for item in weights:
         argv += ["--weights", item]
-    click.echo(f"wrote {script} (the training code that runs now)")
-    run_script(script, argv, nproc)
+    with run_folder_locked(out):  # one run at a time writes a run folder
+        script = prepare_run(spec, out, list(overrides), resume)
+        click.echo(f"wrote {script} (the training code that runs now)")
+        run_script(script, argv, nproc)
 
 
 @main.command()

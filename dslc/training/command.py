@@ -13,7 +13,9 @@ from dslc.fileio import write_atomic
 
 
 def prepare_run(spec: str | Path, out: Path, overrides: list[str], resume: bool) -> Path:
-    """Write `<stem>.py`, `<stem>_train.py` and a copy of the spec into `out`; return the script path."""
+    """Write `<stem>.py`, `<stem>_train.py` and a copy of the spec into `out`; return the script path. With --resume,
+    first check that the spec, its --set values and the train settings are those of the checkpoint, so that a refused
+    resume leaves the run folder as it was (the script checks the flags it is given: --epochs, --amp, ...)."""
     from dslc.checker import check_file
     from dslc.emit_torch import emit_program
     from dslc.emit_train import emit_train_script
@@ -29,15 +31,22 @@ def prepare_run(spec: str | Path, out: Path, overrides: list[str], resume: bool)
     if found and not resume:
         raise error(None, f"{out} already holds a run ({found[-1].name})", "pass --resume to continue it, or choose another --out")
     if found and resume:
-        _, _, meta = ckpt.load(found[-1])
-        if meta["spec_sha256"] != program.sha256:
-            raise error(None, f"cannot resume from {found[-1]}: the spec changed since it was written",
-                        "resume with the spec the run started with, or start a new run with another --out")
+        _check_resumable(out / "checkpoints", program.sha256, consts, program.train.settings)
     script = out / f"{stem}_train.py"
     write_atomic(out / f"{stem}.py", emit_program(program))
     write_atomic(script, emit_train_script(program, consts, settings))
     write_atomic(out / Path(spec).name, program.source)
     return script
+
+
+def _check_resumable(folder: Path, sha256: str, consts: list[str], settings: dict) -> None:
+    """The checks of the training script's --resume that need no flag (it checks --epochs, --amp, ... itself)."""
+    from dslc.training import checkpoint as ckpt
+
+    latest = ckpt.load_latest(folder)
+    if latest is not None:
+        path, (_, _, meta), _ = latest
+        ckpt.refuse_changed_run(path, meta, ckpt.run_identity(sha256, consts, settings, amp=None), skip=ckpt.FLAG_SETTINGS)
 
 
 def run_script(script: Path, argv: list[str], nproc: int) -> None:
@@ -47,7 +56,10 @@ def run_script(script: Path, argv: list[str], nproc: int) -> None:
         load_generated(script).main(argv)
         return
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", str(script), *argv]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    from dslc.training.runtime import LOCK_HOLDER_ENV
+
+    # this process holds the run folder's lock (dslc.cli train): rank 0 of the processes it starts may write there
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), LOCK_HOLDER_ENV: str(os.getpid())}
     code = subprocess.call(command, env=env)
     if code:
         sys.exit(code)

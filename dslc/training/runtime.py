@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,22 @@ from torch import nn
 
 from dslc import __version__
 from dslc.errors import DslcError, error
-from dslc.fileio import write_atomic
+from dslc.fileio import (
+    FolderBusyError,
+    disk_full_errors,
+    folder_locked,
+    lock_folder,
+    remove_debris,
+    unlock_folder,
+    write_atomic,
+)
 from dslc.training import checkpoint as ckpt
 from dslc.training.curves import plot
 
 LOG_EVERY = 10  # steps between progress updates (each reads the loss, a device sync)
 BEST = "best.safetensors"  # checkpoints/best.safetensors: the best epoch's weights by `monitor` (early stopping)
+# set by `dslc train --nproc N` for its processes: the pid of that command, which holds the run folder's lock for them
+LOCK_HOLDER_ENV = "DSLC_RUN_LOCK_HOLDER"
 
 
 def parse_args(argv: list[str] | None, config: dict[str, Any], default_out: Path) -> argparse.Namespace:
@@ -65,6 +76,25 @@ def run_script(main) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+@contextlib.contextmanager
+def run_folder_locked(folder: Path) -> Iterator[None]:
+    """Hold the run folder's lock for the block (`dslc train`: writing the scripts, then training); a second run into
+    the same folder stops with an error naming the holder."""
+    try:
+        with folder_locked(folder):
+            yield
+    except FolderBusyError as busy:
+        raise folder_in_use(folder, busy.pid) from None
+
+
+def folder_in_use(folder: Path, pid: int | None) -> DslcError:
+    return error(
+        None,
+        f"run folder {folder} is in use by another run (pid {pid if pid is not None else 'unknown'})",
+        "wait for that run to end, or choose another --out",
+    )
 
 
 class Totals:
@@ -252,8 +282,9 @@ class Run:
         self.exported_record: dict[str, Any] | None = None  # the epoch whose weights are exported
         self.console = None
         self.bar = None
+        self.owns_lock = False  # this Run took the run folder's lock (and releases it when done)
         if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            self._take_run_folder()
             existing = ckpt.checkpoints(self.ckpt_dir)
             if existing and not args.resume:
                 raise error(
@@ -265,6 +296,22 @@ class Run:
                 write_atomic(self.out / "config.json", json.dumps(self._config_json(), indent=2) + "\n")
         self.interactive = self.main and sys.stdout.isatty() and not args.quiet
         torch.manual_seed(args.seed)
+
+    def _take_run_folder(self) -> None:
+        """Rank 0 alone writes the run folder: it takes the folder's lock (the kernel drops it when the process ends,
+        kill -9 included), then removes what an interrupted write left. Under `dslc train` the command holds the
+        lock already: in this process, or as the launcher of these processes (LOCK_HOLDER_ENV)."""
+        with disk_full_errors(self.out):
+            self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.owns_lock = lock_folder(self.out)
+        except FolderBusyError as busy:
+            if busy.pid is None or str(busy.pid) != os.environ.get(LOCK_HOLDER_ENV):
+                raise folder_in_use(self.out, busy.pid) from None
+        removed = remove_debris(self.out) + remove_debris(self.ckpt_dir)
+        if removed:
+            names = ", ".join(str(p.relative_to(self.out)) for p in removed)
+            self.log(f"removed {len(removed)} leftover(s) of an interrupted write: {names}")
 
     def _device(self, choice: str) -> torch.device:
         if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
@@ -312,59 +359,83 @@ class Run:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def restore(self, models: dict[str, nn.Module], steps: dict[str, tuple[Any, Any, Any]]) -> int:
-        """Remember what a checkpoint holds; with --resume load the last one. Returns the first epoch to run."""
+        """Remember what a checkpoint holds; with --resume load the newest usable one (a damaged newer one is skipped,
+        with a warning). Returns the first epoch to run."""
         self.models, self.state = models, steps
-        found = ckpt.checkpoints(self.ckpt_dir)
-        if not self.args.resume or not found:
+        latest = ckpt.load_latest(self.ckpt_dir) if self.args.resume else None
+        if latest is None:
             if self.args.resume:
                 self.log(f"no checkpoint in {self.ckpt_dir}: starting from the beginning")
             if getattr(self.args, "weights", None):  # --weights: a checkpoint to start from (dslc/training/weights.py)
-                from dslc.training.weights import load_weights
-
-                versions = {n: [t._version for t in m.state_dict().values()] for n, m in models.items()}
-                for line in load_weights(self.args.weights, models):
-                    self.log(line)
-                # models given weights explicitly keep them (share_trained_weights leaves them alone)
-                self.loaded = {
-                    n for n, m in models.items() if [t._version for t in m.state_dict().values()] != versions[n]
-                }
+                self._load_weights(models)
             return 0
-        path = found[-1]
-        weights, state, meta = ckpt.load(path)
+        path, (weights, state, meta), refused = latest
+        for bad in refused:
+            self.log(f"warning: checkpoint {bad.path} {bad.reason}: resuming from {path.name} instead")
         self._check_compatible(path, meta)
-        for name, model in models.items():
-            model.load_state_dict(weights[name])
-        for name, (optimizer, scheduler, scaler) in steps.items():
-            optimizer.load_state_dict(state["steps"][name]["optimizer"])
-            if scheduler is not None:
-                scheduler.load_state_dict(state["steps"][name]["scheduler"])
-            scaler.load_state_dict(state["steps"][name]["scaler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if torch.cuda.is_available() and state["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if getattr(self.args, "weights", None):
+            raise error(
+                None,
+                f"--weights cannot be combined with --resume: {path} holds the weights to continue from",
+                "drop --weights to continue the run, or start a new run with another --out",
+            )
+        self._load_checkpoint(path, weights, state, models, steps)
         self.history = meta["history"]
         if self.main:
             self._write_metrics()
         self.log(f"resumed from {path} (epoch {meta['epoch']})")
         return meta["epoch"]
 
+    def _load_weights(self, models: dict[str, nn.Module]) -> None:
+        from dslc.training.weights import load_weights
+
+        versions = {n: [t._version for t in m.state_dict().values()] for n, m in models.items()}
+        for line in load_weights(self.args.weights, models):
+            self.log(line)
+        # models given weights explicitly keep them (share_trained_weights leaves them alone)
+        self.loaded = {n for n, m in models.items() if [t._version for t in m.state_dict().values()] != versions[n]}
+
+    def _load_checkpoint(
+        self,
+        path: Path,
+        weights: dict[str, dict[str, torch.Tensor]],
+        state: dict[str, Any],
+        models: dict[str, nn.Module],
+        steps: dict[str, tuple[Any, Any, Any]],
+    ) -> None:
+        """Models, optimizers, schedulers, loss scalers and RNG from a checkpoint of this run (checked before); what
+        does not fit is an error naming the checkpoint and the part."""
+        part = ""
+        try:
+            for name, model in models.items():
+                part = f"the weights of model '{name}'"
+                model.load_state_dict(weights[name])
+            for name, (optimizer, scheduler, scaler) in steps.items():
+                part = f"the optimizer state of step '{name}'"
+                saved = state["steps"][name]
+                optimizer.load_state_dict(saved["optimizer"])
+                if scheduler is not None:
+                    scheduler.load_state_dict(saved["scheduler"])
+                scaler.load_state_dict(saved["scaler"])
+            part = "the random number generator state"
+            torch.set_rng_state(state["rng"]["torch"])
+            if torch.cuda.is_available() and state["rng"].get("cuda"):
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:200]
+            raise error(
+                None,
+                f"cannot resume from {path}: {part} does not fit ({detail})",
+                "was it written by another version of dslc? start a new run with another --out",
+            ) from None
+
+    def _identity(self) -> dict[str, Any]:
+        """What a resumed run must match (recorded in every epoch checkpoint)."""
+        overrides = self.spec.get("overrides", [])
+        return ckpt.run_identity(self.spec["sha256"], overrides, self.config, bool(self.args.amp))
+
     def _check_compatible(self, path: Path, meta: dict[str, Any]) -> None:
-        if meta["spec_sha256"] != self.spec["sha256"]:
-            raise error(
-                None,
-                f"cannot resume from {path}: the spec changed since it was written",
-                "resume with the spec the run started with, or start a new run with another --out",
-            )
-        old = meta["config"]
-        if old != json.loads(json.dumps(self.config)):
-            keys = sorted(
-                k for k in set(old) | set(self.config) if old.get(k) != json.loads(json.dumps(self.config.get(k)))
-            )
-            raise error(
-                None,
-                f"cannot resume from {path}: the training settings changed ({', '.join(keys)})",
-                "resume with the same settings and flags, or start a new run with another --out",
-            )
+        ckpt.refuse_changed_run(path, meta, self._identity())
 
     def wrap(self, models: dict[str, nn.Module], trained: list[str]) -> dict[str, nn.Module]:
         """The modules the training step calls: DDP across processes, torch.compile on request."""
@@ -482,11 +553,11 @@ class Run:
             f"epoch {record['epoch']}/{self.args.epochs}  {shown}  ({record['samples_per_s']:,.0f} samples/s, {self.seconds:.1f}s)"
         )
         if self.main:
-            if self.config.get("early_stopping") and self._best_index() == len(self.history) - 1:
-                self._save_best(record)  # before the epoch checkpoint: a resumed run never lacks it
-            if record["epoch"] % self.config["checkpoint_every"] == 0 or last:
-                self._save_checkpoint(record["epoch"])
-            self._write_metrics()
+            try:
+                self._save_epoch(record, last)
+            except DslcError:  # e.g. a full disk: the message, not a progress bar, is the last thing shown
+                self._stop_bar()
+                raise
         if stop:
             self.log(
                 f"early stopping: {self.config['monitor']} has not improved for {self.config['early_stopping']} epochs"
@@ -496,6 +567,15 @@ class Run:
 
             dist.barrier()
         return stop
+
+    def _save_epoch(self, record: dict[str, Any], last: bool) -> None:
+        """The best weights, the epoch checkpoint, then metrics.jsonl and the curves, each file written atomically:
+        after a crash the metrics never run ahead of the newest checkpoint."""
+        if self.config.get("early_stopping") and self._best_index() == len(self.history) - 1:
+            self._save_best(record)  # before the epoch checkpoint: a resumed run never lacks it
+        if record["epoch"] % self.config["checkpoint_every"] == 0 or last:
+            self._save_checkpoint(record["epoch"])
+        self._write_metrics()
 
     def _should_stop(self) -> bool:
         patience = self.config.get("early_stopping")
@@ -542,13 +622,7 @@ class Run:
             },
             "rng": rng,
         }
-        meta = {
-            "dslc_version": __version__,
-            "epoch": epoch,
-            "spec_sha256": self.spec["sha256"],
-            "config": json.loads(json.dumps(self.config)),
-            "history": self.history,
-        }
+        meta = {"dslc_version": __version__, "epoch": epoch, **self._identity(), "history": self.history}
         ckpt.save(ckpt.path_for(self.ckpt_dir, epoch), self.models, state, meta)
         for old in ckpt.checkpoints(self.ckpt_dir)[: -self.config.get("keep_checkpoints", 2)]:
             old.unlink(missing_ok=True)
@@ -584,7 +658,14 @@ class Run:
             )
             self.exported_record = None
             return
-        weights, _, meta = ckpt.load(path)
+        try:
+            weights, _, meta = ckpt.load(path)
+        except ckpt.CheckpointError as bad:
+            self.log(
+                f"warning: checkpoint {path} {bad.reason}: exporting the last epoch's weights, not the best epoch's"
+            )
+            self.exported_record = None
+            return
         if meta.get("epoch") != record["epoch"]:
             self.log(
                 f"warning: {path} holds epoch {meta.get('epoch')}, not the best epoch {record['epoch']}: exporting the last epoch's weights"
@@ -640,7 +721,7 @@ class Run:
         says for each where its weights come from (`trained`, `trained (from MODEL)` or `initial`)."""
         self._stop_bar()
         if self.main:
-            from safetensors.torch import save_file
+            from safetensors.torch import save as safetensors_bytes
 
             from dslc.training.export import export_trained
 
@@ -648,9 +729,7 @@ class Run:
                 name: {k: v.detach().cpu().clone() for k, v in models[name].state_dict().items()} for name in models
             }
             for name in export:
-                tmp = self.out / f".{name}.safetensors.tmp"
-                save_file(states[name], str(tmp))
-                os.replace(tmp, self.out / f"{name}.safetensors")
+                write_atomic(self.out / f"{name}.safetensors", safetensors_bytes(states[name]))
             if data.vocab:
                 write_atomic(self.out / "vocab.json", json.dumps(data.vocab, ensure_ascii=False) + "\n")
             sources = None
@@ -685,3 +764,6 @@ class Run:
 
             dist.barrier()
             dist.destroy_process_group()
+        if self.owns_lock:
+            unlock_folder(self.out)
+            self.owns_lock = False

@@ -226,11 +226,18 @@ def test_resume_refuses_changed_spec_and_corrupt_checkpoint(tmp_path):
     assert code == 1 and "the spec changed" in output
     spec.write_text((SPECS / "mlp.model").read_text())
     code, output = train(str(spec), "--out", str(out), "--epochs", "3", "--resume")
-    assert code == 1 and "settings changed (epochs)" in output
-    last = sorted((out / "checkpoints").iterdir())[-1]
+    assert code == 1 and "settings changed (epochs: 2 in the checkpoint, 3 now)" in output
+    # a torn last checkpoint: the one before it is resumed
+    first, last = sorted((out / "checkpoints").iterdir())
     last.write_bytes(last.read_bytes()[:100])
     code, output = train(str(spec), "--out", str(out), "--epochs", "2", "--resume")
-    assert code == 1 and "is corrupt" in output and "Traceback" not in output
+    assert code == 0 and f"checkpoint {last} is corrupt or incomplete" in output and "Traceback" not in output
+    assert "resuming from epoch-0001.safetensors instead" in output
+    # none usable: an error, and nothing lost
+    for path in (first, last):
+        path.write_bytes(path.read_bytes()[:100])
+    code, output = train(str(spec), "--out", str(out), "--epochs", "2", "--resume")
+    assert code == 1 and "no usable checkpoint" in output and "Traceback" not in output
     assert (out / "metrics.jsonl").exists() and (out / "mlp.onnx").exists()  # nothing lost
 
 
