@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -34,18 +35,24 @@ def _size(n: int) -> str:
 
 def _header(fh: BinaryIO, where: str) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
     """Shape and dtype from the header, refusing what cannot be a plain array of data."""
+    # numpy's parser of untrusted text raises ValueError, SyntaxError, tokenize.TokenError, ...:
+    # whatever it raises, the file is not a usable .npy file.
     try:
         version = np.lib.format.read_magic(fh)
-        reader = _HEADER_READERS.get(version)
-        if reader is None:
-            raise InputError(
-                f"{where}: .npy format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)"
-            )
-        shape, fortran_order, dtype = reader(fh)
-    except InputError:
-        raise
-    except (ValueError, TypeError, SyntaxError, RecursionError, OverflowError) as exc:
+    except Exception as exc:
         raise InputError(f"{where}: not a valid .npy file ({exc})") from None
+    reader = _HEADER_READERS.get(version)
+    if reader is None:
+        raise InputError(
+            f"{where}: .npy format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)"
+        )
+    try:
+        with warnings.catch_warnings():  # a forged header's "\?" must not print a SyntaxWarning
+            warnings.simplefilter("ignore", SyntaxWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            shape, fortran_order, dtype = reader(fh)
+    except Exception as exc:
+        raise InputError(f"{where}: not a valid .npy file ({type(exc).__name__}: {exc})") from None
     if dtype.hasobject:
         raise InputError(
             f"{where}: the array holds Python objects (pickled data); refusing to unpickle it"

@@ -2,9 +2,9 @@
 
 The runtime must not depend on the ``onnx`` package, yet it has to inspect untrusted files
 *before* handing them to onnxruntime: reject corrupt/truncated files with a clear message,
-find every tensor stored as external data (to refuse locations that escape the model folder)
-and read ``metadata_props``. This module walks just the fields needed for that, skipping all
-payloads (raw tensor data is never copied).
+find every tensor stored as external data (to refuse locations that escape the model folder),
+check that names are valid UTF-8 and read ``metadata_props``. This module walks just the
+messages needed for that, skipping all payloads (raw tensor data is never copied).
 """
 
 from __future__ import annotations
@@ -18,23 +18,78 @@ from pathlib import Path
 from ._files import open_regular, require_regular, resolve_inside
 from .errors import ModelError
 
-_MAX_DEPTH = 64
+_MAX_DEPTH = 100
+"""Message nesting limit: protobuf's own default, so deeper files would fail in onnxruntime too."""
 
-# Field numbers from onnx.proto (stable since IR version 3).
-_MODEL_IR_VERSION, _MODEL_GRAPH, _MODEL_METADATA, _MODEL_TRAINING, _MODEL_FUNCTIONS = (
-    1,
-    7,
-    14,
-    20,
-    25,
-)
-_GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_SPARSE_INITIALIZER = 1, 5, 15
-_NODE_ATTRIBUTE = 5
-_ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSE, _ATTR_SPARSES = 5, 6, 10, 11, 22, 23
-_SPARSE_VALUES, _SPARSE_INDICES = 1, 2
+# Field numbers from onnx.proto (stable since IR version 3), per message kind: the sub-messages
+# the scanner walks, and the text fields it checks. onnxruntime turns names into Python strings
+# and error messages; invalid UTF-8 there fails inside onnxruntime with an unreadable error
+# (after printing an "EP Error" banner), so such files are refused here, saying which field.
+_MESSAGES: dict[str, dict[int, str]] = {
+    "model": {7: "graph", 8: "opset", 20: "training", 25: "function"},
+    "training": {1: "graph", 2: "graph"},
+    "function": {7: "node", 11: "attribute", 12: "value_info"},
+    "graph": {
+        1: "node",
+        5: "tensor",
+        11: "value_info",
+        12: "value_info",
+        13: "value_info",
+        15: "sparse",
+    },
+    "node": {5: "attribute"},
+    "attribute": {
+        5: "tensor",
+        6: "graph",
+        10: "tensor",
+        11: "graph",
+        14: "type",
+        15: "type",
+        22: "sparse",
+        23: "sparse",
+    },
+    "sparse": {1: "tensor", 2: "tensor"},
+    "value_info": {2: "type"},
+    "type": {
+        1: "tensor_type",
+        4: "sequence_type",
+        5: "map_type",
+        8: "tensor_type",
+        9: "optional_type",
+    },
+    "tensor_type": {2: "shape"},
+    "sequence_type": {1: "type"},
+    "optional_type": {1: "type"},
+    "map_type": {2: "type"},
+    "shape": {1: "dim"},
+}
+_TEXTS: dict[str, dict[int, str]] = {
+    "model": {2: "producer_name", 3: "producer_version", 4: "domain", 6: "doc_string"},
+    "opset": {1: "opset domain"},
+    "function": {
+        1: "function name",
+        4: "function input",
+        5: "function output",
+        6: "function attribute",
+        10: "function domain",
+    },
+    "graph": {2: "graph name", 10: "graph doc_string"},
+    "node": {
+        1: "node input",
+        2: "node output",
+        3: "node name",
+        4: "op_type",
+        6: "node doc_string",
+        7: "node domain",
+    },
+    "attribute": {1: "attribute name", 13: "attribute doc_string", 21: "ref_attr_name"},
+    "tensor": {8: "tensor name", 12: "tensor doc_string"},
+    "value_info": {1: "input/output name", 3: "input/output doc_string"},
+    "type": {6: "type denotation"},
+    "dim": {2: "dimension name", 3: "dimension denotation"},
+}
+_MODEL_IR_VERSION, _MODEL_GRAPH, _MODEL_METADATA = 1, 7, 14
 _TENSOR_NAME, _TENSOR_EXTERNAL_DATA = 8, 13
-_TRAINING_INIT, _TRAINING_ALGO = 1, 2
-_FUNCTION_NODE = 7
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
 
 
@@ -104,17 +159,21 @@ def _fields(buf: memoryview, start: int, end: int) -> Iterator[tuple[int, int, i
             raise _Truncated
 
 
-def _text(buf: memoryview, a: int, b: int) -> str:
-    return bytes(buf[a:b]).decode("utf-8", errors="replace")
+def _utf8(buf: memoryview, a: int, b: int, what: str) -> str:
+    try:
+        return bytes(buf[a:b]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ModelError(f"the model's {what} is not valid UTF-8 (corrupt file?)") from None
 
 
-def _entry(buf: memoryview, a: int, b: int) -> tuple[str, str]:
+def _entry(buf: memoryview, a: int, b: int, what: str) -> tuple[str, str]:
+    """A ``StringStringEntryProto`` (metadata, external data): ``(key, value)``."""
     key = value = ""
     for number, wire, x, y in _fields(buf, a, b):
         if wire == 2 and number == _ENTRY_KEY:
-            key = _text(buf, x, y)
+            key = _utf8(buf, x, y, f"{what} key")
         elif wire == 2 and number == _ENTRY_VALUE:
-            value = _text(buf, x, y)
+            value = _utf8(buf, x, y, f"{what} {key!r}")
     return key, value
 
 
@@ -128,62 +187,35 @@ class _Scanner:
         for number, wire, a, b in _fields(buf, 0, len(buf)):
             if number == _MODEL_IR_VERSION and wire == 0:
                 self.result.ir_version = a
-            elif wire != 2:
-                continue
-            elif number == _MODEL_GRAPH:
-                has_graph = True
-                self.graph(a, b, 1)
-            elif number == _MODEL_METADATA:
-                key, value = _entry(buf, a, b)
+            elif number == _MODEL_METADATA and wire == 2:
+                key, value = _entry(buf, a, b, "metadata")
                 self.result.metadata[key] = value
-            elif number == _MODEL_FUNCTIONS:
-                self.nodes_of(a, b, _FUNCTION_NODE, 1)
-            elif number == _MODEL_TRAINING:
-                for n, w, x, y in _fields(buf, a, b):
-                    if w == 2 and n in (_TRAINING_INIT, _TRAINING_ALGO):
-                        self.graph(x, y, 2)
+            else:
+                has_graph |= number == _MODEL_GRAPH and wire == 2
+                self.field("model", number, wire, a, b, 1)
         if not has_graph:
             raise ModelError("not an ONNX model: no graph found")
         return self.result
 
-    def graph(self, a: int, b: int, depth: int) -> None:
+    def message(self, kind: str, a: int, b: int, depth: int) -> None:
         if depth > _MAX_DEPTH:
-            raise ModelError("ONNX graph nesting is too deep")
+            raise ModelError(f"ONNX model nesting is too deep (more than {_MAX_DEPTH} levels)")
+        if kind == "tensor":
+            self.tensor(a, b)
+            return
         for number, wire, x, y in _fields(self.buf, a, b):
-            if wire != 2:
-                continue
-            if number == _GRAPH_NODE:
-                self.node(x, y, depth)
-            elif number == _GRAPH_INITIALIZER:
-                self.tensor(x, y)
-            elif number == _GRAPH_SPARSE_INITIALIZER:
-                self.sparse(x, y)
+            self.field(kind, number, wire, x, y, depth)
 
-    def nodes_of(self, a: int, b: int, node_field: int, depth: int) -> None:
-        for number, wire, x, y in _fields(self.buf, a, b):
-            if wire == 2 and number == node_field:
-                self.node(x, y, depth)
-
-    def node(self, a: int, b: int, depth: int) -> None:
-        for number, wire, x, y in _fields(self.buf, a, b):
-            if wire == 2 and number == _NODE_ATTRIBUTE:
-                self.attribute(x, y, depth)
-
-    def attribute(self, a: int, b: int, depth: int) -> None:
-        for number, wire, x, y in _fields(self.buf, a, b):
-            if wire != 2:
-                continue
-            if number in (_ATTR_G, _ATTR_GRAPHS):
-                self.graph(x, y, depth + 1)
-            elif number in (_ATTR_T, _ATTR_TENSORS):
-                self.tensor(x, y)
-            elif number in (_ATTR_SPARSE, _ATTR_SPARSES):
-                self.sparse(x, y)
-
-    def sparse(self, a: int, b: int) -> None:
-        for number, wire, x, y in _fields(self.buf, a, b):
-            if wire == 2 and number in (_SPARSE_VALUES, _SPARSE_INDICES):
-                self.tensor(x, y)
+    def field(self, kind: str, number: int, wire: int, a: int, b: int, depth: int) -> None:
+        if wire != 2:
+            return
+        text = _TEXTS.get(kind, {}).get(number)
+        if text is not None:
+            _utf8(self.buf, a, b, text)
+            return
+        inner = _MESSAGES.get(kind, {}).get(number)
+        if inner is not None:
+            self.message(inner, a, b, depth + 1)
 
     def tensor(self, a: int, b: int) -> None:
         name, location = "", None
@@ -191,11 +223,13 @@ class _Scanner:
             if wire != 2:
                 continue
             if number == _TENSOR_NAME:
-                name = _text(self.buf, x, y)
+                name = _utf8(self.buf, x, y, "tensor name")
             elif number == _TENSOR_EXTERNAL_DATA:
-                key, value = _entry(self.buf, x, y)
+                key, value = _entry(self.buf, x, y, f"external data of tensor {name!r}")
                 if key == "location":
                     location = value
+            else:
+                self.field("tensor", number, wire, x, y, 0)
         if location is not None:
             self.result.external.append(ExternalRef(name, location))
 

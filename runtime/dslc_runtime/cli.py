@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,8 @@ __all__ = [
 ]
 
 _DEFAULT_DIM = 16
+_MAX_RANDOM_ELEMENTS = 1 << 28
+"""Random benchmark inputs beyond this (1 GiB of float32) come from a hostile or mistyped shape."""
 
 
 def _quiet_onnxruntime() -> None:
@@ -171,6 +174,10 @@ def _random(
             if dim is not None:
                 sizes[dim] = size
             shape.append(size)
+    if math.prod(shape) > _MAX_RANDOM_ELEMENTS:
+        raise InputError(
+            f"random input {quoted(spec.name)} would have shape {shape}: too large; set its dims (--dim)"
+        )
     dtype = spec.numpy_dtype or np.dtype(np.float32)
     if dtype.kind == "f":
         return rng.standard_normal(shape).astype(dtype)
