@@ -69,6 +69,14 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
         raise write_error(path, exc) from None
 
 
+def make_folder(folder: Path) -> None:
+    """mkdir -p, with errors as messages naming the folder."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(folder, exc) from None
+
+
 def _create_temp(path: Path) -> tuple[Path, int]:
     """A new temp file next to `path`, created with mode 0o666 so that the umask applies as for any new file."""
     for _ in range(100):
@@ -203,17 +211,24 @@ def lock_folder(folder: Path) -> bool:
     key = folder.resolve()
     if key in _held:
         return False
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    path = folder / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
     except BlockingIOError:
         os.close(fd)
         raise FolderBusyError(folder, lock_holder(folder)) from None
+    except OSError as exc:
+        os.close(fd)
+        raise write_error(path, exc) from None
     except BaseException:
         os.close(fd)
         raise
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
     _held[key] = fd
     return True
 
@@ -246,9 +261,8 @@ def folder_locked(folder: Path) -> Iterator[None]:
     """Hold `folder`'s lock for the block (re-entrant within a process), creating the folder when needed; a folder
     created here is removed again when the block leaves nothing in it."""
     created = not folder.exists()
-    with disk_full_errors(folder):
-        folder.mkdir(parents=True, exist_ok=True)
-        took = lock_folder(folder)
+    make_folder(folder)
+    took = lock_folder(folder)
     try:
         yield
     finally:

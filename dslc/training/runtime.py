@@ -24,9 +24,9 @@ from dslc import __version__
 from dslc.errors import DslcError, error
 from dslc.fileio import (
     FolderBusyError,
-    disk_full_errors,
     folder_locked,
     lock_folder,
+    make_folder,
     remove_debris,
     unlock_folder,
     write_atomic,
@@ -95,6 +95,16 @@ def folder_in_use(folder: Path, pid: int | None) -> DslcError:
         f"run folder {folder} is in use by another run (pid {pid if pid is not None else 'unknown'})",
         "wait for that run to end, or choose another --out",
     )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Totals:
@@ -298,20 +308,28 @@ class Run:
         torch.manual_seed(args.seed)
 
     def _take_run_folder(self) -> None:
-        """Rank 0 alone writes the run folder: it takes the folder's lock (the kernel drops it when the process ends,
-        kill -9 included), then removes what an interrupted write left. Under `dslc train` the command holds the
-        lock already: in this process, or as the launcher of these processes (LOCK_HOLDER_ENV)."""
-        with disk_full_errors(self.out):
-            self.out.mkdir(parents=True, exist_ok=True)
-        try:
-            self.owns_lock = lock_folder(self.out)
-        except FolderBusyError as busy:
-            if busy.pid is None or str(busy.pid) != os.environ.get(LOCK_HOLDER_ENV):
-                raise folder_in_use(self.out, busy.pid) from None
+        """Lock the run folder (rank 0), then remove what an interrupted write left there."""
+        make_folder(self.out)
+        self._hold_run_folder()
         removed = remove_debris(self.out) + remove_debris(self.ckpt_dir)
         if removed:
             names = ", ".join(str(p.relative_to(self.out)) for p in removed)
             self.log(f"removed {len(removed)} leftover(s) of an interrupted write: {names}")
+
+    def _hold_run_folder(self) -> None:
+        """Rank 0 alone writes the run folder, holding its lock (the kernel drops it when the process ends, kill -9
+        included); called before each write. Under `dslc train` the command holds the lock already: in this process,
+        or as the launcher of these processes (LOCK_HOLDER_ENV). When that launcher is killed and these processes live
+        on, rank 0 takes the lock over, or stops if another run has taken the folder meanwhile."""
+        if self.owns_lock:
+            return
+        try:
+            self.owns_lock = lock_folder(self.out)
+        except FolderBusyError as busy:
+            launcher = busy.pid is not None and str(busy.pid) == os.environ.get(LOCK_HOLDER_ENV)
+            if not (launcher and _alive(busy.pid)):
+                self._stop_bar()
+                raise folder_in_use(self.out, busy.pid) from None
 
     def _device(self, choice: str) -> torch.device:
         if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
@@ -569,8 +587,9 @@ class Run:
         return stop
 
     def _save_epoch(self, record: dict[str, Any], last: bool) -> None:
-        """The best weights, the epoch checkpoint, then metrics.jsonl and the curves, each file written atomically:
-        after a crash the metrics never run ahead of the newest checkpoint."""
+        """The best weights, the epoch checkpoint, then metrics.jsonl (rewritten whole, never appended) and the curves,
+        each file written atomically; a resumed run rewrites metrics.jsonl from its checkpoint's history."""
+        self._hold_run_folder()
         if self.config.get("early_stopping") and self._best_index() == len(self.history) - 1:
             self._save_best(record)  # before the epoch checkpoint: a resumed run never lacks it
         if record["epoch"] % self.config["checkpoint_every"] == 0 or last:
@@ -722,6 +741,8 @@ class Run:
         self._stop_bar()
         if self.main:
             from safetensors.torch import save as safetensors_bytes
+
+            self._hold_run_folder()
 
             from dslc.training.export import export_trained
 

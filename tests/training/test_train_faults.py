@@ -4,6 +4,7 @@ specs, and the permissions of the files a run writes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -208,6 +209,65 @@ def test_a_second_run_into_a_folder_in_use_is_refused_and_kill_9_frees_it(tmp_pa
         first.wait()
     assert lock_folder(out)  # the kernel released the lock of the killed run
     unlock_folder(out)
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the training processes through /proc")
+def test_processes_of_a_killed_nproc_command_take_its_lock_over(tmp_path):
+    """`dslc train --nproc 2` holds the lock for its processes; kill -9 of the command leaves them running (torchrun
+    and its workers live on), and rank 0 then holds the lock itself, so no other run can start in the folder."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "dslc.cli", "train", str(MLP), "--out", str(out), "--epochs", "100000", "--nproc",
+               "2", "--quiet"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    spawned: list[int] = []
+    try:
+        wait_for(lambda: lock_holder(out) == launcher.pid, "the command to take the lock")
+        wait_for(lambda: ckpt.checkpoints(out / "checkpoints") or launcher.poll() is not None, "a first checkpoint")
+        assert launcher.poll() is None, "the run ended early"
+        spawned = [p for torchrun in children(launcher.pid) for p in [torchrun, *children(torchrun)]]
+        launcher.kill()
+        launcher.wait()
+        wait_for(lambda: lock_holder(out) in spawned, "rank 0 to take the lock over")
+        code, output = train(str(MLP), "--out", str(out), "--epochs", "100000", "--resume", "--quiet")
+        assert code == 1 and f"in use by another run (pid {lock_holder(out)})" in output
+    finally:
+        for pid in spawned:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        launcher.kill()
+        launcher.wait()
+    wait_for(
+        lambda: not any(Path(f"/proc/{pid}").exists() and _running(pid) for pid in spawned), "the processes to end"
+    )
+
+
+def _running(pid: int) -> bool:
+    """Not a zombie (a killed child of a killed parent stays listed until reaped by init)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_a_failed_train_command_leaves_no_empty_run_folder(tmp_path, write_spec):
