@@ -49,6 +49,8 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
 
     Errors are DslcErrors that name the file (a full disk says so)."""
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()  # replace the file the link points to, not the link (as editors do)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from dslc.checker import check_file
 from dslc.cli import main
 from dslc.data import sets
 from dslc.errors import DslcError, read_source
-from dslc.fileio import lock_folder, lock_holder, spec_sha256, unlock_folder, write_atomic
+from dslc.fileio import lock_folder, lock_holder, remove_debris, spec_sha256, unlock_folder, write_atomic
 from dslc.training import checkpoint as ckpt
 from tests.conftest import ROOT, SPECS
 
@@ -103,6 +103,16 @@ KILLED_WRITE = """
 def interrupted_write(path: Path) -> None:
     """Leave the temp file a write of `path` leaves when it is killed: made by the real writer, killed mid-write."""
     assert python(KILLED_WRITE, str(path)).returncode == -signal.SIGKILL
+
+
+def test_a_write_killed_midway_leaves_the_old_file_and_only_debris(tmp_path):
+    target = tmp_path / "metrics.jsonl"
+    target.write_text('{"epoch": 1}\n')
+    interrupted_write(target)
+    assert target.read_text() == '{"epoch": 1}\n'
+    (debris,) = [p for p in tmp_path.iterdir() if p != target]
+    assert debris.name.startswith(".metrics.jsonl.") and debris.read_bytes() == b"x" * 10
+    assert remove_debris(tmp_path) == [debris] and [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
 
 
 def test_resume_and_fresh_runs_remove_the_debris_of_interrupted_writes(tmp_path):
@@ -388,6 +398,15 @@ def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path):
     write_atomic(path, "new")
     assert path.read_text() == "new" and path.stat().st_mode & 0o777 == 0o640
     assert [p.name for p in tmp_path.iterdir()] == ["spec.model"]
+
+
+def test_atomic_write_through_a_symlink_replaces_the_file_it_points_to(tmp_path):
+    real = tmp_path / "real.model"
+    real.write_text("old")
+    link = tmp_path / "link.model"
+    link.symlink_to(real)
+    write_atomic(link, "new")
+    assert link.is_symlink() and real.read_text() == "new"
 
 
 def test_a_crlf_spec_hashes_like_the_checker_trains_and_exports(tmp_path):
