@@ -4,7 +4,7 @@
   the same folder, fsync, rename, fsync of the folder). New files get the mode any program would
   create them with (0o666 minus the umask); a replaced file keeps its mode.
 - `remove_debris`: what an interrupted write leaves behind (the writer's temp files, dslc's staging
-  folders), matched by the exact name patterns dslc uses, so no user file is ever touched.
+  folders), matched by the exact name patterns dslc uses, so other files are left alone.
 - `lock_folder`: one process at a time writes a folder (an flock the kernel drops when the holder
   dies, kill -9 included).
 - `spec_sha256`: the one spec hash used everywhere.

@@ -98,12 +98,13 @@ def folder_in_use(folder: Path, pid: int | None) -> DslcError:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process `pid` exists (signal 0 checks without sending anything)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # it exists, owned by someone else
     return True
 
 
