@@ -9,6 +9,7 @@ several independent mistakes.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,13 @@ from dslc import ast, consteval, ir
 from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error
 from dslc.layers import REGISTRY, AxisName, Op, ShapeError
 from dslc.loader import RESERVED, FileScope, Loader, check_identifier, parse_override
-from dslc.params import BindError, brief, coerce, dsl_value, signature
+from dslc.params import BindError, brief, coerce, signature
 from dslc.pytext import PYTHON_NAMES
-from dslc.shapes import DTYPES, Sym, TensorType, broadcast
+from dslc.shapes import DTYPES, FLOOR_ATOMS, MAX_EXAMPLE_SIZE, SizeRule, Sym, TensorType, broadcast, solve_sizes
 
+MAX_INLINE_NESTING = 16  # a nested pipeline deeper than this is split into assignments (CPython allows 200)
+MAX_PARAMETERS = 1_000_000_000  # 4 GB of float32 weights: built, exported and run to verify it
+MAX_ELEMENTS = 2**28  # per example (symbolic sizes count as 1): 1 GB of float32
 COMPARISONS = {"==", "!=", "<", "<=", ">", ">="}
 MAX_REPEAT = 1024
 PARAM_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
@@ -100,6 +104,10 @@ class Checker:
             if block.is_model:
                 try:
                     module = self.instantiate(block, root, {}, None, block.loc)
+                    self._check_size_rules(module)
+                    if module.param_count > MAX_PARAMETERS:
+                        self.reporter.error(block.loc, f"model '{block.name}' has {module.param_count:,} parameters "
+                                            f"({_gigabytes(module.param_count)} in float32); dslc builds models of up to {MAX_PARAMETERS:,}")
                     models.append(module.class_name)
                 except DslcError as exc:
                     self.reporter.extend(exc)
@@ -120,6 +128,13 @@ class Checker:
             constants=dict(root.consts),
             train=next((i for i in root.program.items if isinstance(i, ast.TrainDef)), None),
         )
+
+    def _check_size_rules(self, module: ir.ModuleIR) -> None:
+        """Every model must run for some input sizes: refuse one whose size rules no sizes meet."""
+        _, unmet = solve_sizes(ir.default_sizes(module, ir.SMALLEST_SHIFT), module.size_rules)
+        for rule in unmet:
+            self.reporter.error(rule.loc, f"{rule.why}; no input size up to {MAX_EXAMPLE_SIZE} gives that",
+                                "a kernel, pooling window or index larger than the input?")
 
     def _check_block_alone(self, block: ast.BlockDef, scope: FileScope) -> None:
         """Check a block's parameters and defaults even if no model uses it."""
@@ -151,7 +166,7 @@ class Checker:
         if len(self.reporter.diagnostics) > reported:
             # The block's own errors say what is wrong; its uses report nothing more.
             if not block.is_model:
-                args = "(" + ", ".join(f"{k}={dsl_value(v)}" for k, v in hyper.items()) + ")" if hyper else ""
+                args = "(" + ", ".join(f"{k}={brief(v)}" for k, v in hyper.items()) + ")" if hyper else ""
                 for diag in self.reporter.diagnostics[reported:]:
                     diag.notes.append(f"in {block.name}{args} used at {loc}")
             self.specializations[key] = None
@@ -193,6 +208,7 @@ class BodyChecker:
         self.outputs: list[ir.Port] = []
         self.current: ast.Stmt | None = None
         self.emitted_locs: set[Loc] = set()
+        self.size_rules: dict[tuple[Any, int], SizeRule] = {}
         self.next_index: dict[str, int] = {}  # auto_attr's next number per prefix
         self.reserved = self._named_stages(block.body) if block else set()
         self.declared = _declared_names(block.body) if block else set()  # fresh temporaries avoid them all
@@ -216,7 +232,7 @@ class BodyChecker:
             self.reporter.error(block.loc, f"'{block.name}' declares no output", "add `output NAME = ...`")
         signature = block.name
         if block.params:
-            signature += "(" + ", ".join(f"{k}={dsl_value(v)}" for k, v in self.hyper.items()) + ")"
+            signature += "(" + ", ".join(f"{k}={brief(v)}" for k, v in self.hyper.items()) + ")"
         return ir.ModuleIR(
             class_name=self.checker.class_name_for(block),
             spec_name=block.name,
@@ -231,6 +247,7 @@ class BodyChecker:
             helpers=self.helpers,
             records=self.records,
             comments=block.comments,
+            size_rules=list(self.size_rules.values()),
         )
 
     def statement(self, stmt: ast.Stmt) -> None:
@@ -255,6 +272,29 @@ class BodyChecker:
         for name in names:
             if name:
                 self.env[name] = POISON
+
+    def require(self, dim: Any, at_least: int, why: str, loc: Loc) -> None:
+        """Record that a symbolic size must be at least `at_least` for the model to run."""
+        if isinstance(dim, Sym) and not (at_least <= 1 and _input_size(dim)):
+            self.size_rules.setdefault((dim, at_least), SizeRule(dim, at_least, why, loc))
+
+    def require_sizes(self, types: list[TensorType], loc: Loc, what: str = "this expression") -> None:
+        for t in types:
+            for d in t.shape:
+                self.require(d, 1, f"{what} gives a tensor of size '{d}', which must be at least 1", loc)
+
+    def check_size(self, what: str, outputs: list[TensorType], params: int, loc: Loc) -> None:
+        """Refuse a layer too large to build or to run once: its size is spelled out."""
+        if params > MAX_PARAMETERS:
+            self.fail(loc, f"{what} has {params:,} parameters ({_gigabytes(params)} in float32); "
+                           f"dslc builds models of up to {MAX_PARAMETERS:,}")
+        for t in outputs:
+            if any(isinstance(d, int) and d < 0 for d in t.shape):
+                self.fail(loc, f"{what} gives {t}, a negative size", "is the input smaller than the kernel or window?")
+            elements = math.prod(d for d in t.shape if isinstance(d, int))
+            if elements > MAX_ELEMENTS:
+                self.fail(loc, f"{what} gives {t}, {elements:,} elements per example ({_gigabytes(elements)} in "
+                               f"float32); tensors of up to {MAX_ELEMENTS:,} elements are allowed")
 
     def fail(self, loc: Loc, message: str, hint: str | None = None, section: str | None = None):
         self.reporter.error(loc, message, hint, section=section)
@@ -509,6 +549,7 @@ class BodyChecker:
             dtype = "float32"
         if expr.op in COMPARISONS:
             dtype = "bool"
+        self.check_size(f"'{expr.op}'", [TensorType(dtype, shape)], 0, expr.loc)
         return ir.BinOp([TensorType(dtype, shape)], expr.op, a, b)
 
     def matmul(self, expr: ast.BinOp, a: ir.Expr, b: ir.Expr) -> ir.Expr:
@@ -526,7 +567,9 @@ class BodyChecker:
         batch = broadcast(ta.shape[:-2], tb.shape[:-2])
         if batch is None:
             self.fail(expr.loc, f"'@' batch dimensions do not broadcast: {ta.shape_str()} @ {tb.shape_str()}")
-        return ir.BinOp([TensorType(ta.dtype, (*batch, ta.shape[-2], tb.shape[-1]))], "@", a, b)
+        result = TensorType(ta.dtype, (*batch, ta.shape[-2], tb.shape[-1]))
+        self.check_size("'@'", [result], 0, expr.loc)
+        return ir.BinOp([result], "@", a, b)
 
     def unary(self, expr: ast.UnaryOp) -> Any:
         value = self.ev(expr.operand)
@@ -576,9 +619,12 @@ class BodyChecker:
                     self.fail(item.loc, f"an index must be an integer, got {brief(i)}")
                 items.append(i)
         try:
-            shape = _index_shape(value.type.shape, items)
+            shape, needs = _index_shape(value.type.shape, items)
         except ShapeError as exc:
             self.fail(expr.loc, str(exc))
+        for size, at_least in needs:
+            self.require(size, at_least, f"this index needs '{size}' to be at least {at_least}", expr.loc)
+        self.require_sizes([value.type.with_shape(shape)], expr.loc)
         return ir.Index([value.type.with_shape(shape)], value, items)
 
     # ------------------------------------------------------------ calls and pipelines
@@ -636,8 +682,12 @@ class BodyChecker:
             last = i == len(pipe.stages) - 1
             if last:
                 break
-            if targets is not None and len(result.types) == 1 and not isinstance(result, ir.Var):
-                name = targets[0] if len(targets) == 1 else self.fresh("_".join(targets))
+            spill = targets is None and len(result.types) == 1 and ir.nesting(result) > MAX_INLINE_NESTING
+            if (targets is not None or spill) and len(result.types) == 1 and not isinstance(result, ir.Var):
+                if spill:  # a long nested pipeline: one line per few stages, not one deeply nested call
+                    name = self.fresh("h")
+                else:
+                    name = targets[0] if len(targets) == 1 else self.fresh("_".join(targets))
                 self.locals.add(name)
                 self.emit(ir.Assign(self.current.loc, [name], result))
                 inputs = [ir.Var(result.types, name)]
@@ -736,6 +786,8 @@ class BodyChecker:
             inferred = op.infer(bound, types)
         except ShapeError as exc:
             self.fail(loc, str(exc), exc.hint, section=f"op-{op.name.lower()}")
+        self.require_sizes(inferred.outputs, loc, op.name)
+        self.check_size(op.name, inferred.outputs, op.param_count(inferred.init), loc)
         self.helpers.update(op.helpers)
         needs_module = op.stateful or name is not None or in_group
         if needs_module and op.module is None:
@@ -763,6 +815,7 @@ class BodyChecker:
                 self.fail(loc, f"reusing '{attr}': {exc}", exc.hint)
             if again.init != init:
                 self.fail(loc, f"layer '{attr}' was built for other input sizes; it cannot be reused with {[str(x.type) for x in inputs]}")
+            self.require_sizes(again.outputs, loc, op.name)
             return ir.OpCall(again.outputs, op.name, list(inputs), init, f"self.{attr}")
 
         return LayerInstance(attr, init, make_call)
@@ -771,6 +824,8 @@ class BodyChecker:
         block, scope = found
         hyper = self.block_args(block, stage)
         module = self.checker.instantiate(block, scope, hyper, [x.type for x in inputs], stage.loc)
+        for rule in module.size_rules:
+            self.size_rules.setdefault((rule.dim, rule.at_least), rule)
         attr = name or self.auto_attr(_snake(block.name))
         self.add_submodule(ir.Submodule(attr, "block", stage.loc, block=module.class_name, params=module.param_count))
         types = [o.type for o in module.outputs]
@@ -942,6 +997,18 @@ class BodyChecker:
         return names
 
 
+def _gigabytes(count: int) -> str:
+    return f"{count * 4 / 1e9:,.1f} GB"
+
+
+def _input_size(dim: Sym) -> bool:
+    """A lone input dimension (`time`): every run gives it a size of at least 1."""
+    if len(dim.terms) != 1:
+        return False
+    ((monomial, coeff),) = dim.terms.items()
+    return coeff == 1 and len(monomial) == 1 and monomial[0] not in FLOOR_ATOMS
+
+
 def _declared_names(stmts: list[ast.Stmt]) -> set[str]:
     """Every input, output and assigned name of a body, in any branch."""
     names: set[str] = set()
@@ -988,7 +1055,8 @@ def _result_dtype(a: ir.Expr, b: ir.Expr) -> str | None:
     return None
 
 
-def _index_shape(shape, items) -> tuple:
+def _index_shape(shape, items) -> tuple[tuple, list[tuple[Sym, int]]]:
+    """The shape after indexing, and what each symbolic size indexed must be at least."""
     explicit = sum(1 for i in items if i is not Ellipsis and i is not None)
     if explicit > len(shape):
         raise ShapeError(f"too many indices ({explicit}) for a tensor of shape [{', '.join(map(str, shape))}]")
@@ -1001,7 +1069,7 @@ def _index_shape(shape, items) -> tuple:
         else:
             expanded.append(item)
     expanded += [ir.SliceItem(None, None, None)] * (len(shape) - sum(1 for i in expanded if i is not None))
-    out, axis = [], 0
+    out, needs, axis = [], [], 0
     for item in expanded:
         if item is None:
             out.append(1)
@@ -1010,27 +1078,35 @@ def _index_shape(shape, items) -> tuple:
         if isinstance(item, int):
             if isinstance(size, int) and not -size <= item < size:
                 raise ShapeError(f"index {item} is out of range for size {size}")
+            if isinstance(size, Sym):
+                needs.append((size, item + 1 if item >= 0 else -item))
         else:
-            out.append(_slice_size(size, item))
+            sliced, need = _slice_size(size, item)
+            out.append(sliced)
+            if need:
+                needs.append((size, need))
         axis += 1
-    return tuple(out)
+    return tuple(out), needs
 
 
 def _slice_size(size, s: ir.SliceItem):
+    """The size of a slice, and the least `size` it needs (for a symbolic size; 0 when none)."""
     if isinstance(size, int):
-        return len(range(size)[slice(s.start, s.stop, s.step)])
+        return len(range(size)[slice(s.start, s.stop, s.step)]), 0
     if s.step not in (None, 1):
         raise ShapeError(f"a strided slice of the symbolic size '{size}' is not supported")
     start = s.start or 0
-    if s.stop is None:
-        stop = size
-    elif s.stop < 0:
-        stop = size + s.stop
+    if start < 0 and s.stop is not None and s.stop >= 0:
+        raise ShapeError(f"a slice of the symbolic size '{size}' cannot mix a negative start with a positive stop")
+    if start >= 0 and s.stop is not None and s.stop >= 0:
+        result, need = s.stop - start, s.stop
+    elif start < 0:
+        result, need = (-start if s.stop is None else s.stop - start), -start
     else:
-        return s.stop - start if start >= 0 else ShapeError("mixed slice bounds")
-    if start < 0:
-        return -start if s.stop is None else stop - (size + start)
-    return stop - start
+        result, need = (size if s.stop is None else size + s.stop) - start, 0
+    if isinstance(result, int) and result < 0:
+        raise ShapeError(f"the slice [{start}:{s.stop}] of '{size}' has a negative size")
+    return result, need
 
 
 def _source_text(scope: FileScope, loc: Loc) -> str:

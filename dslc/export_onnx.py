@@ -19,13 +19,12 @@ import onnx
 import torch
 
 from dslc import __version__, ir
+from dslc.ir import example_sizes, symbol_names  # noqa: F401 - part of this module's interface
 from dslc.shapes import Sym
 
 OPSET = 17
 # onnxruntime 1.20+ reads IR version 10; never write newer than what the pinned runtime accepts.
 MAX_IR_VERSION = 10
-EXAMPLE_SIZES = {"batch": 3}
-FIRST_EXAMPLE_SIZE = 16
 TORCH_DTYPES = {
     "float32": torch.float32,
     "float64": torch.float64,
@@ -45,30 +44,6 @@ class ExportResult:
     nodes: int
     opset: int
     ir_version: int
-
-
-def symbol_names(module: ir.ModuleIR) -> list[str]:
-    """The symbolic dimension names of a model's inputs, in order of first appearance."""
-    names: list[str] = []
-    for port in module.inputs:
-        for d in port.type.shape:
-            if isinstance(d, Sym):
-                for atom in sorted(d.atoms()):
-                    if atom not in names:
-                        names.append(atom)
-    return names
-
-
-def example_sizes(module: ir.ModuleIR, shift: int = 0) -> dict[str, int]:
-    """Distinct sizes > 1 for each symbol; `shift` gives other sizes for verification runs."""
-    sizes, next_size = {}, FIRST_EXAMPLE_SIZE + shift
-    for name in symbol_names(module):
-        if name in EXAMPLE_SIZES:
-            sizes[name] = max(1, EXAMPLE_SIZES[name] + shift // 4)
-        else:
-            sizes[name] = next_size
-            next_size += 3
-    return sizes
 
 
 def concrete_shape(shape, sizes: dict[str, int]) -> tuple[int, ...]:
@@ -155,6 +130,33 @@ def metadata(program: ir.ProgramIR, module: ir.ModuleIR) -> dict[str, str]:
     return props
 
 
+ONNX_DTYPES = {
+    "float32": onnx.TensorProto.FLOAT,
+    "float64": onnx.TensorProto.DOUBLE,
+    "float16": onnx.TensorProto.FLOAT16,
+    "bfloat16": onnx.TensorProto.BFLOAT16,
+    "int64": onnx.TensorProto.INT64,
+    "int32": onnx.TensorProto.INT32,
+    "int8": onnx.TensorProto.INT8,
+    "uint8": onnx.TensorProto.UINT8,
+    "bool": onnx.TensorProto.BOOL,
+}
+
+
+def _keep_declared_inputs(model: onnx.ModelProto, module: ir.ModuleIR) -> None:
+    """The tracer drops inputs the graph never reads; the model's signature keeps every declared one."""
+    present = {i.name: i for i in model.graph.input}
+    ordered = []
+    for port in module.inputs:
+        if port.name in present:
+            ordered.append(present.pop(port.name))
+        else:
+            shape = [d if isinstance(d, int) else str(d).replace(" ", "") for d in port.type.shape]
+            ordered.append(onnx.helper.make_tensor_value_info(port.name, ONNX_DTYPES[port.type.dtype], shape))
+    del model.graph.input[:]
+    model.graph.input.extend(ordered + list(present.values()))
+
+
 def export(torch_module: torch.nn.Module, program: ir.ProgramIR, module: ir.ModuleIR, path: Path) -> ExportResult:
     """Export to `path` (written whole; the caller stages it and renames after verification)."""
     torch_module.eval()
@@ -174,6 +176,7 @@ def export(torch_module: torch.nn.Module, program: ir.ProgramIR, module: ir.Modu
             dynamo=False,
         )
     model = onnx.load_from_string(buffer.getvalue())
+    _keep_declared_inputs(model, module)
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)
     model.producer_name, model.producer_version = "dslc", __version__
     model.doc_string = module.doc or ""

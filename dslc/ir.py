@@ -12,7 +12,7 @@ from typing import Any
 
 from dslc.errors import Loc
 from dslc.pytext import module_name
-from dslc.shapes import TensorType
+from dslc.shapes import SizeRule, Sym, TensorType, solve_sizes, unmet_rules
 
 # ---------------------------------------------------------------- tensor expressions
 
@@ -94,6 +94,31 @@ class TupleExpr(Expr):
     items: list[Expr]
 
 
+def operands(e: Expr) -> list[Expr]:
+    """The expressions `e` reads directly."""
+    if isinstance(e, (OpCall, ModuleCall)):
+        return list(e.inputs)
+    if isinstance(e, BinOp):
+        return [e.left, e.right]
+    if isinstance(e, UnaryOp):
+        return [e.operand]
+    if isinstance(e, (Index, GetItem)):
+        return [e.value]
+    if isinstance(e, TupleExpr):
+        return list(e.items)
+    return []
+
+
+def nesting(e: Expr) -> int:
+    """How deeply `e` nests calls and operators (a name or a number is 1), walked without recursion."""
+    deepest, stack = 0, [(e, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in operands(node))
+    return deepest
+
+
 # ---------------------------------------------------------------- statements
 
 
@@ -169,6 +194,7 @@ class ModuleIR:
     helpers: set[str]
     records: list[LayerRecord]
     comments: list[str] = field(default_factory=list)
+    size_rules: list[SizeRule] = field(default_factory=list)  # what symbolic sizes must satisfy to run
 
     @property
     def param_count(self) -> int:
@@ -202,3 +228,47 @@ class ProgramIR:
     def module_name(self) -> str:
         """The generated code's module (and file) name, derived from the spec's file name."""
         return module_name(Path(self.path).stem)
+
+
+# ---------------------------------------------------------------- example sizes
+
+EXAMPLE_SIZES = {"batch": 3}
+FIRST_EXAMPLE_SIZE = 16
+
+
+def symbol_names(module: ModuleIR) -> list[str]:
+    """The symbolic dimension names of a model's inputs, in order of first appearance."""
+    names: list[str] = []
+    for port in module.inputs:
+        for d in port.type.shape:
+            if isinstance(d, Sym):
+                for atom in sorted(d.atoms()):
+                    if atom not in names:
+                        names.append(atom)
+    return names
+
+
+def default_sizes(module: ModuleIR, shift: int = 0) -> dict[str, int]:
+    """Distinct sizes > 1 for each symbol (so no exporter specialises one); `shift` gives other sizes."""
+    sizes, next_size = {}, FIRST_EXAMPLE_SIZE + shift
+    for name in symbol_names(module):
+        if name in EXAMPLE_SIZES:
+            sizes[name] = max(1, EXAMPLE_SIZES[name] + shift // 4)
+        else:
+            sizes[name] = next_size
+            next_size += 3
+    return sizes
+
+
+SMALLEST_SHIFT = -8  # the smallest sizes verification uses (dslc.verify)
+
+
+def example_sizes(module: ModuleIR, shift: int = 0) -> dict[str, int]:
+    """`default_sizes`, raised by the same amount at every shift where the model's size rules need it
+    (a kernel wider than the default length), so export and verification sizes stay distinct."""
+    smallest = default_sizes(module, SMALLEST_SHIFT)
+    solved, _ = solve_sizes(smallest, module.size_rules)
+    sizes = {name: size + solved[name] - smallest[name] for name, size in default_sizes(module, shift).items()}
+    if unmet_rules(module.size_rules, sizes):  # a rule that does not grow with its sizes
+        sizes, _ = solve_sizes(sizes, module.size_rules)
+    return sizes

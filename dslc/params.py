@@ -101,9 +101,9 @@ def coerce(param: Param, value: Any, what: str) -> Any:
         ok = isinstance(value, tuple) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
         value = tuple(float(v) for v in value) if ok else value
     if not ok:
-        raise BindError(f"{what}: '{param.name}' must be {KIND_WORDS.get(kind, kind)}, got {dsl_value(value)}")
+        raise BindError(f"{what}: '{param.name}' must be {KIND_WORDS.get(kind, kind)}, got {brief(value)}")
     if param.choices and value not in param.choices:
-        raise BindError(f"{what}: '{param.name}' must be one of {', '.join(map(repr, param.choices))}, got {dsl_value(value)}")
+        raise BindError(f"{what}: '{param.name}' must be one of {', '.join(map(repr, param.choices))}, got {brief(value)}")
     return value
 
 

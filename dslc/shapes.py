@@ -8,6 +8,7 @@ with integer coefficients. Floor division that does not divide evenly becomes an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 Monomial = tuple[str, ...]  # sorted atom names; () is the constant term
 
@@ -191,3 +192,53 @@ def broadcast(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> tuple[Dim, ...] | None:
         else:
             return None
     return tuple(reversed(out))
+
+
+# ---------------------------------------------------------------- sizes that make a model run
+
+MAX_EXAMPLE_SIZE = 4096  # the largest size chosen for a symbolic dimension when verifying
+
+
+@dataclass(frozen=True)
+class SizeRule:
+    """`dim >= at_least` must hold at run time: a convolution's output, or an index into a dimension."""
+
+    dim: Sym
+    at_least: int
+    why: str
+    loc: Any = None  # dslc.errors.Loc of the layer or index that needs it
+
+
+def _base_atoms(dim: Sym) -> set[str]:
+    """The input dimension names a size depends on (through floor-division atoms too)."""
+    names: set[str] = set()
+    for atom in dim.atoms():
+        names |= _base_atoms(FLOOR_ATOMS[atom][0]) if atom in FLOOR_ATOMS else {atom}
+    return names
+
+
+def unmet_rules(rules, sizes: dict[str, int]) -> list[SizeRule]:
+    return [r for r in rules if r.dim.evaluate(sizes) < r.at_least]
+
+
+def solve_sizes(defaults: dict[str, int], rules) -> tuple[dict[str, int], list[SizeRule]]:
+    """Sizes at least `defaults` for which every rule holds, raising the sizes the unmet rules depend on.
+
+    Returns the sizes and the rules still unmet (empty when solved; a rule such as `4 - time >= 1`
+    or one needing sizes beyond MAX_EXAMPLE_SIZE stays unmet).
+    """
+    sizes = dict(defaults)
+    for _ in range(64):
+        unmet = unmet_rules(rules, sizes)
+        if not unmet:
+            return sizes, []
+        grown = False
+        for rule in unmet:
+            deficit = rule.at_least - rule.dim.evaluate(sizes)
+            for name in _base_atoms(rule.dim) & sizes.keys():
+                bigger = min(MAX_EXAMPLE_SIZE, max(sizes[name] + deficit, sizes[name] * 2))
+                grown |= bigger != sizes[name]
+                sizes[name] = bigger
+        if not grown:
+            break
+    return sizes, unmet_rules(rules, sizes)

@@ -160,8 +160,13 @@ def simple(value: tuple[int, ...]) -> int | tuple[int, ...]:
     return value[0] if len(set(value)) == 1 else value
 
 
+def check_padding(padding: tuple, name: str) -> None:
+    if any(not isinstance(p, int) or isinstance(p, bool) or p < 0 for p in padding):
+        raise ShapeError(f"{name}: padding must be a non-negative integer or a tuple of them, got {brief(padding)}")
+
+
 def check_positive(args: dict[str, Any], *names: str) -> None:
     for name in names:
         values = args[name] if isinstance(args[name], (tuple, list)) else (args[name],)
-        if any(not isinstance(v, int) or v <= 0 for v in values):
+        if any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in values):
             raise ShapeError(f"{name} must be a positive integer, got {brief(args[name])}")

@@ -10,6 +10,7 @@ from dslc.layers.base import (
     Param,
     ShapeError,
     Src,
+    check_padding,
     check_positive,
     expect_float,
     expect_rank,
@@ -67,6 +68,7 @@ def _conv_infer(n: int, name: str):
             raise ShapeError(f"{name}: padding must be an integer, 'same' or 'valid', got {brief(args['padding'])}")
         else:
             padding = pair(args["padding"], n)
+            check_padding(padding, name)
         if in_channels % args["groups"] or args["out_channels"] % args["groups"]:
             raise ShapeError(f"{name}: groups={args['groups']} must divide in ({in_channels}) and out channels")
         if padding == "same":
@@ -136,6 +138,10 @@ def _convt_infer(args, inputs):
     check_positive(args, "out_channels", "kernel", "stride")
     in_channels = static(x.shape[1], "channel count (dimension 1)", "ConvTranspose2d")
     k, s, p, op = pair(args["kernel"]), pair(args["stride"]), pair(args["padding"]), pair(args["output_padding"])
+    check_padding(p, "ConvTranspose2d")
+    check_padding(op, "ConvTranspose2d")
+    if any(o >= si for o, si in zip(op, s)):
+        raise ShapeError(f"ConvTranspose2d: output_padding must be smaller than the stride, got {brief(args['output_padding'])}")
     spatial = tuple((size - 1) * si - 2 * pi + (ki - 1) + opi + 1 for size, ki, si, pi, opi in zip(x.shape[2:], k, s, p, op))
     init = {
         "in_channels": in_channels,
@@ -185,9 +191,11 @@ def _pool_infer(n: int, name: str):
     def infer(args, inputs):
         (x,) = inputs
         expect_rank(x, (n + 2,), name, _layout(n))
+        check_positive(args, "kernel", *(["stride"] if args["stride"] is not None else []))
         kernel = pair(args["kernel"], n)
         stride = pair(args["stride"] if args["stride"] is not None else args["kernel"], n)
         padding = pair(args["padding"], n)
+        check_padding(padding, name)
         if any(2 * p > k for p, k in zip(padding, kernel)):
             raise ShapeError(f"{name}: padding must be at most half the kernel size")
         spatial = tuple(conv_out(size, k, s, p) for size, k, s, p in zip(x.shape[2:], kernel, stride, padding))

@@ -1,0 +1,90 @@
+"""If `dslc check` says ok, `dslc build` builds: sizes, indices, kernels and inputs that passed the
+checker but failed in export or verification are now either built and verified or refused at check."""
+
+from __future__ import annotations
+
+import onnxruntime as ort
+import pytest
+
+from dslc.build import build
+from dslc.checker import check_file
+from dslc.errors import DslcError
+
+
+def assert_builds(spec, tmp_path) -> None:
+    result = build(spec, tmp_path / "out")
+    assert result.models and all(r.verified for r in result.models)
+
+
+def refused(spec) -> str:
+    with pytest.raises(DslcError) as info:
+        check_file(spec)
+    (diag,) = info.value.diagnostics
+    assert diag.loc is not None
+    return diag.message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "output y = x[:, -10]",  # needs time >= 10; verification used time 8
+        "output y = x[:, 20:]",
+        "output y = x[:, :24]",
+        "output y = x[:, -12:-2]",
+        "output y = transpose(x, 1, 2) -> Conv1d(4, kernel=25)",
+        "output y = transpose(x, 1, 2) -> MaxPool1d(30)",
+    ],
+)
+def test_symbolic_sizes_large_enough_for_every_index_and_kernel(write_spec, tmp_path, body):
+    spec = write_spec(f"model m {{\n    input x: float32[batch, time, 4]\n    {body}\n}}\n")
+    assert_builds(spec, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("output y = transpose(x, 1, 2) -> Conv1d(4, kernel=5000)", "no input size up to 4096"),
+        ("output y = x[:, -5000]", "no input size up to 4096"),
+        ("output y = x[:, -3:4]", "cannot mix a negative start"),
+        ("output y = x[:, 5:3]", "negative size"),
+        ("output y = x -> Linear(10000000000)", "parameters"),
+        ("output y = x -> Linear(9223372036854775807)", "parameters"),
+    ],
+)
+def test_what_cannot_build_is_refused_at_check(write_spec, body, message):
+    spec = write_spec(f"model m {{\n    input x: float32[batch, time, 4]\n    {body}\n}}\n")
+    assert message in refused(spec)
+
+
+def test_huge_intermediate_tensors_are_refused(write_spec):
+    spec = write_spec("model m {\n input a: float32[b, 20000, 1]\n input c: float32[b, 1, 20000]\n output y = a + c\n}\n")
+    assert "400,000,000 elements per example (1.6 GB in float32)" in refused(spec)
+
+
+def test_model_size_is_spelled_out(write_spec):
+    layers = " -> ".join(["Linear(20000)"] * 4)
+    spec = write_spec(f"model m {{\n    input x: float32[batch, 20000]\n    output y = x -> {layers}\n}}\n")
+    assert "1,600,080,000 parameters (6.4 GB in float32)" in refused(spec)
+
+
+def test_unused_inputs_stay_in_the_onnx_signature(write_spec, tmp_path):
+    spec = write_spec("model m {\n    input x: float32[batch, 4]\n    input step: int64[batch]\n    output y = x -> Linear(2)\n}\n")
+    assert_builds(spec, tmp_path)
+    session = ort.InferenceSession(str(tmp_path / "out" / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["x", "step"]
+
+
+def test_long_nested_pipelines_are_split_into_lines(write_spec, tmp_path):
+    stages = " -> ".join(["ReLU"] * 300)
+    spec = write_spec(f"model m {{\n    input x: float32[batch, 2]\n    output y = (x -> {stages}) + 1.0\n}}\n")
+    assert_builds(spec, tmp_path)  # one nested call 300 deep would be "too many nested parentheses"
+
+
+@pytest.mark.parametrize(
+    "layer",
+    ["MaxPool2d(0)", "MaxPool2d(2, stride=0)", "MaxPool2d(2, padding=-1)", "Conv2d(4, 3, padding=-1)",
+     "Conv2d(4, 3, padding=(1, \"a\"))", "ConvTranspose2d(4, 3, stride=2, output_padding=2)", "Conv2d(4, 9)"],
+)
+def test_bad_window_arguments_are_located_errors(write_spec, layer):
+    spec = write_spec(f"model m {{\n    input x: float32[batch, 3, 8, 8]\n    output y = x -> {layer}\n}}\n")
+    refused(spec)
