@@ -8,7 +8,6 @@ several independent mistakes.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +15,14 @@ from typing import Any
 
 from dslc import ast, consteval, ir
 from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error
+from dslc.fileio import spec_sha256
 from dslc.layers import REGISTRY, AxisName, Op, ShapeError
 from dslc.loader import RESERVED, FileScope, Loader, check_identifier, parse_override
 from dslc.params import BindError, brief, coerce, signature
 from dslc.pytext import PYTHON_NAMES
 from dslc.shapes import DTYPES, FLOOR_ATOMS, MAX_EXAMPLE_SIZE, SizeRule, Sym, TensorType, broadcast, solve_sizes
 
+MAX_LAYER_INT = 2**31 - 1  # PyTorch and the ONNX exporter pass layer arguments as 32-bit ints
 MAX_INLINE_NESTING = 16  # a nested pipeline deeper than this is split into assignments (CPython allows 200)
 MAX_PARAMETERS = 1_000_000_000  # 4 GB of float32 weights: built, exported and run to verify it
 MAX_ELEMENTS = 2**28  # per example (symbolic sizes count as 1): 1 GB of float32
@@ -121,7 +122,7 @@ class Checker:
         return ir.ProgramIR(
             path=root.path,
             source=source,
-            sha256=hashlib.sha256(source.encode()).hexdigest(),
+            sha256=spec_sha256(source),
             doc=root.program.doc,
             modules=list(self.modules),
             models=models,
@@ -788,6 +789,10 @@ class BodyChecker:
             self.fail(loc, str(exc), exc.hint, section=f"op-{op.name.lower()}")
         self.require_sizes(inferred.outputs, loc, op.name)
         self.check_size(op.name, inferred.outputs, op.param_count(inferred.init), loc)
+        for key, value in bound.items():  # after the size check, which spells out what a huge size means
+            for item in value if isinstance(value, tuple) else (value,):
+                if isinstance(item, int) and abs(item) > MAX_LAYER_INT:
+                    self.fail(loc, f"{op.name}: '{key}' is {item:,}; layer arguments are at most {MAX_LAYER_INT:,}")
         self.helpers.update(op.helpers)
         needs_module = op.stateful or name is not None or in_group
         if needs_module and op.module is None:

@@ -53,6 +53,9 @@ def run_script(script: Path, argv: list[str], nproc: int) -> None:
     if nproc <= 1:
         from dslc.build import load_generated
 
+        # The script imports its model code by module name: forget a same-named module an earlier
+        # run in this process imported from another folder.
+        sys.modules.pop(script.name.removesuffix("_train.py"), None)
         load_generated(script).main(argv)
         return
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", str(script), *argv]

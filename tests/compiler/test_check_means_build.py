@@ -88,3 +88,8 @@ def test_long_nested_pipelines_are_split_into_lines(write_spec, tmp_path):
 def test_bad_window_arguments_are_located_errors(write_spec, layer):
     spec = write_spec(f"model m {{\n    input x: float32[batch, 3, 8, 8]\n    output y = x -> {layer}\n}}\n")
     refused(spec)
+
+
+def test_layer_arguments_fit_in_32_bits(write_spec):
+    spec = write_spec("model m {\n input x: float32[b, 3, 8, 8]\n output y = x -> Conv2d(4, 3, stride=1099511627776)\n}\n")
+    assert "layer arguments are at most 2,147,483,647" in refused(spec)
