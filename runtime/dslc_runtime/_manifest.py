@@ -8,6 +8,7 @@ is refused with the field's location instead of being half-used.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,13 +55,15 @@ class Resolved:
 def resolve(path: Path, model: str | None) -> Resolved:
     """Find the ONNX file for ``path``: an ``.onnx`` file, a build directory, or a manifest."""
     check_name(str(path), "model path", ModelError)
-    if path.is_dir():
+    # os.path's tests answer False on any OSError (Path's raise e.g. PermissionError): the
+    # checks below then report what is wrong with the path.
+    if os.path.isdir(path):
         manifest_path = path / MANIFEST
-        if not manifest_path.exists() and not manifest_path.is_symlink():
+        if not os.path.lexists(manifest_path):
             return Resolved(_single_onnx(path, model))
     elif path.name == MANIFEST or path.suffix == ".json":
         manifest_path = path
-    elif path.exists() or path.is_symlink():
+    elif os.path.lexists(path):
         require_regular(path, "model file", ModelError)
         return Resolved(path)
     else:
@@ -74,7 +77,7 @@ def resolve(path: Path, model: str | None) -> Resolved:
         "the build directory",
         ModelError,
     )
-    if not onnx_path.exists():
+    if not os.path.exists(onnx_path):
         raise ModelError(f"{manifest_path} lists {entry.onnx!r} but {onnx_path} does not exist")
     require_regular(onnx_path, "model file", ModelError)
     if entry.onnx_sha256 is not None:

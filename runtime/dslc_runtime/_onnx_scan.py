@@ -20,6 +20,10 @@ from .errors import ModelError
 
 _MAX_DEPTH = 100
 """Message nesting limit: protobuf's own default, so deeper files would fail in onnxruntime too."""
+_MAX_FIELDS = 20_000_000
+"""Fields the scanner reads before giving up (about 30 s here). Real models need far fewer,
+as tensor payloads are skipped whole; a file packed with tiny fields would otherwise keep the
+Python loop busy for minutes."""
 
 # Field numbers from onnx.proto (stable since IR version 3), per message kind: the sub-messages
 # the scanner walks, and the text fields it checks. onnxruntime turns names into Python strings
@@ -181,10 +185,21 @@ class _Scanner:
     def __init__(self, buf: memoryview) -> None:
         self.buf = buf
         self.result = ModelScan()
+        self.budget = _MAX_FIELDS
+
+    def fields(self, a: int, b: int) -> Iterator[tuple[int, int, int, int]]:
+        """:func:`_fields`, counted against the scan's field budget."""
+        for item in _fields(self.buf, a, b):
+            self.budget -= 1
+            if self.budget < 0:
+                raise ModelError(
+                    f"the file holds more than {_MAX_FIELDS:,} protobuf fields; refusing to scan it"
+                )
+            yield item
 
     def model(self) -> ModelScan:
         buf, has_graph = self.buf, False
-        for number, wire, a, b in _fields(buf, 0, len(buf)):
+        for number, wire, a, b in self.fields(0, len(buf)):
             if number == _MODEL_IR_VERSION and wire == 0:
                 self.result.ir_version = a
             elif number == _MODEL_METADATA and wire == 2:
@@ -203,7 +218,7 @@ class _Scanner:
         if kind == "tensor":
             self.tensor(a, b)
             return
-        for number, wire, x, y in _fields(self.buf, a, b):
+        for number, wire, x, y in self.fields(a, b):
             self.field(kind, number, wire, x, y, depth)
 
     def field(self, kind: str, number: int, wire: int, a: int, b: int, depth: int) -> None:
@@ -219,7 +234,7 @@ class _Scanner:
 
     def tensor(self, a: int, b: int) -> None:
         name, location = "", None
-        for number, wire, x, y in _fields(self.buf, a, b):
+        for number, wire, x, y in self.fields(a, b):
             if wire != 2:
                 continue
             if number == _TENSOR_NAME:
@@ -266,7 +281,7 @@ def check_external_data(path: Path, scan: ModelScan) -> None:
     """Refuse external data that is absolute, uses ``..``, leaves the folder or is no regular file."""
     folder = path.resolve().parent
     for ref in scan.external:
-        what = f"tensor {ref.tensor!r} stores its data at"
+        what = f"tensor {ref.tensor!r} external data location"
         try:
             target = resolve_inside(folder, ref.location, what, "the model's folder", ModelError)
         except ModelError as exc:

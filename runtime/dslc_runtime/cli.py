@@ -174,9 +174,9 @@ def _random(
             if dim is not None:
                 sizes[dim] = size
             shape.append(size)
-    if math.prod(shape) > _MAX_RANDOM_ELEMENTS:
+    if any(size < 0 for size in shape) or math.prod(s for s in shape if s) > _MAX_RANDOM_ELEMENTS:
         raise InputError(
-            f"random input {quoted(spec.name)} would have shape {shape}: too large; set its dims (--dim)"
+            f"cannot make a random input {quoted(spec.name)} of shape {shape}; set its dims (--dim)"
         )
     dtype = spec.numpy_dtype or np.dtype(np.float32)
     if dtype.kind == "f":

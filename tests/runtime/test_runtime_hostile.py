@@ -418,6 +418,37 @@ def test_invalid_utf8_output_name(tmp_path):
     refused(lambda: load(path), ModelError, str(path), "not valid UTF-8")
 
 
+def length_delimited(number: int, payload: bytes) -> bytes:
+    """One protobuf field of wire type 2 (key, length varint, payload)."""
+
+    def varint(value: int) -> bytes:
+        out = bytearray()
+        while value > 0x7F:
+            out.append(value & 0x7F | 0x80)
+            value >>= 7
+        return bytes([*out, value])
+
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def test_protobuf_nesting_beyond_the_limit(tmp_path):
+    graph = b""
+    for _ in range(40):  # graph.node(1) -> node.attribute(5) -> attribute.g(6) -> graph: 120 levels
+        graph = length_delimited(1, length_delimited(5, length_delimited(6, graph)))
+    path = tmp_path / "deep.onnx"
+    path.write_bytes(length_delimited(7, graph))
+    refused(lambda: load(path), ModelError, str(path), "nesting is too deep")
+
+
+def test_files_packed_with_tiny_fields_are_refused(tmp_path, monkeypatch):
+    from dslc_runtime import _onnx_scan
+
+    monkeypatch.setattr(_onnx_scan, "_MAX_FIELDS", 1000)  # the real budget takes ~30 s to exhaust
+    path = tmp_path / "dense.onnx"
+    path.write_bytes(length_delimited(7, b"\xa0\x06\x00" * 2000))  # 2,000 unknown varint fields in a graph
+    refused(lambda: load(path), ModelError, "more than 1,000 protobuf fields")
+
+
 def test_odd_names_print_escaped(tmp_path):
     model = build_identities(tmp_path / "odd.onnx", ["ok", "bell\x07", "line\nbreak", "\u202eright-to-left"])
     text = str(load(model).signature) + load(model).signature.describe()
