@@ -429,7 +429,7 @@ class Model:
                     and dtype is not None
                     and not (dtype.kind == "O" and got.kind in "OUS")
                 ):
-                    problems.append(f"{name}: dtype {got} but the model expects {dtype}")
+                    problems.append(f"{display(name)}: dtype {got} but the model expects {dtype}")
             else:
                 x, kind = self._convert(name, x, dtype)
                 if kind is not None and special != "device":
@@ -441,21 +441,25 @@ class Model:
                     else dtype_name(x.dtype)
                 )
                 if dtype is not None and got_name != dtype_name(dtype) and dtype.kind != "O":
-                    problems.append(f"{name}: dtype {got_name} but the model expects {dtype}")
+                    problems.append(
+                        f"{display(name)}: dtype {got_name} but the model expects {dtype}"
+                    )
             arrays[name] = x
             if len(shape) != rank:
                 problems.append(
-                    f"{name}: rank {len(shape)} (shape {tuple(shape)}) but the model expects rank {rank}"
+                    f"{display(name)}: rank {len(shape)} (shape {tuple(shape)}) but the model expects rank {rank}"
                 )
                 continue
             for i, size in fixed:
                 if shape[i] != size:
-                    problems.append(f"{name}: dim {i} is {shape[i]} but the model expects {size}")
+                    problems.append(
+                        f"{display(name)}: dim {i} is {shape[i]} but the model expects {size}"
+                    )
             for i, sym in syms:
                 seen = symbols.setdefault(sym, (shape[i], name))
                 if seen[0] != shape[i]:
                     problems.append(
-                        f"{name}: dim {i} ({sym!r}) is {shape[i]} but {seen[1]} has {sym!r} = {seen[0]}"
+                        f"{display(name)}: dim {i} ({quoted(sym)}) is {shape[i]} but {display(seen[1])} has {quoted(sym)} = {seen[0]}"
                     )
         if problems:
             raise input_error(self.signature, problems, describe_values(feeds))
@@ -467,7 +471,7 @@ class Model:
                 raise input_error(
                     self.signature,
                     [
-                        f"{name}: OrtValue on {x.device_name()} but the model runs on {self.provider}"
+                        f"{display(name)}: OrtValue on {x.device_name()} but the model runs on {self.provider}"
                     ],
                 )
             return x, "device"  # OrtValues always go through IOBinding
@@ -481,14 +485,14 @@ class Model:
                     return np.from_dlpack(x), ("torch" if is_torch else None)
                 except (TypeError, BufferError, RuntimeError) as exc:  # e.g. bfloat16
                     raise input_error(
-                        self.signature, [f"{name}: cannot view as numpy: {exc}"]
+                        self.signature, [f"{display(name)}: cannot view as numpy: {exc}"]
                     ) from None
             if device_type == _DL_CUDA and self._on_gpu:
                 return x, "device"
             raise input_error(
                 self.signature,
                 [
-                    f"{name}: tensor lives on DLPack device {device_type} but the model runs on "
+                    f"{display(name)}: tensor lives on DLPack device {device_type} but the model runs on "
                     f"{self.provider}; move it to the CPU first"
                 ],
             )
@@ -496,7 +500,8 @@ class Model:
             return np.asarray(x, dtype=dtype), None
         except (TypeError, ValueError) as exc:
             raise input_error(
-                self.signature, [f"{name}: cannot convert {type(x).__name__} to {dtype}: {exc}"]
+                self.signature,
+                [f"{display(name)}: cannot convert {type(x).__name__} to {dtype}: {exc}"],
             ) from None
 
     def _name_error(self, feeds: Mapping[str, Any]) -> InputError:
@@ -666,7 +671,9 @@ class _CudaGraph:
             elif torch is not None and _is_torch(x):
                 torch.from_dlpack(self.inputs[name]).copy_(x)
             else:
-                raise InputError(f"{name}: CUDA-graph models take numpy arrays or torch tensors")
+                raise InputError(
+                    f"{display(name)}: CUDA-graph models take numpy arrays or torch tensors"
+                )
         if torch is not None:
             torch.cuda.current_stream(self.model.device_id).synchronize()
         self.model.session.run_with_iobinding(self.binding)

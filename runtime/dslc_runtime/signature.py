@@ -187,8 +187,8 @@ def describe_values(values: Mapping[str, Any]) -> str:
         if callable(shape):  # OrtValue
             shape, dtype = value.shape(), dtype_from_ort(value.data_type())
         if shape is None:
-            parts.append(f"{name}: {type(value).__name__}")
+            parts.append(f"{display(str(name))}: {type(value).__name__}")
         else:
             dims = ", ".join(str(d) for d in shape)
-            parts.append(f"{name}: {dtype_name(dtype)}[{dims}]")
+            parts.append(f"{display(str(name))}: {dtype_name(dtype)}[{dims}]")
     return ", ".join(parts)

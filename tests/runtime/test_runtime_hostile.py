@@ -450,10 +450,14 @@ def test_files_packed_with_tiny_fields_are_refused(tmp_path, monkeypatch):
 
 
 def test_odd_names_print_escaped(tmp_path):
-    model = build_identities(tmp_path / "odd.onnx", ["ok", "bell\x07", "line\nbreak", "\u202eright-to-left"])
-    text = str(load(model).signature) + load(model).signature.describe()
-    assert all(ch.isprintable() or ch == "\n" for ch in text)
-    assert "line\\nbreak" in text and "bell\\x07" in text
+    names = ["ok", "bell\x07", "line\nbreak", "\u202eright-to-left"]
+    model = load(build_identities(tmp_path / "odd.onnx", names))
+    text = str(model.signature) + model.signature.describe()
+    with pytest.raises(InputError) as info:
+        model.run({"x": np.ones(3, np.float32)})  # lists every output in the signature
+    for shown in (text, str(info.value)):
+        assert all(ch.isprintable() or ch == "\n" for ch in shown)
+        assert "line\\nbreak" in shown and "bell\\x07" in shown
 
 
 # ----------------------------------------------------------------------------- .npy files
