@@ -6,6 +6,7 @@ after every ONNX graph has been verified, so a failed build leaves no half-writt
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -33,6 +34,7 @@ class ModelReport:
     max_abs_diff: float | None
     verified: bool
     runs: list[dict[str, int]] = field(default_factory=list)
+    sha256: str = ""  # of the .onnx file, so the runtime can tell a damaged copy
 
 
 @dataclass
@@ -112,6 +114,7 @@ def _export_all(program, python_path, staging, verify_onnx, seed, state_dicts) -
         except Exception as exc:
             raise error(module.loc, f"ONNX export of '{module.spec_name}' failed: {str(exc).splitlines()[0]}") from exc
         report = ModelReport(module.spec_name, onnx_path.name, module.param_count, exported.nodes, None, False)
+        report.sha256 = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
         if verify_onnx:
             checked = verify(model, module, onnx_path)
             if not checked.passed:
@@ -140,7 +143,8 @@ def _manifest(program: ir.ProgramIR, stem: str, reports: list[ModelReport]) -> d
         }
         report = by_name.get(module.spec_name)
         if report:
-            entry.update(onnx=report.onnx, nodes=report.nodes, verified=report.verified, max_abs_diff=report.max_abs_diff)
+            entry.update(onnx=report.onnx, onnx_sha256=report.sha256, nodes=report.nodes, verified=report.verified,
+                         max_abs_diff=report.max_abs_diff)
         if program.labels.get(module.spec_name):
             entry["labels"] = program.labels[module.spec_name]
         if program.vocab:

@@ -294,15 +294,9 @@ def run(model_path: str, inputs: tuple[str, ...], model_name: str | None, provid
     Example:
       dslc run build/cnn --input image=digits.npy -o predictions/
     """
-    from dslc_runtime.cli import run_cli
+    from dslc_runtime.cli import parse_pairs, run_cli
 
-    pairs = {}
-    for item in inputs:
-        name, sep, file = item.partition("=")
-        if not sep:
-            name, file = "", item
-        pairs[name] = file
-    run_cli(model_path, pairs, output_dir, providers=providers, model=model_name)
+    run_cli(model_path, parse_pairs(inputs), output_dir, providers=providers, model=model_name)
 
 
 @main.command()

@@ -129,7 +129,7 @@ class Reporter:
             raise DslcError(list(self.diagnostics), dict(self.sources))
 
 
-MAX_SOURCE_BYTES = 4 * 1024 * 1024  # the parser refuses specs over 128 Ki characters; this bounds the read
+MAX_SOURCE_BYTES = 4 * 1024 * 1024  # the parser refuses specs over 64 Ki characters; this bounds the read
 
 
 def read_source(path: str | Path) -> str:

@@ -36,7 +36,7 @@ TOKEN_NAMES = {
 
 
 # Limits that keep every spec's compile time and memory small; each is reported at its location.
-MAX_SPEC_CHARS = 128 * 1024  # 20x the largest shipped spec; parsing costs about 20 us per token
+MAX_SPEC_CHARS = 64 * 1024  # 10x the largest shipped spec; parsing takes about 10 ms per KiB
 MAX_NESTING = 64  # brackets and braces; generated Python must stay below CPython's 200
 MAX_TREE_DEPTH = 200  # parse-tree levels, for chains without brackets (`- - x`, `a ** b ** c`)
 MAX_NAME_LENGTH = 128
