@@ -21,7 +21,7 @@ def errors_of(path) -> list[str]:
     return [d.message for d in info.value.diagnostics]
 
 
-N = 10_000  # deep enough for any recursion limit, small enough for the size limit
+N = 5_000  # deep enough for any recursion limit, small enough for the size limit
 DEEP = {
     "parentheses": "output y = " + "(" * N + "x" + ")" * N,
     "lists": "output y = concat(" + "[" * N + "x" + "]" * N + ")",
@@ -30,7 +30,7 @@ DEEP = {
     "ifs": "if true { " * N + "y = x" + " }" * N + "\n    output y",
     "negations": "output y = " + "-" * N + "x",
     "powers": "output y = x * (" + "2 ** " * N + "1)",
-    "sums": "output y = " + " + ".join(["x"] * 20_000),
+    "sums": "output y = " + " + ".join(["x"] * 15_000),
 }
 
 
