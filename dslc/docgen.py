@@ -16,10 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dslc.errors import DOCS_URL
+from dslc import checker, consteval, parser
+from dslc.errors import DOCS_URL, MAX_SHOWN
 from dslc.layers import REGISTRY, Op
 from dslc.params import dsl_value, signature
-from dslc.shapes import DTYPES
+from dslc.shapes import DTYPES, MAX_EXAMPLE_SIZE
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / DOCS_URL
@@ -263,11 +264,28 @@ train {
 <a id="names"></a>
 ## Names
 
-Names are ASCII identifiers (`[A-Za-z_][A-Za-z0-9_]*`). The keywords KEYWORD_LIST cannot be used as
-names where they start a statement. Names that the generated Python needs (Python keywords, `self`,
-`torch`, `nn`, `F`, `math`, `super`, `block`, `MODELS`, and names starting with `__`) are refused.
-Layer and function names are looked up in the registry below; a misspelt name gets a
-"did you mean" hint.
+Names are ASCII identifiers (`[A-Za-z_][A-Za-z0-9_]*`) of at most MAX_NAME_LENGTH characters. The
+keywords KEYWORD_LIST cannot be used as names where they start a statement. A name becomes a Python
+name in the generated code, so names that code needs are refused where they are written: Python
+keywords and built-ins (`len`, `list`, `sum`, ...), `self`, `torch`, `nn`, `F`, `math`, `block`,
+`MODELS`, names starting with `__`, and for models, model outputs and train tensors also the variables
+of the training script (`models`, `batch`, `loss`, `run`, `rt`, `totals`, ...). Layer names become
+attributes (`self.conv1`), so they may be `self` or a built-in but not one of `nn.Module`'s own
+attributes (`forward`, `training`, `to`, ...) or start with `_`. The generated file takes its name
+from the spec's file name made into a module name (`my-net.model` -> `my_net.py`, `2layer.model` ->
+`model_2layer.py`, `torch.model` -> `torch_model.py`). Layer and function names are looked up in the
+registry below; a misspelt name gets a "did you mean" hint.
+
+<a id="limits"></a>
+## Limits
+
+What would make checking slow or a model impossible to build is refused at its location:
+
+LIMITS_TABLE
+
+Symbolic sizes: every layer and index records what its sizes need (a kernel of 25 needs a length
+of at least 25, `x[:, -10]` needs at least 10), and `dslc build` exports and verifies at sizes that
+meet every such rule. A model no size up to MAX_EXAMPLE_SIZE can run is refused by `dslc check`.
 
 <a id="diagnostics"></a>
 ## Diagnostics
@@ -278,6 +296,23 @@ run reports every independent mistake it finds. A block is checked where it is u
 use (arguments and input shapes); an error inside it carries a `note:` naming that use. `dslc check`
 exits 0 when the spec is clean and 1 on errors.
 '''
+
+
+def limits_table() -> list[str]:
+    rows = [
+        ("spec size", f"{parser.MAX_SPEC_CHARS:,} characters"),
+        ("brackets and braces nested", f"{parser.MAX_NESTING} levels"),
+        ("expression depth without brackets (`- - x`, `a ** b ** c`, long sums)", f"{parser.MAX_TREE_DEPTH} levels"),
+        ("name length", f"{parser.MAX_NAME_LENGTH} characters"),
+        ("integers (literals and compile-time arithmetic)", "2**63 - 1"),
+        ("strings and tuples built with `*` or `+`", f"{consteval.MAX_ITEMS:,} items"),
+        ("layer arguments (sizes, kernels, strides)", f"{checker.MAX_LAYER_INT:,}"),
+        ("parameters of a layer or a model", f"{checker.MAX_PARAMETERS:,} (4 GB of float32)"),
+        ("elements of one tensor per example (symbolic sizes count as 1)", f"{checker.MAX_ELEMENTS:,}"),
+        ("copies made by `repeat`", f"{checker.MAX_REPEAT:,}"),
+        ("errors printed per run (all are counted)", f"{MAX_SHOWN}"),
+    ]
+    return ["| what | at most |", "|---|---|", *(f"| {what} | {limit} |" for what, limit in rows)]
 
 
 def keywords() -> list[str]:
@@ -426,6 +461,7 @@ def render() -> str:
                 ("conditionals", "if"),
                 ("train sections", "training"),
                 ("names", "names"),
+                ("limits", "limits"),
                 ("diagnostics", "diagnostics"),
             ]
         ),
@@ -443,6 +479,8 @@ def render() -> str:
     body = CONSTRUCTS.strip("\n")
     body = body.replace("DTYPE_LIST", ", ".join(f"`{d}`" for d in DTYPES))
     body = body.replace("KEYWORD_LIST", ", ".join(f"`{k}`" for k in keywords()))
+    body = body.replace("LIMITS_TABLE", "\n".join(limits_table()))
+    body = body.replace("MAX_NAME_LENGTH", f"{parser.MAX_NAME_LENGTH:,}").replace("MAX_EXAMPLE_SIZE", f"{MAX_EXAMPLE_SIZE:,}")
     out += ["# The language", "", body, ""]
 
     out += ['<a id="layers-and-functions"></a>', "# Layers and functions", ""]
