@@ -153,9 +153,10 @@ def read_source(path: str | Path) -> str:
     if len(data) > MAX_SOURCE_BYTES:
         raise error(None, f"{path}: too large for a spec (at most {MAX_SOURCE_BYTES:,} bytes)")
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _not_utf8(str(path), data, exc) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as text-mode open() reads
 
 
 def _not_utf8(path: str, data: bytes, exc: UnicodeDecodeError) -> DslcError:
