@@ -769,7 +769,13 @@ class BodyChecker:
         return self.static(expr, "a layer argument")
 
     def _check_arg(self, param, value: Any, loc: Loc, what: str) -> Any:
-        if param.kind in ("axis", "axes", "dims"):
+        if param.kind == "dims":
+            sizes = value if isinstance(value, tuple) else (value,)
+            for size in sizes:
+                if not (isinstance(size, Sym) or (isinstance(size, int) and not isinstance(size, bool) and size >= -1)):
+                    self.fail(loc, f"{what}: '{param.name}' takes sizes (integers, -1 or dimension names), got {brief(size)}")
+            return sizes
+        if param.kind in ("axis", "axes"):
             return value  # resolved against the input's shape by the op's shape rule
         try:
             return coerce(param, value, what)
@@ -897,7 +903,8 @@ class BodyChecker:
             for i in range(count):
                 out = self.stage(stage.body, [current, *extra], str(i), in_group=True)
                 if len(out.types) != 1 or out.type != current.type:
-                    self.fail(stage.loc, f"repeat needs a layer whose output has its input's type; got {current.type} -> {out.types[0]}")
+                    got = ", ".join(str(t) for t in out.types) or "nothing"
+                    self.fail(stage.loc, f"repeat needs a layer whose output has its input's type; got {current.type} -> {got}")
                 current = ir.Var(out.types, "_")
         finally:
             self.collect.pop()

@@ -145,13 +145,13 @@ def read_source(path: str | Path) -> str:
         if not stat.S_ISREG(info.st_mode):
             raise error(None, f"{path}: not a regular file")
         if info.st_size > MAX_SOURCE_BYTES:
-            raise error(None, f"{path}: {info.st_size:,} bytes is too large for a spec (at most {MAX_SOURCE_BYTES:,})")
+            raise error(Loc(str(path), 1, 1), f"{info.st_size:,} bytes is too large for a spec (at most {MAX_SOURCE_BYTES:,})")
         try:
             data = file.read(MAX_SOURCE_BYTES + 1)
         except OSError as exc:
             raise error(None, f"{path}: cannot read ({exc.strerror})") from None
     if len(data) > MAX_SOURCE_BYTES:
-        raise error(None, f"{path}: too large for a spec (at most {MAX_SOURCE_BYTES:,} bytes)")
+        raise error(Loc(str(path), 1, 1), f"too large for a spec (at most {MAX_SOURCE_BYTES:,} bytes)")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

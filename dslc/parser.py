@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast as pyast
 import re
+from contextvars import ContextVar
 from functools import cache
 
 from lark import Lark, Token, Transformer, Tree, v_args
@@ -49,6 +50,18 @@ _SCAN = re.compile(
 )
 
 
+KEYWORDS = ("as", "import", "from", "const", "block", "model", "input", "output", "else", "if", "elif", "train",
+            "repeat", "or", "and", "not", "true", "false", "none")  # fmt: skip
+# Keyword tokens of the current parse: the contextual lexer also matches `model` at the start of
+# `modelm` where no name may stand, so each is checked to end where a word ends.
+_keyword_tokens: ContextVar[list[Token]] = ContextVar("keyword_tokens")
+
+
+def _record_keyword(token: Token) -> Token:
+    _keyword_tokens.get([]).append(token)
+    return token
+
+
 @cache
 def _lark() -> Lark:
     return Lark(
@@ -56,15 +69,30 @@ def _lark() -> Lark:
         parser="lalr",
         propagate_positions=True,
         maybe_placeholders=True,
+        lexer_callbacks={word.upper(): _record_keyword for word in KEYWORDS},
         cache=True,  # reuses the built LALR tables across processes (keyed by grammar and lark version)
     )
+
+
+def _check_keywords_end(tokens: list[Token], source: str, path: str) -> None:
+    for tok in tokens:
+        following = re.match(r"[A-Za-z0-9_]+", source[tok.end_pos :])
+        if following:
+            word = tok.value + following.group()
+            raise _located(source, path, tok.start_pos, f"'{word}' reads as the keyword '{tok.value}' followed by "
+                           f"'{following.group()}'; write `{tok.value} {following.group()}`")
 
 
 def parse(source: str, path: str = "<string>") -> ast.Program:
     """Parse one file. Raises DslcError with a located message on bad syntax."""
     try:
         _check_limits(source, path)
-        tree = _lark().parse(source)
+        keywords = _keyword_tokens.set([])
+        try:
+            tree = _lark().parse(source)
+            _check_keywords_end(_keyword_tokens.get(), source, path)
+        finally:
+            _keyword_tokens.reset(keywords)
         _check_depth(tree, path, source)
         items, doc = _ToAst(path, source).transform(tree)
     except UnexpectedInput as exc:

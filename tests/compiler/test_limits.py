@@ -99,3 +99,17 @@ def test_many_errors_are_counted_not_all_printed(write_spec):
         check_file(write_spec(MODEL.format(body=body)))
     assert len(info.value.diagnostics) == 200
     assert "... and 150 more errors" in info.value.render()
+
+
+@pytest.mark.parametrize(
+    ("source", "glued"),
+    [("modelm{\n input x: float32[b, 2]\n output y = x\n}\n", "'modelm'"), ("consthidden = 3\n", "'consthidden'")],
+)
+def test_keywords_do_not_glue_to_names(write_spec, source, glued):
+    (message,) = errors_of(write_spec(source + MODEL.format(body="output y = x").replace("model m", "model k")))
+    assert glued in message and "reads as the keyword" in message
+
+
+def test_reshape_takes_sizes_not_strings(write_spec):
+    (message,) = errors_of(write_spec(MODEL.format(body='output y = x -> Reshape(b, "a" * 2)')))
+    assert "takes sizes" in message
