@@ -43,7 +43,9 @@ def bench_check(repeat: int) -> None:
     check = timed_process([sys.executable, "-m", "dslc.cli", "check", *map(str, SPECS)], repeat)
     torch_import = timed_process([sys.executable, "-c", "import torch"], repeat)
     print(f"\n## dslc check of {len(SPECS)} specs (fresh process, median of {repeat})")
-    print(f"dslc check: {check * 1e3:.0f} ms   import torch alone: {torch_import * 1e3:.0f} ms   ratio {check / torch_import:.2f}x")
+    print(
+        f"dslc check: {check * 1e3:.0f} ms   import torch alone: {torch_import * 1e3:.0f} ms   ratio {check / torch_import:.2f}x"
+    )
 
 
 # ---------------------------------------------------------------- hand-written equivalents
@@ -62,8 +64,13 @@ class HandCnn(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding="same"), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Conv2d(1, 32, 3, padding="same"),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
         )
         self.head = nn.Sequential(nn.Linear(2304, 128), nn.ReLU(), nn.Linear(128, 10))
 
@@ -112,8 +119,13 @@ def bare_export(name: str, path: Path) -> tuple[float, int, str]:
         with torch.no_grad():
             want = model(*args)
         want = want if isinstance(want, tuple) else (want,)
-        declared = [[d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim] for o in onnx.load(str(path)).graph.output]
-        frozen = any(isinstance(d, int) and d not in (w.shape[i] for w in want) for dims in declared for i, d in enumerate(dims))
+        declared = [
+            [d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim]
+            for o in onnx.load(str(path)).graph.output
+        ]
+        frozen = any(
+            isinstance(d, int) and d not in (w.shape[i] for w in want) for dims in declared for i, d in enumerate(dims)
+        )
         close = all(np.allclose(g, w.numpy(), atol=1e-5) for g, w in zip(got, want))
         status = "matches at other sizes" if close else "wrong at other sizes"
         if frozen:
@@ -127,7 +139,9 @@ def bench_build() -> None:
     from dslc.build import build
 
     print("\n## dslc build vs bare torch.onnx.export (default exporter) of a hand-written module")
-    print(f"{'spec':<20} {'dslc s':>8} {'bare s':>8} {'time x':>7} {'dslc nodes':>11} {'bare nodes':>11} {'nodes x':>8}  bare status")
+    print(
+        f"{'spec':<20} {'dslc s':>8} {'bare s':>8} {'time x':>7} {'dslc nodes':>11} {'bare nodes':>11} {'nodes x':>8}  bare status"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for name in HAND:
             start = time.perf_counter()
@@ -136,7 +150,9 @@ def bench_build() -> None:
             dslc_nodes = result.models[0].nodes
             bare_time, bare_nodes, status = bare_export(name, Path(tmp) / f"{name}_bare.onnx")
             ratio = f"{dslc_nodes / bare_nodes:.2f}" if bare_nodes > 0 else "-"
-            print(f"{name:<20} {dslc_time:>8.2f} {bare_time:>8.2f} {dslc_time / bare_time:>7.2f} {dslc_nodes:>11} {bare_nodes:>11} {ratio:>8}  {status}")
+            print(
+                f"{name:<20} {dslc_time:>8.2f} {bare_time:>8.2f} {dslc_time / bare_time:>7.2f} {dslc_nodes:>11} {bare_nodes:>11} {ratio:>8}  {status}"
+            )
 
 
 def median_latency(fn, iterations: int) -> float:
@@ -166,7 +182,9 @@ def bench_latency(iterations: int) -> None:
             for report in result.models:
                 module_ir = result.program.model(report.name)
                 model = generated.MODELS[report.name]().eval()
-                session = ort.InferenceSession(str(Path(tmp) / spec.stem / report.onnx), options, providers=["CPUExecutionProvider"])
+                session = ort.InferenceSession(
+                    str(Path(tmp) / spec.stem / report.onnx), options, providers=["CPUExecutionProvider"]
+                )
                 for batch in (1, 32):
                     sizes = {k: (batch if k == "batch" else v) for k, v in example_sizes(module_ir).items()}
                     inputs = example_inputs(module_ir, sizes)
@@ -175,7 +193,9 @@ def bench_latency(iterations: int) -> None:
                         eager = median_latency(lambda m=model, x=inputs: m(*x), iterations)
                     onnx_time = median_latency(lambda s=session, f=feeds: s.run(None, f), iterations)
                     label = report.name if len(result.models) > 1 else spec.stem
-                    print(f"{label:<22} {batch:>5} {eager * 1e3:>9.3f} {onnx_time * 1e3:>8.3f} {onnx_time / eager:>10.2f}")
+                    print(
+                        f"{label:<22} {batch:>5} {eager * 1e3:>9.3f} {onnx_time * 1e3:>8.3f} {onnx_time / eager:>10.2f}"
+                    )
 
 
 def main() -> None:

@@ -63,7 +63,11 @@ class HandWritten:
         steps_per_epoch = math.ceil(len(self.x) / cfg.batch_size)
         self.scheduler = None
         if step.schedule.kind == "cosine":
-            warmup = max(1, round(step.schedule.options["warmup"] * steps_per_epoch)) if step.schedule.options["warmup"] else 0
+            warmup = (
+                max(1, round(step.schedule.options["warmup"] * steps_per_epoch))
+                if step.schedule.options["warmup"]
+                else 0
+            )
             total = max(1, epochs * steps_per_epoch)
 
             def factor(i: int) -> float:
@@ -150,8 +154,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="dslc-bench-"))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds of {args.epochs} epochs "
-          "(the first of each is warm-up), generated and hand-written epochs interleaved")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds of {args.epochs} epochs "
+        "(the first of each is warm-up), generated and hand-written epochs interleaved"
+    )
     results = []
     try:
         for name in args.specs:
@@ -162,13 +168,18 @@ def main() -> None:
                 pairs += got
                 ratios = " ".join(f"{p[0] / p[1]:.3f}" for p in got)
                 cpu_ratios = " ".join(f"{p[2] / p[3]:.3f}" for p in got)
-                print(f"{name:>4} round {r + 1} ({'hand' if r % 2 == 0 else 'generated'} first): wall ratios {ratios}   "
-                      f"cpu ratios {cpu_ratios}", flush=True)
+                print(
+                    f"{name:>4} round {r + 1} ({'hand' if r % 2 == 0 else 'generated'} first): wall ratios {ratios}   "
+                    f"cpu ratios {cpu_ratios}",
+                    flush=True,
+                )
             for label, g_i, h_i in (("wall", 0, 1), ("cpu ", 2, 3)):
                 gen, hand = [p[g_i] for p in pairs], [p[h_i] for p in pairs]
                 ratio = statistics.median(p[g_i] / p[h_i] for p in pairs)
-                results.append(f"{name:>4} {label}: generated {statistics.median(gen):9.1f} samples/s   hand-written "
-                               f"{statistics.median(hand):9.1f} samples/s   median ratio {ratio:.3f} over {len(pairs)} epoch pairs")
+                results.append(
+                    f"{name:>4} {label}: generated {statistics.median(gen):9.1f} samples/s   hand-written "
+                    f"{statistics.median(hand):9.1f} samples/s   median ratio {ratio:.3f} over {len(pairs)} epoch pairs"
+                )
         print("\n".join(results))
     finally:
         shutil.rmtree(work, ignore_errors=True)

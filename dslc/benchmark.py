@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 
 
-def bench_model(path: Path, model_name: str | None, providers: list[str], batch_sizes: list[int], iterations: int) -> None:
+def bench_model(
+    path: Path, model_name: str | None, providers: list[str], batch_sizes: list[int], iterations: int
+) -> None:
     from dslc_runtime import Model
     from dslc_runtime.cli import bench_cli, random_inputs
 

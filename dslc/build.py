@@ -81,7 +81,9 @@ def build(
         if program.train is not None:  # the training script: `python DIR/<stem>_train.py` trains as `dslc train` does
             from dslc.emit_train import emit_train_script
 
-            (staging / f"{stem}_train.py").write_text(emit_train_script(program, list(overrides or [])), encoding="utf-8")
+            (staging / f"{stem}_train.py").write_text(
+                emit_train_script(program, list(overrides or [])), encoding="utf-8"
+            )
         reports = []
         if export_onnx:
             reports = _export_all(program, python_path, staging, verify_onnx, seed, state_dicts or {})
@@ -118,7 +120,9 @@ def _export_all(program, python_path, staging, verify_onnx, seed, state_dicts) -
         if verify_onnx:
             checked = verify(model, module, onnx_path)
             if not checked.passed:
-                raise error(module.loc, f"ONNX verification of '{module.spec_name}' failed: " + "; ".join(checked.problems))
+                raise error(
+                    module.loc, f"ONNX verification of '{module.spec_name}' failed: " + "; ".join(checked.problems)
+                )
             report.max_abs_diff, report.verified, report.runs = checked.max_abs_diff, True, checked.runs
         reports.append(report)
     return reports
@@ -143,8 +147,13 @@ def _manifest(program: ir.ProgramIR, stem: str, reports: list[ModelReport]) -> d
         }
         report = by_name.get(module.spec_name)
         if report:
-            entry.update(onnx=report.onnx, onnx_sha256=report.sha256, nodes=report.nodes, verified=report.verified,
-                         max_abs_diff=report.max_abs_diff)
+            entry.update(
+                onnx=report.onnx,
+                onnx_sha256=report.sha256,
+                nodes=report.nodes,
+                verified=report.verified,
+                max_abs_diff=report.max_abs_diff,
+            )
         if program.labels.get(module.spec_name):
             entry["labels"] = program.labels[module.spec_name]
         if program.vocab:

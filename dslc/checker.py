@@ -107,8 +107,11 @@ class Checker:
                     module = self.instantiate(block, root, {}, None, block.loc)
                     self._check_size_rules(module)
                     if module.param_count > MAX_PARAMETERS:
-                        self.reporter.error(block.loc, f"model '{block.name}' has {module.param_count:,} parameters "
-                                            f"({_gigabytes(module.param_count)} in float32); dslc builds models of up to {MAX_PARAMETERS:,}")
+                        self.reporter.error(
+                            block.loc,
+                            f"model '{block.name}' has {module.param_count:,} parameters "
+                            f"({_gigabytes(module.param_count)} in float32); dslc builds models of up to {MAX_PARAMETERS:,}",
+                        )
                     models.append(module.class_name)
                 except DslcError as exc:
                     self.reporter.extend(exc)
@@ -117,7 +120,9 @@ class Checker:
             else:
                 self._check_block_alone(block, root)
         if not models and not self.reporter.diagnostics:
-            self.reporter.error(Loc(root.path, 1, 1), "the spec defines no model", "add `model NAME { ... }`", section="models")
+            self.reporter.error(
+                Loc(root.path, 1, 1), "the spec defines no model", "add `model NAME { ... }`", section="models"
+            )
         source = root.program.source
         return ir.ProgramIR(
             path=root.path,
@@ -134,8 +139,11 @@ class Checker:
         """Every model must run for some input sizes: refuse one whose size rules no sizes meet."""
         _, unmet = solve_sizes(ir.default_sizes(module, ir.SMALLEST_SHIFT), module.size_rules)
         for rule in unmet:
-            self.reporter.error(rule.loc, f"{rule.why}; no input size up to {MAX_EXAMPLE_SIZE} gives that",
-                                "a kernel, pooling window or index larger than the input?")
+            self.reporter.error(
+                rule.loc,
+                f"{rule.why}; no input size up to {MAX_EXAMPLE_SIZE} gives that",
+                "a kernel, pooling window or index larger than the input?",
+            )
 
     def _check_block_alone(self, block: ast.BlockDef, scope: FileScope) -> None:
         """Check a block's parameters and defaults even if no model uses it."""
@@ -287,15 +295,21 @@ class BodyChecker:
     def check_size(self, what: str, outputs: list[TensorType], params: int, loc: Loc) -> None:
         """Refuse a layer too large to build or to run once: its size is spelled out."""
         if params > MAX_PARAMETERS:
-            self.fail(loc, f"{what} has {params:,} parameters ({_gigabytes(params)} in float32); "
-                           f"dslc builds models of up to {MAX_PARAMETERS:,}")
+            self.fail(
+                loc,
+                f"{what} has {params:,} parameters ({_gigabytes(params)} in float32); "
+                f"dslc builds models of up to {MAX_PARAMETERS:,}",
+            )
         for t in outputs:
             if any(isinstance(d, int) and d < 0 for d in t.shape):
                 self.fail(loc, f"{what} gives {t}, a negative size", "is the input smaller than the kernel or window?")
             elements = math.prod(d for d in t.shape if isinstance(d, int))
             if elements > MAX_ELEMENTS:
-                self.fail(loc, f"{what} gives {t}, {elements:,} elements per example ({_gigabytes(elements)} in "
-                               f"float32); tensors of up to {MAX_ELEMENTS:,} elements are allowed")
+                self.fail(
+                    loc,
+                    f"{what} gives {t}, {elements:,} elements per example ({_gigabytes(elements)} in "
+                    f"float32); tensors of up to {MAX_ELEMENTS:,} elements are allowed",
+                )
 
     def fail(self, loc: Loc, message: str, hint: str | None = None, section: str | None = None):
         self.reporter.error(loc, message, hint, section=section)
@@ -309,7 +323,10 @@ class BodyChecker:
         index = len(self.inputs)
         if self.input_types is not None:
             if index >= len(self.input_types):
-                self.fail(stmt.loc, f"'{self.block.name}' is given {len(self.input_types)} input(s); this is input {index + 1}")
+                self.fail(
+                    stmt.loc,
+                    f"'{self.block.name}' is given {len(self.input_types)} input(s); this is input {index + 1}",
+                )
             actual = self.input_types[index]
             declared = self.tensor_type(stmt.type, actual)
         else:
@@ -404,7 +421,12 @@ class BodyChecker:
     def tensor_type(self, texpr: ast.TensorTypeExpr, actual: TensorType | None) -> TensorType:
         """Evaluate a declared type. Unknown dim names bind to the actual size (or a new symbol)."""
         if texpr.dtype not in DTYPES:
-            self.fail(texpr.loc, f"unknown dtype '{texpr.dtype}'", did_you_mean(texpr.dtype, DTYPES) or f"use one of {', '.join(DTYPES)}", section="tensor-types")
+            self.fail(
+                texpr.loc,
+                f"unknown dtype '{texpr.dtype}'",
+                did_you_mean(texpr.dtype, DTYPES) or f"use one of {', '.join(DTYPES)}",
+                section="tensor-types",
+            )
         if actual is not None and actual.dtype != texpr.dtype:
             self.fail(texpr.loc, f"expected {texpr.dtype}, got {actual}")
         if actual is not None and actual.rank != len(texpr.dims):
@@ -606,7 +628,9 @@ class BodyChecker:
             elif isinstance(item, ast.NoneLit):
                 items.append(None)
             elif isinstance(item, ast.Slice):
-                parts = [None if p is None else self.static(p, "a slice bound") for p in (item.start, item.stop, item.step)]
+                parts = [
+                    None if p is None else self.static(p, "a slice bound") for p in (item.start, item.stop, item.step)
+                ]
                 if any(p is not None and not isinstance(p, int) for p in parts):
                     self.fail(item.loc, "slice bounds must be integers")
                 if parts[2] is not None and parts[2] <= 0:
@@ -718,7 +742,9 @@ class BodyChecker:
         instance = self.env.get(stage.name)
         if isinstance(instance, LayerInstance):
             if not stage.bare or name:
-                self.fail(stage.loc, f"'{stage.name}' is an existing layer; reuse it as `-> {stage.name}` (shared weights)")
+                self.fail(
+                    stage.loc, f"'{stage.name}' is an existing layer; reuse it as `-> {stage.name}` (shared weights)"
+                )
             return instance.make_call(inputs, stage.loc)
         if isinstance(instance, Poison):
             raise _StatementFailedError
@@ -728,26 +754,43 @@ class BodyChecker:
         found = self.scope.lookup_block(stage.name)
         if found is not None:
             return self.apply_block(found, stage, inputs, name)
-        candidates = list(REGISTRY) + list(self.scope.blocks) + [k for k, v in self.env.items() if isinstance(v, LayerInstance)]
-        self.fail(stage.loc, f"unknown layer '{stage.name}'", did_you_mean(stage.name, candidates), section="layers-and-functions")
+        candidates = (
+            list(REGISTRY) + list(self.scope.blocks) + [k for k, v in self.env.items() if isinstance(v, LayerInstance)]
+        )
+        self.fail(
+            stage.loc,
+            f"unknown layer '{stage.name}'",
+            did_you_mean(stage.name, candidates),
+            section="layers-and-functions",
+        )
 
     def bind(self, params, args: list[Any], kwargs: list[tuple[str, ast.Expr]], loc: Loc, what: str, arg_exprs=None):
         """Match positional and keyword arguments to parameters, with type checks."""
         values: dict[str, Any] = {}
         arg_exprs = arg_exprs or []
-        positional = list(args) + [self._arg_value(e, params[i] if i < len(params) else None) for i, e in enumerate(arg_exprs, len(args))]
+        positional = list(args) + [
+            self._arg_value(e, params[i] if i < len(params) else None) for i, e in enumerate(arg_exprs, len(args))
+        ]
         if params and params[0].kind in ("dims", "axes") and positional:
-            collected = positional[0] if len(positional) == 1 and isinstance(positional[0], tuple) else tuple(positional)
+            collected = (
+                positional[0] if len(positional) == 1 and isinstance(positional[0], tuple) else tuple(positional)
+            )
             values[params[0].name] = collected
             positional = []
         if len(positional) > len(params):
-            self.fail(loc, f"{what} takes at most {len(params)} positional argument(s), got {len(positional)}", _signature(what, params))
+            self.fail(
+                loc,
+                f"{what} takes at most {len(params)} positional argument(s), got {len(positional)}",
+                _signature(what, params),
+            )
         for param, value in zip(params, positional):
             values[param.name] = value
         by_name = {p.name: p for p in params}
         for key, vexpr in kwargs:
             if key not in by_name:
-                self.fail(vexpr.loc, f"{what} has no argument '{key}'", did_you_mean(key, by_name) or _signature(what, params))
+                self.fail(
+                    vexpr.loc, f"{what} has no argument '{key}'", did_you_mean(key, by_name) or _signature(what, params)
+                )
             if key in values:
                 self.fail(vexpr.loc, f"{what} got '{key}' twice")
             values[key] = self._arg_value(vexpr, by_name[key])
@@ -773,7 +816,9 @@ class BodyChecker:
             sizes = value if isinstance(value, tuple) else (value,)
             for size in sizes:
                 if not (isinstance(size, Sym) or (isinstance(size, int) and not isinstance(size, bool) and size >= -1)):
-                    self.fail(loc, f"{what}: '{param.name}' takes sizes (integers, -1 or dimension names), got {brief(size)}")
+                    self.fail(
+                        loc, f"{what}: '{param.name}' takes sizes (integers, -1 or dimension names), got {brief(size)}"
+                    )
             return sizes
         if param.kind in ("axis", "axes"):
             return value  # resolved against the input's shape by the op's shape rule
@@ -807,7 +852,9 @@ class BodyChecker:
         if needs_module:
             attr = name or self.auto_attr(op.prefix)
             self.add_submodule(
-                ir.Submodule(attr, "op", loc, op=op.name, init=inferred.init, args=bound, params=op.param_count(inferred.init))
+                ir.Submodule(
+                    attr, "op", loc, op=op.name, init=inferred.init, args=bound, params=op.param_count(inferred.init)
+                )
             )
             if not in_group:
                 self._record(loc, attr, f"{op.name}", inferred.outputs, op.param_count(inferred.init))
@@ -825,7 +872,10 @@ class BodyChecker:
             except ShapeError as exc:
                 self.fail(loc, f"reusing '{attr}': {exc}", exc.hint)
             if again.init != init:
-                self.fail(loc, f"layer '{attr}' was built for other input sizes; it cannot be reused with {[str(x.type) for x in inputs]}")
+                self.fail(
+                    loc,
+                    f"layer '{attr}' was built for other input sizes; it cannot be reused with {[str(x.type) for x in inputs]}",
+                )
             self.require_sizes(again.outputs, loc, op.name)
             return ir.OpCall(again.outputs, op.name, list(inputs), init, f"self.{attr}")
 
@@ -904,7 +954,10 @@ class BodyChecker:
                 out = self.stage(stage.body, [current, *extra], str(i), in_group=True)
                 if len(out.types) != 1 or out.type != current.type:
                     got = ", ".join(str(t) for t in out.types) or "nothing"
-                    self.fail(stage.loc, f"repeat needs a layer whose output has its input's type; got {current.type} -> {got}")
+                    self.fail(
+                        stage.loc,
+                        f"repeat needs a layer whose output has its input's type; got {current.type} -> {got}",
+                    )
                 current = ir.Var(out.types, "_")
         finally:
             self.collect.pop()

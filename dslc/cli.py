@@ -98,7 +98,9 @@ def check(files: tuple[str, ...], shapes: bool, overrides: tuple[str, ...]) -> N
         if shapes:
             _print_shapes(program)
     if failures:
-        raise DslcError([d for f in failures for d in f.diagnostics], {k: v for f in failures for k, v in f.sources.items()})
+        raise DslcError(
+            [d for f in failures for d in f.diagnostics], {k: v for f in failures for k, v in f.sources.items()}
+        )
 
 
 def _print_shapes(program) -> None:
@@ -112,14 +114,23 @@ def _print_shapes(program) -> None:
         for column in ("line", "layer", "op", "output", "params"):
             table.add_column(column, justify="right" if column in ("line", "params") else "left")
         for rec in module.records:
-            table.add_row(str(rec.loc.line), escape(rec.module), escape(rec.what), escape(rec.output), f"{rec.params:,}")
+            table.add_row(
+                str(rec.loc.line), escape(rec.module), escape(rec.what), escape(rec.output), f"{rec.params:,}"
+            )
         table.add_row("", "", "total", "", f"{module.param_count:,}", style="bold")
         console.print(table)
 
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Output directory (default: build/<stem>).")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Output directory (default: build/<stem>).",
+)
 @click.option("--no-onnx", is_flag=True, help="Write only the PyTorch code.")
 @click.option("--no-verify", is_flag=True, help="Skip running the ONNX graph against PyTorch.")
 @_set_option
@@ -138,7 +149,9 @@ def build(spec: str, out_dir: str | None, no_onnx: bool, no_verify: bool, overri
     click.echo(f"wrote {result.python_path}")
     train_script = result.python_path.with_name(f"{result.python_path.stem}_train.py")
     if result.program.train is not None and train_script.exists():
-        click.echo(f"wrote {train_script} (the training script; `python {train_script.name}` trains as `dslc train` does)")
+        click.echo(
+            f"wrote {train_script} (the training script; `python {train_script.name}` trains as `dslc train` does)"
+        )
     for report in result.models:
         line = f"wrote {out / report.onnx}: {report.nodes} nodes, {report.params:,} parameters"
         if report.verified:
@@ -147,7 +160,6 @@ def build(spec: str, out_dir: str | None, no_onnx: bool, no_verify: bool, overri
         else:
             line += "; not verified (--no-verify)"
         click.echo(line)
-
 
 
 # ---------------------------------------------------------------- tools: fmt, graph, init, completion
@@ -176,7 +188,9 @@ def fmt(files: tuple[str, ...], check: bool) -> None:
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="Output file: .svg, .png, .pdf or .dot.")
+@click.option(
+    "-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="Output file: .svg, .png, .pdf or .dot."
+)
 @click.option("--expand/--collapse", default=True, help="Draw blocks as clusters of their layers, or as single boxes.")
 @click.option("--model", "model_name", default=None, help="Draw only this model (default: every exported model).")
 @_set_option
@@ -240,21 +254,35 @@ def completion(shell: str) -> None:
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Run folder (default: runs/<stem>).")
+@click.option(
+    "-o", "--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Run folder (default: runs/<stem>)."
+)
 @click.option("--epochs", type=int, default=None, help="Override the train section's epochs.")
 @click.option("--batch-size", type=int, default=None, help="Override the (global) batch size.")
 @click.option("--seed", type=int, default=None, help="Override the seed.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a constant or a train setting (epochs=3, optimizer.lr=0.01).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a constant or a train setting (epochs=3, optimizer.lr=0.01).",
+)
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the run folder.")
 @click.option("--nproc", type=int, default=1, show_default=True, help="Processes (DDP: gloo on CPU, NCCL on GPU).")
 @click.option("--amp", is_flag=True, help="Mixed precision (bf16 autocast; fp16 with loss scaling on older GPUs).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the trained models.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--weights", multiple=True, metavar="[MODEL=]FILE",
-              help="Start from a checkpoint (.safetensors, or .pth read with weights_only=True; strict). --epochs 0 only exports it.")
+@click.option(
+    "--weights",
+    multiple=True,
+    metavar="[MODEL=]FILE",
+    help="Start from a checkpoint (.safetensors, or .pth read with weights_only=True; strict). --epochs 0 only exports it.",
+)
 @_report_errors
-def train(spec, out_dir, epochs, batch_size, seed, device, overrides, resume, nproc, amp, compile_, quiet, weights) -> None:
+def train(
+    spec, out_dir, epochs, batch_size, seed, device, overrides, resume, nproc, amp, compile_, quiet, weights
+) -> None:
     """Train a spec's models as its `train { }` section says; end with verified ONNX graphs.
 
     \b
@@ -271,7 +299,9 @@ def train(spec, out_dir, epochs, batch_size, seed, device, overrides, resume, np
     for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--seed", seed)):
         if value is not None:
             argv += [flag, str(value)]
-    argv += [flag for flag, on in (("--resume", resume), ("--amp", amp), ("--compile", compile_), ("--quiet", quiet)) if on]
+    argv += [
+        flag for flag, on in (("--resume", resume), ("--amp", amp), ("--compile", compile_), ("--quiet", quiet)) if on
+    ]
     for item in weights:
         argv += ["--weights", item]
     with run_folder_locked(out):  # one run at a time writes a run folder
@@ -285,9 +315,13 @@ def train(spec, out_dir, epochs, batch_size, seed, device, overrides, resume, np
 @click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=FILE.npy", help="An input array (repeatable).")
 @click.option("--model", "model_name", default=None, help="Which model of a build directory to run.")
 @click.option("--providers", default="auto", help="auto, cpu, cuda or tensorrt.")
-@click.option("-o", "--out", "output_dir", default=None, type=click.Path(file_okay=False), help="Save outputs as .npy files here.")
+@click.option(
+    "-o", "--out", "output_dir", default=None, type=click.Path(file_okay=False), help="Save outputs as .npy files here."
+)
 @_report_errors
-def run(model_path: str, inputs: tuple[str, ...], model_name: str | None, providers: str, output_dir: str | None) -> None:
+def run(
+    model_path: str, inputs: tuple[str, ...], model_name: str | None, providers: str, output_dir: str | None
+) -> None:
     """Run an exported model (ONNX file or build directory) on .npy inputs.
 
     \b

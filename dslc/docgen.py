@@ -480,7 +480,9 @@ def render() -> str:
     body = body.replace("DTYPE_LIST", ", ".join(f"`{d}`" for d in DTYPES))
     body = body.replace("KEYWORD_LIST", ", ".join(f"`{k}`" for k in keywords()))
     body = body.replace("LIMITS_TABLE", "\n".join(limits_table()))
-    body = body.replace("MAX_NAME_LENGTH", f"{parser.MAX_NAME_LENGTH:,}").replace("MAX_EXAMPLE_SIZE", f"{MAX_EXAMPLE_SIZE:,}")
+    body = body.replace("MAX_NAME_LENGTH", f"{parser.MAX_NAME_LENGTH:,}").replace(
+        "MAX_EXAMPLE_SIZE", f"{MAX_EXAMPLE_SIZE:,}"
+    )
     out += ["# The language", "", body, ""]
 
     out += ['<a id="layers-and-functions"></a>', "# Layers and functions", ""]

@@ -94,10 +94,14 @@ def constructor(sub: ir.Submodule) -> str:
 
 def _forward(module: ir.ModuleIR) -> list[str]:
     args = ", ".join(f"{p.name}: torch.Tensor" for p in module.inputs)
-    returns = "torch.Tensor" if len(module.outputs) == 1 else f"tuple[{', '.join(['torch.Tensor'] * len(module.outputs))}]"
+    returns = (
+        "torch.Tensor" if len(module.outputs) == 1 else f"tuple[{', '.join(['torch.Tensor'] * len(module.outputs))}]"
+    )
     lines = wrap(f"{INDENT}def forward(self, {args}) -> {returns}:")
     for port in module.inputs:
-        lines.append(f"{INDENT * 2}# {port.name}: {comment(str(port.type))}" + (f"  {comment(port.doc)}" if port.doc else ""))
+        lines.append(
+            f"{INDENT * 2}# {port.name}: {comment(str(port.type))}" + (f"  {comment(port.doc)}" if port.doc else "")
+        )
     traced: set[tuple[int, int]] = set()
     for stmt in module.body:
         key = (stmt.loc.line, stmt.loc.col)

@@ -20,7 +20,9 @@ I1, I2, I3, I4 = "    ", "        ", "            ", "                "
 PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
 
 
-def emit_train_script(program: ir.ProgramIR, overrides: list[str] | None = None, train_overrides: dict[str, Any] | None = None) -> str:
+def emit_train_script(
+    program: ir.ProgramIR, overrides: list[str] | None = None, train_overrides: dict[str, Any] | None = None
+) -> str:
     cfg: c.TrainConfig = program.train
     stem = program.module_name
     spec = {
@@ -33,7 +35,7 @@ def emit_train_script(program: ir.ProgramIR, overrides: list[str] | None = None,
     parts = [
         _header(program, stem) + "\n\n" + _imports(stem),
         f"SPEC = {_literal_dict(spec)}\n# The resolved train settings (written to config.json; --resume checks them).\nCONFIG = {_literal_dict(cfg.settings)}\n"
-        "DEVICE = torch.device(\"cpu\")  # set by main()",
+        'DEVICE = torch.device("cpu")  # set by main()',
         _load_data(cfg),
     ]
     if cfg.prepare:
@@ -102,10 +104,12 @@ def _load_data(cfg: c.TrainConfig) -> str:
     lines = [
         "def load_data(seed: int) -> sets.Data:",
         *docstring(docstring_lines(f"{cfg.data.name}: {fields}."), I1),
-        f"{I1}data = sets.load({py_literal(cfg.data.name)}, base=Path(SPEC[\"path\"]).parent, seed=seed, {opts})",
+        f'{I1}data = sets.load({py_literal(cfg.data.name)}, base=Path(SPEC["path"]).parent, seed=seed, {opts})',
     ]
     for check in cfg.label_checks:
-        lines.append(f"{I1}data.check_labels({py_literal(check.field)}, classes={check.classes}, ignore_index={py_literal(check.ignore_index)})")
+        lines.append(
+            f"{I1}data.check_labels({py_literal(check.field)}, classes={check.classes}, ignore_index={py_literal(check.ignore_index)})"
+        )
     lines.append(f"{I1}return data")
     return "\n".join(lines)
 
@@ -184,7 +188,9 @@ def _children(e: Any) -> list[Any]:
     return []
 
 
-def _body(plan: list[c.Let | c.AutoRun], finals: list[c.TExpr], cfg: c.TrainConfig, source_lines: list[str]) -> tuple[list[str], list[str]]:
+def _body(
+    plan: list[c.Let | c.AutoRun], finals: list[c.TExpr], cfg: c.TrainConfig, source_lines: list[str]
+) -> tuple[list[str], list[str]]:
     """Lines computing `plan`, preceded by the model and batch reads they need; and the models used."""
     bound: set[str] = set()
     used = _names(cfg)
@@ -255,14 +261,18 @@ def _names(cfg: c.TrainConfig) -> set[str]:
 
 def _prepare(cfg: c.TrainConfig, source_lines: list[str]) -> str:
     lines, _ = _body(cfg.prepare, [], cfg, source_lines)
-    bound = [i.name for i in cfg.prepare if isinstance(i, c.Let)] + [o for i in cfg.prepare if isinstance(i, c.AutoRun) for o in i.outputs]
+    bound = [i.name for i in cfg.prepare if isinstance(i, c.Let)] + [
+        o for i in cfg.prepare if isinstance(i, c.AutoRun) for o in i.outputs
+    ]
     extra = ", ".join(f"{py_literal(n)}: {n}" for n in bound)
-    return "\n".join([
-        "def prepare(models: dict[str, nn.Module], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:",
-        f'{I1}"""The train-level tensors, computed once per batch and shared by every step."""',
-        *[I1 + x for x in lines],
-        f"{I1}return {{**batch, {extra}}}",
-    ])
+    return "\n".join(
+        [
+            "def prepare(models: dict[str, nn.Module], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:",
+            f'{I1}"""The train-level tensors, computed once per batch and shared by every step."""',
+            *[I1 + x for x in lines],
+            f"{I1}return {{**batch, {extra}}}",
+        ]
+    )
 
 
 def _step_fn(cfg: c.TrainConfig, step: c.Step, source_lines: list[str]) -> str:
@@ -272,15 +282,17 @@ def _step_fn(cfg: c.TrainConfig, step: c.Step, source_lines: list[str]) -> str:
     outputs = ", ".join(f"{py_literal(n)}: {n}" for n in step.outputs)
     loss_line = step.loss.loc.line
     text = source_lines[loss_line - 1].strip() if 0 < loss_line <= len(source_lines) else "loss"
-    return "\n".join([
-        f"def step_{step.name}(models: dict[str, nn.Module], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:",
-        f'{I1}"""Step \'{step.name}\': its loss, and the tensors the metrics read."""',
-        *[I1 + x for x in lines],
-        f"{I1}# line {loss_line}: {comment(text)}",
-        *[I1 + x for x in hoisted],
-        f"{I1}loss = {texpr(loss)}",
-        f"{I1}return loss, {{{outputs}}}",
-    ])
+    return "\n".join(
+        [
+            f"def step_{step.name}(models: dict[str, nn.Module], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:",
+            f'{I1}"""Step \'{step.name}\': its loss, and the tensors the metrics read."""',
+            *[I1 + x for x in lines],
+            f"{I1}# line {loss_line}: {comment(text)}",
+            *[I1 + x for x in hoisted],
+            f"{I1}loss = {texpr(loss)}",
+            f"{I1}return loss, {{{outputs}}}",
+        ]
+    )
 
 
 # ---------------------------------------------------------------- optimizers and schedules
@@ -296,7 +308,11 @@ def _optimizer_fn(cfg: c.TrainConfig, step: c.Step) -> str:
         f'{I1}"""{opt.kind} for {", ".join(opt.models)}, with the {step.schedule.kind} schedule (stepped once per optimizer step)."""',
         *[f'{I1}{m} = models["{m}"]' for m in opt.models],
     ]
-    every = "[" + ", ".join(f"*{m}.parameters()" for m in opt.models) + "]" if len(opt.models) > 1 else f"list({opt.models[0]}.parameters())"
+    every = (
+        "[" + ", ".join(f"*{m}.parameters()" for m in opt.models) + "]"
+        if len(opt.models) > 1
+        else f"list({opt.models[0]}.parameters())"
+    )
     if opt.groups:
         lines.append(f"{I1}# parameter groups by submodule; the rest keeps the optimizer's settings")
         lines.append(f"{I1}params = []")
@@ -304,7 +320,7 @@ def _optimizer_fn(cfg: c.TrainConfig, step: c.Step) -> str:
         for g in opt.groups:
             extra = "".join(f", {py_literal(k)}: {py_literal(v)}" for k, v in g.options.items())
             lines.append(f'{I1}params.append({{"params": list({g.model}.{g.attr}.parameters()){extra}}})')
-            lines.append(f"{I1}grouped.update(id(p) for p in params[-1][\"params\"])")
+            lines.append(f'{I1}grouped.update(id(p) for p in params[-1]["params"])')
         lines.append(f'{I1}params.append({{"params": [p for p in {every} if id(p) not in grouped]}})')
     else:
         lines.append(f"{I1}params = {every}")
@@ -340,7 +356,8 @@ def _schedule(s: c.Schedule, lr: float) -> list[str]:
     elif s.kind == "cosine":
         lines += [
             f"{I1}progress = min(1.0, (step - {start}) / max(1, total - {start}))",
-            f"{I1}return " + (f"{py_literal(o['min_factor'])} + {py_literal(1.0 - o['min_factor'])} * " if o["min_factor"] else "")
+            f"{I1}return "
+            + (f"{py_literal(o['min_factor'])} + {py_literal(1.0 - o['min_factor'])} * " if o["min_factor"] else "")
             + "0.5 * (1.0 + math.cos(math.pi * progress))",
         ]
     elif s.kind == "linear":
@@ -397,7 +414,9 @@ def _evaluate(cfg: c.TrainConfig) -> str:
             out.append(f'"val_loss": totals.mean({py_literal("loss_" + cfg.steps[0].name)})')
         else:
             out.append('"val_loss": ' + " + ".join(f"totals.mean({py_literal('loss_' + s.name)})" for s in cfg.steps))
-            out += [f"{py_literal('val_loss_' + s.name)}: totals.mean({py_literal('loss_' + s.name)})" for s in cfg.steps]
+            out += [
+                f"{py_literal('val_loss_' + s.name)}: totals.mean({py_literal('loss_' + s.name)})" for s in cfg.steps
+            ]
     out += result
     lines.append(f"{I1}return {{{', '.join(out)}}}")
     del prefix
@@ -424,13 +443,19 @@ def _main(cfg: c.TrainConfig) -> str:
     ]
     if needs_eval:
         split = "data.val" if cfg.data.options["validation"] > 0 else "data.train"
-        out.append(f"{I1}eval_batches = run.batches({split}, args.batch_size, shuffle=False, workers={cfg.workers}, split=False)")
+        out.append(
+            f"{I1}eval_batches = run.batches({split}, args.batch_size, shuffle=False, workers={cfg.workers}, split=False)"
+        )
     for s in steps:
         per_epoch = "len(train_batches)" if s.accumulate == 1 else f"math.ceil(len(train_batches) / {s.accumulate})"
-        out.append(f"{I1}optimizer_{s.name}, scheduler_{s.name} = make_optimizer_{s.name}(models, {per_epoch}, args.epochs)")
+        out.append(
+            f"{I1}optimizer_{s.name}, scheduler_{s.name} = make_optimizer_{s.name}(models, {per_epoch}, args.epochs)"
+        )
         out.append(f"{I1}scaler_{s.name} = run.grad_scaler()")
         if multi or s.clip_grad_norm is not None:
-            out.append(f"{I1}params_{s.name} = [p for name in {py_literal(s.optimizer.models)} for p in models[name].parameters()]")
+            out.append(
+                f"{I1}params_{s.name} = [p for name in {py_literal(s.optimizer.models)} for p in models[name].parameters()]"
+            )
     state = ", ".join(f"{py_literal(s.name)}: (optimizer_{s.name}, scheduler_{s.name}, scaler_{s.name})" for s in steps)
     out += [
         f"{I1}start_epoch = run.restore(models, {{{state}}})  # --resume: continue from the last checkpoint",
@@ -465,14 +490,18 @@ def _main(cfg: c.TrainConfig) -> str:
     ]
     trained = _trained(cfg)
     if cfg.early_stopping:
-        out.append(f"{I1}run.restore_best(models)  # early stopping: the weights of the best epoch by {py_literal(cfg.monitor)}")
+        out.append(
+            f"{I1}run.restore_best(models)  # early stopping: the weights of the best epoch by {py_literal(cfg.monitor)}"
+        )
     shared = [m for m in cfg.export if m not in trained]
     if shared:
         out += [
             f"{I1}# exported models that no step trains take the trained weights by parameter name (all or none, with a warning)",
             f"{I1}run.share_trained_weights(models, trained={py_literal(trained)}, into={py_literal(shared)})",
         ]
-    out.append(f"{I1}run.finish(models, data, export={py_literal(cfg.export)}, trained={py_literal(trained)})  # weights, verified ONNX")
+    out.append(
+        f"{I1}run.finish(models, data, export={py_literal(cfg.export)}, trained={py_literal(trained)})  # weights, verified ONNX"
+    )
     return "\n".join(out)
 
 
@@ -497,12 +526,19 @@ def _step_lines(s: c.Step, multi: bool) -> list[str]:
         lines.append(f"{I3}if (i + 1) % {s.accumulate} == 0 or i + 1 == len(train_batches):  # gradient accumulation")
         inner = I4
     if s.clip_grad_norm is not None:
-        lines += [f"{inner}scaler_{n}.unscale_(optimizer_{n})", f"{inner}torch.nn.utils.clip_grad_norm_(params_{n}, {py_literal(s.clip_grad_norm)})"]
+        lines += [
+            f"{inner}scaler_{n}.unscale_(optimizer_{n})",
+            f"{inner}torch.nn.utils.clip_grad_norm_(params_{n}, {py_literal(s.clip_grad_norm)})",
+        ]
     lines += [
         f"{inner}scaler_{n}.step(optimizer_{n})",
         f"{inner}scaler_{n}.update()",
         f"{inner}optimizer_{n}.zero_grad(set_to_none=True)",
-        *([f"{inner}scheduler_{n}.step()"] if s.schedule.kind != "constant" or s.schedule.options.get("warmup") else []),
+        *(
+            [f"{inner}scheduler_{n}.step()"]
+            if s.schedule.kind != "constant" or s.schedule.options.get("warmup")
+            else []
+        ),
         f"{I3}loss_sums[{py_literal(n)}] += loss.detach().float()",
     ]
     return lines

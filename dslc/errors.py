@@ -145,7 +145,9 @@ def read_source(path: str | Path) -> str:
         if not stat.S_ISREG(info.st_mode):
             raise error(None, f"{path}: not a regular file")
         if info.st_size > MAX_SOURCE_BYTES:
-            raise error(Loc(str(path), 1, 1), f"{info.st_size:,} bytes is too large for a spec (at most {MAX_SOURCE_BYTES:,})")
+            raise error(
+                Loc(str(path), 1, 1), f"{info.st_size:,} bytes is too large for a spec (at most {MAX_SOURCE_BYTES:,})"
+            )
         try:
             data = file.read(MAX_SOURCE_BYTES + 1)
         except OSError as exc:
@@ -165,6 +167,8 @@ def _not_utf8(path: str, data: bytes, exc: UnicodeDecodeError) -> DslcError:
     line_start = before.rfind(b"\n") + 1
     col = len(before[line_start:].decode("utf-8", errors="replace")) + 1
     shown = data.decode("utf-8", errors="replace")
-    err = error(Loc(path, line, col), f"not UTF-8 text: byte 0x{data[exc.start]:02x} ({exc.reason})", "save the file as UTF-8")
+    err = error(
+        Loc(path, line, col), f"not UTF-8 text: byte 0x{data[exc.start]:02x} ({exc.reason})", "save the file as UTF-8"
+    )
     err.sources[path] = shown
     return err

@@ -130,9 +130,17 @@ class Loader:
                     scope.consts[item.name] = value
                     scope.const_locs[item.name] = item.loc
                 elif isinstance(item, ast.BlockDef):
-                    check_identifier(item.name, item.loc, "model" if item.is_model else "block", role="script" if item.is_model else "variable")
+                    check_identifier(
+                        item.name,
+                        item.loc,
+                        "model" if item.is_model else "block",
+                        role="script" if item.is_model else "variable",
+                    )
                     if item.name in REGISTRY:
-                        raise error(item.loc, f"'{item.name}' is a built-in layer; give the {'model' if item.is_model else 'block'} another name")
+                        raise error(
+                            item.loc,
+                            f"'{item.name}' is a built-in layer; give the {'model' if item.is_model else 'block'} another name",
+                        )
                     if item.name in scope.blocks and scope.blocks[item.name][1] is scope:
                         raise error(item.loc, f"'{item.name}' is defined twice")
                     scope.blocks[item.name] = (item, scope)

@@ -103,7 +103,9 @@ def coerce(param: Param, value: Any, what: str) -> Any:
     if not ok:
         raise BindError(f"{what}: '{param.name}' must be {KIND_WORDS.get(kind, kind)}, got {brief(value)}")
     if param.choices and value not in param.choices:
-        raise BindError(f"{what}: '{param.name}' must be one of {', '.join(map(repr, param.choices))}, got {brief(value)}")
+        raise BindError(
+            f"{what}: '{param.name}' must be one of {', '.join(map(repr, param.choices))}, got {brief(value)}"
+        )
     return value
 
 
@@ -112,7 +114,9 @@ def bind(params: tuple[Param, ...], args: list[Any], kwargs: dict[str, Any], wha
     from dslc.errors import did_you_mean
 
     if len(args) > len(params):
-        raise BindError(f"{what} takes at most {len(params)} positional argument(s), got {len(args)}", signature(what, params))
+        raise BindError(
+            f"{what} takes at most {len(params)} positional argument(s), got {len(args)}", signature(what, params)
+        )
     values = dict(zip((p.name for p in params), args))
     by_name = {p.name: p for p in params}
     for key, value in kwargs.items():

@@ -79,8 +79,13 @@ def _check_keywords_end(tokens: list[Token], source: str, path: str) -> None:
         following = re.match(r"[A-Za-z0-9_]+", source[tok.end_pos :])
         if following:
             word = tok.value + following.group()
-            raise _located(source, path, tok.start_pos, f"'{word}' reads as the keyword '{tok.value}' followed by "
-                           f"'{following.group()}'; write `{tok.value} {following.group()}`")
+            raise _located(
+                source,
+                path,
+                tok.start_pos,
+                f"'{word}' reads as the keyword '{tok.value}' followed by "
+                f"'{following.group()}'; write `{tok.value} {following.group()}`",
+            )
 
 
 def parse(source: str, path: str = "<string>") -> ast.Program:
@@ -132,8 +137,11 @@ def _check_depth(tree, path: str, source: str) -> None:
         node, depth = stack.pop()
         if depth > MAX_TREE_DEPTH:
             meta = node.meta
-            raise error(Loc(path, meta.line, meta.column), f"the expression nests more than {MAX_TREE_DEPTH} levels deep",
-                        "split it into named steps")
+            raise error(
+                Loc(path, meta.line, meta.column),
+                f"the expression nests more than {MAX_TREE_DEPTH} levels deep",
+                "split it into named steps",
+            )
         stack.extend((child, depth + 1) for child in node.children if isinstance(child, Tree))
 
 

@@ -119,7 +119,7 @@ def docstring_lines(text: str) -> list[str]:
     Backslashes are doubled (no escape sequence or line continuation survives) and every run of three
     double quotes is escaped; `docstring` keeps a final quote off the closing quotes.
     """
-    escaped = text.replace("\\", "\\\\").replace('"""', r'\"\"\"')
+    escaped = text.replace("\\", "\\\\").replace('"""', r"\"\"\"")
     return [_printable(line).rstrip() for line in escaped.strip().split("\n")]
 
 

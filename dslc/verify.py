@@ -36,7 +36,9 @@ def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def verify(torch_module: torch.nn.Module, module: ir.ModuleIR, path: Path, tolerance: float | None = None) -> VerifyResult:
+def verify(
+    torch_module: torch.nn.Module, module: ir.ModuleIR, path: Path, tolerance: float | None = None
+) -> VerifyResult:
     tolerance = TOLERANCE if tolerance is None else tolerance
     torch_module.eval()
     sess = session(path)
@@ -59,7 +61,9 @@ def verify(torch_module: torch.nn.Module, module: ir.ModuleIR, path: Path, toler
             want = want.numpy()
             if want.shape != got.shape:
                 result.passed = False
-                result.problems.append(f"output '{port.name}' has shape {got.shape} in ONNX, {want.shape} in PyTorch (sizes {sizes})")
+                result.problems.append(
+                    f"output '{port.name}' has shape {got.shape} in ONNX, {want.shape} in PyTorch (sizes {sizes})"
+                )
                 continue
             if want.dtype == np.bool_ or np.issubdtype(want.dtype, np.integer):
                 diff = float(np.abs(want.astype(np.int64) - got.astype(np.int64)).max(initial=0))

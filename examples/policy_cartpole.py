@@ -104,7 +104,7 @@ def train(policy: torch.nn.Module, args: argparse.Namespace, log) -> list[dict]:
         record = {"update": update + 1, "mean_return": float(np.mean(episode_returns)), "loss": float(loss.detach())}
         history.append(record)
         log(f"update {update + 1}/{args.updates}  mean return {record['mean_return']:.1f}  loss {record['loss']:.3f}")
-        recent = [r["mean_return"] for r in history[-args.patience:]]
+        recent = [r["mean_return"] for r in history[-args.patience :]]
         if len(recent) == args.patience and min(recent) >= args.stop_at:
             log(f"stopping: the mean training return stayed >= {args.stop_at} for {args.patience} updates")
             break
@@ -128,13 +128,17 @@ def evaluate(out: Path, episodes: int, seed: int) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", type=Path, default=Path("runs/policy_cartpole"), help="output folder")
     p.add_argument("--updates", type=int, default=150, help="policy-gradient updates at most")
     p.add_argument("--episodes", type=int, default=10, help="episodes per update")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--gamma", type=float, default=0.99)
-    p.add_argument("--stop-at", type=float, default=450.0, help="stop once the mean training return stays at least this")
+    p.add_argument(
+        "--stop-at", type=float, default=450.0, help="stop once the mean training return stays at least this"
+    )
     p.add_argument("--patience", type=int, default=3, help="... for this many updates")
     p.add_argument("--eval-episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
@@ -164,7 +168,9 @@ def main(argv: list[str] | None = None) -> dict:
     save_file(state, str(args.out / "policy.safetensors"))
     result = build(SPEC, args.out, state_dicts={"policy": state})  # verified against PyTorch in onnxruntime
     report = result.models[0]
-    log(f"wrote {args.out / report.onnx}: {report.nodes} nodes, verified: {report.verified} (max abs diff {report.max_abs_diff:.1e})")
+    log(
+        f"wrote {args.out / report.onnx}: {report.nodes} nodes, verified: {report.verified} (max abs diff {report.max_abs_diff:.1e})"
+    )
 
     returns = evaluate(args.out, args.eval_episodes, seed=10_000 + args.seed) if args.eval_episodes else []
     summary = {

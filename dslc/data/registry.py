@@ -62,8 +62,17 @@ def _csv(a, base):
     return fields
 
 
-NUMPY_DTYPES = {"float32": "float32", "float64": "float32", "float16": "float32", "int64": "int64", "int32": "int64",
-                "int16": "int64", "int8": "int64", "uint8": "int64", "bool": "bool"}
+NUMPY_DTYPES = {
+    "float32": "float32",
+    "float64": "float32",
+    "float16": "float32",
+    "int64": "int64",
+    "int32": "int64",
+    "int16": "int64",
+    "int8": "int64",
+    "uint8": "int64",
+    "bool": "bool",
+}
 
 
 def _npz(a, base):
@@ -82,8 +91,10 @@ def _npy(a, base):
 
     fields = {}
     pairs = a["files"]
-    if not isinstance(pairs, tuple) or not all(isinstance(x, tuple) and len(x) == 2 and all(isinstance(v, str) for v in x) for x in pairs):
-        raise BindError("npy: 'files' must be a list of (field, path) pairs, e.g. [(\"image\", \"x.npy\")]")
+    if not isinstance(pairs, tuple) or not all(
+        isinstance(x, tuple) and len(x) == 2 and all(isinstance(v, str) for v in x) for x in pairs
+    ):
+        raise BindError('npy: \'files\' must be a list of (field, path) pairs, e.g. [("image", "x.npy")]')
     for name, file in pairs:
         path = resolve_path(file, base)
         try:
@@ -112,71 +123,129 @@ def _register(d: DatasetDef) -> None:
     DATASETS[d.name] = d
 
 
-_register(DatasetDef(
-    "digits", "scikit-learn's 8x8 handwritten digits (1797 images), resized by bilinear interpolation; "
-    "fields image float32[batch, 1, S, S] in [0, 1] (or [batch, S*S] with flatten=true) and label int64[batch]",
-    (P("image_size", "int", 8, "side of the square image"), VALIDATION, P("flatten", "bool", False)),
-    _digits,
-))
-_register(DatasetDef(
-    "diabetes", "scikit-learn's diabetes regression set (442 patients); fields features float32[batch, 10] "
-    "(standardised) and target float32[batch, 1] (standardised)",
-    (VALIDATION,),
-    lambda a, base: {"features": _t("float32", 10), "target": _t("float32", 1)},
-))
-_register(DatasetDef(
-    "sequences", "generated sequence-to-sequence task: source and target int64[batch, length]; tokens 2..vocab-1, "
-    "0 is padding and 1 the start token (see shift_right)",
-    (P("task", "str", "copy", choices=("copy", "reverse", "sort")), P("vocab", "int", 12), P("length", "int", 8),
-     SAMPLES, P("validation", "float", 0.1)),
-    _sequences,
-))
-_register(DatasetDef(
-    "sequence_classes", "generated sequence classification: sequence float32[batch, length, features], "
-    "label int64[batch] = which of the first `classes` features has the largest sum over time",
-    (P("features", "int", 8, "values per time step (the last dimension: channels-last; for a Conv1d model write "
-       "`series = transpose(sequence, 1, 2)`)"), P("length", "int", 16, "time steps"),
-     P("classes", "int", 2, "number of classes"), SAMPLES, VALIDATION),
-    lambda a, base: {"sequence": _t("float32", a["length"], a["features"]), "label": _t("int64")},
-))
-_register(DatasetDef(
-    "text_classes", "generated token-sequence classification: tokens int64[batch, length] (ids 1..vocab-1), "
-    "label int64[batch] = whether most tokens are in the lower half of the vocabulary",
-    (P("vocab", "int", 1000), P("length", "int", 32), SAMPLES, VALIDATION),
-    lambda a, base: {"tokens": _t("int64", a["length"]), "label": _t("int64")},
-))
-_register(DatasetDef(
-    "token_tags", "generated token classification: tokens int64[batch, length], tags int64[batch, length] "
-    "= tag of each token (token id modulo `classes`, shifted by the previous token's parity)",
-    (P("vocab", "int", 100), P("length", "int", 16), P("classes", "int", 4), SAMPLES, VALIDATION),
-    lambda a, base: {"tokens": _t("int64", a["length"]), "tags": _t("int64", a["length"])},
-))
-_register(DatasetDef(
-    "speech", "synthetic speech-like sequences: features float32[batch, frames, features] (frames = 6*max_chars), "
-    "feature_lengths, transcript int64[batch, max_chars] (characters 1..26, 0 = CTC blank/padding), transcript_lengths",
-    (P("features", "int", 20), P("max_chars", "int", 8), SAMPLES, P("validation", "float", 0.1)),
-    _speech,
-))
-_register(DatasetDef(
-    "csv", "a CSV file with a header row: the named numeric columns become features float32[batch, n]; "
-    "`label` names a class column (int64[batch], classes = sorted distinct values), `target` a regression column",
-    (P("path", "str"), P("features", "strs"), P("label", "str", None), P("target", "str", None),
-     VALIDATION, P("standardize", "bool", True)),
-    _csv, files=("path",),
-))
-_register(DatasetDef(
-    "npz", "a NumPy .npz file: every array is a field (first dimension = examples)",
-    (P("path", "str"), VALIDATION),
-    _npz, files=("path",),
-))
-_register(DatasetDef(
-    "npy", "NumPy .npy files, one per field: npy(files=[(\"image\", \"x.npy\"), (\"label\", \"y.npy\")])",
-    (P("files", "any"), VALIDATION),
-    _npy, files=(),
-))
-_register(DatasetDef(
-    "text", "a text file, one example per line as LABEL<TAB>TEXT: tokens int64[batch, max_len] (word ids, 0 = <pad>, "
-    "1 = <unk>) and label int64[batch]; the vocabulary (built from the training split) is stored with the model",
-    (P("path", "str"), P("max_len", "int", 32), P("min_freq", "int", 1), P("lowercase", "bool", True), VALIDATION),
-    lambda a, base: {"tokens": _t("int64", a["max_len"]), "label": _t("int64")}, files=("path",),
-))
+_register(
+    DatasetDef(
+        "digits",
+        "scikit-learn's 8x8 handwritten digits (1797 images), resized by bilinear interpolation; "
+        "fields image float32[batch, 1, S, S] in [0, 1] (or [batch, S*S] with flatten=true) and label int64[batch]",
+        (P("image_size", "int", 8, "side of the square image"), VALIDATION, P("flatten", "bool", False)),
+        _digits,
+    )
+)
+_register(
+    DatasetDef(
+        "diabetes",
+        "scikit-learn's diabetes regression set (442 patients); fields features float32[batch, 10] "
+        "(standardised) and target float32[batch, 1] (standardised)",
+        (VALIDATION,),
+        lambda a, base: {"features": _t("float32", 10), "target": _t("float32", 1)},
+    )
+)
+_register(
+    DatasetDef(
+        "sequences",
+        "generated sequence-to-sequence task: source and target int64[batch, length]; tokens 2..vocab-1, "
+        "0 is padding and 1 the start token (see shift_right)",
+        (
+            P("task", "str", "copy", choices=("copy", "reverse", "sort")),
+            P("vocab", "int", 12),
+            P("length", "int", 8),
+            SAMPLES,
+            P("validation", "float", 0.1),
+        ),
+        _sequences,
+    )
+)
+_register(
+    DatasetDef(
+        "sequence_classes",
+        "generated sequence classification: sequence float32[batch, length, features], "
+        "label int64[batch] = which of the first `classes` features has the largest sum over time",
+        (
+            P(
+                "features",
+                "int",
+                8,
+                "values per time step (the last dimension: channels-last; for a Conv1d model write "
+                "`series = transpose(sequence, 1, 2)`)",
+            ),
+            P("length", "int", 16, "time steps"),
+            P("classes", "int", 2, "number of classes"),
+            SAMPLES,
+            VALIDATION,
+        ),
+        lambda a, base: {"sequence": _t("float32", a["length"], a["features"]), "label": _t("int64")},
+    )
+)
+_register(
+    DatasetDef(
+        "text_classes",
+        "generated token-sequence classification: tokens int64[batch, length] (ids 1..vocab-1), "
+        "label int64[batch] = whether most tokens are in the lower half of the vocabulary",
+        (P("vocab", "int", 1000), P("length", "int", 32), SAMPLES, VALIDATION),
+        lambda a, base: {"tokens": _t("int64", a["length"]), "label": _t("int64")},
+    )
+)
+_register(
+    DatasetDef(
+        "token_tags",
+        "generated token classification: tokens int64[batch, length], tags int64[batch, length] "
+        "= tag of each token (token id modulo `classes`, shifted by the previous token's parity)",
+        (P("vocab", "int", 100), P("length", "int", 16), P("classes", "int", 4), SAMPLES, VALIDATION),
+        lambda a, base: {"tokens": _t("int64", a["length"]), "tags": _t("int64", a["length"])},
+    )
+)
+_register(
+    DatasetDef(
+        "speech",
+        "synthetic speech-like sequences: features float32[batch, frames, features] (frames = 6*max_chars), "
+        "feature_lengths, transcript int64[batch, max_chars] (characters 1..26, 0 = CTC blank/padding), transcript_lengths",
+        (P("features", "int", 20), P("max_chars", "int", 8), SAMPLES, P("validation", "float", 0.1)),
+        _speech,
+    )
+)
+_register(
+    DatasetDef(
+        "csv",
+        "a CSV file with a header row: the named numeric columns become features float32[batch, n]; "
+        "`label` names a class column (int64[batch], classes = sorted distinct values), `target` a regression column",
+        (
+            P("path", "str"),
+            P("features", "strs"),
+            P("label", "str", None),
+            P("target", "str", None),
+            VALIDATION,
+            P("standardize", "bool", True),
+        ),
+        _csv,
+        files=("path",),
+    )
+)
+_register(
+    DatasetDef(
+        "npz",
+        "a NumPy .npz file: every array is a field (first dimension = examples)",
+        (P("path", "str"), VALIDATION),
+        _npz,
+        files=("path",),
+    )
+)
+_register(
+    DatasetDef(
+        "npy",
+        'NumPy .npy files, one per field: npy(files=[("image", "x.npy"), ("label", "y.npy")])',
+        (P("files", "any"), VALIDATION),
+        _npy,
+        files=(),
+    )
+)
+_register(
+    DatasetDef(
+        "text",
+        "a text file, one example per line as LABEL<TAB>TEXT: tokens int64[batch, max_len] (word ids, 0 = <pad>, "
+        "1 = <unk>) and label int64[batch]; the vocabulary (built from the training split) is stored with the model",
+        (P("path", "str"), P("max_len", "int", 32), P("min_freq", "int", 1), P("lowercase", "bool", True), VALIDATION),
+        lambda a, base: {"tokens": _t("int64", a["max_len"]), "label": _t("int64")},
+        files=("path",),
+    )
+)

@@ -31,7 +31,9 @@ def conv_out(size, kernel: int, stride: int, padding: int, dilation: int = 1):
     """floor((size + 2p - d(k-1) - 1) / s) + 1, symbolic sizes allowed."""
     span = size + (2 * padding - dilation * (kernel - 1) - 1)
     if isinstance(span, int) and span < 0:
-        raise ShapeError(f"input size {size} is smaller than the kernel ({kernel}, dilation {dilation}, padding {padding})")
+        raise ShapeError(
+            f"input size {size} is smaller than the kernel ({kernel}, dilation {dilation}, padding {padding})"
+        )
     return span // stride + 1
 
 
@@ -96,8 +98,11 @@ def _conv_infer(n: int, name: str):
 
 def _conv_src(cls: str):
     def src(a):
-        extra = {k: a[k] for k, d in (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1), ("bias", True))
-                 if a[k] != d}
+        extra = {
+            k: a[k]
+            for k, d in (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1), ("bias", True))
+            if a[k] != d
+        }
         return pycall(f"nn.{cls}", a["in_channels"], a["out_channels"], a["kernel_size"], **extra)
 
     return src
@@ -125,7 +130,7 @@ for _n in (1, 2):
             forward=_call_module,
             prefix="conv",
             param_count=_conv_params,
-            example=f"x -> Conv{_n}d(32, kernel=3, padding=\"same\")",
+            example=f'x -> Conv{_n}d(32, kernel=3, padding="same")',
             shape_rule=f"{_layout(_n)} -> [batch, out_channels, floor((L + 2p - d(k-1) - 1) / s) + 1 ...]",
         )
     )
@@ -141,8 +146,12 @@ def _convt_infer(args, inputs):
     check_padding(p, "ConvTranspose2d")
     check_padding(op, "ConvTranspose2d")
     if any(o >= si for o, si in zip(op, s)):
-        raise ShapeError(f"ConvTranspose2d: output_padding must be smaller than the stride, got {brief(args['output_padding'])}")
-    spatial = tuple((size - 1) * si - 2 * pi + (ki - 1) + opi + 1 for size, ki, si, pi, opi in zip(x.shape[2:], k, s, p, op))
+        raise ShapeError(
+            f"ConvTranspose2d: output_padding must be smaller than the stride, got {brief(args['output_padding'])}"
+        )
+    spatial = tuple(
+        (size - 1) * si - 2 * pi + (ki - 1) + opi + 1 for size, ki, si, pi, opi in zip(x.shape[2:], k, s, p, op)
+    )
     init = {
         "in_channels": in_channels,
         "out_channels": args["out_channels"],

@@ -222,9 +222,11 @@ register(
         infer=_flatten_infer,
         category="shape",
         module=_flatten_src,
-        functional=lambda xs, a: f"{xs[0]}.flatten({a['start_dim']}, {a['end_dim']})"
-        if (a["start_dim"], a["end_dim"]) != (1, -1)
-        else f"{xs[0]}.flatten(1)",
+        functional=lambda xs, a: (
+            f"{xs[0]}.flatten({a['start_dim']}, {a['end_dim']})"
+            if (a["start_dim"], a["end_dim"]) != (1, -1)
+            else f"{xs[0]}.flatten(1)"
+        ),
         prefix="flatten",
         aliases=("flatten",),
         example="x -> Flatten",
@@ -246,10 +248,14 @@ def _reshape_infer(args, inputs):
     if free:
         inferred = _exact_div(total, known)
         if inferred is None:
-            raise ShapeError(f"Reshape: cannot infer -1, {x.shape_str()} has {total} elements, not a multiple of {known}")
+            raise ShapeError(
+                f"Reshape: cannot infer -1, {x.shape_str()} has {total} elements, not a multiple of {known}"
+            )
         shape[free[0]] = inferred
     elif known != total:
-        raise ShapeError(f"Reshape: {x.shape_str()} has {total} elements, target [{', '.join(map(str, shape))}] has {known}")
+        raise ShapeError(
+            f"Reshape: {x.shape_str()} has {total} elements, target [{', '.join(map(str, shape))}] has {known}"
+        )
     out = x.with_shape(shape)
     # In code, keep symbolic sizes dynamic by copying them from the input at run time.
     return Inferred([out], {"target": [_dim_source(d, x) for d in args["shape"]]})
@@ -267,7 +273,9 @@ def _exact_div(total, known):
     for atom in known.atoms() if isinstance(known, Sym) else ():
         if isinstance(total, Sym) and all(atom in m for m in total.terms):
             reduced = Sym({tuple(a for i, a in enumerate(m) if i != m.index(atom)): c for m, c in total.terms.items()})
-            rest_known = Sym({tuple(a for i, a in enumerate(m) if i != m.index(atom)): c for m, c in known.terms.items()})
+            rest_known = Sym(
+                {tuple(a for i, a in enumerate(m) if i != m.index(atom)): c for m, c in known.terms.items()}
+            )
             return _exact_div(reduced.simplify(), rest_known.simplify())
     return None
 

@@ -348,8 +348,10 @@ def _transpose_infer(args, inputs):
     a, b = resolve_axis(args["dim0"], x, "transpose"), resolve_axis(args["dim1"], x, "transpose")
     shape = list(x.shape)
     shape[a], shape[b] = shape[b], shape[a]
-    return Inferred([x.with_shape(shape)], {"dim0": a - x.rank if a >= x.rank - 2 else a,
-                                            "dim1": b - x.rank if b >= x.rank - 2 else b})
+    return Inferred(
+        [x.with_shape(shape)],
+        {"dim0": a - x.rank if a >= x.rank - 2 else a, "dim1": b - x.rank if b >= x.rank - 2 else b},
+    )
 
 
 register(

@@ -163,7 +163,7 @@ for _name in ("RNN", "LSTM", "GRU"):
             prefix=_name.lower(),
             param_count=_rnn_params(_name),
             helpers=("final_hidden", "flat_lstm") if _name == "LSTM" else ("final_hidden",),
-            example=f"x -> {_name}(128, bidirectional=true, returns=\"last\")",
+            example=f'x -> {_name}(128, bidirectional=true, returns="last")',
             shape_rule="[batch, time, F] -> [batch, time, D*hidden] (sequence) | [batch, D*hidden] (last) "
             "| [layers*D, batch, hidden] (state)",
         )
@@ -260,10 +260,12 @@ register(
         forward=_mha_forward,
         inputs=(1, 3),
         prefix="attn",
-        param_count=lambda a: a["embed_dim"] * (a["embed_dim"] + a["kdim"] + a["vdim"])
-        + 3 * a["embed_dim"] * a["bias"]
-        + a["embed_dim"] * a["embed_dim"]
-        + a["embed_dim"] * a["bias"],
+        param_count=lambda a: (
+            a["embed_dim"] * (a["embed_dim"] + a["kdim"] + a["vdim"])
+            + 3 * a["embed_dim"] * a["bias"]
+            + a["embed_dim"] * a["embed_dim"]
+            + a["embed_dim"] * a["bias"]
+        ),
         helpers=("MultiheadAttention",),
         example="(x, memory) -> MultiheadAttention(8)",
         shape_rule="[batch, Tq, E] (+ [batch, Tk, Ek], [batch, Tk, Ev]) -> [batch, Tq, E]",

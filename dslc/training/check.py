@@ -49,7 +49,9 @@ class _CheckFailedError(Exception):
     """Stops checking one setting after its error was reported."""
 
 
-def check_train(program: ir.ProgramIR, train: ast.TrainDef, reporter: Reporter, overrides: dict[str, Any] | None = None) -> c.TrainConfig | None:
+def check_train(
+    program: ir.ProgramIR, train: ast.TrainDef, reporter: Reporter, overrides: dict[str, Any] | None = None
+) -> c.TrainConfig | None:
     """The checked configuration, or None after reporting errors to `reporter`."""
     checker = TrainChecker(program, train, reporter)
     try:
@@ -100,7 +102,9 @@ def apply_overrides(train: ast.TrainDef, overrides: dict[str, Any]) -> None:
         if not arg:
             target.value = _literal(value, target.loc)
         elif isinstance(target.value, ast.Call):
-            target.value.kwargs = [(k, v) for k, v in target.value.kwargs if k != arg] + [(arg, _literal(value, target.loc))]
+            target.value.kwargs = [(k, v) for k, v in target.value.kwargs if k != arg] + [
+                (arg, _literal(value, target.loc))
+            ]
         elif isinstance(target.value, ast.Name):
             target.value = ast.Call(target.value.loc, target.value.id, [], [(arg, _literal(value, target.loc))])
         else:
@@ -147,8 +151,14 @@ class Scope:
                 setting = self.lets[name]
                 value = ch.expr(setting.value, self)
                 if not isinstance(value, c.TExpr) or isinstance(value.type, list):
-                    what = "a model with several outputs; index it, e.g. model(x)[0]" if isinstance(value, c.TExpr) else repr(value)
-                    hint = did_you_mean(name, [*ROOT_SETTINGS, *STEP_SETTINGS]) if not isinstance(value, c.TExpr) else None
+                    what = (
+                        "a model with several outputs; index it, e.g. model(x)[0]"
+                        if isinstance(value, c.TExpr)
+                        else repr(value)
+                    )
+                    hint = (
+                        did_you_mean(name, [*ROOT_SETTINGS, *STEP_SETTINGS]) if not isinstance(value, c.TExpr) else None
+                    )
                     hint = hint and f"is it a setting? {hint}"
                     raise ch.fail(setting.loc, f"'{name}' must be a tensor, but it is {what}", hint)
             finally:
@@ -166,9 +176,13 @@ class Scope:
             self.auto_run(producers[0], loc)
             return self.types[name]
         candidates = [*ch.fields, *self.all_lets(), *(p.name for m in ch.models.values() for p in m.outputs)]
-        raise ch.fail(loc, f"unknown tensor '{name}'", did_you_mean(name, candidates)
-                      or f"available: dataset fields {', '.join(ch.fields)}; model outputs "
-                      + ", ".join(p.name for m in ch.models.values() for p in m.outputs))
+        raise ch.fail(
+            loc,
+            f"unknown tensor '{name}'",
+            did_you_mean(name, candidates)
+            or f"available: dataset fields {', '.join(ch.fields)}; model outputs "
+            + ", ".join(p.name for m in ch.models.values() for p in m.outputs),
+        )
 
     def all_lets(self) -> list[str]:
         return [*self.lets, *(self.parent.all_lets() if self.parent else [])]
@@ -177,11 +191,18 @@ class Scope:
         ch = self.checker
         inputs = []
         for port in model.inputs:
-            if not (port.name in ch.fields or self.provides(port.name) or any(q.name == port.name for m in ch.models.values() for q in m.outputs)):
-                raise ch.fail(loc, f"model '{model.spec_name}' needs input '{port.name}' ({port.type}), but no dataset field or "
-                              f"train tensor has that name (fields: {', '.join(ch.fields)})",
-                              did_you_mean(port.name, [*ch.fields, *self.all_lets()])
-                              or f"define it in the train section, e.g. `{port.name} = ...`, or call the model explicitly")
+            if not (
+                port.name in ch.fields
+                or self.provides(port.name)
+                or any(q.name == port.name for m in ch.models.values() for q in m.outputs)
+            ):
+                raise ch.fail(
+                    loc,
+                    f"model '{model.spec_name}' needs input '{port.name}' ({port.type}), but no dataset field or "
+                    f"train tensor has that name (fields: {', '.join(ch.fields)})",
+                    did_you_mean(port.name, [*ch.fields, *self.all_lets()])
+                    or f"define it in the train section, e.g. `{port.name} = ...`, or call the model explicitly",
+                )
             ch.compatible(self.resolve(port.name, loc), port, model, loc, f"'{port.name}'")
             inputs.append(port.name)
         for port in model.outputs:
@@ -222,17 +243,26 @@ class TrainChecker:
         if steps:
             for key in STEP_SETTINGS:
                 if key in root_settings and key in ("loss", "optimizer"):
-                    self.fail(root_settings[key].loc, f"'{key}' belongs inside each `step NAME {{ }}` when the train section has steps")
+                    self.fail(
+                        root_settings[key].loc,
+                        f"'{key}' belongs inside each `step NAME {{ }}` when the train section has steps",
+                    )
             if groups:
                 self.fail(groups[0].loc, "`group` sections belong inside a step when the train section has steps")
             for section in steps:
                 settings, lets, inner, step_groups = self.split(section.items, root=False)
                 merged = {k: v for k, v in root_settings.items() if k in STEP_SETTINGS} | settings
-                step = self.guard(lambda s=section, m=merged, lt=lets, g=step_groups: self.step(s.name, s.loc, m, Scope(self, lt, root), g, True))
+                step = self.guard(
+                    lambda s=section, m=merged, lt=lets, g=step_groups: self.step(
+                        s.name, s.loc, m, Scope(self, lt, root), g, True
+                    )
+                )
                 if step:
                     checked_steps.append(step)
         else:
-            step = self.guard(lambda: self.step("train", self.train.loc, root_settings, Scope(self, {}, root), groups, False))
+            step = self.guard(
+                lambda: self.step("train", self.train.loc, root_settings, Scope(self, {}, root), groups, False)
+            )
             if step:
                 checked_steps.append(step)
         if len(self.reporter.diagnostics) > errors_before or not checked_steps:
@@ -273,8 +303,11 @@ class TrainChecker:
                         groups.append(item)
                 else:
                     kinds = ["step", "group"] if root else ["group"]
-                    self.fail(item.loc, f"unknown section '{item.kind}'" + ("" if root else " inside a step"), did_you_mean(item.kind, kinds)
-                              or f"sections here: {', '.join(kinds)}")
+                    self.fail(
+                        item.loc,
+                        f"unknown section '{item.kind}'" + ("" if root else " inside a step"),
+                        did_you_mean(item.kind, kinds) or f"sections here: {', '.join(kinds)}",
+                    )
                 continue
             if item.name in settings or item.name in lets:
                 self.fail(item.loc, f"'{item.name}' is set twice")
@@ -284,7 +317,11 @@ class TrainChecker:
                 self.fail(item.loc, f"'{item.name}' is a setting of the whole train section, not of a step")
             elif isinstance(item.value, (ast.Num, ast.Str, ast.Bool, ast.NoneLit, ast.ListLit)):
                 known = [*allowed, *(ROOT_SETTINGS if not root else [])]
-                self.fail(item.loc, f"unknown setting '{item.name}'", did_you_mean(item.name, known) or f"settings: {', '.join(sorted(known))}")
+                self.fail(
+                    item.loc,
+                    f"unknown setting '{item.name}'",
+                    did_you_mean(item.name, known) or f"settings: {', '.join(sorted(known))}",
+                )
             else:
                 try:
                     check_identifier(item.name, item.loc, "tensor", role="script")
@@ -330,7 +367,11 @@ class TrainChecker:
         s = settings.get(name)
         if s is None:
             if param.required:
-                raise self.fail(self.train.loc, f"the train section needs '{name}'", f"add `{ROOT_SETTINGS.get(name) or STEP_SETTINGS[name]}`")
+                raise self.fail(
+                    self.train.loc,
+                    f"the train section needs '{name}'",
+                    f"add `{ROOT_SETTINGS.get(name) or STEP_SETTINGS[name]}`",
+                )
             return param.default
         value = self.static(s.value)
         try:
@@ -345,7 +386,9 @@ class TrainChecker:
             return expr.id, expr.loc, [], []
         if isinstance(expr, ast.Call):
             return expr.func, expr.loc, expr.args, expr.kwargs
-        raise self.fail(expr.loc, f"{what} must be a name or a call, e.g. {ROOT_SETTINGS.get(what) or STEP_SETTINGS.get(what)}")
+        raise self.fail(
+            expr.loc, f"{what} must be a name or a call, e.g. {ROOT_SETTINGS.get(what) or STEP_SETTINGS.get(what)}"
+        )
 
     def bind(self, params, args, kwargs, what: str, loc: Loc) -> dict[str, Any]:
         try:
@@ -357,12 +400,20 @@ class TrainChecker:
         from dslc.data.registry import DATASETS, resolve_path
 
         if setting is None:
-            raise self.fail(loc, "the train section needs 'data'", f"add `{ROOT_SETTINGS['data']}`; data sets: {', '.join(DATASETS)}")
+            raise self.fail(
+                loc,
+                "the train section needs 'data'",
+                f"add `{ROOT_SETTINGS['data']}`; data sets: {', '.join(DATASETS)}",
+            )
         name, cloc, args, kwargs = self.call_args(setting.value, "data")
         if name not in DATASETS:
-            raise self.fail(cloc, f"unknown data set '{name}'", did_you_mean(name, DATASETS) or f"data sets: {', '.join(DATASETS)}")
+            raise self.fail(
+                cloc, f"unknown data set '{name}'", did_you_mean(name, DATASETS) or f"data sets: {', '.join(DATASETS)}"
+            )
         dataset = DATASETS[name]
-        options = self.bind(dataset.params, [self.static(a) for a in args], {k: self.static(v) for k, v in kwargs}, name, cloc)
+        options = self.bind(
+            dataset.params, [self.static(a) for a in args], {k: self.static(v) for k, v in kwargs}, name, cloc
+        )
         if not 0.0 <= options["validation"] < 1.0:
             raise self.fail(cloc, f"{name}: 'validation' must be in [0, 1), got {options['validation']}")
         for key in dataset.files:
@@ -381,14 +432,23 @@ class TrainChecker:
 
     # ------------------------------------------------------------ steps
 
-    def step(self, name: str, loc: Loc, settings: dict[str, ast.Setting], scope: Scope, groups, explicit: bool) -> c.Step:
+    def step(
+        self, name: str, loc: Loc, settings: dict[str, ast.Setting], scope: Scope, groups, explicit: bool
+    ) -> c.Step:
         if "loss" not in settings:
-            raise self.fail(loc, f"{'step ' + repr(name) if explicit else 'the train section'} needs a 'loss'", f"add `{STEP_SETTINGS['loss']}`")
+            raise self.fail(
+                loc,
+                f"{'step ' + repr(name) if explicit else 'the train section'} needs a 'loss'",
+                f"add `{STEP_SETTINGS['loss']}`",
+            )
         loss = self.expr(settings["loss"].value, scope)
         if not isinstance(loss, c.TExpr) or not isinstance(loss.type, TensorType) or loss.type.rank != 0:
             shape = loss.type if isinstance(loss, c.TExpr) else loss
-            raise self.fail(settings["loss"].value.loc, f"the loss must be a single number (a scalar tensor), got {shape}",
-                            "reduce it with mean(...) or use a loss function such as cross_entropy(...)")
+            raise self.fail(
+                settings["loss"].value.loc,
+                f"the loss must be a single number (a scalar tensor), got {shape}",
+                "reduce it with mean(...) or use a loss function such as cross_entropy(...)",
+            )
         optimizer = self.optimizer(settings.get("optimizer"), name, loc, explicit, groups)
         schedule = self.schedule(settings.get("schedule"))
         clip = self.setting(settings, "clip_grad_norm", P("clip_grad_norm", "float", None))
@@ -409,28 +469,43 @@ class TrainChecker:
         else:
             name, oloc, args, kwargs = self.call_args(setting.value, "optimizer")
         if name not in OPTIMIZERS:
-            raise self.fail(oloc, f"unknown optimizer '{name}'", did_you_mean(name, OPTIMIZERS) or f"optimizers: {', '.join(OPTIMIZERS)}")
+            raise self.fail(
+                oloc,
+                f"unknown optimizer '{name}'",
+                did_you_mean(name, OPTIMIZERS) or f"optimizers: {', '.join(OPTIMIZERS)}",
+            )
         models = []
         for a in args:
             if not isinstance(a, ast.Name) or a.id not in self.models:
-                raise self.fail(a.loc, f"{name}: positional arguments name the models it trains; '{_text(a)}' is not a model",
-                                did_you_mean(_text(a), self.models) or f"models: {', '.join(self.models)}")
+                raise self.fail(
+                    a.loc,
+                    f"{name}: positional arguments name the models it trains; '{_text(a)}' is not a model",
+                    did_you_mean(_text(a), self.models) or f"models: {', '.join(self.models)}",
+                )
             models.append(a.id)
         if not models:
             if explicit and len(self.models) > 1:
-                raise self.fail(oloc, f"the optimizer of step '{step}' must name the model(s) it trains",
-                                f"e.g. {name}({next(iter(self.models))}, lr=1e-3)")
+                raise self.fail(
+                    oloc,
+                    f"the optimizer of step '{step}' must name the model(s) it trains",
+                    f"e.g. {name}({next(iter(self.models))}, lr=1e-3)",
+                )
             models = [m for m, mod in self.models.items() if mod.param_count > 0]
         if not any(self.models[m].param_count for m in models):
-            raise self.fail(oloc, f"{name}: {', '.join(models)} ha{'s' if len(models) == 1 else 've'} no parameters to train")
+            raise self.fail(
+                oloc, f"{name}: {', '.join(models)} ha{'s' if len(models) == 1 else 've'} no parameters to train"
+            )
         options = self.bind(OPTIMIZERS[name].params, [], {k: self.static(v) for k, v in kwargs}, name, oloc)
         checked_groups = []
         for g in groups:
             owner = next((m for m in models if any(s.attr == g.name for s in self.models[m].submodules)), None)
             if owner is None:
                 attrs = [s.attr for m in models for s in self.models[m].submodules]
-                raise self.fail(g.loc, f"group '{g.name}': no submodule of that name in {', '.join(models)}",
-                                did_you_mean(g.name, attrs) or f"submodules: {', '.join(attrs)}")
+                raise self.fail(
+                    g.loc,
+                    f"group '{g.name}': no submodule of that name in {', '.join(models)}",
+                    did_you_mean(g.name, attrs) or f"submodules: {', '.join(attrs)}",
+                )
             values = {}
             for item in g.items:
                 if isinstance(item, ast.Section):
@@ -445,8 +520,14 @@ class TrainChecker:
             return c.Schedule("constant", {"warmup": 0.0})
         name, sloc, args, kwargs = self.call_args(setting.value, "schedule")
         if name not in SCHEDULES:
-            raise self.fail(sloc, f"unknown schedule '{name}'", did_you_mean(name, SCHEDULES) or f"schedules: {', '.join(SCHEDULES)}")
-        options = self.bind(SCHEDULES[name], [self.static(a) for a in args], {k: self.static(v) for k, v in kwargs}, name, sloc)
+            raise self.fail(
+                sloc,
+                f"unknown schedule '{name}'",
+                did_you_mean(name, SCHEDULES) or f"schedules: {', '.join(SCHEDULES)}",
+            )
+        options = self.bind(
+            SCHEDULES[name], [self.static(a) for a in args], {k: self.static(v) for k, v in kwargs}, name, sloc
+        )
         return c.Schedule(name, options)
 
     def label_checks(self, e: c.TExpr) -> None:
@@ -513,9 +594,14 @@ class TrainChecker:
         if e.func in self.models:
             model = self.models[e.func]
             if e.kwargs:
-                raise self.fail(e.loc, f"call model '{e.func}' with positional inputs ({', '.join(p.name for p in model.inputs)})")
+                raise self.fail(
+                    e.loc, f"call model '{e.func}' with positional inputs ({', '.join(p.name for p in model.inputs)})"
+                )
             if len(e.args) != len(model.inputs):
-                raise self.fail(e.loc, f"model '{e.func}' takes {len(model.inputs)} input(s) ({', '.join(p.name for p in model.inputs)}), got {len(e.args)}")
+                raise self.fail(
+                    e.loc,
+                    f"model '{e.func}' takes {len(model.inputs)} input(s) ({', '.join(p.name for p in model.inputs)}), got {len(e.args)}",
+                )
             args = []
             for a, port in zip(e.args, model.inputs):
                 value = self.expr(a, scope)
@@ -542,10 +628,16 @@ class TrainChecker:
                 ttype = fn.check(sizes, {})
             except BindError as exc:
                 raise self.fail(e.loc, str(exc), exc.hint) from None
-            args = [c.Ref(a.loc, None, "BATCH_SIZE") if isinstance(s, Sym) else c.Number(a.loc, None, s) for a, s in zip(e.args, sizes)]
+            args = [
+                c.Ref(a.loc, None, "BATCH_SIZE") if isinstance(s, Sym) else c.Number(a.loc, None, s)
+                for a, s in zip(e.args, sizes)
+            ]
             return c.FnCall(e.loc, ttype, fn.name, args, {})
         if len(e.args) < len(fn.tensors):
-            raise self.fail(e.loc, f"{fn.name} takes {len(fn.tensors)} tensor argument(s) ({', '.join(fn.tensors)}), got {len(e.args)}")
+            raise self.fail(
+                e.loc,
+                f"{fn.name} takes {len(fn.tensors)} tensor argument(s) ({', '.join(fn.tensors)}), got {len(e.args)}",
+            )
         tensors = []
         for a in e.args[: len(fn.tensors)]:
             value = self.expr(a, scope)
@@ -554,7 +646,7 @@ class TrainChecker:
             if not isinstance(value, c.TExpr) and not _is_number(value):
                 raise self.fail(a.loc, f"{fn.name}: expected a tensor, got {brief(value)}")
             tensors.append(value)
-        extra = [self.static(a) for a in e.args[len(fn.tensors):]]
+        extra = [self.static(a) for a in e.args[len(fn.tensors) :]]
         options = self.bind(fn.params, extra, {k: self.static(v) for k, v in e.kwargs}, fn.name, e.loc)
         types = [t.type if isinstance(t, c.TExpr) else float(t) for t in tensors]
         try:
@@ -581,7 +673,9 @@ class TrainChecker:
                 hint = "change the data set's size options (e.g. digits(image_size=28)) or the model input"
             if problem == "dtype":
                 hint = "convert with float(x)" if want.is_float else None
-            raise self.fail(loc, f"{what} is {actual} but model '{model.spec_name}' input '{port.name}' expects {want}", hint)
+            raise self.fail(
+                loc, f"{what} is {actual} but model '{model.spec_name}' input '{port.name}' expects {want}", hint
+            )
 
     # ------------------------------------------------------------ metrics and the result
 
@@ -596,7 +690,9 @@ class TrainChecker:
             name, mloc, args, kwargs = self.call_args(item, "metrics")
             metric = METRICS.get(name)
             if metric is None:
-                raise self.fail(mloc, f"unknown metric '{name}'", did_you_mean(name, METRICS) or f"metrics: {', '.join(METRICS)}")
+                raise self.fail(
+                    mloc, f"unknown metric '{name}'", did_you_mean(name, METRICS) or f"metrics: {', '.join(METRICS)}"
+                )
             tensor_args: list[str] = []
             if args and isinstance(args[0], ast.Name) and args[0].id not in self.consts:
                 if len(args) < 2 or not isinstance(args[1], ast.Name):
@@ -604,9 +700,14 @@ class TrainChecker:
                 tensor_args, args = [args[0].id, args[1].id], args[2:]
             p, t = tensor_args or (pred, target)
             if p is None:
-                raise self.fail(mloc, f"{name}: name the prediction and target, e.g. {name}(logits, label)",
-                                "the loss has no (prediction, target) pair to default to")
-            options = self.bind(metric.params, [self.static(a) for a in args], {k: self.static(v) for k, v in kwargs}, name, mloc)
+                raise self.fail(
+                    mloc,
+                    f"{name}: name the prediction and target, e.g. {name}(logits, label)",
+                    "the loss has no (prediction, target) pair to default to",
+                )
+            options = self.bind(
+                metric.params, [self.static(a) for a in args], {k: self.static(v) for k, v in kwargs}, name, mloc
+            )
             ptype, ttype = scope.resolve(p, mloc), scope.resolve(t, mloc)
             self.metric_types(metric, ptype, ttype, mloc)
             key = metric.key(options)
@@ -625,14 +726,22 @@ class TrainChecker:
         if not isinstance(ptype, TensorType) or not isinstance(ttype, TensorType):
             raise self.fail(loc, f"{metric.name} needs tensors")
         if metric.name == "cer" and (ptype.rank != 3 or ttype.rank != 2):
-            raise self.fail(loc, f"cer compares per-frame scores [batch, time, classes] with padded targets [batch, length]; got {ptype} and {ttype}")
+            raise self.fail(
+                loc,
+                f"cer compares per-frame scores [batch, time, classes] with padded targets [batch, length]; got {ptype} and {ttype}",
+            )
         if metric.classification:
             if not ptype.is_float or ttype.is_float or ttype.rank != ptype.rank - 1:
-                raise self.fail(loc, f"{metric.name} compares scores [..., classes] with class ids [...]; got {ptype} and {ttype}")
+                raise self.fail(
+                    loc, f"{metric.name} compares scores [..., classes] with class ids [...]; got {ptype} and {ttype}"
+                )
             if metric.name == "top_k" and isinstance(ptype.shape[-1], int):
                 pass
         elif not ptype.is_float or ptype.rank != ttype.rank:
-            raise self.fail(loc, f"{metric.name} compares a float prediction with a target of the same shape; got {ptype} and {ttype}")
+            raise self.fail(
+                loc,
+                f"{metric.name} compares a float prediction with a target of the same shape; got {ptype} and {ttype}",
+            )
 
     def config(self, settings, data, root: Scope, steps: list[c.Step], metrics: list[c.MetricUse]) -> c.TrainConfig:
         epochs = self.setting(settings, "epochs", P("epochs", "int", 10))
@@ -648,7 +757,11 @@ class TrainChecker:
         monitor = self.setting(settings, "monitor", P("monitor", "str", "val_loss" if validation else "train_loss"))
         if monitor not in keys:
             loc = settings["monitor"].loc if "monitor" in settings else self.train.loc
-            raise self.fail(loc, f"monitor '{monitor}' is not a recorded value", did_you_mean(monitor, keys) or f"recorded: {', '.join(keys)}")
+            raise self.fail(
+                loc,
+                f"monitor '{monitor}' is not a recorded value",
+                did_you_mean(monitor, keys) or f"recorded: {', '.join(keys)}",
+            )
         use = next((u for u in metrics if u.key == monitor), None)
         mode = "max" if use and METRICS[use.metric].higher_is_better else "min"
         export = list(self.models)
@@ -658,18 +771,35 @@ class TrainChecker:
             export = []
             for i in items:
                 if not isinstance(i, ast.Name) or i.id not in self.models:
-                    raise self.fail(i.loc, f"export lists models; '{_text(i)}' is not one", did_you_mean(_text(i), self.models))
+                    raise self.fail(
+                        i.loc, f"export lists models; '{_text(i)}' is not one", did_you_mean(_text(i), self.models)
+                    )
                 export.append(i.id)
         checkpoint_every = self.setting(settings, "checkpoint_every", P("checkpoint_every", "int", 1))
         keep = self.setting(settings, "keep_checkpoints", P("keep_checkpoints", "int", 2))
         workers = self.setting(settings, "workers", P("workers", "int", 0))
         if checkpoint_every < 1 or keep < 1 or workers < 0:
-            raise self.fail(self.train.loc, "checkpoint_every and keep_checkpoints must be at least 1, workers at least 0")
+            raise self.fail(
+                self.train.loc, "checkpoint_every and keep_checkpoints must be at least 1, workers at least 0"
+            )
         config = c.TrainConfig(
-            loc=self.train.loc, data=data, prepare=root.plan, steps=steps, metrics=metrics, models=list(self.models),
-            epochs=epochs, batch_size=batch_size, seed=self.setting(settings, "seed", P("seed", "int", 0)),
-            early_stopping=patience, monitor=monitor, monitor_mode=mode, checkpoint_every=checkpoint_every,
-            keep_checkpoints=keep, export=export, workers=workers, shuffle=self.setting(settings, "shuffle", P("shuffle", "bool", True)),
+            loc=self.train.loc,
+            data=data,
+            prepare=root.plan,
+            steps=steps,
+            metrics=metrics,
+            models=list(self.models),
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=self.setting(settings, "seed", P("seed", "int", 0)),
+            early_stopping=patience,
+            monitor=monitor,
+            monitor_mode=mode,
+            checkpoint_every=checkpoint_every,
+            keep_checkpoints=keep,
+            export=export,
+            workers=workers,
+            shuffle=self.setting(settings, "shuffle", P("shuffle", "bool", True)),
             label_checks=_unique(self._label_checks),
         )
         config.settings = settings_json(config)
@@ -704,7 +834,11 @@ def _default_pair(loss: c.TExpr) -> tuple[str | None, str | None]:
 def _ctc_lengths(loss: c.TExpr, pred: str, target: str) -> list[str]:
     """[input_lengths, target_lengths] of a ctc(pred, target, ...) term of the loss, when they are plain names."""
     if isinstance(loss, c.FnCall):
-        if loss.fn == "ctc" and all(isinstance(a, c.Ref) for a in loss.args) and [a.name for a in loss.args[:2]] == [pred, target]:
+        if (
+            loss.fn == "ctc"
+            and all(isinstance(a, c.Ref) for a in loss.args)
+            and [a.name for a in loss.args[:2]] == [pred, target]
+        ):
             return [loss.args[2].name, loss.args[3].name]
         for a in loss.args:
             if found := _ctc_lengths(a, pred, target):
@@ -738,8 +872,12 @@ def settings_json(cfg: c.TrainConfig) -> dict[str, Any]:
         "steps": [
             {
                 "name": s.name,
-                "optimizer": {"name": s.optimizer.kind, "models": s.optimizer.models, **{k: plain(v) for k, v in s.optimizer.options.items()},
-                              "groups": [{"module": f"{g.model}.{g.attr}", **g.options} for g in s.optimizer.groups]},
+                "optimizer": {
+                    "name": s.optimizer.kind,
+                    "models": s.optimizer.models,
+                    **{k: plain(v) for k, v in s.optimizer.options.items()},
+                    "groups": [{"module": f"{g.model}.{g.attr}", **g.options} for g in s.optimizer.groups],
+                },
                 "schedule": {"name": s.schedule.kind, **s.schedule.options},
                 "clip_grad_norm": s.clip_grad_norm,
                 "accumulate": s.accumulate,

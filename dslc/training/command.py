@@ -25,11 +25,19 @@ def prepare_run(spec: str | Path, out: Path, overrides: list[str], resume: bool)
     consts, settings = split_overrides(spec, overrides)
     program = check_file(spec, consts, settings)
     if program.train is None:
-        raise error(None, f"{spec}: the spec has no train section", "add `train { data = ...  loss = ... }`; see docs/training.md")
+        raise error(
+            None,
+            f"{spec}: the spec has no train section",
+            "add `train { data = ...  loss = ... }`; see docs/training.md",
+        )
     stem = program.module_name
     found = ckpt.checkpoints(out / "checkpoints")
     if found and not resume:
-        raise error(None, f"{out} already holds a run ({found[-1].name})", "pass --resume to continue it, or choose another --out")
+        raise error(
+            None,
+            f"{out} already holds a run ({found[-1].name})",
+            "pass --resume to continue it, or choose another --out",
+        )
     if found and resume:
         _check_resumable(out / "checkpoints", program.sha256, consts, program.train.settings)
     script = out / f"{stem}_train.py"
@@ -46,7 +54,9 @@ def _check_resumable(folder: Path, sha256: str, consts: list[str], settings: dic
     latest = ckpt.load_latest(folder)
     if latest is not None:
         path, (_, _, meta), _ = latest
-        ckpt.refuse_changed_run(path, meta, ckpt.run_identity(sha256, consts, settings, amp=None), skip=ckpt.FLAG_SETTINGS)
+        ckpt.refuse_changed_run(
+            path, meta, ckpt.run_identity(sha256, consts, settings, amp=None), skip=ckpt.FLAG_SETTINGS
+        )
 
 
 def run_script(script: Path, argv: list[str], nproc: int) -> None:
@@ -58,7 +68,15 @@ def run_script(script: Path, argv: list[str], nproc: int) -> None:
         sys.modules.pop(script.name.removesuffix("_train.py"), None)
         load_generated(script).main(argv)
         return
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", str(script), *argv]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        str(script),
+        *argv,
+    ]
     from dslc.training.runtime import LOCK_HOLDER_ENV
 
     # this process holds the run folder's lock (dslc.cli train): rank 0 of the processes it starts may write there

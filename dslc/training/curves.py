@@ -18,10 +18,20 @@ W, H, PAD = 360, 220, 24
 
 # 3x5 digits and a few letters for axis labels
 GLYPHS = {
-    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111", "3": "111001111001111",
-    "4": "101101111001001", "5": "111100111001111", "6": "111100111101111", "7": "111001001001001",
-    "8": "111101111101111", "9": "111101111001111", ".": "000000000000010", "-": "000000111000000",
-    "e": "000111111100111", " ": "000000000000000",
+    "0": "111101101101111",
+    "1": "010110010010111",
+    "2": "111001111100111",
+    "3": "111001111001111",
+    "4": "101101111001001",
+    "5": "111100111001111",
+    "6": "111100111101111",
+    "7": "111001001001001",
+    "8": "111101111101111",
+    "9": "111101111001111",
+    ".": "000000000000010",
+    "-": "000000111000000",
+    "e": "000111111100111",
+    " ": "000000000000000",
 }
 
 
@@ -69,7 +79,11 @@ def _fmt(v: float) -> str:
 
 def plot(history: list[dict], path: Path) -> None:
     """Write `path`: panels of the per-epoch values in `history` (metrics.jsonl records)."""
-    keys = [k for k in history[0] if k not in ("epoch", "samples_per_s") and isinstance(history[0].get(k), (int, float))] if history else []
+    keys = (
+        [k for k in history[0] if k not in ("epoch", "samples_per_s") and isinstance(history[0].get(k), (int, float))]
+        if history
+        else []
+    )
     losses = [k for k in keys if "loss" in k]
     panels = ([losses] if losses else []) + [[k] for k in keys if k not in losses]
     if not panels:
@@ -79,7 +93,10 @@ def plot(history: list[dict], path: Path) -> None:
     canvas = Canvas(W * cols, H * rows)
     for n, panel in enumerate(panels):
         ox, oy = (n % cols) * W, (n // cols) * H
-        series = [[(r["epoch"], r[k]) for r in history if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])] for k in panel]
+        series = [
+            [(r["epoch"], r[k]) for r in history if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
+            for k in panel
+        ]
         values = [v for s in series for _, v in s]
         if not values:
             continue

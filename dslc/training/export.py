@@ -18,18 +18,29 @@ from dslc.errors import error, read_source
 from dslc.fileio import disk_full_errors, fsync_file, fsync_folder, spec_sha256, write_atomic
 
 
-def export_trained(spec: dict[str, Any], out: Path, state_dicts: dict[str, Any], vocab: list[str] | None,
-                   labels: list[str] | None, weights: dict[str, str] | None = None) -> list[Any]:
+def export_trained(
+    spec: dict[str, Any],
+    out: Path,
+    state_dicts: dict[str, Any],
+    vocab: list[str] | None,
+    labels: list[str] | None,
+    weights: dict[str, str] | None = None,
+) -> list[Any]:
     """Build the spec with the trained state dicts; `weights` (model -> "trained", "trained (from vae)", "initial")
     goes into the manifest entries."""
     from dslc.build import build
 
     path = Path(spec["path"])
     if not path.is_file():
-        raise error(None, f"cannot export: the spec {path} is gone", "the trained weights are in the run folder (*.safetensors)")
+        raise error(
+            None, f"cannot export: the spec {path} is gone", "the trained weights are in the run folder (*.safetensors)"
+        )
     if spec_sha256(read_source(path)) != spec["sha256"]:  # hashed as the checker does (CRLF reads as LF)
-        raise error(None, f"cannot export: {path} changed since this training script was generated",
-                    "the trained weights are in the run folder (*.safetensors); rebuild the script and export from them")
+        raise error(
+            None,
+            f"cannot export: {path} changed since this training script was generated",
+            "the trained weights are in the run folder (*.safetensors); rebuild the script and export from them",
+        )
     with disk_full_errors(out):
         staging = Path(tempfile.mkdtemp(prefix=".dslc-export-", dir=out))  # a name remove_debris knows
     try:
@@ -51,7 +62,9 @@ def export_trained(spec: dict[str, Any], out: Path, state_dicts: dict[str, Any],
 def _publish(staging: Path, out: Path) -> None:
     """Move the built files (not the build's training script) into the run folder, the manifest last; each is flushed
     to the disk first, so that a crash leaves no empty file under a final name."""
-    items = sorted((p for p in staging.iterdir() if not p.name.endswith("_train.py")), key=lambda p: p.name == "manifest.json")
+    items = sorted(
+        (p for p in staging.iterdir() if not p.name.endswith("_train.py")), key=lambda p: p.name == "manifest.json"
+    )
     for item in items:
         if item.is_file():
             fsync_file(item)

@@ -15,7 +15,9 @@ from dslc.layers.base import py_literal
 from dslc.params import BindError, P
 from dslc.shapes import Sym, TensorType
 
-REDUCTION = P("reduction", "str", "mean", "mean over elements, sum, or batchmean (sum / batch size)", ("mean", "sum", "batchmean"))
+REDUCTION = P(
+    "reduction", "str", "mean", "mean over elements, sum, or batchmean (sum / batch size)", ("mean", "sum", "batchmean")
+)
 # A scalar (float) stands for a tensor filled with it, e.g. bce_with_logits(score, 1.0).
 ScalarOr = TensorType | float
 
@@ -59,7 +61,9 @@ def _classification(fn: str) -> Callable:
             raise BindError(f"{fn}: 'input' must be [batch, ..., classes], got {logits.shape_str()}")
         if target.is_float:
             if target.rank != logits.rank:
-                raise BindError(f"{fn}: a probability target must have the input's shape {logits.shape_str()}, got {target.shape_str()}")
+                raise BindError(
+                    f"{fn}: a probability target must have the input's shape {logits.shape_str()}, got {target.shape_str()}"
+                )
         elif target.rank != logits.rank - 1:
             raise BindError(
                 f"{fn}: class ids must have one dimension less than 'input' {logits.shape_str()}, got {target.shape_str()}",
@@ -128,7 +132,7 @@ def _elementwise(func: str, extra: Callable[[dict], str] = lambda a: "") -> Call
         kw = extra(a)
         if red == "mean":
             return f"{func}({x}, {t}{kw})"
-        call = f"{func}({x}, {t}{kw}, reduction=\"sum\")"
+        call = f'{func}({x}, {t}{kw}, reduction="sum")'
         return call if red == "sum" else f"{call} / {x}.shape[0]"
 
     return emit
@@ -214,38 +218,177 @@ def _reg(fn: Fn) -> None:
 
 
 _IGNORE = P("ignore_index", "int", -100, "target value that contributes nothing (padding)")
-_reg(Fn("cross_entropy", "loss", "softmax cross-entropy of logits (classes last) with class ids or probabilities",
-        ("input", "target"), (P("label_smoothing", "float", 0.0), _IGNORE), _classification("cross_entropy"), _ce_emit("F.cross_entropy")))
-_reg(Fn("nll", "loss", "negative log-likelihood of log-probabilities (classes last)",
-        ("input", "target"), (_IGNORE,), _classification("nll"), _ce_emit("F.nll_loss")))
-_reg(Fn("bce", "loss", "binary cross-entropy of probabilities in [0, 1]; the target may be a number",
-        ("input", "target"), (REDUCTION,), _pair_check("bce"), _elementwise("F.binary_cross_entropy")))
-_reg(Fn("bce_with_logits", "loss", "binary cross-entropy of logits (sigmoid folded in); the target may be a number",
-        ("input", "target"), (REDUCTION,), _pair_check("bce_with_logits"), _elementwise("F.binary_cross_entropy_with_logits")))
-_reg(Fn("mse", "loss", "mean squared error", ("input", "target"), (REDUCTION,), _pair_check("mse"), _elementwise("F.mse_loss")))
-_reg(Fn("l1", "loss", "mean absolute error", ("input", "target"), (REDUCTION,), _pair_check("l1"), _elementwise("F.l1_loss")))
-_reg(Fn("smooth_l1", "loss", "Huber-like smooth L1", ("input", "target"), (REDUCTION, P("beta", "float", 1.0)),
-        _pair_check("smooth_l1"), _elementwise("F.smooth_l1_loss", lambda a: f", beta={py_literal(a['beta'])}")))
-_reg(Fn("kl_normal", "loss", "KL(N(mu, exp(logvar)) || N(0, 1)) summed over latent dims, averaged over the batch",
-        ("mu", "logvar"), (P("reduction", "str", "batchmean", choices=("batchmean", "sum")),), _kl_normal_check, _kl_normal_emit))
-_reg(Fn("kl_div", "loss", "KL divergence of log-probabilities `input` from probabilities `target`, per example",
-        ("input", "target"), (), _pair_check("kl_div"), lambda c, a, t: f"F.kl_div({c[0]}, {c[1]}, reduction=\"batchmean\")"))
-_reg(Fn("ctc", "loss", "connectionist temporal classification of [batch, time, classes] scores (log-softmax applied "
-        "when logits=true) against padded targets", ("input", "target", "input_lengths", "target_lengths"),
-        (P("blank", "int", 0), P("logits", "bool", True)), _ctc_check, _ctc_emit))
-_reg(Fn("detach", "tensor", "the same values, cut from the gradient graph (GAN discriminator step)",
-        ("input",), (), _same, lambda c, a, t: f"{c[0]}.detach()"))
+_reg(
+    Fn(
+        "cross_entropy",
+        "loss",
+        "softmax cross-entropy of logits (classes last) with class ids or probabilities",
+        ("input", "target"),
+        (P("label_smoothing", "float", 0.0), _IGNORE),
+        _classification("cross_entropy"),
+        _ce_emit("F.cross_entropy"),
+    )
+)
+_reg(
+    Fn(
+        "nll",
+        "loss",
+        "negative log-likelihood of log-probabilities (classes last)",
+        ("input", "target"),
+        (_IGNORE,),
+        _classification("nll"),
+        _ce_emit("F.nll_loss"),
+    )
+)
+_reg(
+    Fn(
+        "bce",
+        "loss",
+        "binary cross-entropy of probabilities in [0, 1]; the target may be a number",
+        ("input", "target"),
+        (REDUCTION,),
+        _pair_check("bce"),
+        _elementwise("F.binary_cross_entropy"),
+    )
+)
+_reg(
+    Fn(
+        "bce_with_logits",
+        "loss",
+        "binary cross-entropy of logits (sigmoid folded in); the target may be a number",
+        ("input", "target"),
+        (REDUCTION,),
+        _pair_check("bce_with_logits"),
+        _elementwise("F.binary_cross_entropy_with_logits"),
+    )
+)
+_reg(
+    Fn(
+        "mse",
+        "loss",
+        "mean squared error",
+        ("input", "target"),
+        (REDUCTION,),
+        _pair_check("mse"),
+        _elementwise("F.mse_loss"),
+    )
+)
+_reg(
+    Fn(
+        "l1",
+        "loss",
+        "mean absolute error",
+        ("input", "target"),
+        (REDUCTION,),
+        _pair_check("l1"),
+        _elementwise("F.l1_loss"),
+    )
+)
+_reg(
+    Fn(
+        "smooth_l1",
+        "loss",
+        "Huber-like smooth L1",
+        ("input", "target"),
+        (REDUCTION, P("beta", "float", 1.0)),
+        _pair_check("smooth_l1"),
+        _elementwise("F.smooth_l1_loss", lambda a: f", beta={py_literal(a['beta'])}"),
+    )
+)
+_reg(
+    Fn(
+        "kl_normal",
+        "loss",
+        "KL(N(mu, exp(logvar)) || N(0, 1)) summed over latent dims, averaged over the batch",
+        ("mu", "logvar"),
+        (P("reduction", "str", "batchmean", choices=("batchmean", "sum")),),
+        _kl_normal_check,
+        _kl_normal_emit,
+    )
+)
+_reg(
+    Fn(
+        "kl_div",
+        "loss",
+        "KL divergence of log-probabilities `input` from probabilities `target`, per example",
+        ("input", "target"),
+        (),
+        _pair_check("kl_div"),
+        lambda c, a, t: f'F.kl_div({c[0]}, {c[1]}, reduction="batchmean")',
+    )
+)
+_reg(
+    Fn(
+        "ctc",
+        "loss",
+        "connectionist temporal classification of [batch, time, classes] scores (log-softmax applied "
+        "when logits=true) against padded targets",
+        ("input", "target", "input_lengths", "target_lengths"),
+        (P("blank", "int", 0), P("logits", "bool", True)),
+        _ctc_check,
+        _ctc_emit,
+    )
+)
+_reg(
+    Fn(
+        "detach",
+        "tensor",
+        "the same values, cut from the gradient graph (GAN discriminator step)",
+        ("input",),
+        (),
+        _same,
+        lambda c, a, t: f"{c[0]}.detach()",
+    )
+)
 _reg(Fn("float", "tensor", "convert to float32", ("input",), (), _to_float, lambda c, a, t: f"{c[0]}.float()"))
 _reg(Fn("mean", "tensor", "mean of all elements", ("input",), (), _reduce_check, lambda c, a, t: f"{c[0]}.mean()"))
 _reg(Fn("sum", "tensor", "sum of all elements", ("input",), (), _reduce_check, lambda c, a, t: f"{c[0]}.sum()"))
-_reg(Fn("shift_right", "tensor", "teacher forcing: prepend `fill` along time and drop the last step",
-        ("input",), (P("fill", "int", 1, "start token"),), _shift_check,
-        lambda c, a, t: f"F.pad({c[0]}[:, :-1], (1, 0), value={py_literal(a['fill'])})"))
-_reg(Fn("position_ids", "tensor", "0, 1, 2, ... along time, int64[batch, time]", ("input",), (), _positions_check,
-        lambda c, a, t: f"torch.arange({c[0]}.shape[1], device={c[0]}.device).expand({c[0]}.shape[0], -1)"))
-_reg(Fn("normal", "noise", "standard normal noise of the given sizes (`batch` = the current batch size)",
-        (), (), _noise_check, _noise_emit("torch.randn"), variadic=True))
-_reg(Fn("uniform", "noise", "uniform noise in [0, 1) of the given sizes", (), (), _noise_check, _noise_emit("torch.rand"), variadic=True))
+_reg(
+    Fn(
+        "shift_right",
+        "tensor",
+        "teacher forcing: prepend `fill` along time and drop the last step",
+        ("input",),
+        (P("fill", "int", 1, "start token"),),
+        _shift_check,
+        lambda c, a, t: f"F.pad({c[0]}[:, :-1], (1, 0), value={py_literal(a['fill'])})",
+    )
+)
+_reg(
+    Fn(
+        "position_ids",
+        "tensor",
+        "0, 1, 2, ... along time, int64[batch, time]",
+        ("input",),
+        (),
+        _positions_check,
+        lambda c, a, t: f"torch.arange({c[0]}.shape[1], device={c[0]}.device).expand({c[0]}.shape[0], -1)",
+    )
+)
+_reg(
+    Fn(
+        "normal",
+        "noise",
+        "standard normal noise of the given sizes (`batch` = the current batch size)",
+        (),
+        (),
+        _noise_check,
+        _noise_emit("torch.randn"),
+        variadic=True,
+    )
+)
+_reg(
+    Fn(
+        "uniform",
+        "noise",
+        "uniform noise in [0, 1) of the given sizes",
+        (),
+        (),
+        _noise_check,
+        _noise_emit("torch.rand"),
+        variadic=True,
+    )
+)
 
 
 # ---------------------------------------------------------------- layout helpers (data fields -> model inputs)
@@ -276,7 +419,7 @@ def _repeat_check(types, a):
     i = _axis(x, a["dim"], x.rank, "repeat")
     if not isinstance(a["times"], int) or a["times"] < 1:
         raise BindError(f"repeat: times must be a positive integer, got {a['times']!r}")
-    return x.with_shape([*x.shape[:i], x.shape[i] * a["times"], *x.shape[i + 1:]])
+    return x.with_shape([*x.shape[:i], x.shape[i] * a["times"], *x.shape[i + 1 :]])
 
 
 def _floor_div_check(types, a):
@@ -286,20 +429,72 @@ def _floor_div_check(types, a):
     return x
 
 
-_reg(Fn("transpose", "tensor", "swap two dimensions, e.g. [batch, time, freq] -> [batch, freq, time]", ("input",),
-        (P("dim0", "int"), P("dim1", "int")), _transpose_check,
-        lambda c, a, t: f"{c[0]}.transpose({py_literal(a['dim0'])}, {py_literal(a['dim1'])})"))
-_reg(Fn("unsqueeze", "tensor", "insert a dimension of size 1 (e.g. a channel axis)", ("input",), (P("dim", "int"),),
-        _unsqueeze_check, lambda c, a, t: f"{c[0]}.unsqueeze({py_literal(a['dim'])})"))
-_reg(Fn("repeat", "tensor", "repeat each element `times` along `dim` (e.g. grey [batch, 1, H, W] -> RGB [batch, 3, H, W])",
-        ("input",), (P("times", "int"), P("dim", "int", 1)), _repeat_check,
-        lambda c, a, t: f"{c[0]}.repeat_interleave({py_literal(a['times'])}, dim={py_literal(a['dim'])})"))
-_reg(Fn("floor_div", "tensor", "integer division rounding down, e.g. sequence lengths after a stride-2 layer", ("input",),
-        (P("divisor", "int"),), _floor_div_check, lambda c, a, t: f"torch.div({c[0]}, {py_literal(a['divisor'])}, rounding_mode=\"floor\")"))
-_reg(Fn("ones_like", "tensor", "a tensor of ones with the input's shape and dtype (e.g. a full attention mask)", ("input",), (),
-        _same, lambda c, a, t: f"torch.ones_like({c[0]})"))
-_reg(Fn("zeros_like", "tensor", "a tensor of zeros with the input's shape and dtype (e.g. segment ids)", ("input",), (),
-        _same, lambda c, a, t: f"torch.zeros_like({c[0]})"))
+_reg(
+    Fn(
+        "transpose",
+        "tensor",
+        "swap two dimensions, e.g. [batch, time, freq] -> [batch, freq, time]",
+        ("input",),
+        (P("dim0", "int"), P("dim1", "int")),
+        _transpose_check,
+        lambda c, a, t: f"{c[0]}.transpose({py_literal(a['dim0'])}, {py_literal(a['dim1'])})",
+    )
+)
+_reg(
+    Fn(
+        "unsqueeze",
+        "tensor",
+        "insert a dimension of size 1 (e.g. a channel axis)",
+        ("input",),
+        (P("dim", "int"),),
+        _unsqueeze_check,
+        lambda c, a, t: f"{c[0]}.unsqueeze({py_literal(a['dim'])})",
+    )
+)
+_reg(
+    Fn(
+        "repeat",
+        "tensor",
+        "repeat each element `times` along `dim` (e.g. grey [batch, 1, H, W] -> RGB [batch, 3, H, W])",
+        ("input",),
+        (P("times", "int"), P("dim", "int", 1)),
+        _repeat_check,
+        lambda c, a, t: f"{c[0]}.repeat_interleave({py_literal(a['times'])}, dim={py_literal(a['dim'])})",
+    )
+)
+_reg(
+    Fn(
+        "floor_div",
+        "tensor",
+        "integer division rounding down, e.g. sequence lengths after a stride-2 layer",
+        ("input",),
+        (P("divisor", "int"),),
+        _floor_div_check,
+        lambda c, a, t: f'torch.div({c[0]}, {py_literal(a["divisor"])}, rounding_mode="floor")',
+    )
+)
+_reg(
+    Fn(
+        "ones_like",
+        "tensor",
+        "a tensor of ones with the input's shape and dtype (e.g. a full attention mask)",
+        ("input",),
+        (),
+        _same,
+        lambda c, a, t: f"torch.ones_like({c[0]})",
+    )
+)
+_reg(
+    Fn(
+        "zeros_like",
+        "tensor",
+        "a tensor of zeros with the input's shape and dtype (e.g. segment ids)",
+        ("input",),
+        (),
+        _same,
+        lambda c, a, t: f"torch.zeros_like({c[0]})",
+    )
+)
 
 
 # ---------------------------------------------------------------- metrics
@@ -332,8 +527,10 @@ def _topk_total(p, t, a):
 def _ppl_total(p, t, a):
     x, tt = (f"{p}.flatten(0, -2)", f"{t}.flatten()")
     ign = a["ignore_index"]
-    return (f"F.cross_entropy({x}, {tt}, ignore_index={py_literal(ign)}, reduction=\"sum\")",
-            f"({t} != {py_literal(ign)}).sum()")
+    return (
+        f'F.cross_entropy({x}, {tt}, ignore_index={py_literal(ign)}, reduction="sum")',
+        f"({t} != {py_literal(ign)}).sum()",
+    )
 
 
 def _cer_total(p, t, a):
@@ -347,18 +544,72 @@ def _cer_total(p, t, a):
 
 METRICS: dict[str, Metric] = {}
 for _m in (
-    Metric("accuracy", "fraction of correct argmax predictions", (P("ignore_index", "int", None),), True, True,
-           lambda a: "accuracy", _acc_total),
-    Metric("top_k", "fraction of targets among the k highest scores", (P("k", "int", 5),), True, True,
-           lambda a: f"top{a['k']}_accuracy", _topk_total),
-    Metric("perplexity", "exp of the mean token cross-entropy", (_IGNORE,), False, True, lambda a: "perplexity", _ppl_total, "exp"),
-    Metric("cer", "character error rate of CTC output: edit distance of the greedy decoding (best path, repeats merged, "
-           "blanks dropped) to the target, per target character; lengths come from the ctc loss on the same pair",
-           (P("blank", "int", 0),), False, True, lambda a: "cer", _cer_total),
-    Metric("mae", "mean absolute error", (), False, False, lambda a: "mae", lambda p, t, a: (f"({p} - {t}).abs().sum()", f"{t}.numel()")),
-    Metric("mse", "mean squared error", (), False, False, lambda a: "mse", lambda p, t, a: (f"({p} - {t}).pow(2).sum()", f"{t}.numel()")),
-    Metric("rmse", "root mean squared error", (), False, False, lambda a: "rmse",
-           lambda p, t, a: (f"({p} - {t}).pow(2).sum()", f"{t}.numel()"), "sqrt"),
+    Metric(
+        "accuracy",
+        "fraction of correct argmax predictions",
+        (P("ignore_index", "int", None),),
+        True,
+        True,
+        lambda a: "accuracy",
+        _acc_total,
+    ),
+    Metric(
+        "top_k",
+        "fraction of targets among the k highest scores",
+        (P("k", "int", 5),),
+        True,
+        True,
+        lambda a: f"top{a['k']}_accuracy",
+        _topk_total,
+    ),
+    Metric(
+        "perplexity",
+        "exp of the mean token cross-entropy",
+        (_IGNORE,),
+        False,
+        True,
+        lambda a: "perplexity",
+        _ppl_total,
+        "exp",
+    ),
+    Metric(
+        "cer",
+        "character error rate of CTC output: edit distance of the greedy decoding (best path, repeats merged, "
+        "blanks dropped) to the target, per target character; lengths come from the ctc loss on the same pair",
+        (P("blank", "int", 0),),
+        False,
+        True,
+        lambda a: "cer",
+        _cer_total,
+    ),
+    Metric(
+        "mae",
+        "mean absolute error",
+        (),
+        False,
+        False,
+        lambda a: "mae",
+        lambda p, t, a: (f"({p} - {t}).abs().sum()", f"{t}.numel()"),
+    ),
+    Metric(
+        "mse",
+        "mean squared error",
+        (),
+        False,
+        False,
+        lambda a: "mse",
+        lambda p, t, a: (f"({p} - {t}).pow(2).sum()", f"{t}.numel()"),
+    ),
+    Metric(
+        "rmse",
+        "root mean squared error",
+        (),
+        False,
+        False,
+        lambda a: "rmse",
+        lambda p, t, a: (f"({p} - {t}).pow(2).sum()", f"{t}.numel()"),
+        "sqrt",
+    ),
 ):
     METRICS[_m.name] = _m
 
@@ -376,14 +627,35 @@ class OptimizerDef:
 
 _WD = P("weight_decay", "float", 0.0)
 OPTIMIZERS = {
-    "sgd": OptimizerDef("sgd", "torch.optim.SGD", (P("lr", "float", 0.01), P("momentum", "float", 0.0),
-                        P("nesterov", "bool", False), _WD), {"momentum": 0.0, "nesterov": False, "weight_decay": 0.0}),
-    "adam": OptimizerDef("adam", "torch.optim.Adam", (P("lr", "float", 1e-3), P("betas", "floats", (0.9, 0.999)),
-                         P("eps", "float", 1e-8), _WD), {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}),
-    "adamw": OptimizerDef("adamw", "torch.optim.AdamW", (P("lr", "float", 1e-3), P("betas", "floats", (0.9, 0.999)),
-                          P("eps", "float", 1e-8), P("weight_decay", "float", 0.01)), {"betas": (0.9, 0.999), "eps": 1e-8}),
-    "rmsprop": OptimizerDef("rmsprop", "torch.optim.RMSprop", (P("lr", "float", 0.01), P("alpha", "float", 0.99),
-                            P("momentum", "float", 0.0), _WD), {"alpha": 0.99, "momentum": 0.0, "weight_decay": 0.0}),
+    "sgd": OptimizerDef(
+        "sgd",
+        "torch.optim.SGD",
+        (P("lr", "float", 0.01), P("momentum", "float", 0.0), P("nesterov", "bool", False), _WD),
+        {"momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
+    ),
+    "adam": OptimizerDef(
+        "adam",
+        "torch.optim.Adam",
+        (P("lr", "float", 1e-3), P("betas", "floats", (0.9, 0.999)), P("eps", "float", 1e-8), _WD),
+        {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
+    ),
+    "adamw": OptimizerDef(
+        "adamw",
+        "torch.optim.AdamW",
+        (
+            P("lr", "float", 1e-3),
+            P("betas", "floats", (0.9, 0.999)),
+            P("eps", "float", 1e-8),
+            P("weight_decay", "float", 0.01),
+        ),
+        {"betas": (0.9, 0.999), "eps": 1e-8},
+    ),
+    "rmsprop": OptimizerDef(
+        "rmsprop",
+        "torch.optim.RMSprop",
+        (P("lr", "float", 0.01), P("alpha", "float", 0.99), P("momentum", "float", 0.0), _WD),
+        {"alpha": 0.99, "momentum": 0.0, "weight_decay": 0.0},
+    ),
 }
 GROUP_PARAMS = (P("lr", "float", None), P("weight_decay", "float", None), P("momentum", "float", None))
 
@@ -393,5 +665,8 @@ SCHEDULES: dict[str, tuple[P, ...]] = {
     "step": (P("every", "int", 10, "epochs between decays"), P("gamma", "float", 0.1), _WARMUP),
     "cosine": (_WARMUP, P("min_factor", "float", 0.0, "final learning rate as a fraction of the initial one")),
     "linear": (_WARMUP, P("min_factor", "float", 0.0)),
-    "one_cycle": (P("max_lr", "float", None, "peak learning rate (default: the optimizer's lr)"), P("pct_start", "float", 0.3)),
+    "one_cycle": (
+        P("max_lr", "float", None, "peak learning rate (default: the optimizer's lr)"),
+        P("pct_start", "float", 0.3),
+    ),
 }

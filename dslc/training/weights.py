@@ -33,13 +33,20 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (any unreadable file: a message, not a traceback)
-        raise error(None, f"--weights: cannot read {p} ({type(exc).__name__}: {exc})",
-                    "pass a .safetensors file or a state_dict saved with torch.save(model.state_dict(), path)") from None
+        raise error(
+            None,
+            f"--weights: cannot read {p} ({type(exc).__name__}: {exc})",
+            "pass a .safetensors file or a state_dict saved with torch.save(model.state_dict(), path)",
+        ) from None
     for key in WRAPPERS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
-    if not isinstance(state, dict) or not state or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+    ):
         raise error(None, f"--weights: {p} does not hold a state dict (parameter name -> tensor)")
     if all(k.startswith("module.") for k in state):  # saved from a DistributedDataParallel wrapper
         state = {k.removeprefix("module."): v for k, v in state.items()}
@@ -54,8 +61,11 @@ def _pick(state: dict[str, torch.Tensor], models: dict[str, nn.Module], path: st
         return exact[0]
     best = max(overlap, key=lambda n: overlap[n])
     if overlap[best] == 0:
-        raise error(None, f"--weights: {path} shares no parameter name with any model ({', '.join(models)})",
-                    f"e.g. the file has '{next(iter(keys))}'; model '{best}' has '{next(iter(models[best].state_dict()), '')}'")
+        raise error(
+            None,
+            f"--weights: {path} shares no parameter name with any model ({', '.join(models)})",
+            f"e.g. the file has '{next(iter(keys))}'; model '{best}' has '{next(iter(models[best].state_dict()), '')}'",
+        )
     return best
 
 
@@ -72,15 +82,25 @@ def load_weights(items: list[str], models: dict[str, nn.Module]) -> list[str]:
         expected = model.state_dict()
         missing = [k for k in expected if k not in state]
         unexpected = [k for k in state if k not in expected]
-        shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                  if k in state and state[k].shape != v.shape]
+        shapes = [
+            f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+            for k, v in expected.items()
+            if k in state and state[k].shape != v.shape
+        ]
         if missing or unexpected or shapes:
             parts = []
-            for label, found in (("missing", missing), ("unexpected", unexpected), ("wrong shape (file vs model)", shapes)):
+            for label, found in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("wrong shape (file vs model)", shapes),
+            ):
                 if found:
                     parts.append(f"{label}: {', '.join(found[:4])}{' ...' if len(found) > 4 else ''} ({len(found)})")
-            raise error(None, f"--weights: {path} does not fit model '{name}' (strict load): " + "; ".join(parts),
-                        "check the spec's constants (e.g. --set classes=...) against the checkpoint")
+            raise error(
+                None,
+                f"--weights: {path} does not fit model '{name}' (strict load): " + "; ".join(parts),
+                "check the spec's constants (e.g. --set classes=...) against the checkpoint",
+            )
         with torch.no_grad():
             model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
         lines.append(f"loaded {len(state)} tensors from {path} into '{name}'")

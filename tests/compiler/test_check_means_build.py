@@ -57,7 +57,9 @@ def test_what_cannot_build_is_refused_at_check(write_spec, body, message):
 
 
 def test_huge_intermediate_tensors_are_refused(write_spec):
-    spec = write_spec("model m {\n input a: float32[b, 20000, 1]\n input c: float32[b, 1, 20000]\n output y = a + c\n}\n")
+    spec = write_spec(
+        "model m {\n input a: float32[b, 20000, 1]\n input c: float32[b, 1, 20000]\n output y = a + c\n}\n"
+    )
     assert "400,000,000 elements per example (1.6 GB in float32)" in refused(spec)
 
 
@@ -68,7 +70,9 @@ def test_model_size_is_spelled_out(write_spec):
 
 
 def test_unused_inputs_stay_in_the_onnx_signature(write_spec, tmp_path):
-    spec = write_spec("model m {\n    input x: float32[batch, 4]\n    input step: int64[batch]\n    output y = x -> Linear(2)\n}\n")
+    spec = write_spec(
+        "model m {\n    input x: float32[batch, 4]\n    input step: int64[batch]\n    output y = x -> Linear(2)\n}\n"
+    )
     assert_builds(spec, tmp_path)
     session = ort.InferenceSession(str(tmp_path / "out" / "m.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["x", "step"]
@@ -82,8 +86,15 @@ def test_long_nested_pipelines_are_split_into_lines(write_spec, tmp_path):
 
 @pytest.mark.parametrize(
     "layer",
-    ["MaxPool2d(0)", "MaxPool2d(2, stride=0)", "MaxPool2d(2, padding=-1)", "Conv2d(4, 3, padding=-1)",
-     "Conv2d(4, 3, padding=(1, \"a\"))", "ConvTranspose2d(4, 3, stride=2, output_padding=2)", "Conv2d(4, 9)"],
+    [
+        "MaxPool2d(0)",
+        "MaxPool2d(2, stride=0)",
+        "MaxPool2d(2, padding=-1)",
+        "Conv2d(4, 3, padding=-1)",
+        'Conv2d(4, 3, padding=(1, "a"))',
+        "ConvTranspose2d(4, 3, stride=2, output_padding=2)",
+        "Conv2d(4, 9)",
+    ],
 )
 def test_bad_window_arguments_are_located_errors(write_spec, layer):
     spec = write_spec(f"model m {{\n    input x: float32[batch, 3, 8, 8]\n    output y = x -> {layer}\n}}\n")
@@ -91,5 +102,7 @@ def test_bad_window_arguments_are_located_errors(write_spec, layer):
 
 
 def test_layer_arguments_fit_in_32_bits(write_spec):
-    spec = write_spec("model m {\n input x: float32[b, 3, 8, 8]\n output y = x -> Conv2d(4, 3, stride=1099511627776)\n}\n")
+    spec = write_spec(
+        "model m {\n input x: float32[b, 3, 8, 8]\n output y = x -> Conv2d(4, 3, stride=1099511627776)\n}\n"
+    )
     assert "layer arguments are at most 2,147,483,647" in refused(spec)

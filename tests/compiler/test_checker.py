@@ -12,17 +12,21 @@ from dslc.shapes import Sym, TensorType
 def errors_of(path) -> list[str]:
     with pytest.raises(DslcError) as info:
         check_file(path)
-    return [f"{d.loc.line}:{d.loc.col} {d.message}" + (f" [{d.hint}]" if d.hint else "") for d in info.value.diagnostics]
+    return [
+        f"{d.loc.line}:{d.loc.col} {d.message}" + (f" [{d.hint}]" if d.hint else "") for d in info.value.diagnostics
+    ]
 
 
 def test_shapes_through_a_cnn(write_spec):
-    program = check_file(write_spec("""
+    program = check_file(
+        write_spec("""
         model net {
             input image: float32[batch, 1, 28, 28]
             h = image -> Conv2d(32, 3, padding="same") -> MaxPool2d(2) -> Conv2d(64, 3, stride=2) -> Flatten
             output logits = h -> Linear(10)
         }
-    """))
+    """)
+    )
     module = program.model("net")
     batch = Sym.named("batch")
     assert module.outputs[0].type == TensorType("float32", (batch, 10))
@@ -32,32 +36,37 @@ def test_shapes_through_a_cnn(write_spec):
 
 
 def test_symbolic_sequence_lengths(write_spec):
-    program = check_file(write_spec("""
+    program = check_file(
+        write_spec("""
         model speech {
             input audio: float32[batch, 13, time]
             h = audio -> Conv1d(32, 11, stride=2) -> Conv1d(32, 3, padding=1)
             output frames = transpose(h, 1, 2)
         }
-    """))
+    """)
+    )
     out = program.model("speech").outputs[0].type
     assert str(out) == "float32[batch, ((time - 11) // 2) + 1, 32]" or str(out.shape[1]).startswith("(")
     assert out.shape[0] == Sym.named("batch") and out.shape[2] == 32
 
 
 def test_reductions_by_dimension_name(write_spec):
-    program = check_file(write_spec("""
+    program = check_file(
+        write_spec("""
         model pool {
             input x: float32[batch, time, 16]
             output m = mean(x, dim=time)
             output s = sum(x, dim=(time, 2), keepdim=true)
         }
-    """))
+    """)
+    )
     outputs = {p.name: str(p.type) for p in program.model("pool").outputs}
     assert outputs == {"m": "float32[batch, 16]", "s": "float32[batch, 1, 1]"}
 
 
 def test_blocks_repeat_and_weight_sharing(write_spec):
-    program = check_file(write_spec("""
+    program = check_file(
+        write_spec("""
         const width = 8
         block Mix(scale: float = 1.0) {
             input x: float32[batch, n]
@@ -70,7 +79,8 @@ def test_blocks_repeat_and_weight_sharing(write_spec):
             hb = b -> shared
             output y = (ha + hb) -> stack: repeat 3 Mix(0.5)
         }
-    """))
+    """)
+    )
     model = program.model("m")
     subs = {s.attr: s for s in model.submodules}
     assert set(subs) == {"shared", "stack"}
@@ -81,7 +91,8 @@ def test_blocks_repeat_and_weight_sharing(write_spec):
 
 
 def test_if_on_block_parameters(write_spec):
-    program = check_file(write_spec("""
+    program = check_file(
+        write_spec("""
         block Down(channels: int, stride: int = 1) {
             input x: float32[batch, c, h, w]
             y = x -> Conv2d(channels, 3, stride=stride, padding=1)
@@ -96,7 +107,8 @@ def test_if_on_block_parameters(write_spec):
             input image: float32[batch, 3, 32, 32]
             output y = image -> a: Down(3) -> b: Down(8, stride=2)
         }
-    """))
+    """)
+    )
     first, second = program.modules[0], program.modules[1]
     assert "downsample" not in {s.attr for s in first.submodules}
     downsample = next(s for s in second.submodules if s.attr == "downsample")
@@ -123,7 +135,9 @@ def test_constants_and_overrides(write_spec):
 
 
 def test_imports(tmp_path):
-    (tmp_path / "blocks.model").write_text("const size = 6\nblock Act() {\n input x: float32[b, n]\n output y = relu(x)\n}\n")
+    (tmp_path / "blocks.model").write_text(
+        "const size = 6\nblock Act() {\n input x: float32[b, n]\n output y = relu(x)\n}\n"
+    )
     (tmp_path / "main.model").write_text(
         'import "blocks.model" as lib\nfrom "blocks.model" import size\n'
         "model m {\n input x: float32[batch, size]\n output y = x -> lib.Act()\n}\n"
@@ -140,7 +154,8 @@ def test_import_cycle_is_reported(tmp_path):
 
 
 def test_several_errors_in_one_run(write_spec):
-    messages = errors_of(write_spec("""
+    messages = errors_of(
+        write_spec("""
         model m {
             input image: float32[batch, 1, 28, 28]
             h = image -> Conv2d(64, 3) -> MaxPool2d(2)
@@ -150,7 +165,8 @@ def test_several_errors_in_one_run(write_spec):
             w = image -> Conv2d(32, kernal=3)
             output out = logits
         }
-    """))
+    """)
+    )
     assert messages == [
         "4:19 Linear expects [batch, N] or [batch, time, N], got [batch, 64, 13, 13] [flatten first?]",
         "5:14 unknown layer 'Lineer' [did you mean 'Linear'?]",
@@ -202,7 +218,11 @@ def test_reserved_and_unsafe_names(write_spec):
 
 def test_block_shadowing_a_layer_is_refused(write_spec):
     with pytest.raises(DslcError, match="built-in layer"):
-        check_file(write_spec("block Linear() {\n input x: float32[b, 4]\n output y = x\n}\nmodel m {\n input x: float32[b, 4]\n output y = x\n}\n"))
+        check_file(
+            write_spec(
+                "block Linear() {\n input x: float32[b, 4]\n output y = x\n}\nmodel m {\n input x: float32[b, 4]\n output y = x\n}\n"
+            )
+        )
 
 
 def test_spec_without_model(write_spec):

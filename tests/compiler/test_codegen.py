@@ -43,15 +43,21 @@ def test_generated_code_imports_only_torch(generated):
 
 def test_generated_code_is_ruff_clean(generated):
     paths = [str(p) for _, p in generated.values()]
-    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "E,F,W,I", "--ignore", "E501", *paths],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--select", "E,F,W,I", "--ignore", "E501", *paths],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout
 
 
 def test_generated_code_is_formatted(generated):
     paths = [str(p) for _, p in generated.values()]
-    result = subprocess.run([sys.executable, "-m", "ruff", "format", "--check", "--line-length", "120", *paths],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", "--line-length", "120", *paths],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -92,13 +98,15 @@ def test_module_shapes_match_the_checker(generated, stem):
 
 
 def test_reused_layer_shares_weights(write_spec, tmp_path):
-    program = check_file(write_spec("""
+    program = check_file(
+        write_spec("""
         model siamese {
             input a: float32[batch, 4]
             input b: float32[batch, 4]
             output distance = sum((a -> encode: Linear(3)) - (b -> encode), dim=-1)
         }
-    """))
+    """)
+    )
     source = emit_program(program)
     assert source.count("nn.Linear(") == 1
     path = tmp_path / "siamese.py"

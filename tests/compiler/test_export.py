@@ -57,7 +57,9 @@ def test_dynamic_axes_really_are_dynamic(built, stem):
         for batch, length in ((2, 5), (9, 31)):
             feeds = {}
             for port in module_ir.inputs:
-                shape = [batch if str(d) == "batch" else length if not isinstance(d, int) else d for d in port.type.shape]
+                shape = [
+                    batch if str(d) == "batch" else length if not isinstance(d, int) else d for d in port.type.shape
+                ]
                 if port.type.is_float:
                     feeds[port.name] = np.random.default_rng(batch).standard_normal(shape).astype(np.float32)
                 else:

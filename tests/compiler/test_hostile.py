@@ -64,7 +64,9 @@ def test_comments_cannot_break_lines(write_spec, tmp_path):
 
 def test_string_arguments_are_escaped_or_refused(write_spec, tmp_path):
     code, sentinel = payload(tmp_path)
-    spec = write_spec(f'model m {{\n input x: float32[b, 2, 8]\n output y = x -> Conv1d(2, 3, padding="same\') + {code} + (\'")\n}}\n')
+    spec = write_spec(
+        f"model m {{\n input x: float32[b, 2, 8]\n output y = x -> Conv1d(2, 3, padding=\"same') + {code} + ('\")\n}}\n"
+    )
     with pytest.raises(DslcError, match="padding must be"):
         check_file(spec)
     spec = write_spec(f'model m {{\n input x: float32[b, 4]\n output y = x -> GELU(approximate="{code}")\n}}\n')
@@ -126,4 +128,6 @@ def test_train_section_strings_and_comments_stay_data(tmp_path):
     tree = pyast.parse(script)  # valid Python
     calls = [n for n in pyast.walk(tree) if isinstance(n, pyast.Call) and getattr(n.func, "id", "") == "__import__"]
     assert calls == []
-    assert evil_name in {n.value for n in pyast.walk(tree) if isinstance(n, pyast.Constant) and isinstance(n.value, str)}
+    assert evil_name in {
+        n.value for n in pyast.walk(tree) if isinstance(n, pyast.Constant) and isinstance(n.value, str)
+    }

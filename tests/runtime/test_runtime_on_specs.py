@@ -62,7 +62,11 @@ def run_runner(python: str, dirs: list[Path]) -> dict:
 
 def test_every_spec_runs_without_torch(build_dirs):
     results = run_runner(sys.executable, build_dirs)
-    expected = {f"{d.name}.model:{m['name']}" for d in build_dirs for m in json.loads((d / "manifest.json").read_text())["models"]}
+    expected = {
+        f"{d.name}.model:{m['name']}"
+        for d in build_dirs
+        for m in json.loads((d / "manifest.json").read_text())["models"]
+    }
     assert set(results) == expected
     assert all(shapes and all(s[0] == 2 for s in shapes.values() if s) for shapes in results.values())
 
@@ -73,7 +77,9 @@ def test_fresh_venv_with_only_the_runtime(build_dirs, tmp_path):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = str(env_dir / "bin" / "python")
-    install = subprocess.run([python, "-m", "pip", "install", "-q", str(ROOT / "runtime")], capture_output=True, text=True)
+    install = subprocess.run(
+        [python, "-m", "pip", "install", "-q", str(ROOT / "runtime")], capture_output=True, text=True
+    )
     if install.returncode != 0:
         pytest.skip(f"cannot install the runtime's dependencies here: {install.stderr[-500:]}")
     listed = subprocess.run([python, "-m", "pip", "list", "--format=json"], capture_output=True, text=True, check=True)

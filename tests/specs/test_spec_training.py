@@ -40,29 +40,88 @@ class Case:
 
 
 SEQ_SUBSET = ("--set", "data.samples=1200")
-DEEPSPEECH_SMALL = ("--epochs", "2", "--batch-size", "16", "--set", "freq=40", "--set", "channels=16", "--set", "data.max_chars=5",
-                    "--set", "data.samples=300")
+DEEPSPEECH_SMALL = (
+    "--epochs",
+    "2",
+    "--batch-size",
+    "16",
+    "--set",
+    "freq=40",
+    "--set",
+    "channels=16",
+    "--set",
+    "data.max_chars=5",
+    "--set",
+    "data.samples=300",
+)
 SHORT: dict[str, Case] = {
     "mlp": Case(("--epochs", "2"), "rmse", 1.0, False, "diabetes; rmse of predicting the mean is 1.0 (standardised)"),
     "cnn": Case(("--epochs", "2"), "accuracy", 0.3, notes="digits 28x28; chance 0.1"),
     "rnn": Case(("--epochs", "2", "--set", "data.samples=1000"), "accuracy", 0.6, notes="sequence_classes; chance 0.5"),
     # text_classes over 200 ids (the models keep their vocabularies): every id is seen often in a small subset
-    "bilstm_classifier": Case(("--epochs", "2", "--set", "data.samples=800", "--set", "data.vocab=200"), "accuracy", 0.6,
-                              notes="text_classes; chance 0.5"),
-    "transformer_encoder": Case(("--epochs", "2", "--set", "data.samples=800", "--set", "data.vocab=200"), "accuracy", 0.6,
-                                notes="text_classes; chance 0.5"),
-    "autoencoder": Case(("--epochs", "2",), "mae", 0.25, False, notes="digits 28x28 reconstruction"),
-    "vae": Case(("--epochs", "2",), "mse", 0.15, False, notes="digits 28x28 reconstruction"),
-    "gan": Case(("--epochs", "2",)),
+    "bilstm_classifier": Case(
+        ("--epochs", "2", "--set", "data.samples=800", "--set", "data.vocab=200"),
+        "accuracy",
+        0.6,
+        notes="text_classes; chance 0.5",
+    ),
+    "transformer_encoder": Case(
+        ("--epochs", "2", "--set", "data.samples=800", "--set", "data.vocab=200"),
+        "accuracy",
+        0.6,
+        notes="text_classes; chance 0.5",
+    ),
+    "autoencoder": Case(
+        (
+            "--epochs",
+            "2",
+        ),
+        "mae",
+        0.25,
+        False,
+        notes="digits 28x28 reconstruction",
+    ),
+    "vae": Case(
+        (
+            "--epochs",
+            "2",
+        ),
+        "mse",
+        0.15,
+        False,
+        notes="digits 28x28 reconstruction",
+    ),
+    "gan": Case(
+        (
+            "--epochs",
+            "2",
+        )
+    ),
     "seq2seq_reverse": Case(("--epochs", "2", *SEQ_SUBSET), "accuracy", 0.15, notes="reverse, 10 symbols; chance 0.1"),
     "seq2seq": Case(("--epochs", "2", *SEQ_SUBSET), "accuracy", 0.12, notes="reverse, 14 symbols; chance 0.07"),
-    "seq2seq_attention": Case(("--epochs", "2", *SEQ_SUBSET), "accuracy", 0.12, notes="reverse, 14 symbols; chance 0.07"),
+    "seq2seq_attention": Case(
+        ("--epochs", "2", *SEQ_SUBSET), "accuracy", 0.12, notes="reverse, 14 symbols; chance 0.07"
+    ),
     "transformer": Case(("--epochs", "2", *SEQ_SUBSET), "accuracy", 0.12, notes="reverse, 14 symbols; chance 0.07"),
     "rvae": Case(("--epochs", "2", *SEQ_SUBSET), "accuracy", 0.08, notes="sorted sequences, 30 symbols; chance 0.033"),
-    "text_generator": Case(("--epochs", "2", "--set", "data.samples=600"), "accuracy", 0.03, notes="sorted sequences, 94 symbols; chance 0.011"),
-    "bert_classifier": Case(("--epochs", "3", "--set", "data.samples=1500", "--set", "data.vocab=200", "--set", "data.length=16"),
-                            "accuracy", 0.6, notes="text_classes; chance 0.5"),
-    "resnet18": Case(("--epochs", "2", "--set", "classes=10", "--set", "image_size=32"), "accuracy", 0.3, notes="digits 32x32 RGB; chance 0.1"),
+    "text_generator": Case(
+        ("--epochs", "2", "--set", "data.samples=600"),
+        "accuracy",
+        0.03,
+        notes="sorted sequences, 94 symbols; chance 0.011",
+    ),
+    "bert_classifier": Case(
+        ("--epochs", "3", "--set", "data.samples=1500", "--set", "data.vocab=200", "--set", "data.length=16"),
+        "accuracy",
+        0.6,
+        notes="text_classes; chance 0.5",
+    ),
+    "resnet18": Case(
+        ("--epochs", "2", "--set", "classes=10", "--set", "image_size=32"),
+        "accuracy",
+        0.3,
+        notes="digits 32x32 RGB; chance 0.1",
+    ),
     # a narrower front end on 40 bins and 5-character utterances: CTC lowers its loss within 2 epochs but
     # still decodes (nearly) all blanks, cer 1.0; the runtime decoding is checked below
     "deepspeech": Case(DEEPSPEECH_SMALL, "cer", 1.0 + 1e-9, False, notes="speech; all-blank output has cer 1.0"),
@@ -121,7 +180,11 @@ def test_short_training_lowers_the_loss_and_exports_verified_onnx(trained, stem)
         assert history[-1]["train_loss"] < history[0]["train_loss"], history
     if case.metric:
         value = history[-1][case.metric]
-        assert value > case.better_than if case.higher_is_better else value < case.better_than, (case.metric, value, case.notes)
+        assert value > case.better_than if case.higher_is_better else value < case.better_than, (
+            case.metric,
+            value,
+            case.notes,
+        )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["trained"]
     for entry in manifest["models"]:
@@ -148,8 +211,10 @@ def test_deepspeech_trained_logits_decode_with_ctc_through_the_runtime(trained):
     frames = (data.val["feature_lengths"][:16].numpy() - 1) // 2 + 1
     texts = ctc_greedy_decode(logits, alphabet="_ 'abcdefghijklmnopqrstuvwxyz", blank=0, lengths=frames)
     assert len(texts) == 16 and all(set(t) <= set(" 'abcdefghijklmnopqrstuvwxyz") for t in texts)
-    truth = ["".join("abcdefghijklmnopqrstuvwxyz"[c - 1] for c in row[:n]) for row, n in
-             zip(data.val["transcript"][:16].tolist(), data.val["transcript_lengths"][:16].tolist())]
+    truth = [
+        "".join("abcdefghijklmnopqrstuvwxyz"[c - 1] for c in row[:n])
+        for row, n in zip(data.val["transcript"][:16].tolist(), data.val["transcript_lengths"][:16].tolist())
+    ]
     cer = sum(edit_distance(a, b) for a, b in zip(texts, truth)) / sum(len(t) for t in truth)
     assert cer <= json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["cer"] + 0.5, (texts[:3], truth[:3])
 
@@ -175,8 +240,14 @@ def test_trained_encoder_and_decoder_step_greedy_decode_through_the_runtime(trai
         assert _trained_weights_reached(out, stem, name), name
     rng = np.random.default_rng(0)
     source = rng.integers(2, 16, size=(32, 8)).astype(np.int64)
-    decoded = greedy_decode(Model.load(out, model="encoder", providers="cpu"),
-                            Model.load(out, model="decoder_step", providers="cpu"), source, bos=BOS, eos=NO_EOS, max_len=8)
+    decoded = greedy_decode(
+        Model.load(out, model="encoder", providers="cpu"),
+        Model.load(out, model="decoder_step", providers="cpu"),
+        source,
+        bos=BOS,
+        eos=NO_EOS,
+        max_len=8,
+    )
     assert all(len(row) == 8 for row in decoded)
     accuracy = float((np.array(decoded) == source[:, ::-1]).mean())
     # the same greedy search with the trained PyTorch model must agree token for token
@@ -236,8 +307,14 @@ def test_rvae_trained_graphs_sample_sequences_through_the_runtime(trained):
     for name in ("encoder", "initial_state", "decoder_step"):
         assert _trained_weights_reached(out, "rvae", name), name
     z = np.random.default_rng(1).standard_normal((4, 16)).astype(np.float32)
-    samples = greedy_decode(Model.load(out, model="initial_state", providers="cpu"),
-                            Model.load(out, model="decoder_step", providers="cpu"), z, bos=BOS, eos=NO_EOS, max_len=8)
+    samples = greedy_decode(
+        Model.load(out, model="initial_state", providers="cpu"),
+        Model.load(out, model="decoder_step", providers="cpu"),
+        z,
+        bos=BOS,
+        eos=NO_EOS,
+        max_len=8,
+    )
     assert [len(s) for s in samples] == [8] * 4 and all(2 <= t < 32 for s in samples for t in s)
 
 
@@ -268,9 +345,24 @@ def test_weights_loads_a_torchvision_checkpoint_strictly_and_exports_it(tmp_path
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)  # torchvision's logits for these weights
 
     # strict: a checkpoint for another head is refused with the offending names, nothing is trained
-    bad = CliRunner().invoke(main, ["train", str(SPECS_DIR / "resnet18.model"), "--out", str(tmp_path / "bad"), "--quiet",
-                                    "--set", "classes=10", "--set", "image_size=32", "--epochs", "0",
-                                    "--weights", str(checkpoint)])
+    bad = CliRunner().invoke(
+        main,
+        [
+            "train",
+            str(SPECS_DIR / "resnet18.model"),
+            "--out",
+            str(tmp_path / "bad"),
+            "--quiet",
+            "--set",
+            "classes=10",
+            "--set",
+            "image_size=32",
+            "--epochs",
+            "0",
+            "--weights",
+            str(checkpoint),
+        ],
+    )
     assert bad.exit_code == 1 and "fc.weight (1000, 512) vs (10, 512)" in bad.output, bad.output
 
 
@@ -278,8 +370,16 @@ def test_weights_fine_tunes_from_a_safetensors_checkpoint(tmp_path, trained):
     """A trained run's weights (.safetensors) start another run: its first epoch starts where the first run ended."""
     first = trained("rnn")
     out = tmp_path / "again"
-    train(str(SPECS_DIR / "rnn.model"), out, "--epochs", "1", "--set", "data.samples=1000",
-          "--weights", f"rnn={first / 'rnn.safetensors'}")
+    train(
+        str(SPECS_DIR / "rnn.model"),
+        out,
+        "--epochs",
+        "1",
+        "--set",
+        "data.samples=1000",
+        "--weights",
+        f"rnn={first / 'rnn.safetensors'}",
+    )
     assert records(out)[0]["train_loss"] < records(first)[0]["train_loss"]
 
 
@@ -295,7 +395,9 @@ def _policy_main():
 
 
 def test_policy_reinforce_script_exports_a_policy_the_runtime_plays(tmp_path):
-    summary = _policy_main()(["--out", str(tmp_path), "--updates", "2", "--episodes", "4", "--eval-episodes", "2", "--quiet"])
+    summary = _policy_main()(
+        ["--out", str(tmp_path), "--updates", "2", "--episodes", "4", "--eval-episodes", "2", "--quiet"]
+    )
     assert summary["verified"] and summary["max_abs_diff"] <= 1e-5
     assert summary["eval_episodes"] == 2 and summary["eval_mean_return"] >= 8  # CartPole ends after >= 8 steps
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2

@@ -103,5 +103,7 @@ def test_shipped_specs_are_formatted():
 
     root = Path(__file__).resolve().parents[2]
     specs = sorted(str(p) for p in (root / "specs").glob("*.model"))
-    result = subprocess.run([sys.executable, "-m", "dslc.cli", "fmt", "--check", *specs], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "dslc.cli", "fmt", "--check", *specs], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr

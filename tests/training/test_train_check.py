@@ -27,7 +27,17 @@ def errors(write_spec, train: str) -> str:
 
 
 def test_all_training_specs_check():
-    for name in ("cnn", "mlp", "gan", "vae", "rnn", "autoencoder", "bilstm_classifier", "transformer_encoder", "seq2seq_reverse"):
+    for name in (
+        "cnn",
+        "mlp",
+        "gan",
+        "vae",
+        "rnn",
+        "autoencoder",
+        "bilstm_classifier",
+        "transformer_encoder",
+        "seq2seq_reverse",
+    ):
         program = check_file(SPECS / f"{name}.model")
         assert program.train is not None, name
 
@@ -44,18 +54,30 @@ def test_check_stays_torch_free():
         ("train { data = digit()  loss = cross_entropy(logits, label) }", "unknown data set 'digit'"),
         ("train { data = digits()  loss = cross_entropy(logit, label) }", "unknown tensor 'logit'"),
         ("train { data = digits()  loss = crossentropy(logits, label) }", "did you mean 'cross_entropy'"),
-        ("train { data = digits()  loss = cross_entropy(logits, label)  optimizer = adan() }", "unknown optimizer 'adan'"),
+        (
+            "train { data = digits()  loss = cross_entropy(logits, label)  optimizer = adan() }",
+            "unknown optimizer 'adan'",
+        ),
         ("train { data = digits()  loss = cross_entropy(logits, label)  epoch = 3 }", "did you mean 'epochs'"),
-        ("train { data = digits()  loss = cross_entropy(logits, label)  metrics = [acuracy] }", "unknown metric 'acuracy'"),
-        ("train { data = digits()  loss = cross_entropy(logits, label)  schedule = cosine(warmup=\"x\") }", "'warmup' must be a number"),
+        (
+            "train { data = digits()  loss = cross_entropy(logits, label)  metrics = [acuracy] }",
+            "unknown metric 'acuracy'",
+        ),
+        (
+            'train { data = digits()  loss = cross_entropy(logits, label)  schedule = cosine(warmup="x") }',
+            "'warmup' must be a number",
+        ),
         ("train { data = digits()  loss = cross_entropy(logits, label, label_smoothing=true) }", "must be a number"),
         ("train { data = digits() }", "needs a 'loss'"),
         ("train { loss = cross_entropy(logits, label) }", "needs 'data'"),
-        ("train { data = digits(image_size=28)  loss = cross_entropy(logits, label) }", "expects float32[batch, 1, 8, 8]"),
+        (
+            "train { data = digits(image_size=28)  loss = cross_entropy(logits, label) }",
+            "expects float32[batch, 1, 8, 8]",
+        ),
         ("train { data = digits()  loss = cross_entropy(label, logits) }", "must be a floating-point tensor"),
         ("train { data = digits()  loss = mse(logits, label) }", "must be a floating-point tensor"),
-        ("train { data = csv(\"nope.csv\", features=[\"a\"], label=\"y\")  loss = mse(logits, label) }", "not found"),
-        ("train { data = digits()  loss = cross_entropy(logits, label)  monitor = \"acc\" }", "monitor 'acc'"),
+        ('train { data = csv("nope.csv", features=["a"], label="y")  loss = mse(logits, label) }', "not found"),
+        ('train { data = digits()  loss = cross_entropy(logits, label)  monitor = "acc" }', "monitor 'acc'"),
         ("train { data = digits()  loss = cross_entropy(logits, label)  group fc { lr = 0.1 } }", "no submodule"),
         ("train { data = digits()  loss = cross_entropy(logits, label)  batch_size = 0 }", "at least 1"),
         ("train { data = digits()  loss = logits }", "single number"),

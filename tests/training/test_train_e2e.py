@@ -22,7 +22,9 @@ from dslc.training.runtime import ctc_char_errors, match_state
 
 def train(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(main, ["train", *args])
-    return result.exit_code, result.output + (str(result.exception) if result.exception and result.exit_code not in (0, 1) else "")
+    return result.exit_code, result.output + (
+        str(result.exception) if result.exception and result.exit_code not in (0, 1) else ""
+    )
 
 
 def records(out) -> list[dict]:
@@ -97,9 +99,17 @@ def test_seq2seq_inference_models_get_the_trained_weights(tmp_path, write_spec):
     assert code == 0, output
     assert "model 'encoder' takes its" in output and "model 'decoder_step' takes its" in output
     # no silent success: the model without trained counterparts says so, and why
-    assert "warning: model 'probe' keeps its initial, untrained weights" in output and "no trained counterpart in s2s" in output
+    assert (
+        "warning: model 'probe' keeps its initial, untrained weights" in output
+        and "no trained counterpart in s2s" in output
+    )
     weights = {m["name"]: m["weights"] for m in json.loads((out / "manifest.json").read_text())["models"]}
-    assert weights == {"s2s": "trained", "encoder": "trained (from s2s)", "decoder_step": "trained (from s2s)", "probe": "initial"}
+    assert weights == {
+        "s2s": "trained",
+        "encoder": "trained (from s2s)",
+        "decoder_step": "trained (from s2s)",
+        "probe": "initial",
+    }
     trained = load_file(out / "s2s.safetensors")
     for name in ("encoder", "decoder_step"):
         for key, value in load_file(out / f"{name}.safetensors").items():
@@ -214,7 +224,9 @@ def test_ctc_speech_learns(tmp_path, write_spec):
     assert history[-1]["cer"] < 0.5 < history[0]["cer"], [r["cer"] for r in history]  # about 0.05 after 6 epochs
     assert json.loads((out / "vocab.json").read_text())[:2] == ["<blank>", "a"]
     script = (out / "asr_train.py").read_text()
-    assert "F.ctc_loss(logits.log_softmax(-1).transpose(0, 1), transcript, feature_lengths, transcript_lengths" in script
+    assert (
+        "F.ctc_loss(logits.log_softmax(-1).transpose(0, 1), transcript, feature_lengths, transcript_lengths" in script
+    )
     assert "rt.ctc_char_errors(logits, transcript, feature_lengths, transcript_lengths, blank=0)" in script
 
 
@@ -230,11 +242,14 @@ def test_npz_data(tmp_path, write_spec):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(240, 6)).astype(np.float64)  # float64 arrives as float32
     np.savez(tmp_path / "d.npz", x=x, y=(x[:, 0] + x[:, 1] > 0).astype(np.int32))
-    spec = write_spec("""
+    spec = write_spec(
+        """
         model clf { input x: float32[batch, 6]  output logits = x -> Linear(16) -> ReLU -> Linear(2) }
         train { data = npz("d.npz", validation=0.25)  loss = cross_entropy(logits, y)  optimizer = adam(lr=0.02)
                 epochs = 5  batch_size = 16  metrics = [accuracy] }
-    """, "clf.model")
+    """,
+        "clf.model",
+    )
     out = tmp_path / "run"
     code, output = train(str(spec), "--out", str(out), "--quiet")
     assert code == 0, output
@@ -242,14 +257,17 @@ def test_npz_data(tmp_path, write_spec):
 
 
 def test_token_tags_data(tmp_path, write_spec):
-    spec = write_spec("""
+    spec = write_spec(
+        """
         model tagger {
             input tokens: int64[batch, time]
             output logits = tokens -> Embedding(50, 16) -> GRU(32, bidirectional=true) -> Linear(4)
         }
         train { data = token_tags(vocab=50, length=8, classes=4, samples=600)  loss = cross_entropy(logits, tags)
                 optimizer = adam(lr=0.01)  epochs = 4  batch_size = 32  metrics = [accuracy] }
-    """, "tagger.model")
+    """,
+        "tagger.model",
+    )
     out = tmp_path / "run"
     code, output = train(str(spec), "--out", str(out), "--quiet")
     assert code == 0, output
