@@ -22,6 +22,8 @@ from dslc.params import BindError, brief, coerce, signature
 from dslc.pytext import PYTHON_NAMES
 from dslc.shapes import DTYPES, FLOOR_ATOMS, MAX_EXAMPLE_SIZE, SizeRule, Sym, TensorType, broadcast, solve_sizes
 
+MAX_BLOCK_INSTANCES = 1_000  # distinct (block, arguments, input types): blocks calling blocks can fan out
+MAX_LAYERS = 20_000  # layers of one model with every block and repeat expanded (ResNet-152 has about 500)
 MAX_LAYER_INT = 2**31 - 1  # PyTorch and the ONNX exporter pass layer arguments as 32-bit ints
 MAX_INLINE_NESTING = 16  # a nested pipeline deeper than this is split into assignments (CPython allows 200)
 MAX_PARAMETERS = 1_000_000_000  # 4 GB of float32 weights: built, exported and run to verify it
@@ -166,6 +168,13 @@ class Checker:
             return self.specializations[key]
         if block.name in self.in_progress:
             raise error(loc, f"'{block.name}' uses itself")
+        if len(self.specializations) >= MAX_BLOCK_INSTANCES:
+            raise error(
+                loc,
+                f"more than {MAX_BLOCK_INSTANCES:,} distinct block uses (each use with other arguments "
+                "or input shapes is checked on its own)",
+                "do blocks call blocks with ever new arguments?",
+            )
         self.in_progress.append(block.name)
         reported = len(self.reporter.diagnostics)
         try:
@@ -218,6 +227,7 @@ class BodyChecker:
         self.current: ast.Stmt | None = None
         self.emitted_locs: set[Loc] = set()
         self.size_rules: dict[tuple[Any, int], SizeRule] = {}
+        self.layer_count = 0
         self.next_index: dict[str, int] = {}  # auto_attr's next number per prefix
         self.reserved = self._named_stages(block.body) if block else set()
         self.declared = _declared_names(block.body) if block else set()  # fresh temporaries avoid them all
@@ -257,6 +267,7 @@ class BodyChecker:
             records=self.records,
             comments=block.comments,
             size_rules=list(self.size_rules.values()),
+            layer_count=self.layer_count,
         )
 
     def statement(self, stmt: ast.Stmt) -> None:
@@ -888,7 +899,11 @@ class BodyChecker:
         for rule in module.size_rules:
             self.size_rules.setdefault((rule.dim, rule.at_least), rule)
         attr = name or self.auto_attr(_snake(block.name))
-        self.add_submodule(ir.Submodule(attr, "block", stage.loc, block=module.class_name, params=module.param_count))
+        self.add_submodule(
+            ir.Submodule(
+                attr, "block", stage.loc, block=module.class_name, params=module.param_count, layers=module.layer_count
+            )
+        )
         types = [o.type for o in module.outputs]
         self._record(stage.loc, attr, module.signature, types, module.param_count)
         if name is not None and len(self.collect) == 1:
@@ -963,7 +978,7 @@ class BodyChecker:
             self.collect.pop()
         kind = "sequential" if not extra else "list"
         params = sum(c.params for c in children)
-        self.add_submodule(ir.Submodule(attr, kind, stage.loc, children=children, params=params))
+        self.add_submodule(ir.Submodule(attr, kind, stage.loc, children=children, params=params, layers=0))
         self._record(stage.loc, attr, f"repeat {count}", [first.type], params)
         if not extra:
             return ir.ModuleCall([first.type], f"self.{attr}", [first])
@@ -997,7 +1012,7 @@ class BodyChecker:
         finally:
             self.collect.pop()
         params = sum(c.params for c in children)
-        self.add_submodule(ir.Submodule(name, "sequential", stage.loc, children=children, params=params))
+        self.add_submodule(ir.Submodule(name, "sequential", stage.loc, children=children, params=params, layers=0))
         self._record(stage.loc, name, "group", current[0].types, params)
         self.env[name] = LayerInstance(name, None, lambda xs, loc: self._fail_reuse(name, loc))
         return ir.ModuleCall(current[0].types, f"self.{name}", list(inputs))
@@ -1006,6 +1021,13 @@ class BodyChecker:
         self.fail(loc, f"the group '{name}' cannot be reused; give its layers names instead")
 
     def add_submodule(self, sub: ir.Submodule) -> None:
+        self.layer_count += sub.layers
+        if self.layer_count > MAX_LAYERS:
+            self.fail(
+                sub.loc,
+                f"this makes more than {MAX_LAYERS:,} layers in '{self.block.name}' (blocks and repeats expanded)",
+                "nested repeats multiply: repeat 100 inside repeat 100 is 10,000 layers",
+            )
         target = self.collect[-1]
         if target is self.submodules:
             if sub.attr in self.attrs:

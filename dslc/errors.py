@@ -138,12 +138,16 @@ def read_source(path: str | Path) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise error(None, f"{path}: no such file") from None
+    except ValueError:  # a NUL byte in the name
+        raise error(None, f"{str(path)!r}: not a valid file name") from None
     except OSError as exc:
         raise error(None, f"{path}: cannot read ({exc.strerror})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise error(None, f"{path}: {kind}, not a spec file" if kind == "a directory" else f"{path}: {kind}")
     with os.fdopen(fd, "rb") as file:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise error(None, f"{path}: not a regular file")
         if info.st_size > MAX_SOURCE_BYTES:
             raise error(
                 Loc(str(path), 1, 1), f"{info.st_size:,} bytes is too large for a spec (at most {MAX_SOURCE_BYTES:,})"

@@ -44,13 +44,15 @@ def spec_sha256(text: str) -> str:
 # ---------------------------------------------------------------- atomic writes
 
 
-def write_atomic(path: str | Path, data: bytes | str) -> None:
+def write_atomic(path: str | Path, data: bytes | str, follow_symlinks: bool = False) -> None:
     """Write `data` (str: UTF-8) to `path` so that it holds either its old content or all of the new, never a part.
 
-    Errors are DslcErrors that name the file (a full disk says so)."""
+    A symlink at `path` is replaced by the new file, so a link planted in an output or run folder
+    cannot redirect the write; `follow_symlinks` writes the file it points to instead (for a user's
+    own files, as editors do: `dslc fmt`). Errors are DslcErrors that name the file (a full disk says so)."""
     path = Path(path)
-    if path.is_symlink():
-        path = path.resolve()  # replace the file the link points to, not the link (as editors do)
+    if follow_symlinks and path.is_symlink():
+        path = path.resolve()
     payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +93,9 @@ def _create_temp(path: Path) -> tuple[Path, int]:
 
 
 def _keep_mode(fd: int, path: Path) -> None:
-    """Replacing a file keeps its permissions, as editors do."""
+    """Replacing a file keeps its permissions, as editors do (a replaced symlink's target is not consulted)."""
+    if path.is_symlink():
+        return
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode) & 0o777
     except FileNotFoundError:

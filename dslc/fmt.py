@@ -99,7 +99,7 @@ def format_file(path: str | Path, check: bool = False) -> bool:
     if result == source:
         return False
     if not check:
-        write_atomic(path, result)
+        write_atomic(path, result, follow_symlinks=True)
     return True
 
 

@@ -159,6 +159,7 @@ class Submodule:
     args: dict[str, Any] = field(default_factory=dict)  # the op's arguments as the spec gave them
     children: list[Submodule] = field(default_factory=list)
     params: int = 0  # learnable parameters, children included
+    layers: int = 1  # layers it adds to the model: a block's expanded count, 0 for a container (children count)
 
 
 @dataclass
@@ -195,6 +196,7 @@ class ModuleIR:
     records: list[LayerRecord]
     comments: list[str] = field(default_factory=list)
     size_rules: list[SizeRule] = field(default_factory=list)  # what symbolic sizes must satisfy to run
+    layer_count: int = 0  # layers with every block and repeat expanded
 
     @property
     def param_count(self) -> int:

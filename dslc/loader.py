@@ -91,15 +91,22 @@ class Loader:
         return root
 
     def _load(self, path: Path, loc: Loc | None, overrides: dict[str, Any]) -> FileScope:
-        key = path.resolve()
+        try:
+            key = path.resolve()
+        except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop
+            raise error(loc, f"cannot import {str(path)!r}: not a valid file name") from None
         if key in self.loading:
             chain = " -> ".join(p.name for p in self.loading[self.loading.index(key) :] + [key])
             raise error(loc, f"import cycle: {chain}")
         if key in self.scopes:
             return self.scopes[key]
-        if loc is not None and not path.exists():
-            raise error(loc, f"cannot import '{path}': no such file")
-        source = read_source(path)
+        try:
+            source = read_source(path)
+        except DslcError as exc:
+            if loc is None:
+                raise
+            problem = exc.diagnostics[0].message.removeprefix(f"{path}: ")
+            raise error(loc, f"cannot import '{path}': {problem}") from None
         self.reporter.sources[str(path)] = source
         program = parse(source, str(path))
         scope = FileScope(str(path), program)

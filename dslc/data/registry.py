@@ -6,6 +6,8 @@ without loading anything. `sets.py` holds the loaders under the same names.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,11 +80,11 @@ NUMPY_DTYPES = {
 def _npz(a, base):
     import numpy as np
 
-    path = resolve_path(a["path"], base)
+    path = data_file(a["path"], base)
     try:
         with np.load(path, mmap_mode="r", allow_pickle=False) as arrays:
             return {name: _numpy_field(name, arrays[name]) for name in arrays.files}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise BindError(f"cannot read {path}: {exc}") from None
 
 
@@ -96,10 +98,10 @@ def _npy(a, base):
     ):
         raise BindError('npy: \'files\' must be a list of (field, path) pairs, e.g. [("image", "x.npy")]')
     for name, file in pairs:
-        path = resolve_path(file, base)
+        path = data_file(file, base)
         try:
             fields[name] = _numpy_field(name, np.load(path, mmap_mode="r", allow_pickle=False))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:
             raise BindError(f"cannot read {path}: {exc}") from None
     return fields
 
@@ -114,6 +116,18 @@ def _numpy_field(name: str, array) -> TensorType:
 def resolve_path(path: str, base: Path) -> Path:
     p = Path(path)
     return p if p.is_absolute() else base / p
+
+
+def data_file(path: str, base: Path) -> Path:
+    """The data file `path` names; a missing file, a directory or a FIFO (reading it would block) is refused."""
+    p = resolve_path(path, base)
+    try:
+        info = os.stat(p)
+    except (OSError, ValueError):
+        raise BindError(f"data file '{path}' not found (looked for {p})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise BindError(f"data file '{path}' is not a regular file ({p})")
+    return p
 
 
 DATASETS: dict[str, DatasetDef] = {}

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from dslc.data.registry import DATASETS, resolve_path
+from dslc.data.registry import DATASETS, data_file
 from dslc.errors import did_you_mean, error
+from dslc.params import BindError
 
 
 @dataclass
@@ -166,10 +167,10 @@ def speech(base: Path, seed: int, features: int, max_chars: int, samples: int):
 
 
 def _open(path: str, base: Path) -> Path:
-    p = resolve_path(path, base)
-    if not p.is_file():
-        raise error(None, f"data file '{path}' not found (looked for {p})")
-    return p
+    try:
+        return data_file(path, base)
+    except BindError as exc:
+        raise error(None, str(exc)) from None
 
 
 def csv(

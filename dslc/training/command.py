@@ -43,7 +43,9 @@ def prepare_run(spec: str | Path, out: Path, overrides: list[str], resume: bool)
     script = out / f"{stem}_train.py"
     write_atomic(out / f"{stem}.py", emit_program(program))
     write_atomic(script, emit_train_script(program, consts, settings))
-    write_atomic(out / Path(spec).name, program.source)
+    # the spec's copy is always `<module>.model`: a spec named `x.py` or `decimal.py` must not land
+    # next to the training script as importable Python
+    write_atomic(out / f"{stem}.model", program.source)
     return script
 
 

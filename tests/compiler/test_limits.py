@@ -113,3 +113,33 @@ def test_keywords_do_not_glue_to_names(write_spec, source, glued):
 def test_reshape_takes_sizes_not_strings(write_spec):
     (message,) = errors_of(write_spec(MODEL.format(body='output y = x -> Reshape(b, "a" * 2)')))
     assert "takes sizes" in message
+
+
+def test_blocks_that_fan_out_with_new_arguments_are_bounded(write_spec):
+    blocks = ["block B0(k: int) {\n    input x: float32[batch, 4]\n    output y = x * 1.0\n}"]
+    for i in range(1, 15):  # 2**14 distinct uses if nothing bounded them
+        blocks.append(
+            f"block B{i}(k: int) {{\n    input x: float32[batch, 4]\n    h = x -> B{i - 1}(2 * k)\n"
+            f"    output y = h -> B{i - 1}(2 * k + 1)\n}}"
+        )
+    spec = write_spec(
+        "\n".join(blocks) + "\n" + MODEL.format(body="output y = x -> B14(0)").replace("[b, 2]", "[batch, 4]")
+    )
+    assert any("distinct block uses" in m for m in errors_of(spec))
+
+
+def test_nested_repeats_are_bounded(write_spec):
+    spec = write_spec(
+        "block R() {\n    input x: float32[b, 2]\n    output y = x -> repeat 1024 ReLU\n}\n"
+        + MODEL.format(body="output y = x -> repeat 1024 R()")
+    )
+    assert any("more than 20,000 layers" in m for m in errors_of(spec))
+
+
+@pytest.mark.parametrize("target", ["folder", ".", "", "fifo", "missing"])
+def test_imports_of_what_is_not_a_spec_are_located(write_spec, tmp_path, target):
+    (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    spec = write_spec(f'import "{target}"\n' + MODEL.format(body="output y = x"))
+    (message,) = errors_of(spec)
+    assert message.startswith("cannot import")

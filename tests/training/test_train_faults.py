@@ -400,12 +400,18 @@ def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["spec.model"]
 
 
-def test_atomic_write_through_a_symlink_replaces_the_file_it_points_to(tmp_path):
+def test_atomic_write_replaces_a_planted_symlink_and_follows_one_only_when_asked(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    planted = tmp_path / "metrics.jsonl"
+    planted.symlink_to(victim)
+    write_atomic(planted, "new")
+    assert not planted.is_symlink() and planted.read_text() == "new" and victim.read_text() == "precious"
     real = tmp_path / "real.model"
     real.write_text("old")
     link = tmp_path / "link.model"
     link.symlink_to(real)
-    write_atomic(link, "new")
+    write_atomic(link, "new", follow_symlinks=True)  # dslc fmt on a user's linked spec
     assert link.is_symlink() and real.read_text() == "new"
 
 
@@ -460,3 +466,18 @@ def test_csv_problem_through_dslc_train(tmp_path, write_spec):
     )
     code, output = train(str(spec), "--out", str(tmp_path / "run"))
     assert code == 1 and f"{tmp_path / 'd.csv'}:3: 2 fields, expected 3" in output and "Traceback" not in output
+
+
+def test_a_spec_named_like_python_is_copied_as_a_model_file(tmp_path):
+    """A spec named `x.py` or `decimal.py` must not land in the run folder as importable Python: the
+    copy is `<module>.model`, and `<module>.py` is the generated model code."""
+    from dslc.training.command import prepare_run
+
+    for name, module in (("x.py", "x"), ("decimal.py", "decimal_model")):
+        spec = tmp_path / name
+        spec.write_text((SPECS / "mlp.model").read_text())
+        out = tmp_path / f"run-{name}"
+        prepare_run(spec, out, [], resume=False)
+        assert (out / f"{module}.model").read_text() == spec.read_text()
+        assert "MODELS = " in (out / f"{module}.py").read_text()
+        assert sorted(p.name for p in out.glob("*.py")) == sorted({f"{module}.py", f"{module}_train.py"})
