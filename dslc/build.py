@@ -89,11 +89,23 @@ def build(
             reports = _export_all(program, python_path, staging, verify_onnx, seed, state_dicts or {})
         manifest = _manifest(program, stem, reports)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        for item in staging.iterdir():
-            os.replace(item, out / item.name)
+        _publish(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return BuildResult(program, out / f"{stem}.py", reports)
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move the built files into `out`, the manifest last; refuse first if something is in the way."""
+    items = sorted(staging.iterdir(), key=lambda item: item.name == "manifest.json")
+    for item in items:
+        target = out / item.name
+        if target.is_dir() and not target.is_symlink():
+            raise error(
+                None, f"cannot write {target}: a folder of that name is in the way", "remove it or choose another -o"
+            )
+    for item in items:
+        os.replace(item, out / item.name)
 
 
 def _export_all(program, python_path, staging, verify_onnx, seed, state_dicts) -> list[ModelReport]:

@@ -140,6 +140,16 @@ class Checker:
     def _check_size_rules(self, module: ir.ModuleIR) -> None:
         """Every model must run for some input sizes: refuse one whose size rules no sizes meet."""
         _, unmet = solve_sizes(ir.default_sizes(module, ir.SMALLEST_SHIFT), module.size_rules)
+        largest = ir.example_sizes(module, ir.LARGEST_SHIFT)
+        for port in [*module.inputs, *module.outputs]:  # verification runs the model at these sizes
+            elements = math.prod(d if isinstance(d, int) else d.evaluate(largest) for d in port.type.shape)
+            if elements > MAX_ELEMENTS:
+                self.reporter.error(
+                    module.loc,
+                    f"verifying '{module.spec_name}' needs '{port.name}' as {port.type} with "
+                    f"{elements:,} elements at sizes {largest}; at most {MAX_ELEMENTS:,} are allowed",
+                )
+                break
         for rule in unmet:
             self.reporter.error(
                 rule.loc,
@@ -247,7 +257,7 @@ class BodyChecker:
                 block.loc,
                 f"'{block.name}' declares {len(self.inputs)} input(s) but is given {len(self.input_types)}",
             )
-        if not self.outputs and not any(isinstance(s, ast.OutputDecl) for s in block.body):
+        if not self.outputs and not _declares_output(block.body):  # a failed output was reported already
             self.reporter.error(block.loc, f"'{block.name}' declares no output", "add `output NAME = ...`")
         signature = block.name
         if block.params:
@@ -342,6 +352,7 @@ class BodyChecker:
             declared = self.tensor_type(stmt.type, actual)
         else:
             declared = self.tensor_type(stmt.type, None)
+        self.check_size(f"input '{stmt.name}'", [declared], 0, stmt.loc)
         self.inputs.append(ir.Port(stmt.name, declared, " ".join(stmt.comments)))
         self.env[stmt.name] = ir.Var([declared], stmt.name)
 
@@ -542,6 +553,8 @@ class BodyChecker:
             self.fail(expr.loc, "'@' needs tensors")
         if expr.op == "/" and isinstance(left, Sym):
             self.fail(expr.loc, "symbolic sizes divide with //")
+        if expr.op in COMPARISONS and (isinstance(left, Sym) or isinstance(right, Sym)):
+            self.fail(expr.loc, f"'{expr.op}' on a symbolic size: its value is known only at run time")
         try:
             return consteval.apply(expr.op, left, right)
         except consteval.ConstError as exc:
@@ -1094,6 +1107,15 @@ def _input_size(dim: Sym) -> bool:
         return False
     ((monomial, coeff),) = dim.terms.items()
     return coeff == 1 and len(monomial) == 1 and monomial[0] not in FLOOR_ATOMS
+
+
+def _declares_output(stmts: list[ast.Stmt]) -> bool:
+    for stmt in stmts:
+        if isinstance(stmt, ast.OutputDecl):
+            return True
+        if isinstance(stmt, ast.If) and any(_declares_output(b) for b in [*(b for _, b in stmt.branches), stmt.orelse]):
+            return True
+    return False
 
 
 def _declared_names(stmts: list[ast.Stmt]) -> set[str]:

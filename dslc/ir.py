@@ -262,7 +262,8 @@ def default_sizes(module: ModuleIR, shift: int = 0) -> dict[str, int]:
     return sizes
 
 
-SMALLEST_SHIFT = -8  # the smallest sizes verification uses (dslc.verify)
+SMALLEST_SHIFT = -8  # the smallest and largest sizes verification uses (dslc.verify.VERIFY_SHIFTS)
+LARGEST_SHIFT = 12
 
 
 def example_sizes(module: ModuleIR, shift: int = 0) -> dict[str, int]:

@@ -59,6 +59,8 @@ def _header(fh: BinaryIO, where: str) -> tuple[tuple[int, ...], bool, np.dtype[A
         )
     if any(d < 0 for d in shape):
         raise InputError(f"{where}: the header declares a negative dimension {shape}")
+    if dtype.itemsize == 0:  # `|V0` or `|S0`: no data to check the declared shape against
+        raise InputError(f"{where}: the array's dtype {dtype} has elements of size 0")
     return shape, fortran_order, dtype
 
 

@@ -106,3 +106,35 @@ def test_layer_arguments_fit_in_32_bits(write_spec):
         "model m {\n input x: float32[b, 3, 8, 8]\n output y = x -> Conv2d(4, 3, stride=1099511627776)\n}\n"
     )
     assert "layer arguments are at most 2,147,483,647" in refused(spec)
+
+
+def test_comparisons_on_symbolic_sizes_are_refused(write_spec):
+    spec = write_spec(
+        "model m {\n input x: float32[batch, 2]\n if batch == 1 { output y = x } else { output y = x * 2.0 }\n}\n"
+    )
+    assert "symbolic size" in refused(spec)
+
+
+@pytest.mark.parametrize(
+    ("input_type", "message"),
+    [
+        ("float32[batch, 1099511627776]", "elements per example"),
+        ("float32[batch, a, b, c, d, e, f]", "verifying 'm' needs"),
+    ],
+)
+def test_inputs_too_large_to_verify_are_refused(write_spec, input_type, message):
+    spec = write_spec(f"model m {{\n    input x: {input_type}\n    output y = x\n}}\n")
+    assert message in refused(spec)
+
+
+def test_nan_and_infinity_agreeing_in_both_runtimes_verify(write_spec, tmp_path):
+    spec = write_spec("model m {\n    input x: float32[batch, 4]\n    output y = log(x) + sqrt(x)\n}\n")
+    assert_builds(spec, tmp_path)  # random inputs are negative half the time: NaN in PyTorch and ONNX alike
+
+
+def test_a_folder_in_the_way_stops_the_build_before_anything_is_published(write_spec, tmp_path):
+    spec = write_spec("model m {\n    input x: float32[batch, 4]\n    output y = x -> Linear(2)\n}\n")
+    (tmp_path / "out" / "m.onnx").mkdir(parents=True)
+    with pytest.raises(DslcError, match="in the way"):
+        build(spec, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.onnx"]

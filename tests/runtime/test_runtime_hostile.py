@@ -602,3 +602,18 @@ def test_dslc_run_refuses_cleanly(tmp_path, case):
     assert result.exit_code == 1, result.output
     assert "error: " in result.output and "internal error" not in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("descr", "shape"), [("|V0", (2**62, 2**62)), ("|S0", (10**14, 10))])
+def test_npy_headers_with_empty_elements_are_refused(tmp_path, descr, shape):
+    import io
+
+    from dslc_runtime._npy import load_npy
+    from numpy.lib import format as npy_format
+
+    header = io.BytesIO()
+    npy_format.write_array_header_1_0(header, {"descr": descr, "fortran_order": False, "shape": shape})
+    forged = tmp_path / "forged.npy"
+    forged.write_bytes(header.getvalue())
+    with pytest.raises(InputError, match="elements of size 0"):
+        load_npy(forged)
