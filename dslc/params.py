@@ -4,6 +4,7 @@ data sets, losses, metrics, optimizers and schedules (dslc.data, dslc.training).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,10 @@ class Param:
     default: Any = REQUIRED
     doc: str = ""
     choices: tuple[Any, ...] | None = None
+    low: float | None = None  # numbers (each item of floats/ints) must be >= low
+    high: float | None = None  # ... and <= high (< high when open_high)
+    open_high: bool = False
+    length: int | None = None  # floats/ints tuples: exactly this many items
 
     @property
     def required(self) -> bool:
@@ -77,6 +82,25 @@ def brief(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def _check_range(param: Param, value: Any, what: str) -> None:
+    if param.kind not in ("int", "float", "ints", "floats") or value is None:
+        return
+    items = value if isinstance(value, tuple) else (value,)
+    if param.length is not None and len(items) != param.length:
+        raise BindError(f"{what}: '{param.name}' takes {param.length} values, got {brief(value)}")
+    for item in items:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise BindError(f"{what}: '{param.name}' must be a finite number, got {brief(value)}")
+        too_low = param.low is not None and item < param.low
+        too_high = param.high is not None and (item >= param.high if param.open_high else item > param.high)
+        if too_low or too_high:
+            low = "" if param.low is None else f"at least {dsl_value(param.low)}"
+            high = "" if param.high is None else f"{'below' if param.open_high else 'at most'} {dsl_value(param.high)}"
+            raise BindError(
+                f"{what}: '{param.name}' must be {' and '.join(filter(None, (low, high)))}, got {brief(value)}"
+            )
+
+
 def coerce(param: Param, value: Any, what: str) -> Any:
     """Check a value against its parameter kind; ints stand for floats."""
     kind, ok = param.kind, True
@@ -102,6 +126,7 @@ def coerce(param: Param, value: Any, what: str) -> Any:
         value = tuple(float(v) for v in value) if ok else value
     if not ok:
         raise BindError(f"{what}: '{param.name}' must be {KIND_WORDS.get(kind, kind)}, got {brief(value)}")
+    _check_range(param, value, what)
     if param.choices and value not in param.choices:
         raise BindError(
             f"{what}: '{param.name}' must be one of {', '.join(map(repr, param.choices))}, got {brief(value)}"

@@ -17,8 +17,10 @@ from dslc.params import BindError, P
 from dslc.shapes import Sym, TensorType
 
 BATCH = Sym.named("batch")
-VALIDATION = P("validation", "float", 0.2, "fraction held out for validation (0 for none)")
-SAMPLES = P("samples", "int", 2000, "number of generated examples")
+VALIDATION = P(
+    "validation", "float", 0.2, "fraction held out for validation (0 for none)", low=0.0, high=1.0, open_high=True
+)
+SAMPLES = P("samples", "int", 2000, "number of generated examples", low=2, high=1_000_000)
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,11 @@ _register(
         "digits",
         "scikit-learn's 8x8 handwritten digits (1797 images), resized by bilinear interpolation; "
         "fields image float32[batch, 1, S, S] in [0, 1] (or [batch, S*S] with flatten=true) and label int64[batch]",
-        (P("image_size", "int", 8, "side of the square image"), VALIDATION, P("flatten", "bool", False)),
+        (
+            P("image_size", "int", 8, "side of the square image", low=1, high=1024),
+            VALIDATION,
+            P("flatten", "bool", False),
+        ),
         _digits,
     )
 )
@@ -162,10 +168,10 @@ _register(
         "0 is padding and 1 the start token (see shift_right)",
         (
             P("task", "str", "copy", choices=("copy", "reverse", "sort")),
-            P("vocab", "int", 12),
-            P("length", "int", 8),
+            P("vocab", "int", 12, low=2, high=1_000_000),
+            P("length", "int", 8, low=1, high=100_000),
             SAMPLES,
-            P("validation", "float", 0.1),
+            P("validation", "float", 0.1, low=0.0, high=1.0, open_high=True),
         ),
         _sequences,
     )
@@ -183,8 +189,8 @@ _register(
                 "values per time step (the last dimension: channels-last; for a Conv1d model write "
                 "`series = transpose(sequence, 1, 2)`)",
             ),
-            P("length", "int", 16, "time steps"),
-            P("classes", "int", 2, "number of classes"),
+            P("length", "int", 16, "time steps", low=1, high=100_000),
+            P("classes", "int", 2, "number of classes", low=2),
             SAMPLES,
             VALIDATION,
         ),
@@ -196,7 +202,12 @@ _register(
         "text_classes",
         "generated token-sequence classification: tokens int64[batch, length] (ids 1..vocab-1), "
         "label int64[batch] = whether most tokens are in the lower half of the vocabulary",
-        (P("vocab", "int", 1000), P("length", "int", 32), SAMPLES, VALIDATION),
+        (
+            P("vocab", "int", 1000, low=2, high=1_000_000),
+            P("length", "int", 32, low=1, high=100_000),
+            SAMPLES,
+            VALIDATION,
+        ),
         lambda a, base: {"tokens": _t("int64", a["length"]), "label": _t("int64")},
     )
 )
@@ -205,7 +216,13 @@ _register(
         "token_tags",
         "generated token classification: tokens int64[batch, length], tags int64[batch, length] "
         "= tag of each token (token id modulo `classes`, shifted by the previous token's parity)",
-        (P("vocab", "int", 100), P("length", "int", 16), P("classes", "int", 4), SAMPLES, VALIDATION),
+        (
+            P("vocab", "int", 100, low=2, high=1_000_000),
+            P("length", "int", 16, low=1, high=100_000),
+            P("classes", "int", 4, low=2),
+            SAMPLES,
+            VALIDATION,
+        ),
         lambda a, base: {"tokens": _t("int64", a["length"]), "tags": _t("int64", a["length"])},
     )
 )
@@ -214,7 +231,12 @@ _register(
         "speech",
         "synthetic speech-like sequences: features float32[batch, frames, features] (frames = 6*max_chars), "
         "feature_lengths, transcript int64[batch, max_chars] (characters 1..26, 0 = CTC blank/padding), transcript_lengths",
-        (P("features", "int", 20), P("max_chars", "int", 8), SAMPLES, P("validation", "float", 0.1)),
+        (
+            P("features", "int", 20),
+            P("max_chars", "int", 8),
+            SAMPLES,
+            P("validation", "float", 0.1, low=0.0, high=1.0, open_high=True),
+        ),
         _speech,
     )
 )

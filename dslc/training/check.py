@@ -451,10 +451,10 @@ class TrainChecker:
             )
         optimizer = self.optimizer(settings.get("optimizer"), name, loc, explicit, groups)
         schedule = self.schedule(settings.get("schedule"))
-        clip = self.setting(settings, "clip_grad_norm", P("clip_grad_norm", "float", None))
+        clip = self.setting(settings, "clip_grad_norm", P("clip_grad_norm", "float", None, low=0.0))
         if clip is not None and clip <= 0:
             raise self.fail(settings["clip_grad_norm"].loc, "clip_grad_norm must be positive")
-        accumulate = self.setting(settings, "accumulate", P("accumulate", "int", 1))
+        accumulate = self.setting(settings, "accumulate", P("accumulate", "int", 1, low=1))
         if accumulate < 1:
             raise self.fail(settings["accumulate"].loc, "accumulate must be at least 1")
         for let_name, let in scope.lets.items():
@@ -744,12 +744,12 @@ class TrainChecker:
             )
 
     def config(self, settings, data, root: Scope, steps: list[c.Step], metrics: list[c.MetricUse]) -> c.TrainConfig:
-        epochs = self.setting(settings, "epochs", P("epochs", "int", 10))
-        batch_size = self.setting(settings, "batch_size", P("batch_size", "int", 32))
+        epochs = self.setting(settings, "epochs", P("epochs", "int", 10, low=0))
+        batch_size = self.setting(settings, "batch_size", P("batch_size", "int", 32, low=1, high=2**31 - 1))
         for key, value in (("epochs", epochs), ("batch_size", batch_size)):
             if value < 1:
                 raise self.fail(settings[key].loc, f"{key} must be at least 1")
-        patience = self.setting(settings, "early_stopping", P("early_stopping", "int", None))
+        patience = self.setting(settings, "early_stopping", P("early_stopping", "int", None, low=1))
         validation = data.options["validation"] > 0
         keys = ["train_loss", *(["val_loss"] if validation else []), *(u.key for u in metrics)]
         if len(steps) > 1:
@@ -775,9 +775,9 @@ class TrainChecker:
                         i.loc, f"export lists models; '{_text(i)}' is not one", did_you_mean(_text(i), self.models)
                     )
                 export.append(i.id)
-        checkpoint_every = self.setting(settings, "checkpoint_every", P("checkpoint_every", "int", 1))
-        keep = self.setting(settings, "keep_checkpoints", P("keep_checkpoints", "int", 2))
-        workers = self.setting(settings, "workers", P("workers", "int", 0))
+        checkpoint_every = self.setting(settings, "checkpoint_every", P("checkpoint_every", "int", 1, low=1))
+        keep = self.setting(settings, "keep_checkpoints", P("keep_checkpoints", "int", 2, low=1))
+        workers = self.setting(settings, "workers", P("workers", "int", 0, low=0, high=256))
         if checkpoint_every < 1 or keep < 1 or workers < 0:
             raise self.fail(
                 self.train.loc, "checkpoint_every and keep_checkpoints must be at least 1, workers at least 0"
@@ -791,7 +791,7 @@ class TrainChecker:
             models=list(self.models),
             epochs=epochs,
             batch_size=batch_size,
-            seed=self.setting(settings, "seed", P("seed", "int", 0)),
+            seed=self.setting(settings, "seed", P("seed", "int", 0, low=0, high=2**32 - 1)),
             early_stopping=patience,
             monitor=monitor,
             monitor_mode=mode,

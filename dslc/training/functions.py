@@ -224,7 +224,7 @@ _reg(
         "loss",
         "softmax cross-entropy of logits (classes last) with class ids or probabilities",
         ("input", "target"),
-        (P("label_smoothing", "float", 0.0), _IGNORE),
+        (P("label_smoothing", "float", 0.0, low=0.0, high=1.0), _IGNORE),
         _classification("cross_entropy"),
         _ce_emit("F.cross_entropy"),
     )
@@ -556,7 +556,7 @@ for _m in (
     Metric(
         "top_k",
         "fraction of targets among the k highest scores",
-        (P("k", "int", 5),),
+        (P("k", "int", 5, low=1),),
         True,
         True,
         lambda a: f"top{a['k']}_accuracy",
@@ -625,48 +625,58 @@ class OptimizerDef:
     defaults: dict[str, Any]  # PyTorch's defaults: equal values are left out of the generated call
 
 
-_WD = P("weight_decay", "float", 0.0)
+_WD = P("weight_decay", "float", 0.0, low=0.0)
+_BETAS = P("betas", "floats", (0.9, 0.999), low=0.0, high=1.0, open_high=True, length=2)
 OPTIMIZERS = {
     "sgd": OptimizerDef(
         "sgd",
         "torch.optim.SGD",
-        (P("lr", "float", 0.01), P("momentum", "float", 0.0), P("nesterov", "bool", False), _WD),
+        (P("lr", "float", 0.01, low=0.0), P("momentum", "float", 0.0, low=0.0), P("nesterov", "bool", False), _WD),
         {"momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
     ),
     "adam": OptimizerDef(
         "adam",
         "torch.optim.Adam",
-        (P("lr", "float", 1e-3), P("betas", "floats", (0.9, 0.999)), P("eps", "float", 1e-8), _WD),
+        (P("lr", "float", 1e-3, low=0.0), _BETAS, P("eps", "float", 1e-8, low=0.0), _WD),
         {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
     ),
     "adamw": OptimizerDef(
         "adamw",
         "torch.optim.AdamW",
         (
-            P("lr", "float", 1e-3),
-            P("betas", "floats", (0.9, 0.999)),
-            P("eps", "float", 1e-8),
-            P("weight_decay", "float", 0.01),
+            P("lr", "float", 1e-3, low=0.0),
+            _BETAS,
+            P("eps", "float", 1e-8, low=0.0),
+            P("weight_decay", "float", 0.01, low=0.0),
         ),
         {"betas": (0.9, 0.999), "eps": 1e-8},
     ),
     "rmsprop": OptimizerDef(
         "rmsprop",
         "torch.optim.RMSprop",
-        (P("lr", "float", 0.01), P("alpha", "float", 0.99), P("momentum", "float", 0.0), _WD),
+        (
+            P("lr", "float", 0.01, low=0.0),
+            P("alpha", "float", 0.99, low=0.0),
+            P("momentum", "float", 0.0, low=0.0),
+            _WD,
+        ),
         {"alpha": 0.99, "momentum": 0.0, "weight_decay": 0.0},
     ),
 }
-GROUP_PARAMS = (P("lr", "float", None), P("weight_decay", "float", None), P("momentum", "float", None))
+GROUP_PARAMS = (
+    P("lr", "float", None, low=0.0),
+    P("weight_decay", "float", None, low=0.0),
+    P("momentum", "float", None, low=0.0),
+)
 
-_WARMUP = P("warmup", "float", 0.0, "epochs of linear warmup from 0")
+_WARMUP = P("warmup", "float", 0.0, "epochs of linear warmup from 0", low=0.0)
 SCHEDULES: dict[str, tuple[P, ...]] = {
     "constant": (_WARMUP,),
-    "step": (P("every", "int", 10, "epochs between decays"), P("gamma", "float", 0.1), _WARMUP),
+    "step": (P("every", "int", 10, "epochs between decays", low=1), P("gamma", "float", 0.1, low=0.0), _WARMUP),
     "cosine": (_WARMUP, P("min_factor", "float", 0.0, "final learning rate as a fraction of the initial one")),
     "linear": (_WARMUP, P("min_factor", "float", 0.0)),
     "one_cycle": (
-        P("max_lr", "float", None, "peak learning rate (default: the optimizer's lr)"),
-        P("pct_start", "float", 0.3),
+        P("max_lr", "float", None, "peak learning rate (default: the optimizer's lr)", low=0.0),
+        P("pct_start", "float", 0.3, low=0.0, high=1.0, open_high=True),
     ),
 }

@@ -112,3 +112,29 @@ def test_train_overrides(write_spec):
     program = check_file(path, None, {"epochs": 2, "optimizer.lr": 0.5})
     assert program.train.epochs == 2
     assert program.train.steps[0].optimizer.options["lr"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("optimizer = adam(betas=(0.9,))", "'betas' takes 2 values"),
+        ("optimizer = adam(betas=(1.5, 0.999))", "'betas' must be at least 0.0 and below 1.0"),
+        ("optimizer = sgd(lr=-0.05)", "'lr' must be at least 0.0"),
+        ("schedule = step(every=0)", "'every' must be at least 1"),
+        ("schedule = one_cycle(pct_start=2)", "'pct_start' must be"),
+        ("seed = 9223372036854775807", "'seed' must be"),
+        ("early_stopping = -1", "'early_stopping' must be at least 1"),
+        ("metrics = [top_k(0)]", "'k' must be at least 1"),
+    ],
+)
+def test_settings_torch_would_refuse_are_located_errors(tmp_path, setting, message):
+    """Values PyTorch refuses at run time (an internal error in `dslc train` before) are refused by check."""
+    spec = tmp_path / "t.model"
+    spec.write_text(
+        "model m {\n input features: float32[batch, 10]\n output prediction = features -> Linear(1)\n}\n"
+        f"train {{\n data = diabetes(validation=0.2)\n loss = mse(prediction, target)\n {setting}\n epochs = 1\n}}\n"
+    )
+    with pytest.raises(DslcError) as info:
+        check_file(spec)
+    (diag,) = info.value.diagnostics
+    assert message in diag.message and diag.loc is not None
