@@ -263,6 +263,7 @@ def _adaptive_infer(n: int, name: str):
     def infer(args, inputs):
         (x,) = inputs
         expect_rank(x, (n + 2,), name, _layout(n))
+        check_positive(args, "output_size")
         size = pair(args["output_size"], n)
         return Inferred([x.with_shape((*x.shape[:2], *size))], {"output_size": simple(size)})
 

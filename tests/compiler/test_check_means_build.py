@@ -94,6 +94,7 @@ def test_long_nested_pipelines_are_split_into_lines(write_spec, tmp_path):
         'Conv2d(4, 3, padding=(1, "a"))',
         "ConvTranspose2d(4, 3, stride=2, output_padding=2)",
         "Conv2d(4, 9)",
+        "AdaptiveAvgPool2d(0)",
     ],
 )
 def test_bad_window_arguments_are_located_errors(write_spec, layer):
