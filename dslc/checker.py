@@ -358,6 +358,8 @@ class BodyChecker:
 
     def output_decl(self, stmt: ast.OutputDecl) -> None:
         check_identifier(stmt.name, stmt.loc, "output", role="script" if self.block.is_model else "variable")
+        if any(p.name == stmt.name for p in self.inputs):  # ONNX names each value once
+            self.fail(stmt.loc, f"output '{stmt.name}' has the name of an input", f"write `output y = {stmt.name}`")
         if stmt.value is not None:
             self.assign([stmt.name], stmt.value, stmt)
         value = self.env.get(stmt.name)

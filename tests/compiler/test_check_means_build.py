@@ -139,3 +139,8 @@ def test_a_folder_in_the_way_stops_the_build_before_anything_is_published(write_
     with pytest.raises(DslcError, match="in the way"):
         build(spec, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.onnx"]
+
+
+def test_an_output_named_like_an_input_is_refused(write_spec):
+    spec = write_spec("model m {\n    input x: float32[batch, 4]\n    output x\n}\n")
+    assert "has the name of an input" in refused(spec)
