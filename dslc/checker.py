@@ -26,7 +26,7 @@ MAX_BLOCK_INSTANCES = 1_000  # distinct (block, arguments, input types): blocks 
 MAX_LAYERS = 20_000  # layers of one model with every block and repeat expanded (ResNet-152 has about 500)
 MAX_LAYER_INT = 2**31 - 1  # PyTorch and the ONNX exporter pass layer arguments as 32-bit ints
 MAX_INLINE_NESTING = 16  # a nested pipeline deeper than this is split into assignments (CPython allows 200)
-MAX_PARAMETERS = 1_000_000_000  # 4 GB of float32 weights: built, exported and run to verify it
+MAX_PARAMETERS = 250_000_000  # 1 GB of float32: a single ONNX file holds 2 GB, and build keeps about 4 copies
 MAX_ELEMENTS = 2**28  # per example (symbolic sizes count as 1): 1 GB of float32
 COMPARISONS = {"==", "!=", "<", "<=", ">", ">="}
 MAX_REPEAT = 1024
@@ -236,6 +236,7 @@ class BodyChecker:
         self.outputs: list[ir.Port] = []
         self.current: ast.Stmt | None = None
         self.emitted_locs: set[Loc] = set()
+        self.source_texts: dict[Loc, str] = {}
         self.size_rules: dict[tuple[Any, int], SizeRule] = {}
         self.layer_count = 0
         self.next_index: dict[str, int] = {}  # auto_attr's next number per prefix
@@ -423,7 +424,9 @@ class BodyChecker:
             if current.loc not in self.emitted_locs:  # a statement's comments go before its first line only
                 self.emitted_locs.add(current.loc)
                 stmt.comments = list(current.comments)
-            stmt.source = _source_text(self.scope, current.loc)
+            if current.loc not in self.source_texts:  # a pipeline emits a line per stage: read the text once
+                self.source_texts[current.loc] = _source_text(self.scope, current.loc)
+            stmt.source = self.source_texts[current.loc]
         self.body.append(stmt)
 
     def _new_local(self, name: str, loc: Loc, rebind: bool = False) -> None:
