@@ -116,12 +116,13 @@ def _rnn_params(name: str):
     gates = {"RNN": 1, "GRU": 3, "LSTM": 4}[name]
 
     def count(a) -> int:
-        hidden, total = a["hidden_size"], 0
-        for layer in range(a["layers"]):
-            inputs = a["input_size"] if layer == 0 else a["directions"] * hidden
-            per_direction = gates * hidden * (inputs + hidden) + 2 * gates * hidden * a["bias"]
-            total += a["directions"] * per_direction
-        return total
+        hidden, directions = a["hidden_size"], a["directions"]
+
+        def layer(inputs: int) -> int:
+            return directions * (gates * hidden * (inputs + hidden) + 2 * gates * hidden * a["bias"])
+
+        # closed form: `layers` can be any integer the spec gives, so no loop over it
+        return layer(a["input_size"]) + (a["layers"] - 1) * layer(directions * hidden)
 
     return count
 
