@@ -1103,7 +1103,11 @@ class BodyChecker:
 
 
 def _gigabytes(count: int) -> str:
-    return f"{count * 4 / 1e9:,.1f} GB"
+    """The size of `count` float32 values, in the unit that reads best (6.4 GB, 4.4 TB, 1.2e+09 TB)."""
+    size = count * 4 / 1e9
+    if size < 1000:
+        return f"{size:,.1f} GB"
+    return f"{size / 1000:,.1f} TB" if size < 1e6 else f"{size / 1000:.1e} TB"
 
 
 def _input_size(dim: Sym) -> bool:
