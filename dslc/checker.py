@@ -1107,7 +1107,7 @@ def _gigabytes(count: int) -> str:
     size = count * 4 / 1e9
     if size < 1000:
         return f"{size:,.1f} GB"
-    return f"{size / 1000:,.1f} TB" if size < 1e6 else f"{size / 1000:.1e} TB"
+    return f"{size / 1000:,.1f} TB" if size < 1e9 else f"{size / 1000:.1e} TB"
 
 
 def _input_size(dim: Sym) -> bool:
