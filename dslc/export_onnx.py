@@ -55,23 +55,12 @@ def int_input_bounds(module: ir.ModuleIR) -> dict[str, int]:
     bounds: dict[str, int] = {}
 
     def visit(e: Any) -> None:
-        if isinstance(e, ir.OpCall):
-            if e.op == "Embedding":
-                for x in e.inputs:
-                    if isinstance(x, ir.Var):
-                        bounds[x.name] = min(bounds.get(x.name, 1 << 30), e.init["num_embeddings"])
+        if isinstance(e, ir.OpCall) and e.op == "Embedding":
             for x in e.inputs:
-                visit(x)
-        elif isinstance(e, ir.ModuleCall):
-            for x in e.inputs:
-                visit(x)
-        elif isinstance(e, ir.BinOp):
-            visit(e.left)
-            visit(e.right)
-        elif isinstance(e, (ir.UnaryOp,)):
-            visit(e.operand)
-        elif isinstance(e, (ir.Index, ir.GetItem)):
-            visit(e.value)
+                if isinstance(x, ir.Var):
+                    bounds[x.name] = min(bounds.get(x.name, 1 << 30), e.init["num_embeddings"])
+        for x in ir.operands(e) if e is not None else ():
+            visit(x)
 
     for stmt in module.body:
         visit(getattr(stmt, "value", None) or getattr(stmt, "first", None))

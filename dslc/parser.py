@@ -11,6 +11,7 @@ from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
 
 from dslc import ast
+from dslc.consteval import MAX_INT
 from dslc.errors import DslcError, Loc, error
 from dslc.grammar import GRAMMAR_PATH
 
@@ -41,7 +42,6 @@ MAX_SPEC_CHARS = 64 * 1024  # 10x the largest shipped spec; parsing takes about 
 MAX_NESTING = 64  # brackets and braces; generated Python must stay below CPython's 200
 MAX_TREE_DEPTH = 200  # parse-tree levels, for chains without brackets (`- - x`, `a ** b ** c`)
 MAX_NAME_LENGTH = 128
-MAX_INT = 2**63 - 1  # the largest size PyTorch and ONNX can hold
 
 # Strings and comments are skipped whole, so brackets and names inside them do not count.
 _SCAN = re.compile(
