@@ -20,6 +20,7 @@ from dslc.layers import REGISTRY, AxisName, Op, ShapeError
 from dslc.loader import RESERVED, FileScope, Loader, check_identifier, parse_override
 from dslc.params import BindError, brief, coerce, signature
 from dslc.pytext import PYTHON_NAMES
+from dslc.resolve import PARAM_TYPES, check_param_value, resolve_blocks
 from dslc.shapes import DTYPES, FLOOR_ATOMS, MAX_EXAMPLE_SIZE, SizeRule, Sym, TensorType, broadcast, solve_sizes
 
 MAX_BLOCK_INSTANCES = 1_000  # distinct (block, arguments, input types): blocks calling blocks can fan out
@@ -30,7 +31,6 @@ MAX_PARAMETERS = 250_000_000  # 1 GB of float32: a single ONNX file holds 2 GB, 
 MAX_ELEMENTS = 2**28  # per example (symbolic sizes count as 1): 1 GB of float32
 COMPARISONS = {"==", "!=", "<", "<=", ">", ">="}
 MAX_REPEAT = 1024
-PARAM_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 class Poison:
@@ -86,6 +86,7 @@ class Checker:
         self.specializations: dict[Any, ir.ModuleIR] = {}
         self.class_names: set[str] = set()
         self.in_progress: list[str] = []
+        self.unresolved: set[int] = set()  # ids of blocks whose names did not resolve (reported once)
 
     # ------------------------------------------------------------ constants
 
@@ -103,6 +104,8 @@ class Checker:
 
     def check_root(self, root: FileScope) -> ir.ProgramIR:
         models: list[str] = []
+        failed = resolve_blocks(root, self.reporter, self.evaluate_const)
+        self.unresolved = {id(b) for b in root.own_blocks() if b.name in failed}
         for block in root.own_blocks():
             if block.is_model:
                 try:
@@ -119,8 +122,6 @@ class Checker:
                     self.reporter.extend(exc)
                 except _StatementFailedError:
                     pass  # already reported
-            else:
-                self._check_block_alone(block, root)
         if not models and not self.reporter.diagnostics:
             self.reporter.error(
                 Loc(root.path, 1, 1), "the spec defines no model", "add `model NAME { ... }`", section="models"
@@ -157,12 +158,6 @@ class Checker:
                 "a kernel, pooling window or index larger than the input?",
             )
 
-    def _check_block_alone(self, block: ast.BlockDef, scope: FileScope) -> None:
-        """Check a block's parameters and defaults even if no model uses it."""
-        for param in block.params:
-            if param.type not in PARAM_TYPES:
-                self.reporter.error(param.loc, f"unknown parameter type '{param.type}'", "use int, float, bool or str")
-
     def instantiate(
         self,
         block: ast.BlockDef,
@@ -176,6 +171,8 @@ class Checker:
             if self.specializations[key] is None:  # this instantiation failed and was reported
                 raise _StatementFailedError
             return self.specializations[key]
+        if id(block) in self.unresolved and not block.is_model:
+            raise _StatementFailedError  # its unknown names were reported at their lines
         if block.name in self.in_progress:
             raise error(loc, f"'{block.name}' uses itself")
         if len(self.specializations) >= MAX_BLOCK_INSTANCES:
@@ -957,14 +954,12 @@ class BodyChecker:
                 value = BodyChecker(self.checker, None, self.scope, {}, None).static(param.default, "a default")
             else:
                 self.fail(stage.loc, f"{what} is missing its '{param.name}' argument")
-            expected = PARAM_TYPES.get(param.type)
-            if expected is None:
+            if param.type not in PARAM_TYPES:
                 self.fail(param.loc, f"unknown parameter type '{param.type}'", "use int, float, bool or str")
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-                self.fail(stage.loc, f"{what}: '{param.name}' must be {param.type}, got {brief(value)}")
-            hyper[param.name] = value
+            try:
+                hyper[param.name] = check_param_value(param, value)
+            except TypeError as exc:
+                self.fail(stage.loc, f"{what}: {exc}")
         return hyper
 
     def repeat_count(self, stage: ast.Repeat) -> int:

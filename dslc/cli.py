@@ -92,9 +92,10 @@ def check(files: tuple[str, ...], shapes: bool, overrides: tuple[str, ...]) -> N
         except DslcError as exc:
             failures.append(exc)
             continue
-        params = sum(m.param_count for m in program.exported)
+        params, shared = program.parameter_counts()
         names = ", ".join(m.spec_name for m in program.exported)
-        click.echo(f"{path}: ok ({names}; {params:,} parameters)")
+        note = f", {shared:,} of them shared by name between the models" if shared else ""
+        click.echo(f"{path}: ok ({names}; {params:,} parameters{note})")
         if shapes:
             _print_shapes(program)
     if failures:

@@ -148,7 +148,7 @@ def _expr(e: ir.Expr) -> tuple[str, int]:
         op = REGISTRY[e.op]
         inputs = [expr(x) for x in e.inputs]
         if e.module is not None:
-            return op.forward(e.module, inputs, e.init), ATOM
+            return op.call(e.module, inputs, e.init), ATOM
         code = op.functional(inputs, e.init)
         if any(_needs_parens(x) and f"{text}." in code for x, text in zip(e.inputs, inputs)):
             # a method call on a compound operand: `(a + b).flatten(1)`

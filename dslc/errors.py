@@ -126,7 +126,20 @@ class Reporter:
 
     def raise_if_errors(self) -> None:
         if self.diagnostics:
-            raise DslcError(list(self.diagnostics), dict(self.sources))
+            raise DslcError(self.in_order(), dict(self.sources))
+
+    def in_order(self) -> list[Diagnostic]:
+        """The diagnostics by file (in the order files were first reported), then line and column: the
+        passes find errors in different orders, a reader wants them top to bottom."""
+        files: dict[str, int] = {}
+        for d in self.diagnostics:
+            if d.loc is not None:
+                files.setdefault(d.loc.file, len(files))
+
+        def key(d: Diagnostic) -> tuple[int, int, int]:
+            return (-1, 0, 0) if d.loc is None else (files[d.loc.file], d.loc.line, d.loc.col)
+
+        return sorted(self.diagnostics, key=key)
 
 
 MAX_SOURCE_BYTES = 4 * 1024 * 1024  # the parser refuses specs over 64 Ki characters; this bounds the read

@@ -6,6 +6,7 @@ resolved constructor arguments. Nothing here refers back to the syntax tree.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,30 @@ class ProgramIR:
     @property
     def exported(self) -> list[ModuleIR]:
         return [self.module(n) for n in self.models]
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """The exported models' learnable parameters, each counted once, and how many of them two or
+        more models share (the same layer under the same name, as `encoder.*` in `vae` and `encoder`)."""
+        seen: dict[tuple, int] = {}
+        for model in self.exported:
+            for key in set(self._layers(model, "")):
+                seen[key] = seen.get(key, 0) + 1
+        distinct = sum(key[-1] for key in seen)
+        shared = sum(key[-1] for key, uses in seen.items() if uses > 1)
+        return distinct, shared
+
+    def _layers(self, module: ModuleIR, prefix: str) -> Iterator[tuple[str, str, str, int]]:
+        """(path, layer, init, parameters) of every parameter-holding layer, blocks expanded."""
+        stack = [(prefix, s) for s in module.submodules]
+        while stack:
+            path, sub = stack.pop()
+            name = f"{path}{sub.attr}"
+            if sub.kind == "op" and sub.params:
+                yield (name, sub.op, repr(sorted(sub.init.items())), sub.params)
+            elif sub.kind == "block":
+                stack.extend((f"{name}.", s) for s in self.module(sub.block).submodules)
+            else:
+                stack.extend((f"{name}.", c) for c in sub.children)
 
     @property
     def module_name(self) -> str:

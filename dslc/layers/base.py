@@ -65,6 +65,12 @@ class Op:
     def stateful(self) -> bool:
         return self.functional is None
 
+    def call(self, module: str, inputs: list[str], init: dict[str, Any]) -> str:
+        """The forward() code calling the layer's submodule: `self.pool(x)` unless the op says otherwise."""
+        if self.forward is not None:
+            return self.forward(module, inputs, init)
+        return f"{module}({', '.join(inputs)})"
+
 
 REGISTRY: dict[str, Op] = {}
 HELPERS: dict[str, str] = {}

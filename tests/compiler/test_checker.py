@@ -244,7 +244,7 @@ def test_check_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-def test_an_error_inside_a_block_is_reported_once_with_its_use(write_spec):
+def test_an_unknown_name_inside_a_block_is_reported_once_at_its_line(write_spec):
     path = write_spec("""
         block Res(k: int = 3) {
             input x: float32[batch, c, time]
@@ -262,7 +262,47 @@ def test_an_error_inside_a_block_is_reported_once_with_its_use(write_spec):
     diagnostics = info.value.diagnostics
     assert len(diagnostics) == 1
     assert "unknown layer 'BatchNrom1d'" in diagnostics[0].message
-    assert diagnostics[0].notes == [f"in Res(k=3) used at {path}:8:14"]
+    assert diagnostics[0].loc.line == 3
+    assert diagnostics[0].notes == []  # found before any use is checked: no use to point at
+
+
+def test_a_shape_error_inside_a_block_points_at_the_use(write_spec):
+    path = write_spec("""
+        block Res(k: int = 3) {
+            input x: float32[batch, c, time]
+            h = x -> Conv1d(c, kernel=k)
+            output y = x + h
+        }
+        model m {
+            input s: float32[batch, 4, time]
+            output y = s -> Res(3) -> mean(dim=time) -> Linear(2)
+        }
+    """)
+    with pytest.raises(DslcError) as info:
+        check_file(path)
+    (diagnostic,) = info.value.diagnostics
+    assert diagnostic.loc.line == 4 and "do not broadcast" in diagnostic.message
+    assert diagnostic.notes == [f"in Res(k=3) used at {path}:8:21"]
+
+
+def test_an_unused_block_is_checked(write_spec):
+    messages = errors_of(
+        write_spec("""
+        block Unused(n: int = "four") {
+            input x: float32[batch, c]
+            output y = x -> NoSuchLayer(n) -> relu(undefined_thing)
+        }
+        model m {
+            input x: float32[batch, 4]
+            output y = x -> Linear(2)
+        }
+    """)
+    )
+    assert messages == [
+        "1:23 Unused: the default of 'n' must be int, got \"four\"",
+        "3:21 unknown layer 'NoSuchLayer'",
+        "3:44 unknown name 'undefined_thing'",
+    ]
 
 
 def test_linear_over_a_symbolic_size_suggests_pooling(write_spec):

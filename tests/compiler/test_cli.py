@@ -21,6 +21,20 @@ def test_check_all_shipped_specs():
     assert result.stdout.count(": ok (") == len(list(SPECS.glob("*.model")))
 
 
+def test_check_counts_shared_parameters_once():
+    """vae, encoder and decoder share `encoder.*` and `decoder.*` by name: 652,824 parameters, not twice that."""
+    from dslc.checker import check_file
+
+    program = check_file(SPECS / "vae.model")
+    assert program.model("vae").param_count == 652_824
+    assert program.parameter_counts() == (652_824, 652_824)
+    result = dslc("check", str(SPECS / "vae.model"), str(SPECS / "gan.model"))
+    assert "vae, encoder, decoder; 652,824 parameters, 652,824 of them shared by name" in result.stdout
+    gan = check_file(SPECS / "gan.model")
+    assert gan.parameter_counts() == (sum(m.param_count for m in gan.exported), 0)
+    assert "generator, discriminator; 481,425 parameters)" in result.stdout
+
+
 def test_check_shapes_table():
     result = dslc("check", str(SPECS / "cnn.model"), "--shapes")
     assert result.returncode == 0

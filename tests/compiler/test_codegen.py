@@ -123,3 +123,23 @@ def test_readable_forward(generated):
     assert "features = F.max_pool2d(features, 2)" in text
     assert "logits = self.fc2(logits)" in text
     assert "return logits, probabilities" in text
+
+
+def test_named_layers_without_parameters_build(write_spec, tmp_path):
+    """torchvision names its pooling and activation layers (`avgpool`, `relu`): each stateless layer
+    with a module form can be named, and the build verifies."""
+    from dslc.build import build
+
+    spec = write_spec("""
+        model m {
+            input x: float32[batch, 3, 8, 8]
+            output y = x -> conv: Conv2d(4, kernel=3) -> pool: MaxPool2d(2) -> act: ReLU
+                -> avgpool: AdaptiveAvgPool2d(1) -> flat: Flatten -> id: Identity -> g: GELU -> s: Softmax
+        }
+    """)
+    result = build(spec, tmp_path / "out")
+    source = result.python_path.read_text()
+    for attr in ("pool", "act", "avgpool", "flat", "id", "g", "s"):
+        assert f"self.{attr} = nn." in source and f"self.{attr}(" in source
+    (report,) = result.models
+    assert report.verified

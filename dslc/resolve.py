@@ -1,0 +1,199 @@
+"""Pass 1, name resolution: every block and model body, used or not, before any shape is inferred.
+
+Finds what needs no sizes to find: a layer or function that does not exist, a name nothing defines,
+a parameter with an unknown type or a default of the wrong type. Each error is reported once, at
+its line, whether the block is used once, eight times or never. A block with such an error is not
+shape-checked at its uses (the error already says what is wrong).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from dslc import ast
+from dslc.errors import Reporter, did_you_mean
+from dslc.layers import REGISTRY
+from dslc.loader import FileScope
+from dslc.params import brief
+
+PARAM_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def resolve_blocks(scope: FileScope, reporter: Reporter, evaluate: Callable[[ast.Expr, FileScope], Any]) -> set[str]:
+    """Check the names of every block and model of `scope`; return the names of those that failed."""
+    failed = set()
+    for block in scope.own_blocks():
+        before = len(reporter.diagnostics)
+        BodyResolver(block, scope, reporter, evaluate).run()
+        if len(reporter.diagnostics) > before:
+            failed.add(block.name)
+    return failed
+
+
+def check_param_value(param: ast.Param, value: Any) -> Any:
+    """`value` converted to the parameter's type (an int default of a float parameter is fine), or
+    raise TypeError saying what is wrong."""
+    expected = PARAM_TYPES[param.type]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise TypeError(f"'{param.name}' must be {param.type}, got {brief(value)}")
+    return value
+
+
+class BodyResolver:
+    def __init__(self, block: ast.BlockDef, scope: FileScope, reporter: Reporter, evaluate) -> None:
+        self.block = block
+        self.scope = scope
+        self.reporter = reporter
+        self.evaluate = evaluate
+        self.layers = set(_named_stages(block.body))  # names a pipeline can reuse: `-> encoder`
+        self.known = {p.name for p in block.params} | set(scope.consts) | _declared_names(block.body)
+        self.known |= self.layers | set(_type_names(block.body))
+
+    def run(self) -> None:
+        for param in self.block.params:
+            self.param(param)
+        for expr in _expressions(self.block.body):
+            self.expression(expr)
+
+    def param(self, param: ast.Param) -> None:
+        if param.type not in PARAM_TYPES:
+            self.reporter.error(param.loc, f"unknown parameter type '{param.type}'", "use int, float, bool or str")
+            return
+        if param.default is None:
+            return
+        try:
+            value = self.evaluate(param.default, self.scope)
+        except Exception:  # noqa: BLE001 - the evaluator reported it (a DslcError with its location)
+            return
+        try:
+            check_param_value(param, value)
+        except TypeError as exc:
+            self.reporter.error(param.default.loc, f"{self.block.name}: the default of {exc}")
+
+    def expression(self, expr: ast.Expr) -> None:
+        stack: list[Any] = [expr]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, ast.Name):
+                self.name(node)
+            elif isinstance(node, ast.Call):
+                self.function(node)
+                stack.extend(_arguments(node.func, node.args, node.kwargs))
+            elif isinstance(node, ast.Pipe):
+                stack.append(node.source)
+                stack.extend(node.stages)
+            elif isinstance(node, ast.NamedStage):
+                stack.append(node.body)
+            elif isinstance(node, ast.Repeat):
+                stack.extend([node.count, node.body])
+            elif isinstance(node, ast.Group):
+                stack.extend(node.stages)
+            elif isinstance(node, ast.LayerCall):
+                self.layer(node)
+                stack.extend(_arguments(node.name, node.args, node.kwargs))
+            elif isinstance(node, ast.BinOp):
+                stack.extend([node.left, node.right])
+            elif isinstance(node, ast.UnaryOp):
+                stack.append(node.operand)
+            elif isinstance(node, ast.Index):
+                stack.append(node.value)
+                stack.extend(node.items)
+            elif isinstance(node, ast.Slice):
+                stack.extend(p for p in (node.start, node.stop, node.step) if p is not None)
+            elif isinstance(node, (ast.TupleLit, ast.ListLit)):
+                stack.extend(node.items)
+
+    def name(self, node: ast.Name) -> None:
+        if node.id in self.known or self.scope.lookup_block(node.id):
+            return  # a block named as a value is an error the checker explains
+        self.reporter.error(node.loc, f"unknown name '{node.id}'", did_you_mean(node.id, sorted(self.known)))
+
+    def layer(self, stage: ast.LayerCall) -> None:
+        if stage.name in REGISTRY or stage.name in self.known or self.scope.lookup_block(stage.name):
+            return
+        candidates = list(REGISTRY) + list(self.scope.blocks) + sorted(self.layers)
+        self.reporter.error(
+            stage.loc,
+            f"unknown layer '{stage.name}'",
+            did_you_mean(stage.name, candidates),
+            section="layers-and-functions",
+        )
+
+    def function(self, call: ast.Call) -> None:
+        if call.func in REGISTRY or call.func in self.known or self.scope.lookup_block(call.func):
+            return
+        candidates = [k for k, o in REGISTRY.items() if o.category == "function" or k.islower()]
+        self.reporter.error(
+            call.loc, f"unknown function '{call.func}'", did_you_mean(call.func, candidates + sorted(self.layers))
+        )
+
+
+def _arguments(func: str, args: list[ast.Expr], kwargs: list[tuple[str, ast.Expr]]) -> Iterator[ast.Expr]:
+    """The arguments whose names must resolve: not a bare name given for an axis (`dim=time`)."""
+    op = REGISTRY.get(func)
+    axes = {p.name for p in op.params if p.kind in ("axis", "axes")} if op else set()
+    for arg in args:
+        if not (axes and isinstance(arg, ast.Name)):  # a positional axis cannot be told from a tensor here
+            yield arg
+    for key, value in kwargs:
+        if not (key in axes and isinstance(value, (ast.Name, ast.TupleLit))):
+            yield value
+
+
+def _statements(stmts: list[ast.Stmt]) -> Iterator[ast.Stmt]:
+    for stmt in stmts:
+        yield stmt
+        if isinstance(stmt, ast.If):
+            for _, body in stmt.branches:
+                yield from _statements(body)
+            yield from _statements(stmt.orelse)
+
+
+def _expressions(stmts: list[ast.Stmt]) -> Iterator[ast.Expr]:
+    for stmt in _statements(stmts):
+        if isinstance(stmt, (ast.Assign, ast.OutputDecl)) and stmt.value is not None:
+            yield stmt.value
+        elif isinstance(stmt, ast.If):
+            yield from (cond for cond, _ in stmt.branches)
+
+
+def _declared_names(stmts: list[ast.Stmt]) -> set[str]:
+    """Every input, output and assigned name of a body, in any branch."""
+    names: set[str] = set()
+    for stmt in _statements(stmts):
+        if isinstance(stmt, ast.Assign):
+            names.update(stmt.targets)
+        elif isinstance(stmt, (ast.InputDecl, ast.OutputDecl)):
+            names.add(stmt.name)
+    return names
+
+
+def _type_names(stmts: list[ast.Stmt]) -> Iterator[str]:
+    """The dimension names of declared input and output types: `channels` in float32[batch, channels]."""
+    for stmt in _statements(stmts):
+        texpr = getattr(stmt, "type", None)
+        if isinstance(texpr, ast.TensorTypeExpr):
+            yield from (d.id for d in texpr.dims if isinstance(d, ast.Name))
+
+
+def _named_stages(stmts: list[ast.Stmt]) -> Iterator[str]:
+    stack: list[Any] = list(_expressions(stmts))
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.NamedStage):
+            yield node.name
+            stack.append(node.body)
+        elif isinstance(node, ast.Pipe):
+            stack.append(node.source)
+            stack.extend(node.stages)
+        elif isinstance(node, ast.Repeat):
+            stack.append(node.body)
+        elif isinstance(node, ast.Group):
+            stack.extend(node.stages)
+        elif isinstance(node, ast.BinOp):
+            stack.extend([node.left, node.right])
+        elif isinstance(node, ast.Call):
+            stack.extend(node.args)
