@@ -4,14 +4,26 @@ The TorchScript-based exporter (`dynamo=False`) is used on purpose: with torch 2
 exporter freezes the time dimension of bidirectional LSTM/GRU outputs at the example length, while
 the TorchScript exporter writes real ONNX RNN ops with dynamic sequence length. Example sizes are
 chosen > 1 and distinct per symbolic dimension so that no dimension gets specialised.
+Integer inputs that feed an Embedding (directly or through blocks, groups and repeats) get ids from 0
+to the vocabulary size - 1, both ends included, so export and verification see every valid id range.
+The TorchScript exporter prints the whole Torch IR graph from C++ when it fails (and leaves its log
+switched on); `export` runs it with file descriptors 1 and 2 captured and raises `ExportError` with
+the exporter's one-line reason, keeping what it printed in `ExportError.log`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import io
 import json
+import os
+import re
+import sys
+import tempfile
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,26 +62,148 @@ def concrete_shape(shape, sizes: dict[str, int]) -> tuple[int, ...]:
     return tuple(d if isinstance(d, int) else d.evaluate(sizes) for d in shape)
 
 
-def int_input_bounds(module: ir.ModuleIR) -> dict[str, int]:
-    """For integer inputs feeding an Embedding, the vocabulary size (valid ids are below it)."""
-    bounds: dict[str, int] = {}
+# Ops whose output holds the values of their (integer) inputs, rearranged: ids stay ids through them.
+VALUE_OPS = frozenset(
+    {
+        "concat",
+        "cat",
+        "stack",
+        "split",
+        "chunk",
+        "unsqueeze",
+        "squeeze",
+        "reshape",
+        "Reshape",
+        "permute",
+        "Permute",
+        "transpose",
+        "flatten",
+        "Flatten",
+        "Identity",
+    }
+)
 
-    def visit(e: Any) -> None:
-        if isinstance(e, ir.OpCall) and e.op == "Embedding":
-            for x in e.inputs:
-                if isinstance(x, ir.Var):
-                    bounds[x.name] = min(bounds.get(x.name, 1 << 30), e.init["num_embeddings"])
-        for x in ir.operands(e) if e is not None else ():
-            visit(x)
-
-    for stmt in module.body:
-        visit(getattr(stmt, "value", None) or getattr(stmt, "first", None))
-    return bounds
+Taint = frozenset  # of input positions whose values an expression may hold
 
 
-def example_inputs(module: ir.ModuleIR, sizes: dict[str, int], seed: int = 0) -> tuple[torch.Tensor, ...]:
+def _run_statements(body: list[ir.Stmt]) -> Iterator[ir.Stmt]:
+    """The statements a module runs, in order: a statement holding a `body` (the arm a compile-time `if`
+    takes) stands for the statements in it."""
+    for stmt in body:
+        inner = getattr(stmt, "body", None)
+        if isinstance(inner, list):
+            yield from _run_statements(inner)
+        else:
+            yield stmt
+
+
+class _Bounds:
+    """Which inputs of each module feed an Embedding, and which inputs' values reach each output.
+
+    Values are followed through assignments, value-preserving ops (VALUE_OPS, indexing, tuples) and
+    into blocks, named groups and repeats; arithmetic and other ops make new values (`positions(ids)`
+    feeds a position Embedding with positions, not with the ids)."""
+
+    def __init__(self, program: ir.ProgramIR | None):
+        self.program = program
+        self.summaries: dict[int, tuple[dict[int, int], list[Taint]]] = {}  # by id() of the ModuleIR
+
+    def summary(self, module: ir.ModuleIR) -> tuple[dict[int, int], list[Taint]]:
+        """(input position -> smallest vocabulary it feeds, per output the inputs its values may hold)."""
+        key = id(module)
+        if key not in self.summaries:
+            self.summaries[key] = ({}, [Taint() for _ in module.outputs])  # blocks do not recurse; never loop
+            self.summaries[key] = self._walk(module)
+        return self.summaries[key]
+
+    def _walk(self, module: ir.ModuleIR) -> tuple[dict[int, int], list[Taint]]:
+        bounds: dict[int, int] = {}
+        env: dict[str, Taint] = {p.name: Taint({i}) for i, p in enumerate(module.inputs)}
+        subs = {s.attr: s for s in module.submodules}
+
+        def bound(taint: Taint, vocab: int) -> None:
+            for i in taint:
+                bounds[i] = min(bounds.get(i, vocab), vocab)
+
+        def call(callee: ir.ModuleIR, args: list[Taint]) -> list[Taint]:
+            callee_bounds, passes = self.summary(callee)
+            for i, vocab in callee_bounds.items():
+                if i < len(args):
+                    bound(args[i], vocab)
+            return [Taint().union(*(args[i] for i in p if i < len(args))) for p in passes]
+
+        def layer(sub: ir.Submodule, args: list[Taint], outputs: int) -> list[Taint]:
+            """Run the taints through a submodule: an op, a block, or a group / repeat (chained children)."""
+            if sub.kind == "op":
+                return op(sub.op, sub.init, args, outputs)
+            if sub.kind == "block":
+                if self.program is None:
+                    return [Taint()] * outputs
+                return call(self.program.module(sub.block), args)
+            current = args
+            for child in sub.children:
+                current = layer(child, current, outputs) + args[1:]  # a repeat passes its extra inputs to every copy
+            return current[:outputs]
+
+        def op(name: str, init: dict[str, Any], args: list[Taint], outputs: int) -> list[Taint]:
+            if name == "Embedding" and args:
+                bound(args[0], init["num_embeddings"])
+            if name in VALUE_OPS:
+                return [Taint().union(*args)] * outputs
+            return [Taint()] * outputs
+
+        def target(path: str) -> ir.Submodule | None:
+            return subs.get(path.removeprefix("self."))
+
+        def taint(e: ir.Expr) -> list[Taint]:
+            outputs = max(1, len(e.types))
+            if isinstance(e, ir.Var):
+                return [env.get(e.name, Taint())] * outputs
+            if isinstance(e, ir.OpCall):
+                return op(e.op, e.init, [taint(x)[0] for x in e.inputs], outputs)
+            if isinstance(e, ir.ModuleCall):
+                sub = target(e.module)
+                args = [taint(x)[0] for x in e.inputs]
+                return layer(sub, args, outputs) if sub else [Taint()] * outputs
+            if isinstance(e, ir.GetItem):
+                values = taint(e.value)
+                return [values[e.index] if e.index < len(values) else Taint()]
+            if isinstance(e, ir.Index):
+                return taint(e.value)[:1]
+            if isinstance(e, ir.TupleExpr):
+                return [t for x in e.items for t in taint(x)]
+            for x in ir.operands(e):  # arithmetic: new values, but Embeddings may sit inside
+                taint(x)
+            return [Taint()] * outputs
+
+        for stmt in _run_statements(module.body):
+            if isinstance(stmt, ir.Assign):
+                values = taint(stmt.value)
+                if len(values) != len(stmt.targets):
+                    values = [Taint().union(*values)] * len(stmt.targets)
+                env.update(zip(stmt.targets, values))
+            elif isinstance(stmt, ir.RepeatLoop):
+                sub = target(stmt.module)
+                args = [taint(stmt.first)[0], *(taint(x)[0] for x in stmt.extra)]
+                env[stmt.target] = layer(sub, args, 1)[0] if sub else Taint()
+        return bounds, [env.get(p.name, Taint()) for p in module.outputs]
+
+
+def int_input_bounds(module: ir.ModuleIR, program: ir.ProgramIR | None = None) -> dict[str, int]:
+    """For inputs feeding an Embedding, the smallest vocabulary size they feed (valid ids are below it).
+    Blocks are looked up in `program`; without it only the module's own layers count."""
+    bounds, _ = _Bounds(program).summary(module)
+    return {module.inputs[i].name: vocab for i, vocab in bounds.items()}
+
+
+def example_inputs(
+    module: ir.ModuleIR, sizes: dict[str, int], seed: int = 0, program: ir.ProgramIR | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Random inputs at `sizes`. An integer input feeding an Embedding holds ids below its vocabulary,
+    other integer inputs 0 and 1; the first element is 0 and the last the largest valid id (the only
+    element, of a one-element input), so the whole range is exercised, not what the draw happens to hit."""
     generator = torch.Generator().manual_seed(seed)
-    bounds = int_input_bounds(module)
+    bounds = int_input_bounds(module, program)
     tensors = []
     for port in module.inputs:
         shape = concrete_shape(port.type.shape, sizes)
@@ -80,7 +214,13 @@ def example_inputs(module: ir.ModuleIR, sizes: dict[str, int], seed: int = 0) ->
             tensors.append(torch.randn(shape, generator=generator).to(dtype))
         else:
             high = bounds.get(port.name, 2)
-            tensors.append(torch.randint(0, high, shape, generator=generator, dtype=dtype))
+            ids = torch.randint(0, high, shape, generator=generator, dtype=dtype)
+            flat = ids.view(-1)
+            if flat.numel():
+                flat[-1] = high - 1
+            if flat.numel() > 1:
+                flat[0] = 0
+            tensors.append(ids)
     return tuple(tensors)
 
 
@@ -146,24 +286,112 @@ def _keep_declared_inputs(model: onnx.ModelProto, module: ir.ModuleIR) -> None:
     model.graph.input.extend(ordered + list(present.values()))
 
 
+class ExportError(Exception):
+    """torch.onnx.export failed; the message is the exporter's reason on one line, `log` what it printed."""
+
+    def __init__(self, message: str, log: str = ""):
+        super().__init__(message)
+        self.log = log
+
+
+MAX_REASON = 300  # characters of the exporter's reason kept in the message
+_TORCH_NOISE = (
+    re.compile(r"\s*\[Caused by .*", re.S),  # the offending value, printed as a piece of the Torch IR graph
+    re.compile(r"\s*Please feel free to request support.*?(?=\[Caused by|$)", re.S),
+)
+
+
+def exporter_reason(exc: BaseException) -> str:
+    """The first line of the exporter's message without the graph excerpt and the boilerplate."""
+    lines = str(exc).strip().splitlines()
+    reason = lines[0].strip() if lines else ""
+    for noise in _TORCH_NOISE:
+        reason = noise.sub("", reason)
+    reason = reason.strip() or type(exc).__name__
+    return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."
+
+
+@dataclass
+class _Captured:
+    text: str = ""
+    fds: list[int] = field(default_factory=list)
+
+
+def _flush_c_stdio() -> None:
+    """Flush C stdio buffers (std::cout writes through them) before the descriptors change back."""
+    with contextlib.suppress(OSError, AttributeError, TypeError):  # no C library to ask (Windows): nothing to lose
+        ctypes.CDLL(None).fflush(None)
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[_Captured]:
+    """Send what is written to file descriptors 1 and 2 (by Python, C++ or C) to a temporary file; its
+    text is in the yielded object's `text` after the block, whether or not the block raised.
+    Descriptors that are not open stay as they are."""
+    captured = _Captured()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    python_out, python_err = io.StringIO(), io.StringIO()
+    saved: list[tuple[int, int]] = []
+    with tempfile.TemporaryFile() as sink:
+        try:
+            for fd in (1, 2):
+                try:
+                    saved.append((fd, os.dup(fd)))
+                except OSError:
+                    continue
+                os.dup2(sink.fileno(), fd)
+                captured.fds.append(fd)
+            with contextlib.redirect_stdout(python_out), contextlib.redirect_stderr(python_err):
+                yield captured
+        finally:
+            _flush_c_stdio()
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            captured.text = sink.read().decode("utf-8", "replace") + python_out.getvalue() + python_err.getvalue()
+
+
+def _onnx_log_enabled() -> bool | None:
+    probe = getattr(torch._C, "_jit_is_onnx_log_enabled", None)
+    return bool(probe()) if probe else None
+
+
+def _set_onnx_log(enabled: bool | None) -> None:
+    """torch's setup_onnx_logging switches the exporter's C++ log on and never off; put it back."""
+    setter = getattr(torch._C, "_jit_set_onnx_log_enabled", None)
+    if setter is not None and enabled is not None:
+        setter(enabled)
+
+
 def export(torch_module: torch.nn.Module, program: ir.ProgramIR, module: ir.ModuleIR, path: Path) -> ExportResult:
-    """Export to `path` (written whole; the caller stages it and renames after verification)."""
+    """Export to `path` (written whole; the caller stages it and renames after verification). Raises
+    ExportError, with nothing printed, when the exporter cannot write the model."""
     torch_module.eval()
-    args = example_inputs(module, example_sizes(module))
+    args = example_inputs(module, example_sizes(module), program=program)
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            torch_module,
-            args,
-            buffer,
-            input_names=[p.name for p in module.inputs],
-            output_names=[p.name for p in module.outputs],
-            dynamic_axes=dynamic_axes(module),
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+    log_was = _onnx_log_enabled()
+    try:
+        with captured_output() as printed, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(
+                    torch_module,
+                    args,
+                    buffer,
+                    input_names=[p.name for p in module.inputs],
+                    output_names=[p.name for p in module.outputs],
+                    dynamic_axes=dynamic_axes(module),
+                    opset_version=OPSET,
+                    do_constant_folding=True,
+                    dynamo=False,
+                )
+            finally:
+                _set_onnx_log(log_was)
+    except Exception as exc:
+        raise ExportError(exporter_reason(exc), printed.text) from exc
     model = onnx.load_from_string(buffer.getvalue())
     _keep_declared_inputs(model, module)
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)

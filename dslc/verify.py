@@ -49,8 +49,24 @@ def _float_difference(want: np.ndarray, got: np.ndarray) -> float:
     return float(diff.max(initial=0.0))
 
 
+def verification_inputs(
+    module: ir.ModuleIR, program: ir.ProgramIR | None = None
+) -> list[tuple[dict[str, int], tuple[torch.Tensor, ...]]]:
+    """(sizes, inputs) of each verification run. With `program` (to look into blocks), integer inputs
+    feeding an Embedding hold ids from 0 to the vocabulary size - 1 (dslc.export_onnx.example_inputs)."""
+    runs = []
+    for i, shift in enumerate(VERIFY_SHIFTS):
+        sizes = example_sizes(module, shift)
+        runs.append((sizes, example_inputs(module, sizes, seed=100 + i, program=program)))
+    return runs
+
+
 def verify(
-    torch_module: torch.nn.Module, module: ir.ModuleIR, path: Path, tolerance: float | None = None
+    torch_module: torch.nn.Module,
+    module: ir.ModuleIR,
+    path: Path,
+    tolerance: float | None = None,
+    program: ir.ProgramIR | None = None,
 ) -> VerifyResult:
     tolerance = TOLERANCE if tolerance is None else tolerance
     torch_module.eval()
@@ -61,9 +77,7 @@ def verify(
         result.passed = False
         result.problems.append(f"onnxruntime cannot load the graph: {str(exc).splitlines()[0][:300]}")
         return result
-    for i, shift in enumerate(VERIFY_SHIFTS):
-        sizes = example_sizes(module, shift)
-        inputs = example_inputs(module, sizes, seed=100 + i)
+    for sizes, inputs in verification_inputs(module, program):
         with torch.no_grad():
             expected = torch_module(*inputs)
         expected = expected if isinstance(expected, tuple) else (expected,)

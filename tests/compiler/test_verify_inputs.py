@@ -1,0 +1,186 @@
+"""Build verification exercises every integer input over its whole valid range, and a failed ONNX
+export reports dslc's own error without the exporter's graph dump."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from dslc import ir
+from dslc.build import build, load_generated
+from dslc.checker import check_file
+from dslc.export_onnx import ExportError, example_inputs, example_sizes, export, int_input_bounds
+from dslc.verify import verification_inputs
+from tests.conftest import ROOT, SPECS
+
+# model -> integer input -> (block, Embedding attribute) it feeds; the vocabulary is read from the IR
+EMBEDDED = {
+    "transformer": {
+        "transformer": {
+            "source": ("TransformerEncoder", "token_embedding"),
+            "target_in": ("TransformerDecoder", "token_embedding"),
+        },
+        "encoder": {"source": ("TransformerEncoder", "token_embedding")},
+        "decoder_step": {
+            "token": ("TransformerDecoder", "token_embedding"),
+            "history": ("TransformerDecoder", "token_embedding"),
+        },
+    },
+    "bert_classifier": {
+        "bert_classifier": {
+            "input_ids": ("BertEmbeddings", "word_embeddings"),
+            "token_type_ids": ("BertEmbeddings", "token_type_embeddings"),
+        },
+    },
+    "seq2seq_attention": {
+        "seq2seq_attention": {
+            "source": ("SourceEncoder", "embedding1"),
+            "target_in": ("AttentionDecoder", "embedding1"),
+        },
+        "encoder": {"source": ("SourceEncoder", "embedding1")},
+        "decoder_step": {"token": ("AttentionDecoder", "embedding1")},
+    },
+}
+
+
+def embedding_vocab(program: ir.ProgramIR, block: str, attr: str) -> int:
+    """num_embeddings of the Embedding `attr` in every instance of `block` (they must agree)."""
+    found = {
+        sub.init["num_embeddings"]
+        for module in program.modules
+        if module.kind == "block" and module.spec_name == block
+        for sub in module.submodules
+        if sub.attr == attr and sub.op == "Embedding"
+    }
+    assert len(found) == 1, (block, attr, found)
+    return found.pop()
+
+
+@pytest.mark.parametrize("stem", sorted(EMBEDDED))
+def test_token_ids_cover_the_whole_vocabulary(stem):
+    """Export and verification inputs reach the largest valid id (vocab - 1) and 0, not just 0 and 1."""
+    program = check_file(SPECS / f"{stem}.model")
+    assert sorted(m.spec_name for m in program.exported) == sorted(EMBEDDED[stem])
+    for module in program.exported:
+        feeding = EMBEDDED[stem][module.spec_name]
+        runs = [(example_sizes(module), example_inputs(module, example_sizes(module), program=program))]
+        runs += verification_inputs(module, program)
+        assert len(runs) == 3
+        for sizes, inputs in runs:
+            for port, tensor in zip(module.inputs, inputs, strict=True):
+                if port.type.is_float:
+                    continue
+                where = f"{stem}.{module.spec_name}.{port.name} at {sizes}"
+                vocab = embedding_vocab(program, *feeding[port.name]) if port.name in feeding else 2
+                low, high = int(tensor.min()), int(tensor.max())
+                if tensor.numel() >= 2:
+                    assert (low, high) == (0, vocab - 1), where
+                else:  # one id (batch 1): the largest, where an off-by-one shows
+                    assert low == high == vocab - 1, where
+
+
+def test_bounds_follow_ids_through_blocks_groups_and_shared_layers(write_spec, tmp_path):
+    """Ids are followed through a shared layer, a block's output, a named group and concat/unsqueeze into
+    a block; `positions(ids)` feeds its Embedding with positions, not with the ids."""
+    spec = write_spec("""
+        const vocab = 50
+
+        block Ids() {
+            input ids: int64[batch, time]
+            output same = ids
+            output places = positions(ids, dim=1)
+        }
+
+        block Embed() {
+            input ids: int64[batch, time]
+            output y = ids -> Embedding(vocab, 8)
+        }
+
+        model m {
+            input a: int64[batch, time]
+            input b: int64[batch, time]
+            input c: int64[batch, time]
+            input d: int64[batch, time]
+            input e: int64[batch]
+            input f: int64[batch, time]
+            input n: int64[batch, time]
+            ea = a -> shared: Embedding(30, 4)
+            eb = b -> shared
+            same, places = c -> Ids()
+            ec = (same -> Embedding(20, 4)) + (places -> Embedding(1000, 4))
+            ed = d -> g: (Embedding(40, 4) -> Linear(4))
+            output y = ea + eb + ec + ed
+            output z = concat(unsqueeze(e, 1), f, dim=1) -> Embed()
+            output k = n * 2
+        }
+    """)
+    program = check_file(spec)
+    module = program.model("m")
+    assert int_input_bounds(module, program) == {"a": 30, "b": 30, "c": 20, "d": 40, "e": 50, "f": 50}
+    for sizes, inputs in verification_inputs(module, program):
+        got = {p.name: (int(x.min()), int(x.max())) for p, x in zip(module.inputs, inputs)}
+        assert got["a"] == (0, 29) and got["c"] == (0, 19) and got["f"] == (0, 49) and got["n"] == (0, 1)
+        assert got["e"] == ((49, 49) if sizes["batch"] == 1 else (0, 49))
+    result = build(spec, tmp_path / "out")
+    assert result.models[0].verified
+
+
+def test_build_verifies_the_largest_token_id(tmp_path):
+    """The built graphs are verified with those inputs (and pass)."""
+    result = build(SPECS / "seq2seq_attention.model", tmp_path / "out")
+    assert all(report.verified for report in result.models)
+
+
+FAILING_EXPORT = """
+    model m {
+        input x: float32[batch, 3, 10, 10]
+        output y = x -> pool: AdaptiveAvgPool2d(3)
+    }
+"""
+
+
+def _no_torch_dump(text: str) -> None:
+    lines = text.strip().splitlines()
+    assert len(lines) <= 4, text
+    for line in lines:
+        assert "graph(" not in line and "%" not in line, text
+        assert "Traceback" not in line and "Torch IR" not in line, text
+        assert "pytorch/pytorch/issues" not in line and "[Caused by" not in line, text
+
+
+def test_failed_export_prints_only_dslc_error(write_spec, tmp_path):
+    """`dslc build` of a model the TorchScript exporter cannot write (adaptive pooling to a size that does
+    not divide the input's): one located error and a hint on stderr, nothing on stdout, exit 1."""
+    spec = write_spec(FAILING_EXPORT)
+    result = subprocess.run(
+        [sys.executable, "-m", "dslc.cli", "build", str(spec), "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    _no_torch_dump(result.stderr)
+    assert "error:" in result.stderr and "hint:" in result.stderr, result.stderr
+
+
+def test_export_error_is_short_and_keeps_fds_clean(write_spec, tmp_path, capfd):
+    """export() on a generated module torch cannot lower: a short ExportError, nothing written to fd 1 or 2."""
+    spec = write_spec(FAILING_EXPORT.replace("AdaptiveAvgPool2d(3)", "AdaptiveAvgPool2d(5)"))
+    built = build(spec, tmp_path / "py", export_onnx=False)
+    generated = load_generated(built.python_path)
+    module = built.program.model("m")
+    model = generated.MODELS["m"]().eval()
+    model.pool.output_size = 3  # 3 does not divide 10: the exporter cannot lower adaptive_avg_pool2d
+    capfd.readouterr()
+    with pytest.raises(ExportError) as caught:
+        export(model, built.program, module, tmp_path / "m.onnx")
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    message = str(caught.value)
+    assert "adaptive_avg_pool2d" in message and "\n" not in message, message
+    _no_torch_dump(message)
+    assert "graph(" in caught.value.log  # what the exporter printed is kept for --debug, not shown
+    assert not (tmp_path / "m.onnx").exists()
