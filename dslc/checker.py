@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dslc import ast, consteval, ir
+from dslc import ast, consteval, ir, traced
 from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error
 from dslc.fileio import spec_sha256
+from dslc.generalize import generalize
 from dslc.layers import REGISTRY, AxisName, Op, ShapeError
 from dslc.loader import RESERVED, FileScope, Loader, check_identifier, parse_override
 from dslc.params import BindError, brief, coerce, signature
@@ -71,6 +72,7 @@ def check_file(
     loader.reporter.raise_if_errors()
     program = checker.check_root(root)
     loader.reporter.raise_if_errors()
+    program.classes = generalize(program)
     if program.train is not None:  # the train section, checked by dslc.training (torch-free)
         from dslc.training.check import check_train
 
@@ -117,7 +119,7 @@ class Checker:
                             f"model '{block.name}' has {module.param_count:,} parameters "
                             f"({_gigabytes(module.param_count)} in float32); dslc builds models of up to {MAX_PARAMETERS:,}",
                         )
-                    models.append(module.class_name)
+                    models.append(module.key)
                 except DslcError as exc:
                     self.reporter.extend(exc)
                 except _StatementFailedError:
@@ -220,9 +222,14 @@ class BodyChecker:
         self.scope = scope
         self.hyper = hyper
         self.input_types = input_types
-        self.env: dict[str, Any] = dict(hyper)
+        # Inside a block, each compile-time value remembers how the class computes it (dslc.traced).
+        self.generic = block is not None and not block.is_model
+        self.env: dict[str, Any] = {k: traced.param(k, v) for k, v in hyper.items()} if self.generic else dict(hyper)
         self.dims: dict[str, Any] = {}
+        self.dim_params: list[ir.ClassParam] = []  # the input sizes the block's class may take
         self.body: list[ir.Stmt] = []
+        self.bodies: list[list[ir.Stmt]] = [self.body]  # the innermost last: a compile-time if's arm
+        self.pending: list[ir.Submodule] = []  # created since the last statement
         self.submodules: list[ir.Submodule] = []
         self.collect: list[list[ir.Submodule]] = [self.submodules]
         self.records: list[ir.LayerRecord] = []
@@ -257,11 +264,13 @@ class BodyChecker:
             )
         if not self.outputs and not _declares_output(block.body):  # a failed output was reported already
             self.reporter.error(block.loc, f"'{block.name}' declares no output", "add `output NAME = ...`")
+        if self.pending:  # layers of a statement that emitted no code (none today): keep them in __init__
+            self.body.append(ir.Layers(block.loc, submodules=self._take_pending()))
         signature = block.name
         if block.params:
             signature += "(" + ", ".join(f"{k}={brief(v)}" for k, v in self.hyper.items()) + ")"
         return ir.ModuleIR(
-            class_name=self.checker.class_name_for(block),
+            key=self.checker.class_name_for(block),
             spec_name=block.name,
             kind="model" if block.is_model else "block",
             doc=block.doc,
@@ -276,7 +285,21 @@ class BodyChecker:
             comments=block.comments,
             size_rules=list(self.size_rules.values()),
             layer_count=self.layer_count,
+            class_params=self.dim_params + self._hyper_params() if self.generic else [],
         )
+
+    def _hyper_params(self) -> list[ir.ClassParam]:
+        params = []
+        for param in self.block.params:
+            default, has_default = None, param.default is not None
+            if has_default:
+                default = BodyChecker(self.checker, None, self.scope, {}, None).static(param.default, "a default")
+            params.append(ir.ClassParam(param.name, param.type, default, has_default))
+        return params
+
+    def _take_pending(self) -> list[ir.Submodule]:
+        taken, self.pending = self.pending, []
+        return taken
 
     def statement(self, stmt: ast.Stmt) -> None:
         self.current = stmt
@@ -347,7 +370,7 @@ class BodyChecker:
                     f"'{self.block.name}' is given {len(self.input_types)} input(s); this is input {index + 1}",
                 )
             actual = self.input_types[index]
-            declared = self.tensor_type(stmt.type, actual)
+            declared = self.tensor_type(stmt.type, actual, input_index=index)
         else:
             declared = self.tensor_type(stmt.type, None)
         self.check_size(f"input '{stmt.name}'", [declared], 0, stmt.loc)
@@ -376,16 +399,54 @@ class BodyChecker:
         self.outputs.append(ir.Port(stmt.name, value.type, " ".join(stmt.comments)))
 
     def if_stmt(self, stmt: ast.If) -> None:
-        body = stmt.orelse
-        for cond, branch in stmt.branches:
+        body, taken = stmt.orelse, len(stmt.branches)
+        conditions = []
+        for index, (cond, branch) in enumerate(stmt.branches):
             value = self.static(cond, "an if condition")
             if not isinstance(value, bool):
                 self.fail(cond.loc, f"an if condition must be true or false, got {brief(value)}")
+            conditions.append(self._trace_condition(cond))
             if value:
-                body = branch
+                body, taken = branch, index
                 break
-        for inner in body:
-            self.statement(inner)
+        conditions += [None] * (len(stmt.branches) - len(conditions))  # not evaluated: after the taken arm
+        if self.pending:
+            self.body_now().append(ir.Layers(stmt.loc, submodules=self._take_pending()))
+        arm: list[ir.Stmt] = []
+        self.bodies.append(arm)
+        try:
+            for inner in body:
+                self.statement(inner)
+        finally:
+            self.bodies.pop()
+            self.current = stmt
+        if self.pending:
+            arm.append(ir.Layers(stmt.loc, submodules=self._take_pending()))
+        branch = ir.Branch(stmt.loc, conditions, bool(stmt.orelse), taken, arm)
+        branch.comments = list(stmt.comments)
+        branch.source = _source_text(self.scope, stmt.loc)
+        self.body_now().append(branch)
+
+    def body_now(self) -> list[ir.Stmt]:
+        return self.bodies[-1]
+
+    def _trace_condition(self, cond: ast.Expr) -> Any:
+        """The condition over the block's parameters (`stride != 1 or channels != planes`), for the
+        class's own `if`; None when it reads something else (a call, an index)."""
+        if isinstance(cond, (ast.Num, ast.Str, ast.Bool)):
+            return traced.Lit(cond.value)
+        if isinstance(cond, ast.Name):
+            if self.generic and cond.id in self.hyper:
+                return traced.Param(cond.id)  # a bool parameter is not traced (bool has no subclasses)
+            value = self.env.get(cond.id, self.dims.get(cond.id, self.scope.consts.get(cond.id)))
+            return traced.expr_of(value) if isinstance(value, (bool, int, float, str)) else None
+        if isinstance(cond, ast.BinOp):
+            left, right = self._trace_condition(cond.left), self._trace_condition(cond.right)
+            return None if left is None or right is None else traced.Bin(cond.op, left, right)
+        if isinstance(cond, ast.UnaryOp):
+            operand = self._trace_condition(cond.operand)
+            return None if operand is None else traced.Unary(cond.op, operand)
+        return None
 
     def assign(self, targets: list[str], value: ast.Expr, stmt: ast.Stmt) -> None:
         for name in targets:
@@ -424,7 +485,8 @@ class BodyChecker:
             if current.loc not in self.source_texts:  # a pipeline emits a line per stage: read the text once
                 self.source_texts[current.loc] = _source_text(self.scope, current.loc)
             stmt.source = self.source_texts[current.loc]
-        self.body.append(stmt)
+        stmt.submodules = self._take_pending()
+        self.body_now().append(stmt)
 
     def _new_local(self, name: str, loc: Loc, rebind: bool = False) -> None:
         if not rebind and name in self.env:
@@ -442,7 +504,9 @@ class BodyChecker:
 
     # ------------------------------------------------------------ types
 
-    def tensor_type(self, texpr: ast.TensorTypeExpr, actual: TensorType | None) -> TensorType:
+    def tensor_type(
+        self, texpr: ast.TensorTypeExpr, actual: TensorType | None, input_index: int | None = None
+    ) -> TensorType:
         """Evaluate a declared type. Unknown dim names bind to the actual size (or a new symbol)."""
         if texpr.dtype not in DTYPES:
             self.fail(
@@ -459,9 +523,8 @@ class BodyChecker:
         for i, dexpr in enumerate(texpr.dims):
             if isinstance(dexpr, ast.Name) and dexpr.id not in self.env and dexpr.id not in self.scope.consts:
                 if dexpr.id not in self.dims:
-                    self.dims[dexpr.id] = actual.shape[i] if actual is not None else Sym.named(dexpr.id)
-                    if actual is None:
-                        check_identifier(dexpr.id, dexpr.loc, "dimension")
+                    check_identifier(dexpr.id, dexpr.loc, "dimension")
+                    self.dims[dexpr.id] = self._bind_dim(dexpr.id, actual, i, input_index)
                 dims.append(self.dims[dexpr.id])
                 continue
             value = self.static(dexpr, "a dimension")
@@ -474,6 +537,18 @@ class BodyChecker:
         if actual is not None and declared.shape != actual.shape:
             self.fail(texpr.loc, f"expected {declared}, got {actual}")
         return declared
+
+    def _bind_dim(self, name: str, actual: TensorType | None, axis: int, input_index: int | None) -> Any:
+        """A dimension name's size: a new symbol on a model's input, the size the use gives in a block
+        (traced, so the block's class can take it as an argument: `channels`)."""
+        if actual is None:
+            return Sym.named(name)
+        size = actual.shape[axis]
+        if not self.generic or not isinstance(size, int):
+            return size
+        if input_index is not None:
+            self.dim_params.append(ir.ClassParam(name, "int", input=input_index, axis=axis))
+        return traced.param(name, int(size))
 
     # ------------------------------------------------------------ expressions
 
@@ -888,7 +963,7 @@ class BodyChecker:
                 self.env[name] = self._instance(attr, op, bound, inferred.init)
         else:
             self._record(loc, "", op.name, inferred.outputs, 0)
-        module = f"self.{attr}" if attr and not in_group else attr
+        module = attr
         return ir.OpCall(inferred.outputs, op.name, list(inputs), inferred.init, module, args=bound)
 
     def _instance(self, attr: str, op: Op, bound: dict, init: dict) -> LayerInstance:
@@ -903,7 +978,7 @@ class BodyChecker:
                     f"layer '{attr}' was built for other input sizes; it cannot be reused with {[str(x.type) for x in inputs]}",
                 )
             self.require_sizes(again.outputs, loc, op.name)
-            return ir.OpCall(again.outputs, op.name, list(inputs), init, f"self.{attr}")
+            return ir.OpCall(again.outputs, op.name, list(inputs), init, attr)
 
         return LayerInstance(attr, init, make_call)
 
@@ -914,23 +989,30 @@ class BodyChecker:
         for rule in module.size_rules:
             self.size_rules.setdefault((rule.dim, rule.at_least), rule)
         attr = name or self.auto_attr(_snake(block.name))
+        call_args = _call_args(module, hyper, inputs)
         self.add_submodule(
             ir.Submodule(
-                attr, "block", stage.loc, block=module.class_name, params=module.param_count, layers=module.layer_count
+                attr,
+                "block",
+                stage.loc,
+                block=module.key,
+                call_args=call_args,
+                params=module.param_count,
+                layers=module.layer_count,
             )
         )
-        types = [o.type for o in module.outputs]
+        types = _output_types(module, call_args)
         self._record(stage.loc, attr, module.signature, types, module.param_count)
         if name is not None and len(self.collect) == 1:
             self.env[name] = self._block_instance(attr, block, scope, hyper, module)
-        return ir.ModuleCall(types, f"self.{attr}" if len(self.collect) == 1 else attr, list(inputs))
+        return ir.ModuleCall(types, attr, list(inputs))
 
     def _block_instance(self, attr, block, scope, hyper, module) -> LayerInstance:
         def make_call(inputs, loc):
             again = self.checker.instantiate(block, scope, hyper, [x.type for x in inputs], loc)
             if again is not module:
                 self.fail(loc, f"block '{attr}' was built for other input types; it cannot be reused with these inputs")
-            return ir.ModuleCall([o.type for o in module.outputs], f"self.{attr}", list(inputs))
+            return ir.ModuleCall(_output_types(module, _call_args(module, hyper, inputs)), attr, list(inputs))
 
         return LayerInstance(attr, module, make_call)
 
@@ -991,12 +1073,14 @@ class BodyChecker:
             self.collect.pop()
         kind = "sequential" if not extra else "list"
         params = sum(c.params for c in children)
-        self.add_submodule(ir.Submodule(attr, kind, stage.loc, children=children, params=params, layers=0))
+        self.add_submodule(
+            ir.Submodule(attr, kind, stage.loc, children=children, repeat=count, params=params, layers=0)
+        )
         self._record(stage.loc, attr, f"repeat {count}", [first.type], params)
         if not extra:
-            return ir.ModuleCall([first.type], f"self.{attr}", [first])
+            return ir.ModuleCall([first.type], attr, [first])
         target = self.fresh("h")
-        self.emit(ir.RepeatLoop(self.current.loc, target, f"self.{attr}", first, extra))
+        self.emit(ir.RepeatLoop(self.current.loc, target, attr, first, extra))
         return ir.Var([first.type], target)
 
     def group(self, stage: ast.Group, inputs, name, in_group) -> ir.Expr:
@@ -1028,7 +1112,7 @@ class BodyChecker:
         self.add_submodule(ir.Submodule(name, "sequential", stage.loc, children=children, params=params, layers=0))
         self._record(stage.loc, name, "group", current[0].types, params)
         self.env[name] = LayerInstance(name, None, lambda xs, loc: self._fail_reuse(name, loc))
-        return ir.ModuleCall(current[0].types, f"self.{name}", list(inputs))
+        return ir.ModuleCall(current[0].types, name, list(inputs))
 
     def _fail_reuse(self, name: str, loc: Loc):
         self.fail(loc, f"the group '{name}' cannot be reused; give its layers names instead")
@@ -1046,6 +1130,7 @@ class BodyChecker:
             if sub.attr in self.attrs:
                 self.fail(sub.loc, f"a layer named '{sub.attr}' already exists")
             self.attrs.add(sub.attr)
+            self.pending.append(sub)
         target.append(sub)
 
     def auto_attr(self, prefix: str) -> str:
@@ -1095,6 +1180,17 @@ class BodyChecker:
                     names |= BodyChecker._named_stages(body)
                 names |= BodyChecker._named_stages(stmt.orelse)
         return names
+
+
+def _call_args(module: ir.ModuleIR, hyper: dict[str, Any], inputs: list[ir.Expr]) -> dict[str, Any]:
+    """The block class's arguments at this use, in the caller's terms (traced if the caller is a block)."""
+    args = {p.name: inputs[p.input].type.shape[p.axis] for p in module.class_params if p.input is not None}
+    return args | {k: v for k, v in hyper.items() if k in {p.name for p in module.class_params}}
+
+
+def _output_types(module: ir.ModuleIR, call_args: dict[str, Any]) -> list[TensorType]:
+    """The block's output types with its parameters replaced by the caller's arguments."""
+    return [o.type.with_shape(traced.substitute(tuple(o.type.shape), call_args)) for o in module.outputs]
 
 
 def _gigabytes(count: int) -> str:

@@ -73,15 +73,17 @@ _set_option = click.option(
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--shapes", is_flag=True, help="Print every layer's output shape and parameter count.")
+@click.option("--ir", "show_ir", is_flag=True, help="Print the checked IR as text (stable, diffable).")
 @_set_option
 @_report_errors
-def check(files: tuple[str, ...], shapes: bool, overrides: tuple[str, ...]) -> None:
+def check(files: tuple[str, ...], shapes: bool, show_ir: bool, overrides: tuple[str, ...]) -> None:
     """Parse and shape-check spec files (no torch needed). Exit 0 when clean, 1 on errors.
 
     \b
     Example:
       dslc check specs/*.model
       dslc check specs/mlp.model --shapes --set hidden=16
+      dslc check specs/resnet18.model --ir
     """
     from dslc.checker import check_file
 
@@ -98,6 +100,10 @@ def check(files: tuple[str, ...], shapes: bool, overrides: tuple[str, ...]) -> N
         click.echo(f"{path}: ok ({names}; {params:,} parameters{note})")
         if shapes:
             _print_shapes(program)
+        if show_ir:
+            from dslc.ir_text import dump
+
+            click.echo(dump(program), nl=False)
     if failures:
         raise DslcError(
             [d for f in failures for d in f.diagnostics], {k: v for f in failures for k, v in f.sources.items()}

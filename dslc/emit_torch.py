@@ -10,7 +10,8 @@ from pathlib import Path
 
 from dslc import __version__, ir
 from dslc.layers import HELPERS, REGISTRY
-from dslc.pytext import comment, docstring, docstring_lines, py_literal
+from dslc.pytext import MODULE_ATTRIBUTES, comment, docstring, docstring_lines, py_literal
+from dslc.traced import PREFIX, USED, is_traced, python_expr
 
 INDENT = "    "
 WIDTH = 120  # the generated code is formatted as `ruff format --line-length 120` would
@@ -20,8 +21,8 @@ ATOM = 10
 
 
 def emit_program(program: ir.ProgramIR) -> str:
-    modules = [emit_module(m, Path(program.path).name) for m in program.modules]
-    body = "\n\n\n".join(modules)
+    writer = _ClassWriter(program)
+    body = "\n\n\n".join(writer.write(c) for c in program.classes)
     helpers = sorted({h for m in program.modules for h in m.helpers})
     parts = [_header(program) + "\n\n" + _imports(body, helpers)]
     parts += [HELPERS[h] for h in helpers]
@@ -55,74 +56,209 @@ def _registry(program: ir.ProgramIR) -> str:
     return f"# The models this spec exports, by name.\nMODELS = {{{entries}}}"
 
 
-# ---------------------------------------------------------------- modules
+# ---------------------------------------------------------------- classes
 
 
-def emit_module(module: ir.ModuleIR, spec_file: str) -> str:
-    lines = [f"class {module.class_name}(nn.Module):"]
-    doc = docstring_lines(module.doc) if module.doc else []
-    origin = f"From {spec_file}:{module.loc.line}: {module.kind} {module.signature}."
-    doc = doc + ([""] if doc else []) + docstring_lines(origin)
-    lines += docstring(doc, INDENT)
-    lines.append("")
-    lines += _init(module)
-    lines.append("")
-    lines += _forward(module)
-    return "\n".join(lines)
+class _ClassWriter:
+    """Writes each generated class; remembers each block class's signature for the calls that build it."""
 
+    def __init__(self, program: ir.ProgramIR) -> None:
+        self.program = program
+        self.spec_file = Path(program.path).name
+        self.signatures: dict[str, list[ir.ClassParam]] = {}
 
-def _init(module: ir.ModuleIR) -> list[str]:
-    lines = [f"{INDENT}def __init__(self) -> None:", f"{INDENT * 2}super().__init__()"]
-    for sub in module.submodules:
-        lines += wrap(f"{INDENT * 2}self.{sub.attr} = {constructor(sub)}")
-    return lines
+    def write(self, cls: ir.ClassIR) -> str:
+        module = cls.first
+        lines = [f"class {cls.name}(nn.Module):"]
+        doc = docstring_lines(module.doc) if module.doc else []
+        what = f"{module.kind} {module.signature}" if cls.kind == "model" else f"block {module.spec_name}"
+        doc = doc + ([""] if doc else []) + docstring_lines(f"From {self.spec_file}:{module.loc.line}: {what}.")
+        lines += docstring(doc, INDENT)
+        lines.append("")
+        if cls.kind == "model":
+            init, forward = self._init(cls, [], {}), self._forward(cls, {})
+        else:
+            init, forward = self._generic(cls)
+        return "\n".join([*lines, *init, "", *forward])
 
+    # ------------------------------------------------------------ a block's class
 
-def constructor(sub: ir.Submodule) -> str:
-    if sub.kind == "op":
-        return REGISTRY[sub.op].module(sub.init)
-    if sub.kind == "block":
-        return f"{sub.block}()"
-    children = [constructor(c) for c in sub.children]
-    container = "nn.Sequential" if sub.kind == "sequential" else "nn.ModuleList"
-    if len(children) > 1 and len(set(children)) == 1:
-        generator = f"{children[0]} for _ in range({len(children)})"
-        return f"{container}(*({generator}))" if sub.kind == "sequential" else f"{container}([{generator}])"
-    inner = ", ".join(children)
-    return f"{container}({inner})" if sub.kind == "sequential" else f"{container}([{inner}])"
-
-
-def _forward(module: ir.ModuleIR) -> list[str]:
-    args = ", ".join(f"{p.name}: torch.Tensor" for p in module.inputs)
-    returns = (
-        "torch.Tensor" if len(module.outputs) == 1 else f"tuple[{', '.join(['torch.Tensor'] * len(module.outputs))}]"
-    )
-    lines = wrap(f"{INDENT}def forward(self, {args}) -> {returns}:")
-    for port in module.inputs:
-        lines.append(
-            f"{INDENT * 2}# {port.name}: {comment(str(port.type))}" + (f"  {comment(port.doc)}" if port.doc else "")
+    def _generic(self, cls: ir.ClassIR) -> tuple[list[str], list[str]]:
+        """__init__ and forward() with the block's parameters as arguments, written once for all uses."""
+        candidates = cls.first.class_params
+        attrs = {s.attr for use in cls.uses for s in use.submodules}
+        stored = {p.name: _free_attribute(p.name, attrs) for p in candidates}
+        used_forward: set[str] = set()
+        forward = _with_params({p.name: f"self.{stored[p.name]}" for p in candidates}, used_forward)(
+            lambda: self._forward(cls, {p.name: p.name for p in candidates})
         )
-    traced: set[tuple[int, int]] = set()
-    for stmt in module.body:
-        key = (stmt.loc.line, stmt.loc.col)
-        if key not in traced:
-            traced.add(key)
-            for text in stmt.comments:
-                lines.append(f"{INDENT * 2}# {comment(text)}")
-            lines.append(f"{INDENT * 2}# line {stmt.loc.line}: {comment(_shorten(stmt.source))}")
-        for line in statement(stmt):
-            lines += wrap(INDENT * 2 + line)
-    lines.append(f"{INDENT * 2}return {', '.join(p.name for p in module.outputs)}")
-    return lines
+        used_init: set[str] = set()
+        init_body = _with_params({p.name: p.name for p in candidates}, used_init)(lambda: self._body_init(cls.body))
+        used = used_init | used_forward
+        params = [p for p in candidates if p.input is not None and p.name in used]
+        params += [p for p in candidates if p.input is None and not p.has_default]
+        params += [p for p in candidates if p.input is None and p.has_default]
+        self.signatures[cls.name] = params
+        arguments = "".join(
+            f", {p.name}: {p.type}" + (f" = {py_literal(p.default)}" if p.has_default else "") for p in params
+        )
+        lines = wrap(f"{INDENT}def __init__(self{arguments}) -> None:")
+        lines.append(f"{INDENT * 2}super().__init__()")
+        lines += [f"{INDENT * 2}self.{stored[p.name]} = {p.name}" for p in params if p.name in used_forward]
+        return lines + init_body, forward
+
+    # ------------------------------------------------------------ __init__
+
+    def _init(self, cls: ir.ClassIR, params, prefix) -> list[str]:
+        lines = [f"{INDENT}def __init__(self) -> None:", f"{INDENT * 2}super().__init__()"]
+        return lines + self._body_init(cls.body)
+
+    def _body_init(self, body: list[ir.Stmt], depth: int = 2) -> list[str]:
+        lines: list[str] = []
+        for stmt in body:
+            if isinstance(stmt, ir.Choice):
+                lines += self._choice(stmt, depth, lambda arm, d: self._body_init(arm, d))
+                continue
+            for sub in stmt.submodules:
+                lines += wrap(f"{INDENT * depth}self.{sub.attr} = {self.constructor(sub)}")
+        return lines
+
+    def constructor(self, sub: ir.Submodule) -> str:
+        if sub.kind == "op":
+            return REGISTRY[sub.op].module(sub.init)
+        if sub.kind == "block":
+            return self._block_call(sub)
+        children = [self.constructor(c) for c in sub.children]
+        container = "nn.Sequential" if sub.kind == "sequential" else "nn.ModuleList"
+        if len(children) > 1 and len(set(children)) == 1:
+            count = py_literal(sub.repeat) if sub.repeat is not None else str(len(children))
+            generator = f"{children[0]} for _ in range({count})"
+            return f"{container}(*({generator}))" if sub.kind == "sequential" else f"{container}([{generator}])"
+        inner = ", ".join(children)
+        return f"{container}({inner})" if sub.kind == "sequential" else f"{container}([{inner}])"
+
+    def _block_call(self, sub: ir.Submodule) -> str:
+        """`BasicBlock(64, 128, stride=2)`: required arguments by position, the rest where not the default."""
+        name = self.program.module(sub.block).class_name
+        args = []
+        for param in self.signatures[name]:
+            value = sub.call_args[param.name]
+            if not param.has_default:
+                args.append(py_literal(value))
+            elif is_traced(value) or value != param.default or type(value) is not type(param.default):
+                args.append(f"{param.name}={py_literal(value)}")
+        return f"{name}({', '.join(args)})"
+
+    # ------------------------------------------------------------ forward
+
+    def _forward(self, cls: ir.ClassIR, dim_names: dict[str, str]) -> list[str]:
+        module = cls.first
+        args = ", ".join(f"{p.name}: torch.Tensor" for p in module.inputs)
+        returns = (
+            "torch.Tensor"
+            if len(module.outputs) == 1
+            else f"tuple[{', '.join(['torch.Tensor'] * len(module.outputs))}]"
+        )
+        lines = wrap(f"{INDENT}def forward(self, {args}) -> {returns}:")
+        for port in module.inputs:
+            shown = _type_text(port.type, dim_names) if dim_names else str(port.type)
+            lines.append(
+                f"{INDENT * 2}# {port.name}: {comment(shown)}" + (f"  {comment(port.doc)}" if port.doc else "")
+            )
+        lines += self._body_forward(cls.body, 2, set())
+        lines.append(f"{INDENT * 2}return {', '.join(p.name for p in module.outputs)}")
+        return lines
+
+    def _body_forward(self, body: list[ir.Stmt], depth: int, traced_lines: set[tuple[int, int]]) -> list[str]:
+        lines: list[str] = []
+        indent = INDENT * depth
+        for stmt in body:
+            if isinstance(stmt, ir.Choice):
+                lines += [f"{indent}# {comment(text)}" for text in stmt.comments]
+                lines += self._choice(stmt, depth, lambda arm, d: self._body_forward(arm, d, traced_lines))
+                continue
+            key = (stmt.loc.line, stmt.loc.col)
+            if key not in traced_lines and not isinstance(stmt, ir.Layers):
+                traced_lines.add(key)
+                lines += [f"{indent}# {comment(text)}" for text in stmt.comments]
+                lines.append(f"{indent}# line {stmt.loc.line}: {comment(_shorten(stmt.source))}")
+            for line in statement(stmt):
+                lines += wrap(indent + line)
+        return lines
+
+    # ------------------------------------------------------------ compile-time ifs
+
+    def _choice(self, choice: ir.Choice, depth: int, write) -> list[str]:
+        """`if ...: / elif ...: / else:` over the class's parameters; an arm no use took raises."""
+        if any(c is None for c in choice.conditions):  # every use took one arm: write just that arm
+            (arm,) = [a for a in choice.arms if a is not None and a != []] or [[]]
+            return write(arm, depth)
+        indent = INDENT * depth
+        arms = []
+        for arm in choice.arms:
+            if arm is None:
+                where = f"{self.spec_file}:{choice.loc.line}"
+                message = f"this branch of the spec ({where}) was not compiled: use it in the spec and rebuild"
+                arms.append([f"{INDENT * (depth + 1)}raise NotImplementedError({py_literal(message)})"])
+            else:
+                arms.append(write(arm, depth + 1))
+        while arms and not arms[-1]:  # an empty else (or trailing empty arms) needs no code
+            arms.pop()
+        if not arms:
+            return []
+        lines: list[str] = []
+        for index, arm in enumerate(arms):
+            if index < len(choice.conditions):
+                keyword = "if" if index == 0 else "elif"
+                lines += wrap(f"{indent}{keyword} {python_expr(choice.conditions[index], py_literal)}:")
+            else:
+                lines.append(f"{indent}else:")
+            lines += arm or [f"{INDENT * (depth + 1)}pass"]
+        return lines
+
+
+def _with_params(names: dict[str, str], used: set[str]):
+    """Run `fn` with traced values written by these names, recording which parameters it used."""
+
+    def run(fn):
+        prefix_token, used_token = PREFIX.set(names), USED.set(used)
+        try:
+            return fn()
+        finally:
+            PREFIX.reset(prefix_token)
+            USED.reset(used_token)
+
+    return run
+
+
+def _free_attribute(name: str, attrs: set[str]) -> str:
+    """The attribute forward() reads a parameter from: its name, unless a layer or nn.Module has it."""
+    while name in attrs or name in MODULE_ATTRIBUTES:
+        name += "_"
+    return name
+
+
+def _type_text(t, dim_names: dict[str, str]) -> str:
+    """A block input's type by its dimension names: float32[batch, channels, height, width]."""
+    token = PREFIX.set(dim_names)
+    used = USED.set(None)
+    try:
+        dims = [python_expr(d.expr, py_literal) if is_traced(d) else str(d) for d in t.shape]
+    finally:
+        PREFIX.reset(token)
+        USED.reset(used)
+    return f"{t.dtype}[{', '.join(dims)}]"
 
 
 def statement(stmt: ir.Stmt) -> list[str]:
+    if isinstance(stmt, ir.Layers):
+        return []
     if isinstance(stmt, ir.Assign):
         return [f"{', '.join(stmt.targets)} = {expr(stmt.value)}"]
     if isinstance(stmt, ir.RepeatLoop):
         extra = "".join(f", {expr(e)}" for e in stmt.extra)
         lines = [] if _is_var(stmt.first, stmt.target) else [f"{stmt.target} = {expr(stmt.first)}"]
-        lines += [f"for block in {stmt.module}:", f"{INDENT}{stmt.target} = block({stmt.target}{extra})"]
+        lines += [f"for block in self.{stmt.module}:", f"{INDENT}{stmt.target} = block({stmt.target}{extra})"]
         return lines
     raise TypeError(f"unknown statement {type(stmt).__name__}")
 
@@ -148,14 +284,14 @@ def _expr(e: ir.Expr) -> tuple[str, int]:
         op = REGISTRY[e.op]
         inputs = [expr(x) for x in e.inputs]
         if e.module is not None:
-            return op.call(e.module, inputs, e.init), ATOM
+            return op.call(f"self.{e.module}", inputs, e.init), ATOM
         code = op.functional(inputs, e.init)
         if any(_needs_parens(x) and f"{text}." in code for x, text in zip(e.inputs, inputs)):
             # a method call on a compound operand: `(a + b).flatten(1)`
             code = op.functional([f"({t})" if _needs_parens(x) else t for x, t in zip(e.inputs, inputs)], e.init)
         return code, ATOM
     if isinstance(e, ir.ModuleCall):
-        return f"{e.module}({', '.join(expr(x) for x in e.inputs)})", ATOM
+        return f"self.{e.module}({', '.join(expr(x) for x in e.inputs)})", ATOM
     if isinstance(e, ir.BinOp):
         prec = PRECEDENCE.get(e.op, COMPARE)
         left = _operand(e.left, prec, right_side=e.op == "**")

@@ -95,7 +95,9 @@ class _Drawer:
 
     def body(self, module: ir.ModuleIR, env: dict[str, Any]) -> None:
         subs = {s.attr: s for s in module.submodules}
-        for stmt in module.body:
+        for stmt in module.statements():
+            if isinstance(stmt, ir.Layers):
+                continue
             if isinstance(stmt, ir.RepeatLoop):
                 sub = subs[stmt.module.removeprefix("self.")]
                 first = self.expr(stmt.first, env, subs)[0]

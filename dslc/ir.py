@@ -44,7 +44,7 @@ class OpCall(Expr):
     op: str  # registry key
     inputs: list[Expr]
     init: dict[str, Any]
-    module: str | None  # attribute path of the submodule, None for inline functional ops
+    module: str | None  # the submodule's attribute (`conv1`), None for inline functional ops
     args: dict[str, Any] = field(default_factory=dict)  # the arguments as the spec gave them
 
 
@@ -52,7 +52,7 @@ class OpCall(Expr):
 class ModuleCall(Expr):
     """A call of a block, a named Sequential, or a reused layer."""
 
-    module: str
+    module: str  # the submodule's attribute
     inputs: list[Expr]
 
 
@@ -128,6 +128,7 @@ class Stmt:
     loc: Loc
     comments: list[str] = field(default_factory=list, kw_only=True)
     source: str = field(default="", kw_only=True)  # the spec line, for tracing generated code
+    submodules: list[Submodule] = field(default_factory=list, kw_only=True)  # the layers it creates
 
 
 @dataclass
@@ -138,12 +139,48 @@ class Assign(Stmt):
 
 @dataclass
 class RepeatLoop(Stmt):
-    """`for block in self.<module>: target = block(target, *extra)`."""
+    """`for block in self.<module>: target = block(target, *extra)`; `module` is the attribute."""
 
     target: str
     module: str
     first: Expr
     extra: list[Expr]
+
+
+@dataclass
+class Layers(Stmt):
+    """Layers created by a statement that runs nothing in forward()."""
+
+
+@dataclass
+class Branch(Stmt):
+    """A compile-time `if`: the arm this use takes (`taken`; len(conditions) is the else), and each
+    condition as an expression over the block's parameters (None where it cannot be written so)."""
+
+    conditions: list[Any]
+    has_else: bool
+    taken: int
+    body: list[Stmt]
+
+
+@dataclass
+class Choice(Stmt):
+    """A compile-time `if` of a generated class, merged from its uses: each arm's statements, None for
+    an arm no use took (the class refuses it), [] for an else the spec does not write. When a
+    condition is None (not writable over the parameters) every use took the same arm."""
+
+    conditions: list[Any]
+    has_else: bool
+    arms: list[list[Stmt] | None]
+
+
+def flat_statements(body: list[Stmt]) -> Iterator[Stmt]:
+    """The statements a use runs, the taken arm of each compile-time `if` in place."""
+    for stmt in body:
+        if isinstance(stmt, Branch):
+            yield from flat_statements(stmt.body)
+        else:
+            yield stmt
 
 
 # ---------------------------------------------------------------- modules
@@ -159,6 +196,8 @@ class Submodule:
     block: str | None = None  # class name, for kind == "block"
     args: dict[str, Any] = field(default_factory=dict)  # the op's arguments as the spec gave them
     children: list[Submodule] = field(default_factory=list)
+    call_args: dict[str, Any] = field(default_factory=dict)  # a block's class arguments at this use
+    repeat: Any = None  # the count of a `repeat` (a container of identical children)
     params: int = 0  # learnable parameters, children included
     layers: int = 1  # layers it adds to the model: a block's expanded count, 0 for a container (children count)
 
@@ -182,8 +221,21 @@ class LayerRecord:
 
 
 @dataclass
+class ClassParam:
+    """An argument of a block's generated class: a hyperparameter, or a size of an input (`channels`
+    in `input x: float32[batch, channels, h, w]`, found at `input`, `axis`)."""
+
+    name: str
+    type: str  # int | float | bool | str
+    default: Any = None
+    has_default: bool = False
+    input: int | None = None
+    axis: int | None = None
+
+
+@dataclass
 class ModuleIR:
-    class_name: str
+    key: str  # unique per checked use: BasicBlock, BasicBlock2, ... (each use with other sizes)
     spec_name: str
     kind: str  # model | block
     doc: str | None
@@ -198,10 +250,29 @@ class ModuleIR:
     comments: list[str] = field(default_factory=list)
     size_rules: list[SizeRule] = field(default_factory=list)  # what symbolic sizes must satisfy to run
     layer_count: int = 0  # layers with every block and repeat expanded
+    class_params: list[ClassParam] = field(default_factory=list)  # a block's hyperparameters and input sizes
+    class_name: str = ""  # the generated class (set by dslc.generalize: one per block definition)
+
+    def statements(self) -> Iterator[Stmt]:
+        return flat_statements(self.body)
 
     @property
     def param_count(self) -> int:
         return sum(s.params for s in self.submodules)
+
+
+@dataclass
+class ClassIR:
+    """One generated class: a model, or a block with the uses that share its code."""
+
+    name: str
+    kind: str  # model | block
+    uses: list[ModuleIR]
+    body: list[Stmt]  # Choice where a block's uses took arms of a compile-time if
+
+    @property
+    def first(self) -> ModuleIR:
+        return self.uses[0]
 
 
 @dataclass
@@ -211,14 +282,15 @@ class ProgramIR:
     sha256: str
     doc: str | None
     modules: list[ModuleIR]  # dependencies first
-    models: list[str]  # class names of exported models, in spec order
+    models: list[str]  # keys of exported models, in spec order
     constants: dict[str, Any]
     labels: dict[str, list[str]] = field(default_factory=dict)  # model -> class labels
     vocab: list[str] | None = None  # token strings by id, for text models
     train: Any = None  # the checked training configuration (dslc.training), None when absent
+    classes: list[ClassIR] = field(default_factory=list)  # the generated classes (dslc.generalize)
 
-    def module(self, class_name: str) -> ModuleIR:
-        return next(m for m in self.modules if m.class_name == class_name)
+    def module(self, key: str) -> ModuleIR:
+        return next(m for m in self.modules if m.key == key)
 
     def model(self, spec_name: str) -> ModuleIR:
         return next(m for m in self.modules if m.kind == "model" and m.spec_name == spec_name)

@@ -17,6 +17,8 @@ import sys
 import unicodedata
 from typing import Any
 
+from dslc.traced import PREFIX, is_traced, python_expr
+
 # Names a spec may not give to what becomes a Python variable, class or attribute. Each set is
 # checked against the generated code by tests/compiler/test_names.py, so it cannot fall behind.
 PYTHON_NAMES = frozenset(keyword.kwlist + keyword.softkwlist + [n for n in dir(builtins) if not n.startswith("_")])
@@ -73,7 +75,12 @@ _SHADOWED = frozenset(sys.stdlib_module_names) | {
 
 
 def py_literal(value: Any) -> str:
-    """Python source for a plain value: None, bool, int, float, str, or tuples and lists of them."""
+    """Python source for a plain value: None, bool, int, float, str, or tuples and lists of them.
+
+    Inside a generated block class, a traced value (dslc.traced) is written as its expression over
+    the class's parameters (validated identifiers), e.g. `planes * 4`."""
+    if is_traced(value) and PREFIX.get() is not None:
+        return python_expr(value.expr, py_literal)
     if value is None or isinstance(value, bool):
         return repr(value)
     if isinstance(value, int):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from dslc import ast
+from dslc import ast, traced
 from dslc.errors import Reporter, did_you_mean
 from dslc.layers import REGISTRY
 from dslc.loader import FileScope
@@ -36,7 +36,7 @@ def check_param_value(param: ast.Param, value: Any) -> Any:
     raise TypeError saying what is wrong."""
     expected = PARAM_TYPES[param.type]
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        return traced.trace(float(value), traced.expr_of(value))
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise TypeError(f"'{param.name}' must be {param.type}, got {brief(value)}")
     return value

@@ -14,6 +14,7 @@ from typing import Any
 from dslc.params import Param, brief
 from dslc.pytext import py_literal
 from dslc.shapes import Dim, Sym, TensorType, normalize_axis
+from dslc.traced import is_traced
 
 
 class ShapeError(Exception):
@@ -106,9 +107,17 @@ class Src:
     code: str
 
 
+def differs(value: Any, default: Any) -> bool:
+    """Whether generated code must write the argument: it is not PyTorch's default, or it is a block
+    parameter (`stride=stride` even where this use's stride is 1)."""
+    if isinstance(value, (tuple, list)) and any(is_traced(v) for v in value):
+        return True
+    return is_traced(value) or value != default
+
+
 def non_default(args: dict[str, Any], **defaults: Any) -> dict[str, Any]:
     """The keyword arguments whose value differs from PyTorch's default, for terse generated code."""
-    return {k: args[k] for k, d in defaults.items() if args.get(k) != d}
+    return {k: args[k] for k, d in defaults.items() if differs(args.get(k), d)}
 
 
 # ---------------------------------------------------------------- shape-rule helpers

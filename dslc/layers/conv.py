@@ -12,6 +12,7 @@ from dslc.layers.base import (
     Src,
     check_padding,
     check_positive,
+    differs,
     expect_float,
     expect_rank,
     pair,
@@ -101,7 +102,7 @@ def _conv_src(cls: str):
         extra = {
             k: a[k]
             for k, d in (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1), ("bias", True))
-            if a[k] != d
+            if differs(a[k], d)
         }
         return pycall(f"nn.{cls}", a["in_channels"], a["out_channels"], a["kernel_size"], **extra)
 
@@ -166,7 +167,9 @@ def _convt_infer(args, inputs):
 
 
 def _convt_src(a):
-    extra = {k: a[k] for k, d in (("stride", 1), ("padding", 0), ("output_padding", 0), ("bias", True)) if a[k] != d}
+    extra = {
+        k: a[k] for k, d in (("stride", 1), ("padding", 0), ("output_padding", 0), ("bias", True)) if differs(a[k], d)
+    }
     return pycall("nn.ConvTranspose2d", a["in_channels"], a["out_channels"], a["kernel_size"], **extra)
 
 
@@ -216,8 +219,8 @@ def _pool_infer(n: int, name: str):
 
 def _pool_src(fn: str):
     def functional(xs, a):
-        extra = {"stride": a["stride"]} if a["stride"] != a["kernel_size"] else {}
-        if a["padding"] != 0:
+        extra = {"stride": a["stride"]} if differs(a["stride"], a["kernel_size"]) else {}
+        if differs(a["padding"], 0):
             extra["padding"] = a["padding"]
         return pycall(fn, Src(xs[0]), a["kernel_size"], **extra)
 
@@ -226,8 +229,8 @@ def _pool_src(fn: str):
 
 def _module_src(cls: str):
     def src(a):
-        extra = {"stride": a["stride"]} if a["stride"] != a["kernel_size"] else {}
-        if a["padding"] != 0:
+        extra = {"stride": a["stride"]} if differs(a["stride"], a["kernel_size"]) else {}
+        if differs(a["padding"], 0):
             extra["padding"] = a["padding"]
         return pycall(f"nn.{cls}", a["kernel_size"], **extra)
 

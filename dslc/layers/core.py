@@ -18,6 +18,7 @@ from dslc.layers.base import (
     resolve_axis,
     static,
 )
+from dslc.pytext import py_literal
 from dslc.shapes import Sym, TensorType, numel
 
 
@@ -223,7 +224,7 @@ register(
         category="shape",
         module=_flatten_src,
         functional=lambda xs, a: (
-            f"{xs[0]}.flatten({a['start_dim']}, {a['end_dim']})"
+            f"{xs[0]}.flatten({py_literal(a['start_dim'])}, {py_literal(a['end_dim'])})"
             if (a["start_dim"], a["end_dim"]) != (1, -1)
             else f"{xs[0]}.flatten(1)"
         ),
@@ -291,7 +292,7 @@ def _dim_source(d, x: TensorType):
 
 
 def _reshape_src(xs, a):
-    parts = [f"{xs[0]}.size({t[1]})" if isinstance(t, tuple) else str(int(t)) for t in a["target"]]
+    parts = [f"{xs[0]}.size({t[1]})" if isinstance(t, tuple) else py_literal(t) for t in a["target"]]
     return f"{xs[0]}.reshape({', '.join(parts)})"
 
 
@@ -326,7 +327,7 @@ register(
         params=(Param("dims", "axes", (), "the new order"),),
         infer=_permute_infer,
         category="shape",
-        functional=lambda xs, a: f"{xs[0]}.permute({', '.join(map(str, a['dims']))})",
+        functional=lambda xs, a: f"{xs[0]}.permute({', '.join(map(py_literal, a['dims']))})",
         prefix="permute",
         aliases=("permute",),
         example="x -> Permute(0, 2, 1)",

@@ -8,11 +8,13 @@ from dslc.layers.base import (
     Param,
     ShapeError,
     Src,
+    differs,
     expect_float,
     pycall,
     register,
     resolve_axis,
 )
+from dslc.pytext import py_literal
 from dslc.shapes import Dim, Sym, TensorType, broadcast
 
 # ---------------------------------------------------------------- activations
@@ -25,10 +27,10 @@ def _same(args, inputs):
 
 def _activation(name, alias, doc, torch_fn, params=(), module_args=()):
     def functional(xs, a):
-        return pycall(torch_fn, Src(xs[0]), **{k: a[k] for k, _ in module_args if a[k] != dict(module_args)[k]})
+        return pycall(torch_fn, Src(xs[0]), **{k: a[k] for k, _ in module_args if differs(a[k], dict(module_args)[k])})
 
     def module(a):
-        return pycall(f"nn.{name}", **{k: a[k] for k, _ in module_args if a[k] != dict(module_args)[k]})
+        return pycall(f"nn.{name}", **{k: a[k] for k, _ in module_args if differs(a[k], dict(module_args)[k])})
 
     register(
         Op(
@@ -302,7 +304,7 @@ for _name, _fn, _stack in (("concat", "torch.cat", False), ("stack", "torch.stac
             params=(Param("dim", "axis", -1 if not _stack else 0, "the dimension"),),
             infer=_join_infer(_name, _stack),
             category="function",
-            functional=lambda xs, a, f=_fn: f"{f}([{', '.join(xs)}], dim={a['dim']})",
+            functional=lambda xs, a, f=_fn: f"{f}([{', '.join(xs)}], dim={py_literal(a['dim'])})",
             inputs=(1, 64),
             prefix=_name,
             aliases=("cat",) if _name == "concat" else (),
@@ -332,7 +334,7 @@ register(
         params=(Param("parts", "int", doc="number of pieces"), Param("dim", "axis", -1, "the dimension")),
         infer=_split_infer,
         category="function",
-        functional=lambda xs, a: f"{xs[0]}.chunk({a['parts']}, dim={a['dim']})",
+        functional=lambda xs, a: f"{xs[0]}.chunk({py_literal(a['parts'])}, dim={py_literal(a['dim'])})",
         prefix="split",
         aliases=("chunk",),
         example="mu, logvar = split(h, 2, dim=-1)",
@@ -361,7 +363,7 @@ register(
         params=(Param("dim0", "axis", -2, "first dimension"), Param("dim1", "axis", -1, "second dimension")),
         infer=_transpose_infer,
         category="function",
-        functional=lambda xs, a: f"{xs[0]}.transpose({a['dim0']}, {a['dim1']})",
+        functional=lambda xs, a: f"{xs[0]}.transpose({py_literal(a['dim0'])}, {py_literal(a['dim1'])})",
         prefix="transpose",
         example="scores = q @ transpose(k)",
         shape_rule="two dimensions swapped",
@@ -383,7 +385,7 @@ register(
         params=(Param("dim", "axis", doc="where the new dimension goes"),),
         infer=_unsqueeze_infer,
         category="function",
-        functional=lambda xs, a: f"{xs[0]}.unsqueeze({a['dim']})",
+        functional=lambda xs, a: f"{xs[0]}.unsqueeze({py_literal(a['dim'])})",
         prefix="unsqueeze",
         example="x = unsqueeze(x, 1)",
         shape_rule="rank + 1",
@@ -406,7 +408,7 @@ register(
         params=(Param("dim", "axis", doc="the dimension to remove"),),
         infer=_squeeze_infer,
         category="function",
-        functional=lambda xs, a: f"{xs[0]}.squeeze({a['dim']})",
+        functional=lambda xs, a: f"{xs[0]}.squeeze({py_literal(a['dim'])})",
         prefix="squeeze",
         example="x = squeeze(x, 1)",
         shape_rule="rank - 1",
@@ -477,7 +479,7 @@ register(
         params=(Param("dim", "axis", 1, "the dimension to count along (a size name such as time works)"),),
         infer=_positions_infer,
         category="function",
-        functional=lambda xs, a: f"torch.arange({xs[0]}.size({a['dim']}), device={xs[0]}.device)",
+        functional=lambda xs, a: f"torch.arange({xs[0]}.size({py_literal(a['dim'])}), device={xs[0]}.device)",
         prefix="positions",
         example="pos = positions(tokens, dim=time) -> Embedding(max_len, d_model)",
         shape_rule="[..., n, ...] -> int64[n]",

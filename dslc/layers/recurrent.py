@@ -8,6 +8,7 @@ from dslc.layers.base import (
     Param,
     ShapeError,
     check_positive,
+    differs,
     expect_float,
     expect_rank,
     helper,
@@ -17,6 +18,7 @@ from dslc.layers.base import (
     static,
 )
 from dslc.params import brief
+from dslc.pytext import py_literal
 from dslc.shapes import TensorType
 
 RETURNS = ("sequence", "last", "state", "all")
@@ -85,7 +87,7 @@ def _rnn_module(name: str):
         extra = non_default(a, layers=1, bias=True, dropout=0.0, bidirectional=False)
         if "layers" in extra:
             extra["num_layers"] = extra.pop("layers")
-        if name == "RNN" and a["nonlinearity"] != "tanh":
+        if name == "RNN" and differs(a["nonlinearity"], "tanh"):
             extra["nonlinearity"] = a["nonlinearity"]
         return pycall(f"nn.{name}", a["input_size"], a["hidden_size"], batch_first=True, **extra)
 
@@ -104,7 +106,7 @@ def _rnn_forward(name: str):
             return f"{call}[0]"
         if returns == "last":
             h_n = f"{call}[1][0]" if name == "LSTM" else f"{call}[1]"
-            return f"final_hidden({h_n}, {a['directions']})"
+            return f"final_hidden({h_n}, {py_literal(a['directions'])})"
         if returns == "state":
             return f"{call}[1]"
         return f"flat_lstm({call})" if name == "LSTM" else call

@@ -1,0 +1,132 @@
+"""Pass 3, generalisation: the checked uses of each block become one class.
+
+The checker checks a block once per distinct use (hyperparameters and input sizes), so each use has
+exact shapes. Here the uses of one block definition are merged into one class whose constructor
+takes the hyperparameters and input sizes (`BasicBlock(channels, planes, stride)`): two uses merge
+when their statements and layers are the same once every traced value (dslc.traced) is read as its
+expression over the parameters; each compile-time `if` keeps the arms the uses took. Uses that
+still differ (a size computed in a way the trace cannot follow) become further classes, so the
+generated code is always right for every use, and general wherever the trace reaches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from dslc import ir, traced
+from dslc.errors import Loc
+from dslc.shapes import Sym, TensorType
+
+# Fields that differ between uses without changing the code: shapes, parameter counts, notes.
+_SIZE_FIELDS = {"types", "params", "layers", "comments", "source", "loc", "records"}
+
+
+def generalize(program: ir.ProgramIR) -> list[ir.ClassIR]:
+    """One class per block definition (more only where uses cannot share code) and one per model."""
+    groups: dict[Any, list[ir.ModuleIR]] = {}
+    for module in program.modules:
+        definition = (module.kind, module.spec_name, module.loc) if module.kind == "block" else module.key
+        groups.setdefault(definition, []).append(module)
+    classes: list[ir.ClassIR] = []
+    class_of: dict[str, str] = {}  # instance key -> class name, for the keys of calls to blocks
+    for uses in groups.values():
+        first = uses[0]
+        if first.kind == "model":
+            parts = [(uses, list(first.statements()))]
+        else:
+            parts = _merge_uses(uses, class_of)
+        for members, body in parts:
+            cls = ir.ClassIR(members[0].key, members[0].kind, members, body)
+            for member in members:
+                member.class_name = cls.name
+                class_of[member.key] = cls.name
+            classes.append(cls)
+    return classes
+
+
+def _merge_uses(uses: list[ir.ModuleIR], class_of: dict[str, str]) -> list[tuple[list[ir.ModuleIR], list]]:
+    """Uses grouped into as few classes as share code, each with its merged body."""
+    parts: list[tuple[list[ir.ModuleIR], list]] = []
+    for use in uses:
+        for index, (members, _) in enumerate(parts):
+            merged = merge_bodies([m.body for m in [*members, use]], class_of)
+            if merged is not None:
+                parts[index] = ([*members, use], merged)
+                break
+        else:
+            parts.append(([use], merge_bodies([use.body], class_of)))
+    return parts
+
+
+def merge_bodies(bodies: list[list[ir.Stmt]], class_of: dict[str, str]) -> list[ir.Stmt] | None:
+    """The uses' statements as one body, or None when they differ beyond the arms of an `if`."""
+    if len({len(b) for b in bodies}) != 1:
+        return None
+    merged: list[ir.Stmt] = []
+    for stmts in zip(*bodies):
+        first = stmts[0]
+        if isinstance(first, ir.Branch):
+            choice = _merge_branches(stmts, class_of)
+            if choice is None:
+                return None
+            merged.append(choice)
+        elif all(generic_key(s, class_of) == generic_key(first, class_of) for s in stmts[1:]):
+            merged.append(first)
+        else:
+            return None
+    return merged
+
+
+def _merge_branches(branches: tuple[ir.Stmt, ...], class_of: dict[str, str]) -> ir.Choice | None:
+    first = branches[0]
+    if not all(isinstance(b, ir.Branch) and b.loc == first.loc for b in branches):
+        return None
+    arms_count = len(first.conditions) + 1  # the last arm is the else (empty when the spec has none)
+    taken = {b.taken for b in branches}
+    conditions = []
+    for i in range(len(first.conditions)):
+        known = [b.conditions[i] for b in branches if b.conditions[i] is not None]
+        conditions.append(known[0] if known else None)
+    if len(taken) > 1 and any(c is None for c in conditions):
+        return None  # the uses take different arms of an if that cannot be written over the parameters
+    arms: list[list[ir.Stmt] | None] = []
+    for arm in range(arms_count):
+        bodies = [b.body for b in branches if b.taken == arm]
+        if not bodies:
+            arms.append([] if arm == arms_count - 1 and not first.has_else else None)
+            continue
+        body = merge_bodies(bodies, class_of)
+        if body is None:
+            return None
+        arms.append(body)
+    choice = ir.Choice(first.loc, conditions, first.has_else, arms)
+    choice.comments, choice.source = first.comments, first.source
+    return choice
+
+
+def generic_key(value: Any, class_of: dict[str, str]) -> Any:
+    """What the generated code of `value` depends on: traced values by their expression, sizes not."""
+    if traced.is_traced(value):
+        return ("param", value.expr)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return (type(value).__name__, value)
+    if isinstance(value, (tuple, list)):
+        return ("seq", tuple(generic_key(v, class_of) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple((k, generic_key(v, class_of)) for k, v in value.items()))
+    if isinstance(value, (Sym, TensorType, Loc)):
+        return ("size", str(value))
+    if isinstance(value, ir.Submodule) and value.kind == "block":
+        rest = dataclasses.replace(value, block=class_of.get(value.block, value.block))
+        return _fields_key(rest, class_of)
+    if dataclasses.is_dataclass(value):
+        return _fields_key(value, class_of)
+    return ("other", repr(value))
+
+
+def _fields_key(value: Any, class_of: dict[str, str]) -> Any:
+    fields = tuple(
+        generic_key(getattr(value, f.name), class_of) for f in dataclasses.fields(value) if f.name not in _SIZE_FIELDS
+    )
+    return (type(value).__name__, fields)

@@ -1,0 +1,150 @@
+"""The generalisation pass: the uses of each block become one class with the block's parameters."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from dslc import traced
+from dslc.build import load_generated
+from dslc.checker import check_file
+from dslc.emit_torch import emit_program
+from dslc.layers import HELPERS
+from tests.conftest import SPECS
+
+SPEC_FILES = sorted(SPECS.glob("*.model"))
+HELPER_CLASSES = {m.group(1) for source in HELPERS.values() for m in re.finditer(r"^class (\w+)", source, re.M)}
+
+
+def generated_classes(source: str) -> dict[str, str]:
+    """class name -> its body, for the classes generated from blocks and models (not helpers)."""
+    parts = re.split(r"^class (\w+)\(nn\.Module\):\n", source, flags=re.M)
+    bodies = dict(zip(parts[1::2], parts[2::2]))
+    return {name: body.split("\n\n\n")[0] for name, body in bodies.items() if name not in HELPER_CLASSES}
+
+
+@pytest.mark.parametrize("spec", SPEC_FILES, ids=lambda p: p.stem)
+def test_one_class_per_block_definition_and_per_model(spec):
+    program = check_file(spec)
+    definitions = {(m.kind, m.spec_name) for m in program.modules}
+    classes = generated_classes(emit_program(program))
+    assert len(classes) == len(definitions), sorted(classes)
+    bodies = [re.sub(r'""".*?"""', "", body, flags=re.S) for body in classes.values()]
+    assert len(set(bodies)) == len(bodies), "two generated classes have the same code"
+
+
+def test_resnet18_reads_like_torchvision():
+    source = emit_program(check_file(SPECS / "resnet18.model"))
+    assert source.count("class BasicBlock(") == 1
+    assert "def __init__(self, channels: int, planes: int, stride: int = 1) -> None:" in source
+    assert "self.conv1 = nn.Conv2d(channels, planes, 3, stride=stride, padding=1, bias=False)" in source
+    assert "if stride != 1 or channels != planes:" in source  # the downsample, built where it is needed
+    assert "self.layer1 = nn.Sequential(*(BasicBlock(64, 64) for _ in range(2)))" in source
+    assert "self.layer2 = nn.Sequential(BasicBlock(64, 128, stride=2), BasicBlock(128, 128))" in source
+
+
+def test_a_generated_block_class_works_for_sizes_no_use_had(tmp_path):
+    """The class is general: BasicBlock(32, 48, stride=2) was never in the spec, yet builds and runs."""
+    path = tmp_path / "resnet18.py"
+    path.write_text(emit_program(check_file(SPECS / "resnet18.model")))
+    module = load_generated(path)
+    block = module.BasicBlock(32, 48, stride=2).eval()
+    assert hasattr(block, "downsample")
+    assert block(torch.randn(2, 32, 10, 10)).shape == (2, 48, 5, 5)
+    same = module.BasicBlock(48, 48).eval()
+    assert not hasattr(same, "downsample")
+    assert same(torch.randn(1, 48, 7, 7)).shape == (1, 48, 7, 7)
+
+
+def test_an_arm_no_use_takes_refuses_to_build(write_spec, tmp_path):
+    path = write_spec("""
+        block Scale(wide: bool = false) {
+            input x: float32[batch, c]
+            if wide {
+                output y = x -> Linear(c * 2)
+            } else {
+                output y = x -> Linear(c)
+            }
+        }
+        model m {
+            input x: float32[batch, 4]
+            output y = x -> Scale() -> Scale()
+        }
+    """)
+    source = emit_program(check_file(path))
+    assert "def __init__(self, c: int, wide: bool = False) -> None:" in source
+    assert "raise NotImplementedError(" in source  # the `wide` arm was never checked
+    out = tmp_path / "t.py"
+    out.write_text(source)
+    module = load_generated(out)
+    assert module.Scale(5)(torch.randn(2, 5)).shape == (2, 5)
+    with pytest.raises(NotImplementedError, match="was not compiled"):
+        module.Scale(5, wide=True)
+
+
+def test_both_arms_used_give_one_class_with_an_if(write_spec, tmp_path):
+    path = write_spec("""
+        block Scale(wide: bool = false) {
+            input x: float32[batch, c]
+            if wide {
+                output y = x -> Linear(c * 2)
+            } else {
+                output y = x -> Linear(c)
+            }
+        }
+        model m {
+            input x: float32[batch, 4]
+            output y = x -> Scale(wide=true) -> Scale()
+        }
+    """)
+    source = emit_program(check_file(path))
+    assert "NotImplementedError" not in source
+    assert "if wide:\n            self.fc1 = nn.Linear(c, c * 2)" in source
+    assert "self.scale1 = Scale(4, wide=True)" in source and "self.scale2 = Scale(8)" in source
+    out = tmp_path / "t.py"
+    out.write_text(source)
+    model = load_generated(out).MODELS["m"]()
+    assert model(torch.randn(3, 4)).shape == (3, 8)
+
+
+def test_a_block_calling_a_block_passes_its_parameters(write_spec):
+    source = emit_program(
+        check_file(
+            write_spec("""
+        block Mlp(hidden: int) {
+            input x: float32[batch, d]
+            output y = x -> Linear(hidden) -> ReLU -> Linear(d)
+        }
+        block Residual(hidden: int, scale: float = 0.5) {
+            input x: float32[batch, d]
+            output y = x + (x -> Mlp(hidden * 2)) * scale
+        }
+        model m {
+            input x: float32[batch, 8]
+            output y = x -> Residual(16) -> Residual(32, scale=0.25)
+        }
+    """)
+        )
+    )
+    assert "self.mlp1 = Mlp(d, hidden * 2)" in source
+    assert "y = x + self.mlp1(x) * self.scale" in source
+    assert "Residual(8, 16)" in source and "Residual(8, 32, scale=0.25)" in source
+
+
+def test_traced_arithmetic_keeps_the_expression():
+    planes, stride = traced.param("planes", 64), traced.param("stride", 2)
+    size = (planes * 4) // stride + 1
+    assert size == 129 and isinstance(size, int)
+    with pytest.raises(KeyError):  # outside a class no parameter has a name: a value must not leak there
+        traced.python_expr(size.expr, repr)
+    token = traced.PREFIX.set({"planes": "planes", "stride": "self.stride"})
+    try:
+        assert traced.python_expr(size.expr, repr) == "planes * 4 // self.stride + 1"
+        assert traced.python_expr((3 - planes).expr, repr) == "3 - planes"
+        assert traced.python_expr((planes - (stride - 1)).expr, repr) == "planes - (self.stride - 1)"
+    finally:
+        traced.PREFIX.reset(token)
+    assert traced.plain(planes) == 64 and type(traced.plain(planes)) is int
+    assert {planes: "a"}[64] == "a"  # hashes and compares as its number
