@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dslc import ast, consteval, ir, traced
+from dslc.cse import eliminate_common_subexpressions
 from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error
 from dslc.fileio import spec_sha256
 from dslc.generalize import generalize
@@ -72,11 +73,13 @@ def check_file(
     loader.reporter.raise_if_errors()
     program = checker.check_root(root)
     loader.reporter.raise_if_errors()
+    eliminate_common_subexpressions(program)
     program.classes = generalize(program)
-    if program.train is not None:  # the train section, checked by dslc.training (torch-free)
+    train = next((i for i in root.program.items if isinstance(i, ast.TrainDef)), None)
+    if train is not None:  # the train section, checked by dslc.training (torch-free)
         from dslc.training.check import check_train
 
-        program.train = check_train(program, program.train, loader.reporter, train_overrides)
+        program.train = check_train(program, train, loader.reporter, train_overrides)
         loader.reporter.raise_if_errors()
     return program
 
@@ -137,7 +140,6 @@ class Checker:
             modules=list(self.modules),
             models=models,
             constants=dict(root.consts),
-            train=next((i for i in root.program.items if isinstance(i, ast.TrainDef)), None),
         )
 
     def _check_size_rules(self, module: ir.ModuleIR) -> None:

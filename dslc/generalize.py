@@ -12,6 +12,7 @@ generated code is always right for every use, and general wherever the trace rea
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 from dslc import ir, traced
@@ -30,6 +31,7 @@ def generalize(program: ir.ProgramIR) -> list[ir.ClassIR]:
         groups.setdefault(definition, []).append(module)
     classes: list[ir.ClassIR] = []
     class_of: dict[str, str] = {}  # instance key -> class name, for the keys of calls to blocks
+    _KEYS.clear()
     for uses in groups.values():
         first = uses[0]
         if first.kind == "model":
@@ -42,6 +44,7 @@ def generalize(program: ir.ProgramIR) -> list[ir.ClassIR]:
                 member.class_name = cls.name
                 class_of[member.key] = cls.name
             classes.append(cls)
+    _KEYS.clear()
     return classes
 
 
@@ -71,7 +74,7 @@ def merge_bodies(bodies: list[list[ir.Stmt]], class_of: dict[str, str]) -> list[
             if choice is None:
                 return None
             merged.append(choice)
-        elif all(generic_key(s, class_of) == generic_key(first, class_of) for s in stmts[1:]):
+        elif all(_statement_key(s, class_of) == _statement_key(first, class_of) for s in stmts[1:]):
             merged.append(first)
         else:
             return None
@@ -105,6 +108,16 @@ def _merge_branches(branches: tuple[ir.Stmt, ...], class_of: dict[str, str]) -> 
     return choice
 
 
+_KEYS: dict[int, tuple[ir.Stmt, Any]] = {}  # id(statement) -> (statement, key): merging compares them often
+
+
+def _statement_key(stmt: ir.Stmt, class_of: dict[str, str]) -> Any:
+    cached = _KEYS.get(id(stmt))
+    if cached is None or cached[0] is not stmt:
+        cached = _KEYS[id(stmt)] = (stmt, generic_key(stmt, class_of))
+    return cached[1]
+
+
 def generic_key(value: Any, class_of: dict[str, str]) -> Any:
     """What the generated code of `value` depends on: traced values by their expression, sizes not."""
     if traced.is_traced(value):
@@ -125,8 +138,11 @@ def generic_key(value: Any, class_of: dict[str, str]) -> Any:
     return ("other", repr(value))
 
 
+@functools.cache
+def _code_fields(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in _SIZE_FIELDS)
+
+
 def _fields_key(value: Any, class_of: dict[str, str]) -> Any:
-    fields = tuple(
-        generic_key(getattr(value, f.name), class_of) for f in dataclasses.fields(value) if f.name not in _SIZE_FIELDS
-    )
+    fields = tuple(generic_key(getattr(value, name), class_of) for name in _code_fields(type(value)))
     return (type(value).__name__, fields)

@@ -20,9 +20,11 @@ def dump(program: ir.ProgramIR) -> str:
     lines = [f"program {comment(program.module_name)} (sha256 {program.sha256[:16]})"]
     for module in program.modules:
         lines += ["", *_module(module)]
+    if program.classes:
+        lines.append("")
     for cls in program.classes:
         uses = ", ".join(u.key for u in cls.uses)
-        lines += ["", f"class {cls.name} ({cls.kind}): {uses}"]
+        lines.append(f"class {cls.name} ({cls.kind}): {uses}")
     return "\n".join(lines) + "\n"
 
 

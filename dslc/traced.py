@@ -70,11 +70,12 @@ def _traced_op(op: str, swap: bool = False):
             return NotImplemented
         left, right = (other, self) if swap else (self, other)
         result = fn(_plain(left), _plain(right))
+        # One side is traced, so the result reads a parameter: no need to look (trace() would).
         if _is_identity(op, right) and not isinstance(result, float):  # x + 0, x * 1, x // 1: still x
-            return trace(result, expr_of(left))
+            return _wrap(result, expr_of(left))
         if op in ("+", "-") and not is_traced(right) and right < 0:  # x + -1 reads as x - 1
-            return trace(result, Bin("-" if op == "+" else "+", expr_of(left), Lit(-right)))
-        return trace(result, Bin(op, expr_of(left), expr_of(right)))
+            return _wrap(result, Bin("-" if op == "+" else "+", expr_of(left), Lit(-right)))
+        return _wrap(result, Bin(op, expr_of(left), expr_of(right)))
 
     return method
 
@@ -171,6 +172,16 @@ def trace(value: Any, expr: TraceExpr) -> Any:
         return TracedFloat(value, expr)
     if isinstance(value, str):
         return TracedStr(value, expr)
+    return value
+
+
+def _wrap(value: Any, expr: TraceExpr) -> Any:
+    if isinstance(value, bool) or isinstance(expr, Lit):
+        return value
+    if isinstance(value, int):
+        return TracedInt(value, expr)
+    if isinstance(value, float):
+        return TracedFloat(value, expr)
     return value
 
 

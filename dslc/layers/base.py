@@ -58,6 +58,7 @@ class Op:
     prefix: str = "layer"  # stem of generated attribute names: conv1, fc2, ...
     aliases: tuple[str, ...] = ()
     helpers: tuple[str, ...] = ()  # names of helper functions (HELPERS) the emitted code calls
+    repeats_input: bool = False  # the code reads its input twice (`x.reshape(x.size(0), ...)`): pass a name
     example: str = ""
     shape_rule: str = ""  # the rule in words, for the reference
     param_count: Callable[[dict[str, Any]], int] = lambda init: 0

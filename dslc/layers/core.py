@@ -304,6 +304,7 @@ register(
         infer=_reshape_infer,
         category="shape",
         functional=_reshape_src,
+        repeats_input=True,
         prefix="reshape",
         aliases=("reshape",),
         example="z -> Reshape(batch, 1, 28, 28)",

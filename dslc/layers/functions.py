@@ -480,6 +480,7 @@ register(
         infer=_positions_infer,
         category="function",
         functional=lambda xs, a: f"torch.arange({xs[0]}.size({py_literal(a['dim'])}), device={xs[0]}.device)",
+        repeats_input=True,
         prefix="positions",
         example="pos = positions(tokens, dim=time) -> Embedding(max_len, d_model)",
         shape_rule="[..., n, ...] -> int64[n]",

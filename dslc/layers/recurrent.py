@@ -261,6 +261,7 @@ register(
         category="layer",
         module=_mha_module,
         forward=_mha_forward,
+        repeats_input=True,  # self-attention passes its one input as query, key and value
         inputs=(1, 3),
         prefix="attn",
         param_count=lambda a: (

@@ -669,7 +669,7 @@ class TrainChecker:
             problem = "size"
         if problem:
             hint = None
-            if self.program.train is not None and problem == "size":
+            if problem == "size":
                 hint = "change the data set's size options (e.g. digits(image_size=28)) or the model input"
             if problem == "dtype":
                 hint = "convert with float(x)" if want.is_float else None
