@@ -37,7 +37,12 @@ print(json.dumps(out))
 def generated_sizes(checkout: Path) -> dict[str, dict[str, int]]:
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     result = subprocess.run(
-        [sys.executable, "-c", _MEASURE, *map(str, SPECS)], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", _MEASURE, *map(str, SPECS)],
+        env=env,
+        cwd=checkout,  # `python -c` puts the working folder first on sys.path
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(result.stdout)
 
@@ -47,7 +52,9 @@ def check_time(checkout: Path, spec: Path, repeat: int) -> float:
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "dslc.cli", "check", str(spec)], env=env, capture_output=True, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "dslc.cli", "check", str(spec)], env=env, cwd=checkout, capture_output=True, check=True
+        )
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
