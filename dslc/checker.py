@@ -13,25 +13,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dslc import ast, consteval, ir, traced
+from dslc import ast, consteval, ir, tensor_rules, traced
 from dslc.cse import eliminate_common_subexpressions
 from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error
 from dslc.fileio import spec_sha256
 from dslc.generalize import generalize
+from dslc.layer_table import LayerTable
 from dslc.layers import REGISTRY, AxisName, Op, ShapeError
 from dslc.loader import RESERVED, FileScope, Loader, check_identifier, parse_override
 from dslc.params import BindError, brief, coerce, signature
 from dslc.pytext import PYTHON_NAMES
-from dslc.resolve import PARAM_TYPES, check_param_value, resolve_blocks
-from dslc.shapes import DTYPES, FLOOR_ATOMS, MAX_EXAMPLE_SIZE, SizeRule, Sym, TensorType, broadcast, solve_sizes
+from dslc.resolve import PARAM_TYPES, check_param_value, declared_names, named_stages, resolve_blocks
+from dslc.shapes import DTYPES, FLOOR_ATOMS, MAX_EXAMPLE_SIZE, SizeRule, Sym, TensorType, solve_sizes
 
 MAX_BLOCK_INSTANCES = 1_000  # distinct (block, arguments, input types): blocks calling blocks can fan out
-MAX_LAYERS = 20_000  # layers of one model with every block and repeat expanded (ResNet-152 has about 500)
 MAX_LAYER_INT = 2**31 - 1  # PyTorch and the ONNX exporter pass layer arguments as 32-bit ints
 MAX_INLINE_NESTING = 16  # a nested pipeline deeper than this is split into assignments (CPython allows 200)
 MAX_PARAMETERS = 250_000_000  # 1 GB of float32: a single ONNX file holds 2 GB, and build keeps about 4 copies
 MAX_ELEMENTS = 2**28  # per example (symbolic sizes count as 1): 1 GB of float32
-COMPARISONS = {"==", "!=", "<", "<=", ">", ">="}
 MAX_REPEAT = 1024
 
 
@@ -231,12 +230,8 @@ class BodyChecker:
         self.dim_params: list[ir.ClassParam] = []  # the input sizes the block's class may take
         self.body: list[ir.Stmt] = []
         self.bodies: list[list[ir.Stmt]] = [self.body]  # the innermost last: a compile-time if's arm
-        self.pending: list[ir.Submodule] = []  # created since the last statement
-        self.submodules: list[ir.Submodule] = []
-        self.collect: list[list[ir.Submodule]] = [self.submodules]
-        self.records: list[ir.LayerRecord] = []
+        self.layers = LayerTable(block.name if block else "", set(named_stages(block.body)) if block else set())
         self.helpers: set[str] = set()
-        self.attrs: set[str] = set()
         self.locals: set[str] = set()
         self.inputs: list[ir.Port] = []
         self.outputs: list[ir.Port] = []
@@ -244,10 +239,8 @@ class BodyChecker:
         self.emitted_locs: set[Loc] = set()
         self.source_texts: dict[Loc, str] = {}
         self.size_rules: dict[tuple[Any, int], SizeRule] = {}
-        self.layer_count = 0
-        self.next_index: dict[str, int] = {}  # auto_attr's next number per prefix
-        self.reserved = self._named_stages(block.body) if block else set()
-        self.declared = _declared_names(block.body) if block else set()  # fresh temporaries avoid them all
+        self.next_local: dict[str, int] = {}  # fresh()'s next number per stem
+        self.declared = declared_names(block.body) if block else set()  # fresh temporaries avoid them all
 
     @property
     def reporter(self) -> Reporter:
@@ -266,8 +259,8 @@ class BodyChecker:
             )
         if not self.outputs and not _declares_output(block.body):  # a failed output was reported already
             self.reporter.error(block.loc, f"'{block.name}' declares no output", "add `output NAME = ...`")
-        if self.pending:  # layers of a statement that emitted no code (none today): keep them in __init__
-            self.body.append(ir.Layers(block.loc, submodules=self._take_pending()))
+        if self.layers.pending:  # layers of a statement that emitted no code: keep them in __init__
+            self.body.append(ir.Layers(block.loc, submodules=self.layers.take_pending()))
         signature = block.name
         if block.params:
             signature += "(" + ", ".join(f"{k}={brief(v)}" for k, v in self.hyper.items()) + ")"
@@ -280,13 +273,13 @@ class BodyChecker:
             loc=block.loc,
             inputs=self.inputs,
             outputs=self.outputs,
-            submodules=self.submodules,
+            submodules=self.layers.top,
             body=self.body,
             helpers=self.helpers,
-            records=self.records,
+            records=self.layers.records,
             comments=block.comments,
             size_rules=list(self.size_rules.values()),
-            layer_count=self.layer_count,
+            layer_count=self.layers.count,
             class_params=self.dim_params + self._hyper_params() if self.generic else [],
         )
 
@@ -298,10 +291,6 @@ class BodyChecker:
                 default = BodyChecker(self.checker, None, self.scope, {}, None).static(param.default, "a default")
             params.append(ir.ClassParam(param.name, param.type, default, has_default))
         return params
-
-    def _take_pending(self) -> list[ir.Submodule]:
-        taken, self.pending = self.pending, []
-        return taken
 
     def statement(self, stmt: ast.Stmt) -> None:
         self.current = stmt
@@ -412,8 +401,8 @@ class BodyChecker:
                 body, taken = branch, index
                 break
         conditions += [None] * (len(stmt.branches) - len(conditions))  # not evaluated: after the taken arm
-        if self.pending:
-            self.body_now().append(ir.Layers(stmt.loc, submodules=self._take_pending()))
+        if self.layers.pending:
+            self.body_now().append(ir.Layers(stmt.loc, submodules=self.layers.take_pending()))
         arm: list[ir.Stmt] = []
         self.bodies.append(arm)
         try:
@@ -422,8 +411,8 @@ class BodyChecker:
         finally:
             self.bodies.pop()
             self.current = stmt
-        if self.pending:
-            arm.append(ir.Layers(stmt.loc, submodules=self._take_pending()))
+        if self.layers.pending:
+            arm.append(ir.Layers(stmt.loc, submodules=self.layers.take_pending()))
         branch = ir.Branch(stmt.loc, conditions, bool(stmt.orelse), taken, arm)
         branch.comments = list(stmt.comments)
         branch.source = _source_text(self.scope, stmt.loc)
@@ -487,7 +476,7 @@ class BodyChecker:
             if current.loc not in self.source_texts:  # a pipeline emits a line per stage: read the text once
                 self.source_texts[current.loc] = _source_text(self.scope, current.loc)
             stmt.source = self.source_texts[current.loc]
-        stmt.submodules = self._take_pending()
+        stmt.submodules = self.layers.take_pending()
         self.body_now().append(stmt)
 
     def _new_local(self, name: str, loc: Loc, rebind: bool = False) -> None:
@@ -497,10 +486,10 @@ class BodyChecker:
 
     def fresh(self, stem: str) -> str:
         stem = stem or "h"
-        name, n = stem, self.next_index.get(f"local {stem}", 1)
+        name, n = stem, self.next_local.get(stem, 1)
         while name in self.locals or name in self.env or name in self.declared:
             name, n = f"{stem}{n}", n + 1
-        self.next_index[f"local {stem}"] = n
+        self.next_local[stem] = n
         self.locals.add(name)
         return name
 
@@ -632,7 +621,7 @@ class BodyChecker:
             self.fail(expr.loc, "'@' needs tensors")
         if expr.op == "/" and isinstance(left, Sym):
             self.fail(expr.loc, "symbolic sizes divide with //")
-        if expr.op in COMPARISONS and (isinstance(left, Sym) or isinstance(right, Sym)):
+        if expr.op in tensor_rules.COMPARISONS and (isinstance(left, Sym) or isinstance(right, Sym)):
             self.fail(expr.loc, f"'{expr.op}' on a symbolic size: its value is known only at run time")
         try:
             return consteval.apply(expr.op, left, right)
@@ -654,48 +643,16 @@ class BodyChecker:
             else:
                 self.fail(expr.loc, f"cannot combine a tensor with {brief(value)} using '{expr.op}'")
         a, b = operands
-        if expr.op == "@":
-            return self.matmul(expr, a, b)
         if expr.op in ("and", "or"):
             self.fail(expr.loc, f"'{expr.op}' works on compile-time values only")
-        dtype = _result_dtype(a, b)
-        if dtype is None:
-            self.fail(
-                expr.loc,
-                f"'{expr.op}' mixes {a.type.dtype} and {b.type.dtype}",
-                "convert one side with float(x) or long(x)",
+        try:
+            result = (
+                tensor_rules.matmul_type(a.type, b.type) if expr.op == "@" else tensor_rules.binop_type(expr.op, a, b)
             )
-        shape = broadcast(a.type.shape, b.type.shape)
-        if shape is None:
-            self.fail(
-                expr.loc,
-                f"shapes {a.type.shape_str()} and {b.type.shape_str()} do not broadcast for '{expr.op}'",
-            )
-        if expr.op == "/" and dtype not in ("float32", "float64", "float16", "bfloat16"):
-            dtype = "float32"
-        if expr.op in COMPARISONS:
-            dtype = "bool"
-        self.check_size(f"'{expr.op}'", [TensorType(dtype, shape)], 0, expr.loc)
-        return ir.BinOp([TensorType(dtype, shape)], expr.op, a, b)
-
-    def matmul(self, expr: ast.BinOp, a: ir.Expr, b: ir.Expr) -> ir.Expr:
-        ta, tb = a.type, b.type
-        if ta.rank < 2 or tb.rank < 2:
-            self.fail(expr.loc, f"'@' needs tensors of rank 2 or more, got {ta.shape_str()} @ {tb.shape_str()}")
-        if ta.dtype != tb.dtype:
-            self.fail(expr.loc, f"'@' mixes {ta.dtype} and {tb.dtype}")
-        if ta.shape[-1] != tb.shape[-2]:
-            self.fail(
-                expr.loc,
-                f"'@' needs matching inner sizes: {ta.shape_str()} @ {tb.shape_str()} ({ta.shape[-1]} vs {tb.shape[-2]})",
-                "transpose one side with transpose(x)?",
-            )
-        batch = broadcast(ta.shape[:-2], tb.shape[:-2])
-        if batch is None:
-            self.fail(expr.loc, f"'@' batch dimensions do not broadcast: {ta.shape_str()} @ {tb.shape_str()}")
-        result = TensorType(ta.dtype, (*batch, ta.shape[-2], tb.shape[-1]))
-        self.check_size("'@'", [result], 0, expr.loc)
-        return ir.BinOp([result], "@", a, b)
+        except ShapeError as exc:
+            self.fail(expr.loc, str(exc), exc.hint)
+        self.check_size(f"'{expr.op}'", [result], 0, expr.loc)
+        return ir.BinOp([result], expr.op, a, b)
 
     def unary(self, expr: ast.UnaryOp) -> Any:
         value = self.ev(expr.operand)
@@ -747,7 +704,7 @@ class BodyChecker:
                     self.fail(item.loc, f"an index must be an integer, got {brief(i)}")
                 items.append(i)
         try:
-            shape, needs = _index_shape(value.type.shape, items)
+            shape, needs = tensor_rules.index_shape(value.type.shape, items)
         except ShapeError as exc:
             self.fail(expr.loc, str(exc))
         for size, at_least in needs:
@@ -953,18 +910,18 @@ class BodyChecker:
             self.fail(loc, f"{op.name} has no module form, so it cannot be named or grouped")
         attr = None
         if needs_module:
-            attr = name or self.auto_attr(op.prefix)
-            self.add_submodule(
+            attr = name or self.layers.auto_attr(op.prefix)
+            self.layers.add(
                 ir.Submodule(
                     attr, "op", loc, op=op.name, init=inferred.init, args=bound, params=op.param_count(inferred.init)
                 )
             )
             if not in_group:
-                self._record(loc, attr, f"{op.name}", inferred.outputs, op.param_count(inferred.init))
+                self.layers.record(loc, attr, f"{op.name}", inferred.outputs, op.param_count(inferred.init))
             if name is not None and not in_group:
                 self.env[name] = self._instance(attr, op, bound, inferred.init)
         else:
-            self._record(loc, "", op.name, inferred.outputs, 0)
+            self.layers.record(loc, "", op.name, inferred.outputs, 0)
         module = attr
         return ir.OpCall(inferred.outputs, op.name, list(inputs), inferred.init, module, args=bound)
 
@@ -990,9 +947,9 @@ class BodyChecker:
         module = self.checker.instantiate(block, scope, hyper, [x.type for x in inputs], stage.loc)
         for rule in module.size_rules:
             self.size_rules.setdefault((rule.dim, rule.at_least), rule)
-        attr = name or self.auto_attr(_snake(block.name))
+        attr = name or self.layers.auto_attr(_snake(block.name))
         call_args = _call_args(module, hyper, inputs)
-        self.add_submodule(
+        self.layers.add(
             ir.Submodule(
                 attr,
                 "block",
@@ -1004,8 +961,8 @@ class BodyChecker:
             )
         )
         types = _output_types(module, call_args)
-        self._record(stage.loc, attr, module.signature, types, module.param_count)
-        if name is not None and len(self.collect) == 1:
+        self.layers.record(stage.loc, attr, module.signature, types, module.param_count)
+        if name is not None and self.layers.at_top:
             self.env[name] = self._block_instance(attr, block, scope, hyper, module)
         return ir.ModuleCall(types, attr, list(inputs))
 
@@ -1056,11 +1013,9 @@ class BodyChecker:
 
     def repeat(self, stage: ast.Repeat, inputs, name, in_group) -> ir.Expr:
         count = self.repeat_count(stage)
-        attr = name or self.auto_attr("layers")
+        attr = name or self.layers.auto_attr("layers")
         first, extra = inputs[0], inputs[1:]
-        children: list[ir.Submodule] = []
-        self.collect.append(children)
-        try:
+        with self.layers.children() as children:
             current = first
             for i in range(count):
                 out = self.stage(stage.body, [current, *extra], str(i), in_group=True)
@@ -1071,14 +1026,10 @@ class BodyChecker:
                         f"repeat needs a layer whose output has its input's type; got {current.type} -> {got}",
                     )
                 current = ir.Var(out.types, "_")
-        finally:
-            self.collect.pop()
         kind = "sequential" if not extra else "list"
         params = sum(c.params for c in children)
-        self.add_submodule(
-            ir.Submodule(attr, kind, stage.loc, children=children, repeat=count, params=params, layers=0)
-        )
-        self._record(stage.loc, attr, f"repeat {count}", [first.type], params)
+        self.layers.add(ir.Submodule(attr, kind, stage.loc, children=children, repeat=count, params=params, layers=0))
+        self.layers.record(stage.loc, attr, f"repeat {count}", [first.type], params)
         if not extra:
             return ir.ModuleCall([first.type], attr, [first])
         target = self.fresh("h")
@@ -1094,9 +1045,7 @@ class BodyChecker:
             return result
         if in_group:
             self.fail(stage.loc, "groups cannot be nested inside named groups")
-        children: list[ir.Submodule] = []
-        self.collect.append(children)
-        try:
+        with self.layers.children() as children:
             current = inputs
             index = 0
             for inner in stage.stages:
@@ -1108,80 +1057,14 @@ class BodyChecker:
                         self.fail(inner.loc, "every layer of a named group takes one tensor and gives one")
                     current = [ir.Var(out.types, "_")]
                     index += 1
-        finally:
-            self.collect.pop()
         params = sum(c.params for c in children)
-        self.add_submodule(ir.Submodule(name, "sequential", stage.loc, children=children, params=params, layers=0))
-        self._record(stage.loc, name, "group", current[0].types, params)
+        self.layers.add(ir.Submodule(name, "sequential", stage.loc, children=children, params=params, layers=0))
+        self.layers.record(stage.loc, name, "group", current[0].types, params)
         self.env[name] = LayerInstance(name, None, lambda xs, loc: self._fail_reuse(name, loc))
         return ir.ModuleCall(current[0].types, name, list(inputs))
 
     def _fail_reuse(self, name: str, loc: Loc):
         self.fail(loc, f"the group '{name}' cannot be reused; give its layers names instead")
-
-    def add_submodule(self, sub: ir.Submodule) -> None:
-        self.layer_count += sub.layers
-        if self.layer_count > MAX_LAYERS:
-            self.fail(
-                sub.loc,
-                f"this makes more than {MAX_LAYERS:,} layers in '{self.block.name}' (blocks and repeats expanded)",
-                "nested repeats multiply: repeat 100 inside repeat 100 is 10,000 layers",
-            )
-        target = self.collect[-1]
-        if target is self.submodules:
-            if sub.attr in self.attrs:
-                self.fail(sub.loc, f"a layer named '{sub.attr}' already exists")
-            self.attrs.add(sub.attr)
-            self.pending.append(sub)
-        target.append(sub)
-
-    def auto_attr(self, prefix: str) -> str:
-        if prefix[-1:].isdigit():
-            prefix += "_"  # b2 -> b2_1, not b21
-        n = self.next_index.get(prefix, 1)
-        while f"{prefix}{n}" in self.attrs or f"{prefix}{n}" in self.reserved:
-            n += 1
-        self.next_index[prefix] = n + 1
-        return f"{prefix}{n}"
-
-    def _record(self, loc: Loc, module: str, what: str, outputs: list[TensorType], params: int) -> None:
-        if len(self.collect) == 1:
-            self.records.append(ir.LayerRecord(loc, module, what, ", ".join(str(t) for t in outputs), params))
-
-    @staticmethod
-    def _named_stages(stmts) -> set[str]:
-        names: set[str] = set()
-
-        def visit_stage(stage):
-            if isinstance(stage, ast.NamedStage):
-                names.add(stage.name)
-                visit_stage(stage.body)
-            elif isinstance(stage, (ast.Repeat,)):
-                visit_stage(stage.body)
-            elif isinstance(stage, ast.Group):
-                for s in stage.stages:
-                    visit_stage(s)
-
-        def visit_expr(expr):
-            if isinstance(expr, ast.Pipe):
-                visit_expr(expr.source)
-                for s in expr.stages:
-                    visit_stage(s)
-            elif isinstance(expr, ast.BinOp):
-                visit_expr(expr.left)
-                visit_expr(expr.right)
-            elif isinstance(expr, ast.Call):
-                for a in expr.args:
-                    visit_expr(a)
-
-        for stmt in stmts:
-            if isinstance(stmt, (ast.Assign, ast.OutputDecl)) and stmt.value is not None:
-                visit_expr(stmt.value)
-            elif isinstance(stmt, ast.If):
-                for _, body in stmt.branches:
-                    names |= BodyChecker._named_stages(body)
-                names |= BodyChecker._named_stages(stmt.orelse)
-        return names
 
 
 def _call_args(module: ir.ModuleIR, hyper: dict[str, Any], inputs: list[ir.Expr]) -> dict[str, Any]:
@@ -1220,21 +1103,6 @@ def _declares_output(stmts: list[ast.Stmt]) -> bool:
     return False
 
 
-def _declared_names(stmts: list[ast.Stmt]) -> set[str]:
-    """Every input, output and assigned name of a body, in any branch."""
-    names: set[str] = set()
-    for stmt in stmts:
-        if isinstance(stmt, ast.Assign):
-            names.update(stmt.targets)
-        elif isinstance(stmt, (ast.InputDecl, ast.OutputDecl)):
-            names.add(stmt.name)
-        elif isinstance(stmt, ast.If):
-            for _, body in stmt.branches:
-                names |= _declared_names(body)
-            names |= _declared_names(stmt.orelse)
-    return names
-
-
 class _TensorList(list):
     """A list or tuple literal holding tensors, e.g. the argument of concat([a, b])."""
 
@@ -1250,74 +1118,6 @@ def _snake(name: str) -> str:
             out.append("_")
         out.append(c.lower())
     return "".join(out)
-
-
-def _result_dtype(a: ir.Expr, b: ir.Expr) -> str | None:
-    if isinstance(a, ir.Scalar) and isinstance(b, ir.Scalar):
-        return a.type.dtype
-    if isinstance(a, ir.Scalar):
-        a, b = b, a
-    if isinstance(b, ir.Scalar):
-        if not a.type.is_float and b.type.dtype == "float32":
-            return "float32"
-        return a.type.dtype
-    if a.type.dtype == b.type.dtype:
-        return a.type.dtype
-    return None
-
-
-def _index_shape(shape, items) -> tuple[tuple, list[tuple[Sym, int]]]:
-    """The shape after indexing, and what each symbolic size indexed must be at least."""
-    explicit = sum(1 for i in items if i is not Ellipsis and i is not None)
-    if explicit > len(shape):
-        raise ShapeError(f"too many indices ({explicit}) for a tensor of shape [{', '.join(map(str, shape))}]")
-    if items.count(Ellipsis) > 1:
-        raise ShapeError("at most one '...' per index")
-    expanded = []
-    for item in items:
-        if item is Ellipsis:
-            expanded += [ir.SliceItem(None, None, None)] * (len(shape) - explicit)
-        else:
-            expanded.append(item)
-    expanded += [ir.SliceItem(None, None, None)] * (len(shape) - sum(1 for i in expanded if i is not None))
-    out, needs, axis = [], [], 0
-    for item in expanded:
-        if item is None:
-            out.append(1)
-            continue
-        size = shape[axis]
-        if isinstance(item, int):
-            if isinstance(size, int) and not -size <= item < size:
-                raise ShapeError(f"index {item} is out of range for size {size}")
-            if isinstance(size, Sym):
-                needs.append((size, item + 1 if item >= 0 else -item))
-        else:
-            sliced, need = _slice_size(size, item)
-            out.append(sliced)
-            if need:
-                needs.append((size, need))
-        axis += 1
-    return tuple(out), needs
-
-
-def _slice_size(size, s: ir.SliceItem):
-    """The size of a slice, and the least `size` it needs (for a symbolic size; 0 when none)."""
-    if isinstance(size, int):
-        return len(range(size)[slice(s.start, s.stop, s.step)]), 0
-    if s.step not in (None, 1):
-        raise ShapeError(f"a strided slice of the symbolic size '{size}' is not supported")
-    start = s.start or 0
-    if start < 0 and s.stop is not None and s.stop >= 0:
-        raise ShapeError(f"a slice of the symbolic size '{size}' cannot mix a negative start with a positive stop")
-    if start >= 0 and s.stop is not None and s.stop >= 0:
-        result, need = s.stop - start, s.stop
-    elif start < 0:
-        result, need = (-start if s.stop is None else s.stop - start), -start
-    else:
-        result, need = (size if s.stop is None else size + s.stop) - start, 0
-    if isinstance(result, int) and result < 0:
-        raise ShapeError(f"the slice [{start}:{s.stop}] of '{size}' has a negative size")
-    return result, need
 
 
 def _source_text(scope: FileScope, loc: Loc) -> str:

@@ -48,8 +48,8 @@ class BodyResolver:
         self.scope = scope
         self.reporter = reporter
         self.evaluate = evaluate
-        self.layers = set(_named_stages(block.body))  # names a pipeline can reuse: `-> encoder`
-        self.known = {p.name for p in block.params} | set(scope.consts) | _declared_names(block.body)
+        self.layers = set(named_stages(block.body))  # names a pipeline can reuse: `-> encoder`
+        self.known = {p.name for p in block.params} | set(scope.consts) | declared_names(block.body)
         self.known |= self.layers | set(_type_names(block.body))
 
     def run(self) -> None:
@@ -160,7 +160,7 @@ def _expressions(stmts: list[ast.Stmt]) -> Iterator[ast.Expr]:
             yield from (cond for cond, _ in stmt.branches)
 
 
-def _declared_names(stmts: list[ast.Stmt]) -> set[str]:
+def declared_names(stmts: list[ast.Stmt]) -> set[str]:
     """Every input, output and assigned name of a body, in any branch."""
     names: set[str] = set()
     for stmt in _statements(stmts):
@@ -179,7 +179,7 @@ def _type_names(stmts: list[ast.Stmt]) -> Iterator[str]:
             yield from (d.id for d in texpr.dims if isinstance(d, ast.Name))
 
 
-def _named_stages(stmts: list[ast.Stmt]) -> Iterator[str]:
+def named_stages(stmts: list[ast.Stmt]) -> Iterator[str]:
     stack: list[Any] = list(_expressions(stmts))
     while stack:
         node = stack.pop()
