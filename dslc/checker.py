@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dslc import ast, consteval, ir, tensor_rules, traced
+from dslc.binding import bind_arguments
 from dslc.cse import eliminate_common_subexpressions
 from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error
 from dslc.fileio import spec_sha256
@@ -21,7 +22,7 @@ from dslc.generalize import generalize
 from dslc.layer_table import LayerTable
 from dslc.layers import REGISTRY, AxisName, Op, ShapeError
 from dslc.loader import RESERVED, FileScope, Loader, check_identifier, parse_override
-from dslc.params import BindError, brief, coerce, signature
+from dslc.params import brief
 from dslc.pytext import PYTHON_NAMES
 from dslc.resolve import PARAM_TYPES, check_param_value, declared_names, named_stages, resolve_blocks
 from dslc.shapes import DTYPES, FLOOR_ATOMS, MAX_EXAMPLE_SIZE, SizeRule, Sym, TensorType, solve_sizes
@@ -824,45 +825,6 @@ class BodyChecker:
             section="layers-and-functions",
         )
 
-    def bind(self, params, args: list[Any], kwargs: list[tuple[str, ast.Expr]], loc: Loc, what: str, arg_exprs=None):
-        """Match positional and keyword arguments to parameters, with type checks."""
-        values: dict[str, Any] = {}
-        arg_exprs = arg_exprs or []
-        positional = list(args) + [
-            self._arg_value(e, params[i] if i < len(params) else None) for i, e in enumerate(arg_exprs, len(args))
-        ]
-        if params and params[0].kind in ("dims", "axes") and positional:
-            collected = (
-                positional[0] if len(positional) == 1 and isinstance(positional[0], tuple) else tuple(positional)
-            )
-            values[params[0].name] = collected
-            positional = []
-        if len(positional) > len(params):
-            self.fail(
-                loc,
-                f"{what} takes at most {len(params)} positional argument(s), got {len(positional)}",
-                _signature(what, params),
-            )
-        for param, value in zip(params, positional):
-            values[param.name] = value
-        by_name = {p.name: p for p in params}
-        for key, vexpr in kwargs:
-            if key not in by_name:
-                self.fail(
-                    vexpr.loc, f"{what} has no argument '{key}'", did_you_mean(key, by_name) or _signature(what, params)
-                )
-            if key in values:
-                self.fail(vexpr.loc, f"{what} got '{key}' twice")
-            values[key] = self._arg_value(vexpr, by_name[key])
-        for param in params:
-            if param.name not in values:
-                if param.required:
-                    self.fail(loc, f"{what} is missing its '{param.name}' argument", _signature(what, params))
-                values[param.name] = param.default
-            else:
-                values[param.name] = self._check_arg(param, values[param.name], loc, what)
-        return values
-
     def _arg_value(self, expr: ast.Expr, param) -> Any:
         if param is not None and param.kind in ("axis", "axes"):
             if isinstance(expr, ast.Name) and expr.id not in self.env and expr.id not in self.scope.consts:
@@ -871,28 +833,12 @@ class BodyChecker:
                 return tuple(self._arg_value(e, param) for e in expr.items)
         return self.static(expr, "a layer argument")
 
-    def _check_arg(self, param, value: Any, loc: Loc, what: str) -> Any:
-        if param.kind == "dims":
-            sizes = value if isinstance(value, tuple) else (value,)
-            for size in sizes:
-                if not (isinstance(size, Sym) or (isinstance(size, int) and not isinstance(size, bool) and size >= -1)):
-                    self.fail(
-                        loc, f"{what}: '{param.name}' takes sizes (integers, -1 or dimension names), got {brief(size)}"
-                    )
-            return sizes
-        if param.kind in ("axis", "axes"):
-            return value  # resolved against the input's shape by the op's shape rule
-        try:
-            return coerce(param, value, what)
-        except BindError as exc:
-            self.fail(loc, str(exc), exc.hint)
-
     def apply_op(self, op: Op, inputs, args, kwargs, loc, name, arg_exprs=None, in_group=False) -> ir.Expr:
         lo, hi = op.inputs
         if not lo <= len(inputs) <= hi:
             want = str(lo) if lo == hi else f"{lo} to {hi}"
             self.fail(loc, f"{op.name} takes {want} input tensor(s), got {len(inputs)}")
-        bound = self.bind(op.params, args, kwargs, loc, op.name, arg_exprs)
+        bound = bind_arguments(op.params, args, arg_exprs or [], kwargs, loc, op.name, self._arg_value)
         types = [x.type for x in inputs]
         try:
             inferred = op.infer(bound, types)
@@ -1105,10 +1051,6 @@ def _declares_output(stmts: list[ast.Stmt]) -> bool:
 
 class _TensorList(list):
     """A list or tuple literal holding tensors, e.g. the argument of concat([a, b])."""
-
-
-def _signature(what: str, params) -> str:
-    return f"usage: {signature(what, params)}"
 
 
 def _snake(name: str) -> str:

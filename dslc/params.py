@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from dslc.traced import expr_of, trace
+
 REQUIRED = object()
 KIND_WORDS = {
     "int": "an integer",
@@ -110,7 +112,8 @@ def coerce(param: Param, value: Any, what: str) -> Any:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif kind == "float":
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
+        if ok and not isinstance(value, float):  # an int stands for a float; a block parameter stays one
+            value = trace(float(value), expr_of(value))
     elif kind == "bool":
         ok = isinstance(value, bool)
     elif kind == "str":
