@@ -845,6 +845,10 @@ class BodyChecker:
         except ShapeError as exc:
             self.fail(loc, str(exc), exc.hint, section=f"op-{op.name.lower()}")
         self.require_sizes(inferred.outputs, loc, op.name)
+        if op.param_count(inferred.init):  # dslc's layers hold float32 weights: PyTorch refuses other floats
+            for t in types:
+                if t.is_float and t.dtype != "float32":
+                    self.fail(loc, f"{op.name} has float32 weights but its input is {t.dtype}", "convert with float(x)")
         self.check_size(op.name, inferred.outputs, op.param_count(inferred.init), loc)
         for key, value in bound.items():  # after the size check, which spells out what a huge size means
             for item in value if isinstance(value, tuple) else (value,):

@@ -262,12 +262,31 @@ for _n in (1, 2):
         )
 
 
+def _check_exportable_pooling(name: str, given, wanted: int) -> None:
+    """ONNX has adaptive pooling only as global pooling (output 1) or as an ordinary pooling window,
+    which needs a fixed input size that the output size divides."""
+    if wanted == 1:
+        return
+    if not isinstance(given, int):
+        raise ShapeError(
+            f"{name}: ONNX can pool the symbolic size '{given}' only to 1, not to {wanted}",
+            "pool to 1 (global pooling), or give the input a fixed size",
+        )
+    if given % wanted:
+        raise ShapeError(
+            f"{name}: ONNX needs the input size ({given}) to be a multiple of the output size ({wanted})",
+            f"pool to a divisor of {given}, e.g. {max(d for d in range(1, wanted + 1) if given % d == 0)}",
+        )
+
+
 def _adaptive_infer(n: int, name: str):
     def infer(args, inputs):
         (x,) = inputs
         expect_rank(x, (n + 2,), name, _layout(n))
         check_positive(args, "output_size")
         size = pair(args["output_size"], n)
+        for given, wanted in zip(x.shape[2:], size):
+            _check_exportable_pooling(name, given, wanted)
         return Inferred([x.with_shape((*x.shape[:2], *size))], {"output_size": simple(size)})
 
     return infer

@@ -144,3 +144,29 @@ def test_a_folder_in_the_way_stops_the_build_before_anything_is_published(write_
 def test_an_output_named_like_an_input_is_refused(write_spec):
     spec = write_spec("model m {\n    input x: float32[batch, 4]\n    output x\n}\n")
     assert "has the name of an input" in refused(spec)
+
+
+@pytest.mark.parametrize(
+    ("input_type", "body", "message"),
+    [
+        ("bfloat16[batch, 4]", "output y = x -> Linear(2)", "Linear has float32 weights but its input is bfloat16"),
+        ("float64[batch, 4]", "output y = x -> Linear(2)", "Linear has float32 weights but its input is float64"),
+        ("float32[batch, 3, 10, 10]", "output y = x -> AdaptiveAvgPool2d(3)", "a multiple of the output size (3)"),
+        ("float32[batch, 3, h, w]", "output y = x -> AdaptiveAvgPool2d(2)", "only to 1, not to 2"),
+    ],
+)
+def test_what_the_exporter_or_pytorch_refuses_is_refused_at_check(write_spec, input_type, body, message):
+    spec = write_spec(f"model m {{\n    input x: {input_type}\n    {body}\n}}\n")
+    assert message in refused(spec)
+
+
+@pytest.mark.parametrize(
+    ("input_type", "body"),
+    [
+        ("float32[batch, 3, 12, 12]", "output y = x -> AdaptiveAvgPool2d(3) -> Flatten"),
+        ("float32[batch, 3, h, w]", "output y = x -> AdaptiveAvgPool2d(1) -> Flatten"),
+        ("float64[batch, 4]", "output y = float(x) -> Linear(2)"),
+    ],
+)
+def test_what_the_exporter_can_write_builds(write_spec, tmp_path, input_type, body):
+    assert_builds(write_spec(f"model m {{\n    input x: {input_type}\n    {body}\n}}\n"), tmp_path)

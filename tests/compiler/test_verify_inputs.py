@@ -143,16 +143,16 @@ FAILING_EXPORT = """
 
 def _no_torch_dump(text: str) -> None:
     lines = text.strip().splitlines()
-    assert len(lines) <= 4, text
+    assert len(lines) <= 6, text  # error, source line, caret, hint, see, count
     for line in lines:
         assert "graph(" not in line and "%" not in line, text
         assert "Traceback" not in line and "Torch IR" not in line, text
         assert "pytorch/pytorch/issues" not in line and "[Caused by" not in line, text
 
 
-def test_failed_export_prints_only_dslc_error(write_spec, tmp_path):
-    """`dslc build` of a model the TorchScript exporter cannot write (adaptive pooling to a size that does
-    not divide the input's): one located error and a hint on stderr, nothing on stdout, exit 1."""
+def test_pooling_onnx_cannot_write_is_refused_at_check(write_spec, tmp_path):
+    """Adaptive pooling to a size that does not divide the input's (which the exporter cannot lower)
+    is refused by `dslc check`, located, before any build: one error and a hint, nothing on stdout."""
     spec = write_spec(FAILING_EXPORT)
     result = subprocess.run(
         [sys.executable, "-m", "dslc.cli", "build", str(spec), "-o", str(tmp_path / "out")],
@@ -163,7 +163,8 @@ def test_failed_export_prints_only_dslc_error(write_spec, tmp_path):
     assert result.returncode == 1
     assert result.stdout == ""
     _no_torch_dump(result.stderr)
-    assert "error:" in result.stderr and "hint:" in result.stderr, result.stderr
+    assert "t.model:3:27: error: AdaptiveAvgPool2d: ONNX needs the input size (10)" in result.stderr, result.stderr
+    assert "hint: pool to a divisor of 10, e.g. 2" in result.stderr
 
 
 def test_export_error_is_short_and_keeps_fds_clean(write_spec, tmp_path, capfd):
