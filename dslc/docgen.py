@@ -75,9 +75,15 @@ outputs. Every model declares at least one `input` and one `output`.
 `block Name(param: type = default, ...) { ... }` declares a reusable sub-network. Parameters are
 compile-time values of type `int`, `float`, `bool` or `str`; those without a default are required.
 A block is used like a layer, in a pipeline: `x -> Residual(64)`, `x -> Residual(size=64)`. Each
-use with different arguments or input shapes is checked separately, with concrete sizes, and
-becomes its own PyTorch class when needed. Names in the block's input types bind to the sizes it
-is given (below, `d` is whatever the last dimension of `x` is).
+use with different arguments or input shapes is checked separately, with concrete sizes, so every
+shape is known and an error inside a block names the use that causes it. Names in the block's
+input types bind to the sizes it is given (below, `d` is whatever the last dimension of `x` is).
+
+A block becomes one PyTorch class, whatever the number of uses: its constructor takes the sizes of
+its inputs that its code needs, then its parameters (`Residual(d, size, drop=0.1)`), and each use
+builds it with its own arguments (`Residual(32, 64)`, `Residual(32, 128, drop=0.2)`). Values the
+block computes from them stay expressions in the class (`nn.Linear(d, size * 4)`), so the class
+works for arguments no use had. `dslc check --ir` shows each checked use and the class it becomes.
 
 ```dslc
 block Residual(size: int, drop: float = 0.1) {
@@ -224,7 +230,9 @@ step; steps are positive) and `...`. Bounds are compile-time integers.
 
 `if condition { ... } elif condition { ... } else { ... }` chooses statements at compile time: the
 condition must be a compile-time bool (constants, block parameters, sizes). Only the chosen branch is
-compiled, so the generated code has no branch.
+compiled. In a model the generated code has no branch; in a block the class keeps the condition,
+over its constructor arguments, in `__init__` and `forward`, with the arms its uses took (an arm no
+use took raises `NotImplementedError` when the class is built that way).
 
 ```dslc
 const use_norm = true
