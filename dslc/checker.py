@@ -24,7 +24,14 @@ from dslc.layers import REGISTRY, AxisName, Op, ShapeError
 from dslc.loader import RESERVED, FileScope, Loader, check_identifier, parse_override
 from dslc.params import brief
 from dslc.pytext import PYTHON_NAMES
-from dslc.resolve import PARAM_TYPES, check_param_value, declared_names, named_stages, resolve_blocks
+from dslc.resolve import (
+    PARAM_TYPES,
+    check_param_value,
+    declared_names,
+    named_stages,
+    names_read,
+    resolve_blocks,
+)
 from dslc.shapes import DTYPES, FLOOR_ATOMS, MAX_EXAMPLE_SIZE, SizeRule, Sym, TensorType, solve_sizes
 
 MAX_BLOCK_INSTANCES = 1_000  # distinct (block, arguments, input types): blocks calling blocks can fan out
@@ -253,7 +260,8 @@ class BodyChecker:
         block = self.block
         for stmt in block.body:
             self.statement(stmt)
-        if self.input_types is not None and len(self.inputs) != len(self.input_types):
+        failed_input = any(isinstance(self.env.get(s.name), Poison) for s in block.body if isinstance(s, ast.InputDecl))
+        if self.input_types is not None and len(self.inputs) != len(self.input_types) and not failed_input:
             raise error(
                 block.loc,
                 f"'{block.name}' declares {len(self.inputs)} input(s) but is given {len(self.input_types)}",
@@ -282,6 +290,8 @@ class BodyChecker:
             size_rules=list(self.size_rules.values()),
             layer_count=self.layers.count,
             class_params=self.dim_params + self._hyper_params() if self.generic else [],
+            names_read=names_read(block.body) if self.generic else set(),
+            class_args={k: traced.plain(v) for k, v in self.hyper.items()},
         )
 
     def _hyper_params(self) -> list[ir.ClassParam]:
@@ -366,7 +376,8 @@ class BodyChecker:
         else:
             declared = self.tensor_type(stmt.type, None)
         self.check_size(f"input '{stmt.name}'", [declared], 0, stmt.loc)
-        self.inputs.append(ir.Port(stmt.name, declared, " ".join(stmt.comments)))
+        names = [d.id if isinstance(d, ast.Name) else None for d in stmt.type.dims]
+        self.inputs.append(ir.Port(stmt.name, declared, " ".join(stmt.comments), names))
         self.env[stmt.name] = ir.Var([declared], stmt.name)
 
     def output_decl(self, stmt: ast.OutputDecl) -> None:
@@ -392,16 +403,15 @@ class BodyChecker:
 
     def if_stmt(self, stmt: ast.If) -> None:
         body, taken = stmt.orelse, len(stmt.branches)
-        conditions = []
         for index, (cond, branch) in enumerate(stmt.branches):
             value = self.static(cond, "an if condition")
-            if not isinstance(value, bool):
+            if not traced.is_bool(value):
                 self.fail(cond.loc, f"an if condition must be true or false, got {brief(value)}")
-            conditions.append(self._trace_condition(cond))
             if value:
                 body, taken = branch, index
                 break
-        conditions += [None] * (len(stmt.branches) - len(conditions))  # not evaluated: after the taken arm
+        # Every condition, the ones after the taken arm too: the class tests them all.
+        conditions = [self._trace_condition(cond) for cond, _ in stmt.branches]
         if self.layers.pending:
             self.body_now().append(ir.Layers(stmt.loc, submodules=self.layers.take_pending()))
         arm: list[ir.Stmt] = []
@@ -428,8 +438,6 @@ class BodyChecker:
         if isinstance(cond, (ast.Num, ast.Str, ast.Bool)):
             return traced.Lit(cond.value)
         if isinstance(cond, ast.Name):
-            if self.generic and cond.id in self.hyper:
-                return traced.Param(cond.id)  # a bool parameter is not traced (bool has no subclasses)
             value = self.env.get(cond.id, self.dims.get(cond.id, self.scope.consts.get(cond.id)))
             return traced.expr_of(value) if isinstance(value, (bool, int, float, str)) else None
         if isinstance(cond, ast.BinOp):
@@ -520,7 +528,7 @@ class BodyChecker:
                 dims.append(self.dims[dexpr.id])
                 continue
             value = self.static(dexpr, "a dimension")
-            if not isinstance(value, (int, Sym)) or isinstance(value, bool):
+            if not isinstance(value, (int, Sym)) or traced.is_bool(value):
                 self.fail(dexpr.loc, f"a dimension must be an integer or a name, got {brief(value)}")
             if isinstance(value, int) and value < 0:
                 self.fail(dexpr.loc, f"a dimension cannot be negative ({value})")
@@ -701,7 +709,7 @@ class BodyChecker:
                 i = self.ev(item)
                 if isinstance(i, ir.Expr):
                     self.fail(item.loc, "indexing with a tensor is not supported", "use where(...) or a gather layer")
-                if not isinstance(i, int) or isinstance(i, bool):
+                if not isinstance(i, int) or traced.is_bool(i):
                     self.fail(item.loc, f"an index must be an integer, got {brief(i)}")
                 items.append(i)
         try:
@@ -773,7 +781,7 @@ class BodyChecker:
                 if spill:  # a long nested pipeline: one line per few stages, not one deeply nested call
                     name = self.fresh("h")
                 else:
-                    name = targets[0] if len(targets) == 1 else self.fresh("_".join(targets))
+                    name = targets[0]  # the first target holds the intermediate values until the last stage
                 self.locals.add(name)
                 self.emit(ir.Assign(self.current.loc, [name], result))
                 inputs = [ir.Var(result.types, name)]

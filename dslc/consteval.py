@@ -12,6 +12,7 @@ import operator
 from typing import Any
 
 from dslc.shapes import Sym
+from dslc.traced import is_bool
 
 MAX_INT = 2**63 - 1  # the largest size PyTorch and ONNX can hold
 MAX_ITEMS = 10_000  # characters of a string or items of a tuple built by `*` or `+`
@@ -38,11 +39,11 @@ class ConstError(Exception):
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, int) and not is_bool(value)
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not is_bool(value)
 
 
 def _is_sequence(value: Any) -> bool:

@@ -16,6 +16,7 @@ from dslc import ir
 from dslc.layers import REGISTRY
 from dslc.loader import RESERVED
 from dslc.pytext import PYTHON_NAMES
+from dslc.traced import is_traced
 
 _STEMS = {"@": "product", "+": "total", "-": "difference", "*": "scaled", "/": "ratio", "//": "quotient"}
 
@@ -145,14 +146,28 @@ def _reuse(e: ir.Expr, available: dict[Any, str], any_expr: bool = False) -> ir.
     return e
 
 
+def _value(v: Any) -> Any:
+    """A compile-time value as the generated class computes it: a block parameter by its expression, so
+    two values equal at this use but not for every argument (`x * a`, `x * b`) stay apart."""
+    if is_traced(v):
+        return ("param", v.expr)
+    if isinstance(v, (tuple, list)):
+        return ("seq", tuple(_value(i) for i in v))
+    if isinstance(v, dict):
+        return ("dict", tuple(sorted((k, _value(i)) for k, i in v.items())))
+    if isinstance(v, ir.SliceItem):
+        return ("slice", _value(v.start), _value(v.stop), _value(v.step))
+    return (type(v).__name__, repr(v))
+
+
 def _key(e: Any) -> Any:
     """Structural identity of an expression (types left out: the same inputs give the same types)."""
     if isinstance(e, ir.Var):
         return ("var", e.name)
     if isinstance(e, ir.Scalar):
-        return ("scalar", type(e.value).__name__, e.value)
+        return ("scalar", _value(e.value))
     if isinstance(e, ir.OpCall):
-        return ("op", e.op, e.module, repr(sorted(e.init.items())), tuple(_key(x) for x in e.inputs))
+        return ("op", e.op, e.module, _value(e.init), tuple(_key(x) for x in e.inputs))
     if isinstance(e, ir.ModuleCall):
         return ("call", e.module, tuple(_key(x) for x in e.inputs))
     if isinstance(e, ir.BinOp):
@@ -160,7 +175,7 @@ def _key(e: Any) -> Any:
     if isinstance(e, ir.UnaryOp):
         return ("neg", e.op, _key(e.operand))
     if isinstance(e, ir.Index):
-        return ("index", _key(e.value), repr(e.items))
+        return ("index", _key(e.value), _value(e.items))
     if isinstance(e, ir.GetItem):
         return ("item", _key(e.value), e.index)
     if isinstance(e, ir.TupleExpr):

@@ -6,14 +6,18 @@ Only validated identifiers (checked by the loader and checker) and literals writ
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from dslc import __version__, ir
+from dslc import __version__, ir, traced
 from dslc.layers import HELPERS, REGISTRY
+from dslc.pyformat import power, slice_text
 from dslc.pytext import MODULE_ATTRIBUTES, comment, docstring, docstring_lines, py_literal
 from dslc.traced import PREFIX, USED, is_traced, python_expr
 
 INDENT = "    "
+_MATH = re.compile(r"(?<![\w.])math\.")  # `math.` as code, not inside a name such as `FF.` in a docstring
+_FUNCTIONAL = re.compile(r"(?<![\w.])F\.")
 WIDTH = 120  # the generated code is formatted as `ruff format --line-length 120` would
 PRECEDENCE = {"**": 6, "neg": 5, "*": 4, "/": 4, "//": 4, "%": 4, "@": 4, "+": 3, "-": 3}
 COMPARE = 2
@@ -23,7 +27,7 @@ ATOM = 10
 def emit_program(program: ir.ProgramIR) -> str:
     writer = _ClassWriter(program)
     body = "\n\n\n".join(writer.write(c) for c in program.classes)
-    helpers = sorted({h for m in program.modules for h in m.helpers})
+    helpers = sorted({h for m in program.modules for h in m.helpers if re.search(rf"(?<![\w.]){h}\(", body)})
     parts = [_header(program) + "\n\n" + _imports(body, helpers)]
     parts += [HELPERS[h] for h in helpers]
     parts.append(body)
@@ -42,10 +46,10 @@ def _header(program: ir.ProgramIR) -> str:
 
 def _imports(body: str, helpers: list[str]) -> str:
     lines = ["from __future__ import annotations", ""]
-    if "math." in body or any("math." in HELPERS[h] for h in helpers):
+    if _MATH.search(body) or any(_MATH.search(HELPERS[h]) for h in helpers):
         lines += ["import math", ""]
     lines.append("import torch")
-    if "F." in body or any("F." in HELPERS[h] for h in helpers):
+    if _FUNCTIONAL.search(body) or any(_FUNCTIONAL.search(HELPERS[h]) for h in helpers):
         lines.append("import torch.nn.functional as F")
     lines.append("from torch import nn")
     return "\n".join(lines)
@@ -104,8 +108,25 @@ class _ClassWriter:
         )
         lines = wrap(f"{INDENT}def __init__(self{arguments}) -> None:")
         lines.append(f"{INDENT * 2}super().__init__()")
+        lines += self._guards(cls, params, used)
         lines += [f"{INDENT * 2}self.{stored[p.name]} = {p.name}" for p in params if p.name in used_forward]
         return lines + init_body, forward
+
+    def _guards(self, cls: ir.ClassIR, params: list[ir.ClassParam], used: set[str]) -> list[str]:
+        """A parameter the block reads but the class's code does not (its value was settled at compile
+        time, e.g. a string a layer branched on) is checked: other values raise rather than being ignored."""
+        lines = []
+        for param in params:
+            if param.input is not None or param.name in used or param.name not in cls.first.names_read:
+                continue
+            values = {repr(traced.plain(use.class_args[param.name])) for use in cls.uses}
+            if len(values) != 1:
+                continue  # the uses differ in it and share the code: it changes nothing
+            value = traced.plain(cls.first.class_args[param.name])
+            message = f"{cls.name} was compiled for {param.name}={value!r} only: use the value you need in the spec"
+            lines += wrap(f"{INDENT * 2}if {param.name} != {py_literal(value)}:")
+            lines += wrap(f"{INDENT * 3}raise NotImplementedError({py_literal(message)})")
+        return lines
 
     # ------------------------------------------------------------ __init__
 
@@ -130,7 +151,8 @@ class _ClassWriter:
             return self._block_call(sub)
         children = [self.constructor(c) for c in sub.children]
         container = "nn.Sequential" if sub.kind == "sequential" else "nn.ModuleList"
-        if len(children) > 1 and len(set(children)) == 1:
+        repeated = len(children) > 1 or is_traced(sub.repeat)  # `repeat depth` stays a loop at depth 1
+        if repeated and len(set(children)) == 1:
             count = py_literal(sub.repeat) if sub.repeat is not None else str(len(children))
             generator = f"{children[0]} for _ in range({count})"
             return f"{container}(*({generator}))" if sub.kind == "sequential" else f"{container}([{generator}])"
@@ -161,7 +183,7 @@ class _ClassWriter:
         )
         lines = wrap(f"{INDENT}def forward(self, {args}) -> {returns}:")
         for port in module.inputs:
-            shown = _type_text(port.type, dim_names) if dim_names else str(port.type)
+            shown = _type_text(port, dim_names) if dim_names else str(port.type)
             lines.append(
                 f"{INDENT * 2}# {port.name}: {comment(shown)}" + (f"  {comment(port.doc)}" if port.doc else "")
             )
@@ -198,8 +220,8 @@ class _ClassWriter:
         for arm in choice.arms:
             if arm is None:
                 where = f"{self.spec_file}:{choice.loc.line}"
-                message = f"this branch of the spec ({where}) was not compiled: use it in the spec and rebuild"
-                arms.append([f"{INDENT * (depth + 1)}raise NotImplementedError({py_literal(message)})"])
+                message = f"this branch ({where}) was not compiled: use it in the spec and rebuild"
+                arms.append(wrap(f"{INDENT * (depth + 1)}raise NotImplementedError({py_literal(message)})"))
             else:
                 arms.append(write(arm, depth + 1))
         while arms and not arms[-1]:  # an empty else (or trailing empty arms) needs no code
@@ -238,16 +260,19 @@ def _free_attribute(name: str, attrs: set[str]) -> str:
     return name
 
 
-def _type_text(t, dim_names: dict[str, str]) -> str:
-    """A block input's type by its dimension names: float32[batch, channels, height, width]."""
+def _type_text(port: ir.Port, dim_names: dict[str, str]) -> str:
+    """A block input's type by the names the block gives its dimensions: float32[batch, channels, h, w]."""
     token = PREFIX.set(dim_names)
     used = USED.set(None)
     try:
-        dims = [python_expr(d.expr, py_literal) if is_traced(d) else str(d) for d in t.shape]
+        dims = []
+        for axis, d in enumerate(port.type.shape):
+            declared = port.dim_names[axis] if axis < len(port.dim_names) else None
+            dims.append(python_expr(d.expr, py_literal) if is_traced(d) else declared or str(d))
     finally:
         PREFIX.reset(token)
         USED.reset(used)
-    return f"{t.dtype}[{', '.join(dims)}]"
+    return f"{port.type.dtype}[{', '.join(dims)}]"
 
 
 def statement(stmt: ir.Stmt) -> list[str]:
@@ -296,8 +321,10 @@ def _expr(e: ir.Expr) -> tuple[str, int]:
         prec = PRECEDENCE.get(e.op, COMPARE)
         left = _operand(e.left, prec, right_side=e.op == "**")
         right = _operand(e.right, prec, right_side=e.op != "**")
-        return f"{left} {e.op} {right}", prec
+        return (power(left, right) if e.op == "**" else f"{left} {e.op} {right}"), prec
     if isinstance(e, ir.UnaryOp):
+        if isinstance(e.operand, ir.BinOp) and e.operand.op == "**":  # ruff writes -(x**2)
+            return f"-({expr(e.operand)})", PRECEDENCE["neg"]
         return f"-{_operand(e.operand, PRECEDENCE['neg'], right_side=False)}", PRECEDENCE["neg"]
     if isinstance(e, ir.Index):
         return f"{_operand(e.value, ATOM, False)}[{', '.join(_index_item(i) for i in e.items)}]", ATOM
@@ -326,38 +353,128 @@ def _index_item(item) -> str:
     if item is None:
         return "None"
     if isinstance(item, int):
-        return str(item)
-    parts = ["" if item.start is None else str(item.start), "" if item.stop is None else str(item.stop)]
-    text = ":".join(parts)
-    if item.step is not None:
-        text += f":{item.step}"
-    return text
+        return py_literal(item)
+    start, stop = ("" if p is None else py_literal(p) for p in (item.start, item.stop))
+    return slice_text(start, stop, None if item.step is None else py_literal(item.step))
 
 
 # ---------------------------------------------------------------- line wrapping
 
 
 def wrap(line: str) -> list[str]:
-    """Split a long line at its last bracket pair, then at top-level commas (ruff's right-hand split)."""
+    """Split a long line as `ruff format` does: at its last bracket pair (a call's arguments on one
+    indented line if they fit, a list, dict or tuple one item per line), then at top-level commas."""
     if len(line) <= WIDTH:
         return [line]
     indent = line[: len(line) - len(line.lstrip())]
+    tuple_rhs = _unparenthesized_tuple(line)
+    if tuple_rhs is not None:  # `a, b = x, y` -> `a, b = (` one item per line `)`
+        return wrap(f"{tuple_rhs[0]}({tuple_rhs[1]},)")
     if line.lstrip().startswith("def "):  # a signature splits at its parameter list
         open_ = line.index("(")
         close = _matching(line, open_, 1)
     else:
         close = _last_closing_bracket(line)
         open_ = None if close is None else _matching(line, close, -1)
-    if close is None:
-        return [line]
-    if open_ is None or open_ == close - 1:
-        return [line]
+    if close is None or open_ is None or open_ == close - 1 or open_ + 1 > WIDTH:
+        terms = _sum_rhs(line)  # the last brackets do not help: `loss = (`, `a`, `+ b`, `)`
+        if terms is not None:
+            start, parts = terms
+            return [f"{start}(", *[w for part in parts for w in wrap(indent + INDENT + part)], f"{indent})"]
+        if close is None or open_ is None or open_ == close - 1:
+            return [line]
     head, body, tail = line[: open_ + 1], line[open_ + 1 : close], line[close:]
+    if len(head) > WIDTH:  # `loss = f(a, b) + g(`: the head splits at its own last brackets
+        *first, last = wrap(head)
+        return [*first, *wrap(last + body + tail)] if len(first) else [line]
     inner = indent + INDENT
-    if len(inner) + len(body) <= WIDTH and not body.rstrip().endswith(","):
-        return [head, *wrap(inner + body), indent + tail]
     items = _split_top_level(body)
+    before = line[open_ - 1] if open_ else " "
+    literal = line[open_] in "[{" and not (before.isalnum() or before in "_)]")  # not a subscript
+    literal |= line[open_] == "(" and not (before.isalnum() or before in "_)]") and len(items) > 1
+    if not literal and len(inner) + len(body) <= WIDTH and not body.rstrip().endswith(","):
+        return [head, *wrap(inner + body), indent + tail]
     return [head, *[w for item in items for w in wrap(f"{inner}{item},")], indent + tail]
+
+
+def _sum_rhs(line: str) -> tuple[str, list[str]] | None:
+    """(`target = `, [first, `+ second`, ...]) when an assignment's value is a sum or difference whose
+    terms each fit a line: ruff then parenthesises it and breaks before each operator."""
+    split = _unparenthesized_tuple(line, allow_single=True)
+    if split is None:
+        return None
+    start, rhs = split
+    mask, depth, parts, last = _string_mask(rhs), 0, [], 0
+    for i, char in enumerate(rhs):
+        if mask[i]:
+            continue
+        depth += char in "([{"
+        depth -= char in ")]}"
+        if depth == 0 and rhs[i : i + 3] in (" + ", " - ") and i > 0:
+            parts.append(rhs[last:i].strip())
+            last = i + 1
+    parts.append(rhs[last:].strip())
+    if len(parts) < 2 or any(len(line) - len(line.lstrip()) + len(INDENT) + len(p) > WIDTH for p in parts):
+        return None
+    return start, parts
+
+
+def _unparenthesized_tuple(line: str, allow_single: bool = False) -> tuple[str, str] | None:
+    """(`targets = ` or `return `, the items) when the line assigns or returns a bare tuple (or, with
+    `allow_single`, any one value)."""
+    mask = _string_mask(line)
+    stripped = line.lstrip()
+    start = None
+    if stripped.startswith("return "):
+        start = len(line) - len(stripped) + len("return ")
+    else:
+        depth = 0
+        for i, char in enumerate(line):
+            if mask[i]:
+                continue
+            depth += char in "([{"
+            depth -= char in ")]}"
+            if depth == 0 and line[i : i + 3] == " = ":
+                start = i + 3
+                break
+    if start is None:
+        return None
+    rhs = line[start:]
+    if allow_single:
+        return (line[:start], rhs) if len(_split_top_level(rhs)) == 1 else None
+    if len(_split_top_level(rhs)) < 2 or rhs.rstrip().endswith(","):
+        return None
+    return line[:start], rhs
+
+
+def format_long_lines(text: str) -> str:
+    """Lines over WIDTH wrapped as `ruff format` wraps them, for generated text written line by line;
+    a trailing comment of a long line moves above it. Docstrings are left as they are."""
+    out: list[str] = []
+    in_docstring = False
+    for line in text.split("\n"):
+        if line.count('"""') % 2:
+            in_docstring = not in_docstring
+            out.append(line)
+            continue
+        if in_docstring or len(line) <= WIDTH or line.lstrip().startswith("#"):
+            out.append(line)
+            continue
+        code, comment_text = _split_comment(line)
+        indent = line[: len(line) - len(line.lstrip())]
+        if comment_text:
+            out.append(f"{indent}{comment_text}")
+        out += wrap(code)
+    return "\n".join(out)
+
+
+def _split_comment(line: str) -> tuple[str, str]:
+    """(code, "# comment") of a line; the comment is "" when there is none (a '#' in a string is not one)."""
+    mask = _string_mask(line)
+    for i, char in enumerate(line):
+        if char == "#" and not mask[i]:
+            return line[:i].rstrip(), line[i:]
+    return line, ""
 
 
 def _last_closing_bracket(line: str) -> int | None:
@@ -423,4 +540,8 @@ def _string_mask(text: str) -> list[bool]:
 
 
 def _shorten(text: str, width: int = 96) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
+    """The spec line for a trace comment, cut at a space so no word is broken."""
+    if len(text) <= width:
+        return text
+    cut = text.rfind(" ", width // 2, width - 3)
+    return text[: cut if cut > 0 else width - 3] + " ..."

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dslc import __version__, ir
+from dslc.emit_torch import format_long_lines
 from dslc.pytext import comment, docstring, docstring_lines, py_literal
 from dslc.training import config as c
 from dslc.training.functions import FUNCTIONS, METRICS, OPTIMIZERS
@@ -48,7 +49,7 @@ def emit_train_script(
     text = "\n\n\n".join(p.rstrip("\n") for p in parts) + "\n"
     if "math." not in text.replace("import math\n", ""):
         text = text.replace("import math\n", "", 1)
-    return "\n".join(line.rstrip() for line in text.split("\n"))
+    return format_long_lines("\n".join(line.rstrip() for line in text.split("\n")))
 
 
 def _literal_dict(d: dict[str, Any]) -> str:

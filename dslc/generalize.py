@@ -19,8 +19,9 @@ from dslc import ir, traced
 from dslc.errors import Loc
 from dslc.shapes import Sym, TensorType
 
-# Fields that differ between uses without changing the code: shapes, parameter counts, notes.
-_SIZE_FIELDS = {"types", "params", "layers", "comments", "source", "loc", "records"}
+# Fields that differ between uses without changing the code: shapes, parameter counts, notes, and
+# the arguments as the spec wrote them (the code is written from the resolved `init`).
+_SIZE_FIELDS = {"types", "params", "layers", "comments", "source", "loc", "records", "args"}  # args: as written
 
 
 def generalize(program: ir.ProgramIR) -> list[ir.ClassIR]:
@@ -29,93 +30,89 @@ def generalize(program: ir.ProgramIR) -> list[ir.ClassIR]:
     for module in program.modules:
         definition = (module.kind, module.spec_name, module.loc) if module.kind == "block" else module.key
         groups.setdefault(definition, []).append(module)
+    merger = _Merger()
     classes: list[ir.ClassIR] = []
-    class_of: dict[str, str] = {}  # instance key -> class name, for the keys of calls to blocks
-    _KEYS.clear()
-    for uses in groups.values():
-        first = uses[0]
-        if first.kind == "model":
-            parts = [(uses, list(first.statements()))]
+    for uses in groups.values():  # a block's uses come after those of the blocks it calls
+        if uses[0].kind == "model":
+            parts = [(uses, list(uses[0].statements()))]
         else:
-            parts = _merge_uses(uses, class_of)
+            parts = merger.merge_uses(uses)
         for members, body in parts:
             cls = ir.ClassIR(members[0].key, members[0].kind, members, body)
             for member in members:
                 member.class_name = cls.name
-                class_of[member.key] = cls.name
+                merger.class_of[member.key] = cls.name
             classes.append(cls)
-    _KEYS.clear()
     return classes
 
 
-def _merge_uses(uses: list[ir.ModuleIR], class_of: dict[str, str]) -> list[tuple[list[ir.ModuleIR], list]]:
-    """Uses grouped into as few classes as share code, each with its merged body."""
-    parts: list[tuple[list[ir.ModuleIR], list]] = []
-    for use in uses:
-        for index, (members, _) in enumerate(parts):
-            merged = merge_bodies([m.body for m in [*members, use]], class_of)
-            if merged is not None:
-                parts[index] = ([*members, use], merged)
-                break
-        else:
-            parts.append(([use], merge_bodies([use.body], class_of)))
-    return parts
+class _Merger:
+    def __init__(self) -> None:
+        self.class_of: dict[str, str] = {}  # use key -> class name, so calls of a block compare by class
+        self.keys: dict[int, tuple[ir.Stmt, Any]] = {}  # id(statement) -> (statement, its generic key)
 
+    def merge_uses(self, uses: list[ir.ModuleIR]) -> list[tuple[list[ir.ModuleIR], list[ir.Stmt]]]:
+        """Uses grouped into as few classes as share code, each with its merged body."""
+        parts: list[tuple[list[ir.ModuleIR], list[ir.Stmt]]] = []
+        for use in uses:
+            for index, (members, _) in enumerate(parts):
+                merged = self.merge_bodies([m.body for m in [*members, use]])
+                if merged is not None:
+                    parts[index] = ([*members, use], merged)
+                    break
+            else:
+                parts.append(([use], self.merge_bodies([use.body])))
+        return parts
 
-def merge_bodies(bodies: list[list[ir.Stmt]], class_of: dict[str, str]) -> list[ir.Stmt] | None:
-    """The uses' statements as one body, or None when they differ beyond the arms of an `if`."""
-    if len({len(b) for b in bodies}) != 1:
-        return None
-    merged: list[ir.Stmt] = []
-    for stmts in zip(*bodies):
-        first = stmts[0]
-        if isinstance(first, ir.Branch):
-            choice = _merge_branches(stmts, class_of)
-            if choice is None:
+    def merge_bodies(self, bodies: list[list[ir.Stmt]]) -> list[ir.Stmt] | None:
+        """The uses' statements as one body, or None when they differ beyond the arms of an `if`."""
+        if len({len(b) for b in bodies}) != 1:
+            return None
+        merged: list[ir.Stmt] = []
+        for stmts in zip(*bodies):
+            first = stmts[0]
+            if isinstance(first, ir.Branch):
+                choice = self.merge_branches(stmts)
+                if choice is None:
+                    return None
+                merged.append(choice)
+            elif all(self.key(s) == self.key(first) for s in stmts[1:]):
+                merged.append(first)
+            else:
                 return None
-            merged.append(choice)
-        elif all(_statement_key(s, class_of) == _statement_key(first, class_of) for s in stmts[1:]):
-            merged.append(first)
-        else:
+        return merged
+
+    def merge_branches(self, branches: tuple[ir.Stmt, ...]) -> ir.Choice | None:
+        first = branches[0]
+        if not all(isinstance(b, ir.Branch) and b.loc == first.loc for b in branches):
             return None
-    return merged
+        arms_count = len(first.conditions) + 1  # the last arm is the else (empty when the spec has none)
+        taken = {b.taken for b in branches}
+        conditions = []
+        for i in range(len(first.conditions)):
+            known = [b.conditions[i] for b in branches if b.conditions[i] is not None]
+            conditions.append(known[0] if known else None)
+        if len(taken) > 1 and any(c is None for c in conditions):
+            return None  # the uses take different arms of an if that cannot be written over the parameters
+        arms: list[list[ir.Stmt] | None] = []
+        for arm in range(arms_count):
+            bodies = [b.body for b in branches if b.taken == arm]
+            if not bodies:
+                arms.append([] if arm == arms_count - 1 and not first.has_else else None)
+                continue
+            body = self.merge_bodies(bodies)
+            if body is None:
+                return None
+            arms.append(body)
+        choice = ir.Choice(first.loc, conditions, first.has_else, arms)
+        choice.comments, choice.source = first.comments, first.source
+        return choice
 
-
-def _merge_branches(branches: tuple[ir.Stmt, ...], class_of: dict[str, str]) -> ir.Choice | None:
-    first = branches[0]
-    if not all(isinstance(b, ir.Branch) and b.loc == first.loc for b in branches):
-        return None
-    arms_count = len(first.conditions) + 1  # the last arm is the else (empty when the spec has none)
-    taken = {b.taken for b in branches}
-    conditions = []
-    for i in range(len(first.conditions)):
-        known = [b.conditions[i] for b in branches if b.conditions[i] is not None]
-        conditions.append(known[0] if known else None)
-    if len(taken) > 1 and any(c is None for c in conditions):
-        return None  # the uses take different arms of an if that cannot be written over the parameters
-    arms: list[list[ir.Stmt] | None] = []
-    for arm in range(arms_count):
-        bodies = [b.body for b in branches if b.taken == arm]
-        if not bodies:
-            arms.append([] if arm == arms_count - 1 and not first.has_else else None)
-            continue
-        body = merge_bodies(bodies, class_of)
-        if body is None:
-            return None
-        arms.append(body)
-    choice = ir.Choice(first.loc, conditions, first.has_else, arms)
-    choice.comments, choice.source = first.comments, first.source
-    return choice
-
-
-_KEYS: dict[int, tuple[ir.Stmt, Any]] = {}  # id(statement) -> (statement, key): merging compares them often
-
-
-def _statement_key(stmt: ir.Stmt, class_of: dict[str, str]) -> Any:
-    cached = _KEYS.get(id(stmt))
-    if cached is None or cached[0] is not stmt:
-        cached = _KEYS[id(stmt)] = (stmt, generic_key(stmt, class_of))
-    return cached[1]
+    def key(self, stmt: ir.Stmt) -> Any:
+        cached = self.keys.get(id(stmt))
+        if cached is None or cached[0] is not stmt:
+            cached = self.keys[id(stmt)] = (stmt, generic_key(stmt, self.class_of))
+        return cached[1]
 
 
 def generic_key(value: Any, class_of: dict[str, str]) -> Any:
@@ -133,6 +130,8 @@ def generic_key(value: Any, class_of: dict[str, str]) -> Any:
     if isinstance(value, ir.Submodule) and value.kind == "block":
         rest = dataclasses.replace(value, block=class_of.get(value.block, value.block))
         return _fields_key(rest, class_of)
+    if isinstance(value, ir.Submodule) and traced.is_traced(value.repeat):  # `repeat depth`: one child says it
+        return _fields_key(dataclasses.replace(value, children=value.children[:1]), class_of)
     if dataclasses.is_dataclass(value):
         return _fields_key(value, class_of)
     return ("other", repr(value))

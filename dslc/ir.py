@@ -207,6 +207,7 @@ class Port:
     name: str
     type: TensorType
     doc: str = ""
+    dim_names: list[str | None] = field(default_factory=list)  # each axis's name as the spec declares it
 
 
 @dataclass
@@ -252,6 +253,8 @@ class ModuleIR:
     layer_count: int = 0  # layers with every block and repeat expanded
     class_params: list[ClassParam] = field(default_factory=list)  # a block's hyperparameters and input sizes
     class_name: str = ""  # the generated class (set by dslc.generalize: one per block definition)
+    names_read: set[str] = field(default_factory=set)  # every name the block's body reads
+    class_args: dict[str, Any] = field(default_factory=dict)  # this use's hyperparameters
 
     def statements(self) -> Iterator[Stmt]:
         return flat_statements(self.body)

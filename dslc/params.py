@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from dslc.traced import expr_of, trace
+from dslc.traced import expr_of, is_bool, trace
 
 REQUIRED = object()
 KIND_WORDS = {
@@ -65,7 +65,7 @@ def dsl_value(value: Any) -> str:
     """A value written as the language writes it: true, none, "text", (1, 2), [a, b]."""
     if value is None:
         return "none"
-    if isinstance(value, bool):
+    if is_bool(value):
         return "true" if value else "false"
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)  # the language's string escapes are Python's
@@ -109,13 +109,13 @@ def coerce(param: Param, value: Any, what: str) -> Any:
     if value is None:
         ok = param.default is None
     elif kind == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool)
+        ok = isinstance(value, int) and not is_bool(value)
     elif kind == "float":
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not is_bool(value)
         if ok and not isinstance(value, float):  # an int stands for a float; a block parameter stays one
             value = trace(float(value), expr_of(value))
     elif kind == "bool":
-        ok = isinstance(value, bool)
+        ok = is_bool(value)
     elif kind == "str":
         ok = isinstance(value, str)
     elif kind == "strs":
@@ -123,9 +123,9 @@ def coerce(param: Param, value: Any, what: str) -> Any:
         ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
     elif kind == "ints":
         items = value if isinstance(value, tuple) else (value,)
-        ok = all(isinstance(v, int) and not isinstance(v, bool) for v in items)
+        ok = all(isinstance(v, int) and not is_bool(v) for v in items)
     elif kind == "floats":
-        ok = isinstance(value, tuple) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        ok = isinstance(value, tuple) and all(isinstance(v, (int, float)) and not is_bool(v) for v in value)
         value = tuple(float(v) for v in value) if ok else value
     if not ok:
         raise BindError(f"{what}: '{param.name}' must be {KIND_WORDS.get(kind, kind)}, got {brief(value)}")

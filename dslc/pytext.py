@@ -17,7 +17,7 @@ import sys
 import unicodedata
 from typing import Any
 
-from dslc.traced import PREFIX, is_traced, python_expr
+from dslc.traced import PREFIX, is_bool, is_traced, python_expr
 
 # Names a spec may not give to what becomes a Python variable, class or attribute. Each set is
 # checked against the generated code by tests/compiler/test_names.py, so it cannot fall behind.
@@ -83,6 +83,8 @@ def py_literal(value: Any) -> str:
         return python_expr(value.expr, py_literal)
     if value is None or isinstance(value, bool):
         return repr(value)
+    if is_bool(value):  # a bool parameter, written outside its class
+        return repr(bool(value))
     if isinstance(value, int):
         return repr(int(value))
     if isinstance(value, float):

@@ -35,9 +35,15 @@ def check_param_value(param: ast.Param, value: Any) -> Any:
     """`value` converted to the parameter's type (an int default of a float parameter is fine), or
     raise TypeError saying what is wrong."""
     expected = PARAM_TYPES[param.type]
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+    if expected is bool:
+        ok = traced.is_bool(value)
+    elif traced.is_bool(value):
+        ok = False
+    elif expected is float and isinstance(value, int):
         return traced.trace(float(value), traced.expr_of(value))
-    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
         raise TypeError(f"'{param.name}' must be {param.type}, got {brief(value)}")
     return value
 
@@ -129,6 +135,44 @@ class BodyResolver:
         self.reporter.error(
             call.loc, f"unknown function '{call.func}'", did_you_mean(call.func, candidates + sorted(self.layers))
         )
+
+
+def names_read(stmts: list[ast.Stmt]) -> set[str]:
+    """Every name a body reads: in expressions, conditions, arguments, repeat counts and types."""
+    names: set[str] = set()
+    stack: list[Any] = list(_expressions(stmts))
+    for stmt in _statements(stmts):
+        texpr = getattr(stmt, "type", None)
+        if isinstance(texpr, ast.TensorTypeExpr):
+            stack.extend(texpr.dims)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, (ast.Call, ast.LayerCall)):
+            stack.extend(node.args)
+            stack.extend(v for _, v in node.kwargs)
+        elif isinstance(node, ast.Pipe):
+            stack.append(node.source)
+            stack.extend(node.stages)
+        elif isinstance(node, ast.NamedStage):
+            stack.append(node.body)
+        elif isinstance(node, ast.Repeat):
+            stack.extend([node.count, node.body])
+        elif isinstance(node, ast.Group):
+            stack.extend(node.stages)
+        elif isinstance(node, ast.BinOp):
+            stack.extend([node.left, node.right])
+        elif isinstance(node, ast.UnaryOp):
+            stack.append(node.operand)
+        elif isinstance(node, ast.Index):
+            stack.append(node.value)
+            stack.extend(node.items)
+        elif isinstance(node, ast.Slice):
+            stack.extend(p for p in (node.start, node.stop, node.step) if p is not None)
+        elif isinstance(node, (ast.TupleLit, ast.ListLit)):
+            stack.extend(node.items)
+    return names
 
 
 def _arguments(func: str, args: list[ast.Expr], kwargs: list[tuple[str, ast.Expr]]) -> Iterator[ast.Expr]:

@@ -15,6 +15,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from dslc.pyformat import power
+
 
 @dataclass(frozen=True)
 class Param:
@@ -73,6 +75,8 @@ def _traced_op(op: str, swap: bool = False):
         # One side is traced, so the result reads a parameter: no need to look (trace() would).
         if _is_identity(op, right) and not isinstance(result, float):  # x + 0, x * 1, x // 1: still x
             return _wrap(result, expr_of(left))
+        if not is_traced(left) and ((op == "*" and left == 1) or (op == "+" and left == 0)):  # 1 * x, 0 + x
+            return _wrap(result, expr_of(right))
         if op in ("+", "-") and not is_traced(right) and right < 0:  # x + -1 reads as x - 1
             return _wrap(result, Bin("-" if op == "+" else "+", expr_of(left), Lit(-right)))
         return _wrap(result, Bin(op, expr_of(left), expr_of(right)))
@@ -135,6 +139,27 @@ class TracedFloat(Traced, float):
         return TracedFloat, (float(self), self.expr)
 
 
+class TracedBool(Traced, int):
+    """A bool parameter (`use_bias: bool`). Python's bool cannot be subclassed, so this is an int of 0
+    or 1 that prints, compares and converts as the bool it stands for; `coerce` accepts it as a bool."""
+
+    def __new__(cls, value: bool, expr: TraceExpr):
+        obj = int.__new__(cls, bool(value))
+        obj.expr = expr
+        return obj
+
+    __hash__ = int.__hash__
+    __eq__ = int.__eq__
+
+    def __repr__(self) -> str:
+        return repr(bool(self))
+
+    __str__ = __repr__
+
+    def __reduce__(self):
+        return TracedBool, (bool(self), self.expr)
+
+
 class TracedStr(str):
     """A string parameter (`mode: str`): written as its name in the class, never as spec text."""
 
@@ -148,6 +173,8 @@ class TracedStr(str):
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, TracedBool):
+        return bool(value)
     if isinstance(value, TracedInt):
         return int(value)
     if isinstance(value, TracedFloat):
@@ -164,8 +191,8 @@ def trace(value: Any, expr: TraceExpr) -> Any:
     """`value` carrying `expr`; a value no parameter reaches stays a plain number."""
     if isinstance(expr, Lit) or not _has_param(expr):
         return _plain(value)
-    if isinstance(value, bool):
-        return value
+    if isinstance(value, (bool, TracedBool)):
+        return TracedBool(value, expr)
     if isinstance(value, int):
         return TracedInt(value, expr)
     if isinstance(value, float):
@@ -173,6 +200,11 @@ def trace(value: Any, expr: TraceExpr) -> Any:
     if isinstance(value, str):
         return TracedStr(value, expr)
     return value
+
+
+def is_bool(value: Any) -> bool:
+    """A bool, or a bool parameter of a block."""
+    return isinstance(value, (bool, TracedBool))
 
 
 def _wrap(value: Any, expr: TraceExpr) -> Any:
@@ -268,7 +300,8 @@ def _python(expr: TraceExpr, literal) -> tuple[str, int]:
     if isinstance(expr, Unary):
         prec = _PRECEDENCE["neg" if expr.op == "-" else "not"]
         inner, inner_prec = _python(expr.operand, literal)
-        inner = f"({inner})" if inner_prec < prec else inner
+        is_power = isinstance(expr.operand, Bin) and expr.operand.op == "**"  # ruff writes -(x**2)
+        inner = f"({inner})" if inner_prec < prec or is_power else inner
         return (f"-{inner}" if expr.op == "-" else f"not {inner}"), prec
     prec = _PRECEDENCE[expr.op]
     left, left_prec = _python(expr.left, literal)
@@ -278,4 +311,4 @@ def _python(expr: TraceExpr, literal) -> tuple[str, int]:
         left = f"({left})"
     if right_prec < prec or (right_prec == prec and not right_assoc and prec != _ATOM):
         right = f"({right})"
-    return f"{left} {expr.op} {right}", prec
+    return (power(left, right) if expr.op == "**" else f"{left} {expr.op} {right}"), prec

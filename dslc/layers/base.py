@@ -14,7 +14,7 @@ from typing import Any
 from dslc.params import Param, brief
 from dslc.pytext import py_literal
 from dslc.shapes import Dim, Sym, TensorType, normalize_axis
-from dslc.traced import is_traced
+from dslc.traced import expr_of, is_traced
 
 
 class ShapeError(Exception):
@@ -113,7 +113,9 @@ def differs(value: Any, default: Any) -> bool:
     parameter (`stride=stride` even where this use's stride is 1)."""
     if isinstance(value, (tuple, list)) and any(is_traced(v) for v in value):
         return True
-    return is_traced(value) or value != default
+    if is_traced(value) or is_traced(default):  # `kdim` is `embed_dim` when both are `d`
+        return expr_of(value) != expr_of(default)
+    return value != default
 
 
 def non_default(args: dict[str, Any], **defaults: Any) -> dict[str, Any]:

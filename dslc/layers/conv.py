@@ -22,6 +22,7 @@ from dslc.layers.base import (
     static,
 )
 from dslc.params import brief
+from dslc.traced import is_traced
 
 
 def _call_module(module, inputs, init):
@@ -61,7 +62,9 @@ def _conv_infer(n: int, name: str):
         if args["padding"] == "same":
             if any(s != 1 for s in stride):
                 raise ShapeError(f"{name}: padding='same' needs stride 1, got stride {args['stride']}")
-            if any(d * (k - 1) % 2 for k, d in zip(kernel, dilation)):
+            if any(is_traced(v) for v in (*kernel, *dilation)):
+                padding = "same"  # a block's kernel parameter: the padding depends on it, PyTorch works it out
+            elif any(d * (k - 1) % 2 for k, d in zip(kernel, dilation)):
                 padding = "same"  # asymmetric: PyTorch pads the extra row at the end
             else:
                 padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))
@@ -86,7 +89,12 @@ def _conv_infer(n: int, name: str):
             "out_channels": args["out_channels"],
             "kernel_size": simple(kernel),
             "stride": simple(stride),
-            "padding": padding if padding == "same" else simple(padding),
+            # a block's str parameter (`padding=pad`) is written as itself: PyTorch takes "same" and "valid"
+            "padding": args["padding"]
+            if is_traced(args["padding"])
+            else padding
+            if padding == "same"
+            else simple(padding),
             "dilation": simple(dilation),
             "groups": args["groups"],
             "bias": args["bias"],

@@ -183,12 +183,20 @@ class MultiheadAttention(nn.Module):
     Written out (rather than nn.MultiheadAttention) so that every size stays dynamic in ONNX.
     """
 
-    def __init__(self, embed_dim: int, heads: int, kdim: int, vdim: int, dropout: float, bias: bool) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        heads: int,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        dropout: float = 0.0,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
         self.heads, self.dropout = heads, dropout
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.k_proj = nn.Linear(kdim, embed_dim, bias=bias)
-        self.v_proj = nn.Linear(vdim, embed_dim, bias=bias)
+        self.k_proj = nn.Linear(kdim or embed_dim, embed_dim, bias=bias)
+        self.v_proj = nn.Linear(vdim or embed_dim, embed_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
 
     def forward(
@@ -235,7 +243,11 @@ def _mha_infer(args, inputs):
 
 
 def _mha_module(a):
-    return pycall("MultiheadAttention", a["embed_dim"], a["heads"], a["kdim"], a["vdim"], a["dropout"], a["bias"])
+    """`MultiheadAttention(d, heads)`, with the key and value sizes, dropout and bias where not the defaults."""
+    extra = non_default(a, dropout=0.0, bias=True)
+    if differs(a["kdim"], a["embed_dim"]) or differs(a["vdim"], a["embed_dim"]):
+        extra = {"kdim": a["kdim"], "vdim": a["vdim"], **extra}
+    return pycall("MultiheadAttention", a["embed_dim"], a["heads"], **extra)
 
 
 def _mha_forward(module, inputs, a):

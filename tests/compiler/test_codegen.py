@@ -52,7 +52,16 @@ def test_generated_code_is_ruff_clean(generated):
 
 
 def test_generated_code_is_formatted(generated):
+    """The model code and the training script of every spec are as `ruff format` would write them."""
+    from dslc.emit_train import emit_train_script
+
     paths = [str(p) for _, p in generated.values()]
+    for program, path in generated.values():
+        if program.train is not None:
+            script = path.with_name(f"{path.stem}_train.py")
+            script.write_text(emit_train_script(program))
+            paths.append(str(script))
+    assert len(paths) > len(generated)
     result = subprocess.run(
         [sys.executable, "-m", "ruff", "format", "--check", "--line-length", "120", *paths],
         capture_output=True,

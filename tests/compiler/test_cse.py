@@ -96,3 +96,27 @@ def test_self_attention_on_a_compound_input_computes_it_once(write_spec, tmp_pat
     forward = forward_of(result.python_path.read_text())
     assert "total1 = x + 1.0" in forward and "y = self.attn(total1, total1, total1)" in forward
     assert result.models[0].verified
+
+
+def test_values_equal_at_one_use_but_not_in_the_class_stay_apart(write_spec, tmp_path):
+    """`x * a` and `x * b` are the same at Scale() (a = b = 2.0) but not for Scale(a=1.0, b=3.0)."""
+    spec = write_spec("""
+        block Scale(a: float = 2.0, b: float = 2.0, n: int = 4, m: int = 4) {
+            input x: float32[batch, t, d]
+            output y = x * a + x * b
+            output z = x[:, 0:n] + x[:, 0:m]
+        }
+        model m {
+            input x: float32[batch, 8, 8]
+            y1, z1 = x -> Scale()
+            output y = y1
+            output z = z1
+        }
+    """)
+    source = emit_program(check_file(spec))
+    forward = forward_of(source, "Scale")
+    assert "x * self.a + x * self.b" in forward and "x[:, 0 : self.n] + x[:, 0 : self.m]" in forward
+    path = tmp_path / "scale.py"
+    path.write_text(source)
+    y, z = load_generated(path).Scale(a=1.0, b=3.0, n=2, m=2)(torch.ones(1, 8, 8))
+    assert torch.allclose(y, torch.full((1, 8, 8), 4.0)) and z.shape == (1, 2, 8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import pytest
 import torch
@@ -148,3 +149,121 @@ def test_traced_arithmetic_keeps_the_expression():
         traced.PREFIX.reset(token)
     assert traced.plain(planes) == 64 and type(traced.plain(planes)) is int
     assert {planes: "a"}[64] == "a"  # hashes and compares as its number
+
+
+def _module_of(write_spec, tmp_path, text: str):
+    path = tmp_path / "gen.py"
+    path.write_text(emit_program(check_file(write_spec(text))))
+    return load_generated(path), path.read_text()
+
+
+def test_float_bool_and_str_parameters_reach_the_layers(write_spec, tmp_path):
+    module, source = _module_of(
+        write_spec,
+        tmp_path,
+        """
+        block FF(hidden: int, drop: float = 0.1, use_bias: bool = true, pad: str = "same") {
+            input x: float32[batch, c, h, w]
+            output y = x -> Conv2d(hidden, kernel=3, padding=pad, bias=use_bias) -> Dropout(drop)
+        }
+        model m {
+            input x: float32[batch, 3, 16, 16]
+            output y = x -> FF(8) -> FF(8, drop=0.2, use_bias=false) -> FF(4, pad="valid")
+        }
+    """,
+    )
+    assert source.count("class FF(") == 1 and "class FF2" not in source
+    assert "nn.Conv2d(c, hidden, 3, padding=pad, bias=use_bias)" in source and "nn.Dropout(p=drop)" in source
+    block = module.FF(3, 5, drop=0.4, use_bias=False, pad="valid")
+    assert block.conv1.bias is None and block.dropout1.p == 0.4
+    assert block(torch.randn(1, 3, 9, 9)).shape == (1, 5, 7, 7)
+
+
+def test_every_condition_of_an_elif_chain_is_kept(write_spec, tmp_path):
+    module, source = _module_of(
+        write_spec,
+        tmp_path,
+        """
+        block B(mode: str = "a") {
+            input x: float32[batch, d]
+            if mode == "a" {
+                output y = x -> Linear(d)
+            } elif mode == "b" {
+                output y = x -> ReLU
+            } else {
+                output y = x
+            }
+        }
+        model m {
+            input x: float32[batch, 4]
+            output y = x -> B()
+        }
+    """,
+    )
+    assert 'elif mode == "b":' in source
+    assert module.B(4)(torch.randn(2, 4)).shape == (2, 4)
+    with pytest.raises(NotImplementedError):
+        module.B(4, mode="b")  # an arm no use took: refused, not silently the Linear
+
+
+def test_repeat_count_is_a_constructor_argument(write_spec, tmp_path):
+    module, source = _module_of(
+        write_spec,
+        tmp_path,
+        """
+        block Stack(depth: int = 2) {
+            input x: float32[batch, d]
+            output y = x -> layers: repeat depth Linear(d)
+        }
+        model m {
+            input x: float32[batch, 4]
+            output y = x -> Stack(depth=1) -> Stack(depth=3)
+        }
+    """,
+    )
+    assert source.count("class Stack(") == 1 and "class Stack2" not in source
+    assert "nn.Sequential(*(nn.Linear(d, d) for _ in range(depth)))" in source
+    assert len(module.Stack(4, depth=5).layers) == 5
+
+
+def test_same_padding_with_a_kernel_parameter_works_for_every_kernel(write_spec, tmp_path):
+    module, source = _module_of(
+        write_spec,
+        tmp_path,
+        """
+        block C(k: int = 3) {
+            input x: float32[batch, c, h, w]
+            output y = x -> Conv2d(4, kernel=k, padding="same")
+        }
+        model m {
+            input x: float32[batch, 3, 16, 16]
+            output y = x -> C() -> C(k=5)
+        }
+    """,
+    )
+    assert 'nn.Conv2d(c, 4, k, padding="same")' in source
+    with warnings.catch_warnings():  # PyTorch notes that an even kernel pads a copy of the input
+        warnings.simplefilter("ignore", UserWarning)
+        assert module.C(3, k=4)(torch.randn(1, 3, 10, 10)).shape == (1, 4, 10, 10)  # an even kernel too
+
+
+def test_a_parameter_the_class_cannot_honour_is_checked(write_spec, tmp_path):
+    """`ret` picks what an LSTM returns: settled at compile time, so other values raise instead of
+    being ignored."""
+    module, source = _module_of(
+        write_spec,
+        tmp_path,
+        """
+        block R(hidden: int, ret: str = "sequence") {
+            input x: float32[batch, time, d]
+            output y = x -> LSTM(hidden, returns=ret)
+        }
+        model m {
+            input x: float32[batch, time, 4]
+            output y = x -> R(8)
+        }
+    """,
+    )
+    assert module.R(4, 8)(torch.randn(2, 5, 4)).shape == (2, 5, 8)
+    with pytest.raises(NotImplementedError, match="compiled for ret='sequence' only"):
+        module.R(4, 8, ret="last")
