@@ -110,7 +110,7 @@ class Checker:
             raise DslcError([]) from None  # already reported
         if isinstance(value, (ir.Expr, Sym, LayerInstance)):
             raise error(expr.loc, "a constant must be a number, bool, string or tuple")
-        return value
+        return _plain(value)  # a constant's value is its number; only a model or block reading it traces it
 
     # ------------------------------------------------------------ program
 
@@ -299,7 +299,9 @@ class BodyChecker:
         for param in self.block.params:
             default, has_default = None, param.default is not None
             if has_default:
-                default = BodyChecker(self.checker, None, self.scope, {}, None).static(param.default, "a default")
+                default = _plain(
+                    BodyChecker(self.checker, None, self.scope, {}, None).static(param.default, "a default")
+                )
             params.append(ir.ClassParam(param.name, param.type, default, has_default))
         return params
 
@@ -438,7 +440,9 @@ class BodyChecker:
         if isinstance(cond, (ast.Num, ast.Str, ast.Bool)):
             return traced.Lit(cond.value)
         if isinstance(cond, ast.Name):
-            value = self.env.get(cond.id, self.dims.get(cond.id, self.scope.consts.get(cond.id)))
+            value = self.env.get(cond.id, self.dims.get(cond.id))
+            if value is None and cond.id in self.scope.consts:
+                value = traced.constant(cond.id, self.scope.consts[cond.id])
             return traced.expr_of(value) if isinstance(value, (bool, int, float, str)) else None
         if isinstance(cond, ast.BinOp):
             left, right = self._trace_condition(cond.left), self._trace_condition(cond.right)
@@ -605,8 +609,8 @@ class BodyChecker:
             return value
         if expr.id in self.dims:
             return self.dims[expr.id]
-        if expr.id in self.scope.consts:
-            return self.scope.consts[expr.id]
+        if expr.id in self.scope.consts:  # traced, so generated code names it (`HEADS`) rather than repeat 4
+            return traced.constant(expr.id, self.scope.consts[expr.id])
         if self.scope.lookup_block(expr.id):
             self.fail(expr.loc, f"'{expr.id}' is a block; use it in a pipeline: x -> {expr.id}(...)")
         candidates = list(self.env) + list(self.dims) + list(self.scope.consts)
@@ -950,7 +954,7 @@ class BodyChecker:
             if param.name in values:
                 value = values[param.name]
             elif param.default is not None:
-                value = BodyChecker(self.checker, None, self.scope, {}, None).static(param.default, "a default")
+                value = _plain(BodyChecker(self.checker, None, self.scope, {}, None).static(param.default, "a default"))
             else:
                 self.fail(stage.loc, f"{what} is missing its '{param.name}' argument")
             if param.type not in PARAM_TYPES:
@@ -1023,6 +1027,10 @@ class BodyChecker:
 
     def _fail_reuse(self, name: str, loc: Loc):
         self.fail(loc, f"the group '{name}' cannot be reused; give its layers names instead")
+
+
+def _plain(value: Any) -> Any:
+    return tuple(_plain(v) for v in value) if isinstance(value, tuple) else traced.plain(value)
 
 
 def _call_args(module: ir.ModuleIR, hyper: dict[str, Any], inputs: list[ir.Expr]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from dslc import __version__, ir, traced
 from dslc.layers import HELPERS, REGISTRY
 from dslc.pyformat import power, slice_text
 from dslc.pytext import MODULE_ATTRIBUTES, comment, docstring, docstring_lines, py_literal
-from dslc.traced import PREFIX, USED, is_traced, python_expr
+from dslc.traced import CONSTANTS, PREFIX, USED, is_traced, python_expr
 
 INDENT = "    "
 _MATH = re.compile(r"(?<![\w.])math\.")  # `math.` as code, not inside a name such as `FF.` in a docstring
@@ -26,9 +26,15 @@ ATOM = 10
 
 def emit_program(program: ir.ProgramIR) -> str:
     writer = _ClassWriter(program)
-    body = "\n\n\n".join(writer.write(c) for c in program.classes)
+    token = CONSTANTS.set(writer.constant_name)
+    try:
+        body = "\n\n\n".join(writer.write(c) for c in program.classes)
+    finally:
+        CONSTANTS.reset(token)
     helpers = sorted({h for m in program.modules for h in m.helpers if re.search(rf"(?<![\w.]){h}\(", body)})
     parts = [_header(program) + "\n\n" + _imports(body, helpers)]
+    if writer.constants:  # one blank line after the imports, as isort writes it
+        parts[0] += "\n\n" + writer.constants_block()
     parts += [HELPERS[h] for h in helpers]
     parts.append(body)
     parts.append(_registry(program))
@@ -70,6 +76,27 @@ class _ClassWriter:
         self.program = program
         self.spec_file = Path(program.path).name
         self.signatures: dict[str, list[ir.ClassParam]] = {}
+        self.constants: dict[traced.Const, str] = {}  # the spec's constants the code reads, by their names
+        self.taken = {c.name for c in program.classes} | {"MODELS", "F", "nn", "torch", "math"} | set(HELPERS)
+
+    def constant_name(self, const: traced.Const) -> str:
+        """`heads` -> HEADS, the module-level constant generated code reads (named on first use)."""
+        if const not in self.constants:
+            name = const.name.upper()
+            while name in self.taken:
+                name += "_"
+            self.taken.add(name)
+            self.constants[const] = name
+        return self.constants[const]
+
+    def constants_block(self) -> str:
+        lines = ["# The spec's constants (`dslc build --set name=value` writes other values)."]
+        order = list(self.program.constants)  # as the spec defines them
+        ranked = sorted(
+            self.constants.items(), key=lambda item: order.index(item[0].name) if item[0].name in order else len(order)
+        )
+        lines += [f"{name} = {py_literal(const.value)}" for const, name in ranked]
+        return "\n".join(lines)
 
     def write(self, cls: ir.ClassIR) -> str:
         module = cls.first
@@ -79,8 +106,8 @@ class _ClassWriter:
         doc = doc + ([""] if doc else []) + docstring_lines(f"From {self.spec_file}:{module.loc.line}: {what}.")
         lines += docstring(doc, INDENT)
         lines.append("")
-        if cls.kind == "model":
-            init, forward = self._init(cls, [], {}), self._forward(cls, {})
+        if cls.kind == "model":  # no parameters: traced values are constants or numbers
+            init, forward = _with_params({}, set())(lambda: (self._init(cls, [], {}), self._forward(cls, {})))
         else:
             init, forward = self._generic(cls)
         return "\n".join([*lines, *init, "", *forward])
@@ -264,6 +291,7 @@ def _type_text(port: ir.Port, dim_names: dict[str, str]) -> str:
     """A block input's type by the names the block gives its dimensions: float32[batch, channels, h, w]."""
     token = PREFIX.set(dim_names)
     used = USED.set(None)
+    constants = CONSTANTS.set(None)  # a comment names a constant as the spec does
     try:
         dims = []
         for axis, d in enumerate(port.type.shape):
@@ -272,6 +300,7 @@ def _type_text(port: ir.Port, dim_names: dict[str, str]) -> str:
     finally:
         PREFIX.reset(token)
         USED.reset(used)
+        CONSTANTS.reset(constants)
     return f"{port.type.dtype}[{', '.join(dims)}]"
 
 

@@ -26,6 +26,14 @@ class Param:
 
 
 @dataclass(frozen=True)
+class Const:
+    """A constant of the spec (`const heads = 4`): a module-level constant of the generated code."""
+
+    name: str
+    value: Any
+
+
+@dataclass(frozen=True)
 class Lit:
     value: Any
 
@@ -43,7 +51,7 @@ class Unary:
     operand: Any
 
 
-TraceExpr = Param | Lit | Bin | Unary
+TraceExpr = Param | Const | Lit | Bin | Unary
 
 _BINARY = {
     "+": operator.add,
@@ -222,11 +230,19 @@ def param(name: str, value: Any) -> Any:
     return trace(value, Param(name))
 
 
+def constant(name: str, value: Any) -> Any:
+    """The value of the spec's constant `name` where a model or block reads it."""
+    if isinstance(value, (bool, int, float, str)) and not is_traced(value):
+        return trace(value, Const(name, value))
+    return value
+
+
 def _has_param(expr: TraceExpr) -> bool:
+    """Whether the expression reads a parameter or a constant (else it is just its number)."""
     stack = [expr]
     while stack:
         node = stack.pop()
-        if isinstance(node, Param):
+        if isinstance(node, (Param, Const)):
             return True
         if isinstance(node, Bin):
             stack += [node.left, node.right]
@@ -274,6 +290,9 @@ def _substitute_expr(expr: TraceExpr, values: dict[str, Any]) -> TraceExpr:
 # as their numbers (model code has no parameters).
 PREFIX: ContextVar[dict[str, str] | None] = ContextVar("dslc_param_prefix", default=None)
 USED: ContextVar[set[str] | None] = ContextVar("dslc_params_used", default=None)
+# How a constant is written: its module-level name (a callable that names it on first use), or,
+# when None, its spec name (in comments and the IR dump).
+CONSTANTS: ContextVar[Any] = ContextVar("dslc_constant_names", default=None)
 
 _PRECEDENCE = {"or": 1, "and": 2, "not": 3, "==": 4, "!=": 4, "<": 4, "<=": 4, ">": 4, ">=": 4}
 _PRECEDENCE |= {"+": 5, "-": 5, "*": 6, "/": 6, "//": 6, "%": 6, "neg": 7, "**": 8}
@@ -294,6 +313,9 @@ def _python(expr: TraceExpr, literal) -> tuple[str, int]:
         if expr.name not in names:  # a value traced in another block's terms: a compiler bug, not a name
             raise KeyError(f"parameter {expr.name!r} is not one of the class's {sorted(names)}")
         return names[expr.name], _ATOM
+    if isinstance(expr, Const):
+        names = CONSTANTS.get()
+        return (expr.name if names is None else names(expr)), _ATOM
     if isinstance(expr, Lit):
         text = literal(expr.value)
         return text, (_PRECEDENCE["neg"] if text.startswith("-") else _ATOM)

@@ -267,3 +267,28 @@ def test_a_parameter_the_class_cannot_honour_is_checked(write_spec, tmp_path):
     assert module.R(4, 8)(torch.randn(2, 5, 4)).shape == (2, 5, 8)
     with pytest.raises(NotImplementedError, match="compiled for ret='sequence' only"):
         module.R(4, 8, ret="last")
+
+
+def test_spec_constants_become_module_constants(write_spec, tmp_path):
+    source = emit_program(check_file(SPECS / "resnet18.model", ["classes=10"]))
+    assert "\nCLASSES = 10\n" in source and "self.fc = nn.Linear(512, CLASSES)" in source
+    module, source = _module_of(
+        write_spec,
+        tmp_path,
+        """
+        const f = 3
+        const heads = 2
+        block Attend() {
+            input x: float32[batch, time, d]
+            output y = x -> Reshape(batch, time, heads, d // heads) -> sum(dim=-1) -> Linear(f)
+        }
+        model m {
+            input x: float32[batch, time, 8]
+            output y = x -> Attend()
+        }
+    """,
+    )
+    assert "\nF_ = 3\nHEADS = 2\n" in source  # `F` is torch.nn.functional
+    assert "self.heads" not in source and "nn.Linear(HEADS, F_)" in source
+    assert "reshape(x.size(0), x.size(1), HEADS, self.d // HEADS)" in source
+    assert module.Attend(8)(torch.randn(2, 5, 8)).shape == (2, 5, 3)

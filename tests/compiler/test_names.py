@@ -43,6 +43,7 @@ def test_model_code_uses_only_reserved_names(spec):
     used = scope_names(table, set(HELPERS)) - spec_names(spec) - {m.class_name for m in program.modules}
     used -= {"__init__", "__class__", ".0", "_"}  # methods and comprehension internals
     used = {n for n in used if not _temporary(n, spec_names(spec))}
+    used -= {c.upper() for c in program.constants}  # the spec's constants, as module-level constants
     assert used <= RESERVED | PYTHON_NAMES | MODULE_ATTRIBUTES, sorted(used - RESERVED - PYTHON_NAMES)
 
 
