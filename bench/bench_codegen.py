@@ -53,7 +53,11 @@ def check_time(checkout: Path, spec: Path, repeat: int) -> float:
     for _ in range(repeat):
         start = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "dslc.cli", "check", str(spec)], env=env, cwd=checkout, capture_output=True, check=True
+            [sys.executable, "-m", "dslc.cli", "check", str(spec)],
+            env=env,
+            cwd=checkout,
+            capture_output=True,
+            check=True,
         )
         times.append(time.perf_counter() - start)
     return statistics.median(times)
