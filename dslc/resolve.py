@@ -8,13 +8,14 @@ shape-checked at its uses (the error already says what is wrong).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from dslc import ast, traced
-from dslc.errors import Reporter, did_you_mean
-from dslc.layers import REGISTRY
-from dslc.loader import FileScope
+from dslc.errors import DslcError, Reporter, did_you_mean
+from dslc.layers import HELPERS, REGISTRY
+from dslc.loader import FileScope, check_identifier
 from dslc.params import brief
 
 PARAM_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
@@ -29,6 +30,16 @@ def resolve_blocks(scope: FileScope, reporter: Reporter, evaluate: Callable[[ast
         if len(reporter.diagnostics) > before:
             failed.add(block.name)
     return failed
+
+
+def _module_level_names(scope: FileScope) -> set[str]:
+    """Names the generated module defines: block and model classes, helper classes, constants."""
+    names = {name.upper() for name in scope.consts} | set(HELPERS)
+    for block, _ in scope.blocks.values():
+        names.add(block.name)
+        names.add("".join(part[:1].upper() + part[1:] for part in block.name.split("_") if part))  # a model's
+    names |= {m.group(1) for source in HELPERS.values() for m in re.finditer(r"^class (\w+)", source, re.M)}
+    return names
 
 
 def check_param_value(param: ast.Param, value: Any) -> Any:
@@ -59,12 +70,28 @@ class BodyResolver:
         self.known |= self.layers | set(_type_names(block.body))
 
     def run(self) -> None:
+        seen: set[str] = set()
         for param in self.block.params:
+            if param.name in seen:
+                self.reporter.error(param.loc, f"{self.block.name}: parameter '{param.name}' is declared twice")
+            seen.add(param.name)
             self.param(param)
         for expr in _expressions(self.block.body):
             self.expression(expr)
 
     def param(self, param: ast.Param) -> None:
+        # A parameter is an argument of the block's generated class: a valid Python name that hides
+        # nothing its __init__ reads (torch, nn, the classes of other blocks, the module's constants).
+        try:
+            check_identifier(param.name, param.loc, "parameter")
+        except DslcError as exc:
+            self.reporter.extend(exc)
+            return
+        if param.name in _module_level_names(self.scope):
+            self.reporter.error(
+                param.loc, f"parameter '{param.name}' has the name of a class or constant of the generated code"
+            )
+            return
         if param.type not in PARAM_TYPES:
             self.reporter.error(param.loc, f"unknown parameter type '{param.type}'", "use int, float, bool or str")
             return

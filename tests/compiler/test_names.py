@@ -110,3 +110,60 @@ def test_models_named_like_generated_names_build(write_spec, tmp_path, model):
     spec = write_spec(TRAINED.format(model=model, output="y", layer=""))
     result = build(spec, tmp_path / "out")
     assert [r.verified for r in result.models] == [True]
+
+
+@pytest.mark.parametrize(
+    ("param", "refused"),
+    [
+        ("class", "is a Python keyword"),
+        ("self", "a name the generated Python code uses"),
+        ("torch", "a name the generated Python code uses"),
+        ("F", "a name the generated Python code uses"),
+        ("__init__", "two underscores"),
+        ("Inner", "the name of a class or constant"),
+        ("HEADS", "the name of a class or constant"),
+    ],
+)
+def test_block_parameters_are_valid_argument_names(write_spec, param, refused):
+    """A block's parameters are the arguments of its generated class's __init__."""
+    spec = write_spec(f"""
+        const heads = 2
+        block Inner(n: int) {{
+            input x: float32[batch, d]
+            output y = x -> Linear(n)
+        }}
+        block B({param}: int = 2) {{
+            input x: float32[batch, 4]
+            output y = x -> Inner({param})
+        }}
+        model m {{
+            input x: float32[batch, 4]
+            output y = x -> B()
+        }}
+    """)
+    with pytest.raises(DslcError) as info:
+        check_file(spec)
+    (diagnostic,) = info.value.diagnostics
+    assert refused in diagnostic.message and diagnostic.loc.line == 6
+
+
+def test_a_parameter_declared_twice_is_refused(write_spec):
+    spec = write_spec("block B(n: int, n: int) {\n input x: float32[batch, 4]\n output y = x -> Linear(n)\n}\n")
+    with pytest.raises(DslcError, match="parameter 'n' is declared twice"):
+        check_file(spec)
+
+
+def test_a_parameter_named_forward_builds(write_spec, tmp_path):
+    """`forward` is a fine argument name; forward() reads it as `self.forward_`."""
+    spec = write_spec("""
+        block B(forward: float = 2.0) {
+            input x: float32[batch, 4]
+            output y = x * forward
+        }
+        model m {
+            input x: float32[batch, 4]
+            output y = x -> B()
+        }
+    """)
+    result = build(spec, tmp_path / "out")
+    assert "self.forward_ = forward" in result.python_path.read_text() and result.models[0].verified
