@@ -82,7 +82,15 @@ def check_file(
     loader.reporter.raise_if_errors()
     eliminate_common_subexpressions(program)
     program.classes = generalize(program)
-    train = next((i for i in root.program.items if isinstance(i, ast.TrainDef)), None)
+    sections = [i for i in root.program.items if isinstance(i, ast.TrainDef)]
+    for extra in sections[1:]:
+        loader.reporter.error(
+            extra.loc,
+            f"a spec has one train section; this is a second one (the first is at line {sections[0].loc.line})",
+            "put the steps of both in one train { } section",
+        )
+    loader.reporter.raise_if_errors()
+    train = sections[0] if sections else None
     if train is not None:  # the train section, checked by dslc.training (torch-free)
         from dslc.training.check import check_train
 

@@ -35,9 +35,8 @@ def resolve_blocks(scope: FileScope, reporter: Reporter, evaluate: Callable[[ast
 def _module_level_names(scope: FileScope) -> set[str]:
     """Names the generated module defines: block and model classes, helper classes, constants."""
     names = {name.upper() for name in scope.consts} | set(HELPERS)
-    for block, _ in scope.blocks.values():
-        names.add(block.name)
-        names.add("".join(part[:1].upper() + part[1:] for part in block.name.split("_") if part))  # a model's
+    for block, _ in scope.blocks.values():  # a block's class has its name, a model's the CamelCase of it
+        names.add("".join(p[:1].upper() + p[1:] for p in block.name.split("_") if p) if block.is_model else block.name)
     names |= {m.group(1) for source in HELPERS.values() for m in re.finditer(r"^class (\w+)", source, re.M)}
     return names
 

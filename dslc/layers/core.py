@@ -123,8 +123,8 @@ for _name, _ranks in (("BatchNorm1d", (2, 3)), ("BatchNorm2d", (4,))):
             name=_name,
             doc="Batch normalisation over the channel dimension (dimension 1); channels are inferred.",
             params=(
-                Param("eps", "float", 1e-5, "added to the variance"),
-                Param("momentum", "float", 0.1, "running-statistics momentum"),
+                Param("eps", "float", 1e-5, "added to the variance", low=0.0, high=1.0),
+                Param("momentum", "float", 0.1, "running-statistics momentum", low=0.0, high=1.0),
                 Param("affine", "bool", True, "learn scale and shift"),
             ),
             infer=_batchnorm_infer(_ranks, _name),
@@ -157,7 +157,7 @@ register(
         doc="Layer normalisation over the last `dims` dimensions (sizes inferred).",
         params=(
             Param("dims", "int", 1, "how many trailing dimensions to normalise"),
-            Param("eps", "float", 1e-5, "added to the variance"),
+            Param("eps", "float", 1e-5, "added to the variance", low=0.0, high=1.0),
             Param("elementwise_affine", "bool", True, "learn scale and shift"),
         ),
         infer=_layernorm_infer,

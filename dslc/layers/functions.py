@@ -67,7 +67,7 @@ _activation(
     "leaky_relu",
     "x if x > 0 else negative_slope * x",
     "F.leaky_relu",
-    (Param("negative_slope", "float", 0.01, "slope for x < 0"),),
+    (Param("negative_slope", "float", 0.01, "slope for x < 0", low=-1e3, high=1e3),),  # more overflows float32
     (("negative_slope", 0.01),),
 )
 _activation(
@@ -75,7 +75,7 @@ _activation(
     "elu",
     "x if x > 0 else alpha * (exp(x) - 1)",
     "F.elu",
-    (Param("alpha", "float", 1.0, "scale for x < 0"),),
+    (Param("alpha", "float", 1.0, "scale for x < 0", low=-1e3, high=1e3),),
     (("alpha", 1.0),),
 )
 

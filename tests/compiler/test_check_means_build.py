@@ -170,3 +170,26 @@ def test_what_the_exporter_or_pytorch_refuses_is_refused_at_check(write_spec, in
 )
 def test_what_the_exporter_can_write_builds(write_spec, tmp_path, input_type, body):
     assert_builds(write_spec(f"model m {{\n    input x: {input_type}\n    {body}\n}}\n"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        ("BatchNorm1d(eps=-1.0)", "'eps' must be at least 0.0 and at most 1.0"),
+        ("BatchNorm1d(momentum=2.0)", "'momentum' must be at least 0.0 and at most 1.0"),
+        ("LayerNorm(eps=-0.1)", "'eps' must be at least 0.0"),
+        ("LeakyReLU(1e308)", "'negative_slope' must be at least -1000.0 and at most 1000.0"),
+        ("ELU(alpha=1e30)", "'alpha' must be at least -1000.0"),
+    ],
+)
+def test_layer_settings_that_break_the_numbers_are_refused(write_spec, layer, message):
+    spec = write_spec(f"model m {{\n    input x: float32[batch, 4]\n    output y = x -> {layer}\n}}\n")
+    assert message in refused(spec)
+
+
+def test_a_second_train_section_is_refused(write_spec):
+    spec = write_spec(
+        "model m {\n input x: float32[batch, 4]\n output y = x -> Linear(2)\n}\n"
+        "train {\n data = digits()\n}\ntrain {\n data = digits()\n}\n"
+    )
+    assert "a spec has one train section; this is a second one (the first is at line 5)" in refused(spec)
