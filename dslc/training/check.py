@@ -496,6 +496,8 @@ class TrainChecker:
                 oloc, f"{name}: {', '.join(models)} ha{'s' if len(models) == 1 else 've'} no parameters to train"
             )
         options = self.bind(OPTIMIZERS[name].params, [], {k: self.static(v) for k, v in kwargs}, name, oloc)
+        if options.get("nesterov") and not options.get("momentum"):  # PyTorch refuses it when it builds the optimizer
+            raise self.fail(oloc, f"{name}: nesterov needs a momentum above 0", "add momentum=0.9")
         checked_groups = []
         for g in groups:
             owner = next((m for m in models if any(s.attr == g.name for s in self.models[m].submodules)), None)
@@ -709,7 +711,7 @@ class TrainChecker:
                 metric.params, [self.static(a) for a in args], {k: self.static(v) for k, v in kwargs}, name, mloc
             )
             ptype, ttype = scope.resolve(p, mloc), scope.resolve(t, mloc)
-            self.metric_types(metric, ptype, ttype, mloc)
+            self.metric_types(metric, ptype, ttype, mloc, options)
             key = metric.key(options)
             if any(u.key == key for u in uses):
                 raise self.fail(mloc, f"metric '{key}' is listed twice")
@@ -722,7 +724,7 @@ class TrainChecker:
                     step.outputs.append(n)
         return uses
 
-    def metric_types(self, metric, ptype, ttype, loc) -> None:
+    def metric_types(self, metric, ptype, ttype, loc, options: dict[str, Any]) -> None:
         if not isinstance(ptype, TensorType) or not isinstance(ttype, TensorType):
             raise self.fail(loc, f"{metric.name} needs tensors")
         if metric.name == "cer" and (ptype.rank != 3 or ttype.rank != 2):
@@ -735,8 +737,11 @@ class TrainChecker:
                 raise self.fail(
                     loc, f"{metric.name} compares scores [..., classes] with class ids [...]; got {ptype} and {ttype}"
                 )
-            if metric.name == "top_k" and isinstance(ptype.shape[-1], int):
-                pass
+            classes = ptype.shape[-1]
+            if metric.name == "top_k" and isinstance(classes, int) and options["k"] > classes:
+                raise self.fail(
+                    loc, f"top_k(k={options['k']}) needs at least {options['k']} classes; there are {classes}"
+                )
         elif not ptype.is_float or ptype.rank != ttype.rank:
             raise self.fail(
                 loc,

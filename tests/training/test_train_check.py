@@ -138,3 +138,28 @@ def test_settings_torch_would_refuse_are_located_errors(tmp_path, setting, messa
         check_file(spec)
     (diag,) = info.value.diagnostics
     assert message in diag.message and diag.loc is not None
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("optimizer = sgd(lr=0.1, nesterov=true)", "sgd: nesterov needs a momentum above 0"),
+        ("metrics = [top_k(k=20)]", "top_k(k=20) needs at least 20 classes; there are 10"),
+    ],
+)
+def test_settings_pytorch_would_refuse_when_training_are_refused_at_check(write_spec, setting, message):
+    text = errors(
+        write_spec,
+        f"train {{\n    data = digits(image_size=8)\n    scores = net(image)\n"
+        f"    loss = cross_entropy(scores, label)\n    {setting}\n}}\n",
+    )
+    assert message in text
+
+
+def test_nesterov_with_momentum_and_top_k_within_the_classes_check(write_spec):
+    path = write_spec(
+        MODEL + "train {\n    data = digits(image_size=8)\n    scores = net(image)\n"
+        "    loss = cross_entropy(scores, label)\n    optimizer = sgd(lr=0.1, momentum=0.9, nesterov=true)\n"
+        "    metrics = [top_k(k=3)]\n}\n"
+    )
+    check_file(path)
