@@ -74,6 +74,12 @@ def _storable(name: str, array: np.ndarray) -> np.ndarray:
     )
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _write(folder: Path, file_name: str, array: np.ndarray) -> Path:
     root = folder.resolve()
     target = Path(os.path.normpath(root / file_name))
@@ -81,6 +87,9 @@ def _write(folder: Path, file_name: str, array: np.ndarray) -> Path:
         raise OutputError(f"refusing to write {file_name!r}: it would land outside {root}")
     fd, temp = tempfile.mkstemp(dir=root, prefix=".", suffix=".npy.tmp")
     try:
+        os.fchmod(
+            fd, 0o666 & ~_umask()
+        )  # mkstemp makes 0600; a saved output gets a new file's usual mode
         with os.fdopen(fd, "wb") as fh:
             np.save(fh, array, allow_pickle=False)
         os.replace(temp, target)  # replaces a symlink at ``target``, never follows it

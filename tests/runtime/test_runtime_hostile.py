@@ -11,6 +11,7 @@ import io
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -617,3 +618,17 @@ def test_npy_headers_with_empty_elements_are_refused(tmp_path, descr, shape):
     forged.write_bytes(header.getvalue())
     with pytest.raises(InputError, match="elements of size 0"):
         load_npy(forged)
+
+
+def test_saved_outputs_get_a_new_files_usual_mode(tmp_path):
+    """Outputs are written atomically through a temp file, yet get 0o666 minus the umask, not 0o600."""
+    x = tmp_path / "x.npy"
+    np.save(x, IMAGE)
+    model = build_classifier(tmp_path / "cnn.onnx")
+    old = os.umask(0o022)
+    try:
+        run_cli(model, {"image": x}, tmp_path / "out", providers="cpu", stream=io.StringIO())
+    finally:
+        os.umask(old)
+    (saved,) = (tmp_path / "out").glob("*.npy")
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o644
