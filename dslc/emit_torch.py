@@ -107,7 +107,7 @@ class _ClassWriter:
         lines += docstring(doc, INDENT)
         lines.append("")
         if cls.kind == "model":  # no parameters: traced values are constants or numbers
-            init, forward = _with_params({}, set())(lambda: (self._init(cls, [], {}), self._forward(cls, {})))
+            init, forward = _with_params({}, set())(lambda: (self._model_init(cls), self._forward(cls, {})))
         else:
             init, forward = self._generic(cls)
         return "\n".join([*lines, *init, "", *forward])
@@ -157,7 +157,7 @@ class _ClassWriter:
 
     # ------------------------------------------------------------ __init__
 
-    def _init(self, cls: ir.ClassIR, params, prefix) -> list[str]:
+    def _model_init(self, cls: ir.ClassIR) -> list[str]:
         lines = [f"{INDENT}def __init__(self) -> None:", f"{INDENT * 2}super().__init__()"]
         return lines + self._body_init(cls.body)
 
