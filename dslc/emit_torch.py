@@ -210,7 +210,7 @@ class _ClassWriter:
         )
         lines = wrap(f"{INDENT}def forward(self, {args}) -> {returns}:")
         for port in module.inputs:
-            shown = _type_text(port, dim_names) if dim_names else str(port.type)
+            shown = _type_text(port, dim_names) if cls.kind == "block" else str(port.type)
             lines.append(
                 f"{INDENT * 2}# {port.name}: {comment(shown)}" + (f"  {comment(port.doc)}" if port.doc else "")
             )
