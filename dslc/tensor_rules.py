@@ -15,6 +15,12 @@ COMPARISONS = {"==", "!=", "<", "<=", ">", ">="}
 
 def binop_type(op: str, a: ir.Expr, b: ir.Expr) -> TensorType:
     """`a op b` elementwise, with numpy broadcasting; a Python number (ir.Scalar) takes the tensor's dtype."""
+    if op not in COMPARISONS and any(
+        isinstance(x, ir.Expr) and not isinstance(x, ir.Scalar) and x.type.dtype == "bool" for x in (a, b)
+    ):
+        raise ShapeError(
+            f"'{op}' on a bool tensor (ONNX has no arithmetic on bools)", "convert it with float(x) or long(x)"
+        )
     dtype = result_dtype(a, b)
     if dtype is None:
         raise ShapeError(f"'{op}' mixes {a.type.dtype} and {b.type.dtype}", "convert one side with float(x) or long(x)")

@@ -198,6 +198,8 @@ def _axes(value, x: TensorType, op: str) -> tuple[int, ...] | None:
 def _reduce_infer(name: str, out_dtype: str | None = None):
     def infer(args, inputs):
         (x,) = inputs
+        if name == "mean":  # PyTorch averages floating-point tensors only
+            expect_float(x, name)
         axes = _axes(args["dim"], x, name)
         if axes is None:
             shape: tuple[Dim, ...] = () if not args["keepdim"] else (1,) * x.rank
@@ -208,7 +210,10 @@ def _reduce_infer(name: str, out_dtype: str | None = None):
         dim = None if axes is None else (axes[0] if len(axes) == 1 else axes)
         if isinstance(dim, int):
             dim = _signed_axis(dim, x)
-        return Inferred([TensorType(out_dtype or x.dtype, shape)], {"dim": dim, "keepdim": args["keepdim"]})
+        dtype = out_dtype or x.dtype
+        if name == "sum" and dtype in ("bool", "uint8", "int8", "int32"):
+            dtype = "int64"  # PyTorch sums integers and bools as int64
+        return Inferred([TensorType(dtype, shape)], {"dim": dim, "keepdim": args["keepdim"]})
 
     return infer
 

@@ -193,3 +193,30 @@ def test_a_second_train_section_is_refused(write_spec):
         "train {\n data = digits()\n}\ntrain {\n data = digits()\n}\n"
     )
     assert "a spec has one train section; this is a second one (the first is at line 5)" in refused(spec)
+
+
+@pytest.mark.parametrize(
+    ("input_type", "body", "message"),
+    [
+        ("int64[batch, 4]", "output y = mean(x, dim=-1)", "mean expects a floating-point tensor, got int64"),
+        ("bool[batch, 4]", "output y = x + x", "'+' on a bool tensor"),
+        ("bool[batch, 4]", "output y = x * 2", "'*' on a bool tensor"),
+    ],
+)
+def test_dtype_mixes_pytorch_or_onnx_refuse_are_refused_at_check(write_spec, input_type, body, message):
+    spec = write_spec(f"model m {{\n    input x: {input_type}\n    {body}\n}}\n")
+    assert message in refused(spec)
+
+
+@pytest.mark.parametrize(
+    ("input_type", "body", "dtype"),
+    [
+        ("bool[batch, 4]", "output y = sum(x, dim=-1)", "int64"),  # PyTorch counts bools as int64
+        ("int64[batch, 4]", "output y = mean(float(x), dim=-1)", "float32"),
+        ("bool[batch, 4]", "output y = float(x) * 2.0", "float32"),
+    ],
+)
+def test_what_the_dtypes_allow_builds_with_the_dtype_pytorch_gives(write_spec, tmp_path, input_type, body, dtype):
+    spec = write_spec(f"model m {{\n    input x: {input_type}\n    {body}\n}}\n")
+    assert check_file(spec).model("m").outputs[0].type.dtype == dtype
+    assert_builds(spec, tmp_path)
