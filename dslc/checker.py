@@ -27,6 +27,7 @@ from dslc.pytext import PYTHON_NAMES
 from dslc.resolve import (
     PARAM_TYPES,
     check_param_value,
+    class_base_name,
     declared_names,
     named_stages,
     names_read,
@@ -118,7 +119,7 @@ class Checker:
             raise DslcError([]) from None  # already reported
         if isinstance(value, (ir.Expr, Sym, LayerInstance)):
             raise error(expr.loc, "a constant must be a number, bool, string or tuple")
-        return _plain(value)  # a constant's value is its number; only a model or block reading it traces it
+        return traced.plain(value)  # a constant's value is its number; only a model or block reading it traces it
 
     # ------------------------------------------------------------ program
 
@@ -220,7 +221,7 @@ class Checker:
         return module
 
     def class_name_for(self, block: ast.BlockDef) -> str:
-        base = "".join(p[:1].upper() + p[1:] for p in block.name.split("_") if p) if block.is_model else block.name
+        base = class_base_name(block)
         if not base or base in RESERVED or base in PYTHON_NAMES:  # model `_`, or `f` -> `F` (torch.nn.functional)
             base += "Model"
         name, n = base, 2
@@ -307,7 +308,7 @@ class BodyChecker:
         for param in self.block.params:
             default, has_default = None, param.default is not None
             if has_default:
-                default = _plain(
+                default = traced.plain(
                     BodyChecker(self.checker, None, self.scope, {}, None).static(param.default, "a default")
                 )
             params.append(ir.ClassParam(param.name, param.type, default, has_default))
@@ -962,7 +963,9 @@ class BodyChecker:
             if param.name in values:
                 value = values[param.name]
             elif param.default is not None:
-                value = _plain(BodyChecker(self.checker, None, self.scope, {}, None).static(param.default, "a default"))
+                value = traced.plain(
+                    BodyChecker(self.checker, None, self.scope, {}, None).static(param.default, "a default")
+                )
             else:
                 self.fail(stage.loc, f"{what} is missing its '{param.name}' argument")
             if param.type not in PARAM_TYPES:
@@ -1035,10 +1038,6 @@ class BodyChecker:
 
     def _fail_reuse(self, name: str, loc: Loc):
         self.fail(loc, f"the group '{name}' cannot be reused; give its layers names instead")
-
-
-def _plain(value: Any) -> Any:
-    return tuple(_plain(v) for v in value) if isinstance(value, tuple) else traced.plain(value)
 
 
 def _call_args(module: ir.ModuleIR, hyper: dict[str, Any], inputs: list[ir.Expr]) -> dict[str, Any]:

@@ -12,19 +12,13 @@ import operator
 from typing import Any
 
 from dslc.shapes import Sym
-from dslc.traced import is_bool
+from dslc.traced import ARITHMETIC, is_bool
 
 MAX_INT = 2**63 - 1  # the largest size PyTorch and ONNX can hold
 MAX_ITEMS = 10_000  # characters of a string or items of a tuple built by `*` or `+`
 
 OPS = {
-    "+": operator.add,
-    "-": operator.sub,
-    "*": operator.mul,
-    "/": operator.truediv,
-    "//": operator.floordiv,
-    "%": operator.mod,
-    "**": operator.pow,
+    **ARITHMETIC,
     "==": operator.eq,
     "!=": operator.ne,
     "<": operator.lt,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from dslc import __version__, ir, traced
 from dslc.layers import HELPERS, REGISTRY
-from dslc.pyformat import power, slice_text
-from dslc.pytext import MODULE_ATTRIBUTES, comment, docstring, docstring_lines, py_literal
+from dslc.pyformat import power
+from dslc.pytext import MODULE_ATTRIBUTES, comment, docstring, docstring_lines, index_text, py_literal
 from dslc.traced import CONSTANTS, PREFIX, USED, is_traced, python_expr
 
 INDENT = "    "
@@ -356,7 +356,7 @@ def _expr(e: ir.Expr) -> tuple[str, int]:
             return f"-({expr(e.operand)})", PRECEDENCE["neg"]
         return f"-{_operand(e.operand, PRECEDENCE['neg'], right_side=False)}", PRECEDENCE["neg"]
     if isinstance(e, ir.Index):
-        return f"{_operand(e.value, ATOM, False)}[{', '.join(_index_item(i) for i in e.items)}]", ATOM
+        return f"{_operand(e.value, ATOM, False)}[{', '.join(index_text(i) for i in e.items)}]", ATOM
     if isinstance(e, ir.GetItem):
         return f"{_operand(e.value, ATOM, False)}[{e.index}]", ATOM
     if isinstance(e, ir.TupleExpr):
@@ -374,17 +374,6 @@ def _operand(e: ir.Expr, parent: int, right_side: bool) -> str:
     if prec < parent or (prec == parent and right_side and prec != ATOM):
         return f"({code})"
     return code
-
-
-def _index_item(item) -> str:
-    if item is Ellipsis:
-        return "..."
-    if item is None:
-        return "None"
-    if isinstance(item, int):
-        return py_literal(item)
-    start, stop = ("" if p is None else py_literal(p) for p in (item.start, item.stop))
-    return slice_text(start, stop, None if item.step is None else py_literal(item.step))
 
 
 # ---------------------------------------------------------------- line wrapping

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from dslc import ir, traced
-from dslc.pytext import comment, py_literal
+from dslc.pytext import comment, index_text, py_literal
 
 INDENT = "  "
 
@@ -93,7 +93,7 @@ def expr(e: ir.Expr) -> str:
     if isinstance(e, ir.UnaryOp):
         return f"-{expr(e.operand)}"
     if isinstance(e, ir.Index):
-        return f"{expr(e.value)}[{', '.join(_index_item(i) for i in e.items)}]"
+        return f"{expr(e.value)}[{', '.join(index_text(i) for i in e.items)}]"
     if isinstance(e, ir.GetItem):
         return f"{expr(e.value)}.{e.index}"
     if isinstance(e, ir.TupleExpr):
@@ -123,14 +123,3 @@ def _trace(e: Any) -> str:
 
 def _type(t) -> str:
     return f"{t.dtype}[{', '.join(value(d) if isinstance(d, int) else str(d) for d in t.shape)}]"
-
-
-def _index_item(item) -> str:
-    if item is Ellipsis:
-        return "..."
-    if item is None:
-        return "None"
-    if isinstance(item, int):
-        return str(item)
-    parts = ["" if p is None else str(p) for p in (item.start, item.stop)]
-    return ":".join(parts) + (f":{item.step}" if item.step is not None else "")

@@ -17,6 +17,7 @@ import sys
 import unicodedata
 from typing import Any
 
+from dslc.pyformat import slice_text
 from dslc.traced import PREFIX, is_bool, is_traced, python_expr
 
 # Names a spec may not give to what becomes a Python variable, class or attribute. Each set is
@@ -99,6 +100,18 @@ def py_literal(value: Any) -> str:
             return f"({items},)" if len(value) == 1 else f"({items})"
         return f"[{items}]"
     raise TypeError(f"no Python literal for {type(value).__name__}")
+
+
+def index_text(item: Any) -> str:
+    """One item of an index as Python: an int, `...`, `None` (a new axis) or a slice (an ir.SliceItem)."""
+    if item is Ellipsis:
+        return "..."
+    if item is None:
+        return "None"
+    if isinstance(item, int):
+        return py_literal(item)
+    start, stop = ("" if p is None else py_literal(p) for p in (item.start, item.stop))
+    return slice_text(start, stop, None if item.step is None else py_literal(item.step))
 
 
 def _visible(char: str) -> str:

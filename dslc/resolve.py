@@ -32,11 +32,15 @@ def resolve_blocks(scope: FileScope, reporter: Reporter, evaluate: Callable[[ast
     return failed
 
 
+def class_base_name(block: ast.BlockDef) -> str:
+    """The generated class's name before clashes are resolved: a block's own, a model's in CamelCase."""
+    return "".join(p[:1].upper() + p[1:] for p in block.name.split("_") if p) if block.is_model else block.name
+
+
 def _module_level_names(scope: FileScope) -> set[str]:
     """Names the generated module defines: block and model classes, helper classes, constants."""
     names = {name.upper() for name in scope.consts} | set(HELPERS)
-    for block, _ in scope.blocks.values():  # a block's class has its name, a model's the CamelCase of it
-        names.add("".join(p[:1].upper() + p[1:] for p in block.name.split("_") if p) if block.is_model else block.name)
+    names |= {class_base_name(block) for block, _ in scope.blocks.values()}
     names |= {m.group(1) for source in HELPERS.values() for m in re.finditer(r"^class (\w+)", source, re.M)}
     return names
 
@@ -106,37 +110,13 @@ class BodyResolver:
             self.reporter.error(param.default.loc, f"{self.block.name}: the default of {exc}")
 
     def expression(self, expr: ast.Expr) -> None:
-        stack: list[Any] = [expr]
-        while stack:
-            node = stack.pop()
+        for node in walk(expr, _arguments):
             if isinstance(node, ast.Name):
                 self.name(node)
             elif isinstance(node, ast.Call):
                 self.function(node)
-                stack.extend(_arguments(node.func, node.args, node.kwargs))
-            elif isinstance(node, ast.Pipe):
-                stack.append(node.source)
-                stack.extend(node.stages)
-            elif isinstance(node, ast.NamedStage):
-                stack.append(node.body)
-            elif isinstance(node, ast.Repeat):
-                stack.extend([node.count, node.body])
-            elif isinstance(node, ast.Group):
-                stack.extend(node.stages)
             elif isinstance(node, ast.LayerCall):
                 self.layer(node)
-                stack.extend(_arguments(node.name, node.args, node.kwargs))
-            elif isinstance(node, ast.BinOp):
-                stack.extend([node.left, node.right])
-            elif isinstance(node, ast.UnaryOp):
-                stack.append(node.operand)
-            elif isinstance(node, ast.Index):
-                stack.append(node.value)
-                stack.extend(node.items)
-            elif isinstance(node, ast.Slice):
-                stack.extend(p for p in (node.start, node.stop, node.step) if p is not None)
-            elif isinstance(node, (ast.TupleLit, ast.ListLit)):
-                stack.extend(node.items)
 
     def name(self, node: ast.Name) -> None:
         if node.id in self.known or self.scope.lookup_block(node.id):
@@ -165,40 +145,45 @@ class BodyResolver:
 
 def names_read(stmts: list[ast.Stmt]) -> set[str]:
     """Every name a body reads: in expressions, conditions, arguments, repeat counts and types."""
-    names: set[str] = set()
-    stack: list[Any] = list(_expressions(stmts))
+    roots: list[Any] = list(_expressions(stmts))
     for stmt in _statements(stmts):
         texpr = getattr(stmt, "type", None)
         if isinstance(texpr, ast.TensorTypeExpr):
-            stack.extend(texpr.dims)
+            roots.extend(texpr.dims)
+    return {node.id for root in roots for node in walk(root) if isinstance(node, ast.Name)}
+
+
+def walk(expr: Any, arguments=None) -> Iterator[Any]:
+    """Every node of an expression, pipeline stages included. `arguments(func, args, kwargs)` picks the
+    call arguments to enter (all of them by default)."""
+    stack = [expr]
     while stack:
         node = stack.pop()
-        if isinstance(node, ast.Name):
-            names.add(node.id)
-        elif isinstance(node, (ast.Call, ast.LayerCall)):
-            stack.extend(node.args)
-            stack.extend(v for _, v in node.kwargs)
+        yield node
+        if isinstance(node, (ast.Call, ast.LayerCall)):
+            func = node.func if isinstance(node, ast.Call) else node.name
+            if arguments is None:
+                stack.extend([*node.args, *(v for _, v in node.kwargs)])
+            else:
+                stack.extend(arguments(func, node.args, node.kwargs))
         elif isinstance(node, ast.Pipe):
-            stack.append(node.source)
-            stack.extend(node.stages)
+            stack += [node.source, *node.stages]
         elif isinstance(node, ast.NamedStage):
             stack.append(node.body)
         elif isinstance(node, ast.Repeat):
-            stack.extend([node.count, node.body])
+            stack += [node.count, node.body]
         elif isinstance(node, ast.Group):
             stack.extend(node.stages)
         elif isinstance(node, ast.BinOp):
-            stack.extend([node.left, node.right])
+            stack += [node.left, node.right]
         elif isinstance(node, ast.UnaryOp):
             stack.append(node.operand)
         elif isinstance(node, ast.Index):
-            stack.append(node.value)
-            stack.extend(node.items)
+            stack += [node.value, *node.items]
         elif isinstance(node, ast.Slice):
             stack.extend(p for p in (node.start, node.stop, node.step) if p is not None)
         elif isinstance(node, (ast.TupleLit, ast.ListLit)):
             stack.extend(node.items)
-    return names
 
 
 def _arguments(func: str, args: list[ast.Expr], kwargs: list[tuple[str, ast.Expr]]) -> Iterator[ast.Expr]:
@@ -250,20 +235,6 @@ def _type_names(stmts: list[ast.Stmt]) -> Iterator[str]:
 
 
 def named_stages(stmts: list[ast.Stmt]) -> Iterator[str]:
-    stack: list[Any] = list(_expressions(stmts))
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ast.NamedStage):
-            yield node.name
-            stack.append(node.body)
-        elif isinstance(node, ast.Pipe):
-            stack.append(node.source)
-            stack.extend(node.stages)
-        elif isinstance(node, ast.Repeat):
-            stack.append(node.body)
-        elif isinstance(node, ast.Group):
-            stack.extend(node.stages)
-        elif isinstance(node, ast.BinOp):
-            stack.extend([node.left, node.right])
-        elif isinstance(node, ast.Call):
-            stack.extend(node.args)
+    """The names the spec gives layers (`conv1: Conv2d(...)`) anywhere in a body."""
+    for expr in _expressions(stmts):
+        yield from (node.name for node in walk(expr) if isinstance(node, ast.NamedStage))

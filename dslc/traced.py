@@ -53,7 +53,7 @@ class Unary:
 
 TraceExpr = Param | Const | Lit | Bin | Unary
 
-_BINARY = {
+ARITHMETIC = {  # compile-time arithmetic (dslc.consteval adds the comparisons)
     "+": operator.add,
     "-": operator.sub,
     "*": operator.mul,
@@ -73,7 +73,7 @@ def expr_of(value: Any) -> TraceExpr:
 
 
 def _traced_op(op: str, swap: bool = False):
-    fn = _BINARY[op]
+    fn = ARITHMETIC[op]
 
     def method(self, other):
         if isinstance(other, bool) or not isinstance(other, (int, float)):
@@ -181,6 +181,9 @@ class TracedStr(str):
 
 
 def _plain(value: Any) -> Any:
+    """The value as a plain Python number, bool, string or tuple of them."""
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
     if isinstance(value, TracedBool):
         return bool(value)
     if isinstance(value, TracedInt):
