@@ -270,6 +270,16 @@ for _n in (1, 2):
         )
 
 
+def _largest_divisor(n: int, at_most: int) -> int:
+    """The largest divisor of `n` up to `at_most`, by trial division up to sqrt(n) (`at_most` may be huge)."""
+    best, d = 1, 1
+    while d * d <= n:
+        if n % d == 0:
+            best = max([best, *(x for x in (d, n // d) if x <= at_most)])
+        d += 1
+    return best
+
+
 def _check_exportable_pooling(name: str, given, wanted: int) -> None:
     """ONNX has adaptive pooling only as global pooling (output 1) or as an ordinary pooling window,
     which needs a fixed input size that the output size divides."""
@@ -283,7 +293,7 @@ def _check_exportable_pooling(name: str, given, wanted: int) -> None:
     if given % wanted:
         raise ShapeError(
             f"{name}: ONNX needs the input size ({given}) to be a multiple of the output size ({wanted})",
-            f"pool to a divisor of {given}, e.g. {max(d for d in range(1, wanted + 1) if given % d == 0)}",
+            f"pool to a divisor of {given}, e.g. {_largest_divisor(given, wanted)}",
         )
 
 
