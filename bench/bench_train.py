@@ -36,8 +36,8 @@ from dslc.build import load_generated  # noqa: E402
 from dslc.checker import check_file  # noqa: E402
 from dslc.data import sets  # noqa: E402
 from dslc.training import runtime as rt  # noqa: E402
-from dslc.training.check import split_overrides  # noqa: E402
 from dslc.training.command import prepare_run  # noqa: E402
+from dslc.training.overrides import split_overrides  # noqa: E402
 
 # larger generated data sets, so that an epoch is long enough to time
 OVERRIDES = {"rnn": ["data.samples=12000"]}

@@ -20,7 +20,7 @@ def prepare_run(spec: str | Path, out: Path, overrides: list[str], resume: bool)
     from dslc.emit_torch import emit_program
     from dslc.emit_train import emit_train_script
     from dslc.training import checkpoint as ckpt
-    from dslc.training.check import split_overrides
+    from dslc.training.overrides import split_overrides
 
     consts, settings = split_overrides(spec, overrides)
     program = check_file(spec, consts, settings)
