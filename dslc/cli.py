@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from dslc import __version__
-from dslc.errors import DslcError
+from dslc.errors import DslcError, error
 from dslc.pytext import module_name
 
 
@@ -66,7 +66,11 @@ def main(debug: bool) -> None:
 
 
 _set_option = click.option(
-    "--set", "overrides", multiple=True, metavar="NAME=VALUE", help="Override a constant of the spec (repeatable)."
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a constant or a train setting (hidden=16, epochs=3, optimizer.lr=0.01; repeatable).",
 )
 
 
@@ -82,15 +86,16 @@ def check(files: tuple[str, ...], shapes: bool, show_ir: bool, overrides: tuple[
     \b
     Example:
       dslc check specs/*.model
-      dslc check specs/mlp.model --shapes --set hidden=16
+      dslc check specs/mlp.model --shapes --set hidden=16 --set optimizer.lr=0.01
       dslc check specs/resnet18.model --ir
     """
     from dslc.checker import check_file
+    from dslc.training.overrides import split_overrides
 
     failures: list[DslcError] = []
     for path in files:
         try:
-            program = check_file(path, list(overrides))
+            program = check_file(path, *split_overrides(path, list(overrides)))
         except DslcError as exc:
             failures.append(exc)
             continue
@@ -150,9 +155,18 @@ def build(spec: str, out_dir: str | None, no_onnx: bool, no_verify: bool, overri
       dslc build specs/cnn.model -o build/cnn
     """
     from dslc.build import build as run_build
+    from dslc.training.overrides import split_overrides
 
+    consts, _ = split_overrides(spec, list(overrides))
+    for text in overrides:  # the build writes the training script for the train section as the spec has it
+        if text not in consts:
+            raise error(
+                None,
+                f"--set {text}: a train setting; dslc build takes constants only",
+                f"set it when training: dslc train {spec} --set {text}",
+            )
     out = Path(out_dir or Path("build") / module_name(Path(spec).stem))
-    result = run_build(spec, out, list(overrides), export_onnx=not no_onnx, verify_onnx=not no_verify)
+    result = run_build(spec, out, consts, export_onnx=not no_onnx, verify_onnx=not no_verify)
     click.echo(f"wrote {result.python_path}")
     train_script = result.python_path.with_name(f"{result.python_path.stem}_train.py")
     if result.program.train is not None and train_script.exists():

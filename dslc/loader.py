@@ -156,7 +156,7 @@ class Loader:
         for name in overrides:
             if name not in scope.consts:
                 hint = did_you_mean(name, scope.consts)
-                self.reporter.error(None, f"--set {name}: the spec has no constant '{name}'", hint)
+                self.reporter.error(None, f"--set {name}: no constant '{name}'", hint)
 
     def _import(self, scope: FileScope, item: ast.Import, base: Path) -> None:
         other = self._load(base / item.path, item.loc, {})
