@@ -95,7 +95,7 @@ def check_file(
     if train is not None:  # the train section, checked by dslc.training (torch-free)
         from dslc.training.check import check_train
 
-        program.train = check_train(program, train, loader.reporter, train_overrides)
+        program.train = check_train(program, train, checker, root, train_overrides)
         loader.reporter.raise_if_errors()
     return program
 
@@ -258,6 +258,7 @@ class BodyChecker:
         self.size_rules: dict[tuple[Any, int], SizeRule] = {}
         self.next_local: dict[str, int] = {}  # fresh()'s next number per stem
         self.declared = declared_names(block.body) if block else set()  # fresh temporaries avoid them all
+        self.in_train = False  # a train section's body may use losses and noise
 
     @property
     def reporter(self) -> Reporter:
@@ -695,6 +696,8 @@ class BodyChecker:
         value = self.ev(expr.value)
         if isinstance(value, Poison):
             raise _StatementFailedError
+        if isinstance(value, ir.Expr) and len(value.types) > 1:
+            return self._pick_output(expr, value)
         if not isinstance(value, ir.Expr):
             if isinstance(value, tuple) and len(expr.items) == 1:
                 i = self.static(expr.items[0], "an index")
@@ -734,6 +737,21 @@ class BodyChecker:
         self.require_sizes([value.type.with_shape(shape)], expr.loc)
         return ir.Index([value.type.with_shape(shape)], value, items)
 
+    def _pick_output(self, expr: ast.Index, value: ir.Expr) -> ir.Expr:
+        """`model(x)[0]`, `chunk(x, 2)[1]`: one output of an expression that gives several."""
+        count = len(value.types)
+        if len(expr.items) != 1 or isinstance(expr.items[0], (ast.Slice, ast.EllipsisLit, ast.NoneLit)):
+            self.fail(expr.loc, f"this gives {count} tensors; pick one with an integer index, e.g. [0]")
+        i = self.static(expr.items[0], "an output index")
+        if not isinstance(i, int) or traced.is_bool(i) or not -count <= i < count:
+            self.fail(
+                expr.loc, f"output index {brief(i)} is out of range: this gives {count} tensors (0 to {count - 1})"
+            )
+        i = int(traced.plain(i)) % count
+        if isinstance(value, ir.TupleExpr):
+            return value.items[i]
+        return ir.GetItem([value.types[i]], value, i)
+
     # ------------------------------------------------------------ calls and pipelines
 
     def call(self, expr: ast.Call) -> Any:
@@ -750,12 +768,22 @@ class BodyChecker:
             self.fail(expr.loc, f"unknown function '{expr.func}'", did_you_mean(expr.func, candidates + list(self.env)))
         if op.category in ("layer",):
             self.fail(expr.loc, f"{op.name} is a layer; apply it in a pipeline: x -> {op.name}(...)")
+        if op.train_only and not self.in_train:
+            what = "a loss" if op.category == "loss" else "a random draw"
+            self.fail(expr.loc, f"{op.name} is {what}: it belongs in the train section, not in a model")
         values = [self.ev(a) for a in expr.args]
         tensors: list[Any] = []
-        while values and isinstance(values[0], (ir.Expr, _TensorList, Poison)) and len(tensors) < op.inputs[1]:
-            tensors.append(values.pop(0))
+        while values and len(tensors) < op.inputs[1] and self._is_input(values[0], op, bool(tensors)):
+            tensors.append(_scalar(values.pop(0)))
         inputs = self.flatten_inputs(tensors, expr.loc)
         return self.apply_op(op, inputs, values, expr.kwargs, expr.loc, None)
+
+    @staticmethod
+    def _is_input(value: Any, op: Op, after_tensor: bool) -> bool:
+        """A tensor input of `op`; after the first, a number too where the op takes one for a tensor."""
+        if isinstance(value, (ir.Expr, _TensorList, Poison)):
+            return True
+        return op.scalar_inputs and after_tensor and isinstance(value, (int, float)) and not traced.is_bool(value)
 
     def flatten_inputs(self, values: list[Any], loc: Loc) -> list[ir.Expr]:
         inputs: list[ir.Expr] = []
@@ -1074,6 +1102,13 @@ def _declares_output(stmts: list[ast.Stmt]) -> bool:
         if isinstance(stmt, ast.If) and any(_declares_output(b) for b in [*(b for _, b in stmt.branches), stmt.orelse]):
             return True
     return False
+
+
+def _scalar(value: Any) -> Any:
+    """A number standing for a tensor (`bce_with_logits(score, 1.0)`): a float32 scalar."""
+    if isinstance(value, (int, float)) and not isinstance(value, ir.Expr):
+        return ir.Scalar([TensorType("float32", ())], float(traced.plain(value)))
+    return value
 
 
 class _TensorList(list):

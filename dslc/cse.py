@@ -3,8 +3,10 @@
 Within a body (and within each arm of a compile-time `if`), a pure expression that appears twice,
 or an expression an op's code reads twice (`x.reshape(x.size(0), ...)`), is assigned to a fresh
 name before its first use and read from there. Pure means it has no layer state: functions and
-operators; a layer call (Dropout draws, BatchNorm updates its statistics) is never merged. A value
-stays available until a name it reads is assigned again.
+operators; a layer call (Dropout draws, BatchNorm updates its statistics) and a random draw
+(`normal(batch, 64)`) are never merged. In a train step a model call is merged: the step runs each
+model once per distinct input (the GAN's discriminator once on real and once on fake images). A
+value stays available until a name it reads is assigned again.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from dslc import ir
 from dslc.layers import REGISTRY
 from dslc.loader import RESERVED
-from dslc.pytext import PYTHON_NAMES
+from dslc.pytext import PYTHON_NAMES, TRAIN_SCRIPT_NAMES
 from dslc.traced import is_traced
 
 _STEMS = {"@": "product", "+": "total", "-": "difference", "*": "scaled", "/": "ratio", "//": "quotient"}
@@ -23,8 +25,16 @@ _STEMS = {"@": "product", "+": "total", "-": "difference", "*": "scaled", "/": "
 
 def eliminate_common_subexpressions(program: ir.ProgramIR) -> None:
     for module in program.modules:
-        names = _Names(module)
-        module.body = _body(module.body, names)
+        module.body = _body(module.body, _Names.of_module(module))
+
+
+def eliminate_in_step(body: list[ir.Stmt], taken: set[str]) -> list[ir.Stmt]:
+    """A train step's statements with each pure expression and each model call computed once; fresh
+    names avoid `taken` (the step's names) and the names the training script uses."""
+    names = _Names(set(taken) | TRAIN_SCRIPT_NAMES)
+    for stmt in body:
+        names.taken |= set(getattr(stmt, "targets", ()))
+    return _body(body, names)
 
 
 class _Available:
@@ -78,8 +88,8 @@ def _body(body: list[ir.Stmt], names: _Names) -> list[ir.Stmt]:
 
 def _pure(e: ir.Expr) -> bool:
     if isinstance(e, ir.OpCall):
-        return e.module is None
-    return isinstance(e, (ir.BinOp, ir.UnaryOp, ir.Index, ir.GetItem))
+        return e.module is None and REGISTRY[e.op].deterministic
+    return isinstance(e, (ir.BinOp, ir.UnaryOp, ir.Index, ir.GetItem, ir.ModelCall))
 
 
 def _repeated(e: ir.Expr) -> list[ir.Expr]:
@@ -96,8 +106,9 @@ def _repeated(e: ir.Expr) -> list[ir.Expr]:
             if key not in first:
                 first[key] = node
                 order.append(key)
-        if isinstance(node, ir.OpCall) and REGISTRY[node.op].repeats_input:
-            for x in node.inputs[:1]:
+        if isinstance(node, ir.OpCall):
+            for index in REGISTRY[node.op].inputs_read_twice(node.init):
+                x = node.inputs[index]
                 if not isinstance(x, (ir.Var, ir.Scalar)):
                     key = _key(x)
                     counts[key] = counts.get(key, 0) + 2
@@ -133,7 +144,7 @@ def _reuse(e: ir.Expr, available: dict[Any, str], any_expr: bool = False) -> ir.
     def again(x: ir.Expr) -> ir.Expr:
         return _reuse(x, available, any_expr)
 
-    if isinstance(e, (ir.OpCall, ir.ModuleCall)):
+    if isinstance(e, (ir.OpCall, ir.ModuleCall, ir.ModelCall)):
         return replace(e, inputs=[again(x) for x in e.inputs])
     if isinstance(e, ir.BinOp):
         return replace(e, left=again(e.left), right=again(e.right))
@@ -170,6 +181,8 @@ def _key(e: Any) -> Any:
         return ("op", e.op, e.module, _value(e.init), tuple(_key(x) for x in e.inputs))
     if isinstance(e, ir.ModuleCall):
         return ("call", e.module, tuple(_key(x) for x in e.inputs))
+    if isinstance(e, ir.ModelCall):
+        return ("model", e.model, tuple(_key(x) for x in e.inputs))
     if isinstance(e, ir.BinOp):
         return ("bin", e.op, _key(e.left), _key(e.right))
     if isinstance(e, ir.UnaryOp):
@@ -200,18 +213,27 @@ def _stem(e: ir.Expr) -> str:
         return _STEMS.get(e.op, "value")
     if isinstance(e, ir.OpCall):
         return REGISTRY[e.op].prefix.lower()
+    if isinstance(e, ir.ModelCall):
+        return f"{e.model}_out"
+    if isinstance(e, ir.GetItem) and isinstance(e.value, ir.ModelCall):
+        return f"{e.value.model}_out"
     return "value"
 
 
 class _Names:
     """Fresh local names: none the module uses, none the generated code reserves."""
 
-    def __init__(self, module: ir.ModuleIR) -> None:
-        self.taken = {p.name for p in [*module.inputs, *module.outputs]} | {p.name for p in module.class_params}
+    def __init__(self, taken: set[str]) -> None:
+        self.taken = taken
+
+    @classmethod
+    def of_module(cls, module: ir.ModuleIR) -> _Names:
+        taken = {p.name for p in [*module.inputs, *module.outputs]} | {p.name for p in module.class_params}
         for stmt in module.statements():
-            self.taken |= set(getattr(stmt, "targets", ())) | {getattr(stmt, "target", "")}
+            taken |= set(getattr(stmt, "targets", ())) | {getattr(stmt, "target", "")}
             for value in _values(stmt):
-                self.taken |= {x.name for x in _subexpressions(value) if isinstance(x, ir.Var)}
+                taken |= {x.name for x in _subexpressions(value) if isinstance(x, ir.Var)}
+        return cls(taken)
 
     def fresh(self, stem: str) -> str:
         n = 1

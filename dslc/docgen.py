@@ -29,10 +29,10 @@ CATEGORIES = [
     ("activation", "Activations", "Element-wise activations; each also works as a function: `relu(x)`."),
     ("shape", "Reshaping", "Layers that only rearrange a tensor's elements."),
     ("function", "Tensor functions", "Called like functions, `mean(h, dim=time)`, or applied in a pipeline."),
+    ("loss", "Losses", "A train section's losses, `loss = cross_entropy(logits, label)`: each gives a float32 scalar."),
 ]
 # (module, attribute, title, anchor, what it is): the training registries, documented when they exist.
 TRAINING_REGISTRIES = [
-    ("dslc.training.functions", "FUNCTIONS", "Losses and train-section functions", "train-functions"),
     ("dslc.training.functions", "METRICS", "Metrics", "train-metrics"),
     ("dslc.training.functions", "OPTIMIZERS", "Optimizers", "train-optimizers"),
     ("dslc.training.functions", "SCHEDULES", "Learning-rate schedules", "train-schedules"),

@@ -230,7 +230,7 @@ class _ClassWriter:
             if key not in traced_lines and not isinstance(stmt, ir.Layers):
                 traced_lines.add(key)
                 lines += [f"{indent}# {comment(text)}" for text in stmt.comments]
-                lines.append(f"{indent}# line {stmt.loc.line}: {comment(_shorten(stmt.source))}")
+                lines.append(f"{indent}# line {stmt.loc.line}: {comment(shorten(stmt.source))}")
             for line in statement(stmt):
                 lines += wrap(indent + line)
         return lines
@@ -346,6 +346,8 @@ def _expr(e: ir.Expr) -> tuple[str, int]:
         return code, ATOM
     if isinstance(e, ir.ModuleCall):
         return f"self.{e.module}({', '.join(expr(x) for x in e.inputs)})", ATOM
+    if isinstance(e, ir.ModelCall):
+        return f"{e.model}({', '.join(expr(x) for x in e.inputs)})", ATOM
     if isinstance(e, ir.BinOp):
         prec = PRECEDENCE.get(e.op, COMPARE)
         left = _operand(e.left, prec, right_side=e.op == "**")
@@ -396,10 +398,16 @@ def wrap(line: str) -> list[str]:
         open_ = None if close is None else _matching(line, close, -1)
     if close is None or open_ is None or open_ == close - 1 or open_ + 1 > WIDTH:
         terms = _sum_rhs(line)  # the last brackets do not help: `loss = (`, `a`, `+ b`, `)`
+        ends_in_call = close is not None and open_ is not None and open_ != close - 1
+        if terms is not None and len(terms[1]) == 2 and ends_in_call:  # `a(x) + b(y)`: ruff splits the call that fits
+            earlier = _earlier_bracket_split(line, close)
+            if earlier is not None:
+                open_, close = earlier
+                terms = None
         if terms is not None:
             start, parts = terms
             return [f"{start}(", *[w for part in parts for w in wrap(indent + INDENT + part)], f"{indent})"]
-        if close is None or open_ is None or open_ == close - 1:
+        elif close is None or open_ is None or open_ == close - 1:
             return [line]
     head, body, tail = line[: open_ + 1], line[open_ + 1 : close], line[close:]
     if len(head) > WIDTH:  # `loss = f(a, b) + g(`: the head splits at its own last brackets
@@ -413,6 +421,24 @@ def wrap(line: str) -> list[str]:
     if not literal and len(inner) + len(body) <= WIDTH and not body.rstrip().endswith(","):
         return [head, *wrap(inner + body), indent + tail]
     return [head, *[w for item in items for w in wrap(f"{inner}{item},")], indent + tail]
+
+
+def _earlier_bracket_split(line: str, last_close: int | None) -> tuple[int, int] | None:
+    """The rightmost bracket pair before the last one whose head and tail both fit a line (ruff omits
+    the optional parentheses of a two-term sum ending in a call and splits there instead)."""
+    indent = len(line) - len(line.lstrip())
+    close = last_close
+    while close is not None:
+        open_ = _matching(line, close, -1)
+        if open_ is None:
+            return None
+        close = _last_closing_bracket(line[:open_])
+        if close is None:
+            return None
+        start = _matching(line, close, -1)
+        if start is not None and start + 1 <= WIDTH and indent + len(line) - close <= WIDTH and start != close - 1:
+            return start, close
+    return None
 
 
 def _sum_rhs(line: str) -> tuple[str, list[str]] | None:
@@ -557,7 +583,7 @@ def _string_mask(text: str) -> list[bool]:
     return mask
 
 
-def _shorten(text: str, width: int = 96) -> str:
+def shorten(text: str, width: int = 96) -> str:
     """The spec line for a trace comment, cut at a space so no word is broken."""
     if len(text) <= width:
         return text

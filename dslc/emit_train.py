@@ -15,7 +15,7 @@ from dslc import __version__, ir
 from dslc.emit_torch import format_long_lines
 from dslc.pytext import docstring, docstring_lines, py_literal
 from dslc.training import config as c
-from dslc.training.emit_steps import prepare_function, step_function
+from dslc.training.emit_steps import step_functions
 from dslc.training.functions import METRICS, OPTIMIZERS
 
 I1, I2, I3, I4 = "    ", "        ", "            ", "                "
@@ -40,9 +40,7 @@ def emit_train_script(
         'DEVICE = torch.device("cpu")  # set by main()',
         _load_data(cfg),
     ]
-    if cfg.prepare:
-        parts.append(prepare_function(cfg, source_lines))
-    parts += [step_function(cfg, s, source_lines) for s in cfg.steps]
+    parts += step_functions(cfg, source_lines)
     parts += [_optimizer_fn(cfg, s) for s in cfg.steps]
     parts.append(_evaluate(cfg))
     parts.append(_main(cfg))

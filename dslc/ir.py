@@ -57,6 +57,14 @@ class ModuleCall(Expr):
 
 
 @dataclass
+class ModelCall(Expr):
+    """A train step's call of one of the spec's models: `discriminator(image)`."""
+
+    model: str  # the model's name in the spec, a local variable of the step function
+    inputs: list[Expr]
+
+
+@dataclass
 class BinOp(Expr):
     op: str
     left: Expr
@@ -97,7 +105,7 @@ class TupleExpr(Expr):
 
 def operands(e: Expr) -> list[Expr]:
     """The expressions `e` reads directly."""
-    if isinstance(e, (OpCall, ModuleCall)):
+    if isinstance(e, (OpCall, ModuleCall, ModelCall)):
         return list(e.inputs)
     if isinstance(e, BinOp):
         return [e.left, e.right]

@@ -127,6 +127,24 @@ class Sym:
 Dim = int | Sym
 
 
+def substitute(d: Dim, sizes: dict[str, Dim]) -> Dim:
+    """`d` with each named size replaced by its value in `sizes` (a model's output size in its caller's terms)."""
+    if not isinstance(d, Sym):
+        return d
+    total: Dim = 0
+    for monomial, coeff in d.terms.items():
+        term: Dim = coeff
+        for atom in monomial:
+            if atom in FLOOR_ATOMS:
+                numerator, divisor = FLOOR_ATOMS[atom]
+                value = substitute(numerator, sizes) // divisor
+            else:
+                value = sizes.get(atom, Sym.named(atom))
+            term = term * value
+        total = total + term
+    return total
+
+
 def dim_str(d: Dim) -> str:
     return str(d)
 

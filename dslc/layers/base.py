@@ -59,6 +59,10 @@ class Op:
     aliases: tuple[str, ...] = ()
     helpers: tuple[str, ...] = ()  # names of helper functions (HELPERS) the emitted code calls
     repeats_input: bool = False  # the code reads its input twice (`x.reshape(x.size(0), ...)`): pass a name
+    deterministic: bool = True  # False for random draws: two calls are two draws, never merged
+    train_only: bool = False  # losses and noise: a train section's, not a model's (ONNX has no use for them)
+    scalar_inputs: bool = False  # a number may stand for a tensor input (`bce_with_logits(score, 1.0)`)
+    reads_twice: Callable[[dict[str, Any]], tuple[int, ...]] | None = None  # inputs the code reads twice, by init
     example: str = ""
     shape_rule: str = ""  # the rule in words, for the reference
     param_count: Callable[[dict[str, Any]], int] = lambda init: 0
@@ -66,6 +70,12 @@ class Op:
     @property
     def stateful(self) -> bool:
         return self.functional is None
+
+    def inputs_read_twice(self, init: dict[str, Any]) -> tuple[int, ...]:
+        """The inputs the generated code mentions twice: each must be a name, not a repeated computation."""
+        if self.reads_twice is not None:
+            return self.reads_twice(init)
+        return (0,) if self.repeats_input else ()
 
     def call(self, module: str, inputs: list[str], init: dict[str, Any]) -> str:
         """The forward() code calling the layer's submodule: `self.pool(x)` unless the op says otherwise."""

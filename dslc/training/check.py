@@ -1,9 +1,11 @@
 """Checks a `train { }` section against the spec's models: train AST -> TrainConfig.
 
-Torch-free (`dslc check` runs it). Names in loss and metric expressions resolve, in order, to
-tensors defined in the step, tensors defined in the train section, dataset fields, and model
-outputs: a model whose outputs are named is run on the tensors named like its inputs. Models may
-also be called as functions: `discriminator(generator(z))`.
+Torch-free (`dslc check` runs it). The settings (data, optimizer, schedule, metrics, the loop's
+numbers) are checked here against their registries; the tensors (`loss = ...`, `z = normal(...)`)
+by the model checker itself (dslc.training.steps), so a train section is the same language with the
+same shape rules. Names resolve, in order, to tensors defined in the step, tensors defined in the
+train section, dataset fields, and model outputs (the model runs on the tensors named like its
+inputs); models may also be called as functions: `discriminator(generator(z))`.
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from dslc import ast, consteval, ir
-from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error
-from dslc.loader import check_identifier
+from dslc.checker import Checker, Poison, _StatementFailedError
+from dslc.cse import eliminate_in_step
+from dslc.errors import DslcError, Loc, did_you_mean, error
+from dslc.layers import REGISTRY
+from dslc.loader import FileScope, check_identifier
 from dslc.params import BindError, P, bind, brief
-from dslc.shapes import Sym, TensorType
+from dslc.shapes import TensorType
 from dslc.training import config as c
-from dslc.training.functions import FUNCTIONS, GROUP_PARAMS, METRICS, OPTIMIZERS, SCHEDULES
+from dslc.training.functions import GROUP_PARAMS, METRICS, OPTIMIZERS, SCHEDULES
+from dslc.training.steps import TrainBody
 
 SECTION = "training"
 ROOT_SETTINGS = {
@@ -50,10 +56,16 @@ class _CheckFailedError(Exception):
 
 
 def check_train(
-    program: ir.ProgramIR, train: ast.TrainDef, reporter: Reporter, overrides: dict[str, Any] | None = None
+    program: ir.ProgramIR,
+    train: ast.TrainDef,
+    checker: Checker,
+    scope: FileScope,
+    overrides: dict[str, Any] | None = None,
 ) -> c.TrainConfig | None:
-    """The checked configuration, or None after reporting errors to `reporter`."""
-    checker = TrainChecker(program, train, reporter)
+    """The checked configuration, or None after reporting errors to the checker's reporter. `scope` is
+    the spec's file scope: train tensors are checked by the model checker, with the spec's constants."""
+    reporter = checker.reporter
+    checker = TrainChecker(program, train, checker, scope)
     try:
         if overrides:
             from dslc.training.overrides import apply_overrides
@@ -67,104 +79,19 @@ def check_train(
         return None
 
 
-class Scope:
-    """Names visible to one step (or, with parent None, to the whole train section)."""
-
-    def __init__(self, checker: TrainChecker, lets: dict[str, ast.Setting], parent: Scope | None):
-        self.checker = checker
-        self.lets = lets
-        self.parent = parent
-        self.types: dict[str, Any] = {}
-        self.plan: list[c.Let | c.AutoRun] = []
-        self.resolving: list[str] = []
-
-    def provides(self, name: str) -> bool:
-        return name in self.lets or name in self.types or bool(self.parent and self.parent.provides(name))
-
-    def resolve(self, name: str, loc: Loc) -> Any:
-        ch = self.checker
-        if name in self.types:
-            return self.types[name]
-        if name in ch.fields:
-            return ch.fields[name]
-        if name in self.lets:
-            if name in self.resolving:
-                raise ch.fail(loc, f"'{name}' is defined in terms of itself: {' -> '.join([*self.resolving, name])}")
-            self.resolving.append(name)
-            try:
-                setting = self.lets[name]
-                value = ch.expr(setting.value, self)
-                if not isinstance(value, c.TExpr) or isinstance(value.type, list):
-                    what = (
-                        "a model with several outputs; index it, e.g. model(x)[0]"
-                        if isinstance(value, c.TExpr)
-                        else repr(value)
-                    )
-                    hint = (
-                        did_you_mean(name, [*ROOT_SETTINGS, *STEP_SETTINGS]) if not isinstance(value, c.TExpr) else None
-                    )
-                    hint = hint and f"is it a setting? {hint}"
-                    raise ch.fail(setting.loc, f"'{name}' must be a tensor, but it is {what}", hint)
-            finally:
-                self.resolving.pop()
-            self.types[name] = value.type
-            self.plan.append(c.Let(name, value, setting.loc))
-            return value.type
-        if self.parent and self.parent.provides(name):
-            return self.parent.resolve(name, loc)
-        producers = [m for m in ch.models.values() if any(p.name == name for p in m.outputs)]
-        if len(producers) > 1:
-            names = " and ".join(f"'{m.spec_name}'" for m in producers)
-            raise ch.fail(loc, f"'{name}' is an output of both {names}", "call the model explicitly: model(inputs)[i]")
-        if producers:
-            self.auto_run(producers[0], loc)
-            return self.types[name]
-        candidates = [*ch.fields, *self.all_lets(), *(p.name for m in ch.models.values() for p in m.outputs)]
-        raise ch.fail(
-            loc,
-            f"unknown tensor '{name}'",
-            did_you_mean(name, candidates)
-            or f"available: dataset fields {', '.join(ch.fields)}; model outputs "
-            + ", ".join(p.name for m in ch.models.values() for p in m.outputs),
-        )
-
-    def all_lets(self) -> list[str]:
-        return [*self.lets, *(self.parent.all_lets() if self.parent else [])]
-
-    def auto_run(self, model: ir.ModuleIR, loc: Loc) -> None:
-        ch = self.checker
-        inputs = []
-        for port in model.inputs:
-            if not (
-                port.name in ch.fields
-                or self.provides(port.name)
-                or any(q.name == port.name for m in ch.models.values() for q in m.outputs)
-            ):
-                raise ch.fail(
-                    loc,
-                    f"model '{model.spec_name}' needs input '{port.name}' ({port.type}), but no dataset field or "
-                    f"train tensor has that name (fields: {', '.join(ch.fields)})",
-                    did_you_mean(port.name, [*ch.fields, *self.all_lets()])
-                    or f"define it in the train section, e.g. `{port.name} = ...`, or call the model explicitly",
-                )
-            ch.compatible(self.resolve(port.name, loc), port, model, loc, f"'{port.name}'")
-            inputs.append(port.name)
-        for port in model.outputs:
-            self.types[port.name] = port.type
-        self.plan.append(c.AutoRun(model.spec_name, inputs, [p.name for p in model.outputs]))
-
-
 class TrainChecker:
-    def __init__(self, program: ir.ProgramIR, train: ast.TrainDef, reporter: Reporter):
+    def __init__(self, program: ir.ProgramIR, train: ast.TrainDef, checker: Checker, scope: FileScope):
         self.program = program
         self.train = train
-        self.reporter = reporter
+        self.checker = checker
+        self.scope = scope
+        self.reporter = checker.reporter
         self.models = {m.spec_name: m for m in program.exported}
         self.consts = program.constants
         self.fields: dict[str, TensorType] = {}
         self.base = Path(program.path).parent
-        self._label_checks: list[c.LabelCheck] = []
-        self._step_scopes: dict[str, Scope] = {}
+        self._step_bodies: dict[str, TrainBody] = {}
+        self._losses: dict[str, ir.Expr] = {}
 
     def fail(self, loc: Loc | None, message: str, hint: str | None = None) -> _CheckFailedError:
         self.reporter.error(loc, message, hint, section=SECTION)
@@ -182,7 +109,7 @@ class TrainChecker:
         for name in self.fields:
             if name in self.models:
                 self.fail(data.loc, f"dataset field '{name}' has the name of a model; rename the model")
-        root = Scope(self, root_lets, None)
+        root = self.body(root_lets, None)
         checked_steps: list[c.Step] = []
         if steps:
             for key in STEP_SETTINGS:
@@ -198,29 +125,32 @@ class TrainChecker:
                 merged = {k: v for k, v in root_settings.items() if k in STEP_SETTINGS} | settings
                 step = self.guard(
                     lambda s=section, m=merged, lt=lets, g=step_groups: self.step(
-                        s.name, s.loc, m, Scope(self, lt, root), g, True
+                        s.name, s.loc, m, self.body(lt, root), g, True
                     )
                 )
                 if step:
                     checked_steps.append(step)
         else:
             step = self.guard(
-                lambda: self.step("train", self.train.loc, root_settings, Scope(self, {}, root), groups, False)
+                lambda: self.step("train", self.train.loc, root_settings, self.body({}, root), groups, False)
             )
             if step:
                 checked_steps.append(step)
         if len(self.reporter.diagnostics) > errors_before or not checked_steps:
             return None
-        # every train-level tensor is computed up front; a step may still rebind nothing of it
+        # every train-level tensor is checked, used or not, and computed once per batch before the steps
         for name, setting in root_lets.items():
-            self.guard(lambda n=name, s=setting: root.resolve(n, s.loc))
+            self.guard(lambda n=name, s=setting: root.tensor_named(n, s.loc))
         metrics = self.guard(lambda: self.metrics(root_settings.get("metrics"), checked_steps[0])) or []
         return self.config(root_settings, data, root, checked_steps, metrics)
+
+    def body(self, lets: dict[str, ast.Setting], parent: TrainBody | None) -> TrainBody:
+        return TrainBody(self.checker, self.scope, self.models, self.fields, lets, parent)
 
     def guard(self, func):
         try:
             return func()
-        except _CheckFailedError:
+        except (_CheckFailedError, _StatementFailedError):
             return None
         except DslcError as exc:
             self.reporter.extend(exc)
@@ -377,7 +307,7 @@ class TrainChecker:
     # ------------------------------------------------------------ steps
 
     def step(
-        self, name: str, loc: Loc, settings: dict[str, ast.Setting], scope: Scope, groups, explicit: bool
+        self, name: str, loc: Loc, settings: dict[str, ast.Setting], body: TrainBody, groups, explicit: bool
     ) -> c.Step:
         if "loss" not in settings:
             raise self.fail(
@@ -385,14 +315,7 @@ class TrainChecker:
                 f"{'step ' + repr(name) if explicit else 'the train section'} needs a 'loss'",
                 f"add `{STEP_SETTINGS['loss']}`",
             )
-        loss = self.expr(settings["loss"].value, scope)
-        if not isinstance(loss, c.TExpr) or not isinstance(loss.type, TensorType) or loss.type.rank != 0:
-            shape = loss.type if isinstance(loss, c.TExpr) else loss
-            raise self.fail(
-                settings["loss"].value.loc,
-                f"the loss must be a single number (a scalar tensor), got {shape}",
-                "reduce it with mean(...) or use a loss function such as cross_entropy(...)",
-            )
+        loss = self.loss(settings["loss"], body)
         optimizer = self.optimizer(settings.get("optimizer"), name, loc, explicit, groups)
         schedule = self.schedule(settings.get("schedule"))
         clip = self.setting(settings, "clip_grad_norm", P("clip_grad_norm", "float", None, low=0.0))
@@ -401,11 +324,27 @@ class TrainChecker:
         accumulate = self.setting(settings, "accumulate", P("accumulate", "int", 1, low=1))
         if accumulate < 1:
             raise self.fail(settings["accumulate"].loc, "accumulate must be at least 1")
-        for let_name, let in scope.lets.items():
-            scope.resolve(let_name, let.loc)  # check every step tensor, used or not
-        self.label_checks(loss)
-        self._step_scopes[name] = scope
-        return c.Step(name, loc, loss, optimizer, schedule, clip, accumulate, scope.plan, [])
+        for let_name, let in body.lets.items():  # check every step tensor, used or not
+            self.guard(lambda n=let_name, s=let: body.tensor_named(n, s.loc))
+        self._step_bodies[name] = body
+        self._losses[name] = loss
+        return c.Step(name, loc, c.Body([], [], [], []), optimizer, schedule, clip, accumulate, [])
+
+    def loss(self, setting: ast.Setting, body: TrainBody) -> ir.Expr:
+        """Check `loss = ...` as the step's statement `loss = ...`; the loss is a scalar."""
+        body.statement(ast.Assign(setting.loc, ["loss"], setting.value))
+        value = body.env.get("loss")
+        if not isinstance(value, ir.Expr):
+            if not isinstance(value, Poison):
+                self.fail(setting.value.loc, f"the loss must be a tensor, got {brief(value)}")
+            raise _CheckFailedError
+        if value.type.rank != 0 or not value.type.is_float:
+            raise self.fail(
+                setting.value.loc,
+                f"the loss must be a single number (a float scalar tensor), got {value.type}",
+                "reduce it with mean(...) or use a loss function such as cross_entropy(...)",
+            )
+        return value
 
     def optimizer(self, setting, step: str, loc: Loc, explicit: bool, groups) -> c.Optimizer:
         if setting is None:
@@ -476,161 +415,14 @@ class TrainChecker:
         )
         return c.Schedule(name, options)
 
-    def label_checks(self, e: c.TExpr) -> None:
-        if isinstance(e, c.FnCall):
-            if e.fn in ("cross_entropy", "nll") and isinstance(e.args[1], c.Ref) and e.args[1].name in self.fields:
-                classes = e.args[0].type.shape[-1]
-                if isinstance(classes, int) and not e.args[1].type.is_float:
-                    ignore = e.kwargs.get("ignore_index", -100)
-                    check = c.LabelCheck(e.args[1].name, classes, ignore)
-                    self._label_checks.append(check)
-            for a in e.args:
-                self.label_checks(a)
-        elif isinstance(e, c.BinOp):
-            self.label_checks(e.left)
-            self.label_checks(e.right)
-        elif isinstance(e, c.Neg):
-            self.label_checks(e.operand)
-
-    # ------------------------------------------------------------ expressions
-
-    def expr(self, e: ast.Expr, scope: Scope) -> Any:
-        """A TExpr (tensor valued) or a static value."""
-        if isinstance(e, (ast.Num, ast.Str, ast.Bool, ast.NoneLit)):
-            return None if isinstance(e, ast.NoneLit) else e.value
-        if isinstance(e, ast.Name):
-            if e.id == "batch":
-                return Sym.named("batch")
-            if e.id in self.consts and not scope.provides(e.id) and e.id not in self.fields:
-                return self.consts[e.id]
-            if e.id in self.models:
-                raise self.fail(e.loc, f"'{e.id}' is a model; call it: {e.id}(...)")
-            return c.Ref(e.loc, scope.resolve(e.id, e.loc), e.id)
-        if isinstance(e, ast.BinOp):
-            if e.op not in ("+", "-", "*", "/"):
-                raise self.fail(e.loc, f"operator '{e.op}' is not available in train expressions (use + - * /)")
-            left, right = self.expr(e.left, scope), self.expr(e.right, scope)
-            if not isinstance(left, c.TExpr) and not isinstance(right, c.TExpr):
-                return self.static(e)
-            for side in (left, right):
-                if not isinstance(side, c.TExpr) and not _is_number(side):
-                    raise self.fail(e.loc, f"cannot combine {brief(side)} with a tensor")
-            left = left if isinstance(left, c.TExpr) else c.Number(e.left.loc, float(left), left)
-            right = right if isinstance(right, c.TExpr) else c.Number(e.right.loc, float(right), right)
-            ltype = left.type if isinstance(left.type, TensorType) else right.type
-            return c.BinOp(e.loc, ltype, e.op, left, right)
-        if isinstance(e, ast.UnaryOp) and e.op == "-":
-            operand = self.expr(e.operand, scope)
-            return c.Neg(e.loc, operand.type, operand) if isinstance(operand, c.TExpr) else self.static(e)
-        if isinstance(e, ast.Index):
-            value = self.expr(e.value, scope)
-            if not (isinstance(value, c.TExpr) and isinstance(value.type, list)) or len(e.items) != 1:
-                raise self.fail(e.loc, "indexing picks one output of a model call: model(x)[0]")
-            index = self.static(e.items[0])
-            if not isinstance(index, int) or not -len(value.type) <= index < len(value.type):
-                raise self.fail(e.loc, f"output index must be an integer below {len(value.type)}")
-            return c.Item(e.loc, value.type[index], value, index % len(value.type))
-        if isinstance(e, ast.Call):
-            return self.call(e, scope)
-        if isinstance(e, (ast.TupleLit, ast.ListLit)):
-            return self.static(e)
-        raise self.fail(e.loc, "unsupported expression in the train section")
-
-    def call(self, e: ast.Call, scope: Scope) -> Any:
-        if e.func in self.models:
-            model = self.models[e.func]
-            if e.kwargs:
-                raise self.fail(
-                    e.loc, f"call model '{e.func}' with positional inputs ({', '.join(p.name for p in model.inputs)})"
-                )
-            if len(e.args) != len(model.inputs):
-                raise self.fail(
-                    e.loc,
-                    f"model '{e.func}' takes {len(model.inputs)} input(s) ({', '.join(p.name for p in model.inputs)}), got {len(e.args)}",
-                )
-            args = []
-            for a, port in zip(e.args, model.inputs):
-                value = self.expr(a, scope)
-                if not isinstance(value, c.TExpr) or isinstance(value.type, list):
-                    raise self.fail(a.loc, f"model '{e.func}' input '{port.name}' must be a tensor")
-                self.compatible(value.type, port, model, a.loc, "this argument")
-                args.append(value)
-            types = [p.type for p in model.outputs]
-            return c.ModelCall(e.loc, types[0] if len(types) == 1 else types, e.func, args)
-        fn = FUNCTIONS.get(e.func)
-        if fn is None:
-            if e.func in METRICS:
-                raise self.fail(e.loc, f"'{e.func}' is a metric; list it in `metrics = [...]`")
-            if e.func in OPTIMIZERS or e.func in SCHEDULES:
-                raise self.fail(e.loc, f"'{e.func}' belongs in an `optimizer =` or `schedule =` setting")
-            raise self.fail(e.loc, f"unknown function '{e.func}'", did_you_mean(e.func, [*FUNCTIONS, *self.models]))
-        if fn.variadic:
-            if e.kwargs:
-                raise self.fail(e.loc, f"{fn.name} takes sizes only, e.g. {fn.name}(batch, 64)")
-            sizes = [self.expr(a, scope) for a in e.args]
-            if not sizes:
-                raise self.fail(e.loc, f"{fn.name} needs sizes, e.g. {fn.name}(batch, 64)")
-            try:
-                ttype = fn.check(sizes, {})
-            except BindError as exc:
-                raise self.fail(e.loc, str(exc), exc.hint) from None
-            args = [
-                c.Ref(a.loc, None, "BATCH_SIZE") if isinstance(s, Sym) else c.Number(a.loc, None, s)
-                for a, s in zip(e.args, sizes)
-            ]
-            return c.FnCall(e.loc, ttype, fn.name, args, {})
-        if len(e.args) < len(fn.tensors):
-            raise self.fail(
-                e.loc,
-                f"{fn.name} takes {len(fn.tensors)} tensor argument(s) ({', '.join(fn.tensors)}), got {len(e.args)}",
-            )
-        tensors = []
-        for a in e.args[: len(fn.tensors)]:
-            value = self.expr(a, scope)
-            if isinstance(value, c.TExpr) and isinstance(value.type, list):
-                raise self.fail(a.loc, "this model call has several outputs; pick one with [i]")
-            if not isinstance(value, c.TExpr) and not _is_number(value):
-                raise self.fail(a.loc, f"{fn.name}: expected a tensor, got {brief(value)}")
-            tensors.append(value)
-        extra = [self.static(a) for a in e.args[len(fn.tensors) :]]
-        options = self.bind(fn.params, extra, {k: self.static(v) for k, v in e.kwargs}, fn.name, e.loc)
-        types = [t.type if isinstance(t, c.TExpr) else float(t) for t in tensors]
-        try:
-            ttype = fn.check(types, options)
-        except BindError as exc:
-            raise self.fail(e.loc, str(exc), exc.hint) from None
-        args = [t if isinstance(t, c.TExpr) else c.Number(e.loc, float(t), t) for t in tensors]
-        return c.FnCall(e.loc, ttype, fn.name, args, options)
-
-    def compatible(self, actual: Any, port: ir.Port, model: ir.ModuleIR, loc: Loc, what: str) -> None:
-        if not isinstance(actual, TensorType):
-            raise self.fail(loc, f"model '{model.spec_name}' input '{port.name}' needs a tensor, got {brief(actual)}")
-        want = port.type
-        problem = None
-        if actual.dtype != want.dtype:
-            problem = "dtype"
-        elif actual.rank != want.rank:
-            problem = "rank"
-        elif any(isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(actual.shape, want.shape)):
-            problem = "size"
-        if problem:
-            hint = None
-            if problem == "size":
-                hint = "change the data set's size options (e.g. digits(image_size=28)) or the model input"
-            if problem == "dtype":
-                hint = "convert with float(x)" if want.is_float else None
-            raise self.fail(
-                loc, f"{what} is {actual} but model '{model.spec_name}' input '{port.name}' expects {want}", hint
-            )
-
     # ------------------------------------------------------------ metrics and the result
 
     def metrics(self, setting: ast.Setting | None, step: c.Step) -> list[c.MetricUse]:
         if setting is None:
             return []
         items = setting.value.items if isinstance(setting.value, (ast.ListLit, ast.TupleLit)) else [setting.value]
-        pred, target = _default_pair(step.loss)
-        scope = self._step_scopes[step.name]
+        body = self._step_bodies[step.name]
+        pred, target = _default_pair(self._losses[step.name], body)
         uses: list[c.MetricUse] = []
         for item in items:
             name, mloc, args, kwargs = self.call_args(item, "metrics")
@@ -654,14 +446,14 @@ class TrainChecker:
             options = self.bind(
                 metric.params, [self.static(a) for a in args], {k: self.static(v) for k, v in kwargs}, name, mloc
             )
-            ptype, ttype = scope.resolve(p, mloc), scope.resolve(t, mloc)
+            ptype, ttype = body.tensor_named(p, mloc).type, body.tensor_named(t, mloc).type
             self.metric_types(metric, ptype, ttype, mloc, options)
             key = metric.key(options)
             if any(u.key == key for u in uses):
                 raise self.fail(mloc, f"metric '{key}' is listed twice")
-            extra = _ctc_lengths(step.loss, p, t) if name == "cer" else []
+            extra = _ctc_lengths(self._losses[step.name], body, p, t) if name == "cer" else []
             for n in extra:
-                scope.resolve(n, mloc)
+                body.tensor_named(n, mloc)
             uses.append(c.MetricUse(name, key, p, t, options, extra))
             for n in (p, t, *extra):
                 if n not in step.outputs:
@@ -692,7 +484,19 @@ class TrainChecker:
                 f"{metric.name} compares a float prediction with a target of the same shape; got {ptype} and {ttype}",
             )
 
-    def config(self, settings, data, root: Scope, steps: list[c.Step], metrics: list[c.MetricUse]) -> c.TrainConfig:
+    def finish_body(self, body: TrainBody, taken: set[str]) -> c.Body:
+        """The body's statements, `loss = ...` last, each expression and model call computed once."""
+        statements = [s for s in body.body if not _assigns_loss(s)] + [s for s in body.body if _assigns_loss(s)]
+        taken = taken | set(body.bound) | set(body.reads) | set(self.fields) | set(self.models)
+        return c.Body(eliminate_in_step(statements, taken), body.reads, body.models_used, body.bound)
+
+    def config(self, settings, data, root: TrainBody, steps: list[c.Step], metrics: list[c.MetricUse]) -> c.TrainConfig:
+        prepare = self.finish_body(root, set())
+        label_checks = []
+        for step in steps:
+            body = self._step_bodies[step.name]
+            step.body = self.finish_body(body, set(prepare.bound))
+            label_checks += _label_checks(self._losses[step.name], body, self.fields)
         epochs = self.setting(settings, "epochs", P("epochs", "int", 10, low=0))
         batch_size = self.setting(settings, "batch_size", P("batch_size", "int", 32, low=1, high=2**31 - 1))
         for key, value in (("epochs", epochs), ("batch_size", batch_size)):
@@ -734,7 +538,7 @@ class TrainChecker:
         config = c.TrainConfig(
             loc=self.train.loc,
             data=data,
-            prepare=root.plan,
+            prepare=prepare,
             steps=steps,
             metrics=metrics,
             models=list(self.models),
@@ -749,7 +553,7 @@ class TrainChecker:
             export=export,
             workers=workers,
             shuffle=self.setting(settings, "shuffle", P("shuffle", "bool", True)),
-            label_checks=_unique(self._label_checks),
+            label_checks=_unique(label_checks),
         )
         config.settings = settings_json(config)
         return config
@@ -765,38 +569,56 @@ def _unique(checks: list[c.LabelCheck]) -> list[c.LabelCheck]:
     return out
 
 
-def _default_pair(loss: c.TExpr) -> tuple[str | None, str | None]:
+def _assigns_loss(stmt: ir.Stmt) -> bool:
+    return isinstance(stmt, ir.Assign) and stmt.targets == ["loss"]
+
+
+def _terms(e: ir.Expr, body: TrainBody) -> list[ir.Expr]:
+    """Every expression `e` computes, the step's tensors it reads followed into their definitions."""
+    definitions = {
+        stmt.targets[0]: stmt.value for stmt in body.body if isinstance(stmt, ir.Assign) and len(stmt.targets) == 1
+    }
+    found, stack, seen = [], [e], set()
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ir.Var) and node.name in definitions and node.name not in seen:
+            seen.add(node.name)
+            stack.append(definitions[node.name])
+        found.append(node)
+        stack.extend(reversed(ir.operands(node)))
+    return found
+
+
+def _loss_calls(loss: ir.Expr, body: TrainBody) -> list[ir.OpCall]:
+    return [t for t in _terms(loss, body) if isinstance(t, ir.OpCall) and REGISTRY[t.op].category == "loss"]
+
+
+def _default_pair(loss: ir.Expr, body: TrainBody) -> tuple[str | None, str | None]:
     """The (prediction, target) names of the first loss term, for metrics written without arguments."""
-    if isinstance(loss, c.FnCall):
-        if len(loss.args) >= 2 and isinstance(loss.args[0], c.Ref) and isinstance(loss.args[1], c.Ref):
-            return loss.args[0].name, loss.args[1].name
-        for a in loss.args:
-            found = _default_pair(a)
-            if found[0]:
-                return found
-    if isinstance(loss, c.BinOp):
-        found = _default_pair(loss.left)
-        return found if found[0] else _default_pair(loss.right)
+    for call in _loss_calls(loss, body):
+        if len(call.inputs) >= 2 and all(isinstance(x, ir.Var) for x in call.inputs[:2]):
+            return call.inputs[0].name, call.inputs[1].name
     return None, None
 
 
-def _ctc_lengths(loss: c.TExpr, pred: str, target: str) -> list[str]:
+def _ctc_lengths(loss: ir.Expr, body: TrainBody, pred: str, target: str) -> list[str]:
     """[input_lengths, target_lengths] of a ctc(pred, target, ...) term of the loss, when they are plain names."""
-    if isinstance(loss, c.FnCall):
-        if (
-            loss.fn == "ctc"
-            and all(isinstance(a, c.Ref) for a in loss.args)
-            and [a.name for a in loss.args[:2]] == [pred, target]
-        ):
-            return [loss.args[2].name, loss.args[3].name]
-        for a in loss.args:
-            if found := _ctc_lengths(a, pred, target):
-                return found
-    if isinstance(loss, c.BinOp):
-        return _ctc_lengths(loss.left, pred, target) or _ctc_lengths(loss.right, pred, target)
-    if isinstance(loss, c.Neg):
-        return _ctc_lengths(loss.operand, pred, target)
+    for call in _loss_calls(loss, body):
+        names = [x.name if isinstance(x, ir.Var) else None for x in call.inputs]
+        if call.op == "ctc" and names[:2] == [pred, target] and None not in names:
+            return names[2:]
     return []
+
+
+def _label_checks(loss: ir.Expr, body: TrainBody, fields: dict[str, TensorType]) -> list[c.LabelCheck]:
+    """Class-id targets read straight from the data: the script checks their range once, before training."""
+    checks = []
+    for call in _loss_calls(loss, body):
+        if call.op in ("cross_entropy", "nll") and not call.init["probabilities"]:
+            target, classes = call.inputs[1], call.init["classes"]
+            if isinstance(target, ir.Var) and target.name in fields and isinstance(classes, int):
+                checks.append(c.LabelCheck(target.name, int(classes), call.init["ignore_index"]))
+    return checks
 
 
 def _is_number(v: Any) -> bool:

@@ -5,79 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from dslc import ir
 from dslc.errors import Loc
 from dslc.shapes import TensorType
 
-# ---------------------------------------------------------------- expressions
-# `type` is a TensorType, a float (a number), or a list of TensorTypes (a multi-output model call).
+# ---------------------------------------------------------------- per-batch code
 
 
 @dataclass
-class TExpr:
-    loc: Loc
-    type: Any
+class Body:
+    """Checked tensors of one step (or of the whole train section): IR statements in order."""
 
+    statements: list[ir.Stmt]
+    reads: list[str]  # names read from the batch: data fields, and (in a step) the train section's tensors
+    models: list[str]  # the models it calls
+    bound: list[str]  # names it computes
 
-@dataclass
-class Ref(TExpr):
-    name: str
-
-
-@dataclass
-class Number(TExpr):
-    value: float | int
-
-
-@dataclass
-class FnCall(TExpr):
-    fn: str
-    args: list[TExpr]
-    kwargs: dict[str, Any]
-
-
-@dataclass
-class ModelCall(TExpr):
-    model: str
-    args: list[TExpr]
-
-
-@dataclass
-class Item(TExpr):
-    value: TExpr
-    index: int
-
-
-@dataclass
-class BinOp(TExpr):
-    op: str  # + - * /
-    left: TExpr
-    right: TExpr
-
-
-@dataclass
-class Neg(TExpr):
-    operand: TExpr
-
-
-# ---------------------------------------------------------------- bindings
-
-
-@dataclass
-class Let:
-    """`z = normal(batch, 64)`: a tensor computed per batch."""
-
-    name: str
-    value: TExpr
-    loc: Loc
-
-
-@dataclass
-class AutoRun:
-    """A model run on the tensors named like its inputs; its outputs become names."""
-
-    model: str
-    inputs: list[str]
-    outputs: list[str]
+    def __bool__(self) -> bool:
+        return bool(self.statements)
 
 
 @dataclass
@@ -107,12 +52,11 @@ class Schedule:
 class Step:
     name: str
     loc: Loc
-    loss: TExpr
+    body: Body  # computes `loss` (the last statement) and every tensor of the step
     optimizer: Optimizer
     schedule: Schedule
     clip_grad_norm: float | None
     accumulate: int
-    plan: list[Let | AutoRun]  # in order; computes what the loss (and the metrics) need
     outputs: list[str]  # names the step returns for the metrics
 
 
@@ -147,7 +91,7 @@ class LabelCheck:
 class TrainConfig:
     loc: Loc
     data: Data
-    prepare: list[Let | AutoRun]  # train-level tensors, computed once per batch before the steps
+    prepare: Body  # the train section's own tensors, computed once per batch before the steps
     steps: list[Step]
     metrics: list[MetricUse]
     models: list[str]  # the spec's models, in order (all are built; trained ones have optimizers)

@@ -1,194 +1,135 @@
-"""The train section's per-batch code: `prepare()` (the train-level tensors) and one `step_<name>()` per
-step (its loss, and the tensors the metrics read), written from the checked train section."""
+"""The train section's per-batch code: `prepare()` (the train section's own tensors) and one
+`step_<name>()` per step (its loss, and the tensors the metrics read).
+
+The bodies are checked IR statements (dslc.training.steps), written by the PyTorch emitter's own
+statement printer, so a train step reads like a model's forward(). The spec's constants the steps
+read become module-level constants, named as the model code names them (`NOISE = 100`).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
 
+from dslc import emit_torch, ir, traced
+from dslc.emit_torch import WIDTH, shorten
+from dslc.layers import REGISTRY
+from dslc.layers.training import BATCH_SIZE
 from dslc.pytext import comment, py_literal
+from dslc.shapes import Sym
 from dslc.training import config as c
-from dslc.training.functions import FUNCTIONS
 
 I1 = "    "
-PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
+STEP_SIGNATURE = "(models: dict[str, nn.Module], batch: dict[str, torch.Tensor])"
 
 
-# ---------------------------------------------------------------- expressions
+def step_functions(cfg: c.TrainConfig, source_lines: list[str]) -> list[str]:
+    """The constants the steps read, `prepare()` when the train section has tensors of its own, and the steps."""
+    writer = _StepWriter(cfg, source_lines)
+    with writer.constant_names():
+        parts = [writer.prepare()] if cfg.prepare.statements else []
+        parts += [writer.step(s) for s in cfg.steps]
+    return [writer.constants_block(), *parts] if writer.constants else parts
 
 
-def texpr(e: c.TExpr) -> str:
-    return _texpr(e)[0]
+class _StepWriter:
+    def __init__(self, cfg: c.TrainConfig, source_lines: list[str]) -> None:
+        self.cfg = cfg
+        self.source_lines = source_lines
+        self.constants: dict[traced.Const, str] = {}
+
+    @contextmanager
+    def constant_names(self):
+        """Write the spec's constants by name (`NOISE`), numbers as numbers; no block parameters exist here."""
+        prefix, constants = traced.PREFIX.set({}), traced.CONSTANTS.set(self.constant_name)
+        try:
+            yield
+        finally:
+            traced.PREFIX.reset(prefix)
+            traced.CONSTANTS.reset(constants)
+
+    def constant_name(self, const: traced.Const) -> str:
+        return self.constants.setdefault(const, const.name.upper())
+
+    def constants_block(self) -> str:
+        lines = ["# The spec's constants the steps read (`--set name=value` writes other values)."]
+        lines += [f"{name} = {py_literal(const.value)}" for const, name in self.constants.items()]
+        return "\n".join(lines)
+
+    def prepare(self) -> str:
+        body = self.cfg.prepare
+        returned = ", ".join(f"{py_literal(n)}: {n}" for n in body.bound)
+        return "\n".join(
+            [
+                f"def prepare{STEP_SIGNATURE} -> dict[str, torch.Tensor]:",
+                f'{I1}"""The train section\'s own tensors, computed once per batch and shared by every step."""',
+                *[I1 + line for line in self.body_lines(body)],
+                f"{I1}return {{**batch, {returned}}}",
+            ]
+        )
+
+    def step(self, step: c.Step) -> str:
+        outputs = ", ".join(f"{py_literal(n)}: {n}" for n in step.outputs)
+        return "\n".join(
+            [
+                f"def step_{step.name}{STEP_SIGNATURE} -> tuple[torch.Tensor, dict[str, torch.Tensor]]:",
+                f'{I1}"""Step \'{step.name}\': its loss{", and the tensors the metrics read" if outputs else ""}."""',
+                *[I1 + line for line in self.body_lines(step.body)],
+                f"{I1}return loss, {{{outputs}}}",
+            ]
+        )
+
+    def body_lines(self, body: c.Body) -> list[str]:
+        """The models and batch entries the body reads, then its statements, each spec line named once."""
+        lines = [f"{m} = models[{py_literal(m)}]" for m in body.models]
+        if body.reads:
+            lines.append(f"{', '.join(body.reads)} = {', '.join(f'batch[{py_literal(n)}]' for n in body.reads)}")
+        code, last_line = [], None
+        for stmt in body.statements:
+            if stmt.loc.line != last_line and 0 < stmt.loc.line <= len(self.source_lines):
+                last_line = stmt.loc.line
+                code += _source_comment(last_line, self.source_lines[last_line - 1])
+            code += emit_torch.statement(stmt)
+        if _draws_batch_sized(body.statements):
+            first = next(iter(self.cfg.data.fields))
+            lines.append(f"{BATCH_SIZE} = len(batch[{py_literal(first)}])")
+        return lines + code
 
 
-def _texpr(e: c.TExpr) -> tuple[str, int]:
-    if isinstance(e, c.Ref):
-        return e.name, 9
-    if isinstance(e, c.Number):
-        text = py_literal(e.value)
-        return text, 9 if not text.startswith("-") else 3
-    if isinstance(e, c.FnCall):
-        fn = FUNCTIONS[e.fn]
-        codes = [_paren_if_compound(a) for a in e.args]
-        return fn.emit(codes, e.kwargs, [a.type for a in e.args]), 9
-    if isinstance(e, c.ModelCall):
-        return f"{e.model}({', '.join(texpr(a) for a in e.args)})", 9
-    if isinstance(e, c.Item):
-        return f"{texpr(e.value)}[{e.index}]", 9
-    if isinstance(e, c.Neg):
-        inner, prec = _texpr(e.operand)
-        return f"-{inner if prec >= 3 else f'({inner})'}", 3
-    if isinstance(e, c.BinOp):
-        prec = PREC[e.op]
-        left, lp = _texpr(e.left)
-        right, rp = _texpr(e.right)
-        left = left if lp >= prec else f"({left})"
-        right = right if rp > prec or (rp == prec and e.op in "+*") else f"({right})"
-        return f"{left} {e.op} {right}", prec
-    raise TypeError(type(e).__name__)
+def _source_comment(number: int, line: str) -> list[str]:
+    """`# line 40: loss = ...` and the spec's own comment, on the same line when both fit."""
+    code, note = (comment(part) for part in _split_comment(line))
+    lines = [f"# line {number}: {shorten(code, WIDTH - 20)}"]
+    if note:
+        together = f"{lines[0]}  # {note}"
+        lines = [together] if len(I1 + together) <= WIDTH else [*lines, f"# {shorten(note, WIDTH - 10)}"]
+    return lines
 
 
-def _paren_if_compound(e: c.TExpr) -> str:
-    code, prec = _texpr(e)
-    return code if prec >= 9 else f"({code})"
+def _split_comment(line: str) -> tuple[str, str]:
+    """A spec line's code and its `#` comment (a `#` inside a string literal is code)."""
+    quote, i = None, 0
+    while i < len(line):
+        char = line[i]
+        if quote and char == "\\":
+            i += 1  # an escaped character, the quote too
+        elif quote and char == quote:
+            quote = None
+        elif not quote and char in "\"'":
+            quote = char
+        elif not quote and char == "#":
+            return line[:i].strip(), line[i + 1 :].strip()
+        i += 1
+    return line.strip(), ""
 
 
-def _refs(e: Any, out: list[str]) -> None:
-    if isinstance(e, c.Ref):
-        if e.name not in out:
-            out.append(e.name)
-    elif isinstance(e, (c.FnCall, c.ModelCall)):
-        for a in e.args:
-            _refs(a, out)
-    elif isinstance(e, c.Item):
-        _refs(e.value, out)
-    elif isinstance(e, c.BinOp):
-        _refs(e.left, out)
-        _refs(e.right, out)
-    elif isinstance(e, c.Neg):
-        _refs(e.operand, out)
-
-
-def _models_used(e: Any, out: list[str]) -> None:
-    if isinstance(e, c.ModelCall) and e.model not in out:
-        out.append(e.model)
-    for child in _children(e):
-        _models_used(child, out)
-
-
-def _children(e: Any) -> list[Any]:
-    if isinstance(e, (c.FnCall, c.ModelCall)):
-        return list(e.args)
-    if isinstance(e, c.Item):
-        return [e.value]
-    if isinstance(e, c.BinOp):
-        return [e.left, e.right]
-    if isinstance(e, c.Neg):
-        return [e.operand]
-    return []
-
-
-def _body(
-    plan: list[c.Let | c.AutoRun], finals: list[c.TExpr], cfg: c.TrainConfig, source_lines: list[str]
-) -> tuple[list[str], list[str]]:
-    """Lines computing `plan`, preceded by the model and batch reads they need; and the models used."""
-    bound: set[str] = set()
-    used = _names(cfg)
-    reads: list[str] = []
-    models: list[str] = []
-    code: list[str] = []
-    for item in plan:
-        if isinstance(item, c.AutoRun):
-            names = item.inputs
-            if item.model not in models:
-                models.append(item.model)
-            code.append(f"{', '.join(item.outputs)} = {item.model}({', '.join(item.inputs)})")
-            outs = item.outputs
-        else:
-            names = []
-            _refs(item.value, names)
-            _models_used(item.value, models)
-            text = source_lines[item.loc.line - 1].strip() if 0 < item.loc.line <= len(source_lines) else item.name
-            code.append(f"# line {item.loc.line}: {comment(text)}")
-            value = _hoist(item.value, code, used, top=True)
-            code.append(f"{item.name} = {texpr(value)}")
-            outs = [item.name]
-        reads += [n for n in names if n not in bound and n not in reads]
-        bound.update(outs)
-    for e in finals:
-        names = []
-        _refs(e, names)
-        _models_used(e, models)
-        reads += [n for n in names if n not in bound and n not in reads]
-    head = [f'{m} = models["{m}"]' for m in models]
-    batch_reads = [n for n in reads if n != "BATCH_SIZE"]
-    if batch_reads:
-        head.append(f"{', '.join(batch_reads)} = {', '.join(f'batch[{py_literal(n)}]' for n in batch_reads)}")
-    if "BATCH_SIZE" in reads:
-        head.append(f"BATCH_SIZE = len(batch[{py_literal(next(iter(cfg.data.fields)))}])")
-    return head + code, models
-
-
-def _hoist(e: c.TExpr, lines: list[str], used: set[str], top: bool = False) -> c.TExpr:
-    """Give every model call inside an expression its own variable, so that it runs once even when
-    the generated code mentions the result twice (e.g. `torch.ones_like(score)`)."""
-    if isinstance(e, (c.FnCall, c.ModelCall)):
-        e = type(e)(**{**e.__dict__, "args": [_hoist(a, lines, used) for a in e.args]})
-    elif isinstance(e, c.Item):
-        e = c.Item(e.loc, e.type, _hoist(e.value, lines, used, top=True), e.index)
-    elif isinstance(e, c.BinOp):
-        e = c.BinOp(e.loc, e.type, e.op, _hoist(e.left, lines, used), _hoist(e.right, lines, used))
-    elif isinstance(e, c.Neg):
-        e = c.Neg(e.loc, e.type, _hoist(e.operand, lines, used))
-    if isinstance(e, c.ModelCall) and not top:
-        n = 1
-        while f"{e.model}_out{n}" in used:
-            n += 1
-        name = f"{e.model}_out{n}"
-        used.add(name)
-        lines.append(f"{name} = {texpr(e)}")
-        return c.Ref(e.loc, e.type, name)
-    return e
-
-
-def _names(cfg: c.TrainConfig) -> set[str]:
-    used = set(cfg.data.fields) | set(cfg.models)
-    for plan in [cfg.prepare, *(s.plan for s in cfg.steps)]:
-        for item in plan:
-            used.update([item.name] if isinstance(item, c.Let) else item.outputs)
-    return used
-
-
-def prepare_function(cfg: c.TrainConfig, source_lines: list[str]) -> str:
-    lines, _ = _body(cfg.prepare, [], cfg, source_lines)
-    bound = [i.name for i in cfg.prepare if isinstance(i, c.Let)] + [
-        o for i in cfg.prepare if isinstance(i, c.AutoRun) for o in i.outputs
-    ]
-    extra = ", ".join(f"{py_literal(n)}: {n}" for n in bound)
-    return "\n".join(
-        [
-            "def prepare(models: dict[str, nn.Module], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:",
-            f'{I1}"""The train-level tensors, computed once per batch and shared by every step."""',
-            *[I1 + x for x in lines],
-            f"{I1}return {{**batch, {extra}}}",
-        ]
-    )
-
-
-def step_function(cfg: c.TrainConfig, step: c.Step, source_lines: list[str]) -> str:
-    lines, _ = _body(step.plan, [step.loss, *[c.Ref(step.loc, None, n) for n in step.outputs]], cfg, source_lines)
-    hoisted: list[str] = []
-    loss = _hoist(step.loss, hoisted, _names(cfg))
-    outputs = ", ".join(f"{py_literal(n)}: {n}" for n in step.outputs)
-    loss_line = step.loss.loc.line
-    text = source_lines[loss_line - 1].strip() if 0 < loss_line <= len(source_lines) else "loss"
-    return "\n".join(
-        [
-            f"def step_{step.name}(models: dict[str, nn.Module], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:",
-            f'{I1}"""Step \'{step.name}\': its loss, and the tensors the metrics read."""',
-            *[I1 + x for x in lines],
-            f"{I1}# line {loss_line}: {comment(text)}",
-            *[I1 + x for x in hoisted],
-            f"{I1}loss = {texpr(loss)}",
-            f"{I1}return loss, {{{outputs}}}",
-        ]
-    )
+def _draws_batch_sized(statements: list[ir.Stmt]) -> bool:
+    """Whether a random draw's sizes name `batch`: the code then reads the current batch's size."""
+    for stmt in statements:
+        stack = [stmt.value] if isinstance(stmt, ir.Assign) else []
+        while stack:
+            node = stack.pop()
+            random = isinstance(node, ir.OpCall) and not REGISTRY[node.op].deterministic
+            if random and any(isinstance(d, Sym) for d in node.init.get("shape", ())):
+                return True
+            stack.extend(ir.operands(node))
+    return False

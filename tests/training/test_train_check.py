@@ -52,7 +52,7 @@ def test_check_stays_torch_free():
     ("train", "expected"),
     [
         ("train { data = digit()  loss = cross_entropy(logits, label) }", "unknown data set 'digit'"),
-        ("train { data = digits()  loss = cross_entropy(logit, label) }", "unknown tensor 'logit'"),
+        ("train { data = digits()  loss = cross_entropy(logit, label) }", "unknown name 'logit'"),
         ("train { data = digits()  loss = crossentropy(logits, label) }", "did you mean 'cross_entropy'"),
         (
             "train { data = digits()  loss = cross_entropy(logits, label)  optimizer = adan() }",
@@ -74,7 +74,7 @@ def test_check_stays_torch_free():
             "train { data = digits(image_size=28)  loss = cross_entropy(logits, label) }",
             "expects float32[batch, 1, 8, 8]",
         ),
-        ("train { data = digits()  loss = cross_entropy(label, logits) }", "must be a floating-point tensor"),
+        ("train { data = digits()  loss = cross_entropy(label, logits) }", "expects a floating-point tensor"),
         ("train { data = digits()  loss = mse(logits, label) }", "must be a floating-point tensor"),
         ('train { data = csv("nope.csv", features=["a"], label="y")  loss = mse(logits, label) }', "not found"),
         ('train { data = digits()  loss = cross_entropy(logits, label)  monitor = "acc" }', "monitor 'acc'"),
