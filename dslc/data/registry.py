@@ -6,13 +6,19 @@ without loading anything. `sets.py` holds the loaders under the same names.
 
 from __future__ import annotations
 
+import codecs
+import csv as csv_module
+import io
+import math
 import os
 import stat
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from dslc.errors import did_you_mean
 from dslc.params import BindError, P
 from dslc.shapes import Sym, TensorType
 
@@ -58,12 +64,24 @@ def _speech(a, base):
 
 
 def _csv(a, base):
+    p = data_file(a["path"], base)
+    table = read_csv(p, limit=CHECK_BYTES)
+    numeric = [*a["features"], *([a["target"]] if a["target"] else [])]
+    check_columns(p, table.header, [*numeric, *([a["label"]] if a["label"] else [])])
+    for line, row in table.rows:
+        for column in numeric:
+            csv_number(p, line, row, column)
     fields = {"features": _t("float32", len(a["features"]))}
     if a["label"]:
         fields["label"] = _t("int64")
     if a["target"]:
         fields["target"] = _t("float32", 1)
     return fields
+
+
+def _text(a, base):
+    text_examples(data_file(a["path"], base), limit=CHECK_BYTES)
+    return {"tokens": _t("int64", a["max_len"]), "label": _t("int64")}
 
 
 NUMPY_DTYPES = {
@@ -80,19 +98,22 @@ NUMPY_DTYPES = {
 
 
 def _npz(a, base):
-    import numpy as np
-
     path = data_file(a["path"], base)
+    fields = {}
     try:
-        with np.load(path, mmap_mode="r", allow_pickle=False) as arrays:
-            return {name: _numpy_field(name, arrays[name]) for name in arrays.files}
-    except (OSError, ValueError, EOFError) as exc:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                name = member.filename.removesuffix(".npy")
+                if name == member.filename:
+                    raise BindError(f"{path}: member '{_shown(name)}' is not a .npy array")
+                with archive.open(member) as stream:
+                    fields[name] = _array_field(name, stream, member.file_size, f"{path}: array '{_shown(name)}'")
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise BindError(f"cannot read {path}: {exc}") from None
+    return fields
 
 
 def _npy(a, base):
-    import numpy as np
-
     fields = {}
     pairs = a["files"]
     if not isinstance(pairs, tuple) or not all(
@@ -102,17 +123,171 @@ def _npy(a, base):
     for name, file in pairs:
         path = data_file(file, base)
         try:
-            fields[name] = _numpy_field(name, np.load(path, mmap_mode="r", allow_pickle=False))
+            with open(path, "rb") as stream:
+                fields[name] = _array_field(name, stream, os.fstat(stream.fileno()).st_size, str(path))
         except (OSError, ValueError, EOFError) as exc:
             raise BindError(f"cannot read {path}: {exc}") from None
     return fields
 
 
-def _numpy_field(name: str, array) -> TensorType:
-    dtype = NUMPY_DTYPES.get(str(array.dtype))
-    if dtype is None or array.ndim == 0:
-        raise BindError(f"array '{name}' has unsupported dtype {array.dtype} or no batch dimension")
-    return _t(dtype, *array.shape[1:])
+def _array_field(name: str, stream: BinaryIO, size: int, where: str) -> TensorType:
+    """The field a .npy array gives, from its header alone (the data may be gigabytes, or compressed in an .npz)."""
+    from numpy.lib import format as npy
+
+    version = npy.read_magic(stream)
+    if version not in ((1, 0), (2, 0)):
+        raise BindError(f"{where}: .npy format version {version[0]}.{version[1]} is not supported (1.0 or 2.0)")
+    read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+    shape, _, dtype = read_header(stream)
+    if dtype.hasobject:
+        raise BindError(f"{where}: holds Python objects (pickled); only numeric arrays are read")
+    needed = stream.tell() + math.prod(shape) * dtype.itemsize
+    if needed > size:
+        raise BindError(f"{where}: truncated, the header promises {needed:,} bytes and the file holds {size:,}")
+    if str(dtype) not in NUMPY_DTYPES or not shape:
+        raise BindError(f"array '{name}' has unsupported dtype {dtype} or no batch dimension")
+    return _t(NUMPY_DTYPES[str(dtype)], *shape[1:])
+
+
+# ---------------------------------------------------------------- reading user files (dslc check and the loaders)
+
+CHECK_BYTES = 1 << 20  # dslc check reads this much of a text data file: its header and first rows
+
+
+@dataclass
+class CsvTable:
+    header: list[str]
+    rows: list[tuple[int, dict[str, str]]]  # (the line a row starts on, its values by column)
+
+
+def read_csv(p: Path, limit: int | None = None) -> CsvTable:
+    """The header and the data rows of a CSV file, each row with the line it starts on (1-based, the header is line 1
+    when it comes first); a row with more or fewer fields than the header is an error at that line. Blank lines are
+    skipped. With `limit`, only the rows that end in the first `limit` bytes."""
+    text, complete = read_text(p, limit)
+    reader = csv_module.reader(io.StringIO(text, newline=""))
+    records: list[tuple[int, list[str]]] = []
+    end = 0  # the line the previous record ended on
+    try:
+        for record in reader:
+            line, end = end + 1, reader.line_num
+            if record:
+                records.append((line, record))
+    except csv_module.Error as exc:
+        raise BindError(f"{p}:{reader.line_num}: not valid CSV ({exc})") from None
+    if not complete and records:
+        records.pop()  # cut at `limit` bytes: the last record may be cut short
+    if not records:
+        if complete:
+            raise BindError(f"{p}: empty file, expected a header row naming the columns")
+        raise BindError(f"{p}: no header row in the first {limit:,} bytes", "is this a CSV file?")
+    (header_line, header), *data = records
+    table = CsvTable(_csv_header(p, header_line, header), [])
+    for line, record in data:
+        if len(record) != len(header):
+            raise BindError(
+                f"{p}:{line}: {len(record)} field{'s' if len(record) != 1 else ''}, expected {len(header)} "
+                f"as in the header ({_some_columns(header)})",
+                "every row needs one value per column; quote values that contain commas",
+            )
+        table.rows.append((line, dict(zip(header, record))))
+    if complete and not table.rows:
+        raise BindError(f"{p}: no data rows")
+    return table
+
+
+def _csv_header(p: Path, line: int, names: list[str]) -> list[str]:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise BindError(
+                f"{p}:{line}: the header names column '{_shown(name)}' twice", "give every column its own name"
+            )
+        seen.add(name)
+    return names
+
+
+def check_columns(p: Path, header: list[str], columns: list[str]) -> None:
+    """Every column the spec names is in the header; else the nearest names (a header of numbers is no header)."""
+    for column in columns:
+        if column in header:
+            continue
+        if all(_is_number(name) for name in header):
+            hint = "its first row holds numbers: the file needs a header row naming the columns"
+        else:
+            hint = did_you_mean(column, [_shown(name) for name in header]) or f"columns: {_some_columns(header)}"
+        raise BindError(f"{p}: no column '{column}'", hint)
+
+
+def _some_columns(names: list[str], n: int = 8) -> str:
+    return ", ".join(map(_shown, names[:n])) + (f", ... {len(names) - n} more" if len(names) > n else "")
+
+
+def _shown(text: str, n: int = 40) -> str:
+    """A name or value from a data file as a message shows it: control characters escaped, at most `n` characters."""
+    text = text if text.isprintable() else repr(text)[1:-1]
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def csv_number(p: Path, line: int, row: dict[str, str], column: str) -> float:
+    text = row[column]
+    try:
+        value = float(text)
+    except ValueError:
+        what = "is empty" if not text.strip() else f"holds '{_shown(text)}'"
+        raise BindError(f"{p}:{line}: column '{column}' {what}, expected a number") from None
+    if not math.isfinite(value):
+        raise BindError(f"{p}:{line}: column '{column}' holds '{_shown(text)}', expected a finite number")
+    return value
+
+
+def text_examples(p: Path, limit: int | None = None) -> list[tuple[str, str]]:
+    """A text data set's (label, text) lines, blank lines skipped; with `limit`, the lines in the first `limit`
+    bytes."""
+    text, complete = read_text(p, limit)
+    lines = text.split("\n")
+    if not complete:
+        lines.pop()  # cut at `limit` bytes: the last line may be cut short
+    examples = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        label, sep, body = line.removesuffix("\r").partition("\t")
+        if not sep:
+            raise BindError(f"{p}:{number}: expected LABEL<TAB>TEXT", "separate the label from the text by a tab")
+        examples.append((label.strip(), body))
+    if complete and not examples:
+        raise BindError(f"{p}: no examples", "one example per line: LABEL<TAB>TEXT")
+    return examples
+
+
+def read_text(p: Path, limit: int | None = None) -> tuple[str, bool]:
+    """A data file's text (UTF-8, with or without a byte order mark), and whether it is all of it: with `limit`, only
+    the first `limit` bytes are read. Anything but UTF-8 is an error at its line."""
+    try:
+        with open(p, "rb") as file:
+            raw = file.read() if limit is None else file.read(limit + 1)
+    except OSError as exc:
+        raise BindError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    complete = limit is None or len(raw) <= limit
+    body = raw.removeprefix(codecs.BOM_UTF8) if complete else raw[:limit].removeprefix(codecs.BOM_UTF8)
+    try:  # not final when cut: a character split at the cut is left out, not an error
+        return codecs.getincrementaldecoder("utf-8")().decode(body, final=complete), complete
+    except UnicodeDecodeError as exc:
+        line = body.count(b"\n", 0, exc.start) + 1
+        column = exc.start - body.rfind(b"\n", 0, exc.start)
+        raise BindError(
+            f"{p}:{line}: not UTF-8 text (byte 0x{body[exc.start]:02x} at column {column})",
+            "save the file as UTF-8 (e.g. a Latin-1 'é' is the single byte 0xe9)",
+        ) from None
 
 
 def resolve_path(path: str, base: Path) -> Path:
@@ -281,7 +456,7 @@ _register(
         "a text file, one example per line as LABEL<TAB>TEXT: tokens int64[batch, max_len] (word ids, 0 = <pad>, "
         "1 = <unk>) and label int64[batch]; the vocabulary (built from the training split) is stored with the model",
         (P("path", "str"), P("max_len", "int", 32), P("min_freq", "int", 1), P("lowercase", "bool", True), VALIDATION),
-        lambda a, base: {"tokens": _t("int64", a["max_len"]), "label": _t("int64")},
+        _text,
         files=("path",),
     )
 )

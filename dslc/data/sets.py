@@ -6,12 +6,10 @@ examples. Problems with user data (missing file, unknown column, bad label) rais
 
 from __future__ import annotations
 
-import codecs
-import csv as csv_module
-import io
 import json
-import math
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dslc.data.registry import DATASETS, data_file
+from dslc.data.registry import DATASETS, check_columns, csv_number, data_file, read_csv, text_examples
 from dslc.errors import did_you_mean, error
 from dslc.params import BindError
 
@@ -166,11 +164,18 @@ def speech(base: Path, seed: int, features: int, max_chars: int, samples: int):
 # ---------------------------------------------------------------- user files
 
 
-def _open(path: str, base: Path) -> Path:
+@contextmanager
+def _file_errors() -> Iterator[None]:
+    """A problem with a user's file (registry.BindError) as the error `dslc train` reports."""
     try:
-        return data_file(path, base)
+        yield
     except BindError as exc:
-        raise error(None, str(exc)) from None
+        raise error(None, str(exc), exc.hint) from None
+
+
+def _open(path: str, base: Path) -> Path:
+    with _file_errors():
+        return data_file(path, base)
 
 
 def csv(
@@ -183,12 +188,12 @@ def csv(
     standardize: bool,
 ):
     p = _open(path, base)
-    columns, rows = _csv_rows(p)
-    for col in [*features, *(c for c in (label, target) if c)]:
-        if col not in columns:
-            raise error(None, f"{p}: no column '{col}'", did_you_mean(col, columns) or f"columns: {', '.join(columns)}")
-    x = np.array([[_csv_number(p, line, row, c) for c in features] for line, row in rows], dtype=np.float32)
-    y = np.array([[_csv_number(p, line, row, target)] for line, row in rows], dtype=np.float32) if target else None
+    with _file_errors():
+        table = read_csv(p)
+        rows = table.rows
+        check_columns(p, table.header, [*features, *(c for c in (label, target) if c)])
+        x = np.array([[csv_number(p, line, row, c) for c in features] for line, row in rows], dtype=np.float32)
+        y = np.array([[csv_number(p, line, row, target)] for line, row in rows], dtype=np.float32) if target else None
     if standardize:
         x = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1)
     arrays: dict[str, np.ndarray] = {"features": x}
@@ -201,81 +206,6 @@ def csv(
     if y is not None:
         arrays["target"] = y
     return arrays, extra
-
-
-def _csv_rows(p: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """The header and the data rows of a CSV file, each row with the line it starts on (1-based, the header is line 1
-    when it comes first); a row with more or fewer fields than the header is an error at that line. Blank lines are
-    skipped."""
-    reader = csv_module.reader(io.StringIO(_read_utf8(p), newline=""))
-    header: list[str] | None = None
-    rows: list[tuple[int, dict[str, str]]] = []
-    end = 0  # the line the previous record ended on
-    try:
-        for record in reader:
-            line, end = end + 1, reader.line_num
-            if not record:
-                continue
-            if header is None:
-                header = _csv_header(p, line, record)
-            elif len(record) != len(header):
-                raise error(
-                    None,
-                    f"{p}:{line}: {len(record)} field{'s' if len(record) != 1 else ''}, expected {len(header)} "
-                    f"as in the header ({_some_columns(header)})",
-                    "every row needs one value per column; quote values that contain commas",
-                )
-            else:
-                rows.append((line, dict(zip(header, record))))
-    except csv_module.Error as exc:
-        raise error(None, f"{p}:{reader.line_num}: not valid CSV ({exc})") from None
-    if not rows:
-        raise error(None, f"{p}: no data rows")
-    return header, rows
-
-
-def _csv_header(p: Path, line: int, names: list[str]) -> list[str]:
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise error(None, f"{p}:{line}: the header names column '{name}' twice", "give every column its own name")
-        seen.add(name)
-    return names
-
-
-def _some_columns(names: list[str], n: int = 8) -> str:
-    return ", ".join(names[:n]) + (f", ... {len(names) - n} more" if len(names) > n else "")
-
-
-def _csv_number(p: Path, line: int, row: dict[str, str], column: str) -> float:
-    text = row[column]
-    try:
-        value = float(text)
-    except ValueError:
-        what = "is empty" if not text.strip() else f"holds {text[:40]!r}"
-        raise error(None, f"{p}:{line}: column '{column}' {what}, expected a number") from None
-    if not math.isfinite(value):
-        raise error(None, f"{p}:{line}: column '{column}' holds {text!r}, expected a finite number")
-    return value
-
-
-def _read_utf8(p: Path) -> str:
-    """A data file's text (UTF-8, with or without a byte order mark); anything else is an error at its line."""
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise error(None, f"{p}: cannot read ({exc.strerror or exc})") from None
-    body = raw.removeprefix(codecs.BOM_UTF8)
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = body.count(b"\n", 0, exc.start) + 1
-        column = exc.start - body.rfind(b"\n", 0, exc.start)
-        raise error(
-            None,
-            f"{p}:{line}: not UTF-8 text (byte 0x{body[exc.start]:02x} at column {column})",
-            "save the file as UTF-8 (e.g. a Latin-1 'é' is the single byte 0xe9)",
-        ) from None
 
 
 def _num(v: str) -> float | None:
@@ -321,16 +251,10 @@ def npy(base: Path, seed: int, files):
 
 
 def text(base: Path, seed: int, path: str, max_len: int, min_freq: int, lowercase: bool):
-    p = _open(path, base)
-    labels_raw, docs = [], []
-    for number, line in enumerate(_read_utf8(p).splitlines(), 1):
-        if not line.strip():
-            continue
-        label, sep, body = line.partition("\t")
-        if not sep:
-            raise error(None, f"{p}:{number}: expected LABEL<TAB>TEXT")
-        labels_raw.append(label.strip())
-        docs.append((body.lower() if lowercase else body).split())
+    with _file_errors():
+        examples = text_examples(_open(path, base))
+    labels_raw = [label for label, _ in examples]
+    docs = [(body.lower() if lowercase else body).split() for _, body in examples]
     classes = sorted(set(labels_raw))
     label = np.array([classes.index(v) for v in labels_raw], dtype=np.int64)
 
