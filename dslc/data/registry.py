@@ -107,8 +107,9 @@ def _npz(a, base):
                 if name == member.filename:
                     raise BindError(f"{path}: member '{_shown(name)}' is not a .npy array")
                 with archive.open(member) as stream:
-                    fields[name] = _array_field(name, stream, member.file_size, f"{path}: array '{_shown(name)}'")
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+                    fields[name] = _array_field(stream, member.file_size, f"{path}: array '{_shown(name)}'")
+    # RuntimeError, NotImplementedError: an encrypted member, a compression method Python lacks
+    except (OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile) as exc:
         raise BindError(f"cannot read {path}: {exc}") from None
     return fields
 
@@ -124,13 +125,13 @@ def _npy(a, base):
         path = data_file(file, base)
         try:
             with open(path, "rb") as stream:
-                fields[name] = _array_field(name, stream, os.fstat(stream.fileno()).st_size, str(path))
+                fields[name] = _array_field(stream, os.fstat(stream.fileno()).st_size, str(path))
         except (OSError, ValueError, EOFError) as exc:
             raise BindError(f"cannot read {path}: {exc}") from None
     return fields
 
 
-def _array_field(name: str, stream: BinaryIO, size: int, where: str) -> TensorType:
+def _array_field(stream: BinaryIO, size: int, where: str) -> TensorType:
     """The field a .npy array gives, from its header alone (the data may be gigabytes, or compressed in an .npz)."""
     from numpy.lib import format as npy
 
@@ -145,7 +146,7 @@ def _array_field(name: str, stream: BinaryIO, size: int, where: str) -> TensorTy
     if needed > size:
         raise BindError(f"{where}: truncated, the header promises {needed:,} bytes and the file holds {size:,}")
     if str(dtype) not in NUMPY_DTYPES or not shape:
-        raise BindError(f"array '{name}' has unsupported dtype {dtype} or no batch dimension")
+        raise BindError(f"{where}: unsupported dtype {dtype} or no batch dimension (one array row per example)")
     return _t(NUMPY_DTYPES[str(dtype)], *shape[1:])
 
 

@@ -153,6 +153,10 @@ def test_npz_fields_come_from_the_array_headers(tmp_path):
             {"features.npy": npy_bytes(np.array([[{}]] * 4, dtype=object))},
             "{npz}: array 'features': holds Python objects (pickled); only numeric arrays are read",
         ),
+        (
+            {"features.npy": npy_bytes(np.float32(1.0))},
+            "{npz}: array 'features': unsupported dtype float32 or no batch dimension (one array row per example)",
+        ),
         ({"notes.txt": b"hello"}, "{npz}: member 'notes.txt' is not a .npy array"),
         ({"features.npy": b"PK\x03\x04 not an array"}, "cannot read {npz}: the magic string is not correct"),
     ],
