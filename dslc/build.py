@@ -84,11 +84,7 @@ def build(
         python_path = staging / f"{stem}.py"
         python_path.write_text(emit_program(program), encoding="utf-8")
         if program.train is not None:  # the training script: `python DIR/<stem>_train.py` trains as `dslc train` does
-            from dslc.emit_train import emit_train_script
-
-            (staging / f"{stem}_train.py").write_text(
-                emit_train_script(program, list(overrides or [])), encoding="utf-8"
-            )
+            _stage_train_script(program, staging, list(overrides or []), out)
         reports = []
         if export_onnx:
             reports = _export_all(program, python_path, staging, verify_onnx, seed, state_dicts or {})
@@ -98,6 +94,18 @@ def build(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return BuildResult(program, out / f"{stem}.py", reports)
+
+
+def _stage_train_script(program: ir.ProgramIR, staging: Path, overrides: list[str], out: Path) -> None:
+    """`<stem>_train.py` and the spec's copy `<stem>.model` it trains and exports from (not when that copy would be
+    the spec itself: a build into the spec's own folder)."""
+    from dslc.emit_train import emit_train_script
+
+    stem = program.module_name
+    (staging / f"{stem}_train.py").write_text(emit_train_script(program, overrides), encoding="utf-8")
+    copy = out / f"{stem}.model"
+    if not (copy.exists() and copy.samefile(program.path)):
+        (staging / copy.name).write_text(program.source, encoding="utf-8")
 
 
 def _publish(staging: Path, out: Path) -> None:

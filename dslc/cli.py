@@ -12,6 +12,7 @@ import click
 from dslc import __version__
 from dslc.errors import DslcError, error
 from dslc.pytext import module_name
+from dslc.training import flags as train_flags
 
 
 def _report_errors(func):
@@ -273,62 +274,43 @@ def completion(shell: str) -> None:
     click.echo(cls(main, {}, "dslc", "_DSLC_COMPLETE").source())
 
 
-@main.command()
+class _TrainCommand(click.Command):
+    """`dslc train`: an unknown flag's error gives the flag or `--set` key meant (`--lr`, `--batch`, `--epoch`)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        from dslc.training.flags import near_miss
+
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            hint = near_miss(exc.option_name, script=False)
+            if hint is None:
+                raise
+            raise click.NoSuchOption(exc.option_name, f"No such option: {exc.option_name} ({hint})", ctx=ctx) from None
+
+
+@main.command(cls=_TrainCommand)
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option(
-    "-o", "--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Run folder (default: runs/<stem>)."
-)
-@click.option("--epochs", type=int, default=None, help="Override the train section's epochs.")
-@click.option("--batch-size", type=int, default=None, help="Override the (global) batch size.")
-@click.option("--seed", type=int, default=None, help="Override the seed.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a constant or a train setting (epochs=3, optimizer.lr=0.01).",
-)
-@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the run folder.")
-@click.option("--nproc", type=int, default=1, show_default=True, help="Processes (DDP: gloo on CPU, NCCL on GPU).")
-@click.option("--amp", is_flag=True, help="Mixed precision (bf16 autocast; fp16 with loss scaling on older GPUs).")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the trained models.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option(
-    "--weights",
-    multiple=True,
-    metavar="[MODEL=]FILE",
-    help="Start from a checkpoint (.safetensors, or .pth read with weights_only=True; strict). --epochs 0 only exports it.",
-)
+@train_flags.click_options
 @_report_errors
-def train(
-    spec, out_dir, epochs, batch_size, seed, device, overrides, resume, nproc, amp, compile_, quiet, weights
-) -> None:
+def train(spec: str, **values) -> None:
     """Train a spec's models as its `train { }` section says; end with verified ONNX graphs.
 
     \b
-    The run folder gets the generated <stem>_train.py (what runs), config.json, metrics.jsonl,
-    curves.png, checkpoints/, the trained weights (.safetensors) and the ONNX graphs.
+    The run folder gets the generated <stem>_train.py (what runs), a copy of the spec, config.json,
+    metrics.jsonl, curves.png, checkpoints/, the trained weights (.safetensors) and the ONNX graphs.
     Example:
       dslc train specs/cnn.model --out runs/cnn --epochs 5
     """
     from dslc.training.command import prepare_run, run_script
-    from dslc.training.runtime import run_folder_locked
+    from dslc.training.run_folder import run_folder_locked
 
-    out = Path(out_dir or Path("runs") / module_name(Path(spec).stem))
-    argv = ["--out", str(out), "--device", device]
-    for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--seed", seed)):
-        if value is not None:
-            argv += [flag, str(value)]
-    argv += [
-        flag for flag, on in (("--resume", resume), ("--amp", amp), ("--compile", compile_), ("--quiet", quiet)) if on
-    ]
-    for item in weights:
-        argv += ["--weights", item]
+    out = Path(values["out"] or Path("runs") / module_name(Path(spec).stem))
+    values.update(out=out, data_dir=values["data_dir"] or Path(spec).resolve().parent)
     with run_folder_locked(out):  # one run at a time writes a run folder
-        script = prepare_run(spec, out, list(overrides), resume)
+        script = prepare_run(spec, out, list(values["set"]), values["resume"], flags=values)
         click.echo(f"wrote {script} (the training code that runs now)")
-        run_script(script, argv, nproc)
+        run_script(script, train_flags.script_argv(values), values["nproc"])
 
 
 @main.command()

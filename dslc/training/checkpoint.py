@@ -10,6 +10,7 @@ a resumed run must match (`run_identity`).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -22,13 +23,12 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from dslc.errors import Diagnostic, DslcError, error
-from dslc.fileio import write_atomic
+from dslc.fileio import spec_sha256, write_atomic
 
 NAME = re.compile(r"epoch-(\d{4,})\.safetensors$")
 META_KEY = "dslc"  # the JSON metadata: epoch, history, run identity, packed state
 CHECKSUM_KEY = "dslc.sha256"  # sha256 over the tensors and META_KEY's text (see `checksum`)
 RESUME_KEYS = ("epoch", "history", "spec_sha256", "overrides", "config", "amp")  # what --resume reads
-FLAG_SETTINGS = ("epochs", "batch_size", "seed")  # settings the script's flags may change after the script is written
 CORRUPT_HINT = "delete it to resume from the checkpoint before it, or start a new run with another --out"
 
 
@@ -151,51 +151,74 @@ def load_latest(
 # ---------------------------------------------------------------- what a resumed run must match
 
 
-def run_identity(spec_sha256: str, overrides: list[str], config: dict[str, Any], amp: bool | None) -> dict[str, Any]:
+def run_identity(spec_sha256: str, overrides: list[str], config: dict[str, Any], amp: bool) -> dict[str, Any]:
     """What changes a run's result, recorded in every epoch checkpoint: the spec's hash, its constant overrides
     (`--set hidden=6`, as a table), the resolved train settings (with --epochs, --batch-size, --seed) and --amp.
-    --device, --nproc and --compile are left out: they change only the floating-point summation order.
-    `amp` None: not known yet (not compared)."""
+    --device, --nproc and --compile are left out: they change only the floating-point summation order."""
     constants = dict(item.partition("=")[::2] for item in overrides)
     return {"spec_sha256": spec_sha256, "overrides": constants, "config": json.loads(json.dumps(config)), "amp": amp}
 
 
-def refuse_changed_run(path: Path, meta: dict[str, Any], now: dict[str, Any], skip: tuple[str, ...] = ()) -> None:
+def refuse_changed_run(
+    path: Path, meta: dict[str, Any], now: dict[str, Any], saved_spec: str | None = None, spec: str | None = None
+) -> None:
     """Stop a resume from the checkpoint `path` when the spec or a setting (`now`, a run_identity) differs from the
-    checkpoint's, saying what differs."""
+    checkpoint's, with a note per difference giving both values. The spec's changed lines are shown when the text it
+    was (`saved_spec`, the run folder's copy) and the text it is now (`spec`) are known, else its two hashes."""
+    notes = resume_differences(meta, now)
     if meta["spec_sha256"] != now["spec_sha256"]:
-        raise error(
-            None,
-            f"cannot resume from {path}: the spec changed since it was written",
-            "resume with the spec the run started with, or start a new run with another --out",
-        )
-    differences = resume_differences(meta, now, skip)
-    if differences:
-        raise error(
-            None,
-            f"cannot resume from {path}: the training settings changed ({'; '.join(differences)})",
-            "resume with the same settings and flags, or start a new run with another --out",
+        if saved_spec is not None and spec is not None and spec_sha256(saved_spec) == meta["spec_sha256"]:
+            notes = spec_changes(saved_spec, spec) + notes
+        else:
+            notes.insert(0, f"spec sha256: {meta['spec_sha256'][:16]} in the checkpoint, {now['spec_sha256'][:16]} now")
+    if notes:
+        what = "the spec" if meta["spec_sha256"] != now["spec_sha256"] else "the training settings"
+        raise DslcError(
+            [
+                Diagnostic(
+                    None,
+                    f"cannot resume from {path}: {what} changed since it was written",
+                    "resume with the spec, settings and flags the run started with, or start a new run (another --out)",
+                    notes=notes,
+                )
+            ]
         )
 
 
-def resume_differences(meta: dict[str, Any], now: dict[str, Any], skip: tuple[str, ...] = ()) -> list[str]:
+def resume_differences(meta: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """Each setting of `now` (a run_identity) that differs from the checkpoint's, as 'NAME: SAVED in the checkpoint,
-    NOW now'; train settings named in `skip` are not compared (nor the spec's hash)."""
-    saved_config = {k: v for k, v in meta["config"].items() if k not in skip}
-    now_config = {k: v for k, v in now["config"].items() if k not in skip}
+    NOW now' (the spec's hash is not compared)."""
     pairs = {
         f"--set {k}": (meta["overrides"].get(k), now["overrides"].get(k))
         for k in {**meta["overrides"], **now["overrides"]}
     }
-    flat_saved, flat_now = _flatten(saved_config), _flatten(now_config)
+    flat_saved, flat_now = _flatten(meta["config"]), _flatten(now["config"])
     pairs.update({k: (flat_saved.get(k), flat_now.get(k)) for k in {**flat_saved, **flat_now}})
-    if now["amp"] is not None:
-        pairs["--amp"] = ("on" if meta["amp"] else "off", "on" if now["amp"] else "off")
+    pairs["--amp"] = ("on" if meta["amp"] else "off", "on" if now["amp"] else "off")
     return [
         f"{name}: {_shown(saved)} in the checkpoint, {_shown(current)} now"
         for name, (saved, current) in sorted(pairs.items())
         if saved != current
     ]
+
+
+def spec_changes(saved: str, now: str, shown: int = 5) -> list[str]:
+    """The spec's changed lines, as 'line N: `OLD` in the run's copy, `NEW` now' (at most `shown`, then a count)."""
+    old, new = saved.split("\n"), now.split("\n")
+    changes = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes():
+        if tag == "equal":
+            continue
+        before = " / ".join(line.strip() for line in old[i1:i2]) or "nothing"
+        after = " / ".join(line.strip() for line in new[j1:j2]) or "nothing"
+        changes.append(f"spec line {j1 + 1}: `{_clip(before)}` in the run's copy, `{_clip(after)}` now")
+    if len(changes) > shown:
+        changes[shown:] = [f"... and {len(changes) - shown} more changed places"]
+    return changes
+
+
+def _clip(text: str, width: int = 80) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -7,15 +7,20 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from dslc.errors import error
+from dslc.errors import error, read_source
 from dslc.fileio import write_atomic
+from dslc.training.flags import with_flags
 
 
-def prepare_run(spec: str | Path, out: Path, overrides: list[str], resume: bool) -> Path:
+def prepare_run(
+    spec: str | Path, out: Path, overrides: list[str], resume: bool, flags: dict[str, Any] | None = None
+) -> Path:
     """Write `<stem>.py`, `<stem>_train.py` and a copy of the spec into `out`; return the script path. With --resume,
-    first check that the spec, its --set values and the train settings are those of the checkpoint, so that a refused
-    resume leaves the run folder as it was (the script checks the flags it is given: --epochs, --amp, ...)."""
+    first check that the spec, its --set values, the train settings and the `flags` given to the script (--epochs,
+    --batch-size, --seed, --amp; by name, as `dslc train` takes them) are those of the checkpoint, so that a refused
+    resume writes nothing."""
     from dslc.checker import check_file
     from dslc.emit_torch import emit_program
     from dslc.emit_train import emit_train_script
@@ -38,27 +43,31 @@ def prepare_run(spec: str | Path, out: Path, overrides: list[str], resume: bool)
             f"{out} already holds a run ({found[-1].name})",
             "pass --resume to continue it, or choose another --out",
         )
+    # the spec's copy is always `<module>.model`: a spec named `x.py` or `decimal.py` must not land
+    # next to the training script as importable Python
+    copy = out / f"{stem}.model"
     if found and resume:
-        _check_resumable(out / "checkpoints", program.sha256, consts, program.train.settings)
+        flags = flags or {}
+        config = with_flags(program.train.settings, flags)
+        identity = ckpt.run_identity(program.sha256, consts, config, bool(flags.get("amp")))
+        _check_resumable(out / "checkpoints", identity, copy, program.source)
     script = out / f"{stem}_train.py"
     write_atomic(out / f"{stem}.py", emit_program(program))
     write_atomic(script, emit_train_script(program, consts, settings))
-    # the spec's copy is always `<module>.model`: a spec named `x.py` or `decimal.py` must not land
-    # next to the training script as importable Python
-    write_atomic(out / f"{stem}.model", program.source)
+    write_atomic(copy, program.source)
     return script
 
 
-def _check_resumable(folder: Path, sha256: str, consts: list[str], settings: dict) -> None:
-    """The checks of the training script's --resume that need no flag (it checks --epochs, --amp, ... itself)."""
+def _check_resumable(folder: Path, identity: dict[str, Any], copy: Path, source: str) -> None:
+    """The training script's --resume check, before anything is written: the spec's changed lines come from the run
+    folder's copy of the spec it started with."""
     from dslc.training import checkpoint as ckpt
 
     latest = ckpt.load_latest(folder)
     if latest is not None:
         path, (_, _, meta), _ = latest
-        ckpt.refuse_changed_run(
-            path, meta, ckpt.run_identity(sha256, consts, settings, amp=None), skip=ckpt.FLAG_SETTINGS
-        )
+        saved = read_source(copy) if copy.is_file() else None
+        ckpt.refuse_changed_run(path, meta, identity, saved_spec=saved, spec=source)
 
 
 def run_script(script: Path, argv: list[str], nproc: int) -> None:
@@ -79,7 +88,7 @@ def run_script(script: Path, argv: list[str], nproc: int) -> None:
         str(script),
         *argv,
     ]
-    from dslc.training.runtime import LOCK_HOLDER_ENV
+    from dslc.training.run_folder import LOCK_HOLDER_ENV
 
     # this process holds the run folder's lock (dslc.cli train): rank 0 of the processes it starts may write there
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), LOCK_HOLDER_ENV: str(os.getpid())}

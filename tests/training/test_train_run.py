@@ -221,12 +221,22 @@ def test_resume_refuses_changed_spec_and_corrupt_checkpoint(tmp_path):
     spec.write_text((SPECS / "mlp.model").read_text())
     out = tmp_path / "run"
     assert train(str(spec), "--out", str(out), "--epochs", "2", "--quiet")[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".dslc-lock"}
     spec.write_text(spec.read_text().replace("const hidden = 5", "const hidden = 6"))
-    code, output = train(str(spec), "--out", str(out), "--epochs", "2", "--resume")
+    code, output = train(str(spec), "--out", str(out), "--epochs", "2", "--resume", "--set", "optimizer.lr=0.5")
     assert code == 1 and "the spec changed" in output
+    # each change with its old and new value: the spec's line from the run's copy, the setting from the checkpoint
+    line = spec.read_text().splitlines().index("const hidden = 6") + 1
+    assert f"note: spec line {line}: `const hidden = 5` in the run's copy, `const hidden = 6` now" in output
+    assert "note: steps[0].optimizer.lr: 0.05 in the checkpoint, 0.5 now" in output
     spec.write_text((SPECS / "mlp.model").read_text())
-    code, output = train(str(spec), "--out", str(out), "--epochs", "3", "--resume")
-    assert code == 1 and "settings changed (epochs: 2 in the checkpoint, 3 now)" in output
+    code, output = train(str(spec), "--out", str(out), "--epochs", "3", "--amp", "--resume")
+    assert code == 1 and "the training settings changed" in output
+    assert (
+        "note: epochs: 2 in the checkpoint, 3 now" in output and "note: --amp: off in the checkpoint, on now" in output
+    )
+    # a refused resume writes nothing, not even the training script
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".dslc-lock"} == before
     # a torn last checkpoint: the one before it is resumed
     first, last = sorted((out / "checkpoints").iterdir())
     last.write_bytes(last.read_bytes()[:100])
