@@ -32,7 +32,7 @@ TRAIN_SCRIPT_NAMES = frozenset(
         "epoch", "epochs", "eval_batches", "evaluate", "i", "load_data", "loss", "loss_sums", "lr_factor", "main",
         "math", "model", "models", "n", "name", "nn", "outputs", "p", "params", "prepare", "progress", "record", "rt",
         "run", "seed", "sets", "start_epoch", "step", "steps_per_epoch", "sys", "torch", "F", "total", "totals",
-        "train_batches", "train_models", "warmup", "optimizer", "scheduler", "data", "batch_size",
+        "train_batches", "train_models", "warmup", "optimizer", "scheduler", "data", "batch_size", "HERE", "data_dir",
     }
 )  # fmt: skip
 TRAIN_SCRIPT_PREFIXES = ("step_", "make_optimizer_", "optimizer_", "scheduler_", "scaler_", "params_")
