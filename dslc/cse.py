@@ -20,7 +20,7 @@ from dslc.loader import RESERVED
 from dslc.pytext import PYTHON_NAMES, TRAIN_SCRIPT_NAMES
 from dslc.traced import is_traced
 
-_STEMS = {"@": "product", "+": "total", "-": "difference", "*": "scaled", "/": "ratio", "//": "quotient"}
+OPERATOR_STEMS = {"@": "product", "+": "total", "-": "difference", "*": "scaled", "/": "ratio", "//": "quotient"}
 
 
 def eliminate_common_subexpressions(program: ir.ProgramIR) -> None:
@@ -210,7 +210,7 @@ def _reads(key: Any) -> set[str]:
 
 def _stem(e: ir.Expr) -> str:
     if isinstance(e, ir.BinOp):
-        return _STEMS.get(e.op, "value")
+        return OPERATOR_STEMS.get(e.op, "value")
     if isinstance(e, ir.OpCall):
         return REGISTRY[e.op].prefix.lower()
     if isinstance(e, ir.ModelCall):

@@ -372,6 +372,10 @@ def op_section(op: Op) -> list[str]:
         facts.append(f"Shape: `{op.shape_rule}`.")
     if op.aliases:
         facts.append("Also written " + ", ".join(f"`{a}`" for a in op.aliases) + ".")
+    if op.train_only:
+        facts.append("In a train section only.")
+    elif not op.deterministic:
+        facts.append("A random draw: every call draws anew.")
     lines += [" ".join(facts), ""]
     lines += param_table(op.params) + [""]
     if op.example:
@@ -503,7 +507,8 @@ def render() -> str:
         "",
     ]
     for category, title, intro in CATEGORIES:
-        out += [f'<a id="{category}s"></a>', f"## {title}", "", intro, ""]
+        anchor = "losses" if category == "loss" else f"{category}s"
+        out += [f'<a id="{anchor}"></a>', f"## {title}", "", intro, ""]
         for op in ops:
             if op.category == category:
                 out += op_section(op)

@@ -420,6 +420,10 @@ def wrap(line: str) -> list[str]:
     literal |= line[open_] == "(" and not (before.isalnum() or before in "_)]") and len(items) > 1
     if not literal and len(inner) + len(body) <= WIDTH and not body.rstrip().endswith(","):
         return [head, *wrap(inner + body), indent + tail]
+    grouping = line[open_] == "(" and not (before.isalnum() or before in "_)]") and len(items) == 1
+    if grouping:  # `0.5 * (a + b + ...)`: parentheses around one expression break at its operators, no comma
+        terms = _operator_terms(body.strip())
+        return [head, *[w for term in terms for w in wrap(inner + term)], indent + tail]
     return [head, *[w for item in items for w in wrap(f"{inner}{item},")], indent + tail]
 
 
@@ -448,19 +452,25 @@ def _sum_rhs(line: str) -> tuple[str, list[str]] | None:
     if split is None:
         return None
     start, rhs = split
-    mask, depth, parts, last = _string_mask(rhs), 0, [], 0
-    for i, char in enumerate(rhs):
+    parts = _operator_terms(rhs)
+    if len(parts) < 2 or any(len(line) - len(line.lstrip()) + len(INDENT) + len(p) > WIDTH for p in parts):
+        return None
+    return start, parts
+
+
+def _operator_terms(expression: str) -> list[str]:
+    """[first, `+ second`, `- third`, ...]: an expression cut before each top-level + and -."""
+    mask, depth, parts, last = _string_mask(expression), 0, [], 0
+    for i, char in enumerate(expression):
         if mask[i]:
             continue
         depth += char in "([{"
         depth -= char in ")]}"
-        if depth == 0 and rhs[i : i + 3] in (" + ", " - ") and i > 0:
-            parts.append(rhs[last:i].strip())
+        if depth == 0 and expression[i : i + 3] in (" + ", " - ") and i > 0:
+            parts.append(expression[last:i].strip())
             last = i + 1
-    parts.append(rhs[last:].strip())
-    if len(parts) < 2 or any(len(line) - len(line.lstrip()) + len(INDENT) + len(p) > WIDTH for p in parts):
-        return None
-    return start, parts
+    parts.append(expression[last:].strip())
+    return parts
 
 
 def _unparenthesized_tuple(line: str, allow_single: bool = False) -> tuple[str, str] | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dslc import ast, consteval, ir
-from dslc.checker import Checker, Poison, _StatementFailedError
+from dslc.checker import POISON, Checker, Poison, _StatementFailedError
 from dslc.cse import eliminate_in_step
 from dslc.errors import DslcError, Loc, did_you_mean, error
 from dslc.layers import REGISTRY
@@ -92,6 +92,7 @@ class TrainChecker:
         self.base = Path(program.path).parent
         self._step_bodies: dict[str, TrainBody] = {}
         self._losses: dict[str, ir.Expr] = {}
+        self.refused: set[str] = set()  # train tensors whose names were refused
 
     def fail(self, loc: Loc | None, message: str, hint: str | None = None) -> _CheckFailedError:
         self.reporter.error(loc, message, hint, section=SECTION)
@@ -145,7 +146,9 @@ class TrainChecker:
         return self.config(root_settings, data, root, checked_steps, metrics)
 
     def body(self, lets: dict[str, ast.Setting], parent: TrainBody | None) -> TrainBody:
-        return TrainBody(self.checker, self.scope, self.models, self.fields, lets, parent)
+        body = TrainBody(self.checker, self.scope, self.models, self.fields, lets, parent)
+        body.env.update(dict.fromkeys(self.refused, POISON))
+        return body
 
     def guard(self, func):
         try:
@@ -203,6 +206,7 @@ class TrainChecker:
                         raise error(item.loc, f"'{item.name}' is a model; choose another name")
                 except DslcError as exc:
                     self.reporter.extend(exc)
+                    self.refused.add(item.name)  # reported once: its readers say nothing more
                     continue
                 lets[item.name] = item
         return settings, lets, steps, groups

@@ -14,7 +14,7 @@ from dslc import emit_torch, ir, traced
 from dslc.emit_torch import WIDTH, shorten
 from dslc.layers import REGISTRY
 from dslc.layers.training import BATCH_SIZE
-from dslc.pytext import comment, py_literal
+from dslc.pytext import TRAIN_SCRIPT_NAMES, comment, py_literal
 from dslc.shapes import Sym
 from dslc.training import config as c
 
@@ -48,7 +48,13 @@ class _StepWriter:
             traced.CONSTANTS.reset(constants)
 
     def constant_name(self, const: traced.Const) -> str:
-        return self.constants.setdefault(const, const.name.upper())
+        """`noise` -> NOISE, kept clear of the script's own names (a constant `config` is CONFIG_)."""
+        if const not in self.constants:
+            name = const.name.upper()
+            while name in TRAIN_SCRIPT_NAMES or name in self.constants.values():
+                name += "_"
+            self.constants[const] = name
+        return self.constants[const]
 
     def constants_block(self) -> str:
         lines = ["# The spec's constants the steps read (`--set name=value` writes other values)."]
@@ -81,8 +87,11 @@ class _StepWriter:
     def body_lines(self, body: c.Body) -> list[str]:
         """The models and batch entries the body reads, then its statements, each spec line named once."""
         lines = [f"{m} = models[{py_literal(m)}]" for m in body.models]
-        if body.reads:
-            lines.append(f"{', '.join(body.reads)} = {', '.join(f'batch[{py_literal(n)}]' for n in body.reads)}")
+        reads = f"{', '.join(body.reads)} = {', '.join(f'batch[{py_literal(n)}]' for n in body.reads)}"
+        if body.reads and len(I1 + reads) <= WIDTH:
+            lines.append(reads)
+        else:
+            lines += [f"{n} = batch[{py_literal(n)}]" for n in body.reads]
         code, last_line = [], None
         for stmt in body.statements:
             if stmt.loc.line != last_line and 0 < stmt.loc.line <= len(self.source_lines):

@@ -1,0 +1,229 @@
+"""The train section is the model language: the same ops and shape rules, located errors at check
+time, each model call run once per step, and step code that runs as checked."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dslc.build import load_generated
+from dslc.checker import check_file
+from dslc.emit_torch import emit_program
+from dslc.emit_train import emit_train_script
+from dslc.errors import DslcError
+from dslc.layers import REGISTRY
+
+# One call of every tensor function, over the digits fields image float32[batch, 1, 8, 8] and label int64[batch].
+CALLS = {
+    "abs": "abs(image)",
+    "argmax": "argmax(image, dim=-1)",
+    "cat": "cat(image, image, dim=1)",
+    "chunk": "chunk(image, 2, dim=2)[0]",
+    "clamp": "clamp(image, min=0.0)",
+    "cos": "cos(image)",
+    "detach": "detach(image)",
+    "elu": "elu(image)",
+    "exp": "exp(image)",
+    "flatten": "flatten(image)",
+    "float": "float(label)",
+    "floor_div": "floor_div(label, 2)",
+    "gelu": "gelu(image)",
+    "Identity": "Identity(image)",
+    "leaky_relu": "leaky_relu(image)",
+    "log": "log(sigmoid(image))",
+    "log_softmax": "log_softmax(image, dim=-1)",
+    "long": "long(image)",
+    "max": "max(image, dim=1)",
+    "mean": "mean(image, dim=1)",
+    "min": "min(image, dim=1)",
+    "ones_like": "ones_like(label)",
+    "permute": "permute(image, 0, 2, 3, 1)",
+    "position_ids": "position_ids(flatten(image))",
+    "positions": "positions(image, dim=2)",
+    "relu": "relu(image)",
+    "repeat": "repeat(image, 3, dim=1)",
+    "reshape": "reshape(image, batch, 64)",
+    "rsqrt": "rsqrt(sigmoid(image))",
+    "shift_right": "shift_right(long(flatten(image)), fill=1)",
+    "sigmoid": "sigmoid(image)",
+    "silu": "silu(image)",
+    "sin": "sin(image)",
+    "softmax": "softmax(image, dim=-1)",
+    "softplus": "softplus(image)",
+    "split": "split(image, 2, dim=3)[1]",
+    "sqrt": "sqrt(sigmoid(image))",
+    "squeeze": "squeeze(image, dim=1)",
+    "stack": "stack(image, image, dim=1)",
+    "sum": "sum(label)",
+    "tanh": "tanh(image)",
+    "transpose": "transpose(image, 2, 3)",
+    "unsqueeze": "unsqueeze(label, dim=1)",
+    "where": "where(image > 0.0, image, zeros_like(image))",
+    "zeros_like": "zeros_like(image)",
+}
+MODEL = """
+model net {{
+    input image: float32[batch, 1, 8, 8]
+    input label: int64[batch]
+    output logits = image -> Flatten -> Linear(10)
+{outputs}
+}}
+"""
+
+
+def _functions() -> set[str]:
+    """Every op a model body and a train section may call, by its registry name."""
+    return {op.name for op in REGISTRY.values() if op.category != "layer" and not op.train_only}
+
+
+def test_every_tensor_function_is_covered():
+    covered = {REGISTRY[name].name for name in CALLS}
+    assert _functions() <= covered, f"add a call to CALLS for {sorted(_functions() - covered)}"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "net.model"
+    path.write_text(text)
+    return path
+
+
+def _generated(tmp_path: Path, path: Path):
+    program = check_file(path)
+    stem = program.module_name
+    (tmp_path / f"{stem}.py").write_text(emit_program(program))
+    script = tmp_path / f"{stem}_train.py"
+    script.write_text(emit_train_script(program))
+    sys.modules.pop(stem, None)  # the script imports its model code by name, from its own folder
+    return program, load_generated(script)
+
+
+def _batch() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return {"image": torch.rand(3, 1, 8, 8), "label": torch.randint(0, 10, (3,))}
+
+
+def test_every_tensor_function_works_in_a_model_and_in_a_train_section(tmp_path):
+    outputs = "\n".join(f"    output out_{i} = {call}" for i, call in enumerate(CALLS.values()))
+    lets = "\n".join(f"    t{i} = {call}" for i, call in enumerate(CALLS.values()))
+    terms = " + ".join(f"mean(float(t{i}))" for i in range(len(CALLS)))
+    train = f"train {{\n    data = digits(image_size=8)\n{lets}\n    loss = cross_entropy(logits, label) + 0.0 * ({terms})\n}}\n"
+    path = _write(tmp_path, MODEL.format(outputs=outputs) + train)
+    program, script = _generated(tmp_path, path)
+    model = script.MODELS["net"]()
+    batch = _batch()
+    model_outputs = model(batch["image"], batch["label"])
+    loss, _ = script.step_train({"net": model}, script.prepare({"net": model}, batch))
+    assert loss.shape == () and torch.isfinite(loss)
+    checked = program.model("net").outputs
+    for port, value in zip(checked, model_outputs):  # the model computes what the checker inferred
+        assert value.dtype == getattr(torch, port.type.dtype), port.name
+        assert value.dim() == port.type.rank, port.name
+        assert all(d == n for d, n in zip(port.type.shape, value.shape) if isinstance(d, int)), port.name
+
+
+def _error(tmp_path: Path, text: str) -> str:
+    with pytest.raises(DslcError) as info:
+        check_file(_write(tmp_path, text))
+    return str(info.value)
+
+
+CNN28 = """
+model cnn {
+    input image: float32[batch, 1, 28, 28]
+    output logits = image -> Flatten -> Linear(10)
+}
+"""
+
+
+def test_a_shape_mismatch_in_a_train_tensor_is_a_located_check_error(tmp_path):
+    text = _error(
+        tmp_path,
+        CNN28 + "train {\n    data = digits(image_size=28)\n    noisy = image + 0.3 * normal(batch, 1, 32, 32)\n"
+        "    loss = cross_entropy(cnn(noisy), label)\n}\n",
+    )
+    assert "net.model:8:13: error: shapes [batch, 1, 28, 28] and [batch, 1, 32, 32] do not broadcast for '+'" in text
+    assert text.count("error:") == 1  # the loss reading `noisy` reports nothing more
+
+
+def test_a_loss_over_mismatched_shapes_is_a_located_check_error(tmp_path):
+    text = _error(tmp_path, CNN28 + "train {\n    data = digits(image_size=28)\n    loss = mse(logits, image)\n}\n")
+    assert "net.model:8:12: error: mse: input [batch, 10] and target [batch, 1, 28, 28] differ in shape" in text
+
+
+def test_class_ids_must_match_the_scores(tmp_path):
+    text = _error(
+        tmp_path,
+        CNN28 + "train {\n    data = digits(image_size=28)\n    loss = cross_entropy(logits, unsqueeze(label, 1))\n}\n",
+    )
+    assert "class ids must have one dimension less" in text
+
+
+def test_losses_and_noise_belong_in_the_train_section(tmp_path):
+    text = _error(
+        tmp_path,
+        "model m {\n    input x: float32[batch, 4]\n    output y = x + normal(batch, 4)\n}\n",
+    )
+    assert "normal is a random draw: it belongs in the train section, not in a model" in text
+    text = _error(
+        tmp_path,
+        "model m {\n    input x: float32[batch, 4]\n    output y = mse(x, x)\n}\n",
+    )
+    assert "mse is a loss: it belongs in the train section" in text
+
+
+def test_layers_belong_in_a_model(tmp_path):
+    text = _error(
+        tmp_path,
+        CNN28 + "train {\n    data = digits(image_size=28)\n    h = image -> Flatten -> Linear(10)\n"
+        "    loss = cross_entropy(h, label)\n}\n",
+    )
+    assert "Linear is a layer with state; layers belong in a model" in text
+
+
+def test_a_model_call_binds_the_model_sizes_to_its_arguments(tmp_path):
+    text = _error(
+        tmp_path,
+        """
+model tagger {
+    input tokens: int64[batch, time]
+    input tags: int64[batch, time]
+    output logits = tokens -> Embedding(100, 8) -> Linear(5)
+}
+train {
+    data = sequences(vocab=100, length=12)
+    loss = cross_entropy(tagger(source, shift_right(target)[:, :6]), source)
+}
+""",
+    )
+    assert "'time' is 12 for an earlier input but 6 here" in text
+
+
+def test_a_refused_name_is_reported_once(tmp_path):
+    text = _error(
+        tmp_path,
+        CNN28 + "train {\n    data = digits(image_size=28)\n    totals = logits * 2.0\n"
+        "    loss = cross_entropy(totals, label)\n}\n",
+    )
+    assert "'totals' is a name the generated training script uses" in text
+    assert text.count("error:") == 1
+
+
+GAN = Path(__file__).resolve().parents[2] / "specs" / "gan.model"
+
+
+def test_the_gan_step_runs_the_discriminator_once_per_batch_it_scores(tmp_path):
+    spec = tmp_path / "gan.model"
+    spec.write_text(GAN.read_text())
+    _, script = _generated(tmp_path, spec)
+    models = {name: cls() for name, cls in script.MODELS.items()}
+    calls = []
+    models["discriminator"].register_forward_hook(lambda module, args, output: calls.append(args[0].shape))
+    batch = script.prepare(models, {"image": torch.rand(4, 1, 28, 28), "label": torch.zeros(4, dtype=torch.long)})
+    script.step_discriminator(models, batch)
+    assert len(calls) == 2  # real images, then the detached fakes
+    calls.clear()
+    script.step_generator(models, batch)
+    assert len(calls) == 1
