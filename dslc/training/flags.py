@@ -26,8 +26,7 @@ class Flag:
     short: str | None = None
     command_default: str | None = None  # said in the help where the default is not `default`
     script_default: str | None = None
-    command: bool = True  # `dslc train` takes it
-    script: bool = True  # the generated script takes it
+    script: bool = True  # the generated script takes it (`dslc train` takes every flag)
 
     @property
     def dest(self) -> str:
@@ -67,14 +66,14 @@ SETTING_FLAGS = {
     "--momentum": "optimizer.momentum",
     "--validation": "data.validation",
 }
-# near misses difflib does not rank first (`--batch` is closer to `--resume` by its measure)
-ALIASES = {"--batch": "--batch-size", "--bs": "--batch-size", "--epoch": "--epochs", "--data": "--data-dir"}
+# abbreviations too short for difflib to find the flag
+ALIASES = {"--bs": "--batch-size"}
 
 
 def near_miss(option: str, script: bool) -> str | None:
     """A hint for an unknown flag of the command (`script` False) or of the generated script."""
     name = option.partition("=")[0]
-    known = [f.name for f in FLAGS if (f.script if script else f.command)]
+    known = [f.name for f in FLAGS if f.script or not script]
     if name in SETTING_FLAGS:
         key = SETTING_FLAGS[name]
         if script:  # the script has no --set: its settings are CONFIG's
@@ -138,8 +137,7 @@ def click_options(command: Callable) -> Callable:
     import click
 
     for flag in reversed(FLAGS):
-        if flag.command:
-            command = click.option(*flag.names(), flag.dest, **_click_options(flag))(command)
+        command = click.option(*flag.names(), flag.dest, **_click_options(flag))(command)
     return command
 
 
@@ -167,7 +165,7 @@ def script_argv(values: dict[str, Any]) -> list[str]:
     argv: list[str] = []
     for flag in FLAGS:
         value = values.get(flag.dest)
-        if not flag.script or value in (None, False):
+        if not flag.script or value is None or value is False:  # `--epochs 0` is passed on
             continue
         if flag.metavar is None:
             argv.append(flag.name)

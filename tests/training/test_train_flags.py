@@ -82,10 +82,10 @@ def test_usage_lines_name_every_script_flag_and_never_split_one():
 
 
 def test_the_command_passes_on_what_the_script_takes():
-    values = {"out": Path("r"), "epochs": None, "batch_size": 4, "device": "cpu", "set": ("hidden=3",), "nproc": 2,
+    values = {"out": Path("r"), "epochs": 0, "seed": None, "batch_size": 4, "device": "cpu", "set": ("hidden=3",), "nproc": 2,
               "resume": True, "amp": False, "weights": ("a.pth", "m=b.pth"), "data_dir": Path("d")}  # fmt: skip
     assert script_argv(values) == [
-        "--out", "r", "--batch-size", "4", "--device", "cpu", "--data-dir", "d", "--resume",
+        "--out", "r", "--epochs", "0", "--batch-size", "4", "--device", "cpu", "--data-dir", "d", "--resume",
         "--weights", "a.pth", "--weights", "m=b.pth",
     ]  # fmt: skip
 
