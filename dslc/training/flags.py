@@ -15,7 +15,7 @@ from typing import Any
 @dataclass(frozen=True)
 class Flag:
     name: str  # "--batch-size"
-    help: str
+    help: str  # a sentence without its full stop: the default is said after it
     metavar: str | None = None  # None: an on/off switch
     type: type = str
     choices: tuple[str, ...] = ()
@@ -37,24 +37,24 @@ class Flag:
 
 
 FLAGS = (
-    Flag("--out", "The run folder.", "DIR", Path, short="-o", command_default="runs/<stem>",
+    Flag("--out", "The run folder", "DIR", Path, short="-o", command_default="runs/<stem>",
          script_default="this script's folder"),
-    Flag("--epochs", "Override the train section's epochs (0: only export, e.g. the --weights).", "N", int,
+    Flag("--epochs", "Override the train section's epochs (0: only export, e.g. the --weights)", "N", int,
          setting="epochs", minimum=0),
-    Flag("--batch-size", "Override the (global) batch size.", "N", int, setting="batch_size", minimum=1),
-    Flag("--seed", "Override the seed.", "N", int, setting="seed"),
-    Flag("--device", "Where to train.", "auto|cpu|cuda", choices=("auto", "cpu", "cuda"), default="auto"),
-    Flag("--data-dir", "The folder the spec's data files are read from.", "DIR", Path,
+    Flag("--batch-size", "Override the (global) batch size", "N", int, setting="batch_size", minimum=1),
+    Flag("--seed", "Override the seed", "N", int, setting="seed"),
+    Flag("--device", "Where to train", "auto|cpu|cuda", choices=("auto", "cpu", "cuda"), default="auto"),
+    Flag("--data-dir", "The folder the spec's data files are read from", "DIR", Path,
          command_default="the spec's folder", script_default="this script's folder"),
-    Flag("--set", "Override a constant or a train setting (hidden=64, epochs=3, optimizer.lr=0.01).", "KEY=VALUE",
+    Flag("--set", "Override a constant or a train setting (hidden=64, epochs=3, optimizer.lr=0.01)", "KEY=VALUE",
          repeat=True, script=False),
-    Flag("--resume", "Continue from the last checkpoint in the run folder."),
-    Flag("--nproc", "Processes (DDP: gloo on CPU, NCCL on GPU); the script runs under torchrun instead.", "N", int,
+    Flag("--resume", "Continue from the last checkpoint in the run folder"),
+    Flag("--nproc", "Processes (DDP: gloo on CPU, NCCL on GPU); the script runs under torchrun instead", "N", int,
          default=1, minimum=1, script=False),
-    Flag("--amp", "Mixed precision: bf16 autocast (fp16 with loss scaling on GPUs without bf16)."),
-    Flag("--compile", "torch.compile the trained models."),
-    Flag("--quiet", "No progress bar."),
-    Flag("--weights", "Load a .safetensors/.pth state dict (strict) before training; --epochs 0 only exports it.",
+    Flag("--amp", "Mixed precision: bf16 autocast (fp16 with loss scaling on GPUs without bf16)"),
+    Flag("--compile", "torch.compile the trained models"),
+    Flag("--quiet", "No progress bar"),
+    Flag("--weights", "Load a .safetensors/.pth state dict (strict) before training; --epochs 0 only exports it",
          "[MODEL=]FILE", repeat=True),
 )  # fmt: skip
 
@@ -107,10 +107,10 @@ def parse_script_args(argv: list[str] | None, config: dict[str, Any], script_dir
 
 
 def _argparse_options(flag: Flag, default: Any) -> dict[str, Any]:
-    shown = f" (default: {flag.script_default})" if flag.script_default else ""
+    shown = f"{flag.help} (default: {flag.script_default})." if flag.script_default else f"{flag.help}."
     if flag.metavar is None:
-        return {"action": "store_true", "help": flag.help}
-    options: dict[str, Any] = {"type": flag.type, "help": flag.help + shown}
+        return {"action": "store_true", "help": shown}
+    options: dict[str, Any] = {"type": flag.type, "help": shown}
     if flag.repeat:
         return {**options, "action": "append", "default": [], "metavar": flag.metavar}
     if flag.choices:
@@ -144,10 +144,10 @@ def click_options(command: Callable) -> Callable:
 def _click_options(flag: Flag) -> dict[str, Any]:
     import click
 
-    shown = f" (default: {flag.command_default})" if flag.command_default else ""
+    shown = f"{flag.help} (default: {flag.command_default})." if flag.command_default else f"{flag.help}."
     if flag.metavar is None:
-        return {"is_flag": True, "help": flag.help}
-    options: dict[str, Any] = {"help": flag.help + shown, "metavar": flag.metavar, "multiple": flag.repeat}
+        return {"is_flag": True, "help": shown}
+    options: dict[str, Any] = {"help": shown, "metavar": flag.metavar, "multiple": flag.repeat}
     if flag.choices:
         return {**options, "type": click.Choice(flag.choices), "default": flag.default, "show_default": True}
     kind = click.IntRange(min=flag.minimum) if flag.minimum is not None else click.Path() if flag.type is Path else None
