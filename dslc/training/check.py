@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dslc import ast, consteval, ir
+from dslc import ast, ir, traced
 from dslc.checker import POISON, Checker, Poison, _StatementFailedError
 from dslc.cse import eliminate_in_step
 from dslc.errors import DslcError, Loc, did_you_mean, error
@@ -214,32 +214,12 @@ class TrainChecker:
     # ------------------------------------------------------------ settings
 
     def static(self, expr: ast.Expr) -> Any:
-        """A compile-time value: numbers, strings, bools, none, tuples/lists, constants, arithmetic."""
-        if isinstance(expr, (ast.Num, ast.Str, ast.Bool)):
-            return expr.value
-        if isinstance(expr, ast.NoneLit):
-            return None
-        if isinstance(expr, ast.Name):
-            if expr.id in self.consts:
-                return self.consts[expr.id]
-            raise self.fail(expr.loc, f"unknown name '{expr.id}'", did_you_mean(expr.id, self.consts))
-        if isinstance(expr, (ast.TupleLit, ast.ListLit)):
-            return tuple(self.static(e) for e in expr.items)
-        if isinstance(expr, ast.UnaryOp) and expr.op == "-":
-            value = self.static(expr.operand)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return self._arith(expr, consteval.negate, value)
-        if isinstance(expr, ast.BinOp) and expr.op in ("+", "-", "*", "/"):
-            a, b = self.static(expr.left), self.static(expr.right)
-            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)):
-                return self._arith(expr, consteval.apply, expr.op, a, b)
-        raise self.fail(expr.loc, "expected a number, string, bool or list here")
-
-    def _arith(self, expr: ast.Expr, function, *args) -> Any:
+        """A compile-time value, evaluated as constants and block arguments are: numbers, strings, bools,
+        none, tuples and lists, the spec's constants, arithmetic (`batch_size = 64 // 2`)."""
         try:
-            return function(*args)
-        except consteval.ConstError as exc:
-            raise self.fail(expr.loc, str(exc)) from None
+            return traced.plain(self.body({}, None).static(expr, "a setting"))
+        except _StatementFailedError:
+            raise _CheckFailedError from None
 
     def setting(self, settings: dict[str, ast.Setting], name: str, param: P) -> Any:
         s = settings.get(name)
