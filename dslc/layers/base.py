@@ -63,6 +63,10 @@ class Op:
     train_only: bool = False  # losses and noise: a train section's, not a model's (ONNX has no use for them)
     scalar_inputs: bool = False  # a number may stand for a tensor input (`bce_with_logits(score, 1.0)`)
     reads_twice: Callable[[dict[str, Any]], tuple[int, ...]] | None = None  # inputs the code reads twice, by init
+    # A loss over class ids: (the input holding them, the number of classes, the ignored id), or None,
+    # by init; the training script checks the data's ids against it once, before training.
+    class_ids: Callable[[dict[str, Any]], tuple[int, Any, int | None] | None] | None = None
+    lengths: tuple[int, int] | None = None  # the inputs holding (input lengths, target lengths): ctc, for cer
     example: str = ""
     shape_rule: str = ""  # the rule in words, for the reference
     param_count: Callable[[dict[str, Any]], int] = lambda init: 0

@@ -97,6 +97,10 @@ def _classification_src(func: str):
     return functional
 
 
+def _class_ids(a: dict) -> tuple[int, object, int | None] | None:
+    return None if a["probabilities"] else (1, a["classes"], a["ignore_index"])
+
+
 _loss(
     "cross_entropy",
     "Softmax cross-entropy of logits (classes last) with class ids or class probabilities.",
@@ -104,6 +108,7 @@ _loss(
     _classification_src("F.cross_entropy"),
     (Param("label_smoothing", "float", 0.0, low=0.0, high=1.0), IGNORE_INDEX),
     example="loss = cross_entropy(logits, label)",
+    class_ids=_class_ids,
 )
 _loss(
     "nll",
@@ -112,6 +117,7 @@ _loss(
     _classification_src("F.nll_loss"),
     (IGNORE_INDEX,),
     example="loss = nll(log_probs, label)",
+    class_ids=_class_ids,
 )
 
 
@@ -271,6 +277,7 @@ _loss(
     (Param("blank", "int", 0, low=0), Param("logits", "bool", True)),
     inputs=(4, 4),
     example="loss = ctc(scores, transcript, frames, transcript_lengths)",
+    lengths=(2, 3),
 )
 
 

@@ -10,7 +10,6 @@ inputs); models may also be called as functions: `discriminator(generator(z))`.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -586,27 +585,27 @@ def _default_pair(loss: ir.Expr, body: TrainBody) -> tuple[str | None, str | Non
 
 
 def _ctc_lengths(loss: ir.Expr, body: TrainBody, pred: str, target: str) -> list[str]:
-    """[input_lengths, target_lengths] of a ctc(pred, target, ...) term of the loss, when they are plain names."""
+    """The (input, target) lengths a loss over (pred, target) reads, when they are plain names (cer needs them)."""
     for call in _loss_calls(loss, body):
         names = [x.name if isinstance(x, ir.Var) else None for x in call.inputs]
-        if call.op == "ctc" and names[:2] == [pred, target] and None not in names:
-            return names[2:]
+        lengths = REGISTRY[call.op].lengths
+        if lengths and names[:2] == [pred, target] and all(names[i] for i in lengths):
+            return [names[i] for i in lengths]
     return []
 
 
 def _label_checks(loss: ir.Expr, body: TrainBody, fields: dict[str, TensorType]) -> list[c.LabelCheck]:
-    """Class-id targets read straight from the data: the script checks their range once, before training."""
+    """Class ids read straight from the data: the script checks their range once, before training."""
     checks = []
     for call in _loss_calls(loss, body):
-        if call.op in ("cross_entropy", "nll") and not call.init["probabilities"]:
-            target, classes = call.inputs[1], call.init["classes"]
+        rule = REGISTRY[call.op].class_ids
+        found = rule(call.init) if rule else None
+        if found is not None:
+            index, classes, ignore_index = found
+            target = call.inputs[index]
             if isinstance(target, ir.Var) and target.name in fields and isinstance(classes, int):
-                checks.append(c.LabelCheck(target.name, int(classes), call.init["ignore_index"]))
+                checks.append(c.LabelCheck(target.name, int(classes), ignore_index))
     return checks
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _text(e: ast.Expr) -> str:
