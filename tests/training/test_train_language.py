@@ -227,3 +227,15 @@ def test_the_gan_step_runs_the_discriminator_once_per_batch_it_scores(tmp_path):
     calls.clear()
     script.step_generator(models, batch)
     assert len(calls) == 1
+
+
+def test_class_ids_read_from_the_data_are_range_checked_once(tmp_path):
+    from dslc.training.config import LabelCheck
+
+    program = check_file(
+        _write(
+            tmp_path, CNN28 + "train {\n    data = digits(image_size=28)\n    loss = cross_entropy(logits, label)\n}\n"
+        )
+    )
+    assert program.train.label_checks == [LabelCheck("label", 10, -100)]
+    assert 'data.check_labels("label", classes=10, ignore_index=-100)' in emit_train_script(program)
