@@ -69,10 +69,13 @@ def build(
     state_dicts: dict[str, Any] | None = None,
     labels: list[str] | None = None,
     vocab: list[str] | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    data_dir: str | Path | None = None,
 ) -> BuildResult:
     """Compile, export and verify. `labels` (class names) go into the metadata of every model with
-    an output over that many classes; `vocab` (tokens by id) into every model's metadata."""
-    program = check_file(spec, overrides)
+    an output over that many classes; `vocab` (tokens by id) into every model's metadata. The train
+    section takes `train_overrides` (`--set epochs=3`) and finds its data files in `data_dir`."""
+    program = check_file(spec, overrides, train_overrides, data_dir)
     if labels:
         program.labels = {m.spec_name: list(labels) for m in program.exported if _classifies(m, len(labels))}
     program.vocab = list(vocab) if vocab else None
@@ -84,7 +87,7 @@ def build(
         python_path = staging / f"{stem}.py"
         python_path.write_text(emit_program(program), encoding="utf-8")
         if program.train is not None:  # the training script: `python DIR/<stem>_train.py` trains as `dslc train` does
-            _stage_train_script(program, staging, list(overrides or []), out)
+            _stage_train_script(program, staging, list(overrides or []), train_overrides, out)
         reports = []
         if export_onnx:
             reports = _export_all(program, python_path, staging, verify_onnx, seed, state_dicts or {})
@@ -96,13 +99,16 @@ def build(
     return BuildResult(program, out / f"{stem}.py", reports)
 
 
-def _stage_train_script(program: ir.ProgramIR, staging: Path, overrides: list[str], out: Path) -> None:
+def _stage_train_script(
+    program: ir.ProgramIR, staging: Path, overrides: list[str], train_overrides: dict[str, Any] | None, out: Path
+) -> None:
     """`<stem>_train.py` and the spec's copy `<stem>.model` it trains and exports from (not when that copy would be
     the spec itself: a build into the spec's own folder)."""
     from dslc.emit_train import emit_train_script
 
     stem = program.module_name
-    (staging / f"{stem}_train.py").write_text(emit_train_script(program, overrides), encoding="utf-8")
+    script = emit_train_script(program, overrides, train_overrides)
+    (staging / f"{stem}_train.py").write_text(script, encoding="utf-8")
     copy = out / f"{stem}.model"
     if not (copy.exists() and copy.samefile(program.path)):
         (staging / copy.name).write_text(program.source, encoding="utf-8")

@@ -64,9 +64,13 @@ class LayerInstance:
 
 
 def check_file(
-    path: str | Path, overrides: list[str] | dict[str, Any] | None = None, train_overrides: dict[str, Any] | None = None
+    path: str | Path,
+    overrides: list[str] | dict[str, Any] | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    data_dir: str | Path | None = None,
 ) -> ir.ProgramIR:
-    """Parse, resolve and check a spec and its imports. Raises DslcError with every problem found."""
+    """Parse, resolve and check a spec and its imports. Raises DslcError with every problem found. The train
+    section's data files are found in `data_dir` (default: the spec's folder)."""
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
     checker = Checker()
@@ -95,7 +99,7 @@ def check_file(
     if train is not None:  # the train section, checked by dslc.training (torch-free)
         from dslc.training.check import check_train
 
-        program.train = check_train(program, train, checker, root, train_overrides)
+        program.train = check_train(program, train, checker, root, train_overrides, data_dir)
         loader.reporter.raise_if_errors()
     return program
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from dslc import __version__
-from dslc.errors import DslcError, error
+from dslc.errors import DslcError
 from dslc.pytext import module_name
 from dslc.training import flags as train_flags
 
@@ -158,16 +158,9 @@ def build(spec: str, out_dir: str | None, no_onnx: bool, no_verify: bool, overri
     from dslc.build import build as run_build
     from dslc.training.overrides import split_overrides
 
-    consts, _ = split_overrides(spec, list(overrides))
-    for text in overrides:  # the build writes the training script for the train section as the spec has it
-        if text not in consts:
-            raise error(
-                None,
-                f"--set {text}: a train setting; dslc build takes constants only",
-                f"set it when training: dslc train {spec} --set {text}",
-            )
+    consts, settings = split_overrides(spec, list(overrides))
     out = Path(out_dir or Path("build") / module_name(Path(spec).stem))
-    result = run_build(spec, out, consts, export_onnx=not no_onnx, verify_onnx=not no_verify)
+    result = run_build(spec, out, consts, export_onnx=not no_onnx, verify_onnx=not no_verify, train_overrides=settings)
     click.echo(f"wrote {result.python_path}")
     train_script = result.python_path.with_name(f"{result.python_path.stem}_train.py")
     if result.program.train is not None and train_script.exists():

@@ -60,11 +60,12 @@ def check_train(
     checker: Checker,
     scope: FileScope,
     overrides: dict[str, Any] | None = None,
+    data_dir: str | Path | None = None,
 ) -> c.TrainConfig | None:
     """The checked configuration, or None after reporting errors to the checker's reporter. `scope` is
     the spec's file scope: train tensors are checked by the model checker, with the spec's constants."""
     reporter = checker.reporter
-    checker = TrainChecker(program, train, checker, scope)
+    checker = TrainChecker(program, train, checker, scope, Path(data_dir) if data_dir else Path(program.path).parent)
     try:
         if overrides:
             from dslc.training.overrides import apply_overrides
@@ -79,7 +80,7 @@ def check_train(
 
 
 class TrainChecker:
-    def __init__(self, program: ir.ProgramIR, train: ast.TrainDef, checker: Checker, scope: FileScope):
+    def __init__(self, program: ir.ProgramIR, train: ast.TrainDef, checker: Checker, scope: FileScope, data_dir: Path):
         self.program = program
         self.train = train
         self.checker = checker
@@ -88,7 +89,7 @@ class TrainChecker:
         self.models = {m.spec_name: m for m in program.exported}
         self.consts = program.constants
         self.fields: dict[str, TensorType] = {}
-        self.base = Path(program.path).parent
+        self.base = data_dir
         self._step_bodies: dict[str, TrainBody] = {}
         self._losses: dict[str, ir.Expr] = {}
         self.refused: set[str] = set()  # train tensors whose names were refused

@@ -161,10 +161,18 @@ def export_trained(
         staging = Path(tempfile.mkdtemp(prefix=".dslc-export-", dir=out))  # a name remove_debris knows
     try:
         with disk_full_errors(out):
-            source = _beside_data(spec_copy, data_dir, staging / "spec")
             built = staging / "built"
             # labels and vocabulary go into the ONNX metadata before verification, and into the manifest
-            result = build(source, built, spec["overrides"], state_dicts=state_dicts, labels=labels, vocab=vocab)
+            result = build(
+                spec_copy,
+                built,
+                spec["overrides"],
+                state_dicts=state_dicts,
+                labels=labels,
+                vocab=vocab,
+                train_overrides=dict(spec["train_overrides"]),
+                data_dir=data_dir,
+            )
             manifest = json.loads((built / "manifest.json").read_text(encoding="utf-8"))
             for entry in manifest["models"]:
                 if entry.get("name") in weights:
@@ -177,24 +185,10 @@ def export_trained(
     return result.models
 
 
-def _beside_data(spec_copy: Path, data_dir: Path, view: Path) -> Path:
-    """The spec's copy where its relative data paths lead into `data_dir`: the copy itself when it lies there, else a
-    copy in the folder `view` next to a link to each entry of `data_dir` (paths that leave it with `..` are not
-    found there)."""
-    if spec_copy.parent.resolve() == data_dir.resolve():
-        return spec_copy
-    view.mkdir()
-    for entry in data_dir.iterdir():
-        if entry.name != spec_copy.name:
-            (view / entry.name).symlink_to(entry.resolve())
-    shutil.copyfile(spec_copy, view / spec_copy.name)
-    return view / spec_copy.name
-
-
 def _publish(staging: Path, out: Path, keep: str) -> None:
     """Move the built files (not the build's training script, nor its spec copy `keep`) into the run folder, the
     manifest last; each is flushed to the disk first, so that a crash leaves no empty file under a final name."""
-    built = [p for p in staging.iterdir() if not p.name.endswith("_train.py") and p.name != keep]
+    built = [p for p in staging.iterdir() if p.is_file() and not p.name.endswith("_train.py") and p.name != keep]
     items = sorted(built, key=lambda p: p.name == "manifest.json")
     for item in items:
         if item.is_file():
