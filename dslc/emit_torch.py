@@ -343,7 +343,7 @@ def _expr(e: ir.Expr) -> tuple[str, int]:
         if any(_needs_parens(x) and f"{text}." in code for x, text in zip(e.inputs, inputs)):
             # a method call on a compound operand: `(a + b).flatten(1)`
             code = op.functional([f"({t})" if _needs_parens(x) else t for x, t in zip(e.inputs, inputs)], e.init)
-        return code, ATOM
+        return code, _code_precedence(code)
     if isinstance(e, ir.ModuleCall):
         return f"self.{e.module}({', '.join(expr(x) for x in e.inputs)})", ATOM
     if isinstance(e, ir.ModelCall):
@@ -364,6 +364,23 @@ def _expr(e: ir.Expr) -> tuple[str, int]:
     if isinstance(e, ir.TupleExpr):
         return f"({', '.join(expr(i) for i in e.items)})", ATOM
     raise TypeError(f"unknown expression {type(e).__name__}")
+
+
+def _code_precedence(code: str) -> int:
+    """How tightly an op's code binds: a loss written `F.bce(...) / x.shape[0]` is a division, so
+    `1 / loss` needs its parentheses; a call or a method chain is an atom."""
+    mask, depth, lowest = _string_mask(code), 0, ATOM
+    for i, char in enumerate(code):
+        if mask[i]:
+            continue
+        depth += char in "([{"
+        depth -= char in ")]}"
+        if depth == 0 and char == " ":
+            operator = code[i + 1 : code.find(" ", i + 1)] if code.find(" ", i + 1) > 0 else ""
+            lowest = min(lowest, PRECEDENCE.get(operator, ATOM))
+    if code.startswith("-"):
+        lowest = min(lowest, PRECEDENCE["neg"])
+    return lowest
 
 
 def _needs_parens(e: ir.Expr) -> bool:

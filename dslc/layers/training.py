@@ -228,8 +228,8 @@ def _kl_normal_infer(args, inputs):
 
 def _kl_normal_src(xs, a):
     mu, logvar = xs
-    per_example = f"(1 + {logvar} - {mu}.pow(2) - {logvar}.exp()).flatten(1).sum(1)"
-    return f"-0.5 * {per_example}.mean()" if a["reduction"] == "batchmean" else f"-0.5 * {per_example}.sum()"
+    per_example = f"({mu}.pow(2) + {logvar}.exp() - 1 - {logvar}).flatten(1).sum(1)"
+    return f"0.5 * {per_example}.mean()" if a["reduction"] == "batchmean" else f"0.5 * {per_example}.sum()"
 
 
 _loss(

@@ -239,3 +239,26 @@ def test_class_ids_read_from_the_data_are_range_checked_once(tmp_path):
     )
     assert program.train.label_checks == [LabelCheck("label", 10, -100)]
     assert 'data.check_labels("label", classes=10, ignore_index=-100)' in emit_train_script(program)
+
+
+def test_a_loss_written_with_operators_keeps_its_precedence(tmp_path):
+    spec = """
+model vae {
+    input features: float32[batch, 10]
+    output mu = features -> Linear(2)
+    output logvar = features -> Linear(2)
+    output rec = features -> Linear(10) -> Sigmoid
+}
+train {
+    data = diabetes()
+    loss = 1.0 / bce(rec, sigmoid(rec), reduction="batchmean") - kl_normal(mu, logvar) * 2.0
+}
+"""
+    _, script = _generated(tmp_path, _write(tmp_path, spec))
+    model = script.MODELS["vae"]()
+    features = torch.rand(5, 10)
+    loss, _ = script.step_train({"vae": model}, {"features": features})
+    mu, logvar, rec = model(features)
+    bce = torch.nn.functional.binary_cross_entropy(rec, torch.sigmoid(rec), reduction="sum") / 5
+    kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1).mean()
+    torch.testing.assert_close(loss, 1.0 / bce - kl * 2.0)
