@@ -25,7 +25,24 @@ def dump(program: ir.ProgramIR) -> str:
     for cls in program.classes:
         uses = ", ".join(u.key for u in cls.uses)
         lines.append(f"class {cls.name} ({cls.kind}): {uses}")
+    if program.train is not None:
+        lines += ["", *_train(program.train)]
     return "\n".join(lines) + "\n"
+
+
+def _train(train: Any) -> list[str]:
+    """The train section's per-batch code: what each step reads from the batch, its statements, its loss."""
+    lines = []
+    if train.prepare:
+        lines += _train_body("prepare", train.prepare)
+    for step in train.steps:
+        lines += _train_body(f"step {step.name}", step.body)
+    return lines
+
+
+def _train_body(title: str, body: Any) -> list[str]:
+    header = f"{title}: reads {', '.join(body.reads) or 'nothing'}; calls {', '.join(body.models) or 'no model'}"
+    return [header, *_body(body.statements, 1)]
 
 
 def _module(module: ir.ModuleIR) -> list[str]:
@@ -88,6 +105,8 @@ def expr(e: ir.Expr) -> str:
         return f"{e.op}[{e.module}]({inputs})" if e.module else f"{e.op}({inputs})"
     if isinstance(e, ir.ModuleCall):
         return f"{e.module}({', '.join(expr(x) for x in e.inputs)})"
+    if isinstance(e, ir.ModelCall):
+        return f"model {e.model}({', '.join(expr(x) for x in e.inputs)})"
     if isinstance(e, ir.BinOp):
         return f"({expr(e.left)} {e.op} {expr(e.right)})"
     if isinstance(e, ir.UnaryOp):

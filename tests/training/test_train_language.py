@@ -262,3 +262,14 @@ train {
     bce = torch.nn.functional.binary_cross_entropy(rec, torch.sigmoid(rec), reduction="sum") / 5
     kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1).mean()
     torch.testing.assert_close(loss, 1.0 / bce - kl * 2.0)
+
+
+def test_the_ir_dump_shows_each_step_with_one_call_per_distinct_input():
+    from dslc.ir_text import dump
+
+    text = dump(check_file(GAN))
+    step = text[text.index("step discriminator:") : text.index("step generator:")]
+    assert step.startswith("step discriminator: reads image, fake; calls discriminator")
+    assert step.count("model discriminator(") == 2
+    assert "model discriminator(detach(fake)).0 : float32[batch, 1]" in step
+    assert text.count("model generator(z)") == 1  # in prepare: shared by both steps
