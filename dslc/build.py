@@ -115,8 +115,9 @@ def _stage_train_script(
 
 
 def _publish(staging: Path, out: Path) -> None:
-    """Move the built files into `out`, the manifest last; refuse first if something is in the way."""
-    items = sorted(staging.iterdir(), key=lambda item: item.name == "manifest.json")
+    """Move the built files into `out`, the manifest last; refuse first if something is in the way. Only files: the
+    `__pycache__` that verification's import may leave is not an output."""
+    items = sorted((p for p in staging.iterdir() if p.is_file()), key=lambda item: item.name == "manifest.json")
     for item in items:
         target = out / item.name
         if target.is_dir() and not target.is_symlink():
