@@ -18,7 +18,7 @@ from dslc.pytext import docstring, docstring_lines, py_literal
 from dslc.training import config as c
 from dslc.training.emit_steps import step_functions
 from dslc.training.flags import usage_lines
-from dslc.training.functions import METRICS, OPTIMIZERS
+from dslc.training.functions import METRICS, OPTIMIZERS, SCHEDULES
 
 I1, I2, I3, I4 = "    ", "        ", "            ", "                "
 PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
@@ -160,41 +160,21 @@ def _optimizer_fn(cfg: c.TrainConfig, step: c.Step) -> str:
 
 
 def _schedule(s: c.Schedule, lr: float) -> list[str]:
-    o = s.options
-    if s.kind == "one_cycle":
-        max_lr = o["max_lr"] if o["max_lr"] is not None else lr
-        return [
-            "scheduler = torch.optim.lr_scheduler.OneCycleLR(",
-            f"{I1}optimizer, max_lr={py_literal(max_lr)}, total_steps=max(1, epochs * steps_per_epoch), pct_start={py_literal(o['pct_start'])}",
-            ")",
-            "return optimizer, scheduler",
-        ]
-    warm = o.get("warmup", 0.0)
-    if s.kind == "constant" and not warm:
+    """The end of make_optimizer_<step>(): the schedule's registry entry writes its formula."""
+    schedule, o = SCHEDULES[s.kind], s.options
+    if schedule.scheduler is not None:
+        return [f"scheduler = {schedule.scheduler(o, lr)}", "return optimizer, scheduler"]
+    if not schedule.changes_lr(o):
         return ["return optimizer, None  # constant learning rate: no scheduler"]
-    lines = ["total = max(1, epochs * steps_per_epoch)"] if s.kind in ("cosine", "linear") else []
+    warm = o.get("warmup", 0.0)
+    factor = schedule.factor(o, "warmup" if warm else "0")
+    lines = ["total = max(1, epochs * steps_per_epoch)"] if any("total" in line for line in factor) else []
     if warm:
         lines.append(f"warmup = max(1, round({py_literal(warm)} * steps_per_epoch))")
     lines += ["", "def lr_factor(step: int) -> float:"]
     if warm:
         lines += [f"{I1}if step < warmup:  # linear warmup", f"{I2}return (step + 1) / warmup"]
-    start = "warmup" if warm else "0"
-    if s.kind == "constant":
-        lines.append(f"{I1}return 1.0")
-    elif s.kind == "step":
-        lines.append(f"{I1}return {py_literal(o['gamma'])} ** ((step - {start}) // ({o['every']} * steps_per_epoch))")
-    elif s.kind == "cosine":
-        lines += [
-            f"{I1}progress = min(1.0, (step - {start}) / max(1, total - {start}))",
-            f"{I1}return "
-            + (f"{py_literal(o['min_factor'])} + {py_literal(1.0 - o['min_factor'])} * " if o["min_factor"] else "")
-            + "0.5 * (1.0 + math.cos(math.pi * progress))",
-        ]
-    elif s.kind == "linear":
-        lines += [
-            f"{I1}progress = min(1.0, (step - {start}) / max(1, total - {start}))",
-            f"{I1}return 1.0 - {py_literal(1.0 - o['min_factor'])} * progress",
-        ]
+    lines += [I1 + line for line in factor]
     lines += ["", "return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)"]
     return lines
 
@@ -209,8 +189,7 @@ def _metric_lines(cfg: c.TrainConfig) -> tuple[list[str], list[str]]:
         total, count = metric.total(use.pred, use.target, {**use.options, "lengths": use.extra})
         update.append(f"totals.add({py_literal(use.key)}, {total}, {count})")
         mean = f"totals.mean({py_literal(use.key)})"
-        final = {"mean": mean, "sqrt": f"math.sqrt({mean})", "exp": f"math.exp(min({mean}, 50.0))"}[metric.final]
-        result.append(f"{py_literal(use.key)}: {final}")
+        result.append(f"{py_literal(use.key)}: {metric.final(mean)}")
     return update, result
 
 
@@ -368,11 +347,7 @@ def _step_lines(s: c.Step, multi: bool) -> list[str]:
         f"{inner}scaler_{n}.step(optimizer_{n})",
         f"{inner}scaler_{n}.update()",
         f"{inner}optimizer_{n}.zero_grad(set_to_none=True)",
-        *(
-            [f"{inner}scheduler_{n}.step()"]
-            if s.schedule.kind != "constant" or s.schedule.options.get("warmup")
-            else []
-        ),
+        *([f"{inner}scheduler_{n}.step()"] if SCHEDULES[s.schedule.kind].changes_lr(s.schedule.options) else []),
         f"{I3}loss_sums[{py_literal(n)}] += loss.detach().float()",
     ]
     return lines

@@ -395,7 +395,7 @@ class TrainChecker:
                 did_you_mean(name, SCHEDULES) or f"schedules: {', '.join(SCHEDULES)}",
             )
         options = self.bind(
-            SCHEDULES[name], [self.static(a) for a in args], {k: self.static(v) for k, v in kwargs}, name, sloc
+            SCHEDULES[name].params, [self.static(a) for a in args], {k: self.static(v) for k, v in kwargs}, name, sloc
         )
         return c.Schedule(name, options)
 

@@ -27,7 +27,7 @@ class Metric:
     classification: bool  # (scores, class ids) rather than (prediction, target)
     key: Callable[[dict[str, Any]], str]  # the name in metrics.jsonl
     total: Callable[[str, str, dict[str, Any]], tuple[str, str]]  # (sum expression, count expression)
-    final: str = "mean"  # mean | sqrt | exp
+    final: Callable[[str], str] = lambda mean: mean  # the recorded value from the mean's expression
 
 
 def _acc_total(p, t, a):
@@ -88,7 +88,7 @@ for _m in (
         True,
         lambda a: "perplexity",
         _ppl_total,
-        "exp",
+        lambda mean: f"math.exp(min({mean}, 50.0))",  # a diverged run records a large number, not an overflow
     ),
     Metric(
         "cer",
@@ -126,7 +126,7 @@ for _m in (
         False,
         lambda a: "rmse",
         lambda p, t, a: (f"({p} - {t}).pow(2).sum()", f"{t}.numel()"),
-        "sqrt",
+        lambda mean: f"math.sqrt({mean})",
     ),
 ):
     METRICS[_m.name] = _m
@@ -188,13 +188,76 @@ GROUP_PARAMS = (
 )
 
 _WARMUP = P("warmup", "float", 0.0, "epochs of linear warmup from 0", low=0.0)
-SCHEDULES: dict[str, tuple[P, ...]] = {
-    "constant": (_WARMUP,),
-    "step": (P("every", "int", 10, "epochs between decays", low=1), P("gamma", "float", 0.1, low=0.0), _WARMUP),
-    "cosine": (_WARMUP, P("min_factor", "float", 0.0, "final learning rate as a fraction of the initial one")),
-    "linear": (_WARMUP, P("min_factor", "float", 0.0)),
-    "one_cycle": (
-        P("max_lr", "float", None, "peak learning rate (default: the optimizer's lr)", low=0.0),
-        P("pct_start", "float", 0.3, low=0.0, high=1.0, open_high=True),
-    ),
+
+
+@dataclass(frozen=True)
+class ScheduleDef:
+    """A learning-rate schedule, stepped once per optimizer step. `factor` writes the body of the script's
+    `lr_factor(step)` after the warmup, with `start` the first step after it and `total` (when a line reads it) the
+    number of steps of the run; `scheduler` instead writes a PyTorch scheduler of its own from (options, lr)."""
+
+    name: str
+    doc: str
+    params: tuple[P, ...]
+    factor: Callable[[dict[str, Any], str], list[str]] | None = None
+    scheduler: Callable[[dict[str, Any], float], str] | None = None
+
+    def changes_lr(self, options: dict[str, Any]) -> bool:
+        """Whether the script needs a scheduler at all (a constant rate without warmup does not)."""
+        return self.name != "constant" or bool(options.get("warmup"))
+
+
+def _progress(start: str) -> str:
+    return f"progress = min(1.0, (step - {start}) / max(1, total - {start}))"
+
+
+def _cosine(o: dict[str, Any], start: str) -> list[str]:
+    scale = f"{py_literal(o['min_factor'])} + {py_literal(1.0 - o['min_factor'])} * " if o["min_factor"] else ""
+    return [_progress(start), f"return {scale}0.5 * (1.0 + math.cos(math.pi * progress))"]
+
+
+def _one_cycle(o: dict[str, Any], lr: float) -> str:
+    max_lr = o["max_lr"] if o["max_lr"] is not None else lr
+    return (
+        f"torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr={py_literal(max_lr)}, "
+        f"total_steps=max(1, epochs * steps_per_epoch), pct_start={py_literal(o['pct_start'])})"
+    )
+
+
+SCHEDULES: dict[str, ScheduleDef] = {
+    s.name: s
+    for s in (
+        ScheduleDef(
+            "constant", "the optimizer's learning rate throughout", (_WARMUP,), lambda o, start: ["return 1.0"]
+        ),
+        ScheduleDef(
+            "step",
+            "multiplied by `gamma` every `every` epochs",
+            (P("every", "int", 10, "epochs between decays", low=1), P("gamma", "float", 0.1, low=0.0), _WARMUP),
+            lambda o, start: [
+                f"return {py_literal(o['gamma'])} ** ((step - {start}) // ({o['every']} * steps_per_epoch))"
+            ],
+        ),
+        ScheduleDef(
+            "cosine",
+            "half a cosine from the learning rate down to `min_factor` of it",
+            (_WARMUP, P("min_factor", "float", 0.0, "final learning rate as a fraction of the initial one")),
+            _cosine,
+        ),
+        ScheduleDef(
+            "linear",
+            "a straight line from the learning rate down to `min_factor` of it",
+            (_WARMUP, P("min_factor", "float", 0.0)),
+            lambda o, start: [_progress(start), f"return 1.0 - {py_literal(1.0 - o['min_factor'])} * progress"],
+        ),
+        ScheduleDef(
+            "one_cycle",
+            "PyTorch's one-cycle policy: up to `max_lr`, then annealed down (its own warmup)",
+            (
+                P("max_lr", "float", None, "peak learning rate (default: the optimizer's lr)", low=0.0),
+                P("pct_start", "float", 0.3, low=0.0, high=1.0, open_high=True),
+            ),
+            scheduler=_one_cycle,
+        ),
+    )
 }

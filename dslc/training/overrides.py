@@ -21,7 +21,7 @@ SETTINGS = ROOT_SETTINGS.keys() | STEP_SETTINGS.keys()
 # The settings whose value is a call: `--set optimizer.lr=0.1` sets one argument, `--set optimizer=sgd` the name.
 CALLS: dict[str, dict[str, tuple[P, ...]]] = {
     "optimizer": {name: o.params for name, o in OPTIMIZERS.items()},
-    "schedule": SCHEDULES,
+    "schedule": {name: s.params for name, s in SCHEDULES.items()},
     "data": {name: d.params for name, d in DATASETS.items()},
 }
 NOUNS = {"optimizer": "optimizer", "schedule": "schedule", "data": "data set"}

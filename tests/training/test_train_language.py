@@ -273,3 +273,33 @@ def test_the_ir_dump_shows_each_step_with_one_call_per_distinct_input():
     assert step.count("model discriminator(") == 2
     assert "model discriminator(detach(fake)).0 : float32[batch, 1]" in step
     assert text.count("model generator(z)") == 1  # in prepare: shared by both steps
+
+
+SCHEDULE_CASES = {
+    "constant": ("constant(warmup=0.5)", lambda lrs: lrs[0] < lrs[4] == lrs[-1] == 1e-2),
+    "step": ("step(every=1, gamma=0.5)", lambda lrs: lrs[9] == 1e-2 and abs(lrs[10] - 5e-3) < 1e-12),
+    "cosine": ("cosine(min_factor=0.1)", lambda lrs: lrs[0] == 1e-2 and abs(lrs[-1] - 1e-3) < 1e-4),
+    "linear": ("linear(warmup=0.2, min_factor=0.5)", lambda lrs: lrs[1] == 1e-2 and abs(lrs[-1] - 5e-3) < 3e-4),
+    "one_cycle": ("one_cycle(max_lr=0.1)", lambda lrs: max(lrs) > 9e-2 and lrs[-1] < lrs[0]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULE_CASES))
+def test_every_schedule_writes_a_scheduler_that_follows_its_formula(tmp_path, name):
+    from dslc.training.functions import SCHEDULES
+
+    assert set(SCHEDULE_CASES) == set(SCHEDULES)  # a new schedule needs its case here
+    schedule, follows = SCHEDULE_CASES[name]
+    spec = CNN28 + (
+        f"train {{\n    data = digits(image_size=28)\n    loss = cross_entropy(logits, label)\n"
+        f"    optimizer = sgd(lr=1e-2)\n    schedule = {schedule}\n}}\n"
+    )
+    _, script = _generated(tmp_path, _write(tmp_path, spec))
+    models = {"cnn": script.MODELS["cnn"]()}
+    optimizer, scheduler = script.make_optimizer_train(models, 10, 2)
+    lrs = []
+    for _ in range(20):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert follows(lrs), lrs
