@@ -445,28 +445,9 @@ class TrainChecker:
         return uses
 
     def metric_types(self, metric, ptype, ttype, loc, options: dict[str, Any]) -> None:
-        if not isinstance(ptype, TensorType) or not isinstance(ttype, TensorType):
-            raise self.fail(loc, f"{metric.name} needs tensors")
-        if metric.name == "cer" and (ptype.rank != 3 or ttype.rank != 2):
-            raise self.fail(
-                loc,
-                f"cer compares per-frame scores [batch, time, classes] with padded targets [batch, length]; got {ptype} and {ttype}",
-            )
-        if metric.classification:
-            if not ptype.is_float or ttype.is_float or ttype.rank != ptype.rank - 1:
-                raise self.fail(
-                    loc, f"{metric.name} compares scores [..., classes] with class ids [...]; got {ptype} and {ttype}"
-                )
-            classes = ptype.shape[-1]
-            if metric.name == "top_k" and isinstance(classes, int) and options["k"] > classes:
-                raise self.fail(
-                    loc, f"top_k(k={options['k']}) needs at least {options['k']} classes; there are {classes}"
-                )
-        elif not ptype.is_float or ptype.rank != ttype.rank:
-            raise self.fail(
-                loc,
-                f"{metric.name} compares a float prediction with a target of the same shape; got {ptype} and {ttype}",
-            )
+        problem = metric.check(ptype, ttype, options)
+        if problem:
+            raise self.fail(loc, f"{metric.name}{'' if problem.startswith('(') else ' '}{problem}")
 
     def finish_body(self, body: TrainBody, taken: set[str]) -> c.Body:
         """The body's statements, `loss = ...` last, each expression and model call computed once."""

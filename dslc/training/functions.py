@@ -14,6 +14,7 @@ from typing import Any
 from dslc.layers.base import py_literal
 from dslc.layers.training import IGNORE_INDEX
 from dslc.params import P
+from dslc.shapes import TensorType
 
 # ---------------------------------------------------------------- metrics
 
@@ -24,10 +25,35 @@ class Metric:
     doc: str
     params: tuple[P, ...]
     higher_is_better: bool
-    classification: bool  # (scores, class ids) rather than (prediction, target)
+    check: Callable[[TensorType, TensorType, dict[str, Any]], str | None]  # what's wrong with (prediction, target)
     key: Callable[[dict[str, Any]], str]  # the name in metrics.jsonl
     total: Callable[[str, str, dict[str, Any]], tuple[str, str]]  # (sum expression, count expression)
     final: Callable[[str], str] = lambda mean: mean  # the recorded value from the mean's expression
+
+
+def _scores_and_ids(p: TensorType, t: TensorType, a: dict[str, Any]) -> str | None:
+    if not p.is_float or t.is_float or t.shape != p.shape[:-1]:
+        return f"compares scores [..., classes] with class ids [...] of the same leading shape; got {p} and {t}"
+    return None
+
+
+def _top_k_check(p: TensorType, t: TensorType, a: dict[str, Any]) -> str | None:
+    classes = p.shape[-1] if p.rank else None
+    if isinstance(classes, int) and a["k"] > classes:
+        return f"(k={a['k']}) needs at least {a['k']} classes; there are {classes}"
+    return _scores_and_ids(p, t, a)
+
+
+def _cer_check(p: TensorType, t: TensorType, a: dict[str, Any]) -> str | None:
+    if not p.is_float or t.is_float or p.rank != 3 or t.rank != 2 or p.shape[0] != t.shape[0]:
+        return f"compares per-frame scores [batch, time, classes] with padded targets [batch, length]; got {p} and {t}"
+    return None
+
+
+def _same_shape(p: TensorType, t: TensorType, a: dict[str, Any]) -> str | None:
+    if not p.is_float or p.shape != t.shape:
+        return f"compares a float prediction with a target of the same shape; got {p} and {t}"
+    return None
 
 
 def _acc_total(p, t, a):
@@ -67,7 +93,7 @@ for _m in (
         "fraction of correct argmax predictions",
         (P("ignore_index", "int", None),),
         True,
-        True,
+        _scores_and_ids,
         lambda a: "accuracy",
         _acc_total,
     ),
@@ -76,7 +102,7 @@ for _m in (
         "fraction of targets among the k highest scores",
         (P("k", "int", 5, low=1),),
         True,
-        True,
+        _top_k_check,
         lambda a: f"top{a['k']}_accuracy",
         _topk_total,
     ),
@@ -85,7 +111,7 @@ for _m in (
         "exp of the mean token cross-entropy",
         (IGNORE_INDEX,),
         False,
-        True,
+        _scores_and_ids,
         lambda a: "perplexity",
         _ppl_total,
         lambda mean: f"math.exp(min({mean}, 50.0))",  # a diverged run records a large number, not an overflow
@@ -96,7 +122,7 @@ for _m in (
         "blanks dropped) to the target, per target character; lengths come from the ctc loss on the same pair",
         (P("blank", "int", 0),),
         False,
-        True,
+        _cer_check,
         lambda a: "cer",
         _cer_total,
     ),
@@ -105,7 +131,7 @@ for _m in (
         "mean absolute error",
         (),
         False,
-        False,
+        _same_shape,
         lambda a: "mae",
         lambda p, t, a: (f"({p} - {t}).abs().sum()", f"{t}.numel()"),
     ),
@@ -114,7 +140,7 @@ for _m in (
         "mean squared error",
         (),
         False,
-        False,
+        _same_shape,
         lambda a: "mse",
         lambda p, t, a: (f"({p} - {t}).pow(2).sum()", f"{t}.numel()"),
     ),
@@ -123,7 +149,7 @@ for _m in (
         "root mean squared error",
         (),
         False,
-        False,
+        _same_shape,
         lambda a: "rmse",
         lambda p, t, a: (f"({p} - {t}).pow(2).sum()", f"{t}.numel()"),
         lambda mean: f"math.sqrt({mean})",
