@@ -205,9 +205,9 @@ def _evaluate(cfg: c.TrainConfig) -> str:
         f"{I1}for batch in batches:",
         f"{I2}n = len(batch[{py_literal(first_field)}])",
     ]
+    lines.append(f"{I2}with run.autocast():")  # as in training
     if cfg.prepare:
-        lines.append(f"{I2}batch = prepare(models, batch)")
-    lines.append(f"{I2}with run.autocast():")
+        lines.append(f"{I3}batch = prepare(models, batch)")
     for i, step in enumerate(cfg.steps):
         outs = "outputs" if i == 0 and cfg.metrics else "_"
         lines.append(f"{I3}loss, {outs} = step_{step.name}(models, batch)")

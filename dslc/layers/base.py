@@ -66,6 +66,8 @@ class Op:
     # A loss over class ids: (the input holding them, the number of classes, the ignored id), or None,
     # by init; the training script checks the data's ids against it once, before training.
     class_ids: Callable[[dict[str, Any]], tuple[int, Any, int | None] | None] | None = None
+    differentiable: bool = True  # False: no gradient flows from the output to the inputs (detach, zeros_like)
+    autocast: bool = True  # False: PyTorch refuses the op under CUDA autocast, so the code runs it in float32
     lengths: tuple[int, int] | None = None  # the inputs holding (input lengths, target lengths): ctc, for cer
     example: str = ""
     shape_rule: str = ""  # the rule in words, for the reference

@@ -445,6 +445,7 @@ register(
         category="function",
         functional=lambda xs, a: f"torch.where({', '.join(xs)})",
         inputs=(3, 3),
+        scalar_inputs=True,  # where(mask, x, 0.0)
         prefix="where",
         example="y = where(mask, x, zeros_like(x))",
         shape_rule="broadcast of the three",
@@ -463,6 +464,7 @@ for _name, _fn in (("zeros_like", "torch.zeros_like"), ("ones_like", "torch.ones
             prefix=_name,
             example=f"y = {_name}(x)",
             shape_rule="unchanged",
+            differentiable=False,
         )
     )
 

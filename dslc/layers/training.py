@@ -151,14 +151,16 @@ def _target(x: str, t: str, a: dict) -> str:
     return f"torch.full_like({x}, {t})"
 
 
-def _elementwise_src(func: str, extra_args=lambda a: ""):
+def _elementwise_src(func: str, extra_args=lambda a: "", float32: bool = False):
     def functional(xs, a):
         x, t = xs[0], _target(xs[0], xs[1], a)
+        if float32:  # outside autocast, where the inputs may be float16 or bfloat16
+            x, t = f"{x}.float()", (t if t.endswith(".float()") or a["fill"] else f"{t}.float()")
         call = f"{func}({x}, {t}{extra_args(a)}"
         if a["reduction"] == "mean":
             return call + ")"
         call += ', reduction="sum")'
-        return call if a["reduction"] == "sum" else f"{call} / {x}.shape[0]"
+        return call if a["reduction"] == "sum" else f"{call} / {xs[0]}.shape[0]"
 
     return functional
 
@@ -181,11 +183,12 @@ for _name, _func, _doc in (
         _name,
         _doc,
         _pair(_name),
-        _elementwise_src(_func),
+        _elementwise_src(_func, float32=_name == "bce"),
         (REDUCTION,),
         example=f"loss = {_name}(prediction, target)",
         scalar_inputs=True,
         reads_twice=_reads_input_twice,
+        autocast=_name != "bce",  # CUDA autocast refuses binary_cross_entropy on probabilities
     )
 _loss(
     "smooth_l1",
@@ -382,6 +385,7 @@ _function(
     lambda xs, a: f"{xs[0]}.detach()",
     example="loss = bce_with_logits(discriminator(detach(fake))[0], 0.0)",
     rule="unchanged",
+    differentiable=False,
 )
 _function(
     "shift_right",

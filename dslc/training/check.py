@@ -110,7 +110,12 @@ class TrainChecker:
         for name in self.fields:
             if name in self.models:
                 self.fail(data.loc, f"dataset field '{name}' has the name of a model; rename the model")
+        self.refuse_shadowing(root_lets)
         root = self.body(root_lets, None)
+        # every train-level tensor is checked, used or not, and computed once per batch before the steps, which
+        # read it from the batch: first, so no step computes on its own what the train section computes
+        for name, setting in root_lets.items():
+            self.guard(lambda n=name, s=setting: root.tensor_named(n, s.loc))
         checked_steps: list[c.Step] = []
         if steps:
             for key in STEP_SETTINGS:
@@ -123,6 +128,7 @@ class TrainChecker:
                 self.fail(groups[0].loc, "`group` sections belong inside a step when the train section has steps")
             for section in steps:
                 settings, lets, inner, step_groups = self.split(section.items, root=False)
+                self.refuse_shadowing(lets)
                 merged = {k: v for k, v in root_settings.items() if k in STEP_SETTINGS} | settings
                 step = self.guard(
                     lambda s=section, m=merged, lt=lets, g=step_groups: self.step(
@@ -139,11 +145,24 @@ class TrainChecker:
                 checked_steps.append(step)
         if len(self.reporter.diagnostics) > errors_before or not checked_steps:
             return None
-        # every train-level tensor is checked, used or not, and computed once per batch before the steps
-        for name, setting in root_lets.items():
-            self.guard(lambda n=name, s=setting: root.tensor_named(n, s.loc))
         metrics = self.guard(lambda: self.metrics(root_settings.get("metrics"), checked_steps[0])) or []
         return self.config(root_settings, data, root, checked_steps, metrics)
+
+    def refuse_shadowing(self, lets: dict[str, ast.Setting]) -> None:
+        """A train tensor may not take the name of a dataset field or a model output: each already means a tensor
+        where the train tensor would be read (a model run on the field, say). A constant it may shadow."""
+        outputs = {p.name: m.spec_name for m in self.models.values() for p in m.outputs}
+        for name, setting in list(lets.items()):
+            if name in self.fields:
+                what, hint = "a dataset field", f"name it otherwise and pass it explicitly: `noisy_{name} = ...`"
+            elif name in outputs:
+                what = f"an output of model '{outputs[name]}'"
+                hint = f"name it otherwise; `{name}` in a loss runs the model"
+            else:
+                continue
+            self.reporter.error(setting.loc, f"train tensor '{name}' has the name of {what}", hint, section=SECTION)
+            del lets[name]
+            self.refused.add(name)
 
     def body(self, lets: dict[str, ast.Setting], parent: TrainBody | None) -> TrainBody:
         body = TrainBody(self.checker, self.scope, self.models, self.fields, lets, parent)
@@ -300,7 +319,17 @@ class TrainChecker:
                 f"add `{STEP_SETTINGS['loss']}`",
             )
         loss = self.loss(settings["loss"], body)
-        optimizer = self.optimizer(settings.get("optimizer"), name, loc, explicit, groups)
+        reached = _models_reached(loss, body)
+        optimizer = self.optimizer(settings.get("optimizer"), name, loc, explicit, groups, reached)
+        for model in optimizer.models:
+            if model not in reached and self.models[model].param_count:
+                raise self.fail(
+                    settings["loss"].loc,
+                    f"{'step ' + repr(name) + ': the' if explicit else 'the'} loss does not reach the parameters of "
+                    f"'{model}', which the optimizer trains",
+                    "its gradient stops at detach(...), at integer values, or it never calls the model"
+                    + (f"; the loss reaches {', '.join(sorted(reached))}" if reached else ""),
+                )
         schedule = self.schedule(settings.get("schedule"))
         clip = self.setting(settings, "clip_grad_norm", P("clip_grad_norm", "float", None, low=0.0))
         if clip is not None and clip <= 0:
@@ -330,7 +359,8 @@ class TrainChecker:
             )
         return value
 
-    def optimizer(self, setting, step: str, loc: Loc, explicit: bool, groups) -> c.Optimizer:
+    def optimizer(self, setting, step: str, loc: Loc, explicit: bool, groups, reached: set[str]) -> c.Optimizer:
+        """The optimizer; written without models it trains those of the spec's models the loss reaches."""
         if setting is None:
             name, oloc, args, kwargs = "adam", loc, [], []
         else:
@@ -357,7 +387,9 @@ class TrainChecker:
                     f"the optimizer of step '{step}' must name the model(s) it trains",
                     f"e.g. {name}({next(iter(self.models))}, lr=1e-3)",
                 )
-            models = [m for m, mod in self.models.items() if mod.param_count > 0]
+            models = [m for m, mod in self.models.items() if mod.param_count > 0 and m in reached] or [
+                m for m, mod in self.models.items() if mod.param_count > 0
+            ]
         if not any(self.models[m].param_count for m in models):
             raise self.fail(
                 oloc, f"{name}: {', '.join(models)} ha{'s' if len(models) == 1 else 've'} no parameters to train"
@@ -552,6 +584,33 @@ def _terms(e: ir.Expr, body: TrainBody) -> list[ir.Expr]:
         found.append(node)
         stack.extend(reversed(ir.operands(node)))
     return found
+
+
+def _models_reached(loss: ir.Expr, body: TrainBody) -> set[str]:
+    """The models whose parameters the loss's gradient reaches: through model calls and their inputs (the
+    generator inside `discriminator(generator(z))`) and the train tensors read, not through detach(...) or
+    integer and bool values."""
+    definitions: dict[str, ir.Expr] = {}
+    for scope in (body.parent, body):
+        for stmt in scope.body if scope else ():
+            if isinstance(stmt, ir.Assign):
+                definitions.update(dict.fromkeys(stmt.targets, stmt.value))
+    reached, stack, seen = set(), [loss], set()
+    while stack:
+        node = stack.pop()
+        if not any(t.is_float for t in node.types):
+            continue
+        if isinstance(node, ir.Var):
+            if node.name in definitions and node.name not in seen:
+                seen.add(node.name)
+                stack.append(definitions[node.name])
+            continue
+        if isinstance(node, ir.OpCall) and not REGISTRY[node.op].differentiable:
+            continue
+        if isinstance(node, ir.ModelCall):
+            reached.add(node.model)
+        stack.extend(ir.operands(node))
+    return reached
 
 
 def _loss_calls(loss: ir.Expr, body: TrainBody) -> list[ir.OpCall]:

@@ -97,7 +97,11 @@ class _StepWriter:
             if stmt.loc.line != last_line and 0 < stmt.loc.line <= len(self.source_lines):
                 last_line = stmt.loc.line
                 code += _source_comment(last_line, self.source_lines[last_line - 1])
-            code += emit_torch.statement(stmt)
+            if _outside_autocast(stmt):
+                code.append("with torch.autocast(DEVICE.type, enabled=False):  # PyTorch computes this in float32 only")
+                code += [I1 + line for line in emit_torch.statement(stmt)]
+            else:
+                code += emit_torch.statement(stmt)
         if _draws_batch_sized(body.statements):
             first = next(iter(self.cfg.data.fields))
             lines.append(f"{BATCH_SIZE} = len(batch[{py_literal(first)}])")
@@ -129,6 +133,17 @@ def _split_comment(line: str) -> tuple[str, str]:
             return line[:i].strip(), line[i + 1 :].strip()
         i += 1
     return line.strip(), ""
+
+
+def _outside_autocast(stmt: ir.Stmt) -> bool:
+    """Whether the statement calls an op that PyTorch refuses under CUDA autocast (bce on probabilities)."""
+    stack = [stmt.value] if isinstance(stmt, ir.Assign) else []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ir.OpCall) and not REGISTRY[node.op].autocast:
+            return True
+        stack.extend(ir.operands(node))
+    return False
 
 
 def _draws_batch_sized(statements: list[ir.Stmt]) -> bool:

@@ -153,9 +153,22 @@ class TrainBody(BodyChecker):
 
     # ------------------------------------------------------------ calls
 
+    def index(self, expr: ast.Index) -> Any:
+        call = expr.value
+        if isinstance(call, ast.Call) and call.func in self.models and len(self.models[call.func].outputs) == 1:
+            output = self.models[call.func].outputs[0].name
+            self.fail(
+                expr.loc,
+                f"model '{call.func}' has one output ('{output}'), so this index would pick its rows, not an output",
+                f"drop the index: {call.func}(...) is '{output}'; to index its rows, name it first",
+            )
+        return super().index(expr)
+
     def call(self, expr: ast.Call) -> Any:
         model = self.models.get(expr.func)
         if model is None:
+            if self.scope.lookup_block(expr.func):
+                self.fail(expr.loc, f"'{expr.func}' is a block; blocks belong in a model, not in the train section")
             return super().call(expr)
         if expr.kwargs:
             self.fail(expr.loc, f"call model '{expr.func}' with positional inputs ({_port_names(model)})")

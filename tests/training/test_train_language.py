@@ -303,3 +303,90 @@ def test_every_schedule_writes_a_scheduler_that_follows_its_formula(tmp_path, na
         optimizer.step()
         scheduler.step()
     assert follows(lrs), lrs
+
+
+NET8 = """
+model net {
+    input image: float32[batch, 1, 8, 8]
+    output logits = image -> Flatten -> Linear(16) -> ReLU -> Linear(10)
+}
+"""
+
+
+def test_a_model_whose_output_a_train_tensor_reads_runs_once_per_batch(tmp_path):
+    spec = NET8 + (
+        "train {\n    data = digits(image_size=8)\n    soft = detach(softmax(logits, dim=-1))\n"
+        "    loss = cross_entropy(logits, label) + 0.1 * cross_entropy(logits, soft)\n}\n"
+    )
+    _, script = _generated(tmp_path, _write(tmp_path, spec))
+    models = {"net": script.MODELS["net"]()}
+    calls = []
+    models["net"].register_forward_hook(lambda *_: calls.append(1))
+    script.step_train(models, script.prepare(models, _batch()))
+    assert len(calls) == 1  # in prepare(); the step reads `logits` from the batch
+
+
+@pytest.mark.parametrize(
+    "tensor, expected",
+    [
+        ("image = normal(batch, 3)", "train tensor 'image' has the name of a dataset field"),
+        ("logits = normal(batch, 10)", "train tensor 'logits' has the name of an output of model 'net'"),
+    ],
+)
+def test_a_train_tensor_may_not_hide_a_field_or_a_model_output(tmp_path, tensor, expected):
+    text = _error(
+        tmp_path,
+        NET8 + f"train {{\n    data = digits(image_size=8)\n    {tensor}\n"
+        "    loss = cross_entropy(logits, label)\n}\n",
+    )
+    assert expected in text and text.count("error:") == 1
+
+
+def test_a_loss_that_reaches_no_trained_parameter_is_refused(tmp_path):
+    text = _error(
+        tmp_path,
+        NET8 + "train {\n    data = digits(image_size=8)\n    loss = mse(detach(logits), zeros_like(logits))\n}\n",
+    )
+    assert "the loss does not reach the parameters of 'net', which the optimizer trains" in text
+    gan = GAN.read_text().replace(
+        "bce_with_logits(discriminator(fake)[0], 1.0)", "bce_with_logits(discriminator(detach(fake))[0], 1.0)"
+    )
+    text = _error(tmp_path, gan)
+    assert "step 'generator': the loss does not reach the parameters of 'generator'" in text
+    assert "the loss reaches discriminator" in text
+
+
+def test_indexing_a_single_output_model_call_is_refused(tmp_path):
+    text = _error(
+        tmp_path, NET8 + "train {\n    data = digits(image_size=8)\n    loss = cross_entropy(net(image)[0], label)\n}\n"
+    )
+    assert "model 'net' has one output ('logits'), so this index would pick its rows, not an output" in text
+
+
+def test_blocks_and_numbers_in_train_functions(tmp_path):
+    block = "block Head(n: int) {\n    input x: float32[batch, k]\n    output y = x -> Linear(n)\n}\n"
+    text = _error(
+        tmp_path,
+        block + NET8 + "train {\n    data = digits(image_size=8)\n    h = Head(logits)\n"
+        "    loss = cross_entropy(logits, label)\n}\n",
+    )
+    assert "'Head' is a block; blocks belong in a model, not in the train section" in text
+    spec = NET8 + (
+        "train {\n    data = digits(image_size=8)\n    weight = where(label > 3, 2.0, 1.0)\n"
+        "    loss = mean(weight * mean(logits, dim=1))\n}\n"
+    )
+    _, script = _generated(tmp_path, _write(tmp_path, spec))
+    batch = script.prepare({"net": script.MODELS["net"]()}, _batch())
+    assert set(batch["weight"].tolist()) <= {1.0, 2.0}
+
+
+def test_bce_on_probabilities_runs_outside_autocast(tmp_path):
+    spec = tmp_path / "vae.model"
+    spec.write_text((Path(__file__).resolve().parents[2] / "specs" / "vae.model").read_text())
+    _, script = _generated(tmp_path, spec)
+    assert "with torch.autocast(DEVICE.type, enabled=False):" in Path(script.__file__).read_text()
+    models = {name: cls() for name, cls in script.MODELS.items()}
+    batch = script.prepare(models, {"image": torch.rand(4, 1, 28, 28), "label": torch.zeros(4, dtype=torch.long)})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = script.step_train(models, batch)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
