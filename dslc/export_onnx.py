@@ -367,8 +367,45 @@ def _set_onnx_log(enabled: bool | None) -> None:
 
 
 def export(torch_module: torch.nn.Module, program: ir.ProgramIR, module: ir.ModuleIR, path: Path) -> ExportResult:
-    """Export to `path` (written whole; the caller stages it and renames after verification). Raises
-    ExportError, with nothing printed, when the exporter cannot write the model."""
+    """Export to `path` (written whole; the caller stages it and renames after verification): lowered from the
+    IR (dslc.lower_onnx) where every op of the model has a lowering, else traced by torch.onnx (until the
+    recurrent layers and attention are lowered too). Raises ExportError, with nothing printed, when the
+    exporter cannot write the model."""
+    from dslc.lower_onnx import lowerable
+
+    if lowerable(program, module) is None:
+        return export_native(torch_module, program, module, path)
+    return export_traced(torch_module, program, module, path)
+
+
+def state_arrays(torch_module: torch.nn.Module) -> dict[str, Any]:
+    """The state dict as numpy arrays; keys that share a tensor (tied weights) share one array."""
+    by_storage: dict[tuple[int, tuple[int, ...]], Any] = {}
+    arrays = {}
+    for key, tensor in torch_module.state_dict().items():
+        identity = (tensor.data_ptr(), tuple(tensor.shape))
+        if identity not in by_storage:
+            by_storage[identity] = tensor.detach().cpu().numpy()
+        arrays[key] = by_storage[identity]
+    return arrays
+
+
+def export_native(
+    torch_module: torch.nn.Module, program: ir.ProgramIR, module: ir.ModuleIR, path: Path
+) -> ExportResult:
+    from dslc.lower_onnx import lower
+    from dslc.onnx_graph import NotLowerableError
+
+    try:
+        model = lower(program, module, state_arrays(torch_module))
+    except NotLowerableError as exc:
+        raise ExportError(str(exc)) from exc
+    return _finish(model, program, module, path)
+
+
+def export_traced(
+    torch_module: torch.nn.Module, program: ir.ProgramIR, module: ir.ModuleIR, path: Path
+) -> ExportResult:
     torch_module.eval()
     args = example_inputs(module, example_sizes(module), program=program)
     buffer = io.BytesIO()
@@ -395,6 +432,11 @@ def export(torch_module: torch.nn.Module, program: ir.ProgramIR, module: ir.Modu
     model = onnx.load_from_string(buffer.getvalue())
     _keep_declared_inputs(model, module)
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)
+    return _finish(model, program, module, path)
+
+
+def _finish(model: onnx.ModelProto, program: ir.ProgramIR, module: ir.ModuleIR, path: Path) -> ExportResult:
+    """dslc's metadata, the full check, and the file."""
     model.producer_name, model.producer_version = "dslc", __version__
     model.doc_string = module.doc or ""
     del model.metadata_props[:]
@@ -402,4 +444,5 @@ def export(torch_module: torch.nn.Module, program: ir.ProgramIR, module: ir.Modu
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model, full_check=True)
     path.write_bytes(model.SerializeToString())
-    return ExportResult(path, len(model.graph.node), OPSET, model.ir_version)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    return ExportResult(path, len(model.graph.node), opset, model.ir_version)

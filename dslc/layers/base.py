@@ -66,6 +66,9 @@ class Op:
     # A loss over class ids: (the input holding them, the number of classes, the ignored id), or None,
     # by init; the training script checks the data's ids against it once, before training.
     class_ids: Callable[[dict[str, Any]], tuple[int, Any, int | None] | None] | None = None
+    # The ONNX lowering (dslc.lower_onnx): (graph, inputs as Values, output types, init, state_dict key prefix)
+    # -> the output names. Attached next to the op with @lowering.
+    onnx: Callable[..., list[str]] | None = None
     differentiable: bool = True  # False: no gradient flows from the output to the inputs (detach, zeros_like)
     autocast: bool = True  # False: PyTorch refuses the op under CUDA autocast, so the code runs it in float32
     lengths: tuple[int, int] | None = None  # the inputs holding (input lengths, target lengths): ctc, for cer
@@ -100,6 +103,22 @@ def register(op: Op) -> Op:
             raise ValueError(f"op {key!r} registered twice")
         REGISTRY[key] = op
     return op
+
+
+def lowering(*names: str):
+    """Attach the decorated function as the ONNX lowering of the ops `names` (and their aliases)."""
+
+    def attach(fn):
+        from dataclasses import replace
+
+        for name in names:
+            op = REGISTRY[name]
+            lowered = replace(op, onnx=fn)
+            for key in (op.name, *op.aliases):
+                REGISTRY[key] = lowered
+        return fn
+
+    return attach
 
 
 def helper(name: str, source: str) -> None:

@@ -15,6 +15,7 @@ from dslc.layers.base import (
     differs,
     expect_float,
     expect_rank,
+    lowering,
     pair,
     pycall,
     register,
@@ -22,7 +23,7 @@ from dslc.layers.base import (
     static,
 )
 from dslc.params import brief
-from dslc.traced import is_traced
+from dslc.traced import is_traced, plain
 
 
 def _call_module(module, inputs, init):
@@ -326,3 +327,59 @@ for _n in (1, 2):
             shape_rule=f"{_layout(_n)} -> [batch, channels, output_size ...]",
         )
     )
+
+
+# ---------------------------------------------------------------- ONNX lowerings (dslc.lower_onnx)
+
+
+def _ints(value, n: int) -> list[int]:
+    return [int(v) for v in pair(plain(value), n)]
+
+
+@lowering("Conv1d", "Conv2d")
+def _conv_onnx(g, xs, outs, a, key):
+    n = a["spatial_dims"]
+    attrs = {
+        "kernel_shape": _ints(a["kernel_size"], n),
+        "strides": _ints(a["stride"], n),
+        "dilations": _ints(a["dilation"], n),
+        "group": int(plain(a["groups"])),
+    }
+    padding = plain(a["padding"])
+    if padding == "same":  # PyTorch pads an odd total's extra row at the end, as SAME_UPPER does
+        attrs["auto_pad"] = "SAME_UPPER"
+    else:
+        attrs["pads"] = ([0] * n if padding == "valid" else _ints(padding, n)) * 2
+    bias = [g.weight(f"{key}bias")] if a["bias"] else []
+    return g.node("Conv", [xs[0].name, g.weight(f"{key}weight"), *bias], **attrs)
+
+
+def _pool_onnx(op_type: str, n: int):
+    def lower(g, xs, outs, a, key):
+        attrs = {"kernel_shape": _ints(a["kernel_size"], n), "strides": _ints(a["stride"], n)}
+        attrs["pads"] = _ints(a["padding"], n) * 2
+        if op_type == "AveragePool":
+            attrs["count_include_pad"] = 1  # PyTorch's default
+        return g.node(op_type, [xs[0].name], **attrs)
+
+    return lower
+
+
+@lowering("AdaptiveAvgPool1d", "AdaptiveAvgPool2d")
+def _adaptive_onnx(g, xs, outs, a, key):
+    x = xs[0]
+    n = x.type.rank - 2
+    size = _ints(a["output_size"], n)
+    if all(s == 1 for s in size):
+        return g.node("GlobalAveragePool", [x.name])
+    if not all(isinstance(d, int) for d in x.type.shape[2:]):
+        from dslc.onnx_graph import NotLowerableError
+
+        raise NotLowerableError("adaptive pooling of a symbolic size to more than 1")
+    kernel = [d // s for d, s in zip(x.type.shape[2:], size)]  # the checker made sure they divide
+    return g.node("AveragePool", [x.name], kernel_shape=kernel, strides=kernel)
+
+
+for _n in (1, 2):
+    lowering(f"MaxPool{_n}d")(_pool_onnx("MaxPool", _n))
+    lowering(f"AvgPool{_n}d")(_pool_onnx("AveragePool", _n))

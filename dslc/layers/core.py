@@ -12,6 +12,7 @@ from dslc.layers.base import (
     check_positive,
     expect_float,
     expect_rank,
+    lowering,
     non_default,
     pycall,
     register,
@@ -70,6 +71,17 @@ register(
     )
 )
 
+
+@lowering("Linear")
+def _linear_onnx(g, xs, outs, a, key):
+    x = xs[0]
+    bias = [g.weight(f"{key}bias")] if a["bias"] else []
+    if x.type.rank == 2:  # one Gemm; [batch, time, in] is a MatMul by the transposed weight
+        return g.node("Gemm", [x.name, g.weight(f"{key}weight"), *bias], transB=1)
+    product = g.one("MatMul", [x.name, g.weight(f"{key}weight", transposed=True)])
+    return [g.one("Add", [product, *bias])] if bias else [product]
+
+
 # ---------------------------------------------------------------- Embedding
 
 
@@ -102,6 +114,12 @@ register(
         shape_rule="int[...] -> float32[..., embedding_dim]",
     )
 )
+
+
+@lowering("Embedding")
+def _embedding_onnx(g, xs, outs, a, key):
+    return g.node("Gather", [g.weight(f"{key}weight"), xs[0].name], axis=0)
+
 
 # ---------------------------------------------------------------- normalisation and dropout
 
@@ -141,6 +159,15 @@ for _name, _ranks in (("BatchNorm1d", (2, 3)), ("BatchNorm2d", (4,))):
     )
 
 
+@lowering("BatchNorm1d", "BatchNorm2d")
+def _batchnorm_onnx(g, xs, outs, a, key):
+    n = a["num_features"]
+    scale = g.weight(f"{key}weight") if a["affine"] else g.constant([1.0] * n, "float32", "ones")
+    shift = g.weight(f"{key}bias") if a["affine"] else g.constant([0.0] * n, "float32", "zeros")
+    stats = [g.weight(f"{key}running_mean"), g.weight(f"{key}running_var")]
+    return g.node("BatchNormalization", [xs[0].name, scale, shift, *stats], epsilon=float(a["eps"]))
+
+
 def _layernorm_infer(args, inputs):
     (x,) = inputs
     expect_float(x, "LayerNorm")
@@ -174,6 +201,18 @@ register(
 )
 
 
+@lowering("LayerNorm")
+def _layernorm_onnx(g, xs, outs, a, key):
+    shape = list(pair_of(a["normalized_shape"]))
+    count = math.prod(shape)
+    if a["elementwise_affine"]:
+        scale, shift = g.weight(f"{key}weight"), g.weight(f"{key}bias")
+    else:
+        scale = g.constant([1.0] * count, "float32", "ones")
+        shift = g.constant([0.0] * count, "float32", "zeros")
+    return g.node("LayerNormalization", [xs[0].name, scale, shift], axis=-a["dims"], epsilon=float(a["eps"]))
+
+
 def _dropout_infer(args, inputs):
     if not 0.0 <= args["p"] < 1.0:
         raise ShapeError(f"Dropout probability must be in [0, 1), got {args['p']}")
@@ -194,6 +233,12 @@ register(
         shape_rule="unchanged",
     )
 )
+
+
+@lowering("Dropout")
+def _identity_onnx(g, xs, outs, a, key):
+    return [xs[0].name]  # dropout is off at inference: no node
+
 
 # ---------------------------------------------------------------- reshaping
 
@@ -234,6 +279,18 @@ register(
         shape_rule="[batch, C, H, W] -> [batch, C*H*W]",
     )
 )
+
+
+@lowering("Flatten")
+def _flatten_onnx(g, xs, outs, a, key):
+    from dslc.lower_onnx import reshape
+
+    x = xs[0]
+    start = resolve_axis(a["start_dim"], x.type, "Flatten")
+    end = resolve_axis(a["end_dim"], x.type, "Flatten")
+    target = [("size", i) for i in range(start)] + [-1]
+    target += [d if isinstance(d, int) else ("size", i) for i, d in enumerate(x.type.shape) if i > end]
+    return [reshape(g, x, target)]
 
 
 def _reshape_infer(args, inputs):
@@ -313,6 +370,13 @@ register(
 )
 
 
+@lowering("Reshape")
+def _reshape_onnx(g, xs, outs, a, key):
+    from dslc.lower_onnx import reshape
+
+    return [reshape(g, xs[0], a["target"])]
+
+
 def _permute_infer(args, inputs):
     (x,) = inputs
     dims = [resolve_axis(d, x, "Permute") for d in args["dims"]]
@@ -336,6 +400,12 @@ register(
     )
 )
 
+
+@lowering("Permute")
+def _permute_onnx(g, xs, outs, a, key):
+    return g.node("Transpose", [xs[0].name], perm=[int(d) for d in a["dims"]])
+
+
 register(
     Op(
         name="Identity",
@@ -350,3 +420,6 @@ register(
         shape_rule="unchanged",
     )
 )
+
+
+lowering("Identity")(_identity_onnx)

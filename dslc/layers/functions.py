@@ -10,12 +10,14 @@ from dslc.layers.base import (
     Src,
     differs,
     expect_float,
+    lowering,
     pycall,
     register,
     resolve_axis,
 )
 from dslc.pytext import py_literal
 from dslc.shapes import Dim, Sym, TensorType, broadcast
+from dslc.traced import plain
 
 # ---------------------------------------------------------------- activations
 
@@ -493,3 +495,149 @@ register(
         shape_rule="[..., n, ...] -> int64[n]",
     )
 )
+
+
+# ---------------------------------------------------------------- ONNX lowerings (dslc.lower_onnx)
+# Registered in loops above, so lowered together here: one function per ONNX pattern.
+
+_ONNX_ELEMENTWISE = {
+    "ReLU": "Relu",
+    "Tanh": "Tanh",
+    "Sigmoid": "Sigmoid",
+    "Softplus": "Softplus",
+    "exp": "Exp",
+    "log": "Log",
+    "sqrt": "Sqrt",
+    "abs": "Abs",
+    "sin": "Sin",
+    "cos": "Cos",
+}
+for _name, _onnx in _ONNX_ELEMENTWISE.items():
+    lowering(_name)(lambda g, xs, outs, a, key, op=_onnx: g.node(op, [xs[0].name]))
+
+
+@lowering("SiLU")
+def _silu_onnx(g, xs, outs, a, key):
+    return g.node("Mul", [xs[0].name, g.one("Sigmoid", [xs[0].name])])
+
+
+@lowering("rsqrt")
+def _rsqrt_onnx(g, xs, outs, a, key):
+    return g.node("Reciprocal", [g.one("Sqrt", [xs[0].name])])
+
+
+@lowering("GELU")
+def _gelu_onnx(g, xs, outs, a, key):
+    return g.node("Gelu", [xs[0].name], approximate=plain(a["approximate"]))
+
+
+@lowering("LeakyReLU")
+def _leaky_relu_onnx(g, xs, outs, a, key):
+    return g.node("LeakyRelu", [xs[0].name], alpha=float(plain(a["negative_slope"])))
+
+
+@lowering("ELU")
+def _elu_onnx(g, xs, outs, a, key):
+    return g.node("Elu", [xs[0].name], alpha=float(plain(a["alpha"])))
+
+
+for _name in ("Softmax", "LogSoftmax"):
+    lowering(_name)(lambda g, xs, outs, a, key, op=_name: g.node(op, [xs[0].name], axis=int(plain(a["dim"]))))
+
+
+@lowering("float", "long")
+def _cast_onnx(g, xs, outs, a, key):
+    from dslc.onnx_graph import ONNX_DTYPES
+
+    return g.node("Cast", [xs[0].name], to=ONNX_DTYPES[outs[0].dtype])
+
+
+@lowering("clamp")
+def _clamp_onnx(g, xs, outs, a, key):
+    x = xs[0]
+    bounds = ["" if a[k] is None else g.constant(plain(a[k]), x.type.dtype, k) for k in ("min", "max")]
+    while bounds and bounds[-1] == "":
+        bounds.pop()
+    return g.node("Clip", [x.name, *bounds])
+
+
+def _reduce_onnx(op_type: str):
+    def lower(g, xs, outs, a, key):
+        from dslc.lower_onnx import cast
+
+        x = cast(g, xs[0], outs[0].dtype)  # sums of bools and small ints are int64, as in PyTorch
+        dim = plain(a["dim"])
+        axes = [] if dim is None else [int(d) for d in (dim if isinstance(dim, (tuple, list)) else (dim,))]
+        inputs = [x.name, g.ints(axes, "axes")] if axes else [x.name]
+        return g.node(op_type, inputs, keepdims=int(bool(a["keepdim"])))
+
+    return lower
+
+
+for _name, _onnx in (("sum", "ReduceSum"), ("mean", "ReduceMean"), ("max", "ReduceMax"), ("min", "ReduceMin")):
+    lowering(_name)(_reduce_onnx(_onnx))
+
+
+@lowering("argmax")
+def _argmax_onnx(g, xs, outs, a, key):
+    return g.node("ArgMax", [xs[0].name], axis=int(plain(a["dim"])), keepdims=int(bool(a["keepdim"])))
+
+
+@lowering("concat")
+def _concat_onnx(g, xs, outs, a, key):
+    return g.node("Concat", [x.name for x in xs], axis=int(plain(a["dim"])))
+
+
+@lowering("stack")
+def _stack_onnx(g, xs, outs, a, key):
+    axis = int(plain(a["dim"]))
+    return g.node("Concat", [g.one("Unsqueeze", [x.name, g.ints([axis], "axes")]) for x in xs], axis=axis)
+
+
+@lowering("transpose")
+def _transpose_onnx(g, xs, outs, a, key):
+    rank = xs[0].type.rank
+    perm = list(range(rank))
+    i, j = (int(plain(a[k])) % rank for k in ("dim0", "dim1"))
+    perm[i], perm[j] = perm[j], perm[i]
+    return g.node("Transpose", [xs[0].name], perm=perm)
+
+
+@lowering("unsqueeze")
+def _unsqueeze_onnx(g, xs, outs, a, key):
+    return g.node("Unsqueeze", [xs[0].name, g.ints([int(plain(a["dim"]))], "axes")])
+
+
+@lowering("squeeze")
+def _squeeze_onnx(g, xs, outs, a, key):
+    return g.node("Squeeze", [xs[0].name, g.ints([int(plain(a["dim"]))], "axes")])
+
+
+@lowering("where")
+def _where_onnx(g, xs, outs, a, key):
+    from dslc.lower_onnx import cast
+
+    cond, x, y = xs
+    return g.node("Where", [cond.name, cast(g, x, outs[0].dtype).name, cast(g, y, outs[0].dtype).name])
+
+
+def _filled_like_onnx(fill: int):
+    def lower(g, xs, outs, a, key):
+        from onnx import helper
+
+        from dslc.onnx_graph import ONNX_DTYPES
+
+        value = helper.make_tensor("value", ONNX_DTYPES[outs[0].dtype], [1], [fill])
+        return g.node("ConstantOfShape", [g.one("Shape", [xs[0].name])], value=value)
+
+    return lower
+
+
+lowering("zeros_like")(_filled_like_onnx(0))
+lowering("ones_like")(_filled_like_onnx(1))
+
+
+@lowering("positions")
+def _positions_onnx(g, xs, outs, a, key):
+    size = g.one("Gather", [g.one("Shape", [xs[0].name]), g.constant(int(plain(a["dim"])), "int64", "dim")], axis=0)
+    return g.node("Range", [g.constant(0, "int64", "zero"), size, g.constant(1, "int64", "one")])

@@ -1,0 +1,106 @@
+"""A small ONNX graph builder for the native lowering (dslc.lower_onnx): nodes, initializers and the
+IR type of every value, with fresh names. Torch-free: weights arrive as numpy arrays.
+
+Each op's lowering (the `onnx` field of its registry entry) receives a `Graph`, the ONNX names of its
+inputs with their dslc types, and returns the names of its outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from dslc.shapes import TensorType
+
+ONNX_DTYPES = {
+    "float32": TensorProto.FLOAT,
+    "float64": TensorProto.DOUBLE,
+    "float16": TensorProto.FLOAT16,
+    "bfloat16": TensorProto.BFLOAT16,
+    "int64": TensorProto.INT64,
+    "int32": TensorProto.INT32,
+    "int8": TensorProto.INT8,
+    "uint8": TensorProto.UINT8,
+    "bool": TensorProto.BOOL,
+}
+NUMPY_DTYPES = {
+    "float32": np.float32,
+    "float64": np.float64,
+    "float16": np.float16,
+    "int64": np.int64,
+    "int32": np.int32,
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "bool": np.bool_,
+}
+
+
+class NotLowerableError(Exception):
+    """The native lowering has no ONNX form for this (an op without one, a pattern it cannot write)."""
+
+
+@dataclass
+class Value:
+    """An ONNX value name with the dslc type the checker inferred for it."""
+
+    name: str
+    type: TensorType
+
+
+@dataclass
+class Graph:
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    initializers: dict[str, onnx.TensorProto] = field(default_factory=dict)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)  # state_dict key -> array
+    used: set[str] = field(default_factory=set)
+    _weight_names: dict[tuple[int, bool], str] = field(default_factory=dict)  # (id of an array, transposed)
+
+    def fresh(self, stem: str) -> str:
+        stem = "".join(c if c.isalnum() or c == "_" else "_" for c in stem) or "v"
+        name, n = stem, 1
+        while name in self.used:
+            n += 1
+            name = f"{stem}_{n}"
+        self.used.add(name)
+        return name
+
+    def node(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, **attributes: Any) -> list[str]:
+        """Add a node; `outputs` is a count (fresh names) or the names to write."""
+        names = [self.fresh(op_type.lower()) for _ in range(outputs)] if isinstance(outputs, int) else list(outputs)
+        attrs = {k: v for k, v in attributes.items() if v is not None}
+        self.nodes.append(helper.make_node(op_type, inputs, names, name=self.fresh(f"n_{op_type}"), **attrs))
+        return names
+
+    def one(self, op_type: str, inputs: list[str], **attributes: Any) -> str:
+        return self.node(op_type, inputs, 1, **attributes)[0]
+
+    def constant(self, value: Any, dtype: str, stem: str = "const") -> str:
+        """An initializer holding `value` (a number or a nested list) as `dtype`."""
+        array = np.asarray(value, dtype=NUMPY_DTYPES[dtype])
+        name = self.fresh(stem)
+        self.initializers[name] = numpy_helper.from_array(array, name)
+        return name
+
+    def ints(self, values: list[int] | tuple[int, ...], stem: str = "shape") -> str:
+        return self.constant(list(values), "int64", stem)
+
+    def weight(self, key: str, transposed: bool = False) -> str:
+        """The initializer of the state_dict entry `key` (`transposed`: of a matrix's transpose); a tensor
+        shared by two keys (tied weights) is stored once."""
+        if key not in self.weights:
+            raise NotLowerableError(f"no weight '{key}' in the state dict")
+        array = self.weights[key]
+        cache = (id(array), transposed)
+        if cache not in self._weight_names:
+            name = self.fresh(f"{key}_t" if transposed else key)
+            data = np.ascontiguousarray(array.T if transposed else array)
+            self.initializers[name] = numpy_helper.from_array(data, name)
+            self._weight_names[cache] = name
+        return self._weight_names[cache]
+
+    def has_weight(self, key: str) -> bool:
+        return key in self.weights
