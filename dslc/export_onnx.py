@@ -1,29 +1,17 @@
-"""PyTorch module -> ONNX graph with named dynamic axes and dslc metadata.
+"""A model's ONNX file: the graph lowered from the IR (dslc.lower_onnx) with the module's weights, dslc's
+metadata, the full ONNX check; and the example inputs export and verification use.
 
-The TorchScript-based exporter (`dynamo=False`) is used on purpose: with torch 2.13 the dynamo
-exporter freezes the time dimension of bidirectional LSTM/GRU outputs at the example length, while
-the TorchScript exporter writes real ONNX RNN ops with dynamic sequence length. Example sizes are
-chosen > 1 and distinct per symbolic dimension so that no dimension gets specialised.
-Integer inputs that feed an Embedding (directly or through blocks, groups and repeats) get ids from 0
-to the vocabulary size - 1, both ends included, so export and verification see every valid id range.
-The TorchScript exporter prints the whole Torch IR graph from C++ when it fails (and leaves its log
-switched on); `export` runs it with file descriptors 1 and 2 captured and raises `ExportError` with
-the exporter's one-line reason, keeping what it printed in `ExportError.log`.
+Example sizes are chosen > 1 and distinct per symbolic dimension, so a graph that froze a size shows
+up in verification. Integer inputs that feed an Embedding (directly or through blocks, groups and
+repeats) get ids from 0 to the vocabulary size - 1, both ends included, so verification sees every
+valid id.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import io
 import json
-import os
-import re
-import sys
-import tempfile
-import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +22,6 @@ from dslc import __version__, ir
 from dslc.ir import example_sizes, symbol_names  # noqa: F401 - part of this module's interface
 from dslc.shapes import Sym
 
-OPSET = 17
-# onnxruntime 1.20+ reads IR version 10; never write newer than what the pinned runtime accepts.
-MAX_IR_VERSION = 10
 TORCH_DTYPES = {
     "float32": torch.float32,
     "float64": torch.float64,
@@ -259,123 +244,24 @@ def metadata(program: ir.ProgramIR, module: ir.ModuleIR) -> dict[str, str]:
     return props
 
 
-ONNX_DTYPES = {
-    "float32": onnx.TensorProto.FLOAT,
-    "float64": onnx.TensorProto.DOUBLE,
-    "float16": onnx.TensorProto.FLOAT16,
-    "bfloat16": onnx.TensorProto.BFLOAT16,
-    "int64": onnx.TensorProto.INT64,
-    "int32": onnx.TensorProto.INT32,
-    "int8": onnx.TensorProto.INT8,
-    "uint8": onnx.TensorProto.UINT8,
-    "bool": onnx.TensorProto.BOOL,
-}
-
-
-def _keep_declared_inputs(model: onnx.ModelProto, module: ir.ModuleIR) -> None:
-    """The tracer drops inputs the graph never reads; the model's signature keeps every declared one."""
-    present = {i.name: i for i in model.graph.input}
-    ordered = []
-    for port in module.inputs:
-        if port.name in present:
-            ordered.append(present.pop(port.name))
-        else:
-            shape = [d if isinstance(d, int) else str(d).replace(" ", "") for d in port.type.shape]
-            ordered.append(onnx.helper.make_tensor_value_info(port.name, ONNX_DTYPES[port.type.dtype], shape))
-    del model.graph.input[:]
-    model.graph.input.extend(ordered + list(present.values()))
-
-
 class ExportError(Exception):
-    """torch.onnx.export failed; the message is the exporter's reason on one line, `log` what it printed."""
-
-    def __init__(self, message: str, log: str = ""):
-        super().__init__(message)
-        self.log = log
-
-
-MAX_REASON = 300  # characters of the exporter's reason kept in the message
-_TORCH_NOISE = (
-    re.compile(r"\s*\[Caused by .*", re.S),  # the offending value, printed as a piece of the Torch IR graph
-    re.compile(r"\s*Please feel free to request support.*?(?=\[Caused by|$)", re.S),
-)
-
-
-def exporter_reason(exc: BaseException) -> str:
-    """The first line of the exporter's message without the graph excerpt and the boilerplate."""
-    lines = str(exc).strip().splitlines()
-    reason = lines[0].strip() if lines else ""
-    for noise in _TORCH_NOISE:
-        reason = noise.sub("", reason)
-    reason = reason.strip() or type(exc).__name__
-    return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."
-
-
-@dataclass
-class _Captured:
-    text: str = ""
-    fds: list[int] = field(default_factory=list)
-
-
-def _flush_c_stdio() -> None:
-    """Flush C stdio buffers (std::cout writes through them) before the descriptors change back."""
-    with contextlib.suppress(OSError, AttributeError, TypeError):  # no C library to ask (Windows): nothing to lose
-        ctypes.CDLL(None).fflush(None)
-
-
-@contextlib.contextmanager
-def captured_output() -> Iterator[_Captured]:
-    """Send what is written to file descriptors 1 and 2 (by Python, C++ or C) to a temporary file; its
-    text is in the yielded object's `text` after the block, whether or not the block raised.
-    Descriptors that are not open stay as they are."""
-    captured = _Captured()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    python_out, python_err = io.StringIO(), io.StringIO()
-    saved: list[tuple[int, int]] = []
-    with tempfile.TemporaryFile() as sink:
-        try:
-            for fd in (1, 2):
-                try:
-                    saved.append((fd, os.dup(fd)))
-                except OSError:
-                    continue
-                os.dup2(sink.fileno(), fd)
-                captured.fds.append(fd)
-            with contextlib.redirect_stdout(python_out), contextlib.redirect_stderr(python_err):
-                yield captured
-        finally:
-            _flush_c_stdio()
-            for fd, copy in saved:
-                os.dup2(copy, fd)
-                os.close(copy)
-            sink.seek(0)
-            captured.text = sink.read().decode("utf-8", "replace") + python_out.getvalue() + python_err.getvalue()
-
-
-def _onnx_log_enabled() -> bool | None:
-    probe = getattr(torch._C, "_jit_is_onnx_log_enabled", None)
-    return bool(probe()) if probe else None
-
-
-def _set_onnx_log(enabled: bool | None) -> None:
-    """torch's setup_onnx_logging switches the exporter's C++ log on and never off; put it back."""
-    setter = getattr(torch._C, "_jit_set_onnx_log_enabled", None)
-    if setter is not None and enabled is not None:
-        setter(enabled)
+    """The model cannot be written as ONNX; the message says why, on one line."""
 
 
 def export(torch_module: torch.nn.Module, program: ir.ProgramIR, module: ir.ModuleIR, path: Path) -> ExportResult:
-    """Export to `path` (written whole; the caller stages it and renames after verification): lowered from the
-    IR (dslc.lower_onnx) where every op of the model has a lowering, else traced by torch.onnx (until the
-    recurrent layers and attention are lowered too). Raises ExportError, with nothing printed, when the
-    exporter cannot write the model."""
-    from dslc.lower_onnx import lowerable
+    """Write the model's graph, lowered from the IR with `torch_module`'s weights, to `path` (written whole; the
+    caller stages it and renames after verification). Raises ExportError when an op has no ONNX form."""
+    from dslc.lower_onnx import lower, lowerable
+    from dslc.onnx_graph import NotLowerableError
 
-    if lowerable(program, module) is None:
-        return export_native(torch_module, program, module, path)
-    return export_traced(torch_module, program, module, path)
+    missing = lowerable(program, module)
+    if missing is not None:
+        raise ExportError(f"{missing} has no ONNX lowering")
+    try:
+        model = lower(program, module, state_arrays(torch_module))
+    except NotLowerableError as exc:
+        raise ExportError(str(exc)) from exc
+    return _finish(model, program, module, path)
 
 
 def state_arrays(torch_module: torch.nn.Module) -> dict[str, Any]:
@@ -390,53 +276,8 @@ def state_arrays(torch_module: torch.nn.Module) -> dict[str, Any]:
     return arrays
 
 
-def export_native(
-    torch_module: torch.nn.Module, program: ir.ProgramIR, module: ir.ModuleIR, path: Path
-) -> ExportResult:
-    from dslc.lower_onnx import lower
-    from dslc.onnx_graph import NotLowerableError
-
-    try:
-        model = lower(program, module, state_arrays(torch_module))
-    except NotLowerableError as exc:
-        raise ExportError(str(exc)) from exc
-    return _finish(model, program, module, path)
-
-
-def export_traced(
-    torch_module: torch.nn.Module, program: ir.ProgramIR, module: ir.ModuleIR, path: Path
-) -> ExportResult:
-    torch_module.eval()
-    args = example_inputs(module, example_sizes(module), program=program)
-    buffer = io.BytesIO()
-    log_was = _onnx_log_enabled()
-    try:
-        with captured_output() as printed, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                torch.onnx.export(
-                    torch_module,
-                    args,
-                    buffer,
-                    input_names=[p.name for p in module.inputs],
-                    output_names=[p.name for p in module.outputs],
-                    dynamic_axes=dynamic_axes(module),
-                    opset_version=OPSET,
-                    do_constant_folding=True,
-                    dynamo=False,
-                )
-            finally:
-                _set_onnx_log(log_was)
-    except Exception as exc:
-        raise ExportError(exporter_reason(exc), printed.text) from exc
-    model = onnx.load_from_string(buffer.getvalue())
-    _keep_declared_inputs(model, module)
-    model.ir_version = min(model.ir_version, MAX_IR_VERSION)
-    return _finish(model, program, module, path)
-
-
 def _finish(model: onnx.ModelProto, program: ir.ProgramIR, module: ir.ModuleIR, path: Path) -> ExportResult:
-    """dslc's metadata, the full check, and the file."""
+    """dslc's metadata, the full check, and the file; the node count is what runs (no Constant nodes exist)."""
     model.producer_name, model.producer_version = "dslc", __version__
     model.doc_string = module.doc or ""
     del model.metadata_props[:]

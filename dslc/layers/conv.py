@@ -383,3 +383,16 @@ def _adaptive_onnx(g, xs, outs, a, key):
 for _n in (1, 2):
     lowering(f"MaxPool{_n}d")(_pool_onnx("MaxPool", _n))
     lowering(f"AvgPool{_n}d")(_pool_onnx("AveragePool", _n))
+
+
+@lowering("ConvTranspose2d")
+def _conv_transpose_onnx(g, xs, outs, a, key):
+    bias = [g.weight(f"{key}bias")] if a["bias"] else []
+    return g.node(
+        "ConvTranspose",
+        [xs[0].name, g.weight(f"{key}weight"), *bias],
+        kernel_shape=_ints(a["kernel_size"], 2),
+        strides=_ints(a["stride"], 2),
+        pads=_ints(a["padding"], 2) * 2,
+        output_padding=_ints(a["output_padding"], 2),
+    )

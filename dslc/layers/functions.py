@@ -641,3 +641,9 @@ lowering("ones_like")(_filled_like_onnx(1))
 def _positions_onnx(g, xs, outs, a, key):
     size = g.one("Gather", [g.one("Shape", [xs[0].name]), g.constant(int(plain(a["dim"])), "int64", "dim")], axis=0)
     return g.node("Range", [g.constant(0, "int64", "zero"), size, g.constant(1, "int64", "one")])
+
+
+@lowering("split")
+def _split_onnx(g, xs, outs, a, key):
+    parts = int(plain(a["parts"]))
+    return g.node("Split", [xs[0].name], parts, axis=int(plain(a["dim"])), num_outputs=parts)

@@ -12,6 +12,7 @@ from dslc.layers.base import (
     expect_float,
     expect_rank,
     helper,
+    lowering,
     non_default,
     pycall,
     register,
@@ -287,3 +288,129 @@ register(
         shape_rule="[batch, Tq, E] (+ [batch, Tk, Ek], [batch, Tk, Ev]) -> [batch, Tq, E]",
     )
 )
+
+
+# ---------------------------------------------------------------- ONNX lowerings (dslc.lower_onnx)
+
+# PyTorch's gate order within a weight matrix, as positions of ONNX's: LSTM (i, f, g, o) -> (i, o, f, c),
+# GRU (r, z, n) -> (z, r, h).
+_ONNX_GATES = {"RNN": [0], "LSTM": [0, 3, 1, 2], "GRU": [1, 0, 2]}
+
+
+def _stacked(g, key: str, name: str, layer: int, directions: int, part: str):
+    """W, R or B of one layer for ONNX: [directions, gates * hidden, ...] in ONNX's gate order."""
+    import numpy as np
+
+    order = _ONNX_GATES[name]
+    mats = []
+    for d in range(directions):
+        suffix = f"l{layer}" + ("_reverse" if d else "")
+        if part == "B":
+            halves = [g.weights[f"{key}bias_{kind}_{suffix}"] for kind in ("ih", "hh")]
+            mats.append(np.concatenate([np.split(h, len(order))[i] for h in halves for i in order]))
+            continue
+        matrix = g.weights[f"{key}weight_{'ih' if part == 'W' else 'hh'}_{suffix}"]
+        mats.append(np.concatenate([np.split(matrix, len(order))[i] for i in order]))
+    return g.constant(np.stack(mats), "float32", f"{key}{part}_l{layer}")
+
+
+def _rnn_onnx(name: str):
+    def lower(g, xs, outs, a, key):
+        x, *state = xs
+        hidden, layers, directions = int(a["hidden_size"]), int(a["layers"]), int(a["directions"])
+        attrs = {"hidden_size": hidden, "direction": "bidirectional" if directions == 2 else "forward"}
+        if name == "GRU":
+            attrs["linear_before_reset"] = 1  # PyTorch applies the reset gate after the recurrent product
+        if name == "RNN":
+            attrs["activations"] = ["Relu" if a["nonlinearity"] == "relu" else "Tanh"] * directions
+        sequence = g.one("Transpose", [x.name], perm=[1, 0, 2])  # ONNX's default layout: [time, batch, features]
+        finals: list[list[str]] = [[], []]
+        for layer in range(layers):
+            inputs = [
+                sequence,
+                _stacked(g, key, name, layer, directions, "W"),
+                _stacked(g, key, name, layer, directions, "R"),
+            ]
+            inputs.append(_stacked(g, key, name, layer, directions, "B") if a["bias"] else "")
+            inputs.append("")  # sequence_lens: every sequence has the full length
+            for s in state:  # initial h (and c): this layer's directions of [layers * D, batch, H]
+                rows = g.ints([layer * directions]), g.ints([(layer + 1) * directions]), g.ints([0])
+                inputs.append(g.one("Slice", [s.name, *rows]))
+            outputs = 3 if name == "LSTM" else 2
+            y, *last = g.node(name, inputs, outputs, **attrs)
+            for i, value in enumerate(last):
+                finals[i].append(value)
+            # [time, D, batch, H] -> [time, batch, D * H], the next layer's input
+            sequence = g.one("Reshape", [g.one("Transpose", [y], perm=[0, 2, 1, 3]), g.ints([0, 0, -1])])
+        h_n = finals[0][0] if layers == 1 else g.one("Concat", finals[0], axis=0)
+        results = {"sequence": g.one("Transpose", [sequence], perm=[1, 0, 2])}
+        results["h"] = h_n
+        if name == "LSTM":
+            results["c"] = finals[1][0] if layers == 1 else g.one("Concat", finals[1], axis=0)
+        returns = a["returns"]
+        if returns == "sequence":
+            return [results["sequence"]]
+        if returns == "last":  # the last layer's directions, concatenated: [batch, D * H]
+            last = g.one("Slice", [h_n, g.ints([-directions]), g.ints([2**63 - 1]), g.ints([0])])
+            return [g.one("Reshape", [g.one("Transpose", [last], perm=[1, 0, 2]), g.ints([0, -1])])]
+        states = [results["h"], *([results["c"]] if name == "LSTM" else [])]
+        return states if returns == "state" else [results["sequence"], *states]
+
+    return lower
+
+
+for _name in ("RNN", "LSTM", "GRU"):
+    lowering(_name)(_rnn_onnx(_name))
+
+
+@lowering("MultiheadAttention")
+def _mha_onnx(g, xs, outs, a, key):
+    """Scaled dot-product attention written out (opset 20 has no Attention op): projections, heads, scores,
+    the causal mask, softmax, and the output projection."""
+    import math
+
+    q_in = xs[0]
+    k_in = xs[1] if len(xs) > 1 else q_in
+    v_in = xs[2] if len(xs) > 2 else k_in
+    heads = int(a["heads"])
+
+    def project(x, name, perm):
+        y = g.one("MatMul", [x.name, g.weight(f"{key}{name}.weight", transposed=True)])
+        if a["bias"]:
+            y = g.one("Add", [y, g.weight(f"{key}{name}.bias")])
+        return g.one("Transpose", [g.one("Reshape", [y, g.ints([0, 0, heads, -1])])], perm=perm)
+
+    q = project(q_in, "q_proj", [0, 2, 1, 3])  # [batch, heads, L, dh]
+    k = project(k_in, "k_proj", [0, 2, 3, 1])  # [batch, heads, dh, S]
+    v = project(v_in, "v_proj", [0, 2, 1, 3])
+    scale = g.constant(1.0 / math.sqrt(int(a["embed_dim"]) // heads), "float32", "scale")
+    scores = g.one("Mul", [g.one("MatMul", [q, k]), scale])
+    if a["causal"]:  # -inf above the diagonal: a query sees the keys up to its own position
+        lengths = g.one(
+            "Concat",
+            [g.one("Gather", [g.one("Shape", [t.name]), g.ints([1])], axis=0) for t in (q_in, k_in)],
+            axis=0,
+        )
+        ones = g.one("ConstantOfShape", [lengths], value=_onnx_tensor(1, "bool"))
+        future = g.one("Trilu", [g.one("Cast", [ones], to=_onnx_dtype("int64")), g.constant(1, "int64", "k")], upper=1)
+        scores = g.one(
+            "Where", [g.one("Cast", [future], to=_onnx_dtype("bool")), g.constant(float("-inf"), "float32"), scores]
+        )
+    weights = g.one("Softmax", [scores], axis=-1)
+    merged = g.one(
+        "Reshape", [g.one("Transpose", [g.one("MatMul", [weights, v])], perm=[0, 2, 1, 3]), g.ints([0, 0, -1])]
+    )
+    out = g.one("MatMul", [merged, g.weight(f"{key}out_proj.weight", transposed=True)])
+    return [g.one("Add", [out, g.weight(f"{key}out_proj.bias")])] if a["bias"] else [out]
+
+
+def _onnx_dtype(dtype: str) -> int:
+    from dslc.onnx_graph import ONNX_DTYPES
+
+    return ONNX_DTYPES[dtype]
+
+
+def _onnx_tensor(value, dtype: str):
+    from onnx import helper as onnx_helper
+
+    return onnx_helper.make_tensor("value", _onnx_dtype(dtype), [1], [value])

@@ -7,7 +7,7 @@ A loss gives a float32 scalar. Classes are the last dimension, as everywhere in 
 
 from __future__ import annotations
 
-from dslc.layers.base import Inferred, Op, Param, ShapeError, expect_float, register, resolve_axis
+from dslc.layers.base import Inferred, Op, Param, ShapeError, expect_float, lowering, register, resolve_axis
 from dslc.pytext import py_literal
 from dslc.shapes import Sym, TensorType
 
@@ -423,3 +423,54 @@ _function(
     example="frames = floor_div(lengths - 1, 2) + 1",
     rule="unchanged",
 )
+
+
+# ---------------------------------------------------------------- ONNX lowerings (dslc.lower_onnx), for model bodies
+
+
+@lowering("detach")
+def _detach_onnx(g, xs, outs, a, key):
+    return [xs[0].name]  # inference has no gradients to cut
+
+
+@lowering("floor_div")
+def _floor_div_onnx(g, xs, outs, a, key):
+    from dslc.lower_onnx import floor_divide
+    from dslc.onnx_graph import Value
+
+    x = xs[0]
+    divisor = Value(g.constant(int(a["divisor"]), x.type.dtype, "divisor"), x.type.with_shape(()))
+    return [floor_divide(g, x, divisor)]
+
+
+@lowering("position_ids")
+def _position_ids_onnx(g, xs, outs, a, key):
+    shape = g.one("Shape", [xs[0].name])
+    length = g.one("Gather", [shape, g.constant(1, "int64", "axis")], axis=0)
+    row = g.one("Range", [g.constant(0, "int64", "zero"), length, g.constant(1, "int64", "one")])
+    size = g.one("Slice", [shape, g.ints([0]), g.ints([2]), g.ints([0])])
+    return g.node("Expand", [g.one("Unsqueeze", [row, g.ints([0])]), size])
+
+
+@lowering("repeat")
+def _repeat_onnx(g, xs, outs, a, key):
+    """repeat_interleave: a new axis after `dim`, expanded `times`, merged back into `dim`."""
+    x, axis, times = xs[0], int(a["dim"]), int(a["times"])
+    shape = g.one("Shape", [x.name])
+
+    def part(start: int, stop: int) -> str:
+        return g.one("Slice", [shape, g.ints([start]), g.ints([stop]), g.ints([0])])
+
+    rank = x.type.rank
+    expanded_shape = g.one("Concat", [part(0, axis + 1), g.ints([times]), part(axis + 1, rank)], axis=0)
+    expanded = g.one("Expand", [g.one("Unsqueeze", [x.name, g.ints([axis + 1])]), expanded_shape])
+    merged_shape = g.one("Concat", [part(0, axis), g.ints([-1]), part(axis + 1, rank)], axis=0)
+    return g.node("Reshape", [expanded, merged_shape])
+
+
+@lowering("shift_right")
+def _shift_right_onnx(g, xs, outs, a, key):
+    x = xs[0]
+    kept = g.one("Slice", [x.name, g.ints([0]), g.ints([-1]), g.ints([1])])
+    fill = g.constant(int(a["fill"]), x.type.dtype, "fill")
+    return g.node("Pad", [kept, g.ints([0, 1, 0, 0]), fill])
