@@ -165,5 +165,3 @@ def test_pooling_onnx_cannot_write_is_refused_at_check(write_spec, tmp_path):
     _no_torch_dump(result.stderr)
     assert "t.model:3:27: error: AdaptiveAvgPool2d: ONNX needs the input size (10)" in result.stderr, result.stderr
     assert "hint: pool to a divisor of 10, e.g. 2" in result.stderr
-
-
