@@ -58,6 +58,7 @@ class Graph:
     weights: dict[str, np.ndarray] = field(default_factory=dict)  # state_dict key -> array
     used: set[str] = field(default_factory=set)
     _weight_names: dict[tuple[int, bool], str] = field(default_factory=dict)  # (id of an array, transposed)
+    _memo: dict[Any, list[str]] = field(default_factory=dict)
 
     def fresh(self, stem: str) -> str:
         stem = "".join(c if c.isalnum() or c == "_" else "_" for c in stem) or "v"
@@ -101,6 +102,12 @@ class Graph:
             self.initializers[name] = numpy_helper.from_array(data, name)
             self._weight_names[cache] = name
         return self._weight_names[cache]
+
+    def memo(self, key: Any, build: Any) -> list[str]:
+        """The values `build()` adds, built once per `key` (a causal mask per pair of symbolic lengths)."""
+        if key not in self._memo:
+            self._memo[key] = build()
+        return self._memo[key]
 
     def has_weight(self, key: str) -> bool:
         return key in self.weights

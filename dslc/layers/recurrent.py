@@ -374,28 +374,35 @@ def _mha_onnx(g, xs, outs, a, key):
     v_in = xs[2] if len(xs) > 2 else k_in
     heads = int(a["heads"])
 
-    def project(x, name, perm):
-        y = g.one("MatMul", [x.name, g.weight(f"{key}{name}.weight", transposed=True)])
+    scale = 1.0 / math.sqrt(int(a["embed_dim"]) // heads)
+
+    def project(x, name, perm, factor=1.0):
+        """x W^T + b, split into heads; the query's projection takes the 1/sqrt(dh) of the scores (folded)."""
+        weight = g.weights[f"{key}{name}.weight"].T
+        y = g.one("MatMul", [x.name, g.constant(weight * factor, "float32", f"{key}{name}.weight")])
         if a["bias"]:
-            y = g.one("Add", [y, g.weight(f"{key}{name}.bias")])
+            y = g.one("Add", [y, g.constant(g.weights[f"{key}{name}.bias"] * factor, "float32", f"{key}{name}.bias")])
         return g.one("Transpose", [g.one("Reshape", [y, g.ints([0, 0, heads, -1])])], perm=perm)
 
-    q = project(q_in, "q_proj", [0, 2, 1, 3])  # [batch, heads, L, dh]
+    q = project(q_in, "q_proj", [0, 2, 1, 3], scale)  # [batch, heads, L, dh]
     k = project(k_in, "k_proj", [0, 2, 3, 1])  # [batch, heads, dh, S]
     v = project(v_in, "v_proj", [0, 2, 1, 3])
-    scale = g.constant(1.0 / math.sqrt(int(a["embed_dim"]) // heads), "float32", "scale")
-    scores = g.one("Mul", [g.one("MatMul", [q, k]), scale])
+    scores = g.one("MatMul", [q, k])
     if a["causal"]:  # -inf above the diagonal: a query sees the keys up to its own position
-        lengths = g.one(
-            "Concat",
-            [g.one("Gather", [g.one("Shape", [t.name]), g.ints([1])], axis=0) for t in (q_in, k_in)],
-            axis=0,
-        )
-        ones = g.one("ConstantOfShape", [lengths], value=_onnx_tensor(1, "bool"))
-        future = g.one("Trilu", [g.one("Cast", [ones], to=_onnx_dtype("int64")), g.constant(1, "int64", "k")], upper=1)
-        scores = g.one(
-            "Where", [g.one("Cast", [future], to=_onnx_dtype("bool")), g.constant(float("-inf"), "float32"), scores]
-        )
+
+        def mask() -> list[str]:
+            lengths = g.one(
+                "Concat",
+                [g.one("Gather", [g.one("Shape", [t.name]), g.ints([1])], axis=0) for t in (q_in, k_in)],
+                axis=0,
+            )
+            ones = g.one("ConstantOfShape", [lengths], value=_onnx_tensor(1, "int64"))
+            future = g.one("Trilu", [ones, g.constant(1, "int64", "k")], upper=1)
+            return [g.one("Cast", [future], to=_onnx_dtype("bool")), g.constant(float("-inf"), "float32", "minus_inf")]
+
+        # one mask for every layer whose queries and keys have these (symbolic) lengths
+        future, minus_inf = g.memo(("causal", str(q_in.type.shape[1]), str(k_in.type.shape[1])), mask)
+        scores = g.one("Where", [future, minus_inf, scores])
     weights = g.one("Softmax", [scores], axis=-1)
     merged = g.one(
         "Reshape", [g.one("Transpose", [g.one("MatMul", [weights, v])], perm=[0, 2, 1, 3]), g.ints([0, 0, -1])]
