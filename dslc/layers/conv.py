@@ -271,30 +271,12 @@ for _n in (1, 2):
         )
 
 
-def _largest_divisor(n: int, at_most: int) -> int:
-    """The largest divisor of `n` up to `at_most`, by trial division up to sqrt(n) (`at_most` may be huge)."""
-    best, d = 1, 1
-    while d * d <= n:
-        if n % d == 0:
-            best = max([best, *(x for x in (d, n // d) if x <= at_most)])
-        d += 1
-    return best
-
-
 def _check_exportable_pooling(name: str, given, wanted: int) -> None:
-    """ONNX has adaptive pooling only as global pooling (output 1) or as an ordinary pooling window,
-    which needs a fixed input size that the output size divides."""
-    if wanted == 1:
-        return
-    if not isinstance(given, int):
+    """A symbolic size pools only to 1 (global pooling): other bins would depend on a size known at run time."""
+    if wanted != 1 and not isinstance(given, int):
         raise ShapeError(
-            f"{name}: ONNX can pool the symbolic size '{given}' only to 1, not to {wanted}",
+            f"{name}: the symbolic size '{given}' can be pooled only to 1, not to {wanted}",
             "pool to 1 (global pooling), or give the input a fixed size",
-        )
-    if given % wanted:
-        raise ShapeError(
-            f"{name}: ONNX needs the input size ({given}) to be a multiple of the output size ({wanted})",
-            f"pool to a divisor of {given}, e.g. {_largest_divisor(given, wanted)}",
         )
 
 
@@ -372,12 +354,26 @@ def _adaptive_onnx(g, xs, outs, a, key):
     size = _ints(a["output_size"], n)
     if all(s == 1 for s in size):
         return g.node("GlobalAveragePool", [x.name])
-    if not all(isinstance(d, int) for d in x.type.shape[2:]):
-        from dslc.onnx_graph import NotLowerableError
+    spatial = [int(d) for d in x.type.shape[2:]]  # fixed: the checker pools a symbolic size only to 1
+    if all(d % s == 0 for d, s in zip(spatial, size)):
+        kernel = [d // s for d, s in zip(spatial, size)]
+        return g.node("AveragePool", [x.name], kernel_shape=kernel, strides=kernel)
+    # PyTorch's uneven bins (start floor(i*n/m), end ceil((i+1)*n/m)) as a matrix per axis: y = P_h x P_w^T
+    y = g.one("MatMul", [x.name, g.constant(_bins(spatial[-1], size[-1]).T, "float32", "pool_w")])
+    if n == 2:
+        y = g.one("MatMul", [g.constant(_bins(spatial[0], size[0]), "float32", "pool_h"), y])
+    return [y]
 
-        raise NotLowerableError("adaptive pooling of a symbolic size to more than 1")
-    kernel = [d // s for d, s in zip(x.type.shape[2:], size)]  # the checker made sure they divide
-    return g.node("AveragePool", [x.name], kernel_shape=kernel, strides=kernel)
+
+def _bins(n: int, m: int):
+    """[m, n]: row i averages input positions floor(i*n/m) .. ceil((i+1)*n/m) - 1."""
+    import numpy as np
+
+    matrix = np.zeros((m, n), dtype=np.float32)
+    for i in range(m):
+        start, end = (i * n) // m, -((-(i + 1) * n) // m)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
 
 
 for _n in (1, 2):

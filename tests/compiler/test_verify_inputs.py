@@ -133,10 +133,11 @@ def test_build_verifies_the_largest_token_id(tmp_path):
     assert all(report.verified for report in result.models)
 
 
-FAILING_EXPORT = """
+UNEVEN_POOLING = """
     model m {
         input x: float32[batch, 3, 10, 10]
         output y = x -> pool: AdaptiveAvgPool2d(3)
+        output z = x -> AdaptiveAvgPool2d((7, 2))
     }
 """
 
@@ -150,18 +151,17 @@ def _no_torch_dump(text: str) -> None:
         assert "pytorch/pytorch/issues" not in line and "[Caused by" not in line, text
 
 
-def test_pooling_onnx_cannot_write_is_refused_at_check(write_spec, tmp_path):
-    """Adaptive pooling to a size that does not divide the input's (which the exporter cannot lower)
-    is refused by `dslc check`, located, before any build: one error and a hint, nothing on stdout."""
-    spec = write_spec(FAILING_EXPORT)
+def test_adaptive_pooling_to_any_size_builds_and_verifies(write_spec, tmp_path):
+    """Uneven bins (10 -> 3, 10 -> 7, as PyTorch cuts them) lower to pooling matrices and match PyTorch."""
+    result = build(write_spec(UNEVEN_POOLING), tmp_path / "out")
+    assert all(report.verified and report.max_abs_diff < 1e-5 for report in result.models)
+
+
+def test_a_symbolic_size_pools_only_to_one(write_spec, tmp_path):
+    spec = write_spec("model m {\n    input x: float32[batch, 3, h, w]\n    output y = x -> AdaptiveAvgPool2d(3)\n}\n")
     result = subprocess.run(
-        [sys.executable, "-m", "dslc.cli", "build", str(spec), "-o", str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+        [sys.executable, "-m", "dslc.cli", "check", str(spec)], capture_output=True, text=True, cwd=ROOT
     )
-    assert result.returncode == 1
-    assert result.stdout == ""
+    assert result.returncode == 1 and result.stdout == ""
     _no_torch_dump(result.stderr)
-    assert "t.model:3:27: error: AdaptiveAvgPool2d: ONNX needs the input size (10)" in result.stderr, result.stderr
-    assert "hint: pool to a divisor of 10, e.g. 2" in result.stderr
+    assert "the symbolic size 'h' can be pooled only to 1, not to 3" in result.stderr, result.stderr
