@@ -336,15 +336,18 @@ def _rnn_onnx(name: str):
             for s in state:  # initial h (and c): this layer's directions of [layers * D, batch, H]
                 rows = g.ints([layer * directions]), g.ints([(layer + 1) * directions]), g.ints([0])
                 inputs.append(g.one("Slice", [s.name, *rows]))
-            outputs = 3 if name == "LSTM" else 2
-            y, *last = g.node(name, inputs, outputs, **attrs)
+            wants_sequence = layer < layers - 1 or a["returns"] in ("sequence", "all")
+            names = [g.fresh(f"{name.lower()}_y") if wants_sequence else ""]  # no Y where nothing reads it
+            names += [g.fresh(f"{name.lower()}_h"), *([g.fresh("lstm_c")] if name == "LSTM" else [])]
+            y, *last = g.node(name, inputs, names, **attrs)
             for i, value in enumerate(last):
                 finals[i].append(value)
-            # [time, D, batch, H] -> [time, batch, D * H], the next layer's input
-            sequence = g.one("Reshape", [g.one("Transpose", [y], perm=[0, 2, 1, 3]), g.ints([0, 0, -1])])
+            if wants_sequence:  # [time, D, batch, H] -> [time, batch, D * H], the next layer's input
+                sequence = g.one("Reshape", [g.one("Transpose", [y], perm=[0, 2, 1, 3]), g.ints([0, 0, -1])])
         h_n = finals[0][0] if layers == 1 else g.one("Concat", finals[0], axis=0)
-        results = {"sequence": g.one("Transpose", [sequence], perm=[1, 0, 2])}
-        results["h"] = h_n
+        results = {"h": h_n}
+        if a["returns"] in ("sequence", "all"):
+            results["sequence"] = g.one("Transpose", [sequence], perm=[1, 0, 2])
         if name == "LSTM":
             results["c"] = finals[1][0] if layers == 1 else g.one("Concat", finals[1], axis=0)
         returns = a["returns"]
