@@ -12,6 +12,7 @@ strict shape inference.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -51,7 +52,7 @@ def lower(program: ir.ProgramIR, module: ir.ModuleIR, weights: dict[str, np.ndar
     inputs = [Value(p.name, p.type) for p in module.inputs]
     outputs = _Lowering(program, graph).module(module, "", inputs)
     _name_outputs(graph, module.outputs, outputs)
-    _fold_batchnorm(graph)
+    _fold_batchnorm(graph, {p.name for p in module.outputs})
     onnx_graph = helper.make_graph(
         graph.nodes,
         module.spec_name,
@@ -80,9 +81,9 @@ def _name_outputs(graph: Graph, ports: list[ir.Port], values: list[Value]) -> No
         node.input[:] = [renamed.get(n, n) for n in node.input]
 
 
-def _fold_batchnorm(graph: Graph) -> None:
+def _fold_batchnorm(graph: Graph, outputs: set[str]) -> None:
     """Conv -> BatchNormalization (inference) becomes one Conv with scaled weights, as PyTorch's exporter and
-    onnxruntime do; the Conv's output must feed nothing else."""
+    onnxruntime do; the Conv's output must feed nothing else (and not be a graph output)."""
     from onnx import numpy_helper
 
     consumers: dict[str, int] = {}
@@ -94,7 +95,7 @@ def _fold_batchnorm(graph: Graph) -> None:
     kept = []
     for node in graph.nodes:
         conv = producers.get(node.input[0]) if node.op_type == "BatchNormalization" else None
-        if conv is None or conv.op_type != "Conv" or consumers.get(conv.output[0]) != 1:
+        if conv is None or conv.op_type != "Conv" or consumers.get(conv.output[0]) != 1 or conv.output[0] in outputs:
             kept.append(node)
             continue
         if not all(n in init for n in [*node.input[1:], *conv.input[1:]]):
@@ -285,8 +286,6 @@ def index(g: Graph, x: Value, items: list[Any], out: TensorType) -> str:
 
 def _renamed(sub: ir.Submodule, attr: str) -> ir.Submodule:
     """A container's child, keyed by its position as nn.Sequential and nn.ModuleList key it."""
-    from dataclasses import replace
-
     return replace(sub, attr=attr)
 
 
