@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import sys
@@ -37,6 +38,17 @@ class ModelReport:
     verified: bool
     runs: list[dict[str, int]] = field(default_factory=list)
     sha256: str = ""  # of the .onnx file, so the runtime can tell a damaged copy
+    quantized: QuantizedReport | None = None  # `--quantize int8`: the second, smaller graph
+
+
+@dataclass
+class QuantizedReport:
+    onnx: str
+    sha256: str
+    bytes: int
+    fp32_bytes: int
+    max_abs_diff: float
+    tolerance: float  # relative to the output's largest magnitude (at least 1), as verification states it
 
 
 @dataclass
@@ -68,10 +80,12 @@ def build(
     vocab: list[str] | None = None,
     train_overrides: dict[str, Any] | None = None,
     data_dir: str | Path | None = None,
+    quantize: str | None = None,
 ) -> BuildResult:
     """Compile, export and verify. `labels` (class names) go into the metadata of every model with
     an output over that many classes; `vocab` (tokens by id) into every model's metadata. The train
-    section takes `train_overrides` (`--set epochs=3`) and finds its data files in `data_dir`."""
+    section takes `train_overrides` (`--set epochs=3`) and finds its data files in `data_dir`. `quantize="int8"`
+    also writes `<model>.int8.onnx` (dynamically quantized weights), verified at INT8_TOLERANCE."""
     program = check_file(spec, overrides, train_overrides, data_dir)
     if labels:
         program.labels = {m.spec_name: list(labels) for m in program.exported if _classifies(m, len(labels))}
@@ -87,7 +101,7 @@ def build(
             _stage_train_script(program, staging, list(overrides or []), train_overrides, out)
         reports = []
         if export_onnx:
-            reports = _export_all(program, python_path, staging, verify_onnx, seed, state_dicts or {})
+            reports = _export_all(program, python_path, staging, verify_onnx, seed, state_dicts or {}, quantize)
         manifest = _manifest(program, stem, reports)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _publish(staging, out)
@@ -125,7 +139,7 @@ def _publish(staging: Path, out: Path) -> None:
         os.replace(item, out / item.name)
 
 
-def _export_all(program, python_path, staging, verify_onnx, seed, state_dicts) -> list[ModelReport]:
+def _export_all(program, python_path, staging, verify_onnx, seed, state_dicts, quantize=None) -> list[ModelReport]:
     import torch
 
     from dslc.export_onnx import ExportError, export
@@ -153,8 +167,47 @@ def _export_all(program, python_path, staging, verify_onnx, seed, state_dicts) -
                     module.loc, f"ONNX verification of '{module.spec_name}' failed: " + "; ".join(checked.problems)
                 )
             report.max_abs_diff, report.verified, report.runs = checked.max_abs_diff, True, checked.runs
+        if quantize == "int8":
+            report.quantized = _quantize_int8(model, program, module, onnx_path)
         reports.append(report)
     return reports
+
+
+INT8_TOLERANCE = 0.05  # 8-bit weights and activations: within 5% of the output's largest magnitude
+
+
+def _quantize_int8(model, program: ir.ProgramIR, module: ir.ModuleIR, onnx_path: Path) -> QuantizedReport:
+    """`<model>.int8.onnx`: onnxruntime's dynamic quantization of the matrix products and embedding tables
+    (8-bit weights, activations quantized per call), verified against PyTorch like the float graph."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from dslc.verify import verify
+
+    path = onnx_path.with_name(f"{module.spec_name}.int8.onnx")
+    logging.disable(logging.WARNING)  # onnxruntime's advice to pre-process, printed on every call
+    try:
+        quantize_dynamic(
+            onnx_path, path, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm", "Gather"]
+        )
+    finally:
+        logging.disable(logging.NOTSET)
+    checked = verify(model, module, path, tolerance=INT8_TOLERANCE, program=program)
+    if not checked.passed:
+        raise error(
+            module.loc,
+            f"the int8 graph of '{module.spec_name}' is not within {INT8_TOLERANCE:.0%} of PyTorch: "
+            + "; ".join(checked.problems),
+            "build without --quantize; this model loses too much at 8 bits",
+        )
+    data = path.read_bytes()
+    return QuantizedReport(
+        path.name,
+        hashlib.sha256(data).hexdigest(),
+        len(data),
+        onnx_path.stat().st_size,
+        checked.max_abs_diff,
+        INT8_TOLERANCE,
+    )
 
 
 def _classifies(module: ir.ModuleIR, classes: int) -> bool:
@@ -183,6 +236,9 @@ def _manifest(program: ir.ProgramIR, stem: str, reports: list[ModelReport]) -> d
                 verified=report.verified,
                 max_abs_diff=report.max_abs_diff,
             )
+            if report.quantized:
+                q = report.quantized
+                entry["int8"] = {"onnx": q.onnx, "onnx_sha256": q.sha256, "max_abs_diff": q.max_abs_diff}
         if program.labels.get(module.spec_name):
             entry["labels"] = program.labels[module.spec_name]
         if program.vocab:

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from dslc import __version__
-from dslc.errors import DslcError
+from dslc.errors import DslcError, error
 from dslc.pytext import module_name
 from dslc.training import flags as train_flags
 
@@ -146,9 +146,17 @@ def _print_shapes(program) -> None:
 )
 @click.option("--no-onnx", is_flag=True, help="Write only the PyTorch code.")
 @click.option("--no-verify", is_flag=True, help="Skip running the ONNX graph against PyTorch.")
+@click.option(
+    "--quantize",
+    type=click.Choice(["int8"]),
+    default=None,
+    help="Also write <model>.int8.onnx: 8-bit weights (dynamic quantization), verified within 5%.",
+)
 @_set_option
 @_report_errors
-def build(spec: str, out_dir: str | None, no_onnx: bool, no_verify: bool, overrides: tuple[str, ...]) -> None:
+def build(
+    spec: str, out_dir: str | None, no_onnx: bool, no_verify: bool, quantize: str | None, overrides: tuple[str, ...]
+) -> None:
     """Compile a spec to PyTorch code and verified ONNX graphs.
 
     \b
@@ -160,7 +168,17 @@ def build(spec: str, out_dir: str | None, no_onnx: bool, no_verify: bool, overri
 
     consts, settings = split_overrides(spec, list(overrides))
     out = Path(out_dir or Path("build") / module_name(Path(spec).stem))
-    result = run_build(spec, out, consts, export_onnx=not no_onnx, verify_onnx=not no_verify, train_overrides=settings)
+    if quantize and (no_onnx or no_verify):
+        raise error(None, "--quantize writes a second, verified ONNX file", "drop --no-onnx and --no-verify")
+    result = run_build(
+        spec,
+        out,
+        consts,
+        export_onnx=not no_onnx,
+        verify_onnx=not no_verify,
+        train_overrides=settings,
+        quantize=quantize,
+    )
     click.echo(f"wrote {result.python_path}")
     train_script = result.python_path.with_name(f"{result.python_path.stem}_train.py")
     if result.program.train is not None and train_script.exists():
@@ -175,6 +193,12 @@ def build(spec: str, out_dir: str | None, no_onnx: bool, no_verify: bool, overri
         else:
             line += "; not verified (--no-verify)"
         click.echo(line)
+        q = report.quantized
+        if q:
+            click.echo(
+                f"wrote {out / q.onnx}: int8, {q.bytes:,} bytes ({q.bytes / q.fp32_bytes:.2f}x the float32 file); "
+                f"onnxruntime within {q.tolerance:.0%} of PyTorch (max abs diff {q.max_abs_diff:.1e})"
+            )
 
 
 # ---------------------------------------------------------------- tools: fmt, graph, init, completion
