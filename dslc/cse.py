@@ -118,17 +118,8 @@ def _repeated(e: ir.Expr) -> list[ir.Expr]:
         stack.extend(reversed(ir.operands(node)))
     chosen = [first[k] for k in order if counts[k] > 1]
     # An expression inside a chosen one is computed once with it: keep only the outermost.
-    inner = {_key(x) for c in chosen for x in _subexpressions(c) if x is not c}
+    inner = {_key(x) for c in chosen for x in ir.subexpressions(c) if x is not c}
     return [c for c in chosen if _key(c) not in inner]
-
-
-def _subexpressions(e: ir.Expr) -> list[ir.Expr]:
-    found, stack = [], [e]
-    while stack:
-        node = stack.pop()
-        found.append(node)
-        stack.extend(ir.operands(node))
-    return found
 
 
 def _reuse(e: ir.Expr, available: dict[Any, str], any_expr: bool = False) -> ir.Expr:
@@ -231,8 +222,8 @@ class _Names:
         taken = {p.name for p in [*module.inputs, *module.outputs]} | {p.name for p in module.class_params}
         for stmt in module.statements():
             taken |= set(getattr(stmt, "targets", ())) | {getattr(stmt, "target", "")}
-            for value in _values(stmt):
-                taken |= {x.name for x in _subexpressions(value) if isinstance(x, ir.Var)}
+            for value in ir.values(stmt):
+                taken |= {x.name for x in ir.subexpressions(value) if isinstance(x, ir.Var)}
         return cls(taken)
 
     def fresh(self, stem: str) -> str:
@@ -242,11 +233,3 @@ class _Names:
         name = f"{stem}{n}"
         self.taken.add(name)
         return name
-
-
-def _values(stmt: ir.Stmt) -> list[ir.Expr]:
-    if isinstance(stmt, ir.Assign):
-        return [stmt.value]
-    if isinstance(stmt, ir.RepeatLoop):
-        return [stmt.first, *stmt.extra]
-    return []

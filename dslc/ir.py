@@ -118,6 +118,16 @@ def operands(e: Expr) -> list[Expr]:
     return []
 
 
+def subexpressions(e: Expr) -> list[Expr]:
+    """`e` and every expression inside it, walked without recursion."""
+    found, stack = [], [e]
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        stack.extend(operands(node))
+    return found
+
+
 def nesting(e: Expr) -> int:
     """How deeply `e` nests calls and operators (a name or a number is 1), walked without recursion."""
     deepest, stack = 0, [(e, 1)]
@@ -180,6 +190,15 @@ class Choice(Stmt):
     conditions: list[Any]
     has_else: bool
     arms: list[list[Stmt] | None]
+
+
+def values(stmt: Stmt) -> list[Expr]:
+    """The expressions a statement computes."""
+    if isinstance(stmt, Assign):
+        return [stmt.value]
+    if isinstance(stmt, RepeatLoop):
+        return [stmt.first, *stmt.extra]
+    return []
 
 
 def flat_statements(body: list[Stmt]) -> Iterator[Stmt]:

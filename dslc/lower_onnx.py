@@ -38,8 +38,8 @@ def lowerable(program: ir.ProgramIR, module: ir.ModuleIR) -> str | None:
             if sub.kind == "op" and REGISTRY[sub.op].onnx is None:
                 return sub.op
         for stmt in mod.statements():
-            for value in _values(stmt):
-                for e in _subexpressions(value):
+            for value in ir.values(stmt):
+                for e in ir.subexpressions(value):
                     if isinstance(e, ir.OpCall) and REGISTRY[e.op].onnx is None:
                         return e.op
     return None
@@ -249,28 +249,23 @@ def floor_divide(g: Graph, a: Value, b: Value) -> str:
 
 def index(g: Graph, x: Value, items: list[Any], out: TensorType) -> str:
     """`x[...]` with integers, slices, `...` and None (new axes): Slice, then Gather for integers (which
-    drop their axis), then Unsqueeze for the new axes."""
-    explicit = sum(1 for i in items if i is not Ellipsis and i is not None)
-    expanded: list[Any] = []
-    for item in items:
-        if item is Ellipsis:
-            expanded += [ir.SliceItem(None, None, None)] * (x.type.rank - explicit)
-        else:
-            expanded.append(item)
-    expanded += [ir.SliceItem(None, None, None)] * (x.type.rank - sum(1 for i in expanded if i is not None))
+    drop their axis), then Unsqueeze for the new axes at their places in the result."""
+    from dslc.tensor_rules import expand_index
+
     starts, ends, axes, steps, picks, new_axes = [], [], [], [], [], []
-    axis = 0
-    for position, item in enumerate(expanded):
+    axis = kept = 0  # the input's dimension, and the result's dimensions so far
+    for item in expand_index(items, x.type.rank):
         if item is None:
-            new_axes.append(position)
+            new_axes.append(kept)
+            kept += 1
             continue
         if isinstance(item, ir.SliceItem):
             if (item.start, item.stop, item.step) != (None, None, None):
-                step = item.step or 1
                 starts.append(item.start if item.start is not None else 0)
                 ends.append(item.stop if item.stop is not None else 2**63 - 1)
                 axes.append(axis)
-                steps.append(step)
+                steps.append(item.step or 1)
+            kept += 1
         else:
             picks.append((axis, int(item)))
         axis += 1
@@ -313,22 +308,6 @@ def _all_submodules(subs: list[ir.Submodule]) -> Iterator[ir.Submodule]:
         stack.extend(sub.children)
 
 
-def _values(stmt: ir.Stmt) -> list[ir.Expr]:
-    if isinstance(stmt, ir.Assign):
-        return [stmt.value]
-    if isinstance(stmt, ir.RepeatLoop):
-        return [stmt.first, *stmt.extra]
-    return []
-
-
-def _subexpressions(e: ir.Expr) -> Iterator[ir.Expr]:
-    stack = [e]
-    while stack:
-        node = stack.pop()
-        yield node
-        stack.extend(ir.operands(node))
-
-
 def reshape(g: Graph, x: Value, target: list[Any]) -> str:
     """Reshape to `target`: sizes, -1, and ("size", i) for the input's size i (0 where it keeps its position,
     else read from Shape at run time)."""
@@ -346,5 +325,4 @@ def reshape(g: Graph, x: Value, target: list[Any]) -> str:
         return g.one("Reshape", [x.name, g.ints(entries)])
     shape = g.one("Shape", [x.name])
     parts = [g.one("Gather", [shape, g.ints([e[1]])], axis=0) if isinstance(e, tuple) else g.ints([e]) for e in entries]
-    parts = [g.ints([0]) if not isinstance(e, tuple) and e == 0 else p for e, p in zip(entries, parts)]
     return g.one("Reshape", [x.name, g.one("Concat", parts, axis=0)])

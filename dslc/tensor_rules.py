@@ -64,6 +64,19 @@ def result_dtype(a: ir.Expr, b: ir.Expr) -> str | None:
     return None
 
 
+def expand_index(items: list, rank: int) -> list:
+    """The index with `...` and the missing trailing dimensions written out as full slices: one item per
+    dimension of the input, plus None for each new axis."""
+    explicit = sum(1 for i in items if i is not Ellipsis and i is not None)
+    expanded = []
+    for item in items:
+        if item is Ellipsis:
+            expanded += [ir.SliceItem(None, None, None)] * (rank - explicit)
+        else:
+            expanded.append(item)
+    return expanded + [ir.SliceItem(None, None, None)] * (rank - sum(1 for i in expanded if i is not None))
+
+
 def index_shape(shape, items) -> tuple[tuple, list[tuple[Sym, int]]]:
     """The shape after indexing, and what each symbolic size indexed must be at least."""
     explicit = sum(1 for i in items if i is not Ellipsis and i is not None)
@@ -71,13 +84,7 @@ def index_shape(shape, items) -> tuple[tuple, list[tuple[Sym, int]]]:
         raise ShapeError(f"too many indices ({explicit}) for a tensor of shape [{', '.join(map(str, shape))}]")
     if items.count(Ellipsis) > 1:
         raise ShapeError("at most one '...' per index")
-    expanded = []
-    for item in items:
-        if item is Ellipsis:
-            expanded += [ir.SliceItem(None, None, None)] * (len(shape) - explicit)
-        else:
-            expanded.append(item)
-    expanded += [ir.SliceItem(None, None, None)] * (len(shape) - sum(1 for i in expanded if i is not None))
+    expanded = expand_index(items, len(shape))
     out, needs, axis = [], [], 0
     for item in expanded:
         if item is None:

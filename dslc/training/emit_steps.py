@@ -137,23 +137,20 @@ def _split_comment(line: str) -> tuple[str, str]:
 
 def _outside_autocast(stmt: ir.Stmt) -> bool:
     """Whether the statement calls an op that PyTorch refuses under CUDA autocast (bce on probabilities)."""
-    stack = [stmt.value] if isinstance(stmt, ir.Assign) else []
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ir.OpCall) and not REGISTRY[node.op].autocast:
-            return True
-        stack.extend(ir.operands(node))
-    return False
+    return any(
+        _op(e) is not None and not _op(e).autocast for value in ir.values(stmt) for e in ir.subexpressions(value)
+    )
 
 
 def _draws_batch_sized(statements: list[ir.Stmt]) -> bool:
     """Whether a random draw's sizes name `batch`: the code then reads the current batch's size."""
-    for stmt in statements:
-        stack = [stmt.value] if isinstance(stmt, ir.Assign) else []
-        while stack:
-            node = stack.pop()
-            random = isinstance(node, ir.OpCall) and not REGISTRY[node.op].deterministic
-            if random and any(isinstance(d, Sym) for d in node.init.get("shape", ())):
-                return True
-            stack.extend(ir.operands(node))
-    return False
+    return any(
+        _op(e) is not None and not _op(e).deterministic and any(isinstance(d, Sym) for d in e.init.get("shape", ()))
+        for stmt in statements
+        for value in ir.values(stmt)
+        for e in ir.subexpressions(value)
+    )
+
+
+def _op(e: ir.Expr):
+    return REGISTRY[e.op] if isinstance(e, ir.OpCall) else None

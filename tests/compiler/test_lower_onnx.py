@@ -114,3 +114,13 @@ def test_tied_weights_are_stored_once():
     model.first, model.second = shared, shared
     arrays = state_arrays(model)
     assert arrays["first.weight"] is arrays["second.weight"]
+
+
+def test_new_axes_after_an_integer_index_land_where_the_result_has_them(tmp_path):
+    net, session = _lower_spec(
+        tmp_path,
+        "model m {\n    input x: float32[batch, 6, 5]\n    output a = x[0, none]\n    output b = x[:, 2, none, 1:3]\n}\n",
+    )
+    x = torch.randn(3, 6, 5)
+    for want, got in zip(net(x), session.run(None, {"x": x.numpy()})):
+        np.testing.assert_array_equal(want.detach().numpy(), got)
