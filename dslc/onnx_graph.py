@@ -39,6 +39,11 @@ NUMPY_DTYPES = {
 }
 
 
+def fill_value(value: Any, dtype: str) -> TensorProto:
+    """A one-element tensor, the `value` attribute of ConstantOfShape."""
+    return helper.make_tensor("value", ONNX_DTYPES[dtype], [1], [value])
+
+
 class NotLowerableError(Exception):
     """The native lowering has no ONNX form for this (an op without one, a pattern it cannot write)."""
 

@@ -623,12 +623,9 @@ def _where_onnx(g, xs, outs, a, key):
 
 def _filled_like_onnx(fill: int):
     def lower(g, xs, outs, a, key):
-        from onnx import helper
+        from dslc.onnx_graph import fill_value
 
-        from dslc.onnx_graph import ONNX_DTYPES
-
-        value = helper.make_tensor("value", ONNX_DTYPES[outs[0].dtype], [1], [fill])
-        return g.node("ConstantOfShape", [g.one("Shape", [xs[0].name])], value=value)
+        return g.node("ConstantOfShape", [g.one("Shape", [xs[0].name])], value=fill_value(fill, outs[0].dtype))
 
     return lower
 

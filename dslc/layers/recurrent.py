@@ -372,6 +372,8 @@ def _mha_onnx(g, xs, outs, a, key):
     the causal mask, softmax, and the output projection."""
     import math
 
+    from dslc.onnx_graph import ONNX_DTYPES, fill_value
+
     q_in = xs[0]
     k_in = xs[1] if len(xs) > 1 else q_in
     v_in = xs[2] if len(xs) > 2 else k_in
@@ -399,9 +401,9 @@ def _mha_onnx(g, xs, outs, a, key):
                 [g.one("Gather", [g.one("Shape", [t.name]), g.ints([1])], axis=0) for t in (q_in, k_in)],
                 axis=0,
             )
-            ones = g.one("ConstantOfShape", [lengths], value=_onnx_tensor(1, "int64"))
+            ones = g.one("ConstantOfShape", [lengths], value=fill_value(1, "int64"))
             future = g.one("Trilu", [ones, g.constant(1, "int64", "k")], upper=1)
-            return [g.one("Cast", [future], to=_onnx_dtype("bool")), g.constant(float("-inf"), "float32", "minus_inf")]
+            return [g.one("Cast", [future], to=ONNX_DTYPES["bool"]), g.constant(float("-inf"), "float32", "minus_inf")]
 
         # one mask for every layer whose queries and keys have these (symbolic) lengths
         future, minus_inf = g.memo(("causal", str(q_in.type.shape[1]), str(k_in.type.shape[1])), mask)
@@ -412,15 +414,3 @@ def _mha_onnx(g, xs, outs, a, key):
     )
     out = g.one("MatMul", [merged, g.weight(f"{key}out_proj.weight", transposed=True)])
     return [g.one("Add", [out, g.weight(f"{key}out_proj.bias")])] if a["bias"] else [out]
-
-
-def _onnx_dtype(dtype: str) -> int:
-    from dslc.onnx_graph import ONNX_DTYPES
-
-    return ONNX_DTYPES[dtype]
-
-
-def _onnx_tensor(value, dtype: str):
-    from onnx import helper as onnx_helper
-
-    return onnx_helper.make_tensor("value", _onnx_dtype(dtype), [1], [value])

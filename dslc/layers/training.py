@@ -7,6 +7,8 @@ A loss gives a float32 scalar. Classes are the last dimension, as everywhere in 
 
 from __future__ import annotations
 
+from typing import Any
+
 from dslc.layers.base import Inferred, Op, Param, ShapeError, expect_float, lowering, register, resolve_axis
 from dslc.pytext import py_literal
 from dslc.shapes import Sym, TensorType
@@ -23,22 +25,39 @@ IGNORE_INDEX = Param("ignore_index", "int", -100, "target value that contributes
 BATCH_SIZE = "batch_size"  # the step function's local holding the current batch's size
 
 
-def _loss(name: str, doc: str, infer, functional, params=(), inputs=(2, 2), example: str = "", **extra) -> None:
+def _function(
+    name: str, doc: str, infer, functional, params=(), example: str = "", rule: str = "", **extra: Any
+) -> None:
+    """Register a stateless op written inline (`extra`: any other Op field, e.g. category, prefix, train_only)."""
+    fields = {"category": "function", "prefix": name} | extra
     register(
         Op(
             name=name,
             doc=doc,
             params=params,
             infer=infer,
-            category="loss",
             functional=functional,
-            inputs=inputs,
-            prefix="loss",
-            train_only=True,
             example=example,
-            shape_rule="-> float32[] (a scalar)",
-            **extra,
+            shape_rule=rule,
+            **fields,
         )
+    )
+
+
+def _loss(name: str, doc: str, infer, functional, params=(), inputs=(2, 2), example: str = "", **extra: Any) -> None:
+    _function(
+        name,
+        doc,
+        infer,
+        functional,
+        params,
+        example,
+        "-> float32[] (a scalar)",
+        category="loss",
+        prefix="loss",
+        inputs=inputs,
+        train_only=True,
+        **extra,
     )
 
 
@@ -310,21 +329,18 @@ for _name, _func, _doc in (
     ("normal", "torch.randn", "Standard normal noise of the given sizes (`batch` is the current batch size)."),
     ("uniform", "torch.rand", "Uniform noise in [0, 1) of the given sizes (`batch` is the current batch size)."),
 ):
-    register(
-        Op(
-            name=_name,
-            doc=_doc,
-            params=(Param("shape", "dims", (), "sizes: numbers and batch"),),
-            infer=_noise_infer,
-            category="function",
-            functional=_noise_src(_func),
-            inputs=(0, 0),
-            prefix="noise",
-            deterministic=False,
-            train_only=True,
-            example=f"z = {_name}(batch, 100)",
-            shape_rule="-> float32[sizes]",
-        )
+    _function(
+        _name,
+        _doc,
+        _noise_infer,
+        _noise_src(_func),
+        (Param("shape", "dims", (), "sizes: numbers and batch"),),
+        f"z = {_name}(batch, 100)",
+        "-> float32[sizes]",
+        inputs=(0, 0),
+        prefix="noise",
+        deterministic=False,
+        train_only=True,
     )
 
 
@@ -354,27 +370,6 @@ def _repeat_infer(args, inputs):
     axis = resolve_axis(args["dim"], x, "repeat")
     shape = [*x.shape[:axis], x.shape[axis] * args["times"], *x.shape[axis + 1 :]]
     return Inferred([x.with_shape(shape)], dict(args) | {"dim": axis})
-
-
-def _floor_div_infer(args, inputs):
-    return Inferred([inputs[0]], dict(args))
-
-
-def _function(name: str, doc: str, infer, functional, params=(), example: str = "", rule: str = "", **extra) -> None:
-    register(
-        Op(
-            name=name,
-            doc=doc,
-            params=params,
-            infer=infer,
-            category="function",
-            functional=functional,
-            prefix=name,
-            example=example,
-            shape_rule=rule,
-            **extra,
-        )
-    )
 
 
 _function(
@@ -417,7 +412,7 @@ _function(
 _function(
     "floor_div",
     "Integer division rounding down, e.g. sequence lengths after a stride-2 layer (the same as `x // n`).",
-    _floor_div_infer,
+    _same,
     lambda xs, a: f'torch.div({xs[0]}, {py_literal(a["divisor"])}, rounding_mode="floor")',
     (Param("divisor", "int", low=1),),
     example="frames = floor_div(lengths - 1, 2) + 1",

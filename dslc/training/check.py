@@ -570,11 +570,19 @@ def _assigns_loss(stmt: ir.Stmt) -> bool:
     return isinstance(stmt, ir.Assign) and stmt.targets == ["loss"]
 
 
+def _definitions(body: TrainBody) -> dict[str, ir.Expr]:
+    """Each tensor the step (or the train section before it) computes, by name: the expression computing it."""
+    definitions: dict[str, ir.Expr] = {}
+    for scope in (body.parent, body):
+        for stmt in scope.body if scope else ():
+            if isinstance(stmt, ir.Assign):
+                definitions.update(dict.fromkeys(stmt.targets, stmt.value))
+    return definitions
+
+
 def _terms(e: ir.Expr, body: TrainBody) -> list[ir.Expr]:
-    """Every expression `e` computes, the step's tensors it reads followed into their definitions."""
-    definitions = {
-        stmt.targets[0]: stmt.value for stmt in body.body if isinstance(stmt, ir.Assign) and len(stmt.targets) == 1
-    }
+    """Every expression `e` computes, the tensors it reads followed into their definitions."""
+    definitions = _definitions(body)
     found, stack, seen = [], [e], set()
     while stack:
         node = stack.pop()
@@ -590,11 +598,7 @@ def _models_reached(loss: ir.Expr, body: TrainBody) -> set[str]:
     """The models whose parameters the loss's gradient reaches: through model calls and their inputs (the
     generator inside `discriminator(generator(z))`) and the train tensors read, not through detach(...) or
     integer and bool values."""
-    definitions: dict[str, ir.Expr] = {}
-    for scope in (body.parent, body):
-        for stmt in scope.body if scope else ():
-            if isinstance(stmt, ir.Assign):
-                definitions.update(dict.fromkeys(stmt.targets, stmt.value))
+    definitions = _definitions(body)
     reached, stack, seen = set(), [loss], set()
     while stack:
         node = stack.pop()
