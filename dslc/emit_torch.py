@@ -531,7 +531,7 @@ def format_long_lines(text: str) -> str:
         if in_docstring or len(line) <= WIDTH or line.lstrip().startswith("#"):
             out.append(line)
             continue
-        code, comment_text = _split_comment(line)
+        code, comment_text = split_comment(line)
         indent = line[: len(line) - len(line.lstrip())]
         if comment_text:
             out.append(f"{indent}{comment_text}")
@@ -539,7 +539,7 @@ def format_long_lines(text: str) -> str:
     return "\n".join(out)
 
 
-def _split_comment(line: str) -> tuple[str, str]:
+def split_comment(line: str) -> tuple[str, str]:
     """(code, "# comment") of a line; the comment is "" when there is none (a '#' in a string is not one)."""
     mask = _string_mask(line)
     for i, char in enumerate(line):
@@ -593,20 +593,20 @@ def _split_top_level(body: str) -> list[str]:
 
 
 def _string_mask(text: str) -> list[bool]:
-    """True for characters inside string literals (generated code uses double-quoted strings)."""
-    mask, inside, escaped = [], False, False
+    """True for characters inside string literals, double- or single-quoted (generated code and spec lines)."""
+    mask, quote, escaped = [], None, False
     for c in text:
-        if inside:
+        if quote:
             mask.append(True)
             if escaped:
                 escaped = False
             elif c == "\\":
                 escaped = True
-            elif c == '"':
-                inside = False
+            elif c == quote:
+                quote = None
         else:
-            inside = c == '"'
-            mask.append(inside)
+            quote = c if c in "\"'" else None
+            mask.append(quote is not None)
     return mask
 
 

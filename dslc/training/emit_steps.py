@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from dslc import emit_torch, ir, traced
-from dslc.emit_torch import WIDTH, shorten
+from dslc.emit_torch import WIDTH, shorten, split_comment
 from dslc.layers import REGISTRY
 from dslc.layers.training import BATCH_SIZE
 from dslc.pytext import TRAIN_SCRIPT_NAMES, comment, py_literal
@@ -110,29 +110,13 @@ class _StepWriter:
 
 def _source_comment(number: int, line: str) -> list[str]:
     """`# line 40: loss = ...` and the spec's own comment, on the same line when both fit."""
-    code, note = (comment(part) for part in _split_comment(line))
+    code, note = split_comment(line.strip())
+    code, note = comment(code), comment(note.lstrip("#").strip())
     lines = [f"# line {number}: {shorten(code, WIDTH - 20)}"]
     if note:
         together = f"{lines[0]}  # {note}"
         lines = [together] if len(I1 + together) <= WIDTH else [*lines, f"# {shorten(note, WIDTH - 10)}"]
     return lines
-
-
-def _split_comment(line: str) -> tuple[str, str]:
-    """A spec line's code and its `#` comment (a `#` inside a string literal is code)."""
-    quote, i = None, 0
-    while i < len(line):
-        char = line[i]
-        if quote and char == "\\":
-            i += 1  # an escaped character, the quote too
-        elif quote and char == quote:
-            quote = None
-        elif not quote and char in "\"'":
-            quote = char
-        elif not quote and char == "#":
-            return line[:i].strip(), line[i + 1 :].strip()
-        i += 1
-    return line.strip(), ""
 
 
 def _outside_autocast(stmt: ir.Stmt) -> bool:
