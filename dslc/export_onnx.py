@@ -10,7 +10,6 @@ valid id.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,17 +68,6 @@ VALUE_OPS = frozenset(
 )
 
 Taint = frozenset  # of input positions whose values an expression may hold
-
-
-def _run_statements(body: list[ir.Stmt]) -> Iterator[ir.Stmt]:
-    """The statements a module runs, in order: a statement holding a `body` (the arm a compile-time `if`
-    takes) stands for the statements in it."""
-    for stmt in body:
-        inner = getattr(stmt, "body", None)
-        if isinstance(inner, list):
-            yield from _run_statements(inner)
-        else:
-            yield stmt
 
 
 class _Bounds:
@@ -161,7 +149,7 @@ class _Bounds:
                 taint(x)
             return [Taint()] * outputs
 
-        for stmt in _run_statements(module.body):
+        for stmt in module.statements():
             if isinstance(stmt, ir.Assign):
                 values = taint(stmt.value)
                 if len(values) != len(stmt.targets):
