@@ -58,11 +58,11 @@ class Op:
     prefix: str = "layer"  # stem of generated attribute names: conv1, fc2, ...
     aliases: tuple[str, ...] = ()
     helpers: tuple[str, ...] = ()  # names of helper functions (HELPERS) the emitted code calls
-    repeats_input: bool = False  # the code reads its input twice (`x.reshape(x.size(0), ...)`): pass a name
     deterministic: bool = True  # False for random draws: two calls are two draws, never merged
     train_only: bool = False  # losses and noise: a train section's, not a model's (ONNX has no use for them)
     scalar_inputs: bool = False  # a number may stand for a tensor input (`bce_with_logits(score, 1.0)`)
-    reads_twice: Callable[[dict[str, Any]], tuple[int, ...]] | None = None  # inputs the code reads twice, by init
+    # The inputs the code reads twice (`x.reshape(x.size(0), ...)`), by init: each is passed as a name (dslc.cse).
+    reads_twice: Callable[[dict[str, Any]], tuple[int, ...]] | None = None
     # A loss over class ids: (the input holding them, the number of classes, the ignored id), or None,
     # by init; the training script checks the data's ids against it once, before training.
     class_ids: Callable[[dict[str, Any]], tuple[int, Any, int | None] | None] | None = None
@@ -82,15 +82,18 @@ class Op:
 
     def inputs_read_twice(self, init: dict[str, Any]) -> tuple[int, ...]:
         """The inputs the generated code mentions twice: each must be a name, not a repeated computation."""
-        if self.reads_twice is not None:
-            return self.reads_twice(init)
-        return (0,) if self.repeats_input else ()
+        return self.reads_twice(init) if self.reads_twice is not None else ()
 
     def call(self, module: str, inputs: list[str], init: dict[str, Any]) -> str:
         """The forward() code calling the layer's submodule: `self.pool(x)` unless the op says otherwise."""
         if self.forward is not None:
             return self.forward(module, inputs, init)
         return f"{module}({', '.join(inputs)})"
+
+
+def reads_first_input(init: dict[str, Any]) -> tuple[int, ...]:
+    """`reads_twice` of an op whose code mentions its (first) input twice whatever its arguments."""
+    return (0,)
 
 
 REGISTRY: dict[str, Op] = {}

@@ -12,6 +12,7 @@ from dslc.layers.base import (
     expect_float,
     lowering,
     pycall,
+    reads_first_input,
     register,
     resolve_axis,
 )
@@ -489,7 +490,7 @@ register(
         infer=_positions_infer,
         category="function",
         functional=lambda xs, a: f"torch.arange({xs[0]}.size({py_literal(a['dim'])}), device={xs[0]}.device)",
-        repeats_input=True,
+        reads_twice=reads_first_input,
         prefix="positions",
         example="pos = positions(tokens, dim=time) -> Embedding(max_len, d_model)",
         shape_rule="[..., n, ...] -> int64[n]",

@@ -15,6 +15,7 @@ from dslc.layers.base import (
     lowering,
     non_default,
     pycall,
+    reads_first_input,
     register,
     static,
 )
@@ -274,7 +275,7 @@ register(
         category="layer",
         module=_mha_module,
         forward=_mha_forward,
-        repeats_input=True,  # self-attention passes its one input as query, key and value
+        reads_twice=reads_first_input,  # self-attention passes its one input as query, key and value
         inputs=(1, 3),
         prefix="attn",
         param_count=lambda a: (

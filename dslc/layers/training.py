@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from dslc.layers.base import Inferred, Op, Param, ShapeError, expect_float, lowering, register, resolve_axis
+from dslc.layers.base import (
+    Inferred,
+    Op,
+    Param,
+    ShapeError,
+    expect_float,
+    lowering,
+    reads_first_input,
+    register,
+    resolve_axis,
+)
 from dslc.pytext import py_literal
 from dslc.shapes import Sym, TensorType
 
@@ -398,7 +408,7 @@ _function(
     lambda xs, a: f"torch.arange({xs[0]}.shape[1], device={xs[0]}.device).expand({xs[0]}.shape[0], -1)",
     example="positions = position_ids(tokens)",
     rule="[batch, time, ...] -> int64[batch, time]",
-    repeats_input=True,
+    reads_twice=reads_first_input,
 )
 _function(
     "repeat",
