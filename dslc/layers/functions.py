@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from dslc.layers.base import (
     Inferred,
     Op,
@@ -23,27 +26,35 @@ from dslc.traced import plain
 # ---------------------------------------------------------------- activations
 
 
-def _same(args, inputs):
-    expect_float(inputs[0], "this activation")
-    return Inferred([inputs[0]], dict(args))
+def _elementwise(name: str, check: Callable[[dict[str, Any]], None] | None = None) -> Callable[..., Inferred]:
+    """The shape rule of an activation: a float tensor in, the same type out, after `check` of its arguments."""
+
+    def infer(args, inputs):
+        expect_float(inputs[0], name)
+        if check is not None:
+            check(args)
+        return Inferred([inputs[0]], dict(args))
+
+    return infer
 
 
-def _activation(name, alias, doc, torch_fn, params=(), module_args=()):
-    def functional(xs, a):
-        return pycall(torch_fn, Src(xs[0]), **{k: a[k] for k, _ in module_args if differs(a[k], dict(module_args)[k])})
+def _activation(name: str, alias: str, doc: str, torch_fn: str, params: tuple[Param, ...] = (), check=None) -> None:
+    """An activation written inline as `torch_fn(x, ...)`, or as `nn.<name>(...)` where it is named or grouped; its
+    parameters' defaults are PyTorch's, so only arguments that differ are written."""
+    defaults = {p.name: p.default for p in params}
 
-    def module(a):
-        return pycall(f"nn.{name}", **{k: a[k] for k, _ in module_args if differs(a[k], dict(module_args)[k])})
+    def written(a):
+        return {k: a[k] for k in defaults if differs(a[k], defaults[k])}
 
     register(
         Op(
             name=name,
             doc=doc,
             params=params,
-            infer=_same,
+            infer=_elementwise(name, check),
             category="activation",
-            module=module,
-            functional=functional,
+            module=lambda a: pycall(f"nn.{name}", **written(a)),
+            functional=lambda xs, a: pycall(torch_fn, Src(xs[0]), **written(a)),
             prefix=alias,
             aliases=(alias,),
             example=f"x -> {name}",
@@ -52,18 +63,36 @@ def _activation(name, alias, doc, torch_fn, params=(), module_args=()):
     )
 
 
+def _positive_beta(args):
+    if not plain(args["beta"]) > 0:
+        raise ShapeError(f"Softplus: beta must be positive, got {args['beta']}", "beta=1.0 is log(1 + exp(x))")
+
+
 _activation("ReLU", "relu", "max(x, 0)", "torch.relu")
+_activation("ReLU6", "relu6", "min(max(x, 0), 6)", "F.relu6")
 _activation("Tanh", "tanh", "Hyperbolic tangent.", "torch.tanh")
 _activation("Sigmoid", "sigmoid", "1 / (1 + exp(-x))", "torch.sigmoid")
+_activation("Hardsigmoid", "hardsigmoid", "Piecewise-linear sigmoid: clamp(x / 6 + 1/2, 0, 1).", "F.hardsigmoid")
 _activation("SiLU", "silu", "x * sigmoid(x) (swish).", "F.silu")
-_activation("Softplus", "softplus", "log(1 + exp(x))", "F.softplus")
+_activation("Hardswish", "hardswish", "x * hardsigmoid(x), MobileNetV3's cheap swish.", "F.hardswish")
+_activation("Mish", "mish", "x * tanh(softplus(x)).", "F.mish")
+_activation(
+    "Softplus",
+    "softplus",
+    "log(1 + exp(beta * x)) / beta, and x itself where beta * x > threshold.",
+    "F.softplus",
+    (
+        Param("beta", "float", 1.0, "sharpness; must be positive", low=0.0, high=1e3),
+        Param("threshold", "float", 20.0, "above beta * x = threshold the output is x", low=-1e3, high=1e3),
+    ),
+    check=_positive_beta,
+)
 _activation(
     "GELU",
     "gelu",
     "Gaussian error linear unit; approximate='tanh' for the tanh approximation.",
     "F.gelu",
     (Param("approximate", "str", "none", "none or tanh", ("none", "tanh")),),
-    (("approximate", "none"),),
 )
 _activation(
     "LeakyReLU",
@@ -71,7 +100,6 @@ _activation(
     "x if x > 0 else negative_slope * x",
     "F.leaky_relu",
     (Param("negative_slope", "float", 0.01, "slope for x < 0", low=-1e3, high=1e3),),  # more overflows float32
-    (("negative_slope", 0.01),),
 )
 _activation(
     "ELU",
@@ -79,7 +107,6 @@ _activation(
     "x if x > 0 else alpha * (exp(x) - 1)",
     "F.elu",
     (Param("alpha", "float", 1.0, "scale for x < 0", low=-1e3, high=1e3),),
-    (("alpha", 1.0),),
 )
 
 
@@ -505,7 +532,8 @@ _ONNX_ELEMENTWISE = {
     "ReLU": "Relu",
     "Tanh": "Tanh",
     "Sigmoid": "Sigmoid",
-    "Softplus": "Softplus",
+    "Hardswish": "HardSwish",
+    "Mish": "Mish",
     "exp": "Exp",
     "log": "Log",
     "sqrt": "Sqrt",
@@ -520,6 +548,34 @@ for _name, _onnx in _ONNX_ELEMENTWISE.items():
 @lowering("SiLU")
 def _silu_onnx(g, xs, outs, a, key):
     return g.node("Mul", [xs[0].name, g.one("Sigmoid", [xs[0].name])])
+
+
+@lowering("ReLU6")
+def _relu6_onnx(g, xs, outs, a, key):
+    x = xs[0]
+    return g.node("Clip", [x.name, g.constant(0, x.type.dtype, "zero"), g.constant(6, x.type.dtype, "six")])
+
+
+@lowering("Hardsigmoid")
+def _hardsigmoid_onnx(g, xs, outs, a, key):
+    return g.node("HardSigmoid", [xs[0].name], alpha=1 / 6, beta=0.5)  # ONNX's default alpha is 0.2, PyTorch's 1/6
+
+
+@lowering("Softplus")
+def _softplus_onnx(g, xs, outs, a, key):
+    """ONNX Softplus is log(1 + exp(x)): scaled by beta, and x itself where beta * x passes a threshold under 20
+    (from 20 up, log(1 + exp(x)) rounds to x in float32, so PyTorch's linear branch changes nothing)."""
+    x = xs[0]
+    beta, threshold = float(plain(a["beta"])), float(plain(a["threshold"]))
+    scale = g.constant(beta, x.type.dtype, "beta") if beta != 1.0 else None
+    scaled = g.one("Mul", [x.name, scale]) if scale else x.name
+    soft = g.one("Softplus", [scaled])
+    if scale:
+        soft = g.one("Div", [soft, scale])
+    if threshold >= 20.0:
+        return [soft]
+    linear = g.one("Greater", [scaled, g.constant(threshold, x.type.dtype, "threshold")])
+    return g.node("Where", [linear, x.name, soft])
 
 
 @lowering("rsqrt")
