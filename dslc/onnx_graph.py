@@ -62,7 +62,7 @@ class Graph:
     initializers: dict[str, onnx.TensorProto] = field(default_factory=dict)
     weights: dict[str, np.ndarray] = field(default_factory=dict)  # state_dict key -> array
     used: set[str] = field(default_factory=set)
-    _weight_names: dict[tuple[int, bool], str] = field(default_factory=dict)  # (id of an array, transposed)
+    _weight_names: dict[tuple[int, bool, tuple[int, ...] | None], str] = field(default_factory=dict)  # see weight
     _memo: dict[Any, list[str]] = field(default_factory=dict)
 
     def fresh(self, stem: str) -> str:
@@ -94,17 +94,19 @@ class Graph:
     def ints(self, values: list[int] | tuple[int, ...], stem: str = "shape") -> str:
         return self.constant(list(values), "int64", stem)
 
-    def weight(self, key: str, transposed: bool = False) -> str:
-        """The initializer of the state_dict entry `key` (`transposed`: of a matrix's transpose); a tensor
-        shared by two keys (tied weights) is stored once."""
+    def weight(self, key: str, transposed: bool = False, shape: tuple[int, ...] | None = None) -> str:
+        """The initializer of the state_dict entry `key` (`transposed`: of a matrix's transpose; `shape`: reshaped,
+        such as a per-channel [C] to [C, 1, 1] that broadcasts over [N, C, H, W]); a tensor shared by two keys (tied
+        weights) is stored once."""
         if key not in self.weights:
             raise NotLowerableError(f"no weight '{key}' in the state dict")
         array = self.weights[key]
-        cache = (id(array), transposed)
+        cache = (id(array), transposed, shape)
         if cache not in self._weight_names:
             name = self.fresh(f"{key}_t" if transposed else key)
-            data = np.ascontiguousarray(array.T if transposed else array)
-            self.initializers[name] = numpy_helper.from_array(data, name)
+            data = array.T if transposed else array
+            data = data if shape is None else data.reshape(shape)
+            self.initializers[name] = numpy_helper.from_array(np.ascontiguousarray(data), name)
             self._weight_names[cache] = name
         return self._weight_names[cache]
 

@@ -169,33 +169,45 @@ def _batchnorm_onnx(g, xs, outs, a, key):
     return g.node("BatchNormalization", [xs[0].name, scale, shift, *stats], epsilon=float(a["eps"]))
 
 
-def _layernorm_infer(args, inputs):
-    (x,) = inputs
-    expect_float(x, "LayerNorm")
-    n = args["dims"]
-    if not 1 <= n <= x.rank:
-        raise ShapeError(f"LayerNorm: dims={n} is out of range for {x.shape_str()}")
-    shape = tuple(static(d, "normalised size", "LayerNorm") for d in x.shape[-n:])
-    return Inferred([x], {"normalized_shape": shape[0] if n == 1 else shape, **args})
+def _trailing_infer(name: str):
+    """The shape rule of a normalisation over the last `dims` dimensions, whose sizes it infers."""
 
+    def infer(args, inputs):
+        (x,) = inputs
+        expect_float(x, name)
+        n = args["dims"]
+        if not 1 <= n <= x.rank:
+            raise ShapeError(f"{name}: dims={n} is out of range for {x.shape_str()}", f"dims is 1 to {x.rank} here")
+        shape = tuple(static(d, "normalised size", name) for d in x.shape[-n:])
+        return Inferred([x], {"normalized_shape": shape[0] if n == 1 else shape, **args})
+
+    return infer
+
+
+def _trailing_size(a) -> int:
+    return math.prod(pair_of(a["normalized_shape"]))
+
+
+_DIMS = Param("dims", "int", 1, "how many trailing dimensions to normalise")
 
 register(
     Op(
         name="LayerNorm",
         doc="Layer normalisation over the last `dims` dimensions (sizes inferred).",
         params=(
-            Param("dims", "int", 1, "how many trailing dimensions to normalise"),
+            _DIMS,
             Param("eps", "float", 1e-5, "added to the variance", low=0.0, high=1.0),
             Param("elementwise_affine", "bool", True, "learn scale and shift"),
+            Param("bias", "bool", True, "learn the shift too (with elementwise_affine); false: a scale only"),
         ),
-        infer=_layernorm_infer,
+        infer=_trailing_infer("LayerNorm"),
         category="layer",
         module=lambda a: pycall(
-            "nn.LayerNorm", a["normalized_shape"], **non_default(a, eps=1e-5, elementwise_affine=True)
+            "nn.LayerNorm", a["normalized_shape"], **non_default(a, eps=1e-5, elementwise_affine=True, bias=True)
         ),
         forward=_call_module,
         prefix="norm",
-        param_count=lambda a: 2 * math.prod(pair_of(a["normalized_shape"])) * a["elementwise_affine"],
+        param_count=lambda a: (1 + a["bias"]) * _trailing_size(a) * a["elementwise_affine"],
         example="x -> LayerNorm(eps=1e-12)",
         shape_rule="unchanged",
     )
@@ -204,14 +216,212 @@ register(
 
 @lowering("LayerNorm")
 def _layernorm_onnx(g, xs, outs, a, key):
-    shape = list(pair_of(a["normalized_shape"]))
-    count = math.prod(shape)
-    if a["elementwise_affine"]:
-        scale, shift = g.weight(f"{key}weight"), g.weight(f"{key}bias")
-    else:
-        scale = g.constant([1.0] * count, "float32", "ones")
-        shift = g.constant([0.0] * count, "float32", "zeros")
-    return g.node("LayerNormalization", [xs[0].name, scale, shift], axis=-a["dims"], epsilon=float(a["eps"]))
+    x = xs[0]
+    affine = a["elementwise_affine"]
+    scale = g.weight(f"{key}weight") if affine else g.constant([1.0] * _trailing_size(a), x.type.dtype, "ones")
+    shift = [g.weight(f"{key}bias")] if affine and a["bias"] else []  # LayerNormalization's bias is optional
+    return g.node("LayerNormalization", [x.name, scale, *shift], axis=-a["dims"], epsilon=float(a["eps"]))
+
+
+register(
+    Op(
+        name="RMSNorm",
+        doc="Root-mean-square normalisation over the last `dims` dimensions, `x / sqrt(mean(x^2) + eps) * weight`, "
+        "as in LLaMA; no mean subtracted, no bias.",
+        params=(
+            _DIMS,
+            Param(
+                "eps", "float", None, "added to the mean square; none: PyTorch's, float32's epsilon", low=0.0, high=1.0
+            ),
+            Param("elementwise_affine", "bool", True, "learn a scale"),
+        ),
+        infer=_trailing_infer("RMSNorm"),
+        category="layer",
+        module=lambda a: pycall(
+            "nn.RMSNorm", a["normalized_shape"], **non_default(a, eps=None, elementwise_affine=True)
+        ),
+        forward=_call_module,
+        prefix="norm",
+        param_count=lambda a: _trailing_size(a) * a["elementwise_affine"],
+        example="x -> RMSNorm(eps=1e-6)",
+        shape_rule="unchanged",
+    )
+)
+
+
+@lowering("RMSNorm")
+def _rmsnorm_onnx(g, xs, outs, a, key):
+    """Written out: opset 20 has no RMSNormalization (23 has)."""
+    x = xs[0]
+    dtype = x.type.dtype
+    # PyTorch's default eps is the epsilon of the type it computes in: float32 for float16 and bfloat16 too
+    eps = a["eps"] if a["eps"] is not None else 2.0**-52 if dtype == "float64" else 2.0**-23
+    axes = g.ints(list(range(-a["dims"], 0)), "axes")
+    mean_square = g.one("ReduceMean", [g.one("Mul", [x.name, x.name]), axes], keepdims=1)
+    rms = g.one("Sqrt", [g.one("Add", [mean_square, g.constant(float(eps), dtype, "eps")])])
+    normed = g.one("Div", [x.name, rms])
+    return g.node("Mul", [normed, g.weight(f"{key}weight")]) if a["elementwise_affine"] else [normed]
+
+
+def _channels(x: TensorType, name: str) -> int:
+    """The channel count of [batch, C, ...] (dimension 1, fixed)."""
+    if x.rank < 2:
+        raise ShapeError(f"{name} expects [batch, C, ...], got {x.shape_str()}", "add a batch dimension")
+    return static(x.shape[1], "channel count (dimension 1)", name)
+
+
+def _channel_shape(channels: int, x: TensorType) -> tuple[int, ...]:
+    """A per-channel [C] as [C, 1, ...], which broadcasts over [batch, C, ...]."""
+    return (int(channels), *[1] * (x.rank - 2))
+
+
+def _groupnorm_infer(args, inputs):
+    (x,) = inputs
+    check_positive(args, "num_groups")
+    expect_float(x, "GroupNorm")
+    channels = _channels(x, "GroupNorm")
+    if channels % args["num_groups"]:
+        raise ShapeError(
+            f"GroupNorm: {channels} channels do not split into {args['num_groups']} groups",
+            "num_groups must divide the channel count (dimension 1)",
+        )
+    return Inferred([x], {"num_channels": channels, **args})
+
+
+register(
+    Op(
+        name="GroupNorm",
+        doc="Group normalisation: the channels (dimension 1, inferred) in `num_groups` groups, each normalised over "
+        "its channels and the remaining dimensions; independent of the batch.",
+        params=(
+            Param("num_groups", "int", doc="groups of channels; must divide the channel count"),
+            Param("eps", "float", 1e-5, "added to the variance", low=0.0, high=1.0),
+            Param("affine", "bool", True, "learn a scale and shift per channel"),
+        ),
+        infer=_groupnorm_infer,
+        category="layer",
+        module=lambda a: pycall(
+            "nn.GroupNorm", a["num_groups"], a["num_channels"], **non_default(a, eps=1e-5, affine=True)
+        ),
+        forward=_call_module,
+        prefix="norm",
+        param_count=lambda a: 2 * a["num_channels"] * a["affine"],
+        example="x -> GroupNorm(8)",
+        shape_rule="unchanged; [batch, C, ...] with C a multiple of num_groups",
+    )
+)
+
+
+@lowering("GroupNorm")
+def _groupnorm_onnx(g, xs, outs, a, key):
+    """Each group is one channel of x reshaped to [batch, groups, -1] for InstanceNormalization, then the per-channel
+    affine: opset 20's GroupNormalization (opset 18's) scales per group, not per channel as PyTorch, and is deprecated
+    for it."""
+    x = xs[0]
+    groups, dtype = int(a["num_groups"]), x.type.dtype
+    grouped = g.one("Reshape", [x.name, g.ints([0, groups, -1])])
+    ones, zeros = g.constant([1.0] * groups, dtype, "ones"), g.constant([0.0] * groups, dtype, "zeros")
+    normed = g.one("InstanceNormalization", [grouped, ones, zeros], epsilon=float(a["eps"]))
+    y = g.one("Reshape", [normed, g.one("Shape", [x.name])])
+    if not a["affine"]:
+        return [y]
+    shape = _channel_shape(a["num_channels"], x.type)
+    scaled = g.one("Mul", [y, g.weight(f"{key}weight", shape=shape)])
+    return g.node("Add", [scaled, g.weight(f"{key}bias", shape=shape)])
+
+
+def _instancenorm_infer(rank: int, name: str):
+    layout = {3: "[batch, C, L]", 4: "[batch, C, H, W]"}[rank]
+
+    def infer(args, inputs):
+        (x,) = inputs
+        expect_float(x, name)
+        expect_rank(x, (rank,), name, layout)
+        return Inferred([x], {"num_features": _channels(x, name), **args})
+
+    return infer
+
+
+for _name, _rank in (("InstanceNorm1d", 3), ("InstanceNorm2d", 4)):
+    register(
+        Op(
+            name=_name,
+            doc="Instance normalisation: each channel of each sample normalised over its own positions; channels "
+            "(dimension 1) are inferred. PyTorch's defaults: no affine, no running statistics.",
+            params=(
+                Param("eps", "float", 1e-5, "added to the variance", low=0.0, high=1.0),
+                Param("momentum", "float", 0.1, "running-statistics momentum", low=0.0, high=1.0),
+                Param("affine", "bool", False, "learn a scale and shift per channel"),
+                Param("track_running_stats", "bool", False, "keep running statistics and use them at inference"),
+            ),
+            infer=_instancenorm_infer(_rank, _name),
+            category="layer",
+            module=lambda a, n=_name: pycall(
+                f"nn.{n}",
+                a["num_features"],
+                **non_default(a, eps=1e-5, momentum=0.1, affine=False, track_running_stats=False),
+            ),
+            forward=_call_module,
+            prefix="norm",
+            param_count=lambda a: 2 * a["num_features"] * a["affine"],
+            example=f"x -> {_name}(affine=true)",
+            shape_rule="unchanged",
+        )
+    )
+
+
+@lowering("InstanceNorm1d", "InstanceNorm2d")
+def _instancenorm_onnx(g, xs, outs, a, key):
+    n, dtype = a["num_features"], xs[0].type.dtype
+    scale = g.weight(f"{key}weight") if a["affine"] else g.constant([1.0] * n, dtype, "ones")
+    shift = g.weight(f"{key}bias") if a["affine"] else g.constant([0.0] * n, dtype, "zeros")
+    if a["track_running_stats"]:  # at inference, the running statistics normalise, as in batch normalisation
+        stats = [g.weight(f"{key}running_mean"), g.weight(f"{key}running_var")]
+        return g.node("BatchNormalization", [xs[0].name, scale, shift, *stats], epsilon=float(a["eps"]))
+    return g.node("InstanceNormalization", [xs[0].name, scale, shift], epsilon=float(a["eps"]))
+
+
+def _prelu_infer(args, inputs):
+    (x,) = inputs
+    check_positive(args, "num_parameters")
+    expect_float(x, "PReLU")
+    n = args["num_parameters"]
+    if n != 1:
+        channels = _channels(x, "PReLU")
+        if n != channels:
+            raise ShapeError(
+                f"PReLU: num_parameters={n} must be 1 or the channel count {channels} (dimension 1 of {x.shape_str()})",
+                f"PReLU({channels}) learns a slope per channel, PReLU one slope for all",
+            )
+    return Inferred([x], dict(args))
+
+
+register(
+    Op(
+        name="PReLU",
+        doc="x if x > 0 else a * x, with the slope `a` learned: one for all channels, or one per channel "
+        "(dimension 1).",
+        params=(
+            Param("num_parameters", "int", 1, "how many slopes: 1 or the channel count"),
+            Param("init", "float", 0.25, "the slopes' initial value", low=-1e3, high=1e3),
+        ),
+        infer=_prelu_infer,
+        category="layer",
+        module=lambda a: pycall("nn.PReLU", **non_default(a, num_parameters=1, init=0.25)),
+        forward=_call_module,
+        prefix="prelu",
+        param_count=lambda a: a["num_parameters"],
+        example="x -> PReLU(64)",
+        shape_rule="unchanged",
+    )
+)
+
+
+@lowering("PReLU")
+def _prelu_onnx(g, xs, outs, a, key):
+    x, n = xs[0], a["num_parameters"]
+    slope = g.weight(f"{key}weight", shape=_channel_shape(n, x.type) if n != 1 else None)  # [1] broadcasts as is
+    return g.node("PRelu", [x.name, slope])
 
 
 def _dropout_infer(args, inputs):
