@@ -94,6 +94,15 @@ class ListLit(Expr):
 
 
 @dataclass
+class CondExpr(Expr):
+    """`(a if condition else b)`, decided at compile time."""
+
+    cond: Expr
+    then: Expr
+    orelse: Expr
+
+
+@dataclass
 class Pipe(Expr):
     source: Expr
     stages: list[Stage]
@@ -138,6 +147,23 @@ class Group(Stage):
     stages: list[Stage]
 
 
+@dataclass
+class ForStage(Stage):
+    """`for width in WIDTHS { Conv2d(width, kernel=3) -> ReLU }`: the stages once per item, spliced in."""
+
+    names: list[str]  # one per item, or one per element of each item (`for c, n in [(16, 1), (24, 2)]`)
+    items: Expr
+    stages: list[Stage]
+
+
+@dataclass
+class IfStage(Stage):
+    """`if expand != 1 { A -> B } else { C }`: the stages of the arm whose condition holds, spliced in."""
+
+    branches: list[tuple[Expr, list[Stage]]]  # (condition, stages) for if and each elif
+    orelse: list[Stage]
+
+
 # ---------------------------------------------------------------- statements
 
 
@@ -165,6 +191,15 @@ class OutputDecl(Stmt):
     name: str
     type: TensorTypeExpr | None
     value: Expr | None
+
+
+@dataclass
+class ParamDecl(Stmt):
+    """`param cls_token: float32[1, 1, hidden] = zeros`: a learned tensor, named as declared."""
+
+    name: str
+    type: TensorTypeExpr
+    init: Expr | None
 
 
 @dataclass

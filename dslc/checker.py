@@ -9,6 +9,8 @@ several independent mistakes.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from dslc.cse import eliminate_common_subexpressions
 from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error
 from dslc.fileio import spec_sha256
 from dslc.generalize import generalize
+from dslc.initializers import INITIALIZERS
 from dslc.layer_table import LayerTable
 from dslc.layers import REGISTRY, AxisName, Op, ShapeError
 from dslc.loader import RESERVED, FileScope, Loader, check_identifier, parse_override
@@ -330,6 +333,8 @@ class BodyChecker:
                 self.assign(stmt.targets, stmt.value, stmt)
             elif isinstance(stmt, ast.If):
                 self.if_stmt(stmt)
+            elif isinstance(stmt, ast.ParamDecl):
+                self.param_decl(stmt)
         except DslcError as exc:
             self.reporter.extend(exc)
             self._poison(stmt)
@@ -417,13 +422,51 @@ class BodyChecker:
             self.fail(stmt.loc, f"output '{stmt.name}' is declared twice")
         self.outputs.append(ir.Port(stmt.name, value.type, " ".join(stmt.comments)))
 
+    def param_decl(self, stmt: ast.ParamDecl) -> None:
+        """A learned tensor of fixed size, a submodule attribute like a layer's weight (`self.cls_token`)."""
+        check_identifier(stmt.name, stmt.loc, "parameter", role="attribute")
+        if stmt.name in self.env or stmt.name in self.dims:
+            self.fail(stmt.loc, f"'{stmt.name}' is already defined")
+        texpr = stmt.type
+        if texpr.dtype != "float32":
+            self.fail(texpr.loc, f"parameters are float32, like every layer's weights; got {texpr.dtype}")
+        shape = []
+        for dexpr in texpr.dims:
+            size = self.static(dexpr, "a parameter's size")
+            if isinstance(size, Sym):
+                self.fail(dexpr.loc, f"a parameter's sizes are fixed, but '{size}' is known only at run time")
+            if not isinstance(size, int) or traced.is_bool(size) or size < 1:
+                self.fail(dexpr.loc, f"a parameter's size must be a positive integer, got {brief(size)}")
+            shape.append(size)
+        initializer, args = self._initializer(stmt.init)
+        declared = TensorType("float32", tuple(shape))
+        count = math.prod(traced.plain(d) for d in shape)
+        self.check_size(f"parameter '{stmt.name}'", [declared], count, stmt.loc)
+        init = {"shape": tuple(shape), "initializer": initializer, "args": args}
+        self.layers.add(ir.Submodule(stmt.name, "param", stmt.loc, init=init, params=count, layers=0))
+        self.layers.record(stmt.loc, stmt.name, "param", [declared], count)
+        self.env[stmt.name] = ir.ParamRef([declared], stmt.name)
+
+    def _initializer(self, expr: ast.Expr | None) -> tuple[str, dict[str, Any]]:
+        """`zeros`, `normal(std=0.02)`, ...: the initialiser's name and its checked arguments."""
+        if expr is None:
+            return "zeros", {}
+        name, args, kwargs = None, [], []
+        if isinstance(expr, ast.Name):
+            name = expr.id
+        elif isinstance(expr, ast.Call):
+            name, args, kwargs = expr.func, expr.args, expr.kwargs
+        init = INITIALIZERS.get(name)
+        if init is None:
+            hint = did_you_mean(name, INITIALIZERS) if name else None
+            self.fail(expr.loc, f"a parameter starts as one of {', '.join(INITIALIZERS)}", hint, section="param")
+        bound = bind_arguments(init.params, [], args, kwargs, expr.loc, init.name, self._arg_value)
+        return init.name, bound
+
     def if_stmt(self, stmt: ast.If) -> None:
         body, taken = stmt.orelse, len(stmt.branches)
         for index, (cond, branch) in enumerate(stmt.branches):
-            value = self.static(cond, "an if condition")
-            if not traced.is_bool(value):
-                self.fail(cond.loc, f"an if condition must be true or false, got {brief(value)}")
-            if value:
+            if self.condition(cond, "an if condition"):
                 body, taken = branch, index
                 break
         # Every condition, the ones after the taken arm too: the class tests them all.
@@ -611,7 +654,16 @@ class BodyChecker:
             return self.index(expr)
         if isinstance(expr, ast.Pipe):
             return self.pipe(expr, None)
+        if isinstance(expr, ast.CondExpr):
+            return self.ev(expr.then if self.condition(expr.cond, "a condition") else expr.orelse)
         self.fail(expr.loc, f"unsupported expression {type(expr).__name__}")
+
+    def condition(self, expr: ast.Expr, what: str) -> bool:
+        """A compile-time true or false (`if`, `(a if c else b)`)."""
+        value = self.static(expr, what)
+        if not traced.is_bool(value):
+            self.fail(expr.loc, f"{what} must be true or false, got {brief(value)}")
+        return bool(value)
 
     def name(self, expr: ast.Name) -> Any:
         if expr.id in self.env:
@@ -759,6 +811,8 @@ class BodyChecker:
     # ------------------------------------------------------------ calls and pipelines
 
     def call(self, expr: ast.Call) -> Any:
+        if expr.func == "range" and "range" not in self.env:
+            return self.range(expr)
         if expr.func in self.env and isinstance(self.env[expr.func], LayerInstance):
             if expr.kwargs:
                 self.fail(expr.loc, f"'{expr.func}' is a layer instance; it takes tensors only")
@@ -781,6 +835,21 @@ class BodyChecker:
             tensors.append(_scalar(values.pop(0)))
         inputs = self.flatten_inputs(tensors, expr.loc)
         return self.apply_op(op, inputs, values, expr.kwargs, expr.loc, None)
+
+    def range(self, expr: ast.Call) -> tuple[int, ...]:
+        """`range(n)`, `range(start, stop[, step])`: the integers a compile-time loop walks."""
+        if expr.kwargs or not 1 <= len(expr.args) <= 3:
+            self.fail(expr.loc, "range takes 1 to 3 integers: range(stop) or range(start, stop[, step])")
+        bounds = [self.static(a, "a range bound") for a in expr.args]
+        if any(not isinstance(b, int) or traced.is_bool(b) for b in bounds):
+            self.fail(expr.loc, f"range takes integers, got {', '.join(brief(b) for b in bounds)}")
+        bounds = [int(traced.plain(b)) for b in bounds]
+        if len(bounds) == 3 and bounds[2] == 0:
+            self.fail(expr.args[2].loc, "range's step cannot be zero")
+        items = range(*bounds)
+        if len(items) > MAX_REPEAT:
+            self.fail(expr.loc, f"range gives {len(items):,} numbers; a loop runs at most {MAX_REPEAT:,} times")
+        return tuple(items)
 
     @staticmethod
     def _is_input(value: Any, op: Op, after_tensor: bool) -> bool:
@@ -850,7 +919,70 @@ class BodyChecker:
             return self.repeat(stage, inputs, name, in_group)
         if isinstance(stage, ast.Group):
             return self.group(stage, inputs, name, in_group)
+        if isinstance(stage, (ast.ForStage, ast.IfStage)):
+            if name is not None:  # `blocks: for ... { ... }` is a named group of the loop's layers
+                return self.group(ast.Group(stage.loc, [stage]), inputs, name, in_group)
+            return self.chain([stage], inputs)
         self.fail(stage.loc, "unsupported pipeline stage")
+
+    def chain(self, stages: list[ast.Stage], inputs: list[ir.Expr]) -> ir.Expr:
+        """Unnamed stages in turn, each on the previous one's outputs; none at all passes the inputs on."""
+        result = inputs[0] if len(inputs) == 1 else ir.TupleExpr([x.type for x in inputs], list(inputs))
+        with closing(self.spliced(stages, in_group=False)) as expanded:
+            for inner in expanded:
+                result = self.stage(inner, inputs, None)
+                if len(result.types) == 1 and ir.nesting(result) > MAX_INLINE_NESTING:  # a long loop: a line per few
+                    name = self.fresh("h")
+                    self.emit(ir.Assign(self.current.loc, [name], result))
+                    result = ir.Var(result.types, name)
+                inputs = self.split_outputs(result)
+        return result
+
+    def spliced(self, stages: list[ast.Stage], in_group: bool) -> Iterator[ast.Stage]:
+        """The stages with compile-time loops and ifs expanded (a loop's names bound while its stages are
+        checked), and in a named group repeats too: their layers join the group's numbering."""
+        for stage in stages:
+            if isinstance(stage, ast.Repeat) and in_group:
+                for _ in range(self.repeat_count(stage)):
+                    yield stage.body
+            elif isinstance(stage, ast.ForStage):
+                for item in self.loop_items(stage):
+                    with self.bound(stage, item):
+                        yield from self.spliced(stage.stages, in_group)
+            elif isinstance(stage, ast.IfStage):
+                arm = next((s for cond, s in stage.branches if self.condition(cond, "an if condition")), stage.orelse)
+                yield from self.spliced(arm, in_group)
+            else:
+                yield stage
+
+    def loop_items(self, stage: ast.ForStage) -> list[tuple[Any, ...]]:
+        """Each item of a loop as the values of its names (`for c, n in [(16, 1), (24, 2)]`)."""
+        items = self.static(stage.items, "what a loop walks")
+        if not isinstance(items, tuple):
+            self.fail(stage.items.loc, f"a loop walks a list, a tuple or a range, got {brief(items)}")
+        if len(items) > MAX_REPEAT:
+            self.fail(stage.items.loc, f"this loop runs {len(items):,} times; at most {MAX_REPEAT:,} are allowed")
+        count = len(stage.names)
+        if count == 1:
+            return [(item,) for item in items]
+        for item in items:
+            if not isinstance(item, tuple) or len(item) != count:
+                self.fail(stage.items.loc, f"cannot unpack {brief(item)} into {count} names")
+        return list(items)
+
+    @contextmanager
+    def bound(self, stage: ast.ForStage, values: tuple[Any, ...]) -> Iterator[None]:
+        """The loop's names hold one item's values while its stages are checked."""
+        for name in stage.names:
+            check_identifier(name, stage.loc, "loop name")
+            if name in self.env or name in self.dims or name in self.scope.consts:
+                self.fail(stage.loc, f"'{name}' is already defined; a loop needs new names")
+        self.env.update(zip(stage.names, values))
+        try:
+            yield
+        finally:
+            for name in stage.names:
+                self.env.pop(name, None)
 
     def layer_call(self, stage: ast.LayerCall, inputs, name, in_group) -> ir.Expr:
         instance = self.env.get(stage.name)
@@ -1042,30 +1174,24 @@ class BodyChecker:
         return ir.Var([first.type], target)
 
     def group(self, stage: ast.Group, inputs, name, in_group) -> ir.Expr:
+        """An unnamed group is its stages in turn; a named one, or one inside a named group (numbered
+        there), is an nn.Sequential whose layers are numbered 0, 1, ... as PyTorch numbers them."""
         if name is None and not in_group:
-            result = None
-            for inner in stage.stages:
-                result = self.stage(inner, inputs, None)
-                inputs = self.split_outputs(result)
-            return result
-        if in_group:
-            self.fail(stage.loc, "groups cannot be nested inside named groups")
-        with self.layers.children() as children:
+            return self.chain(stage.stages, inputs)
+        with self.layers.children() as children, closing(self.spliced(stage.stages, in_group=True)) as expanded:
             current = inputs
-            index = 0
-            for inner in stage.stages:
-                # a repeat inside a named group splices its copies into the group's numbering
-                count, body = (self.repeat_count(inner), inner.body) if isinstance(inner, ast.Repeat) else (1, inner)
-                for _ in range(count):
-                    out = self.stage(body, current, str(index), in_group=True)
-                    if len(out.types) != 1 or len(current) != 1:
-                        self.fail(inner.loc, "every layer of a named group takes one tensor and gives one")
-                    current = [ir.Var(out.types, "_")]
-                    index += 1
+            for index, inner in enumerate(expanded):
+                out = self.stage(inner, current, str(index), in_group=True)
+                if len(out.types) != 1 or len(current) != 1:
+                    self.fail(inner.loc, "every layer of a named group takes one tensor and gives one")
+                current = [ir.Var(out.types, "_")]
+        if not children:
+            self.fail(stage.loc, "this group has no layers")
         params = sum(c.params for c in children)
         self.layers.add(ir.Submodule(name, "sequential", stage.loc, children=children, params=params, layers=0))
         self.layers.record(stage.loc, name, "group", current[0].types, params)
-        self.env[name] = LayerInstance(name, None, lambda xs, loc: self._fail_reuse(name, loc))
+        if not in_group:
+            self.env[name] = LayerInstance(name, None, lambda xs, loc: self._fail_reuse(name, loc))
         return ir.ModuleCall(current[0].types, name, list(inputs))
 
     def _fail_reuse(self, name: str, loc: Loc):

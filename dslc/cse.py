@@ -166,6 +166,8 @@ def _key(e: Any) -> Any:
     """Structural identity of an expression (types left out: the same inputs give the same types)."""
     if isinstance(e, ir.Var):
         return ("var", e.name)
+    if isinstance(e, ir.ParamRef):
+        return ("param", e.attr)
     if isinstance(e, ir.Scalar):
         return ("scalar", _value(e.value))
     if isinstance(e, ir.OpCall):

@@ -196,7 +196,55 @@ model siamese {
 
 `name: (A -> B -> C)` puts several layers into one named `nn.Sequential` (for example a residual
 shortcut `downsample: (Conv2d(128, kernel=1, stride=2) -> BatchNorm2d)`). Layers inside a group
-are numbered, not named.
+are numbered, not named, as `nn.Sequential` numbers them. A group inside a named group is a
+numbered `nn.Sequential` of its own, to any depth, so torchvision's layouts are written as they
+are: in `features: ((Conv2d(32, kernel=3, stride=2, padding=1, bias=false) -> BatchNorm2d -> ReLU6)
+-> ...)` the convolution's weight is `features.0.0.weight`. A `repeat`, a loop or an `if` inside a
+named group adds its layers to the group's numbering.
+
+<a id="loops"></a>
+## Loops and stage conditionals
+
+`for NAME in ITEMS { stages }` repeats pipeline stages once per item, at compile time; ITEMS is a
+list, a tuple or `range(stop)` / `range(start, stop[, step])`, and each item may be unpacked into
+several names (`for t, c, n, s in SETTINGS`). `if condition { stages } elif ... else { stages }`
+chooses stages at compile time. Both splice their stages into the pipeline, and into the numbering
+of the named group around them, exactly as PyTorch's loops building an `nn.Sequential` number them:
+
+```dslc
+const WIDTHS = [16, 32, 64]
+
+model vgg_like {
+    input image: float32[batch, 3, 32, 32]
+    h = image -> features: (
+        for width in WIDTHS {
+            Conv2d(width, kernel=3, padding=1) -> ReLU -> MaxPool2d(2)
+        })
+    output logits = h -> Flatten -> classifier: Linear(10)
+}
+```
+
+Here `features.0` is the first convolution, `features.3` the second. A value that depends on a
+compile-time condition is written `(a if condition else b)`, in parentheses:
+`Block(c, stride=(s if i == 0 else 1))`.
+
+<a id="param"></a>
+## Declared parameters
+
+`param NAME: float32[sizes] = INIT` declares a learned tensor of the module (ViT's class token and
+position embeddings): it is stored under its own name in the state dict (`embeddings.cls_token`),
+trained and exported like a layer's weight, and read by name in expressions
+(`concat([expand(cls_token, batch, -1, -1), patches], dim=1)`). Its sizes are fixed (constants,
+block parameters, input sizes that a block is given). INIT is one of INITIALIZER_LIST, `zeros`
+when omitted.
+
+```dslc
+model learned_bias {
+    input x: float32[batch, 8]
+    param offset: float32[8] = normal(std=0.02)
+    output y = x + offset
+}
+```
 
 <a id="repeat"></a>
 ## Repeat
@@ -321,6 +369,14 @@ def limits_table() -> list[str]:
         ("errors printed per run (all are counted)", f"{MAX_SHOWN}"),
     ]
     return ["| what | at most |", "|---|---|", *(f"| {what} | {limit} |" for what, limit in rows)]
+
+
+def initializer_list() -> str:
+    """`zeros` (all zeros), `normal(mean=0.0, std=1.0)` (...), ...: each initialiser with its arguments."""
+    from dslc.initializers import INITIALIZERS
+
+    return ", ".join(f"`{signature(i.name, i.params) if i.params else i.name}` ({i.doc.rstrip('.').lower()})"
+                     for i in INITIALIZERS.values())  # fmt: skip
 
 
 def keywords() -> list[str]:
@@ -467,6 +523,8 @@ def render() -> str:
                 ("pipelines", "pipelines"),
                 ("named layers", "named-layers"),
                 ("groups", "groups"),
+                ("loops", "loops"),
+                ("declared parameters", "param"),
                 ("repeat", "repeat"),
                 ("expressions", "expressions"),
                 ("indexing", "indexing"),
@@ -492,6 +550,7 @@ def render() -> str:
     body = body.replace("DTYPE_LIST", ", ".join(f"`{d}`" for d in DTYPES))
     body = body.replace("KEYWORD_LIST", ", ".join(f"`{k}`" for k in keywords()))
     body = body.replace("LIMITS_TABLE", "\n".join(limits_table()))
+    body = body.replace("INITIALIZER_LIST", initializer_list())
     body = body.replace("MAX_NAME_LENGTH", f"{parser.MAX_NAME_LENGTH:,}").replace(
         "MAX_EXAMPLE_SIZE", f"{MAX_EXAMPLE_SIZE:,}"
     )

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from dslc import __version__, ir, traced
+from dslc.initializers import INITIALIZERS
 from dslc.layers import HELPERS, REGISTRY
 from dslc.pyformat import power
 from dslc.pytext import MODULE_ATTRIBUTES, comment, docstring, docstring_lines, index_text, py_literal
@@ -176,6 +177,9 @@ class _ClassWriter:
             return REGISTRY[sub.op].module(sub.init)
         if sub.kind == "block":
             return self._block_call(sub)
+        if sub.kind == "param":
+            init = INITIALIZERS[sub.init["initializer"]]
+            return f"nn.Parameter({init.torch(', '.join(py_literal(d) for d in sub.init['shape']), sub.init['args'])})"
         children = [self.constructor(c) for c in sub.children]
         container = "nn.Sequential" if sub.kind == "sequential" else "nn.ModuleList"
         repeated = len(children) > 1 or is_traced(sub.repeat)  # `repeat depth` stays a loop at depth 1
@@ -331,6 +335,8 @@ def expr(e: ir.Expr) -> str:
 def _expr(e: ir.Expr) -> tuple[str, int]:
     if isinstance(e, ir.Var):
         return e.name, ATOM
+    if isinstance(e, ir.ParamRef):
+        return f"self.{e.attr}", ATOM
     if isinstance(e, ir.Scalar):
         text = py_literal(e.value)
         return text, ATOM if not text.startswith("-") else PRECEDENCE["neg"]

@@ -343,6 +343,9 @@ class _Formatter:
                 return
             if isinstance(stmt, ast.InputDecl):
                 lines = [(0, f"input {stmt.name}: {self._type(stmt.type)}", start[0])]
+            elif isinstance(stmt, ast.ParamDecl):
+                head = f"param {stmt.name}: {self._type(stmt.type)}"
+                lines = [(0, head + (f" = {self.expr(stmt.init)}" if stmt.init else ""), start[0])]
             elif isinstance(stmt, ast.OutputDecl):
                 head = f"output {stmt.name}" + (f": {self._type(stmt.type)}" if stmt.type else "")
                 lines = (
@@ -385,7 +388,14 @@ class _Formatter:
         if isinstance(value, ast.Pipe):
             first = self.expr(value.source, POSTFIX)
             pieces = [("->", self.stage(s), s.loc.line, s.loc.end_line) for s in value.stages]
-            return self._chain(head + first, value.source.loc.end_line, pieces, src, depth)
+            lines = self._chain(head + first, value.source.loc.end_line, pieces, src, depth)
+            if all(_width(depth + extra, text) <= MAX_WIDTH for extra, text, _ in lines):
+                return lines
+            # a group, loop or if too long for one line: its stages one per line inside it
+            lines = [(0, head + first, src)]
+            for stage in value.stages:
+                lines += self._stage_lines(stage, 1, "-> ", depth)
+            return lines
         if isinstance(value, ast.BinOp) and value.op in CHAINS:
             level, left_min, right_min = BINARY[value.op]
             operands: list[tuple[str, ast.Expr]] = []
@@ -454,6 +464,8 @@ class _Formatter:
             return f"{self.expr(e.left, left)} {e.op} {self.expr(e.right, right)}", level
         if isinstance(e, ast.Pipe):
             return " -> ".join([self.expr(e.source, POSTFIX), *(self.stage(s) for s in e.stages)]), PIPE
+        if isinstance(e, ast.CondExpr):
+            return f"({self.expr(e.then, OR)} if {self.expr(e.cond, OR)} else {self.expr(e.orelse, OR)})", ATOM
         raise TypeError(f"cannot format {type(e).__name__}")
 
     def _subscript(self, e: ast.Expr) -> str:
@@ -478,14 +490,63 @@ class _Formatter:
             count = self.expr(s.count) if simple else f"({self.expr(s.count)})"
             return f"repeat {count} {self.stage(s.body)}"
         if isinstance(s, ast.Group):
-            return "(" + " -> ".join(self.stage(x) for x in s.stages) + ")"
+            return "(" + self._stages(s.stages) + ")"
+        if isinstance(s, ast.ForStage):
+            return f"for {', '.join(s.names)} in {self.expr(s.items, OR)} {{ {self._stages(s.stages)} }}"
+        if isinstance(s, ast.IfStage):
+            arms = [
+                f"{word} {self.expr(c, OR)} {{ {self._stages(arm)} }}"
+                for word, (c, arm) in zip(["if", *["elif"] * len(s.branches)], s.branches)
+            ]
+            if s.orelse:
+                arms.append(f"else {{ {self._stages(s.orelse)} }}")
+            return " ".join(arms)
         raise TypeError(f"cannot format {type(s).__name__}")
+
+    def _stage_lines(self, stage: ast.Stage, extra: int, prefix: str, depth: int) -> list[tuple[int, str, int]]:
+        """One stage on one line where it fits; else a group's, loop's or if's stages one per line."""
+        text = prefix + self.stage(stage)
+        if _width(depth + extra, text) <= MAX_WIDTH:
+            return [(extra, text, stage.loc.line)]
+        body = stage
+        while isinstance(body, (ast.NamedStage, ast.Repeat)):  # `name: repeat n (...)`: the head stays in front
+            body = body.body
+        if not isinstance(body, (ast.Group, ast.ForStage, ast.IfStage)):
+            return [(extra, text, stage.loc.line)]
+        head = prefix + self.stage(stage)[: -len(self.stage(body))]
+        if isinstance(body, ast.Group):
+            lines = [(extra, head + "(", stage.loc.line), *self._inner_lines(body.stages, extra + 1, depth)]
+            return [*lines[:-1], (lines[-1][0], lines[-1][1] + ")", lines[-1][2])]
+        if isinstance(body, ast.ForStage):
+            header = f"{head}for {', '.join(body.names)} in {self.expr(body.items, OR)} {{"
+            arms = [(header, body.stages)]
+        else:
+            words = [f"{head}if", *["} elif"] * (len(body.branches) - 1)]
+            arms = [(f"{w} {self.expr(c, OR)} {{", arm) for w, (c, arm) in zip(words, body.branches)]
+            arms += [("} else {", body.orelse)] if body.orelse else []
+        lines = []
+        for header, stages in arms:
+            lines += [(extra, header, stage.loc.line), *self._inner_lines(stages, extra + 1, depth)]
+        return [*lines, (extra, "}", stage.loc.end_line or stage.loc.line)]
+
+    def _inner_lines(self, stages: list[ast.Stage], extra: int, depth: int) -> list[tuple[int, str, int]]:
+        lines = []
+        for i, inner in enumerate(stages):
+            lines += self._stage_lines(inner, extra, "-> " if i else "", depth)
+        return lines
+
+    def _stages(self, stages: list[ast.Stage]) -> str:
+        return " -> ".join(self.stage(x) for x in stages)
 
     def _source_text(self, e: ast.Expr) -> str:
         loc = e.loc
         if loc.end_line == loc.line and loc.end_col:
             return self.lines[loc.line - 1][loc.col - 1 : loc.end_col - 1]
         return repr(e.value)
+
+
+def _width(depth: int, text: str) -> int:
+    return len(INDENT) * depth + len(text)
 
 
 def _start(loc) -> Pos:

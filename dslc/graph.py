@@ -7,6 +7,7 @@ The picture is drawn from the IR (dslc.ir.ProgramIR), so it shows exactly what g
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -174,10 +175,12 @@ class _Drawer:
         self.dot.cluster(f"{sub.attr}: {self._describe(sub)}", "#c9a74c")
         current, extra = inputs[0], inputs[1:]
         for child in sub.children:
-            child = ir.Submodule(f"{sub.attr}.{child.attr}", child.kind, child.loc, child.op, child.init, child.block)
+            child = dataclasses.replace(child, attr=f"{sub.attr}.{child.attr}")
             if child.kind == "block":
                 out_type = self.program.module(child.block).outputs[0].type
                 current = self.submodule(child, [current, *extra], [out_type])[0]
+            elif child.kind == "sequential":  # a numbered group inside a group
+                current = self.submodule(child, [current], [None])[0]
             else:  # a layer of a named group: its output type is not recorded, so the edge after it has no label
                 node = self._op_node(child.op, child.args or child.init, child.attr)
                 self._connect(node, [current], [])

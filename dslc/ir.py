@@ -33,6 +33,13 @@ class Var(Expr):
 
 
 @dataclass
+class ParamRef(Expr):
+    """A declared parameter of the module (`param cls_token: ...`), read as `self.cls_token`."""
+
+    attr: str
+
+
+@dataclass
 class Scalar(Expr):
     """A Python number (or bool) in a tensor expression, e.g. the 2 in `x * 2`."""
 
@@ -216,7 +223,7 @@ def flat_statements(body: list[Stmt]) -> Iterator[Stmt]:
 @dataclass
 class Submodule:
     attr: str
-    kind: str  # op | block | sequential | list
+    kind: str  # op | block | sequential | list | param (a declared parameter: init holds shape, initializer, args)
     loc: Loc
     op: str | None = None
     init: dict[str, Any] = field(default_factory=dict)
@@ -346,8 +353,8 @@ class ProgramIR:
         while stack:
             path, sub = stack.pop()
             name = f"{path}{sub.attr}"
-            if sub.kind == "op" and sub.params:
-                yield (name, sub.op, repr(sorted(sub.init.items())), sub.params)
+            if sub.kind in ("op", "param") and sub.params:
+                yield (name, sub.op or "param", repr(sorted(sub.init.items())), sub.params)
             elif sub.kind == "block":
                 stack.extend((f"{name}.", s) for s in self.module(sub.block).submodules)
             else:

@@ -71,6 +71,10 @@ def _submodule(sub: ir.Submodule, depth: int) -> list[str]:
     if sub.kind == "block":
         args = ", ".join(f"{k}={value(v)}" for k, v in sub.call_args.items())
         return [f"{pad}layer {sub.attr}: {sub.block}({args})  # {sub.params:,} parameters"]
+    if sub.kind == "param":
+        shape = ", ".join(value(d) for d in sub.init["shape"])
+        args = ", ".join(f"{k}={value(v)}" for k, v in sub.init["args"].items())
+        return [f"{pad}param {sub.attr}: float32[{shape}] = {sub.init['initializer']}({args})"]
     count = f" repeat {value(sub.repeat)}" if sub.repeat is not None else ""
     lines = [f"{pad}layer {sub.attr}: {sub.kind}{count}"]
     for child in sub.children:
@@ -100,6 +104,8 @@ def expr(e: ir.Expr) -> str:
         return e.name
     if isinstance(e, ir.Scalar):
         return value(e.value)
+    if isinstance(e, ir.ParamRef):
+        return f"param {e.attr}"
     if isinstance(e, ir.OpCall):
         inputs = ", ".join(expr(x) for x in e.inputs)
         return f"{e.op}[{e.module}]({inputs})" if e.module else f"{e.op}({inputs})"

@@ -182,6 +182,8 @@ class _Scope:
             return [self.env[e.name]]
         if isinstance(e, ir.Scalar):
             return [Value(g.constant(e.value, e.type.dtype), e.type)]
+        if isinstance(e, ir.ParamRef):
+            return [Value(g.weight(f"{self.prefix}{e.attr}"), e.type)]
         if isinstance(e, ir.OpCall):
             inputs = [v for x in e.inputs for v in self.expr(x)]
             if e.module is not None:

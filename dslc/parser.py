@@ -51,7 +51,7 @@ _SCAN = re.compile(
 
 
 KEYWORDS = ("as", "import", "from", "const", "block", "model", "input", "output", "else", "if", "elif", "train",
-            "repeat", "or", "and", "not", "true", "false", "none")  # fmt: skip
+            "repeat", "or", "and", "not", "true", "false", "none", "param", "for", "in")  # fmt: skip
 # Keyword tokens of the current parse: the contextual lexer also matches `model` at the start of
 # `modelm` where no name may stand, so each is checked to end where a word ends.
 _keyword_tokens: ContextVar[list[Token]] = ContextVar("keyword_tokens")
@@ -277,6 +277,10 @@ class _ToAst(Transformer):
         name, type_, value = children
         return ast.OutputDecl(self._l(meta), str(name), type_, value)
 
+    def param_decl(self, meta, children):
+        name, type_, init = children
+        return ast.ParamDecl(self._l(meta), str(name), type_, init)
+
     def assign(self, meta, children):
         *targets, value = children
         return ast.Assign(self._l(meta), [str(t) for t in targets], value)
@@ -333,6 +337,21 @@ class _ToAst(Transformer):
     def group(self, meta, children):
         return ast.Group(self._l(meta), list(children))
 
+    def for_stage(self, meta, children):
+        *names, items, stages = children
+        return ast.ForStage(self._l(meta), [str(n) for n in names], items, stages)
+
+    def if_stage(self, meta, children):
+        cond, stages, *rest = children
+        orelse = rest.pop()  # the else arm, None without one
+        return ast.IfStage(self._l(meta), [(cond, stages), *rest], orelse or [])
+
+    def stage_seq(self, meta, children):
+        return list(children)
+
+    def stage_elif(self, meta, children):
+        return (children[0], children[1])
+
     def dotted_name(self, meta, children):
         return ".".join(str(c) for c in children)
 
@@ -376,6 +395,10 @@ class _ToAst(Transformer):
 
     def kwarg(self, meta, children):
         return (str(children[0]), children[1])
+
+    def cond_expr(self, meta, children):
+        then, cond, orelse = children
+        return ast.CondExpr(self._l(meta), cond, then, orelse)
 
     def tuple_lit(self, meta, children):
         return ast.TupleLit(self._l(meta), [c for c in children if c is not None])

@@ -19,6 +19,7 @@ from dslc.loader import FileScope, check_identifier
 from dslc.params import brief
 
 PARAM_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+STATIC_FUNCTIONS = {"range"}  # computed by the checker at compile time, not ops
 
 
 def resolve_blocks(scope: FileScope, reporter: Reporter, evaluate: Callable[[ast.Expr, FileScope], Any]) -> set[str]:
@@ -135,7 +136,8 @@ class BodyResolver:
         )
 
     def function(self, call: ast.Call) -> None:
-        if call.func in REGISTRY or call.func in self.known or self.scope.lookup_block(call.func):
+        known = call.func in STATIC_FUNCTIONS or call.func in REGISTRY or call.func in self.known
+        if known or self.scope.lookup_block(call.func):
             return
         candidates = [k for k, o in REGISTRY.items() if o.category == "function" or k.islower()]
         self.reporter.error(
@@ -150,6 +152,8 @@ def names_read(stmts: list[ast.Stmt]) -> set[str]:
         texpr = getattr(stmt, "type", None)
         if isinstance(texpr, ast.TensorTypeExpr):
             roots.extend(texpr.dims)
+        if isinstance(stmt, ast.ParamDecl) and stmt.init is not None:
+            roots.append(stmt.init)
     return {node.id for root in roots for node in walk(root) if isinstance(node, ast.Name)}
 
 
@@ -174,6 +178,12 @@ def walk(expr: Any, arguments=None) -> Iterator[Any]:
             stack += [node.count, node.body]
         elif isinstance(node, ast.Group):
             stack.extend(node.stages)
+        elif isinstance(node, ast.ForStage):
+            stack += [node.items, *node.stages]
+        elif isinstance(node, ast.IfStage):
+            stack += [*(c for c, _ in node.branches), *(s for _, arm in node.branches for s in arm), *node.orelse]
+        elif isinstance(node, ast.CondExpr):
+            stack += [node.cond, node.then, node.orelse]
         elif isinstance(node, ast.BinOp):
             stack += [node.left, node.right]
         elif isinstance(node, ast.UnaryOp):
@@ -211,27 +221,32 @@ def _expressions(stmts: list[ast.Stmt]) -> Iterator[ast.Expr]:
     for stmt in _statements(stmts):
         if isinstance(stmt, (ast.Assign, ast.OutputDecl)) and stmt.value is not None:
             yield stmt.value
+        elif isinstance(stmt, ast.ParamDecl):
+            yield from stmt.type.dims  # sizes read names; the initialiser is checked by the checker
         elif isinstance(stmt, ast.If):
             yield from (cond for cond, _ in stmt.branches)
 
 
 def declared_names(stmts: list[ast.Stmt]) -> set[str]:
-    """Every input, output and assigned name of a body, in any branch."""
+    """Every input, output, parameter, assigned and loop name of a body, in any branch."""
     names: set[str] = set()
     for stmt in _statements(stmts):
         if isinstance(stmt, ast.Assign):
             names.update(stmt.targets)
-        elif isinstance(stmt, (ast.InputDecl, ast.OutputDecl)):
+        elif isinstance(stmt, (ast.InputDecl, ast.OutputDecl, ast.ParamDecl)):
             names.add(stmt.name)
+    for expr in _expressions(stmts):
+        for node in walk(expr):
+            if isinstance(node, ast.ForStage):
+                names.update(node.names)
     return names
 
 
 def _type_names(stmts: list[ast.Stmt]) -> Iterator[str]:
     """The dimension names of declared input and output types: `channels` in float32[batch, channels]."""
     for stmt in _statements(stmts):
-        texpr = getattr(stmt, "type", None)
-        if isinstance(texpr, ast.TensorTypeExpr):
-            yield from (d.id for d in texpr.dims if isinstance(d, ast.Name))
+        if isinstance(stmt, (ast.InputDecl, ast.OutputDecl)) and stmt.type is not None:  # a parameter's are read
+            yield from (d.id for d in stmt.type.dims if isinstance(d, ast.Name))
 
 
 def named_stages(stmts: list[ast.Stmt]) -> Iterator[str]:
