@@ -1,8 +1,10 @@
-"""Convolution and pooling layers (channels-first, like PyTorch)."""
+"""Convolution, pooling, padding and resizing layers (channels-first, like PyTorch)."""
 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
+from typing import Any
 
 from dslc.layers.base import (
     Inferred,
@@ -23,6 +25,7 @@ from dslc.layers.base import (
     static,
 )
 from dslc.params import brief
+from dslc.shapes import Dim, TensorType
 from dslc.traced import is_traced, plain
 
 
@@ -47,165 +50,213 @@ def _conv_params(a) -> int:
     return weight + a["out_channels"] * a["bias"]
 
 
+_SPATIAL = {1: "length", 2: "height, width", 3: "depth, height, width"}
+
+
 def _layout(n: int) -> str:
-    return "[batch, channels, length]" if n == 1 else "[batch, channels, height, width]"
+    return f"[batch, channels, {_SPATIAL[n]}]"
+
+
+def _conv_input(x: TensorType, n: int, name: str) -> int:
+    """Check a convolution's input ([batch, channels, spatial...]) and return its channel count."""
+    expect_float(x, name)
+    hint = "add a channel dimension with Reshape or unsqueeze" if x.rank == n + 1 else None
+    expect_rank(x, (n + 2,), name, _layout(n), hint)
+    return static(x.shape[1], "channel count (dimension 1)", name)
+
+
+def _conv_padding(args, n: int, name: str, kernel: tuple, stride: tuple, dilation: tuple):
+    """The padding per axis, or "same" where PyTorch works it out (asymmetric, or over a block's kernel)."""
+    padding = plain(args["padding"])
+    if padding == "same":
+        if any(s != 1 for s in stride):
+            raise ShapeError(f"{name}: padding='same' needs stride 1, got stride {args['stride']}")
+        if any(is_traced(v) for v in (*kernel, *dilation)):
+            return "same"  # a block's kernel parameter: the padding depends on it, PyTorch works it out
+        if any(d * (k - 1) % 2 for k, d in zip(kernel, dilation)):
+            return "same"  # asymmetric: PyTorch pads the extra row at the end
+        return tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))
+    if padding == "valid":
+        return (0,) * n
+    if isinstance(padding, str):
+        causal = ", 'causal'" if n == 1 else ""
+        raise ShapeError(f"{name}: padding must be an integer, 'same', 'valid'{causal}, got {brief(args['padding'])}")
+    padding = pair(args["padding"], n)
+    check_padding(padding, name)
+    return padding
 
 
 def _conv_infer(n: int, name: str):
     def infer(args, inputs):
         (x,) = inputs
-        expect_float(x, name)
-        hint = "add a channel dimension with Reshape or unsqueeze" if x.rank == n + 1 else None
-        expect_rank(x, (n + 2,), name, _layout(n), hint)
+        in_channels = _conv_input(x, n, name)
         check_positive(args, "out_channels", "kernel", "stride", "dilation", "groups")
-        in_channels = static(x.shape[1], "channel count (dimension 1)", name)
         kernel, stride, dilation = pair(args["kernel"], n), pair(args["stride"], n), pair(args["dilation"], n)
-        if args["padding"] == "same":
-            if any(s != 1 for s in stride):
-                raise ShapeError(f"{name}: padding='same' needs stride 1, got stride {args['stride']}")
-            if any(is_traced(v) for v in (*kernel, *dilation)):
-                padding = "same"  # a block's kernel parameter: the padding depends on it, PyTorch works it out
-            elif any(d * (k - 1) % 2 for k, d in zip(kernel, dilation)):
-                padding = "same"  # asymmetric: PyTorch pads the extra row at the end
-            else:
-                padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))
-        elif args["padding"] == "valid":
-            padding = (0,) * n
-        elif isinstance(args["padding"], str):
-            raise ShapeError(f"{name}: padding must be an integer, 'same' or 'valid', got {brief(args['padding'])}")
-        else:
-            padding = pair(args["padding"], n)
-            check_padding(padding, name)
         if in_channels % args["groups"] or args["out_channels"] % args["groups"]:
             raise ShapeError(f"{name}: groups={args['groups']} must divide in ({in_channels}) and out channels")
-        if padding == "same":
-            spatial = x.shape[2:]
-        else:
-            spatial = tuple(
-                conv_out(size, k, s, p, d) for size, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation)
-            )
-        out = x.with_shape((x.shape[0], args["out_channels"], *spatial))
         init = {
             "in_channels": in_channels,
             "out_channels": args["out_channels"],
             "kernel_size": simple(kernel),
             "stride": simple(stride),
-            # a block's str parameter (`padding=pad`) is written as itself: PyTorch takes "same" and "valid"
-            "padding": args["padding"]
-            if is_traced(args["padding"])
-            else padding
-            if padding == "same"
-            else simple(padding),
+            "padding": 0,
             "dilation": simple(dilation),
             "groups": args["groups"],
             "bias": args["bias"],
             "spatial_dims": n,
         }
-        return Inferred([out], init)
+        if n == 1 and plain(args["padding"]) == "causal":
+            # Left padding only, so output t sees inputs up to t: the module pads nothing and forward() calls F.pad.
+            init["causal_padding"] = dilation[0] * (kernel[0] - 1)
+            spatial = (conv_out(x.shape[2] + init["causal_padding"], kernel[0], stride[0], 0, dilation[0]),)
+        else:
+            padding = _conv_padding(args, n, name, kernel, stride, dilation)
+            # a block's str parameter (`padding=pad`) is written as itself: PyTorch takes "same" and "valid"
+            if is_traced(args["padding"]) or padding == "same":
+                init["padding"] = args["padding"]
+            else:
+                init["padding"] = simple(padding)
+            if padding == "same":
+                spatial = x.shape[2:]
+            else:
+                spatial = tuple(
+                    conv_out(size, k, s, p, d)
+                    for size, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation)
+                )
+        return Inferred([x.with_shape((x.shape[0], args["out_channels"], *spatial))], init)
 
     return infer
 
 
+# Optional constructor arguments of nn.ConvNd and nn.ConvTransposeNd with PyTorch's defaults, in the order written.
+_CONV_DEFAULTS = {"stride": 1, "padding": 0, "output_padding": 0, "dilation": 1, "groups": 1, "bias": True}
+
+
 def _conv_src(cls: str):
     def src(a):
-        extra = {
-            k: a[k]
-            for k, d in (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1), ("bias", True))
-            if differs(a[k], d)
-        }
+        extra = {k: a[k] for k, d in _CONV_DEFAULTS.items() if k in a and differs(a[k], d)}
         return pycall(f"nn.{cls}", a["in_channels"], a["out_channels"], a["kernel_size"], **extra)
 
     return src
+
+
+def _conv_forward(module, inputs, init):
+    """`self.conv(x)`, or `self.conv(F.pad(x, (k - 1, 0)))` for a causal Conv1d."""
+    if "causal_padding" in init:
+        return f"{module}({pycall('F.pad', Src(inputs[0]), (init['causal_padding'], 0))})"
+    return _call_module(module, inputs, init)
 
 
 _CONV_PARAMS = (
     Param("out_channels", "int", doc="number of filters"),
     Param("kernel", "ints", doc="kernel size: an int or a tuple"),
     Param("stride", "ints", 1, "step between windows"),
-    Param("padding", "any", 0, "an int, a tuple, 'same' or 'valid'"),
+    Param("padding", "any", 0, "an int, a tuple, 'same' or 'valid'; Conv1d also 'causal' (left padding only)"),
     Param("dilation", "ints", 1, "spacing between kernel taps"),
     Param("groups", "int", 1, "blocked connections between input and output channels"),
     Param("bias", "bool", True, "learn an additive bias"),
 )
 
-for _n in (1, 2):
+for _n in (1, 2, 3):
+    _causal = "; padding='causal': [batch, out_channels, floor((L - 1) / s) + 1]" if _n == 1 else ""
     register(
         Op(
             name=f"Conv{_n}d",
-            doc=f"{_n}-D convolution; input channels are inferred from dimension 1.",
+            doc=f"{_n}-D convolution; input channels are inferred from dimension 1."
+            + (" padding='causal' pads d(k-1) on the left only (WaveNet, TCN)." if _n == 1 else ""),
             params=_CONV_PARAMS,
             infer=_conv_infer(_n, f"Conv{_n}d"),
             category="layer",
             module=_conv_src(f"Conv{_n}d"),
-            forward=_call_module,
+            forward=_conv_forward,
             prefix="conv",
             param_count=_conv_params,
             example=f'x -> Conv{_n}d(32, kernel=3, padding="same")',
-            shape_rule=f"{_layout(_n)} -> [batch, out_channels, floor((L + 2p - d(k-1) - 1) / s) + 1 ...]",
+            shape_rule=f"{_layout(_n)} -> [batch, out_channels, floor((L + 2p - d(k-1) - 1) / s) + 1 ...]{_causal}",
         )
     )
 
 
-def _convt_infer(args, inputs):
-    (x,) = inputs
-    expect_float(x, "ConvTranspose2d")
-    expect_rank(x, (4,), "ConvTranspose2d", _layout(2))
-    check_positive(args, "out_channels", "kernel", "stride")
-    in_channels = static(x.shape[1], "channel count (dimension 1)", "ConvTranspose2d")
-    k, s, p, op = pair(args["kernel"]), pair(args["stride"]), pair(args["padding"]), pair(args["output_padding"])
-    check_padding(p, "ConvTranspose2d")
-    check_padding(op, "ConvTranspose2d")
-    if any(o >= si for o, si in zip(op, s)):
-        raise ShapeError(
-            f"ConvTranspose2d: output_padding must be smaller than the stride, got {brief(args['output_padding'])}"
+def _convt_infer(n: int, name: str):
+    def infer(args, inputs):
+        (x,) = inputs
+        in_channels = _conv_input(x, n, name)
+        check_positive(args, "out_channels", "kernel", "stride")
+        k, s, p = pair(args["kernel"], n), pair(args["stride"], n), pair(args["padding"], n)
+        op = pair(args["output_padding"], n)
+        check_padding(p, name)
+        check_padding(op, name)
+        if any(o >= si for o, si in zip(op, s)):
+            raise ShapeError(
+                f"{name}: output_padding must be smaller than the stride, got {brief(args['output_padding'])}"
+            )
+        spatial = tuple(
+            (size - 1) * si - 2 * pi + (ki - 1) + opi + 1 for size, ki, si, pi, opi in zip(x.shape[2:], k, s, p, op)
         )
-    spatial = tuple(
-        (size - 1) * si - 2 * pi + (ki - 1) + opi + 1 for size, ki, si, pi, opi in zip(x.shape[2:], k, s, p, op)
+        init = {
+            "in_channels": in_channels,
+            "out_channels": args["out_channels"],
+            "kernel_size": simple(k),
+            "stride": simple(s),
+            "padding": simple(p),
+            "output_padding": simple(op),
+            "bias": args["bias"],
+            "spatial_dims": n,
+        }
+        return Inferred([x.with_shape((x.shape[0], args["out_channels"], *spatial))], init)
+
+    return infer
+
+
+for _n in (1, 2, 3):
+    _name = f"ConvTranspose{_n}d"
+    register(
+        Op(
+            name=_name,
+            doc=f"Transposed {_n}-D convolution (learned upsampling); input channels are inferred.",
+            params=(
+                Param("out_channels", "int", doc="number of filters"),
+                Param("kernel", "ints", doc="kernel size"),
+                Param("stride", "ints", 1, "upsampling factor"),
+                Param("padding", "ints", 0, "implicit padding removed from the output"),
+                Param("output_padding", "ints", 0, "extra size added to one side of the output"),
+                Param("bias", "bool", True, "learn an additive bias"),
+            ),
+            infer=_convt_infer(_n, _name),
+            category="layer",
+            module=_conv_src(_name),
+            forward=_call_module,
+            prefix="deconv",
+            param_count=_conv_params,
+            example=f"z -> {_name}(32, kernel=4, stride=2, padding=1)",
+            shape_rule=f"{_layout(_n)} -> [batch, out_channels, (L-1)s - 2p + k + output_padding ...]",
+        )
     )
-    init = {
-        "in_channels": in_channels,
-        "out_channels": args["out_channels"],
-        "kernel_size": simple(k),
-        "stride": simple(s),
-        "padding": simple(p),
-        "output_padding": simple(op),
-        "bias": args["bias"],
-        "spatial_dims": 2,
-    }
-    return Inferred([x.with_shape((x.shape[0], args["out_channels"], *spatial))], init)
-
-
-def _convt_src(a):
-    extra = {
-        k: a[k] for k, d in (("stride", 1), ("padding", 0), ("output_padding", 0), ("bias", True)) if differs(a[k], d)
-    }
-    return pycall("nn.ConvTranspose2d", a["in_channels"], a["out_channels"], a["kernel_size"], **extra)
-
-
-register(
-    Op(
-        name="ConvTranspose2d",
-        doc="Transposed 2-D convolution (learned upsampling); input channels are inferred.",
-        params=(
-            Param("out_channels", "int", doc="number of filters"),
-            Param("kernel", "ints", doc="kernel size"),
-            Param("stride", "ints", 1, "upsampling factor"),
-            Param("padding", "ints", 0, "implicit padding removed from the output"),
-            Param("output_padding", "ints", 0, "extra size added to one side of the output"),
-            Param("bias", "bool", True, "learn an additive bias"),
-        ),
-        infer=_convt_infer,
-        category="layer",
-        module=_convt_src,
-        forward=_call_module,
-        prefix="deconv",
-        param_count=_conv_params,
-        example="z -> ConvTranspose2d(32, kernel=4, stride=2, padding=1)",
-        shape_rule="[batch, C, H, W] -> [batch, out_channels, (H-1)s - 2p + k + output_padding, ...]",
-    )
-)
 
 # ---------------------------------------------------------------- pooling
+
+
+def pool_out(size: Dim, kernel: int, stride: int, padding: int, ceil_mode: bool) -> Dim:
+    """PyTorch's pooling output size: conv_out, or with ceil_mode the division rounded up, less the last window
+    where it would start past the input and its left padding."""
+    if not ceil_mode:
+        return conv_out(size, kernel, stride, padding)
+    out = (size + (2 * padding - kernel + stride - 1)) // stride + 1
+    if not isinstance(size, int):
+        # The last window can start in the right padding only where stride > kernel - padding, and then only for
+        # some sizes: the output size would depend on the size modulo the stride.
+        if stride > kernel - padding:
+            raise ShapeError(
+                f"ceil_mode with the symbolic size '{size}' needs stride <= kernel - padding, "
+                f"got stride {stride}, kernel {kernel}, padding {padding}",
+                "give the input a fixed size, or use ceil_mode=false",
+            )
+        return out
+    if (out - 1) * stride >= size + padding:
+        out -= 1
+    if out < 1:
+        raise ShapeError(f"input size {size} is smaller than the kernel ({kernel}, padding {padding})")
+    return out
 
 
 def _pool_infer(n: int, name: str):
@@ -219,35 +270,37 @@ def _pool_infer(n: int, name: str):
         check_padding(padding, name)
         if any(2 * p > k for p, k in zip(padding, kernel)):
             raise ShapeError(f"{name}: padding must be at most half the kernel size")
-        spatial = tuple(conv_out(size, k, s, p) for size, k, s, p in zip(x.shape[2:], kernel, stride, padding))
+        ceil_mode = args["ceil_mode"]
+        try:
+            spatial = tuple(pool_out(d, k, s, p, ceil_mode) for d, k, s, p in zip(x.shape[2:], kernel, stride, padding))
+        except ShapeError as exc:
+            raise ShapeError(f"{name}: {exc}", exc.hint) from None
         init = {"kernel_size": simple(kernel), "stride": simple(stride), "padding": simple(padding)}
+        init["ceil_mode"] = ceil_mode
+        if "count_include_pad" in args:
+            init["count_include_pad"] = args["count_include_pad"]
         return Inferred([x.with_shape((*x.shape[:2], *spatial))], init)
 
     return infer
 
 
-def _pool_src(fn: str):
-    def functional(xs, a):
-        extra = {"stride": a["stride"]} if differs(a["stride"], a["kernel_size"]) else {}
-        if differs(a["padding"], 0):
-            extra["padding"] = a["padding"]
-        return pycall(fn, Src(xs[0]), a["kernel_size"], **extra)
-
-    return functional
+def _pool_options(a) -> dict[str, Any]:
+    """The keyword arguments of a pooling layer that differ from PyTorch's defaults (stride: the kernel)."""
+    extra = {"stride": a["stride"]} if differs(a["stride"], a["kernel_size"]) else {}
+    defaults = {"padding": 0, "ceil_mode": False, "count_include_pad": True}
+    return extra | {k: a[k] for k, d in defaults.items() if k in a and differs(a[k], d)}
 
 
-def _module_src(cls: str):
-    def src(a):
-        extra = {"stride": a["stride"]} if differs(a["stride"], a["kernel_size"]) else {}
-        if differs(a["padding"], 0):
-            extra["padding"] = a["padding"]
-        return pycall(f"nn.{cls}", a["kernel_size"], **extra)
-
-    return src
-
+_POOL_PARAMS = (
+    Param("kernel", "ints", doc="window size"),
+    Param("stride", "ints", None, "step between windows (default: kernel)"),
+    Param("padding", "ints", 0, "implicit padding"),
+    Param("ceil_mode", "bool", False, "round the output size up; a window must still start inside the input"),
+)
+_AVG_PARAMS = (*_POOL_PARAMS, Param("count_include_pad", "bool", True, "average the zero padding in too"))
 
 for _n in (1, 2):
-    for _kind, _fn in (("Max", "max_pool"), ("Avg", "avg_pool")):
+    for _kind, _fn, _params in (("Max", "max_pool", _POOL_PARAMS), ("Avg", "avg_pool", _AVG_PARAMS)):
         _name = f"{_kind}Pool{_n}d"
         register(
             Op(
@@ -255,18 +308,15 @@ for _n in (1, 2):
                 doc=f"{_kind.lower()}imum-style pooling over {_n}-D windows; stride defaults to the kernel size."
                 if _kind == "Max"
                 else f"Average pooling over {_n}-D windows; stride defaults to the kernel size.",
-                params=(
-                    Param("kernel", "ints", doc="window size"),
-                    Param("stride", "ints", None, "step between windows (default: kernel)"),
-                    Param("padding", "ints", 0, "implicit padding"),
-                ),
+                params=_params,
                 infer=_pool_infer(_n, _name),
                 category="layer",
-                module=_module_src(_name),
-                functional=_pool_src(f"F.{_fn}{_n}d"),
+                module=lambda a, c=_name: pycall(f"nn.{c}", a["kernel_size"], **_pool_options(a)),
+                functional=lambda xs, a, f=f"F.{_fn}{_n}d": pycall(f, Src(xs[0]), a["kernel_size"], **_pool_options(a)),
                 prefix="pool",
                 example=f"x -> {_name}(2)",
-                shape_rule=f"{_layout(_n)} -> [batch, channels, floor((L + 2p - k) / s) + 1 ...]",
+                shape_rule=f"{_layout(_n)} -> [batch, channels, floor((L + 2p - k) / s) + 1 ...]; ceil_mode: "
+                "rounded up, less one where the last window would start past L + p",
             )
         )
 
@@ -294,22 +344,202 @@ def _adaptive_infer(n: int, name: str):
 
 
 for _n in (1, 2):
-    _name = f"AdaptiveAvgPool{_n}d"
-    register(
-        Op(
-            name=_name,
-            doc="Average pooling to a fixed output size, whatever the input size (1 = global pooling).",
-            params=(Param("output_size", "ints", 1, "output size"),),
-            infer=_adaptive_infer(_n, _name),
-            category="layer",
-            module=lambda a, c=_name: pycall(f"nn.{c}", a["output_size"]),
-            functional=lambda xs, a, n=_n: pycall(f"F.adaptive_avg_pool{n}d", Src(xs[0]), a["output_size"]),
-            prefix="pool",
-            example=f"x -> {_name}(1)",
-            shape_rule=f"{_layout(_n)} -> [batch, channels, output_size ...]",
+    for _kind, _what in (("Avg", "Average"), ("Max", "Maximum")):
+        _name, _fn = f"Adaptive{_kind}Pool{_n}d", f"F.adaptive_{_kind.lower()}_pool{_n}d"
+        register(
+            Op(
+                name=_name,
+                doc=f"{_what} pooling to a fixed output size, whatever the input size (1 = global pooling).",
+                params=(Param("output_size", "ints", 1, "output size"),),
+                infer=_adaptive_infer(_n, _name),
+                category="layer",
+                module=lambda a, c=_name: pycall(f"nn.{c}", a["output_size"]),
+                functional=lambda xs, a, f=_fn: pycall(f, Src(xs[0]), a["output_size"]),
+                prefix="pool",
+                example=f"x -> {_name}(1)",
+                shape_rule=f"{_layout(_n)} -> [batch, channels, output_size ...]",
+            )
         )
-    )
 
+# ---------------------------------------------------------------- padding
+
+_PAD_MODES = {"Zero": "constant", "Constant": "constant", "Reflection": "reflect", "Replication": "replicate"}
+_PAD_ORDER = {1: "(left, right)", 2: "(left, right, top, bottom)"}
+
+
+def _pad_infer(n: int, name: str, mode: str):
+    def infer(args, inputs):
+        (x,) = inputs
+        expect_rank(x, (n + 1, n + 2), name, f"{_layout(n)} or [channels, {_SPATIAL[n]}]")
+        padding = args["padding"]
+        if isinstance(padding, tuple) and len(padding) != 2 * n:
+            raise ShapeError(f"{name}: padding takes one integer or {_PAD_ORDER[n]}, got {brief(padding)}")
+        padding = pair(padding, 2 * n)
+        check_padding(padding, name)
+        # PyTorch's order pads the last dimension first: (left, right) of the width, then (top, bottom).
+        sides = [padding[2 * i : 2 * i + 2] for i in range(n)][::-1]
+        spatial = x.shape[-n:]
+        if mode == "reflect":
+            for axis, (size, (before, after)) in enumerate(zip(spatial, sides), start=x.rank - n):
+                if isinstance(size, int) and max(before, after) >= size:
+                    raise ShapeError(
+                        f"{name}: reflection padding must be smaller than the input size, got padding "
+                        f"{max(before, after)} for size {size} (dimension {axis})",
+                        "pad less, or use ReplicationPad or ZeroPad",
+                    )
+        init = {"padding": padding}
+        if name.startswith("Constant"):
+            value = args["value"]
+            if not x.is_float and not float(value).is_integer():
+                raise ShapeError(f"{name}: an {x.dtype} tensor cannot be padded with {brief(value)}")
+            init["value"] = value
+        out = tuple(size + before + after for size, (before, after) in zip(spatial, sides))
+        return Inferred([x.with_shape((*x.shape[:-n], *out))], init)
+
+    return infer
+
+
+def _pad_module(cls: str):
+    def src(a):
+        return pycall(f"nn.{cls}", simple(a["padding"]), *([a["value"]] if "value" in a else []))
+
+    return src
+
+
+def _pad_functional(mode: str):
+    def functional(xs, a):
+        extra = {"mode": mode} if mode != "constant" else {}
+        if differs(a.get("value", 0.0), 0.0):
+            extra["value"] = a["value"]
+        return pycall("F.pad", Src(xs[0]), a["padding"], **extra)
+
+    return functional
+
+
+_PAD_DOCS = {
+    "Zero": "Pads with zeros.",
+    "Constant": "Pads with a constant value.",
+    "Reflection": "Pads with the input's reflection, the edge not repeated; padding must be smaller than the size.",
+    "Replication": "Pads by repeating the edge values.",
+}
+
+for _n in (1, 2):
+    for _kind, _mode in _PAD_MODES.items():
+        _name = f"{_kind}Pad{_n}d"
+        _value = (Param("value", "float", doc="the fill value"),) if _kind == "Constant" else ()
+        register(
+            Op(
+                name=_name,
+                doc=f"{_PAD_DOCS[_kind]} The last {_n} dimension(s); padding is an int or {_PAD_ORDER[_n]}.",
+                params=(Param("padding", "ints", doc=f"an int for every side, or {_PAD_ORDER[_n]}"), *_value),
+                infer=_pad_infer(_n, _name, _mode),
+                category="layer",
+                module=_pad_module(_name),
+                functional=_pad_functional(_mode),
+                prefix="pad",
+                example=f"x -> {_name}({'(1, 2, 0, 1)' if _n == 2 else 2}{', 0.5' if _value else ''})",
+                shape_rule=f"[..., {_SPATIAL[_n]}] -> [..., {'H + top + bottom, ' if _n == 2 else ''}L + left + right]",
+            )
+        )
+
+# ---------------------------------------------------------------- resizing
+
+_RESIZE_RANKS = {"nearest": (3, 4), "linear": (3,), "bilinear": (4,)}
+_SCALE_DENOMINATOR = 64  # scales exact in binary (2, 0.5, 1.5): PyTorch (double) and ONNX (float) size alike
+
+
+def _scale(value: Any, name: str) -> Fraction:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ShapeError(f"{name}: scale_factor must be a positive number or a tuple of them, got {brief(value)}")
+    exact = Fraction(plain(value))
+    if exact.denominator > _SCALE_DENOMINATOR:
+        raise ShapeError(
+            f"{name}: scale_factor {brief(value)} is not a multiple of 1/{_SCALE_DENOMINATOR}, so PyTorch and ONNX "
+            "could round the output size differently",
+            "use a scale such as 2, 0.5 or 1.5, or give size=",
+        )
+    return exact
+
+
+def _resize_infer(name: str):
+    def infer(args, inputs):
+        (x,) = inputs
+        expect_float(x, name)
+        mode = plain(args["mode"])
+        layouts = " or ".join(_layout(r - 2) for r in _RESIZE_RANKS[mode])
+        expect_rank(x, _RESIZE_RANKS[mode], f"{name} (mode {mode!r})", layouts)
+        n = x.rank - 2
+        if (args["size"] is None) == (args["scale_factor"] is None):
+            raise ShapeError(f"{name}: give exactly one of size and scale_factor")
+        if mode == "nearest" and args["align_corners"] is not None:
+            raise ShapeError(f"{name}: align_corners is for the linear and bilinear modes, not {mode!r}")
+        if args["size"] is not None:
+            check_positive(args, "size")
+            spatial = pair(args["size"], n)
+        else:
+            factor = args["scale_factor"]
+            if isinstance(factor, tuple) and len(factor) != n:
+                raise ShapeError(f"{name}: scale_factor takes 1 or {n} numbers, got {brief(factor)}")
+            scales = [_scale(s, name) for s in pair(factor, n)]
+            spatial = tuple((s.numerator * d) // s.denominator for s, d in zip(scales, x.shape[2:]))
+            for d, out in zip(x.shape[2:], spatial):
+                if isinstance(out, int) and out < 1:
+                    raise ShapeError(f"{name}: scale_factor {brief(factor)} resizes size {d} to {out}")
+        init = {
+            "size": None if args["size"] is None else simple(pair(args["size"], n)),
+            "scale_factor": args["scale_factor"],
+            "mode": mode,
+            "align_corners": args["align_corners"],
+        }
+        return Inferred([x.with_shape((*x.shape[:2], *spatial))], init)
+
+    return infer
+
+
+def _resize_options(a) -> dict[str, Any]:
+    return {
+        k: a[k]
+        for k, d in (("size", None), ("scale_factor", None), ("mode", "nearest"), ("align_corners", None))
+        if differs(a[k], d)
+    }
+
+
+_RESIZE_PARAMS = (
+    Param("size", "ints", None, "output size: an int or one per spatial dimension"),
+    Param("scale_factor", "any", None, "multiplier of the spatial sizes: a number or one per dimension"),
+    Param("mode", "str", "nearest", "nearest, linear (3-D input) or bilinear (4-D input)", tuple(_RESIZE_RANKS)),
+    Param("align_corners", "bool", None, "linear modes: corner pixels aligned (default false)"),
+)
+_RESIZE_RULE = "[batch, channels, L ...] -> [batch, channels, size ...] or [batch, channels, floor(L * scale) ...]"
+
+register(
+    Op(
+        name="Upsample",
+        doc="Resizes the spatial dimensions (nearest, linear, bilinear) to `size` or by `scale_factor`.",
+        params=_RESIZE_PARAMS,
+        infer=_resize_infer("Upsample"),
+        category="layer",
+        module=lambda a: pycall("nn.Upsample", **_resize_options(a)),
+        forward=_call_module,
+        prefix="upsample",
+        example='x -> Upsample(scale_factor=2, mode="bilinear")',
+        shape_rule=_RESIZE_RULE,
+    )
+)
+register(
+    Op(
+        name="interpolate",
+        doc="F.interpolate: resizes the spatial dimensions as Upsample does.",
+        params=_RESIZE_PARAMS,
+        infer=_resize_infer("interpolate"),
+        category="function",
+        module=lambda a: pycall("nn.Upsample", **_resize_options(a)),
+        functional=lambda xs, a: pycall("F.interpolate", Src(xs[0]), **_resize_options(a)),
+        prefix="upsample",
+        example="interpolate(x, size=(32, 32))",
+        shape_rule=_RESIZE_RULE,
+    )
+)
 
 # ---------------------------------------------------------------- ONNX lowerings (dslc.lower_onnx)
 
@@ -318,7 +548,11 @@ def _ints(value, n: int) -> list[int]:
     return [int(v) for v in pair(plain(value), n)]
 
 
-@lowering("Conv1d", "Conv2d")
+def _weights(g, key: str, a) -> list[str]:
+    return [g.weight(f"{key}weight"), *([g.weight(f"{key}bias")] if a["bias"] else [])]
+
+
+@lowering("Conv1d", "Conv2d", "Conv3d")
 def _conv_onnx(g, xs, outs, a, key):
     n = a["spatial_dims"]
     attrs = {
@@ -328,52 +562,38 @@ def _conv_onnx(g, xs, outs, a, key):
         "group": int(plain(a["groups"])),
     }
     padding = plain(a["padding"])
-    if padding == "same":  # PyTorch pads an odd total's extra row at the end, as SAME_UPPER does
+    if "causal_padding" in a:
+        attrs["pads"] = [int(plain(a["causal_padding"])), 0]
+    elif padding == "same":  # PyTorch pads an odd total's extra row at the end, as SAME_UPPER does
         attrs["auto_pad"] = "SAME_UPPER"
     else:
         attrs["pads"] = ([0] * n if padding == "valid" else _ints(padding, n)) * 2
-    bias = [g.weight(f"{key}bias")] if a["bias"] else []
-    return g.node("Conv", [xs[0].name, g.weight(f"{key}weight"), *bias], **attrs)
+    return g.node("Conv", [xs[0].name, *_weights(g, key, a)], **attrs)
+
+
+@lowering("ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
+def _conv_transpose_onnx(g, xs, outs, a, key):
+    n = a["spatial_dims"]
+    return g.node(
+        "ConvTranspose",
+        [xs[0].name, *_weights(g, key, a)],
+        kernel_shape=_ints(a["kernel_size"], n),
+        strides=_ints(a["stride"], n),
+        pads=_ints(a["padding"], n) * 2,
+        output_padding=_ints(a["output_padding"], n),
+    )
 
 
 def _pool_onnx(op_type: str, n: int):
     def lower(g, xs, outs, a, key):
         attrs = {"kernel_shape": _ints(a["kernel_size"], n), "strides": _ints(a["stride"], n)}
         attrs["pads"] = _ints(a["padding"], n) * 2
+        attrs["ceil_mode"] = int(plain(a["ceil_mode"]))
         if op_type == "AveragePool":
-            attrs["count_include_pad"] = 1  # PyTorch's default
+            attrs["count_include_pad"] = int(plain(a["count_include_pad"]))
         return g.node(op_type, [xs[0].name], **attrs)
 
     return lower
-
-
-@lowering("AdaptiveAvgPool1d", "AdaptiveAvgPool2d")
-def _adaptive_onnx(g, xs, outs, a, key):
-    x = xs[0]
-    n = x.type.rank - 2
-    size = _ints(a["output_size"], n)
-    if all(s == 1 for s in size):
-        return g.node("GlobalAveragePool", [x.name])
-    spatial = [int(d) for d in x.type.shape[2:]]  # fixed: the checker pools a symbolic size only to 1
-    if all(d % s == 0 for d, s in zip(spatial, size)):
-        kernel = [d // s for d, s in zip(spatial, size)]
-        return g.node("AveragePool", [x.name], kernel_shape=kernel, strides=kernel)
-    # PyTorch's uneven bins (start floor(i*n/m), end ceil((i+1)*n/m)) as a matrix per axis: y = P_h x P_w^T
-    y = g.one("MatMul", [x.name, g.constant(_bins(spatial[-1], size[-1]).T, "float32", "pool_w")])
-    if n == 2:
-        y = g.one("MatMul", [g.constant(_bins(spatial[0], size[0]), "float32", "pool_h"), y])
-    return [y]
-
-
-def _bins(n: int, m: int):
-    """[m, n]: row i averages input positions floor(i*n/m) .. ceil((i+1)*n/m) - 1."""
-    import numpy as np
-
-    matrix = np.zeros((m, n), dtype=np.float32)
-    for i in range(m):
-        start, end = (i * n) // m, -((-(i + 1) * n) // m)
-        matrix[i, start:end] = 1.0 / (end - start)
-    return matrix
 
 
 for _n in (1, 2):
@@ -381,14 +601,93 @@ for _n in (1, 2):
     lowering(f"AvgPool{_n}d")(_pool_onnx("AveragePool", _n))
 
 
-@lowering("ConvTranspose2d")
-def _conv_transpose_onnx(g, xs, outs, a, key):
-    bias = [g.weight(f"{key}bias")] if a["bias"] else []
-    return g.node(
-        "ConvTranspose",
-        [xs[0].name, g.weight(f"{key}weight"), *bias],
-        kernel_shape=_ints(a["kernel_size"], 2),
-        strides=_ints(a["stride"], 2),
-        pads=_ints(a["padding"], 2) * 2,
-        output_padding=_ints(a["output_padding"], 2),
-    )
+def _adaptive_onnx(kind: str):
+    """Adaptive pooling: global, a regular pooling where the bins are even, else PyTorch's uneven bins (start
+    floor(i*n/m), end ceil((i+1)*n/m)) written out per axis."""
+
+    def lower(g, xs, outs, a, key):
+        x = xs[0]
+        n = x.type.rank - 2
+        size = _ints(a["output_size"], n)
+        if all(s == 1 for s in size):
+            return g.node(f"Global{kind}Pool", [x.name])
+        spatial = [int(d) for d in x.type.shape[2:]]  # fixed: the checker pools a symbolic size only to 1
+        if all(d % s == 0 for d, s in zip(spatial, size)):
+            kernel = [d // s for d, s in zip(spatial, size)]
+            return g.node(f"{kind}Pool", [x.name], kernel_shape=kernel, strides=kernel)
+        if kind == "Average":  # a matrix per axis: y = P_h x P_w^T
+            y = g.one("MatMul", [x.name, g.constant(_bins(spatial[-1], size[-1]).T, "float32", "pool_w")])
+            if n == 2:
+                y = g.one("MatMul", [g.constant(_bins(spatial[0], size[0]), "float32", "pool_h"), y])
+            return [y]
+        # Max is separable over a rectangle: per axis, gather each bin's positions ([m, longest bin], the short
+        # bins repeating their last position, which leaves the maximum as it is) and reduce them.
+        y = x.name
+        for axis, (d, m) in enumerate(zip(spatial, size), start=2):
+            bins = [_bin(i, d, m) for i in range(m)]
+            longest = max(len(b) for b in bins)
+            index = [list(b) + [b[-1]] * (longest - len(b)) for b in bins]
+            gathered = g.one("Gather", [y, g.constant(index, "int64", "pool_bins")], axis=axis)
+            y = g.one("ReduceMax", [gathered, g.ints([axis + 1], "axes")], keepdims=0)
+        return [y]
+
+    return lower
+
+
+def _bin(i: int, n: int, m: int) -> range:
+    """The input positions of PyTorch's adaptive pooling bin i of m over n positions."""
+    return range((i * n) // m, -((-(i + 1) * n) // m))
+
+
+def _bins(n: int, m: int):
+    """[m, n]: row i averages the positions of bin i."""
+    import numpy as np
+
+    matrix = np.zeros((m, n), dtype=np.float32)
+    for i in range(m):
+        positions = _bin(i, n, m)
+        matrix[i, positions.start : positions.stop] = 1.0 / len(positions)
+    return matrix
+
+
+lowering("AdaptiveAvgPool1d", "AdaptiveAvgPool2d")(_adaptive_onnx("Average"))
+lowering("AdaptiveMaxPool1d", "AdaptiveMaxPool2d")(_adaptive_onnx("Max"))
+
+
+def _pad_onnx(mode: str):
+    def lower(g, xs, outs, a, key):
+        x = xs[0]
+        n = len(a["padding"]) // 2
+        sides = [_ints(a["padding"][2 * i : 2 * i + 2], 2) for i in range(n)][::-1]  # the axes in order
+        leading = [0] * (x.type.rank - n)
+        pads = leading + [before for before, _ in sides] + leading + [after for _, after in sides]
+        inputs = [x.name, g.ints(pads, "pads")]
+        if mode == "constant":
+            inputs.append(g.constant(plain(a.get("value", 0)), x.type.dtype, "pad_value"))
+        return g.node("Pad", inputs, mode={"replicate": "edge"}.get(mode, mode))
+
+    return lower
+
+
+for _n in (1, 2):
+    for _kind, _mode in _PAD_MODES.items():
+        lowering(f"{_kind}Pad{_n}d")(_pad_onnx(_mode))
+
+
+@lowering("Upsample", "interpolate")
+def _resize_onnx(g, xs, outs, a, key):
+    """Resize over the spatial axes, with PyTorch's coordinates: nearest takes floor(out / scale), linear modes
+    map pixel centres (half_pixel) or corners (align_corners)."""
+    x = xs[0]
+    axes = list(range(2, x.type.rank))
+    if plain(a["mode"]) == "nearest":
+        attrs = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+    else:
+        corners = "align_corners" if plain(a["align_corners"]) else "half_pixel"
+        attrs = {"mode": "linear", "coordinate_transformation_mode": corners}
+    if a["size"] is not None:
+        inputs = [x.name, "", "", g.ints(_ints(a["size"], len(axes)), "sizes")]
+    else:  # the scales, not the sizes: PyTorch maps coordinates by the scale factor it was given
+        scales = [float(plain(s)) for s in pair(plain(a["scale_factor"]), len(axes))]
+        inputs = [x.name, "", g.constant(scales, "float32", "scales")]
+    return g.node("Resize", inputs, axes=axes, **attrs)
