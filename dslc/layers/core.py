@@ -285,6 +285,11 @@ def _groupnorm_infer(args, inputs):
             f"GroupNorm: {channels} channels do not split into {args['num_groups']} groups",
             "num_groups must divide the channel count (dimension 1)",
         )
+    if channels // args["num_groups"] * numel(x.shape[2:]) == 1:  # PyTorch refuses it at batch size 1
+        raise ShapeError(
+            f"GroupNorm({args['num_groups']}): each group of {x.shape_str()} holds one value per sample",
+            "use fewer groups",
+        )
     return Inferred([x], {"num_channels": channels, **args})
 
 
@@ -337,6 +342,8 @@ def _instancenorm_infer(rank: int, name: str):
         (x,) = inputs
         expect_float(x, name)
         expect_rank(x, (rank,), name, layout)
+        if numel(x.shape[2:]) == 1:  # PyTorch refuses it
+            raise ShapeError(f"{name} normalises over positions, and {x.shape_str()} has one per channel")
         return Inferred([x], {"num_features": _channels(x, name), **args})
 
     return infer
