@@ -121,7 +121,7 @@ register(
         category="function",
         functional=lambda xs, a: pycall(f"{xs[0]}.flip", *a["dims"]),
         prefix="flip",
-        example="backwards = flip(x, time)",
+        example="backwards = flip(x, dims=time)",
         shape_rule="unchanged",
     )
 )
