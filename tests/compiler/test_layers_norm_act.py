@@ -75,6 +75,7 @@ CASES = [
         lambda: nn.InstanceNorm2d(4, affine=True, track_running_stats=True),
         "BatchNormalization",
     ),
+    Case("LayerNorm", "float32[batch, 5, 6]", (3, 5, 6), lambda: nn.LayerNorm(6), "LayerNormalization"),
     Case(
         "LayerNorm(bias=false)",
         "float32[batch, 5, 6]",
