@@ -160,13 +160,20 @@ for _name, _ranks in (("BatchNorm1d", (2, 3)), ("BatchNorm2d", (4,))):
     )
 
 
+def _scale_and_shift(g, a, key: str, dtype: str) -> list[str]:
+    """A channel normalisation's learned scale and shift, or ones and zeros where it learns none (affine=false)."""
+    if a["affine"]:
+        return [g.weight(f"{key}weight"), g.weight(f"{key}bias")]
+    n = a["num_features"]
+    return [g.constant([1.0] * n, dtype, "ones"), g.constant([0.0] * n, dtype, "zeros")]
+
+
 @lowering("BatchNorm1d", "BatchNorm2d")
 def _batchnorm_onnx(g, xs, outs, a, key):
-    n = a["num_features"]
-    scale = g.weight(f"{key}weight") if a["affine"] else g.constant([1.0] * n, "float32", "ones")
-    shift = g.weight(f"{key}bias") if a["affine"] else g.constant([0.0] * n, "float32", "zeros")
+    x = xs[0]
     stats = [g.weight(f"{key}running_mean"), g.weight(f"{key}running_var")]
-    return g.node("BatchNormalization", [xs[0].name, scale, shift, *stats], epsilon=float(a["eps"]))
+    inputs = [x.name, *_scale_and_shift(g, a, key, x.type.dtype), *stats]
+    return g.node("BatchNormalization", inputs, epsilon=float(a["eps"]))
 
 
 def _trailing_infer(name: str):
@@ -379,13 +386,11 @@ for _name, _rank in (("InstanceNorm1d", 3), ("InstanceNorm2d", 4)):
 
 @lowering("InstanceNorm1d", "InstanceNorm2d")
 def _instancenorm_onnx(g, xs, outs, a, key):
-    n, dtype = a["num_features"], xs[0].type.dtype
-    scale = g.weight(f"{key}weight") if a["affine"] else g.constant([1.0] * n, dtype, "ones")
-    shift = g.weight(f"{key}bias") if a["affine"] else g.constant([0.0] * n, dtype, "zeros")
-    if a["track_running_stats"]:  # at inference, the running statistics normalise, as in batch normalisation
-        stats = [g.weight(f"{key}running_mean"), g.weight(f"{key}running_var")]
-        return g.node("BatchNormalization", [xs[0].name, scale, shift, *stats], epsilon=float(a["eps"]))
-    return g.node("InstanceNormalization", [xs[0].name, scale, shift], epsilon=float(a["eps"]))
+    if a["track_running_stats"]:  # at inference the running statistics normalise: batch normalisation
+        return _batchnorm_onnx(g, xs, outs, a, key)
+    x = xs[0]
+    inputs = [x.name, *_scale_and_shift(g, a, key, x.type.dtype)]
+    return g.node("InstanceNormalization", inputs, epsilon=float(a["eps"]))
 
 
 def _prelu_infer(args, inputs):
