@@ -12,6 +12,7 @@ from typing import Any
 
 from dslc import ast
 from dslc.errors import Loc, did_you_mean, error
+from dslc.hints import argument_hint
 from dslc.params import BindError, Param, brief, coerce, signature
 from dslc.shapes import Sym
 
@@ -42,7 +43,9 @@ def bind_arguments(
     by_name = {p.name: p for p in params}
     for key, vexpr in kwargs:
         if key not in by_name:
-            raise error(vexpr.loc, f"{what} has no argument '{key}'", did_you_mean(key, by_name) or usage)
+            literal = vexpr.value if isinstance(vexpr, (ast.Num, ast.Str)) else None  # `units=64`: Linear(64)
+            hint = argument_hint(what, key, params, literal) or did_you_mean(key, by_name) or usage
+            raise error(vexpr.loc, f"{what} has no argument '{key}'", hint)
         if key in values:
             raise error(vexpr.loc, f"{what} got '{key}' twice")
         values[key] = value_of(vexpr, by_name[key])
