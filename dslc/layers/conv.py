@@ -586,12 +586,36 @@ def _conv_transpose_onnx(g, xs, outs, a, key):
 
 def _pool_onnx(op_type: str, n: int):
     def lower(g, xs, outs, a, key):
-        attrs = {"kernel_shape": _ints(a["kernel_size"], n), "strides": _ints(a["stride"], n)}
-        attrs["pads"] = _ints(a["padding"], n) * 2
-        attrs["ceil_mode"] = int(plain(a["ceil_mode"]))
+        x = xs[0]
+        kernel, stride, padding = (_ints(a[k], n) for k in ("kernel_size", "stride", "padding"))
+        attrs = {"kernel_shape": kernel, "strides": stride, "pads": padding * 2}
+        include_pad = op_type == "AveragePool" and bool(plain(a["count_include_pad"]))
         if op_type == "AveragePool":
-            attrs["count_include_pad"] = int(plain(a["count_include_pad"]))
-        return g.node(op_type, [xs[0].name], **attrs)
+            attrs["count_include_pad"] = int(include_pad)
+        sizes, out_sizes = x.type.shape[2:], outs[0].shape[2:]
+        ceil_mode = bool(plain(a["ceil_mode"]))
+        drops = ceil_mode and any(
+            isinstance(d, int) and (d + 2 * p - k + s - 1) // s + 1 != out
+            for d, k, s, p, out in zip(sizes, kernel, stride, padding, out_sizes)
+        )
+        if not drops:
+            return g.node(op_type, [x.name], ceil_mode=int(ceil_mode), **attrs)
+        # PyTorch drops a last window that would start in the right padding; ONNX's shape rule keeps it. Floor mode
+        # with the end padding that leaves exactly PyTorch's windows. An average that counts the padding counts it
+        # up to L + p only: those zeros become input, and what lies past them is not counted.
+        name, begin = x.name, padding
+        if include_pad:
+            if any(padding):
+                name = g.one("Pad", [name, g.ints([0, 0, *padding] * 2, "pads")])
+                sizes, begin = [d + 2 * p for d, p in zip(sizes, padding)], [0] * n
+            attrs["count_include_pad"] = 0
+        ends = [
+            max(0, (out - 1) * s + k - d - b)
+            if isinstance(d, int)
+            else b + s - 1  # floor((d + b + e - k) / s) + 1 == out
+            for d, k, s, b, out in zip(sizes, kernel, stride, begin, out_sizes)
+        ]
+        return g.node(op_type, [name], **(attrs | {"pads": begin + ends}))
 
     return lower
 
