@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from dslc.layers.base import (
     Inferred,
     Op,
@@ -45,12 +47,7 @@ def _one_or_all(values: tuple[Any, ...]) -> Any:
 def _fill_value(value: Any, x: TensorType, op: str) -> Any:
     """A number written into x: whole for integer tensors (PyTorch would truncate 2.5 silently), 0 or 1 for bool,
     within the dtype's range (PyTorch refuses -1e9 for float16)."""
-    import numpy as np
-
-    if is_traced(value):  # a block parameter: checked at each use, written as its expression
-        number = plain(value)
-    else:
-        number = value
+    number = plain(value)  # a block parameter is checked at each use and written as its expression
     if x.dtype == "bool":
         if number not in (0, 1):
             raise ShapeError(f"{op}: the tensor is bool, so the value must be 0 or 1, got {brief(number)}")
@@ -63,8 +60,9 @@ def _fill_value(value: Any, x: TensorType, op: str) -> Any:
             )
         value = value if is_traced(value) else int(number)
     info = np.finfo(np.float32) if x.dtype == "bfloat16" else (np.finfo if x.is_float else np.iinfo)(x.dtype)
-    if not info.min <= number <= info.max:
-        raise ShapeError(f"{op}: {brief(number)} does not fit in {x.dtype} ({info.min:g} to {info.max:g})")
+    low, high = float(info.min), float(info.max)  # as Python floats: numpy would cast the value to float16
+    if not low <= number <= high:
+        raise ShapeError(f"{op}: {brief(number)} does not fit in {x.dtype} ({low:g} to {high:g})")
     return value
 
 
@@ -209,7 +207,7 @@ register(
         "`pad` is PyTorch's order: (before, after) pairs from the last dimension backwards.",
         params=(
             Param("pad", "ints", doc="(left, right) of the last dimension, then (top, bottom) of the one before, ..."),
-            Param("mode", "str", "constant", "constant, reflect or replicate", PAD_MODES),
+            Param("mode", "str", "constant", "how the border is filled", PAD_MODES),
             Param("value", "float", 0.0, "the fill of constant padding"),
         ),
         infer=_pad_infer,
@@ -460,6 +458,10 @@ def _one_hot_onnx(g, xs, outs, a, key):
 @lowering("masked_fill")
 def _masked_fill_onnx(g, xs, outs, a, key):
     x, mask = xs
+    if x.type.dtype == "bool":  # onnxruntime has no Where for bool: x or mask, x and not mask
+        if plain(a["value"]):
+            return g.node("Or", [x.name, mask.name])
+        return g.node("And", [x.name, g.one("Not", [mask.name])])
     return g.node("Where", [mask.name, g.constant(plain(a["value"]), x.type.dtype, "fill"), x.name])
 
 
@@ -468,3 +470,40 @@ def _topk_onnx(g, xs, outs, a, key):
     x = xs[0]
     k = g.ints([int(plain(a["k"]))], "k")
     return g.node("TopK", [x.name, k], 2, axis=_axis(a, x.type.rank), largest=int(bool(a["largest"])), sorted=1)
+
+
+# ---------------------------------------------------------------- broadcasting a learned tensor over the batch
+
+
+def _expand_batch_infer(args, inputs):
+    x, like = inputs
+    if x.rank == 0 or x.shape[0] != 1:
+        raise ShapeError(f"expand_batch: the tensor's first dimension must be 1, got {x.shape_str()}")
+    if like.rank == 0:
+        raise ShapeError("expand_batch: the second tensor gives the batch size, so it needs a dimension")
+    return Inferred([x.with_shape((like.shape[0], *x.shape[1:]))], {"rank": x.rank})
+
+
+register(
+    Op(
+        name="expand_batch",
+        doc="x, whose first dimension is 1, repeated over the batch of `like` without copying (a class token "
+        "[1, 1, d] becomes [batch, 1, d]).",
+        params=(),
+        infer=_expand_batch_infer,
+        category="function",
+        functional=lambda xs, a: f"{xs[0]}.expand({', '.join([f'{xs[1]}.shape[0]', *['-1'] * (a['rank'] - 1)])})",
+        inputs=(2, 2),
+        prefix="expanded",
+        example="tokens = concat([expand_batch(cls_token, patches), patches], dim=1)",
+        shape_rule="x [1, ...], like [batch, ...] -> [batch, ...]",
+    )
+)
+
+
+@lowering("expand_batch")
+def _expand_batch_onnx(g, xs, outs, a, key):
+    x, like = xs
+    batch = g.one("Slice", [g.one("Shape", [like.name]), g.ints([0]), g.ints([1])])
+    shape = g.one("Concat", [batch, g.ints([1] * (a["rank"] - 1))], axis=0) if a["rank"] > 1 else batch
+    return g.node("Expand", [x.name, shape])

@@ -232,3 +232,36 @@ def test_onnx_roll_and_flip_follow_the_run_time_length(write_spec, tmp_path):
         r, f = session.run(None, {"x": x.numpy()})
         np.testing.assert_array_equal(r, torch.roll(x, -7, dims=1).numpy())
         np.testing.assert_array_equal(f, torch.flip(x, dims=(1,)).numpy())
+
+
+DTYPES_SPEC = """model m {
+    input h: float16[batch, 6]
+    input b: bool[batch, 6]
+    input n: int32[batch, 6]
+    output filled_half = masked_fill(h, b, -60000)
+    output padded_mask = pad(b, (1, 1))
+    output set_mask = masked_fill(b, flip(b, -1), 1)
+    output cleared_mask = masked_fill(b, flip(b, -1), 0)
+    output sums = cumsum(n, dim=-1)
+    output products = cumprod(b, dim=-1)
+    output rolled = roll(n, 2, dims=-1)
+}
+"""
+
+
+def test_onnx_lowering_of_bool_int32_and_float16_tensors(tmp_path):
+    """Integers and bools accumulate in int64 (a Cast first); a bool masked_fill is Or / And (no bool Where in
+    onnxruntime)."""
+    spec = tmp_path / "dtypes.model"
+    spec.write_text(DTYPES_SPEC)
+    result = build(spec, tmp_path / "out")
+    module = result.program.model("m")
+    assert [str(p.type.dtype) for p in module.outputs] == ["float16", "bool", "bool", "bool", "int64", "int64", "int32"]
+    assert result.models[0].verified
+
+
+def test_fill_values_must_fit_the_dtype(write_spec):
+    spec = write_spec("model m {\n    input h: float16[batch, 6]\n    output y = masked_fill(h, h > 0.0, -1e9)\n}\n")
+    with pytest.raises(DslcError) as info:
+        check_file(spec)
+    assert "masked_fill: -1000000000.0 does not fit in float16 (-65504 to 65504)" in info.value.render()
