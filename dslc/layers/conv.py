@@ -365,6 +365,7 @@ for _n in (1, 2):
 
 _PAD_MODES = {"Zero": "constant", "Constant": "constant", "Reflection": "reflect", "Replication": "replicate"}
 _PAD_ORDER = {1: "(left, right)", 2: "(left, right, top, bottom)"}
+_PAD_RULE = {1: "length + left + right", 2: "height + top + bottom, width + left + right"}
 
 
 def _pad_infer(n: int, name: str, mode: str):
@@ -417,10 +418,10 @@ def _pad_functional(mode: str):
 
 
 _PAD_DOCS = {
-    "Zero": "Pads with zeros.",
-    "Constant": "Pads with a constant value.",
-    "Reflection": "Pads with the input's reflection, the edge not repeated; padding must be smaller than the size.",
-    "Replication": "Pads by repeating the edge values.",
+    "Zero": "zeros",
+    "Constant": "a constant value",
+    "Reflection": "the input's reflection (the edge not repeated; padding smaller than the size)",
+    "Replication": "copies of the edge values",
 }
 
 for _n in (1, 2):
@@ -430,7 +431,7 @@ for _n in (1, 2):
         register(
             Op(
                 name=_name,
-                doc=f"{_PAD_DOCS[_kind]} The last {_n} dimension(s); padding is an int or {_PAD_ORDER[_n]}.",
+                doc=f"Pads the last {'2 dimensions' if _n == 2 else 'dimension'} with {_PAD_DOCS[_kind]}.",
                 params=(Param("padding", "ints", doc=f"an int for every side, or {_PAD_ORDER[_n]}"), *_value),
                 infer=_pad_infer(_n, _name, _mode),
                 category="layer",
@@ -438,7 +439,7 @@ for _n in (1, 2):
                 functional=_pad_functional(_mode),
                 prefix="pad",
                 example=f"x -> {_name}({'(1, 2, 0, 1)' if _n == 2 else 2}{', 0.5' if _value else ''})",
-                shape_rule=f"[..., {_SPATIAL[_n]}] -> [..., {'H + top + bottom, ' if _n == 2 else ''}L + left + right]",
+                shape_rule=f"[..., {_SPATIAL[_n]}] -> [..., {_PAD_RULE[_n]}]",
             )
         )
 
@@ -506,7 +507,7 @@ def _resize_options(a) -> dict[str, Any]:
 
 _RESIZE_PARAMS = (
     Param("size", "ints", None, "output size: an int or one per spatial dimension"),
-    Param("scale_factor", "any", None, "multiplier of the spatial sizes: a number or one per dimension"),
+    Param("scale_factor", "any", None, "multiplier of the spatial sizes (a multiple of 1/64): one, or one per axis"),
     Param("mode", "str", "nearest", "nearest, linear (3-D input) or bilinear (4-D input)", tuple(_RESIZE_RANKS)),
     Param("align_corners", "bool", None, "linear modes: corner pixels aligned (default false)"),
 )
