@@ -21,6 +21,7 @@ from dslc.cse import eliminate_common_subexpressions
 from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error
 from dslc.fileio import spec_sha256
 from dslc.generalize import generalize
+from dslc.hints import layer_hint
 from dslc.initializers import INITIALIZERS
 from dslc.layer_table import LayerTable
 from dslc.layers import REGISTRY, AxisName, Op, ShapeError
@@ -1006,7 +1007,7 @@ class BodyChecker:
         self.fail(
             stage.loc,
             f"unknown layer '{stage.name}'",
-            did_you_mean(stage.name, candidates),
+            layer_hint(stage.name) or did_you_mean(stage.name, candidates),
             section="layers-and-functions",
         )
 
