@@ -141,7 +141,7 @@ def _conv_src(cls: str):
 
 
 def _conv_forward(module, inputs, init):
-    """`self.conv(x)`, or `self.conv(F.pad(x, (k - 1, 0)))` for a causal Conv1d."""
+    """`self.conv(x)`, or `self.conv(F.pad(x, (d * (k - 1), 0)))` for a causal Conv1d."""
     if "causal_padding" in init:
         return f"{module}({pycall('F.pad', Src(inputs[0]), (init['causal_padding'], 0))})"
     return _call_module(module, inputs, init)

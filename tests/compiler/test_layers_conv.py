@@ -5,8 +5,11 @@ built and run in onnxruntime against that layer."""
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -276,8 +279,9 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """built(case) -> (generated model, its ONNX session): one dslc build (export and verification included)."""
-    cache: dict[str, tuple[nn.Module, ort.InferenceSession, onnx.ModelProto]] = {}
+    """built(case) -> (generated model, ONNX session, ONNX model, generated file): one dslc build (export and
+    verification included)."""
+    cache: dict[str, tuple[nn.Module, ort.InferenceSession, onnx.ModelProto, Path]] = {}
 
     def get(case: Case):
         if case.id not in cache:
@@ -288,7 +292,7 @@ def built(tmp_path_factory):
             net = load_generated(result.python_path).MODELS["m"]().eval()
             model = lower(result.program, result.program.exported[0], state_arrays(net))  # with net's weights
             session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-            cache[case.id] = net, session, model
+            cache[case.id] = net, session, model, result.python_path
         return cache[case.id]
 
     return get
@@ -313,7 +317,7 @@ def test_shape_rule(write_spec, case):
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_generated_pytorch_matches_torch_nn(built, case):
-    net, _, _ = built(case)
+    net, *_ = built(case)
     x = _input(case)
     with torch.no_grad():
         want, got = _reference(case, net)(x), net(x)
@@ -323,7 +327,7 @@ def test_generated_pytorch_matches_torch_nn(built, case):
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_onnx_matches_torch_nn(built, case):
-    net, session, _ = built(case)
+    net, session, *_ = built(case)
     x = _input(case)
     with torch.no_grad():
         want = _reference(case, net)(x).numpy()
@@ -395,7 +399,7 @@ def test_pooling_output_sizes_follow_pytorch_with_and_without_ceil_mode():
 
 
 def test_causal_convolution_reads_no_future_input(built):
-    net, session, _ = built(next(c for c in CASES if c.id == "conv1d_causal"))
+    net, session, *_ = built(next(c for c in CASES if c.id == "conv1d_causal"))
     x = torch.randn(1, 4, 12)
     later = x.clone()
     later[..., 7:] = torch.randn(1, 4, 5)
@@ -408,7 +412,7 @@ def test_causal_convolution_reads_no_future_input(built):
 
 def test_ceil_mode_and_resize_lower_to_their_onnx_attributes(built):
     def attributes(case_id: str, op_type: str) -> dict:
-        _, _, model = built(next(c for c in CASES if c.id == case_id))
+        _, _, model, _ = built(next(c for c in CASES if c.id == case_id))
         (node,) = [n for n in model.graph.node if n.op_type == op_type]
         return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
@@ -424,7 +428,7 @@ def test_ceil_mode_and_resize_lower_to_their_onnx_attributes(built):
 
 
 def test_symbolic_sizes_resize_at_run_time(built):
-    _, session, _ = built(next(c for c in CASES if c.id == "upsample_bilinear_align_corners_symbolic"))
+    _, session, *_ = built(next(c for c in CASES if c.id == "upsample_bilinear_align_corners_symbolic"))
     layer = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
     for shape in ((1, 3, 3, 9), (4, 3, 10, 2)):
         x = torch.randn(shape)
@@ -436,7 +440,7 @@ def test_generated_code_is_what_a_person_writes(built):
     import inspect
 
     def source(case_id: str) -> str:
-        net, _, _ = built(next(c for c in CASES if c.id == case_id))
+        net, *_ = built(next(c for c in CASES if c.id == case_id))
         return inspect.getsource(type(net))
 
     assert "self.conv1 = nn.Conv1d(4, 6, 3, dilation=2)" in source("conv1d_causal")
@@ -488,3 +492,10 @@ def test_ceil_mode_pooling_lowers_as_pytorch_pools_at_every_size():
                 continue  # the shape rule refuses these (test_pooling_output_sizes_follow_pytorch...)
             got = _lowered(op_name, x, **window, **extra)
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=f"{op_name} {size} {window} {extra}")
+
+
+def test_generated_code_is_ruff_clean(built):
+    paths = [str(built(case)[3]) for case in CASES]
+    for check in (["check", "--select", "E,F,W,I", "--ignore", "E501"], ["format", "--check", "--line-length", "120"]):
+        result = subprocess.run([sys.executable, "-m", "ruff", *check, *paths], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout
