@@ -396,6 +396,7 @@ def test_pooling_output_sizes_follow_pytorch_with_and_without_ceil_mode():
         except ShapeError:
             got = None
         assert got == want, (size, kernel, stride, padding, ceil_mode)
+    assert (pool_out(96, 3, 2, 0, False), pool_out(96, 3, 2, 0, True)) == (47, 48)  # case maxpool2d_ceil (97: 48, 48)
 
 
 def test_causal_convolution_reads_no_future_input(built):
