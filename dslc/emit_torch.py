@@ -255,6 +255,9 @@ class _ClassWriter:
                 arms.append(wrap(f"{INDENT * (depth + 1)}raise NotImplementedError({py_literal(message)})"))
             else:
                 arms.append(write(arm, depth + 1))
+        code = [[line for line in arm if not line.lstrip().startswith("#")] for arm in arms]
+        if choice.has_else and None not in choice.arms and all(c == code[0] for c in code):
+            return [line.removeprefix(INDENT) for line in arms[0]]  # every arm runs the same code (its layers differ)
         while arms and not arms[-1]:  # an empty else (or trailing empty arms) needs no code
             arms.pop()
         if not arms:

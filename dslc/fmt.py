@@ -391,9 +391,10 @@ class _Formatter:
             lines = self._chain(head + first, value.source.loc.end_line, pieces, src, depth)
             if all(_width(depth + extra, text) <= MAX_WIDTH for extra, text, _ in lines):
                 return lines
-            # a group, loop or if too long for one line: its stages one per line inside it
-            lines = [(0, head + first, src)]
-            for stage in value.stages:
+            # a group, loop or if too long for one line: its stages one per line inside it (`h = x -> conv: (`)
+            first_stage, *rest = value.stages
+            lines = self._stage_lines(first_stage, 0, f"{head}{first} -> ", depth)
+            for stage in rest:
                 lines += self._stage_lines(stage, 1, "-> ", depth)
             return lines
         if isinstance(value, ast.BinOp) and value.op in CHAINS:

@@ -119,6 +119,8 @@ class _Drawer:
             return list(value) if isinstance(value, list) else [value]
         if isinstance(e, ir.Scalar):
             return [e.value]
+        if isinstance(e, ir.ParamRef):  # a declared parameter: a source, like an input
+            return self._connect(self.dot.node("layer", f"param {e.attr}"), [], e.types)
         if isinstance(e, ir.GetItem):
             return [self.expr(e.value, env, subs)[e.index]]
         if isinstance(e, ir.TupleExpr):

@@ -14,6 +14,7 @@ from typing import Any
 
 from dslc import ast, traced
 from dslc.errors import DslcError, Reporter, did_you_mean
+from dslc.hints import layer_hint
 from dslc.layers import HELPERS, REGISTRY
 from dslc.loader import FileScope, check_identifier
 from dslc.params import brief
@@ -131,7 +132,7 @@ class BodyResolver:
         self.reporter.error(
             stage.loc,
             f"unknown layer '{stage.name}'",
-            did_you_mean(stage.name, candidates),
+            layer_hint(stage.name) or did_you_mean(stage.name, candidates),
             section="layers-and-functions",
         )
 

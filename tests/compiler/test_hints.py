@@ -96,7 +96,6 @@ def test_a_plain_misspelling_keeps_its_near_miss(tmp_path):
 
 # The unknown-layer error a user sees comes from pass 1 (dslc/resolve.py), which reports it before the checker: until
 # its `did_you_mean(stage.name, candidates)` also asks `layer_hint` first, as the checker's does, these fail.
-@pytest.mark.xfail(strict=True, reason="dslc/resolve.py's unknown-layer hint does not ask dslc.hints.layer_hint yet")
 @pytest.mark.parametrize("stage", list(LAYER_CASES))
 def test_layer_names_of_other_frameworks(tmp_path, stage):
     text = _check_output(tmp_path, [stage])

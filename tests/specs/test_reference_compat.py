@@ -1,5 +1,5 @@
-"""resnet18.model is torchvision's resnet18 and bert_classifier.model is HuggingFace's
-BertForSequenceClassification: same parameter and buffer names and shapes, same logits.
+"""resnet18.model and mobilenet_v2.model are torchvision's, bert_classifier.model and vit.model are HuggingFace's
+(BertForSequenceClassification, ViTForImageClassification): same parameter and buffer names and shapes, same logits.
 
 The fixtures were written by tests/fixtures/make_reference_fixtures.py from torchvision 0.29.1 and
 transformers (BERT-Tiny config) with the deterministic weights of tests/fixtures/reference_weights.py.
@@ -86,3 +86,59 @@ def test_bert_huggingface_weights_give_huggingface_logits(bert):
     np.testing.assert_allclose(logits.numpy(), expected, rtol=1e-4, atol=1e-5)
     (onnx_logits,) = session(bert.onnx("bert_classifier")).run(["logits"], feeds)
     np.testing.assert_allclose(onnx_logits, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def mobilenet(built):
+    return built("mobilenet_v2")
+
+
+def test_mobilenet_v2_names_shapes_and_count(mobilenet):
+    reference = fixture("mobilenet_v2_torchvision.json")
+    model = mobilenet.model("mobilenet_v2")
+    assert state_layout(model) == reference["state_dict"]  # features.1.conv.0.0.weight, ..., classifier.1.bias
+    assert list(model.state_dict()) == list(reference["state_dict"])  # same order
+    assert sum(p.numel() for p in model.parameters()) == reference["parameter_count"] == 3_504_872
+    assert mobilenet.result.models[0].params == 3_504_872
+
+
+def test_mobilenet_v2_torchvision_state_dict_gives_torchvision_logits(mobilenet, tmp_path):
+    reference = fixture("mobilenet_v2_torchvision.json")
+    model = mobilenet.model("mobilenet_v2")
+    model.load_state_dict(reference_state_dict(model), strict=True)
+    image = reference_image()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(image)).numpy()
+    expected = np.array(reference["logits"], dtype=np.float32)
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5 * max(1.0, scale))
+    program = mobilenet.result.program
+    path = tmp_path / "mobilenet_v2.onnx"
+    export(model, program, program.model("mobilenet_v2"), path)
+    (onnx_logits,) = session(path).run(["logits"], {"image": image})
+    np.testing.assert_allclose(onnx_logits, expected, rtol=0, atol=1e-5 * max(1.0, scale))
+
+
+@pytest.fixture(scope="module")
+def vit(built):
+    return built("vit")
+
+
+def test_vit_names_and_shapes_match_huggingface(vit):
+    reference = fixture("vit_hf.json")
+    model = vit.model("vit")
+    assert state_layout(model) == reference["state_dict"]
+    assert sum(p.numel() for p in model.parameters()) == reference["parameter_count"]
+    assert reference["state_dict"]["vit.embeddings.cls_token"]["shape"] == [1, 1, 64]
+
+
+def test_vit_huggingface_weights_give_huggingface_logits(vit):
+    """The build exported vit with the reference weights: PyTorch and ONNX match HF."""
+    expected = np.array(fixture("vit_hf.json")["logits"], dtype=np.float32)
+    image = reference_image(size=32)
+    model = vit.model("vit")  # holds the reference weights
+    with torch.no_grad():
+        logits = model(torch.from_numpy(image)).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5)
+    (onnx_logits,) = session(vit.onnx("vit")).run(["logits"], {"pixel_values": image})
+    np.testing.assert_allclose(onnx_logits, expected, rtol=1e-4, atol=1e-5)  # onnxruntime's fused kernels: ~3e-5

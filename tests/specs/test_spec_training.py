@@ -122,6 +122,13 @@ SHORT: dict[str, Case] = {
         0.3,
         notes="digits 32x32 RGB; chance 0.1",
     ),
+    "mobilenet_v2": Case(
+        ("--epochs", "2", "--set", "classes=10", "--set", "image_size=32"),
+        "accuracy",
+        0.2,
+        notes="digits 32x32 RGB; chance 0.1",
+    ),
+    "vit": Case(("--epochs", "3"), "accuracy", 0.25, notes="digits 32x32 RGB; chance 0.1"),
     # a narrower front end on 40 bins and 5-character utterances: CTC lowers its loss within 2 epochs but
     # still decodes (nearly) all blanks, cer 1.0; the runtime decoding is checked below
     "deepspeech": Case(DEEPSPEECH_SMALL, "cer", 1.0 + 1e-9, False, notes="speech; all-blank output has cer 1.0"),
