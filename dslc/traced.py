@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import operator
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dslc.pyformat import power
@@ -38,17 +38,34 @@ class Lit:
     value: Any
 
 
+# A value computed through more steps than this (a thousand 1x1 convolutions, each giving `(h - 1) // 1 + 1`)
+# is kept as its number: the class takes it for that use only, and the trace stays shallow to walk.
+MAX_TRACE_DEPTH = 48
+
+
 @dataclass(frozen=True)
 class Bin:
     op: str  # + - * / // % ** == != < <= > >= and or
     left: Any
     right: Any
+    depth: int = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "depth", 1 + max(_depth(self.left), _depth(self.right)))
 
 
 @dataclass(frozen=True)
 class Unary:
     op: str  # - not
     operand: Any
+    depth: int = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "depth", 1 + _depth(self.operand))
+
+
+def _depth(expr: Any) -> int:
+    return getattr(expr, "depth", 1)
 
 
 TraceExpr = Param | Const | Lit | Bin | Unary
@@ -200,7 +217,7 @@ plain = _plain
 
 def trace(value: Any, expr: TraceExpr) -> Any:
     """`value` carrying `expr`; a value no parameter reaches stays a plain number."""
-    if isinstance(expr, Lit) or not _has_param(expr):
+    if isinstance(expr, Lit) or _depth(expr) > MAX_TRACE_DEPTH or not _has_param(expr):
         return _plain(value)
     if isinstance(value, (bool, TracedBool)):
         return TracedBool(value, expr)
@@ -219,7 +236,7 @@ def is_bool(value: Any) -> bool:
 
 
 def _wrap(value: Any, expr: TraceExpr) -> Any:
-    if isinstance(value, bool) or isinstance(expr, Lit):
+    if isinstance(value, bool) or isinstance(expr, Lit) or _depth(expr) > MAX_TRACE_DEPTH:
         return value
     if isinstance(value, int):
         return TracedInt(value, expr)

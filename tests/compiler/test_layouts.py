@@ -218,3 +218,21 @@ def test_the_formatter_keeps_the_new_constructs_and_breaks_long_groups():
 def test_keywords_param_for_and_in_are_refused_as_names(write_spec):
     with pytest.raises(DslcError):
         check_file(write_spec("model m {\n    input x: float32[b, 2]\n    for = x\n    output y = for\n}\n"))
+
+
+def test_sizes_computed_through_hundreds_of_layers_stay_cheap(write_spec, tmp_path):
+    """Each 1x1 convolution computes its output size from the block's input size; past a depth the
+    trace is dropped (the fuzzer's 1,000-convolution block overflowed the recursion limit)."""
+    path = write_spec("""
+        block Deep(width: int) {
+            input x: float32[batch, channels, height, height]
+            output y = x -> for i in range(500) { Conv2d(width, kernel=1) }
+        }
+        model m {
+            input image: float32[batch, 3, 8, 8]
+            output y = image -> a: Deep(2) -> b: Deep(2)
+        }
+    """)
+    program = check_file(path)
+    assert str(program.model("m").outputs[0].type) == "float32[batch, 2, 8, 8]"
+    build(path, tmp_path / "out", export_onnx=False)  # the generated code compiles
