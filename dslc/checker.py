@@ -58,6 +58,13 @@ class _StatementFailedError(Exception):
     """Stops checking the current statement after an error was reported."""
 
 
+@dataclass(frozen=True)
+class BodyNames:
+    layers: set[str]  # the names the spec gives layers
+    declared: set[str]  # inputs, outputs, parameters, assigned and loop names
+    read: set[str]  # every name the body reads
+
+
 @dataclass
 class LayerInstance:
     """A named submodule, so a later stage can reuse it (shared weights)."""
@@ -116,6 +123,15 @@ class Checker:
         self.class_names: set[str] = set()
         self.in_progress: list[str] = []
         self.unresolved: set[int] = set()  # ids of blocks whose names did not resolve (reported once)
+        self._body_names: dict[int, tuple[ast.BlockDef, BodyNames]] = {}
+
+    def body_names(self, block: ast.BlockDef) -> BodyNames:
+        """The names a block's body declares, names its layers and reads: walked once, not once per use."""
+        cached = self._body_names.get(id(block))
+        if cached is None or cached[0] is not block:
+            names = BodyNames(set(named_stages(block.body)), declared_names(block.body), names_read(block.body))
+            cached = self._body_names[id(block)] = (block, names)
+        return cached[1]
 
     # ------------------------------------------------------------ constants
 
@@ -255,7 +271,8 @@ class BodyChecker:
         self.dim_params: list[ir.ClassParam] = []  # the input sizes the block's class may take
         self.body: list[ir.Stmt] = []
         self.bodies: list[list[ir.Stmt]] = [self.body]  # the innermost last: a compile-time if's arm
-        self.layers = LayerTable(block.name if block else "", set(named_stages(block.body)) if block else set())
+        names = checker.body_names(block) if block else BodyNames(set(), set(), set())
+        self.layers = LayerTable(block.name if block else "", names.layers)
         self.helpers: set[str] = set()
         self.locals: set[str] = set()
         self.inputs: list[ir.Port] = []
@@ -265,7 +282,7 @@ class BodyChecker:
         self.source_texts: dict[Loc, str] = {}
         self.size_rules: dict[tuple[Any, int], SizeRule] = {}
         self.next_local: dict[str, int] = {}  # fresh()'s next number per stem
-        self.declared = declared_names(block.body) if block else set()  # fresh temporaries avoid them all
+        self.declared = names.declared  # fresh temporaries avoid them all
         self.in_train = False  # a train section's body may use losses and noise
 
     @property
@@ -308,7 +325,7 @@ class BodyChecker:
             size_rules=list(self.size_rules.values()),
             layer_count=self.layers.count,
             class_params=self.dim_params + self._hyper_params() if self.generic else [],
-            names_read=names_read(block.body) if self.generic else set(),
+            names_read=self.checker.body_names(block).read if self.generic else set(),
             class_args={k: traced.plain(v) for k, v in self.hyper.items()},
         )
 

@@ -49,7 +49,8 @@ def generalize(program: ir.ProgramIR) -> list[ir.ClassIR]:
 class _Merger:
     def __init__(self) -> None:
         self.class_of: dict[str, str] = {}  # use key -> class name, so calls of a block compare by class
-        self.keys: dict[int, tuple[ir.Stmt, Any]] = {}  # id(statement) -> (statement, its generic key)
+        self.keys: dict[int, tuple[ir.Stmt, int]] = {}  # id(statement) -> (statement, its generic key's number)
+        self.numbers: dict[Any, int] = {}  # each distinct generic key numbered, so comparing keys is cheap
 
     def merge_uses(self, uses: list[ir.ModuleIR]) -> list[tuple[list[ir.ModuleIR], list[ir.Stmt]]]:
         """Uses grouped into as few classes as share code, each with its merged body."""
@@ -111,7 +112,8 @@ class _Merger:
     def key(self, stmt: ir.Stmt) -> Any:
         cached = self.keys.get(id(stmt))
         if cached is None or cached[0] is not stmt:
-            cached = self.keys[id(stmt)] = (stmt, generic_key(stmt, self.class_of))
+            key = generic_key(stmt, self.class_of)
+            cached = self.keys[id(stmt)] = (stmt, self.numbers.setdefault(key, len(self.numbers)))
         return cached[1]
 
 
