@@ -129,6 +129,7 @@ SHORT: dict[str, Case] = {
         notes="digits 32x32 RGB; chance 0.1",
     ),
     "vit": Case(("--epochs", "3"), "accuracy", 0.25, notes="digits 32x32 RGB; chance 0.1"),
+    "unet": Case(("--epochs", "2"), "mae", 0.2, False, notes="denoising digits 28x28; the noisy input's mae is 0.24"),
     # a narrower front end on 40 bins and 5-character utterances: CTC lowers its loss within 2 epochs but
     # still decodes (nearly) all blanks, cer 1.0; the runtime decoding is checked below
     "deepspeech": Case(DEEPSPEECH_SMALL, "cer", 1.0 + 1e-9, False, notes="speech; all-blank output has cer 1.0"),
