@@ -514,7 +514,7 @@ class _Formatter:
             body = body.body
         if not isinstance(body, (ast.Group, ast.ForStage, ast.IfStage)):
             return [(extra, text, stage.loc.line)]
-        head = prefix + self.stage(stage)[: -len(self.stage(body))]
+        head = text[: len(text) - len(self.stage(body))]  # the prefix, a name or `repeat n` before the body
         if isinstance(body, ast.Group):
             lines = [(extra, head + "(", stage.loc.line), *self._inner_lines(body.stages, extra + 1, depth)]
             return [*lines[:-1], (lines[-1][0], lines[-1][1] + ")", lines[-1][2])]
