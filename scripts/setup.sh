@@ -7,4 +7,4 @@ python3 -m venv .venv
 python -m pip install -q --upgrade pip
 # The CPU build of torch (a plain `torch` requirement would pull a multi-GB CUDA build).
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q ./runtime -e ".[test,data]"
+python -m pip install -q ./runtime -e ".[test,data,plots,lsp]"
