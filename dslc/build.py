@@ -39,6 +39,7 @@ class ModelReport:
     runs: list[dict[str, int]] = field(default_factory=list)
     sha256: str = ""  # of the .onnx file, so the runtime can tell a damaged copy
     quantized: QuantizedReport | None = None  # `--quantize int8`: the second, smaller graph
+    preprocess: dict[str, Any] = field(default_factory=dict)  # input -> the transform prepended to its graph
 
 
 @dataclass
@@ -81,11 +82,13 @@ def build(
     train_overrides: dict[str, Any] | None = None,
     data_dir: str | Path | None = None,
     quantize: str | None = None,
+    preprocess: dict[str, Any] | None = None,
 ) -> BuildResult:
     """Compile, export and verify. `labels` (class names) go into the metadata of every model with
     an output over that many classes; `vocab` (tokens by id) into every model's metadata. The train
     section takes `train_overrides` (`--set epochs=3`) and finds its data files in `data_dir`. `quantize="int8"`
-    also writes `<model>.int8.onnx` (dynamically quantized weights), verified at INT8_TOLERANCE."""
+    also writes `<model>.int8.onnx` (dynamically quantized weights), verified at INT8_TOLERANCE. `preprocess`
+    (dataset field -> transform, dslc.training.preprocess) is prepended to the graph of each model it feeds."""
     program = check_file(spec, overrides, train_overrides, data_dir)
     if labels:
         program.labels = {m.spec_name: list(labels) for m in program.exported if _classifies(m, len(labels))}
@@ -101,7 +104,9 @@ def build(
             _stage_train_script(program, staging, list(overrides or []), train_overrides, out)
         reports = []
         if export_onnx:
-            reports = _export_all(program, python_path, staging, verify_onnx, seed, state_dicts or {}, quantize)
+            reports = _export_all(
+                program, python_path, staging, verify_onnx, seed, state_dicts or {}, quantize, preprocess or {}
+            )
         manifest = _manifest(program, stem, reports)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _publish(staging, out)
@@ -139,10 +144,13 @@ def _publish(staging: Path, out: Path) -> None:
         os.replace(item, out / item.name)
 
 
-def _export_all(program, python_path, staging, verify_onnx, seed, state_dicts, quantize=None) -> list[ModelReport]:
+def _export_all(
+    program, python_path, staging, verify_onnx, seed, state_dicts, quantize=None, preprocess=None
+) -> list[ModelReport]:
     import torch
 
     from dslc.export_onnx import ExportError, export
+    from dslc.training import preprocess as pre
     from dslc.verify import verify
 
     generated = load_generated(python_path)
@@ -159,6 +167,10 @@ def _export_all(program, python_path, staging, verify_onnx, seed, state_dicts, q
         except ExportError as exc:  # anything else is a bug in a lowering: the internal-error report
             raise error(module.loc, f"ONNX export of '{module.spec_name}' failed: {exc}", EXPORT_HINT) from exc
         report = ModelReport(module.spec_name, onnx_path.name, module.param_count, exported.nodes, None, False)
+        report.preprocess = pre.model_inputs(module, preprocess or {})
+        if report.preprocess:  # raw inputs: the graph and the model it is verified against both transform them
+            report.nodes = pre.prepend(onnx_path, report.preprocess)
+            model = pre.Raw(model, module, report.preprocess)
         report.sha256 = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
         if verify_onnx:
             checked = verify(model, module, onnx_path, program=program)
@@ -239,6 +251,8 @@ def _manifest(program: ir.ProgramIR, stem: str, reports: list[ModelReport]) -> d
             if report.quantized:
                 q = report.quantized
                 entry["int8"] = {"onnx": q.onnx, "onnx_sha256": q.sha256, "max_abs_diff": q.max_abs_diff}
+        if report and report.preprocess:
+            entry["preprocess"] = report.preprocess
         if program.labels.get(module.spec_name):
             entry["labels"] = program.labels[module.spec_name]
         if program.vocab:

@@ -37,6 +37,7 @@ TRAINING_REGISTRIES = [
     ("dslc.training.functions", "OPTIMIZERS", "Optimizers", "train-optimizers"),
     ("dslc.training.functions", "SCHEDULES", "Learning-rate schedules", "train-schedules"),
     ("dslc.data.registry", "DATASETS", "Datasets", "train-datasets"),
+    ("dslc.training.augment", "AUGMENTATIONS", "Augmentations", "train-augmentations"),
 ]
 
 CONSTRUCTS = r'''

@@ -7,11 +7,14 @@ without loading anything. `sets.py` holds the loaders under the same names.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv as csv_module
+import fnmatch
 import io
 import math
 import os
 import stat
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +28,13 @@ from dslc.shapes import Sym, TensorType
 BATCH = Sym.named("batch")
 VALIDATION = P(
     "validation", "float", 0.2, "fraction held out for validation (0 for none)", low=0.0, high=1.0, open_high=True
+)
+RAW_PIXELS = P(
+    "raw_pixels",
+    "bool",
+    False,
+    "the exported ONNX takes pixel values 0-255, as an image file holds them, and scales them itself "
+    "(training sees [0, 1])",
 )
 SAMPLES = P("samples", "int", 2000, "number of generated examples", low=2, high=1_000_000)
 
@@ -49,6 +59,15 @@ def _digits(a, base):
     return {"image": _t("float32", 1, s, s), "label": _t("int64")}
 
 
+def _image_folder(a, base):
+    images = image_files(data_folder(a["path"], base))
+    for path, _ in images[:: max(1, len(images) // CHECK_IMAGES)][:CHECK_IMAGES]:  # a sample's headers
+        with open_image(path):
+            pass
+    s = a["size"]
+    return {"image": _t("float32", 1 if a["grayscale"] else 3, s, s), "label": _t("int64")}
+
+
 def _sequences(a, base):
     return {"source": _t("int64", a["length"]), "target": _t("int64", a["length"])}
 
@@ -66,12 +85,13 @@ def _speech(a, base):
 def _csv(a, base):
     p = data_file(a["path"], base)
     table = read_csv(p, limit=CHECK_BYTES)
-    numeric = [*a["features"], *([a["target"]] if a["target"] else [])]
+    features = select_columns(p, table.header, a["features"])
+    numeric = [*features, *([a["target"]] if a["target"] else [])]
     check_columns(p, table.header, [*numeric, *([a["label"]] if a["label"] else [])])
     for line, row in table.rows:
         for column in numeric:
             csv_number(p, line, row, column)
-    fields = {"features": _t("float32", len(a["features"]))}
+    fields = {"features": _t("float32", len(features))}
     if a["label"]:
         fields["label"] = _t("int64")
     if a["target"]:
@@ -220,6 +240,39 @@ def check_columns(p: Path, header: list[str], columns: list[str]) -> None:
         raise BindError(f"{p}: no column '{column}'", hint)
 
 
+def select_columns(p: Path, header: list[str], selection: tuple[str, ...]) -> list[str]:
+    """The feature columns a selection names, in its order: a column's name, `FIRST:LAST` (the header's columns from
+    FIRST through LAST), or a glob (`t*`, `x[0-9]`: the matching columns in header order). A name the header holds
+    means that column even when it contains `:` or `*`."""
+    chosen: list[str] = []
+    for item in selection:
+        if item in header:
+            found = [item]
+        elif ":" in item:
+            first, _, last = item.partition(":")
+            check_columns(p, header, [first, last])
+            i, j = header.index(first), header.index(last)
+            if i > j:
+                raise BindError(
+                    f"{p}: column range '{_shown(item)}' is empty: '{_shown(first)}' comes after '{_shown(last)}'",
+                    f"write '{_shown(last)}:{_shown(first)}'",
+                )
+            found = header[i : j + 1]
+        elif any(ch in item for ch in "*?["):
+            found = [name for name in header if fnmatch.fnmatchcase(name, item)]
+            if not found:
+                raise BindError(f"{p}: no column matches '{_shown(item)}'", f"columns: {_some_columns(header)}")
+        else:
+            found = [item]  # check_columns reports it with the nearest names
+        for name in found:
+            if name in chosen:
+                raise BindError(f"{p}: features select column '{_shown(name)}' twice", "name every column once")
+            chosen.append(name)
+    if not chosen:
+        raise BindError(f"{p}: 'features' selects no column", 'e.g. features="x0:x9" or features=["a", "b"]')
+    return chosen
+
+
 def _some_columns(names: list[str], n: int = 8) -> str:
     return ", ".join(map(_shown, names[:n])) + (f", ... {len(names) - n} more" if len(names) > n else "")
 
@@ -308,6 +361,82 @@ def data_file(path: str, base: Path) -> Path:
     return p
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+CHECK_IMAGES = 64  # dslc check opens this many images of a folder (their headers): the loader reads them all
+
+
+def data_folder(path: str, base: Path) -> Path:
+    """The data folder `path` names; a missing one, or a file, is refused."""
+    p = resolve_path(path, base)
+    try:
+        info = os.stat(p)
+    except (OSError, ValueError):
+        raise BindError(f"data folder '{path}' not found (looked for {p})") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise BindError(f"data folder '{path}' is not a folder ({p})", "image_folder reads one folder per class")
+    return p
+
+
+def image_files(root: Path) -> list[tuple[Path, int]]:
+    """(image, class id) for every PNG/JPEG file directly inside a class folder of `root` (the classes are the
+    sorted folder names; hidden entries and other files are skipped). A link may not lead out of `root`, and an
+    entry that is not a regular file (a FIFO would block the read) is refused."""
+    real = root.resolve()
+    classes = sorted(e.name for e in _entries(root, real) if not e.name.startswith(".") and e.is_dir())
+    if not classes:
+        raise BindError(
+            f"{root}: no class folders", "image_folder expects one folder per class holding PNG/JPEG images"
+        )
+    found: list[tuple[Path, int]] = []
+    for index, name in enumerate(classes):
+        folder = root / name
+        files = sorted(
+            e.name
+            for e in _entries(folder, real)
+            if not e.name.startswith(".") and e.name.lower().endswith(IMAGE_SUFFIXES)
+        )
+        for file in files:
+            if not (folder / file).is_file():
+                raise BindError(f"{folder / file}: not a regular file", "the class folders must hold image files")
+        if not files:
+            raise BindError(f"{folder}: class folder '{_shown(name)}' holds no PNG or JPEG image")
+        found += [(folder / file, index) for file in files]
+    return found
+
+
+def image_classes(root: Path) -> list[str]:
+    return sorted({path.parent.name for path, _ in image_files(root)})
+
+
+def _entries(folder: Path, root: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as it:
+            entries = list(it)
+    except OSError as exc:
+        raise BindError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
+    for e in entries:
+        if e.is_symlink() and not Path(e.path).resolve().is_relative_to(root):
+            raise BindError(f"{e.path}: a link out of the data folder {root}", "copy the files into the folder")
+    return entries
+
+
+@contextlib.contextmanager
+def open_image(path: Path):
+    """A Pillow image (opened lazily: its header is read); anything unreadable, or a decompression bomb, is a
+    BindError naming the file."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as image:
+                if image.format not in ("PNG", "JPEG"):
+                    raise BindError(f"{path}: a {image.format} image, expected PNG or JPEG")
+                yield image
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise BindError(f"{path}: cannot read the image ({_shown(str(exc), 120)})") from None
+
+
 DATASETS: dict[str, DatasetDef] = {}
 
 
@@ -324,6 +453,7 @@ _register(
             P("image_size", "int", 8, "side of the square image", low=1, high=1024),
             VALIDATION,
             P("flatten", "bool", False),
+            RAW_PIXELS,
         ),
         _digits,
     )
@@ -423,14 +553,46 @@ _register(
         "`label` names a class column (int64[batch], classes = sorted distinct values), `target` a regression column",
         (
             P("path", "str"),
-            P("features", "strs"),
+            P(
+                "features",
+                "strs",
+                doc='feature columns: names, ranges "t0:t23" (header order, both ends included) or globs "x*"',
+            ),
             P("label", "str", None),
             P("target", "str", None),
             VALIDATION,
-            P("standardize", "bool", True),
+            P(
+                "standardize",
+                "bool",
+                True,
+                "standardise the features with the training split's mean and std, stored with the model: the "
+                "exported ONNX takes raw rows",
+            ),
         ),
         _csv,
         files=("path",),
+    )
+)
+_register(
+    DatasetDef(
+        "image_folder",
+        "a folder of PNG/JPEG images, one subfolder per class (`cats/`, `dogs/`): image float32[batch, C, size, size] "
+        "in [0, 1] (resized, bilinear; C = 1 with grayscale=true, else 3) and label int64[batch]; the class names "
+        "(sorted folder names) are stored with the model",
+        (
+            P("path", "str", doc="the folder, relative to the spec's folder"),
+            P("size", "int", 32, "side of the square image the files are resized to", low=1, high=4096),
+            P("grayscale", "bool", False, "one channel (L) instead of RGB"),
+            VALIDATION,
+            RAW_PIXELS,
+            P(
+                "standardize",
+                "bool",
+                False,
+                "standardise each channel with the training split's mean and std, stored with the model",
+            ),
+        ),
+        _image_folder,
     )
 )
 _register(

@@ -7,6 +7,7 @@ examples. Problems with user data (missing file, unknown column, bad label) rais
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dslc.data.registry import DATASETS, check_columns, csv_number, data_file, read_csv, text_examples
+from dslc.data import registry
+from dslc.data.registry import DATASETS, check_columns, csv_number, data_file, read_csv, select_columns, text_examples
 from dslc.errors import did_you_mean, error
 from dslc.params import BindError
 
@@ -29,6 +31,9 @@ class Data:
     labels: list[str] | None = None  # class names, when the data set has them
     vocab: list[str] | None = None  # token id -> text, stored with the model (ONNX dslc.vocab)
     info: dict[str, Any] = field(default_factory=dict)
+    # field -> how the exported graph turns a raw input into what the model trained on: (raw - subtract) / divide
+    # (dslc.training.preprocess); statistics come from the training split only
+    preprocess: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def check_labels(self, name: str, classes: int, ignore_index: int | None = None) -> None:
         """Class ids must lie in [0, classes): a clear message instead of a CUDA assert later."""
@@ -71,13 +76,31 @@ def load(name: str, base: Path, seed: int, **options: Any) -> Data:
     )
     if "build_vocab" in extra:  # text: the vocabulary comes from the training split only
         extra["build_vocab"](out, train_idx)
+    for name, (scale, raw) in extra.get("scaled", {}).items():  # the loader divided raw values by `scale`
+        out.preprocess[name] = {"subtract": 0.0, "divide": float(scale), "raw": raw}
+    for name, (axes, raw) in extra.get("standardize", {}).items():
+        out.preprocess[name] = standardize(out, name, axes, out.preprocess.get(name), raw)
     return out
+
+
+def standardize(data: Data, name: str, axes: tuple[int, ...], scaled: dict[str, Any] | None, raw: str) -> dict:
+    """Standardise field `name` of both splits with the mean and standard deviation of the training split over
+    `axes` (the batch axis and, for images, the pixels of a channel); a constant column keeps its values. Returns
+    the raw -> model input transform, composed with an earlier scaling `scaled` (raw pixels / 255)."""
+    train = data.train[name].double()
+    mean, std = train.mean(axes, keepdim=True), train.std(axes, keepdim=True, correction=0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    mean32, std32 = mean.float()[0], std.float()[0]  # the batch axis dropped: broadcast over examples
+    data.train[name] = (data.train[name] - mean32) / std32
+    data.val[name] = (data.val[name] - mean32) / std32
+    scale = scaled["divide"] if scaled else 1.0
+    return {"subtract": (mean32 * scale).tolist(), "divide": (std32 * scale).tolist(), "raw": raw}
 
 
 # ---------------------------------------------------------------- built-in sets
 
 
-def digits(base: Path, seed: int, image_size: int, flatten: bool):
+def digits(base: Path, seed: int, image_size: int, flatten: bool, raw_pixels: bool):
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -89,7 +112,39 @@ def digits(base: Path, seed: int, image_size: int, flatten: bool):
     images = images.clamp(0, 1).numpy()
     if flatten:
         images = images.reshape(len(images), -1)
-    return {"image": images, "label": d.target.astype(np.int64)}, {"labels": [str(i) for i in range(10)]}
+    extra: dict[str, Any] = {"labels": [str(i) for i in range(10)]}
+    if raw_pixels:  # [0, 1] stands for 0-255: the exported graph divides by 255
+        extra["scaled"] = {"image": (255.0, "pixel values 0-255 (grey, 0 = background)")}
+    return {"image": images, "label": d.target.astype(np.int64)}, extra
+
+
+def image_folder(base: Path, seed: int, path: str, size: int, grayscale: bool, raw_pixels: bool, standardize: bool):
+    """Every image decoded, converted (L or RGB) and resized to size x size (bilinear), as [0, 1] floats; decoded
+    by a pool of threads (Pillow releases the GIL while it decodes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _file_errors():
+        root = registry.data_folder(path, base)
+        files = registry.image_files(root)
+    classes = sorted({p.parent.name for p, _ in files})  # class ids are their positions (registry.image_files)
+
+    def decode(item: tuple[Path, int]) -> np.ndarray:
+        with _file_errors(), registry.open_image(item[0]) as image:
+            pixels = image.convert("L" if grayscale else "RGB").resize((size, size), resample=2)  # 2: bilinear
+            array = np.asarray(pixels, dtype=np.uint8)
+        return array[None] if grayscale else array.transpose(2, 0, 1)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        images = np.stack(list(pool.map(decode, files))).astype(np.float32) / 255.0
+    labels = np.array([index for _, index in files], dtype=np.int64)
+    colour = "grey" if grayscale else "RGB, channels first"
+    raw = f"pixel values 0-255 of the image resized to {size}x{size} ({colour})"
+    extra: dict[str, Any] = {"labels": classes}
+    if raw_pixels:
+        extra["scaled"] = {"image": (255.0, raw)}
+    if standardize:  # per channel, over the training split's pixels
+        extra["standardize"] = {"image": ((0, 2, 3), raw if raw_pixels else f"{raw}, divided by 255")}
+    return {"image": images, "label": labels}, extra
 
 
 def diabetes(base: Path, seed: int):
@@ -191,13 +246,14 @@ def csv(
     with _file_errors():
         table = read_csv(p)
         rows = table.rows
+        features = tuple(select_columns(p, table.header, features))
         check_columns(p, table.header, [*features, *(c for c in (label, target) if c)])
         x = np.array([[csv_number(p, line, row, c) for c in features] for line, row in rows], dtype=np.float32)
         y = np.array([[csv_number(p, line, row, target)] for line, row in rows], dtype=np.float32) if target else None
-    if standardize:
-        x = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1)
     arrays: dict[str, np.ndarray] = {"features": x}
-    extra = {}
+    extra: dict[str, Any] = {}
+    if standardize:  # with the training split's statistics (sets.load), stored with the model
+        extra["standardize"] = {"features": ((0,), f"the CSV columns {', '.join(features)}, as written in the file")}
     if label:
         classes = sorted({r[label] for _, r in rows}, key=lambda v: (_num(v) is None, _num(v), v))
         index = {v: i for i, v in enumerate(classes)}
@@ -285,6 +341,7 @@ LOADERS = {
     "token_tags": token_tags,
     "speech": speech,
     "csv": csv,
+    "image_folder": image_folder,
     "npz": npz,
     "npy": npy,
     "text": text,

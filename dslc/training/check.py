@@ -39,6 +39,7 @@ ROOT_SETTINGS = {
     "export": "export = [cnn]",
     "workers": "workers = 0",
     "shuffle": "shuffle = true",
+    "augment": "augment = [random_crop(image, padding=4), random_flip(image)]",
 }
 STEP_SETTINGS = {
     "loss": "loss = cross_entropy(logits, label)",
@@ -146,7 +147,47 @@ class TrainChecker:
         if len(self.reporter.diagnostics) > errors_before or not checked_steps:
             return None
         metrics = self.guard(lambda: self.metrics(root_settings.get("metrics"), checked_steps[0])) or []
-        return self.config(root_settings, data, root, checked_steps, metrics)
+        augment = self.guard(lambda: self.augment(root_settings.get("augment")))
+        if augment is None:
+            return None
+        config = self.config(root_settings, data, root, checked_steps, metrics)
+        if augment:
+            config.augment = augment
+            config.settings["augment"] = augment
+        return config
+
+    def augment(self, setting: ast.Setting | None) -> list[dict[str, Any]]:
+        """`augment = [random_crop(image, padding=4), ...]`: each call names the dataset field it changes first."""
+        from dslc.training.augment import AUGMENTATIONS
+
+        if setting is None:
+            return []
+        value = setting.value
+        items = value.items if isinstance(value, (ast.ListLit, ast.TupleLit)) else [value]
+        checked = []
+        for item in items:
+            name, loc, args, kwargs = self.call_args(item, "augment")
+            if name not in AUGMENTATIONS:
+                known = ", ".join(AUGMENTATIONS)
+                raise self.fail(loc, f"unknown augmentation '{name}'", did_you_mean(name, AUGMENTATIONS) or known)
+            if not args or not isinstance(args[0], ast.Name):
+                raise self.fail(loc, f"{name} names the dataset field it augments first, e.g. `{name}(image)`")
+            field = args[0].id
+            if field not in self.fields:
+                raise self.fail(
+                    args[0].loc,
+                    f"{name}: '{field}' is not a field of the data set",
+                    did_you_mean(field, self.fields) or f"fields: {', '.join(self.fields)}",
+                )
+            problem = AUGMENTATIONS[name].check(self.fields[field])
+            if problem:
+                raise self.fail(args[0].loc, f"{name} {problem}")
+            params = AUGMENTATIONS[name].params
+            options = self.bind(
+                params, [self.static(a) for a in args[1:]], {k: self.static(v) for k, v in kwargs}, name, loc
+            )
+            checked.append({"name": name, "field": field, **options})
+        return checked
 
     def refuse_shadowing(self, lets: dict[str, ast.Setting]) -> None:
         """A train tensor may not take the name of a dataset field or a model output: each already means a tensor

@@ -107,4 +107,5 @@ class TrainConfig:
     workers: int
     shuffle: bool
     label_checks: list[LabelCheck] = field(default_factory=list)
+    augment: list[dict[str, Any]] = field(default_factory=list)  # {"name", "field", options}: training batches only
     settings: dict[str, Any] = field(default_factory=dict)  # the resolved settings, for config.json

@@ -38,7 +38,7 @@ def test_check_counts_shared_parameters_once():
 def test_check_shapes_table():
     result = dslc("check", str(SPECS / "cnn.model"), "--shapes")
     assert result.returncode == 0
-    assert "float32[batch, 32, 28, 28]" in result.stdout and "315,146" in result.stdout
+    assert "float32[batch, 32, 28, 28]" in result.stdout and "421,642" in result.stdout
 
 
 def test_check_reports_errors_with_carets(write_spec):

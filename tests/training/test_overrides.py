@@ -64,7 +64,7 @@ def test_every_bad_key_is_reported_at_once():
 
 def test_check_takes_train_settings():
     code, output = dslc("check", str(SPECS / "cnn.model"), "--set", "optimizer.lr=1e-3", "--set", "epochs=1")
-    assert (code, output) == (0, f"{SPECS / 'cnn.model'}: ok (cnn; 315,146 parameters)\n")
+    assert (code, output) == (0, f"{SPECS / 'cnn.model'}: ok (cnn; 421,642 parameters)\n")
     code, output = dslc("check", MLP, "--set", "hidden=7", "--set", "data.validation=0.1", "--set", "optimizer=adam")
     assert code == 0, output
 
