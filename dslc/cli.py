@@ -13,6 +13,7 @@ from dslc import __version__
 from dslc.errors import DslcError, error
 from dslc.pytext import module_name
 from dslc.training import flags as train_flags
+from dslc.training.interrupts import RunInterruptedError
 
 
 def _report_errors(func):
@@ -32,9 +33,22 @@ def _report_errors(func):
         except _runtime_errors() as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
-        except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
+        except RunInterruptedError as stop:  # Ctrl-C or SIGTERM while training: a checkpoint was saved
+            if stop.message:
+                click.echo(stop.message, err=True)
+            sys.exit(stop.code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as exc:  # an internal error: say so, show the traceback only on request
+            from dslc.extras import missing_extra
+
+            missing = missing_extra(exc)  # an optional package (scikit-learn, matplotlib, ...) is not installed
+            if missing is not None:
+                click.echo(missing.render(), err=True)
+                sys.exit(1)
             if debug:
                 traceback.print_exc()
             click.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
@@ -319,15 +333,41 @@ def train(spec: str, **values) -> None:
     Example:
       dslc train specs/cnn.model --out runs/cnn --epochs 5
     """
-    from dslc.training.command import prepare_run, run_script
+    from dslc.training.command import prepare_run, resume_command_set, run_script
     from dslc.training.run_folder import run_folder_locked
 
+    resume = ["dslc", "train", spec, *train_flags.script_argv(values, command=True)]  # printed when interrupted
     out = Path(values["out"] or Path("runs") / module_name(Path(spec).stem))
     values.update(out=out, data_dir=values["data_dir"] or Path(spec).resolve().parent)
-    with run_folder_locked(out):  # one run at a time writes a run folder
+    with run_folder_locked(out), resume_command_set(resume):  # one run at a time writes a run folder
         script = prepare_run(spec, out, list(values["set"]), values["resume"], flags=values)
         click.echo(f"wrote {script} (the training code that runs now)")
         run_script(script, train_flags.script_argv(values), values["nproc"])
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "-o", "--out", "out", default="curves.png", show_default=True, type=click.Path(dir_okay=False), help="The PNG."
+)
+@click.option("--title", default=None, help="A title over the panels.")
+@_report_errors
+def plot(runs: tuple[str, ...], out: str, title: str | None) -> None:
+    """Draw the curves of one or more run folders on one figure (needs the `plots` extra).
+
+    One panel per loss and metric, a colour per run; train losses solid, validation dashed.
+
+    \b
+    Example:
+      dslc plot runs/cnn runs/cnn-lr0.01 -o compare.png
+    """
+    from dslc.training.curves import plot_runs, read_run, run_names
+
+    folders = [Path(r) for r in runs]
+    records = [read_run(f) for f in folders]
+    names = run_names(folders) if len(folders) > 1 else [""]
+    plot_runs(list(zip(names, records)), Path(out), title=title or (str(folders[0]) if len(folders) == 1 else None))
+    click.echo(f"wrote {out}")
 
 
 @main.command()

@@ -273,14 +273,16 @@ def _main(cfg: c.TrainConfig) -> str:
         f"{I2}for model in models.values():",
         f"{I3}model.train()",
         f"{I2}loss_sums = {{{', '.join(f'{py_literal(s.name)}: torch.zeros((), device=DEVICE)' for s in steps)}}}",
-        f"{I2}run.start_epoch(epoch, len(train_batches))",
-        f"{I2}for i, batch in enumerate(train_batches.epoch(epoch)):",
+        f"{I2}# after a mid-epoch checkpoint (Ctrl-C), the epoch goes on from the step it stopped at, with its loss sums",
+        f"{I2}first_step = run.start_epoch(epoch, len(train_batches), loss_sums)",
+        f"{I2}for i, batch in enumerate(train_batches.epoch(epoch, first_step), first_step):",
     ]
     if cfg.prepare:
         out += [f"{I3}with run.autocast():", f"{I4}batch = prepare(train_models, batch)"]
     for s in steps:
         out += _step_lines(s, multi)
     out += [
+        f"{I3}# Ctrl-C or SIGTERM: a checkpoint of this step, then the run stops with the --resume command",
         f"{I3}run.progress(i, len(batch[{py_literal(next(iter(cfg.data.fields)))}]), loss_sums)",
         "",
         f"{I2}record = run.train_record(epoch, loss_sums, len(train_batches))",

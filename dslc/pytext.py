@@ -29,7 +29,7 @@ MODEL_CODE_NAMES = frozenset({"self", "torch", "nn", "F", "math", "block", "anno
 TRAIN_SCRIPT_NAMES = frozenset(
     {
         "BATCH_SIZE", "CONFIG", "DEVICE", "MODELS", "Path", "SPEC", "annotations", "args", "argv", "batch", "batches",
-        "epoch", "epochs", "eval_batches", "evaluate", "i", "load_data", "loss", "loss_sums", "lr_factor", "main",
+        "epoch", "epochs", "eval_batches", "evaluate", "first_step", "i", "load_data", "loss", "loss_sums", "lr_factor", "main",
         "math", "model", "models", "n", "name", "nn", "outputs", "p", "params", "prepare", "progress", "record", "rt",
         "run", "seed", "sets", "start_epoch", "step", "steps_per_epoch", "sys", "torch", "F", "total", "totals",
         "train_batches", "train_models", "warmup", "optimizer", "scheduler", "data", "batch_size", "HERE", "data_dir",

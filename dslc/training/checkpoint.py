@@ -25,7 +25,8 @@ from safetensors.torch import save as st_save
 from dslc.errors import Diagnostic, DslcError, error
 from dslc.fileio import spec_sha256, write_atomic
 
-NAME = re.compile(r"epoch-(\d{4,})\.safetensors$")
+# epoch-0003.safetensors: after 3 epochs; epoch-0003-step-000045.safetensors: 45 steps into the 4th (an interrupt)
+NAME = re.compile(r"epoch-(\d{4,})(?:-step-(\d{6,}))?\.safetensors$")
 META_KEY = "dslc"  # the JSON metadata: epoch, history, run identity, packed state
 CHECKSUM_KEY = "dslc.sha256"  # sha256 over the tensors and META_KEY's text (see `checksum`)
 RESUME_KEYS = ("epoch", "history", "spec_sha256", "overrides", "config", "amp")  # what --resume reads
@@ -243,12 +244,13 @@ def _shown(value: Any) -> str:
 
 
 def checkpoints(folder: Path) -> list[Path]:
-    """Saved checkpoints, oldest first."""
+    """Saved checkpoints, oldest first (by epochs, then steps into the next)."""
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := NAME.search(p.name))]
+    found = [((int(m.group(1)), int(m.group(2) or 0)), p) for p in folder.iterdir() if (m := NAME.search(p.name))]
     return [p for _, p in sorted(found)]
 
 
-def path_for(folder: Path, epoch: int) -> Path:
-    return folder / f"epoch-{epoch:04d}.safetensors"
+def path_for(folder: Path, epoch: int, step: int = 0) -> Path:
+    """The checkpoint after `epoch` epochs and `step` steps of the next (a mid-epoch checkpoint)."""
+    return folder / (f"epoch-{epoch:04d}-step-{step:06d}.safetensors" if step else f"epoch-{epoch:04d}.safetensors")

@@ -3,9 +3,13 @@ folder, then run that script (in this process, or under torch.distributed.run fo
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +96,39 @@ def run_script(script: Path, argv: list[str], nproc: int) -> None:
 
     # this process holds the run folder's lock (dslc.cli train): rank 0 of the processes it starts may write there
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), LOCK_HOLDER_ENV: str(os.getpid())}
-    code = subprocess.call(command, env=env)
+    process = subprocess.Popen(command, env=env)
+    with _signals_to(process):
+        code = process.wait()
     if code:
         sys.exit(code)
+
+
+@contextlib.contextmanager
+def _signals_to(process: subprocess.Popen) -> Iterator[None]:
+    """While torchrun runs the processes: Ctrl-C reaches them from the terminal (this process waits for them to save
+    their checkpoint instead of killing them), and a SIGTERM sent to this process is passed on to torchrun."""
+    previous = {
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signum)),
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def resume_command_set(words: list[str]) -> Iterator[None]:
+    """The training script, run by `dslc train`, prints this command (with --resume) when interrupted."""
+    from dslc.training.interrupts import RESUME_COMMAND_ENV
+
+    before = os.environ.get(RESUME_COMMAND_ENV)
+    os.environ[RESUME_COMMAND_ENV] = shlex.join(words)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(RESUME_COMMAND_ENV, None)
+        else:
+            os.environ[RESUME_COMMAND_ENV] = before

@@ -54,6 +54,8 @@ FLAGS = (
     Flag("--amp", "Mixed precision: bf16 autocast (fp16 with loss scaling on GPUs without bf16)"),
     Flag("--compile", "torch.compile the trained models"),
     Flag("--quiet", "No progress bar"),
+    Flag("--no-tensorboard", "Write no TensorBoard event files (written to DIR/tensorboard/ when tensorboard is "
+         "installed)"),
     Flag("--weights", "Load a .safetensors/.pth state dict (strict) before training; --epochs 0 only exports it",
          "[MODEL=]FILE", repeat=True),
 )  # fmt: skip
@@ -159,13 +161,16 @@ def with_flags(config: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]
     return {**config, **{f.setting: values[f.dest] for f in FLAGS if f.setting and values.get(f.dest) is not None}}
 
 
-def script_argv(values: dict[str, Any]) -> list[str]:
+def script_argv(values: dict[str, Any], command: bool = False) -> list[str]:
     """The script's flags for the values `dslc train` was given (by `dest`): switches that are on, each repeated
-    value, and the other values that are set (unset train settings keep the spec's)."""
+    value, and the other values that are set (unset train settings keep the spec's). `command`: the flags of
+    `dslc train` itself that differ from their defaults (the command line that resumes a run)."""
     argv: list[str] = []
     for flag in FLAGS:
         value = values.get(flag.dest)
-        if not flag.script or value is None or value is False:  # `--epochs 0` is passed on
+        if not (flag.script or command) or value is None or value is False:  # `--epochs 0` is passed on
+            continue
+        if command and (value == flag.default or (flag.repeat and not value)):
             continue
         if flag.metavar is None:
             argv.append(flag.name)

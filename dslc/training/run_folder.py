@@ -15,6 +15,7 @@ from torch import nn
 
 from dslc import __version__
 from dslc.errors import DslcError, error
+from dslc.extras import MissingExtraError
 from dslc.fileio import (
     FolderBusyError,
     folder_locked,
@@ -42,6 +43,7 @@ class RunFolder:
         self.out, self.checkpoints = out, out / "checkpoints"
         self.log = log
         self.owns_lock = False  # this process took the lock (and releases it when done)
+        self.plots = True  # False once matplotlib was found missing (said once)
 
     def take(self, resume: bool, config: dict[str, Any]) -> None:
         """Lock the folder, remove what an interrupted write left there, refuse a folder that holds a run unless
@@ -85,19 +87,40 @@ class RunFolder:
         """metrics.jsonl, rewritten whole (never appended), and the curves."""
         self.hold()
         write_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-        if records:
+        if records and self.plots:
+            self.plot(records)
+
+    def plot(self, records: list[dict[str, Any]]) -> None:
+        """curves.png; without matplotlib (the `plots` extra) a note says so once and training goes on."""
+        try:
             plot(records, self.out / "curves.png")
+        except MissingExtraError as exc:
+            self.plots = False
+            self.log(f"note: curves.png is not drawn: {exc.message}; {exc.hint}")
 
     def save_checkpoint(
-        self, epoch: int, models: dict[str, nn.Module], steps: StepState, meta: dict[str, Any], keep: int
-    ) -> None:
-        """The epoch's checkpoint (weights, optimizer, scheduler, scaler and RNG state; `meta`: the run's identity and
-        history); the oldest beyond `keep` are removed."""
+        self,
+        epoch: int,
+        models: dict[str, nn.Module],
+        steps: StepState,
+        meta: dict[str, Any],
+        keep: int,
+        step: int = 0,
+        loss_sums: dict[str, torch.Tensor] | None = None,
+    ) -> Path:
+        """The checkpoint after `epoch` epochs (weights, optimizer, scheduler, scaler and RNG state; `meta`: the run's
+        identity and history), or `step` steps into the next (an interrupt; with the loss sums of those steps); the
+        oldest beyond `keep` are removed. Returns its path."""
         self.hold()
         meta = {"dslc_version": __version__, "epoch": epoch, **meta}
-        ckpt.save(ckpt.path_for(self.checkpoints, epoch), models, {"steps": step_states(steps), "rng": _rng()}, meta)
+        state = {"steps": step_states(steps), "rng": _rng()}
+        if step:
+            state["epoch"] = {"loss_sums": dict(loss_sums or {})}
+        path = ckpt.path_for(self.checkpoints, epoch, step)
+        ckpt.save(path, models, state, meta)
         for old in ckpt.checkpoints(self.checkpoints)[:-keep]:
             old.unlink(missing_ok=True)
+        return path
 
     def save_best(self, models: dict[str, nn.Module], meta: dict[str, Any]) -> None:
         self.hold()

@@ -11,6 +11,7 @@ import argparse
 import functools
 import json
 import math
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,13 +22,16 @@ from torch import nn
 
 from dslc import __version__
 from dslc.errors import DslcError, error
+from dslc.extras import MissingExtraError, available
 from dslc.fileio import write_atomic
 from dslc.training import checkpoint as ckpt
+from dslc.training.board import Board
 from dslc.training.export import WeightSources, export_trained, match_state, write_weights
 from dslc.training.flags import parse_script_args, with_flags
 from dslc.training.history import History
+from dslc.training.interrupts import Interrupts, RunInterruptedError, resume_command
 from dslc.training.processes import Processes
-from dslc.training.progress import Progress, format_values, refuse_diverged, refuse_non_finite
+from dslc.training.progress import LOG_EVERY, Progress, format_values, refuse_diverged, refuse_non_finite
 from dslc.training.run_folder import RunFolder, StepState, load_checkpoint
 
 # what generated scripts use (match_state: the tests of sharing weights by name)
@@ -37,18 +41,34 @@ __all__ = ["Batches", "Run", "Totals", "ctc_char_errors", "edit_distance", "matc
 def parse_args(argv: list[str] | None, config: dict[str, Any], script_dir: Path) -> argparse.Namespace:
     """The script's flags (dslc/training/flags.py): train settings default to CONFIG's, --out and --data-dir to the
     script's folder `script_dir`."""
-    return parse_script_args(argv, config, script_dir)
+    args = parse_script_args(argv, config, script_dir)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the --resume command an interrupt prints
+    return args
 
 
 def run_script(main: Callable[[], None]) -> None:
-    """Entry point of a generated script: dslc errors as messages, not tracebacks."""
+    """Entry point of a generated script: dslc errors (and a missing optional package) as messages, not tracebacks;
+    an interrupt exits with 128 + the signal, after saying how to resume."""
+    from dslc.extras import missing_extra
+
     try:
         main()
     except DslcError as exc:
         print(exc.render(), file=sys.stderr)
         sys.exit(1)
+    except RunInterruptedError as stop:
+        if stop.message:
+            print(stop.message, file=sys.stderr)
+        sys.exit(stop.code)
     except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except ImportError as exc:
+        missing = missing_extra(exc)
+        if missing is None:
+            raise
+        print(missing.render(), file=sys.stderr)
+        sys.exit(1)
 
 
 class Totals:
@@ -140,13 +160,14 @@ class Batches:
             chunks = [c.tensor_split(self.world)[self.rank] for c in chunks]
         return chunks
 
-    def epoch(self, epoch: int):
+    def epoch(self, epoch: int, start: int = 0):
+        """The batches of `epoch`, from its batch `start` on (a run resumed mid-epoch)."""
         if not self.workers:
             tensors = self.tensors
-            for idx in self.indices(epoch, self.device):
+            for idx in self.indices(epoch, self.device)[start:]:
                 yield {k: v[idx] for k, v in tensors.items()}
             return
-        chunks = self.indices(epoch)
+        chunks = self.indices(epoch)[start:]
         loader = torch.utils.data.DataLoader(
             chunks,
             batch_size=None,
@@ -154,6 +175,9 @@ class Batches:
             collate_fn=lambda idx: {k: v[idx] for k, v in self.tensors.items()},
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
+            # the workers' seeds come from their own generator: the training's random draws (dropout, noise) do not
+            # depend on when an epoch's loader starts, so a run resumed mid-epoch draws what an uninterrupted one does
+            generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch),
         )
         for batch in loader:
             yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -197,6 +221,13 @@ class Run:
         self.models: dict[str, nn.Module] = {}
         self.steps: StepState = {}
         self.exported_record: dict[str, Any] | None = None  # the epoch whose weights are exported
+        self.interrupts = Interrupts()
+        self.epoch, self.epoch_steps = 0, 0  # the epoch under way (0-based) and its steps
+        self.resume_step = 0  # resumed from a mid-epoch checkpoint: the steps of its epoch already taken
+        self.resumed_sums: dict[str, torch.Tensor] = {}  # ... and their loss sums
+        # an interrupt stops only where every step's gradient accumulation is complete
+        self.whole_steps = math.lcm(*(s.get("accumulate", 1) for s in self.config.get("steps") or [{}]))
+        self.board: Board | None = None
         if self.main:
             world = self.processes.world
             self.folder.take(
@@ -229,6 +260,12 @@ class Run:
         """Remember what a checkpoint holds; with --resume load the newest usable one (a damaged newer one is skipped,
         with a warning), else the --weights. Returns the first epoch to run."""
         self.models, self.steps = models, steps
+        first = self._restore(models, steps)
+        self._open_board(first)
+        self.interrupts.install()  # from here on, Ctrl-C saves a checkpoint before stopping
+        return first
+
+    def _restore(self, models: dict[str, nn.Module], steps: StepState) -> int:
         latest = ckpt.load_latest(self.folder.checkpoints) if self.args.resume else None
         if latest is None:
             if self.args.resume:
@@ -250,8 +287,21 @@ class Run:
         self.history.records = meta["history"]
         if self.main:
             self.folder.write_metrics(self.history.records)
-        self.log(f"resumed from {path} (epoch {meta['epoch']})")
+        self.resume_step = meta.get("step", 0)
+        self.resumed_sums = state.get("epoch", {}).get("loss_sums", {})
+        within = f", step {self.resume_step} of epoch {meta['epoch'] + 1}" if self.resume_step else ""
+        self.log(f"resumed from {path} (epoch {meta['epoch']}{within})")
         return meta["epoch"]
+
+    def _open_board(self, first_epoch: int) -> None:
+        """TensorBoard event files, unless --no-tensorboard; without tensorboard installed, a note says so once."""
+        if not self.main or getattr(self.args, "no_tensorboard", True):
+            return
+        if not available("tensorboard"):
+            note = MissingExtraError("tensorboard")
+            self.log(f"note: no TensorBoard logs: {note.message}; {note.hint}; --no-tensorboard hides this note")
+            return
+        self.board = Board(self.folder.out, first_epoch)
 
     def _load_weights(self, models: dict[str, nn.Module]) -> None:
         from dslc.training.weights import load_weights
@@ -273,11 +323,62 @@ class Run:
 
     # ------------------------------------------------------------ epochs
 
-    def start_epoch(self, epoch: int, steps: int) -> None:
+    def start_epoch(self, epoch: int, steps: int, loss_sums: dict[str, torch.Tensor] | None = None) -> int:
+        """Start `epoch`; returns its first step: 0, or the steps a mid-epoch checkpoint resumed from had taken (their
+        loss sums are put into `loss_sums`)."""
+        self.epoch, self.epoch_steps = epoch, steps
         self.display.start_epoch(epoch, steps)
+        first, self.resume_step = self.resume_step, 0
+        if first and loss_sums is not None:
+            for name, total in self.resumed_sums.items():
+                loss_sums[name] = total.to(self.device)
+            return first
+        return 0
 
     def progress(self, i: int, batch_samples: int, loss_sums: dict[str, torch.Tensor]) -> None:
+        """After each training step: the progress bar; on Ctrl-C or SIGTERM, a checkpoint of this step, then stop."""
         self.display.update(i, batch_samples, loss_sums)
+        self.interrupts.stepped()
+        if note := self.interrupts.notice():
+            self.log(note)
+        last = i + 1 == self.epoch_steps  # the end of the epoch checkpoints anyway (end_epoch)
+        if (i + 1) % self.whole_steps == 0 and not last and self._stopping((i + 1) % LOG_EVERY == 0):
+            self._stop(i + 1, loss_sums)
+
+    def _stopping(self, agree: bool) -> bool:
+        """Whether a signal asks to stop; several processes stop at the same step: they compare at `agree` steps."""
+        if self.processes.world == 1:
+            return self.interrupts.requested
+        if not agree:
+            return False
+        flag = torch.tensor([float(self.interrupts.requested)], device=self.device)
+        return bool(self.processes.mean(flag).item() > 0)
+
+    def _stop(self, step: int, loss_sums: dict[str, torch.Tensor]) -> None:
+        """Checkpoint `step` steps into the epoch under way (with their loss sums) and stop."""
+        self.display.stop()
+        path = None
+        if self.main:
+            meta = {**self._identity(), "history": self.history.records, "step": step}
+            sums = {name: total.detach() for name, total in loss_sums.items()}
+            keep = self.config.get("keep_checkpoints", 2)
+            path = self.folder.save_checkpoint(self.epoch, self.models, self.steps, meta, keep, step, sums)
+        self.processes.barrier()
+        self._interrupted(f"after step {step}/{self.epoch_steps} of epoch {self.epoch + 1}", path)
+
+    def _interrupted(self, where: str, path: Path | None) -> None:
+        """Stop the run on the signal received, saying where it stopped and how to resume."""
+        signum = self.interrupts.signum or signal.SIGINT
+        self.interrupts.restore()
+        if self.board is not None:
+            self.board.close()
+        self.processes.close()
+        self.folder.release()
+        message = ""
+        if self.main:
+            name = signal.Signals(signum).name
+            message = f"interrupted ({name}) {where}: saved {path}\nresume with: {resume_command(self.args.argv)}"
+        raise RunInterruptedError(signum, message)
 
     @_stops_bar
     def train_record(self, epoch: int, loss_sums: dict[str, torch.Tensor], steps: int) -> dict[str, Any]:
@@ -294,13 +395,28 @@ class Run:
         self.history.records.append(record)
         stop = self.history.should_stop()
         self.display.end_epoch(record)
+        interrupted = self._stopping(agree=True)
         if self.main:
-            self._save_epoch(record, last=record["epoch"] == self.args.epochs or stop)
+            self._save_epoch(record, last=record["epoch"] == self.args.epochs or stop or interrupted)
+            if self.board is not None:
+                self.board.epoch(record, self._learning_rates())
+        if interrupted:
+            self.display.stop()
+            self.processes.barrier()
+            self._interrupted(f"after epoch {record['epoch']}", ckpt.path_for(self.folder.checkpoints, record["epoch"]))
         if stop:
             patience = self.config["early_stopping"]
             self.log(f"early stopping: {self.history.monitor} has not improved for {patience} epochs")
         self.processes.barrier()
         return stop
+
+    def _learning_rates(self) -> dict[str, float]:
+        """Each step's learning rate (its optimizer's first parameter group; the others by number)."""
+        rates = {}
+        for name, (optimizer, _, _) in self.steps.items():
+            for g, group in enumerate(optimizer.param_groups):
+                rates[name if g == 0 else f"{name}_group{g}"] = float(group["lr"])
+        return rates
 
     def _save_epoch(self, record: dict[str, Any], last: bool) -> None:
         """The best weights, the epoch checkpoint, then metrics.jsonl and the curves; a resumed run rewrites
@@ -349,6 +465,9 @@ class Run:
         """Save the exported models' weights (<model>.safetensors) and export them to verified ONNX; the manifest
         says for each where its weights come from (`trained`, `trained (from MODEL)` or `initial`)."""
         self.display.stop()
+        self.interrupts.restore()  # a Ctrl-C during the export stops at once: the checkpoints hold the run
+        if self.board is not None:
+            self.board.close()
         if self.main:
             self._export(models, data, export, trained)
         self.processes.close()
