@@ -134,7 +134,7 @@ def info_cli(
     m = Model.load(model_path, model=model, providers=providers)
     print(f"{display(m.name)}  ({m.path})", file=out)
     print(f"provider: {m.provider}", file=out)
-    for note in m.notes:
+    for note in [*m.notes, *([m.cpu_only] if m.cpu_only else [])]:
         print(f"  note: {note}", file=out)
     print(m.signature.describe(), file=out)
     for key in ("dslc.version", "dslc.spec_sha256"):

@@ -169,6 +169,7 @@ class Model:
         notes: list[str] | None = None,
         device_id: int = 0,
         cuda_graph: bool = False,
+        cpu_only: str | None = None,
     ) -> None:
         self._session = session
         self.path = path
@@ -178,6 +179,8 @@ class Model:
         self.vocab = vocab
         self.manifest = manifest
         self.notes = notes or []
+        self.cpu_only = cpu_only
+        """Why ``"auto"`` chose the CPU on a machine without a GPU (``info`` shows it)."""
         self.device_id = device_id
         self.providers: list[str] = list(session.get_providers())
         self._output_names = signature.output_names
@@ -319,6 +322,7 @@ class Model:
             notes=notes,
             device_id=device_id,
             cuda_graph=enable_cuda_graph,
+            cpu_only=plan.cpu_only,
         )
 
     # --------------------------------------------------------------- properties

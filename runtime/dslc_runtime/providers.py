@@ -39,7 +39,10 @@ class ProviderPlan:
     required: str | None = None
     """Provider that must end up first in ``session.get_providers()`` (explicit requests)."""
     notes: list[str] = field(default_factory=list)
-    """Why a preferred provider was skipped (``"auto"`` fallbacks)."""
+    """Why a preferred provider was skipped (``"auto"`` fallbacks on a machine with a GPU)."""
+    cpu_only: str | None = None
+    """Why ``"auto"`` runs on the CPU of a machine without a GPU: expected, so ``run`` keeps quiet
+    about it and ``info`` says it."""
 
 
 @functools.cache
@@ -137,6 +140,8 @@ def resolve(
             problem = provider_problem(CUDA, device_id)
             if problem is None:
                 return ProviderPlan([(CUDA, options(CUDA)), (CPU, options(CPU))])
+            if _gpu_problem(device_id) is not None:  # no GPU here: the CPU is what was expected
+                return ProviderPlan([(CPU, options(CPU))], cpu_only=f"using CPU: {problem}")
             return ProviderPlan([(CPU, options(CPU))], notes=[f"using CPU: {problem}"])
         names = [ALIASES.get(key, request)]
     else:
