@@ -40,15 +40,21 @@ class Case:
 
 
 SEQ_SUBSET = ("--set", "data.samples=1200")
+# a narrower front end and GRUs on 40 bins and 5-character utterances; small batches give CTC the steps it needs to
+# leave the all-blank plateau (cer 1.0): measured cer 0.06 after 3 epochs
 DEEPSPEECH_SMALL = (
     "--epochs",
-    "2",
+    "3",
     "--batch-size",
-    "16",
+    "8",
     "--set",
     "freq=40",
     "--set",
     "channels=16",
+    "--set",
+    "hidden=64",
+    "--set",
+    "optimizer.lr=3e-3",
     "--set",
     "data.max_chars=5",
     "--set",
@@ -130,9 +136,8 @@ SHORT: dict[str, Case] = {
     ),
     "vit": Case(("--epochs", "3"), "accuracy", 0.25, notes="digits 32x32 RGB; chance 0.1"),
     "unet": Case(("--epochs", "2"), "mae", 0.2, False, notes="denoising digits 28x28; the noisy input's mae is 0.24"),
-    # a narrower front end on 40 bins and 5-character utterances: CTC lowers its loss within 2 epochs but
-    # still decodes (nearly) all blanks, cer 1.0; the runtime decoding is checked below
-    "deepspeech": Case(DEEPSPEECH_SMALL, "cer", 1.0 + 1e-9, False, notes="speech; all-blank output has cer 1.0"),
+    # the runtime decoding is checked below; the spec's own settings are trained in a slow test
+    "deepspeech": Case(DEEPSPEECH_SMALL, "cer", 0.5, False, notes="speech; all-blank output has cer 1.0"),
 }
 # policy.model: reinforcement learning, trained by examples/policy_cartpole.py (tested below)
 NOT_TRAINED_BY_DSLC_TRAIN = {"policy"}
@@ -198,6 +203,15 @@ def test_short_training_lowers_the_loss_and_exports_verified_onnx(trained, stem)
     for entry in manifest["models"]:
         assert entry["verified"], entry
         onnx.checker.check_model(str(out / entry["onnx"]), full_check=True)
+
+
+def test_cnn_is_the_networks_of_its_article():
+    """Both convolutions 'same' as in the source article: 7x7x64 = 3136 features into dense 128, 421,642 parameters
+    (the >= 97% learning check is tests/training/test_train_run.py's slow test_cnn_reaches_97_percent_on_digits)."""
+    from dslc.checker import check_file
+
+    (cnn,) = [m for m in check_file(SPECS_DIR / "cnn.model").exported if m.spec_name == "cnn"]
+    assert cnn.param_count == 32 * 9 + 32 + 64 * 32 * 9 + 64 + 3136 * 128 + 128 + 128 * 10 + 10 == 421_642
 
 
 # ---------------------------------------------------------------- trained graphs through the runtime
@@ -420,6 +434,14 @@ def test_policy_solves_cartpole_run_by_the_runtime(tmp_path):
     environment, averages at least 195 over 100 episodes."""
     summary = _policy_main()(["--out", str(tmp_path), "--quiet"])
     assert summary["solved"] and summary["eval_mean_return"] >= 195, summary
+
+
+@pytest.mark.slow
+def test_deepspeech_as_documented_learns_to_transcribe(tmp_path):
+    """The spec's own sizes and settings (80 bins, 32 channels, GRUs of 128, 2000 utterances), two of its ten
+    epochs: the greedy CTC decoding leaves the all-blank output (cer 1.0) far behind (measured: cer 0.03)."""
+    train(str(SPECS_DIR / "deepspeech.model"), tmp_path / "run", "--epochs", "2")
+    assert records(tmp_path / "run")[-1]["cer"] < 0.5
 
 
 @pytest.mark.slow

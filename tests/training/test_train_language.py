@@ -405,3 +405,29 @@ def test_bce_on_probabilities_runs_outside_autocast(tmp_path):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, _ = script.step_train(models, batch)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+# One use of every augmentation (`augment = [...]`, dslc.training.augment), over the digits field image.
+AUGMENT_CALLS = {
+    "random_crop": "random_crop(image, padding=2)",
+    "random_flip": "random_flip(image, p=0.5, vertical=true)",
+    "random_rotation": "random_rotation(image, degrees=15)",
+    "noise": "noise(image, std=0.05)",
+}
+
+
+def test_every_augmentation_is_covered_checks_and_runs(tmp_path):
+    from dslc.training.augment import AUGMENTATIONS, apply
+
+    assert set(AUGMENT_CALLS) == set(AUGMENTATIONS), "add a call to AUGMENT_CALLS"
+    spec = NET8 + (
+        f"train {{\n    data = digits(image_size=8)\n    augment = [{', '.join(AUGMENT_CALLS.values())}]\n"
+        "    loss = cross_entropy(logits, label)\n}\n"
+    )
+    program, _ = _generated(tmp_path, _write(tmp_path, spec))
+    plan = program.train.augment
+    assert [a["name"] for a in plan] == list(AUGMENT_CALLS) and program.train.settings["augment"] == plan
+    batch = _batch()
+    out = apply(plan, batch)
+    assert out["image"].shape == batch["image"].shape and not torch.equal(out["image"], batch["image"])
+    assert torch.equal(out["label"], batch["label"])
