@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ from dslc.fileio import (
 from dslc.training import checkpoint as ckpt
 from dslc.training.curves import plot
 
+# curves.png is redrawn after an epoch when the drawing time so far stays under this share of the run's time (drawing
+# takes ~0.1-0.5 s: epochs shorter than ~20 drawings skip some redraws); the last epoch's curves are always drawn
+PLOT_SHARE = 0.05
 BEST = "best.safetensors"  # checkpoints/best.safetensors: the best epoch's weights by `monitor` (early stopping)
 # set by `dslc train --nproc N` for its processes: the pid of that command, which holds the run folder's lock for them
 LOCK_HOLDER_ENV = "DSLC_RUN_LOCK_HOLDER"
@@ -44,6 +48,9 @@ class RunFolder:
         self.log = log
         self.owns_lock = False  # this process took the lock (and releases it when done)
         self.plots = True  # False once matplotlib was found missing (said once)
+        self.started = time.monotonic()
+        self.plot_seconds = 0.0  # time spent drawing curves.png
+        self.unplotted: list[dict[str, Any]] | None = None  # the records of a redraw skipped to save time
 
     def take(self, resume: bool, config: dict[str, Any]) -> None:
         """Lock the folder, remove what an interrupted write left there, refuse a folder that holds a run unless
@@ -83,12 +90,26 @@ class RunFolder:
             unlock_folder(self.out)
             self.owns_lock = False
 
-    def write_metrics(self, records: list[dict[str, Any]]) -> None:
-        """metrics.jsonl, rewritten whole (never appended), and the curves."""
+    def write_metrics(self, records: list[dict[str, Any]], final: bool = False) -> None:
+        """metrics.jsonl, rewritten whole (never appended), and the curves: redrawn when that keeps the drawing time
+        under PLOT_SHARE of the run's, or when `final`."""
         self.hold()
         write_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-        if records and self.plots:
+        if not (records and self.plots):
+            return
+        if final or self.plot_seconds <= PLOT_SHARE * (time.monotonic() - self.started):
+            start = time.monotonic()
             self.plot(records)
+            self.plot_seconds += time.monotonic() - start
+            self.unplotted = None
+        else:
+            self.unplotted = list(records)
+
+    def plot_skipped(self) -> None:
+        """Draw the curves a redraw skipped (the end of training, an interrupt)."""
+        if self.unplotted is not None and self.plots:
+            self.plot(self.unplotted)
+            self.unplotted = None
 
     def plot(self, records: list[dict[str, Any]]) -> None:
         """curves.png; without matplotlib (the `plots` extra) a note says so once and training goes on."""

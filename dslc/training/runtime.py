@@ -370,6 +370,8 @@ class Run:
         """Stop the run on the signal received, saying where it stopped and how to resume."""
         signum = self.interrupts.signum or signal.SIGINT
         self.interrupts.restore()
+        if self.main:
+            self.folder.plot_skipped()
         if self.board is not None:
             self.board.close()
         self.processes.close()
@@ -430,7 +432,7 @@ class Run:
             self.folder.save_checkpoint(
                 record["epoch"], self.models, self.steps, meta, self.config.get("keep_checkpoints", 2)
             )
-        self.folder.write_metrics(records)
+        self.folder.write_metrics(records, final=last)
 
     # ------------------------------------------------------------ the end
 
@@ -466,6 +468,8 @@ class Run:
         says for each where its weights come from (`trained`, `trained (from MODEL)` or `initial`)."""
         self.display.stop()
         self.interrupts.restore()  # a Ctrl-C during the export stops at once: the checkpoints hold the run
+        if self.main:
+            self.folder.plot_skipped()
         if self.board is not None:
             self.board.close()
         if self.main:
