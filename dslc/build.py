@@ -40,6 +40,7 @@ class ModelReport:
     sha256: str = ""  # of the .onnx file, so the runtime can tell a damaged copy
     quantized: QuantizedReport | None = None  # `--quantize int8`: the second, smaller graph
     preprocess: dict[str, Any] = field(default_factory=dict)  # input -> the transform prepended to its graph
+    decoder: Any = None  # a decoder's KV-cache graphs (dslc.decoding.DecoderReport)
 
 
 @dataclass
@@ -181,8 +182,21 @@ def _export_all(
             report.max_abs_diff, report.verified, report.runs = checked.max_abs_diff, True, checked.runs
         if quantize == "int8":
             report.quantized = _quantize_int8(model, program, module, onnx_path)
+        if verify_onnx and not report.preprocess:
+            report.decoder = _export_decoder(model, program, module, staging)
         reports.append(report)
     return reports
+
+
+def _export_decoder(model, program: ir.ProgramIR, module: ir.ModuleIR, staging: Path):
+    """A decoder's prefill and decode_step graphs, verified token by token (dslc.decoding); None for other models."""
+    from dslc.decoding import VerifyError, export_decoder
+    from dslc.onnx_graph import NotLowerableError
+
+    try:
+        return export_decoder(model, program, module, staging)
+    except (VerifyError, NotLowerableError) as exc:
+        raise error(module.loc, f"KV-cache graphs of '{module.spec_name}': {exc}") from exc
 
 
 INT8_TOLERANCE = 0.05  # 8-bit weights and activations: within 5% of the output's largest magnitude
@@ -258,6 +272,9 @@ def _manifest(program: ir.ProgramIR, stem: str, reports: list[ModelReport]) -> d
         if program.vocab:
             entry["vocab"] = program.vocab
         models.append(entry)
+        if report and report.decoder:  # the KV-cache graphs: models of their own, named by the decoder's entry
+            entry["decoder"] = report.decoder.manifest()
+            models += [report.decoder.prefill, report.decoder.decode_step]
     return {
         "dslc_version": __version__,
         "spec": Path(program.path).name,

@@ -213,6 +213,12 @@ def build(
                 f"wrote {out / q.onnx}: int8, {q.bytes:,} bytes ({q.bytes / q.fp32_bytes:.2f}x the float32 file); "
                 f"onnxruntime within {q.tolerance:.0%} of PyTorch (max abs diff {q.max_abs_diff:.1e})"
             )
+        d = report.decoder
+        if d:
+            click.echo(
+                f"wrote {out / d.prefill['onnx']} and {d.decode_step['onnx']}: KV cache of {d.layers} attention "
+                f"layers; token by token they match PyTorch (max abs diff {d.max_abs_diff:.1e})"
+            )
 
 
 # ---------------------------------------------------------------- tools: fmt, graph, init, completion

@@ -47,22 +47,27 @@ def lowerable(program: ir.ProgramIR, module: ir.ModuleIR) -> str | None:
 
 def lower(program: ir.ProgramIR, module: ir.ModuleIR, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     """The model as an ONNX ModelProto (without dslc's metadata; dslc.export_onnx adds it)."""
-    graph = Graph(weights=weights)
-    graph.used |= {p.name for p in [*module.inputs, *module.outputs]}  # fresh names never take a port's
-    inputs = [Value(p.name, p.type) for p in module.inputs]
-    outputs = _Lowering(program, graph).module(module, "", inputs)
-    _name_outputs(graph, module.outputs, outputs)
-    _fold_batchnorm(graph, {p.name for p in module.outputs})
+    graph = lowered_graph(program, module, Graph(weights=weights))
     onnx_graph = helper.make_graph(
         graph.nodes,
         module.spec_name,
-        [_value_info(p.name, p.type) for p in module.inputs],
-        [_value_info(p.name, p.type) for p in module.outputs],
+        [value_info(p.name, p.type) for p in module.inputs],
+        [value_info(p.name, p.type) for p in module.outputs],
         list(graph.initializers.values()),
     )
     model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
     model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     return model
+
+
+def lowered_graph(program: ir.ProgramIR, module: ir.ModuleIR, graph: Graph) -> Graph:
+    """The model's nodes and initializers in `graph`, its outputs under their own names."""
+    graph.used |= {p.name for p in [*module.inputs, *module.outputs]}  # fresh names never take a port's
+    inputs = [Value(p.name, p.type) for p in module.inputs]
+    outputs = _Lowering(program, graph).module(module, "", inputs)
+    _name_outputs(graph, module.outputs, outputs)
+    _fold_batchnorm(graph, {p.name for p in module.outputs})
+    return graph
 
 
 def _name_outputs(graph: Graph, ports: list[ir.Port], values: list[Value]) -> None:
@@ -286,7 +291,7 @@ def _renamed(sub: ir.Submodule, attr: str) -> ir.Submodule:
     return replace(sub, attr=attr)
 
 
-def _value_info(name: str, ttype: TensorType) -> onnx.ValueInfoProto:
+def value_info(name: str, ttype: TensorType) -> onnx.ValueInfoProto:
     shape = [d if isinstance(d, int) else str(d).replace(" ", "") for d in ttype.shape]
     return helper.make_tensor_value_info(name, ONNX_DTYPES[ttype.dtype], shape)
 

@@ -64,6 +64,7 @@ class Graph:
     used: set[str] = field(default_factory=set)
     _weight_names: dict[tuple[int, bool, tuple[int, ...] | None], str] = field(default_factory=dict)  # see weight
     _memo: dict[Any, list[str]] = field(default_factory=dict)
+    cache: Any = None  # a dslc.decoding.DecodeCache when lowering a decoder's KV-cache graphs
 
     def fresh(self, stem: str) -> str:
         stem = "".join(c if c.isalnum() or c == "_" else "_" for c in stem) or "v"
@@ -79,6 +80,8 @@ class Graph:
         names = [self.fresh(op_type.lower()) for _ in range(outputs)] if isinstance(outputs, int) else list(outputs)
         attrs = {k: v for k, v in attributes.items() if v is not None}
         self.nodes.append(helper.make_node(op_type, inputs, names, name=self.fresh(f"n_{op_type}"), **attrs))
+        if self.cache is not None:
+            self.cache.saw(inputs, names)
         return names
 
     def one(self, op_type: str, inputs: list[str], **attributes: Any) -> str:

@@ -693,7 +693,11 @@ lowering("ones_like")(_filled_like_onnx(1))
 
 @lowering("positions")
 def _positions_onnx(g, xs, outs, a, key):
+    """0 .. n-1; in a decoder's KV-cache graphs, the generated tokens' positions continue after the cached ones."""
     size = g.one("Gather", [g.one("Shape", [xs[0].name]), g.constant(int(plain(a["dim"])), "int64", "dim")], axis=0)
+    if g.cache is not None and g.cache.is_stepped(xs[0].name):
+        first = g.cache.past_length(g)
+        return g.node("Range", [first, g.one("Add", [first, size]), g.constant(1, "int64", "one")])
     return g.node("Range", [g.constant(0, "int64", "zero"), size, g.constant(1, "int64", "one")])
 
 

@@ -370,48 +370,31 @@ for _name in ("RNN", "LSTM", "GRU"):
 @lowering("MultiheadAttention")
 def _mha_onnx(g, xs, outs, a, key):
     """Scaled dot-product attention written out (opset 20 has no Attention op): projections, heads, scores,
-    the causal mask, softmax, and the output projection."""
+    the causal mask, softmax, and the output projection. A decoder's KV-cache graphs keep its keys and values."""
     import math
 
-    from dslc.onnx_graph import ONNX_DTYPES, fill_value
+    from dslc.layers.decoder import scaled_attention, split_heads
 
     q_in = xs[0]
     k_in = xs[1] if len(xs) > 1 else q_in
     v_in = xs[2] if len(xs) > 2 else k_in
     heads = int(a["heads"])
+    head_size = int(a["embed_dim"]) // heads
 
-    scale = 1.0 / math.sqrt(int(a["embed_dim"]) // heads)
-
-    def project(x, name, perm, factor=1.0):
-        """x W^T + b, split into heads; the query's projection takes the 1/sqrt(dh) of the scores (folded)."""
+    def project(x, name, factor=1.0):
+        """x W^T + b split into heads; the query's projection takes the 1/sqrt(dh) of the scores (folded)."""
         weight = g.weights[f"{key}{name}.weight"].T
         y = g.one("MatMul", [x.name, g.constant(weight * factor, "float32", f"{key}{name}.weight")])
         if a["bias"]:
             y = g.one("Add", [y, g.constant(g.weights[f"{key}{name}.bias"] * factor, "float32", f"{key}{name}.bias")])
-        return g.one("Transpose", [g.one("Reshape", [y, g.ints([0, 0, heads, -1])])], perm=perm)
+        return split_heads(g, y, heads)  # [batch, heads, time, dh]
 
-    q = project(q_in, "q_proj", [0, 2, 1, 3], scale)  # [batch, heads, L, dh]
-    k = project(k_in, "k_proj", [0, 2, 3, 1])  # [batch, heads, dh, S]
-    v = project(v_in, "v_proj", [0, 2, 1, 3])
-    scores = g.one("MatMul", [q, k])
-    if a["causal"]:  # -inf above the diagonal: a query sees the keys up to its own position
-
-        def mask() -> list[str]:
-            lengths = g.one(
-                "Concat",
-                [g.one("Gather", [g.one("Shape", [t.name]), g.ints([1])], axis=0) for t in (q_in, k_in)],
-                axis=0,
-            )
-            ones = g.one("ConstantOfShape", [lengths], value=fill_value(1, "int64"))
-            future = g.one("Trilu", [ones, g.constant(1, "int64", "k")], upper=1)
-            return [g.one("Cast", [future], to=ONNX_DTYPES["bool"]), g.constant(float("-inf"), "float32", "minus_inf")]
-
-        # one mask for every layer whose queries and keys have these (symbolic) lengths
-        future, minus_inf = g.memo(("causal", str(q_in.type.shape[1]), str(k_in.type.shape[1])), mask)
-        scores = g.one("Where", [future, minus_inf, scores])
-    weights = g.one("Softmax", [scores], axis=-1)
-    merged = g.one(
-        "Reshape", [g.one("Transpose", [g.one("MatMul", [weights, v])], perm=[0, 2, 1, 3]), g.ints([0, 0, -1])]
-    )
+    q = project(q_in, "q_proj", 1.0 / math.sqrt(head_size))
+    k, v = project(k_in, "k_proj"), project(v_in, "v_proj")
+    if g.cache is not None and a["causal"]:
+        k, v = g.cache.attend(g, [q_in, k_in, v_in], k, v, heads, head_size)
+    elif g.cache is not None:
+        g.cache.require_static([k_in, v_in], "MultiheadAttention without causal=true")
+    merged = scaled_attention(g, q, k, v, heads, heads, head_size, bool(a["causal"]))
     out = g.one("MatMul", [merged, g.weight(f"{key}out_proj.weight", transposed=True)])
     return [g.one("Add", [out, g.weight(f"{key}out_proj.bias")])] if a["bias"] else [out]

@@ -57,7 +57,8 @@ def test_build_verifies_onnx(built, stem):
     program = b.result.program
     assert [r.name for r in b.result.models] == [m.spec_name for m in program.exported]
     manifest = json.loads((b.out / "manifest.json").read_text())
-    assert [m["name"] for m in manifest["models"]] == [m.spec_name for m in program.exported]
+    cache_graphs = [f"{r.name}.{kind}" for r in b.result.models if r.decoder for kind in ("prefill", "decode_step")]
+    assert sorted(m["name"] for m in manifest["models"]) == sorted([m.spec_name for m in program.exported] + cache_graphs)
     for report in b.result.models:
         assert report.verified
         assert report.max_abs_diff is not None and report.max_abs_diff <= TOLERANCE

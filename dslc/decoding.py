@@ -1,0 +1,449 @@
+"""KV-cache graphs of a decoder: `<model>.prefill.onnx` and `<model>.decode_step.onnx`, lowered from the IR.
+
+A model is a decoder when one of its integer `[batch, time]` inputs (the *stepped* input: the tokens being
+generated) reaches a causal attention's queries and keys, and every attention over it is causal. Lowered with
+a `DecodeCache`, each causal attention concatenates `past_key_values.N.key`/`.value` ([batch, kv_heads, past,
+head_size]) in front of its keys and values and returns them as `present.N.key`/`.value`; positions and
+rotary embeddings of stepped values count from the past length. That one lowering gives both graphs:
+
+- `decode_step`: tokens [batch, new] and the past in; logits for the new positions and the present out. What
+  does not depend on the tokens (an encoder's memory) is cut off at `memory.N` inputs.
+- `prefill`: the same graph on an empty past, which also returns the `memory.N` values for decode_step.
+
+Input and output names are the ones HuggingFace's ONNX exports use; runtime/README.md documents them.
+Both graphs are verified token by token against the PyTorch module's full forward pass (dslc.verify_decoding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from dslc import ir
+from dslc.onnx_graph import ONNX_DTYPES, Graph, NotLowerableError
+
+PAST = "past_key_values.{}.{}"
+PRESENT = "present.{}.{}"
+MEMORY = "memory.{}"
+
+
+class NotCacheableError(NotLowerableError):
+    """The model has no KV-cache form: an attention over the stepped tokens looks ahead, or none is causal."""
+
+
+@dataclass
+class CachedLayer:
+    index: int
+    kv_heads: int
+    head_size: int
+
+
+@dataclass
+class DecodeCache:
+    """What the lowering of one decoder needs: which values are stepped, and the cached layers so far."""
+
+    stepped_input: str
+    stepped: set[str] = field(default_factory=set)
+    layers: list[CachedLayer] = field(default_factory=list)
+    _past_length: str | None = None
+
+    def __post_init__(self) -> None:
+        self.stepped.add(self.stepped_input)
+
+    def saw(self, inputs: list[str], outputs: list[str]) -> None:
+        """A node was added: its outputs are stepped when an input is."""
+        if any(name in self.stepped for name in inputs):
+            self.stepped.update(outputs)
+
+    def is_stepped(self, name: str) -> bool:
+        return name in self.stepped
+
+    def past_length(self, g: Graph) -> str:
+        """The number of cached positions (an int64 scalar), read off the first layer's past keys."""
+        if self._past_length is None:
+            shape = g.one("Shape", [PAST.format(0, "key")])
+            self._past_length = g.one("Squeeze", [g.one("Gather", [shape, g.ints([2])], axis=0)])
+            self.stepped.add(self._past_length)
+        return self._past_length
+
+    def attend(self, g: Graph, inputs: list[Any], k: str, v: str, kv_heads: int, head_size: int) -> tuple[str, str]:
+        """A causal attention's keys and values [batch, kv_heads, new, d] with the past in front of them."""
+        if not all(self.is_stepped(x.name) for x in inputs):
+            if any(self.is_stepped(x.name) for x in inputs):
+                raise NotCacheableError("a causal attention mixes the generated tokens with other values")
+            return k, v
+        i = len(self.layers)
+        self.layers.append(CachedLayer(i, kv_heads, head_size))
+        if i == 0:
+            self.past_length(g)
+        for kind in ("key", "value"):
+            self.stepped.add(PAST.format(i, kind))
+        keys = g.node("Concat", [PAST.format(i, "key"), k], [PRESENT.format(i, "key")], axis=2)[0]
+        values = g.node("Concat", [PAST.format(i, "value"), v], [PRESENT.format(i, "value")], axis=2)[0]
+        self.stepped.update((keys, values))
+        return keys, values
+
+    def require_static(self, inputs: list[Any], what: str) -> None:
+        """Keys that change with the generated tokens must be causal self-attention's."""
+        if any(self.is_stepped(x.name) for x in inputs):
+            raise NotCacheableError(f"{what} looks at later tokens, so it cannot run one token at a time")
+
+
+@dataclass
+class DecoderGraphs:
+    stepped_input: str
+    prefill: onnx.ModelProto
+    decode_step: onnx.ModelProto
+    layers: list[CachedLayer]
+    memory: list[str]  # the memory.N names, in order
+
+
+def candidates(module: ir.ModuleIR) -> list[str]:
+    """The inputs that could be a decoder's tokens: integer [batch, time] with a symbolic time."""
+    return [
+        p.name
+        for p in module.inputs
+        if p.type.dtype in ("int64", "int32") and p.type.rank == 2 and not isinstance(p.type.shape[1], int)
+    ]
+
+
+def lower_decoder(program: ir.ProgramIR, module: ir.ModuleIR, weights: dict[str, np.ndarray]) -> DecoderGraphs | None:
+    """The prefill and decode_step graphs of a decoder; None when the model is none (no input reaches a causal
+    attention, or one that does also reaches an attention that looks ahead)."""
+    from dslc.lower_onnx import lowered_graph
+
+    for name in candidates(module):
+        cache = DecodeCache(name)
+        try:
+            graph = lowered_graph(program, module, Graph(weights=weights, cache=cache))
+        except NotCacheableError:
+            continue
+        if not cache.layers:
+            continue
+        decode = _decode_model(module, graph, cache)
+        return _split(decode, module, cache)
+    return None
+
+
+def _decode_model(module: ir.ModuleIR, graph: Graph, cache: DecodeCache) -> onnx.ModelProto:
+    """The whole graph, every model input and the past in, every output and the present out, shapes inferred."""
+    from dslc.lower_onnx import IR_VERSION, OPSET, value_info
+
+    batch = module.inputs[[p.name for p in module.inputs].index(cache.stepped_input)].type.shape[0]
+    batch_name = str(batch).replace(" ", "") if not isinstance(batch, int) else batch
+    cached = [
+        helper.make_tensor_value_info(fmt.format(layer.index, kind), ONNX_DTYPES["float32"], shape)
+        for layer in cache.layers
+        for kind in ("key", "value")
+        for fmt, shape in (
+            (PAST, [batch_name, layer.kv_heads, "past", layer.head_size]),
+            (PRESENT, [batch_name, layer.kv_heads, "total", layer.head_size]),
+        )
+    ]
+    inputs = [value_info(p.name, p.type) for p in module.inputs] + [v for v in cached if v.name.startswith("past")]
+    outputs = [value_info(p.name, p.type) for p in module.outputs] + [v for v in cached if v.name.startswith("pres")]
+    onnx_graph = helper.make_graph(graph.nodes, module.spec_name, inputs, outputs, list(graph.initializers.values()))
+    model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+
+
+def _split(model: onnx.ModelProto, module: ir.ModuleIR, cache: DecodeCache) -> DecoderGraphs:
+    g = model.graph
+    producers = {out: node for node in g.node for out in node.output}
+    initializers = {t.name for t in g.initializer}
+    past = [v.name for v in g.input if v.name.startswith("past_key_values.")]
+    stepped = _stepped(g, {cache.stepped_input, *past})
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
+
+    # memory: the float values computed without the tokens that the stepped part reads (an encoder's output);
+    # integer values on the way (shapes) are recomputed by decode_step from the memory they come from
+    memory: list[str] = []
+    kept_static: set[str] = set()  # node names, unique in a lowered graph
+    pending = [name for node in g.node if set(node.input) & stepped for name in node.input]
+    seen: set[str] = set()
+    while pending:
+        name = pending.pop()
+        if not name or name in seen or name in stepped or name in initializers or name not in producers:
+            continue
+        seen.add(name)
+        if types.get(name) not in (ONNX_DTYPES["int64"], ONNX_DTYPES["bool"]):
+            memory.append(name)
+            continue
+        node = producers[name]
+        kept_static.add(node.name)
+        pending.extend(node.input)
+    memory.sort(key=lambda n: [i for i, node in enumerate(g.node) if n in node.output][0])
+    renamed = {name: MEMORY.format(i) for i, name in enumerate(memory)}
+    memory_info = [_typed(g, name, renamed[name]) for name in memory]
+
+    decode = onnx.ModelProto()
+    decode.CopyFrom(model)
+    nodes = [n for n in decode.graph.node if set(n.input) & stepped or n.name in kept_static]
+    _keep_needed(decode, nodes, {o.name for o in decode.graph.output}, set(renamed))
+    for node in decode.graph.node:
+        node.input[:] = [renamed.get(n, n) for n in node.input]
+    needed = {n for node in decode.graph.node for n in node.input}
+    graph_inputs = [v for v in decode.graph.input if v.name in needed or v.name == cache.stepped_input]
+    del decode.graph.input[:]
+    decode.graph.input.extend([*graph_inputs, *memory_info])
+    _prune_initializers(decode)
+    del decode.graph.value_info[:]
+
+    prefill = onnx.ModelProto()
+    prefill.CopyFrom(model)
+    empty = _empty_past(prefill, cache)
+    del prefill.graph.input[:]
+    prefill.graph.input.extend([v for v in model.graph.input if not v.name.startswith("past_key_values.")])
+    nodes = [*empty, *prefill.graph.node]
+    del prefill.graph.node[:]
+    prefill.graph.node.extend(nodes)
+    for name in memory:
+        prefill.graph.node.append(helper.make_node("Identity", [name], [renamed[name]], name=f"n_{renamed[name]}"))
+    prefill.graph.output.extend(memory_info)
+    del prefill.graph.value_info[:]
+    for m in (decode, prefill):
+        m.CopyFrom(onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True, data_prop=True))
+    return DecoderGraphs(cache.stepped_input, prefill, decode, list(cache.layers), [renamed[n] for n in memory])
+
+
+def _stepped(g: onnx.GraphProto, roots: set[str]) -> set[str]:
+    stepped = set(roots)
+    for node in g.node:  # nodes are in topological order
+        if set(node.input) & stepped:
+            stepped.update(node.output)
+    return stepped
+
+
+def _keep_needed(model: onnx.ModelProto, nodes: list[onnx.NodeProto], outputs: set[str], cut: set[str]) -> None:
+    """Keep the nodes among `nodes` that the outputs need, in order, stopping at the `cut` values."""
+    producers = {out: node for node in nodes for out in node.output}
+    needed: set[str] = set()
+    stack = [o for o in outputs]
+    keep: set[str] = set()
+    while stack:
+        name = stack.pop()
+        if name in needed or name in cut:
+            continue
+        needed.add(name)
+        node = producers.get(name)
+        if node is not None and node.name not in keep:
+            keep.add(node.name)
+            stack.extend(node.input)
+    missing = [o for o in outputs if o not in needed]
+    if missing:
+        raise NotLowerableError(f"decode_step cannot compute {missing}")
+    kept = [n for n in model.graph.node if n.name in keep]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+
+
+def _prune_initializers(model: onnx.ModelProto) -> None:
+    used = {n for node in model.graph.node for n in node.input}
+    kept = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+
+
+def _typed(g: onnx.GraphProto, name: str, new_name: str) -> onnx.ValueInfoProto:
+    info = next(v for v in [*g.value_info, *g.output] if v.name == name)
+    copy = onnx.ValueInfoProto()
+    copy.CopyFrom(info)
+    copy.name = new_name
+    return copy
+
+
+def _empty_past(model: onnx.ModelProto, cache: DecodeCache) -> list[onnx.NodeProto]:
+    """Nodes writing each `past_key_values.N.*` as an empty [batch, kv_heads, 0, head_size] tensor."""
+    from onnx import numpy_helper
+
+    batch = "prefill_batch"
+    nodes = [
+        helper.make_node("Shape", [cache.stepped_input], [batch], start=0, end=1, name="n_prefill_batch"),
+    ]
+    for layer in cache.layers:
+        rest = f"prefill_past_shape_{layer.index}"
+        model.graph.initializer.append(
+            numpy_helper.from_array(np.array([layer.kv_heads, 0, layer.head_size], dtype=np.int64), rest)
+        )
+        shape = f"prefill_past_{layer.index}"
+        nodes.append(helper.make_node("Concat", [batch, rest], [shape], axis=0, name=f"n_{shape}"))
+        for kind in ("key", "value"):
+            nodes.append(
+                helper.make_node(
+                    "ConstantOfShape", [shape], [PAST.format(layer.index, kind)], name=f"n_empty_{kind}_{layer.index}"
+                )
+            )
+    return nodes
+
+
+# ---------------------------------------------------------------- export and verification (with torch)
+
+PROMPT, STEPS = 3, 5  # verification: a prompt of 3 tokens, then 5 single-token steps and one of 2 tokens
+
+
+@dataclass
+class DecoderReport:
+    """What the manifest says of a decoder's cache graphs."""
+
+    prefill: dict[str, Any]  # manifest entries (name, onnx, onnx_sha256, inputs, outputs, nodes, ...)
+    decode_step: dict[str, Any]
+    tokens: str
+    logits: str
+    layers: int
+    memory: list[str]
+    max_abs_diff: float
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "prefill": self.prefill["name"],
+            "decode_step": self.decode_step["name"],
+            "tokens": self.tokens,
+            "logits": self.logits,
+            "layers": self.layers,
+            "memory": self.memory,
+            "max_abs_diff": self.max_abs_diff,
+        }
+
+
+def logits_output(module: ir.ModuleIR, tokens: str) -> str | None:
+    """The output scoring every position: float [batch, time, vocab] over the tokens' time axis."""
+    time = next(p for p in module.inputs if p.name == tokens).type.shape[1]
+    return next(
+        (p.name for p in module.outputs if p.type.is_float and p.type.rank == 3 and p.type.shape[1] == time), None
+    )
+
+
+def export_decoder(torch_module: Any, program: ir.ProgramIR, module: ir.ModuleIR, folder: Any) -> DecoderReport | None:
+    """Write `<model>.prefill.onnx` and `<model>.decode_step.onnx` into `folder` and verify them, for a decoder;
+    None for any other model. Raises VerifyError when the graphs do not reproduce the module."""
+    import hashlib
+
+    from dslc.export_onnx import state_arrays
+
+    graphs = lower_decoder(program, module, state_arrays(torch_module))
+    if graphs is None:
+        return None
+    logits = logits_output(module, graphs.stepped_input)
+    if logits is None:
+        return None
+    diff = verify_decoder(torch_module, program, module, graphs, logits)
+    entries = {}
+    for kind, model in (("prefill", graphs.prefill), ("decode_step", graphs.decode_step)):
+        name = f"{module.spec_name}.{kind}"
+        _stamp(model, program, module, name)
+        onnx.checker.check_model(model, full_check=True)
+        data = model.SerializeToString()
+        (folder / f"{name}.onnx").write_bytes(data)
+        entries[kind] = {
+            "name": name,
+            "class": module.class_name,
+            "params": module.param_count,
+            "inputs": [_port(v) for v in model.graph.input],
+            "outputs": [_port(v) for v in model.graph.output],
+            "onnx": f"{name}.onnx",
+            "onnx_sha256": hashlib.sha256(data).hexdigest(),
+            "nodes": len(model.graph.node),
+            "verified": True,
+            "max_abs_diff": diff,
+        }
+    return DecoderReport(
+        entries["prefill"],
+        entries["decode_step"],
+        graphs.stepped_input,
+        logits,
+        len(graphs.layers),
+        graphs.memory,
+        diff,
+    )
+
+
+class VerifyError(Exception):
+    """The cache graphs do not reproduce the module's logits; the message says where."""
+
+
+def verify_decoder(
+    torch_module: Any, program: ir.ProgramIR, module: ir.ModuleIR, graphs: DecoderGraphs, logits: str
+) -> float:
+    """Run prefill on a prompt and decode_step token by token (then two tokens at once), comparing each step's
+    logits with the module's full forward pass over the whole sequence; the largest difference."""
+    import onnxruntime as ort
+    import torch
+
+    from dslc.export_onnx import example_inputs
+    from dslc.verify import TOLERANCE, _float_difference
+
+    tokens = next(p for p in module.inputs if p.name == graphs.stepped_input)
+    sizes = dict(ir.example_sizes(module))
+    sizes[str(tokens.type.shape[1])] = PROMPT + STEPS + 2
+    inputs = dict(zip([p.name for p in module.inputs], example_inputs(module, sizes, seed=7, program=program)))
+    torch_module.eval()
+    with torch.no_grad():
+        expected = torch_module(*inputs.values())
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    want = expected[[p.name for p in module.outputs].index(logits)].numpy().astype(np.float64)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    sessions = [
+        ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        for m in (graphs.prefill, graphs.decode_step)
+    ]
+    feeds = {name: x.numpy() for name, x in inputs.items()}
+    sequence = feeds[graphs.stepped_input]
+    worst = 0.0
+    scale = max(1.0, float(np.abs(want).max(initial=0.0)))
+    state: dict[str, np.ndarray] = {}
+    spans = [(0, PROMPT)] + [(t, t + 1) for t in range(PROMPT, PROMPT + STEPS)] + [(PROMPT + STEPS, PROMPT + STEPS + 2)]
+    for step, (start, stop) in enumerate(spans):
+        sess = sessions[0 if step == 0 else 1]
+        wanted = {i.name for i in sess.get_inputs()}
+        feed = {k: v for k, v in {**feeds, **state}.items() if k in wanted}
+        feed[graphs.stepped_input] = sequence[:, start:stop]
+        names = [o.name for o in sess.get_outputs()]
+        out = dict(zip(names, sess.run(names, feed)))
+        diff = _float_difference(want[:, start:stop], out[logits].astype(np.float64))
+        if not diff <= TOLERANCE * scale:
+            graph = "prefill" if step == 0 else "decode_step"
+            raise VerifyError(
+                f"the KV-cache graphs differ from the model: {graph}'s '{logits}' at positions {start}..{stop - 1} "
+                f"by {diff:.3g} (> {TOLERANCE} x {scale:.3g})"
+            )
+        worst = max(worst, diff)
+        state.update({PAST.format(*k.split(".")[1:]): v for k, v in out.items() if k.startswith("present.")})
+        state.update({k: v for k, v in out.items() if k.startswith("memory.")})
+    return worst
+
+
+def _port(v: onnx.ValueInfoProto) -> dict[str, Any]:
+    t = v.type.tensor_type
+    dtype = next(k for k, code in ONNX_DTYPES.items() if code == t.elem_type)
+    shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+    return {"name": v.name, "dtype": dtype, "shape": shape, "doc": _DOCS.get(v.name.split(".")[0], "")}
+
+
+_DOCS = {
+    "past_key_values": "cached keys or values of one attention layer [batch, kv_heads, past, head_size]",
+    "present": "the past with the new positions appended; feed back as past_key_values",
+    "memory": "computed once by prefill from the inputs that do not change while generating; feed to decode_step",
+}
+
+
+def _stamp(model: onnx.ModelProto, program: ir.ProgramIR, module: ir.ModuleIR, name: str) -> None:
+    """dslc's metadata, with this graph's own ports."""
+    import json
+
+    from dslc import __version__
+    from dslc.export_onnx import metadata
+
+    model.producer_name, model.producer_version = "dslc", __version__
+    model.doc_string = f"{module.spec_name}'s KV-cache graph: {name.rsplit('.', 1)[1]}"
+    props = metadata(program, module)
+    props["dslc.model"] = name
+    props["dslc.inputs"] = json.dumps([_port(v) for v in model.graph.input])
+    props["dslc.outputs"] = json.dumps([_port(v) for v in model.graph.output])
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
