@@ -25,11 +25,13 @@ from dslc.errors import DslcError, error
 from dslc.extras import MissingExtraError, available
 from dslc.fileio import write_atomic
 from dslc.training import checkpoint as ckpt
+from dslc.training.augment import Augmented
 from dslc.training.board import Board
 from dslc.training.export import WeightSources, export_trained, match_state, write_weights
 from dslc.training.flags import parse_script_args, with_flags
 from dslc.training.history import History
 from dslc.training.interrupts import Interrupts, RunInterruptedError, resume_command
+from dslc.training.preprocess import record_in_config
 from dslc.training.processes import Processes
 from dslc.training.progress import LOG_EVERY, Progress, format_values, refuse_diverged, refuse_non_finite
 from dslc.training.run_folder import RunFolder, StepState, load_checkpoint
@@ -245,9 +247,11 @@ class Run:
     def batches(
         self, tensors: dict[str, torch.Tensor], batch_size: int, shuffle: bool, workers: int = 0, split: bool = True
     ) -> Batches:
-        """Batches of `tensors`; `split`: each process takes its share of every batch."""
+        """Batches of `tensors`; `split`: each process takes its share of every batch (the training batches, which
+        get the train section's `augment`; evaluation batches are whole and never augmented)."""
         rank, world = (self.processes.rank, self.processes.world) if split else (0, 1)
-        return Batches(tensors, batch_size, shuffle, self.args.seed, rank, world, self.device, workers)
+        batches = Batches(tensors, batch_size, shuffle, self.args.seed, rank, world, self.device, workers)
+        return Augmented(batches, self.config["augment"]) if split and self.config.get("augment") else batches
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         return self.processes.grad_scaler()
@@ -485,8 +489,18 @@ class Run:
             write_atomic(out / "vocab.json", json.dumps(data.vocab, ensure_ascii=False) + "\n")
         records = self.history.records
         sources = self.weights.origins(models, export, trained, after_training=bool(records))
+        preprocess = getattr(data, "preprocess", {})  # raw inputs -> what the model trained on (preprocess.py)
+        record_in_config(out, preprocess)
         for r in export_trained(
-            self.spec_copy, self.spec, Path(self.args.data_dir), out, states, data.vocab, data.labels, sources
+            self.spec_copy,
+            self.spec,
+            Path(self.args.data_dir),
+            out,
+            states,
+            data.vocab,
+            data.labels,
+            sources,
+            preprocess,
         ):
             verified = f"verified (max abs diff {r.max_abs_diff:.1e})" if r.verified else "not verified"
             self.log(f"wrote {out / r.onnx}: {r.nodes} nodes, {r.params:,} parameters, {verified}")
