@@ -23,18 +23,21 @@ import onnxruntime as ort
 from ._npy import load_npy
 from ._output_files import output_file_names, save_outputs
 from .errors import DslcRuntimeError, InputError, ProviderError
+from .generation import Generator
 from .model import Model
 from .signature import TensorSpec, display, quoted
 
 __all__ = [
     "BenchResult",
     "bench_cli",
+    "generate_cli",
     "info_cli",
     "load_inputs",
     "main",
     "output_file_names",
     "outputs_to_json",
     "parse_pairs",
+    "parse_prompt",
     "random_inputs",
     "run_cli",
     "save_outputs",
@@ -119,6 +122,99 @@ def run_cli(
             if file.name != f"{name}.npy":
                 print(f"  {quoted(name)} -> {file.name}", file=out)
     return arrays
+
+
+def parse_prompt(text: str) -> list[list[int]]:
+    """``"1 5 7"`` or ``"1,5,7"`` -> ``[[1, 5, 7]]``; rows of a batch are separated by ``;``."""
+    rows = []
+    for part in text.split(";"):
+        words = part.replace(",", " ").split()
+        try:
+            rows.append([int(w) for w in words])
+        except ValueError:
+            raise InputError(
+                f"--prompt must be token ids separated by spaces or commas (rows by ';'), got {text!r}"
+            ) from None
+    if not rows or any(not row for row in rows):
+        raise InputError(f"--prompt has an empty row: {text!r}")
+    return rows
+
+
+def generate_cli(
+    model_path: str | Path,
+    prompt: str | None = None,
+    *,
+    text: str | None = None,
+    max_new_tokens: int = 20,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop: Sequence[int] = (),
+    pad_id: int | None = None,
+    inputs: Mapping[str, str | Path] | None = None,
+    output_dir: str | Path | None = None,
+    cache: bool | None = None,
+    providers: str = "auto",
+    model: str | None = None,
+    stream: TextIO | None = None,
+) -> np.ndarray:
+    """Generate from a prompt (token ids, or ``text`` with the model's vocabulary) and print the tokens."""
+    out = stream or sys.stdout
+    _quiet_onnxruntime()
+    if (prompt is None) == (text is None):
+        raise InputError("generating needs a prompt: --prompt '1 5 7' (token ids) or --text '...'")
+    gen = Generator.load(model_path, model=model, providers=providers, cache=cache)
+    ids = parse_prompt(prompt) if prompt is not None else [gen.encode(text or "")]
+    static: dict[str, np.ndarray] = {}
+    for name, file in (inputs or {}).items():
+        if not name:
+            if len(gen.static_inputs) != 1:
+                raise InputError(
+                    f"{display(gen.name)} takes no input besides the prompt; drop --input"
+                )
+            name = gen.static_inputs[0]
+        static[name] = load_npy(file, f"input {quoted(name)}")
+    start = time.perf_counter()
+    result = gen.generate(
+        ids,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop=list(stop),
+        pad_id=pad_id,
+        inputs=static,
+    )
+    seconds = time.perf_counter() - start
+    how = f"KV cache of {gen.layers} layers" if gen.cached else "full recompute per token"
+    print(f"{display(gen.name)} on {gen.provider} ({how})", file=out)
+    for note in gen.notes:
+        print(f"  note: {note}", file=out)
+    prompt_len = len(ids[0])
+    for row in result:
+        print(
+            "  tokens: "
+            + " ".join(map(str, row[:prompt_len]))
+            + " | "
+            + " ".join(map(str, row[prompt_len:])),
+            file=out,
+        )
+        if gen.vocab:
+            print(
+                f"  text: {display(gen.decode(row[:prompt_len]), 10_000)} | {display(gen.decode(row[prompt_len:]), 10_000)}",
+                file=out,
+            )
+    new = result.shape[0] * (result.shape[1] - prompt_len)
+    print(
+        f"generated {new} token(s) in {seconds:.3f} s ({new / max(seconds, 1e-9):.0f} tokens/s)",
+        file=out,
+    )
+    if output_dir is not None:
+        saved = save_outputs(Path(output_dir), {"tokens": result})
+        print(f"saved {saved['tokens'].name} to {output_dir}", file=out)
+    return result
 
 
 def info_cli(
@@ -278,6 +374,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_run.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy")
     p_run.add_argument("--output-dir", "-o", help="save outputs as NAME.npy here")
     p_run.add_argument("--providers", default="auto", help="auto | cpu | cuda | tensorrt")
+    gen = p_run.add_argument_group(
+        "generation (a decoder's build: prefill, then one step per token)"
+    )
+    gen.add_argument(
+        "--generate", action="store_true", help="generate tokens from --prompt or --text"
+    )
+    gen.add_argument("--prompt", help="token ids, e.g. '1 5 7' (rows of a batch separated by ';')")
+    gen.add_argument("--text", help="a text prompt, tokenised with the model's vocabulary")
+    gen.add_argument("--max-new-tokens", type=int, default=20)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument(
+        "--stop", type=int, action="append", default=[], help="stop token id (repeatable)"
+    )
+    gen.add_argument("--pad-id", type=int, default=None, help="written after a row stopped")
+    gen.add_argument(
+        "--no-cache",
+        dest="cache",
+        action="store_const",
+        const=False,
+        default=None,
+        help="recompute the whole sequence per token",
+    )
+    gen.add_argument(
+        "--cache",
+        dest="cache",
+        action="store_const",
+        const=True,
+        help="refuse a build without KV-cache graphs",
+    )
 
     p_bench = sub.add_parser("bench", help="latency percentiles and throughput")
     common(p_bench)
@@ -302,7 +430,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     try:
-        if args.command == "run":
+        if args.command == "run" and args.generate:
+            generate_cli(
+                args.model,
+                args.prompt,
+                text=args.text,
+                max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature,
+                top_k=args.top_k,
+                top_p=args.top_p,
+                seed=args.seed,
+                stop=args.stop,
+                pad_id=args.pad_id,
+                inputs=parse_pairs(args.input, "input"),
+                output_dir=args.output_dir,
+                cache=args.cache,
+                providers=args.providers,
+                model=args.model_name,
+            )
+        elif args.command == "run":
             run_cli(
                 args.model,
                 parse_pairs(args.input, "input"),
