@@ -81,7 +81,14 @@ def run_script(script: Path, argv: list[str], nproc: int) -> None:
         # The script imports its model code by module name: forget a same-named module an earlier
         # run in this process imported from another folder.
         sys.modules.pop(script.name.removesuffix("_train.py"), None)
-        load_generated(script).main(argv)
+        # the run's Ctrl-C handlers are put back however it ends (an error too), as the caller had them
+        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            load_generated(script).main(argv)
+        finally:
+            for signum, handler in previous.items():
+                if handler is not None:  # None: a handler not set from Python, left alone
+                    signal.signal(signum, handler)
         return
     command = [
         sys.executable,

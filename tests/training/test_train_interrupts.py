@@ -75,8 +75,10 @@ def test_sigint_mid_epoch_then_resume_is_bit_identical(tmp_path):
     spec = tmp_path / "net.model"
     spec.write_text(NET)
     full, cut = tmp_path / "full", tmp_path / "cut"
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     code, output = train(str(spec), "--out", str(full), "--quiet")
     assert code == 0, output
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # put back after the run
     # 45 steps an epoch: the run sends itself SIGINT after step 50 (5 into epoch 2) and stops after step 6, where the
     # gradient accumulation of 2 is complete
     stopped = dslc("train", str(spec), "--out", str(cut), "--quiet", env={"DSLC_INTERRUPT_AT_STEP": "50"})
