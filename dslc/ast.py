@@ -203,6 +203,14 @@ class ParamDecl(Stmt):
 
 
 @dataclass
+class Tie(Stmt):
+    """`tie lm_head.weight = transformer.wte.weight`: the first parameter is the second one (tied weights)."""
+
+    target: str  # dotted state_dict keys
+    source: str
+
+
+@dataclass
 class Assign(Stmt):
     targets: list[str]
     value: Expr

@@ -277,6 +277,7 @@ class BodyChecker:
         self.locals: set[str] = set()
         self.inputs: list[ir.Port] = []
         self.outputs: list[ir.Port] = []
+        self.ties: list[ir.TiedWeight] = []
         self.current: ast.Stmt | None = None
         self.emitted_locs: set[Loc] = set()
         self.source_texts: dict[Loc, str] = {}
@@ -318,6 +319,7 @@ class BodyChecker:
             inputs=self.inputs,
             outputs=self.outputs,
             submodules=self.layers.top,
+            ties=self.ties,
             body=self.body,
             helpers=self.helpers,
             records=self.layers.records,
@@ -353,6 +355,8 @@ class BodyChecker:
                 self.if_stmt(stmt)
             elif isinstance(stmt, ast.ParamDecl):
                 self.param_decl(stmt)
+            elif isinstance(stmt, ast.Tie):
+                self.tie(stmt)
         except DslcError as exc:
             self.reporter.extend(exc)
             self._poison(stmt)
@@ -464,6 +468,32 @@ class BodyChecker:
         self.layers.add(ir.Submodule(stmt.name, "param", stmt.loc, init=init, params=count, layers=0))
         self.layers.record(stmt.loc, stmt.name, "param", [declared], count)
         self.env[stmt.name] = ir.ParamRef([declared], stmt.name)
+
+    def tie(self, stmt: ast.Tie) -> None:
+        """`tie lm_head.weight = transformer.wte.weight`: one tensor under both names, counted once."""
+        from dslc.ties import TieError, parameter_shape
+
+        if self.generic:
+            self.fail(stmt.loc, "tie is a model's statement, not a block's", "tie the weights in the model")
+        if any(value is POISON for value in self.env.values()):
+            return  # a statement above failed and was reported: its layers may be the ones tied
+        modules = {m.key: m for m in self.checker.specializations.values() if m is not None}
+        shapes = []
+        for key in (stmt.target, stmt.source):
+            try:
+                shapes.append(parameter_shape(key, self.layers.top, modules.get))
+            except TieError as exc:
+                self.fail(stmt.loc, f"tie: {exc}", "tie names the layers above it, by their state_dict keys")
+        if stmt.target == stmt.source:
+            self.fail(stmt.loc, f"tie: '{stmt.target}' is tied to itself")
+        if shapes[0] != shapes[1]:
+            self.fail(stmt.loc, f"tie: '{stmt.target}' is {list(shapes[0])} but '{stmt.source}' is {list(shapes[1])}")
+        taken = {t.target for t in self.ties}
+        if stmt.target in taken or stmt.source in taken:
+            self.fail(stmt.loc, f"tie: '{stmt.target if stmt.target in taken else stmt.source}' is tied already")
+        if any(t.source == stmt.target for t in self.ties):
+            self.fail(stmt.loc, f"tie: other parameters are tied to '{stmt.target}'; tie it the other way round")
+        self.ties.append(ir.TiedWeight(stmt.target, stmt.source, math.prod(shapes[0])))
 
     def _initializer(self, expr: ast.Expr | None) -> tuple[str, dict[str, Any]]:
         """`zeros`, `normal(std=0.02)`, ...: the initialiser's name and its checked arguments."""

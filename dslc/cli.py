@@ -213,6 +213,8 @@ def build(
                 f"wrote {out / q.onnx}: int8, {q.bytes:,} bytes ({q.bytes / q.fp32_bytes:.2f}x the float32 file); "
                 f"onnxruntime within {q.tolerance:.0%} of PyTorch (max abs diff {q.max_abs_diff:.1e})"
             )
+        for note in report.notes:
+            click.echo(f"note: {note}")
         d = report.decoder
         if d:
             click.echo(

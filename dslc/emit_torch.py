@@ -160,7 +160,8 @@ class _ClassWriter:
 
     def _model_init(self, cls: ir.ClassIR) -> list[str]:
         lines = [f"{INDENT}def __init__(self) -> None:", f"{INDENT * 2}super().__init__()"]
-        return lines + self._body_init(cls.body)
+        ties = [f"{INDENT * 2}{_attribute(t.target)} = {_attribute(t.source)}  # tied" for t in cls.first.ties]
+        return lines + self._body_init(cls.body) + [w for line in ties for w in wrap(line)]
 
     def _body_init(self, body: list[ir.Stmt], depth: int = 2) -> list[str]:
         lines: list[str] = []
@@ -285,6 +286,11 @@ def _with_params(names: dict[str, str], used: set[str]):
             USED.reset(used_token)
 
     return run
+
+
+def _attribute(key: str) -> str:
+    """A state_dict key as Python: `transformer.h.0.weight` -> `self.transformer.h[0].weight`."""
+    return "self" + "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in key.split("."))
 
 
 def _free_attribute(name: str, attrs: set[str]) -> str:

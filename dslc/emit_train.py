@@ -45,7 +45,8 @@ def emit_train_script(
         'DEVICE = torch.device("cpu")  # set by main()',
         _load_data(cfg),
     ]
-    parts += step_functions(cfg, source_lines)
+    steps = step_functions(cfg, source_lines)
+    parts += _helpers("\n".join(steps)) + steps
     parts += [_optimizer_fn(cfg, s) for s in cfg.steps]
     if _evaluates(cfg):
         parts.append(_evaluate(cfg))
@@ -55,6 +56,16 @@ def emit_train_script(
     if "math." not in text.replace("import math\n", ""):
         text = text.replace("import math\n", "", 1)
     return format_long_lines("\n".join(line.rstrip() for line in text.split("\n")))
+
+
+def _helpers(code: str) -> list[str]:
+    """The registry's helper functions the train steps call (`multi_head_attention(...)`), written out here: the
+    model's file has only those its models call."""
+    import re
+
+    from dslc.layers import HELPERS
+
+    return [HELPERS[h] for h in sorted(HELPERS) if re.search(rf"(?<![\w.]){h}\(", code)]
 
 
 def _literal_dict(d: dict[str, Any]) -> str:

@@ -237,6 +237,15 @@ class Submodule:
 
 
 @dataclass
+class TiedWeight:
+    """`tie target = source`: the state_dict key `target` holds the parameter at `source`."""
+
+    target: str
+    source: str
+    size: int  # elements, counted once
+
+
+@dataclass
 class Port:
     name: str
     type: TensorType
@@ -289,13 +298,15 @@ class ModuleIR:
     class_name: str = ""  # the generated class (set by dslc.generalize: one per block definition)
     names_read: set[str] = field(default_factory=set)  # every name the block's body reads
     class_args: dict[str, Any] = field(default_factory=dict)  # this use's hyperparameters
+    ties: list[TiedWeight] = field(default_factory=list)  # a model's tied weights
 
     def statements(self) -> Iterator[Stmt]:
         return flat_statements(self.body)
 
     @property
     def param_count(self) -> int:
-        return sum(s.params for s in self.submodules)
+        """As PyTorch counts `parameters()`: a tied weight once."""
+        return sum(s.params for s in self.submodules) - sum(t.size for t in self.ties)
 
 
 @dataclass
@@ -343,7 +354,8 @@ class ProgramIR:
         for model in self.exported:
             for key in set(self._layers(model, "")):
                 seen[key] = seen.get(key, 0) + 1
-        distinct = sum(key[-1] for key in seen)
+        tied = sum(t.size for model in self.exported for t in model.ties)
+        distinct = sum(key[-1] for key in seen) - tied
         shared = sum(key[-1] for key, uses in seen.items() if uses > 1)
         return distinct, shared
 

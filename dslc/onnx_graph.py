@@ -119,5 +119,10 @@ class Graph:
             self._memo[key] = build()
         return self._memo[key]
 
+    def is_shared(self, key: str) -> bool:
+        """Whether another state_dict key holds the same tensor (tied weights)."""
+        array = self.weights.get(key)
+        return array is not None and sum(a is array for a in self.weights.values()) > 1
+
     def has_weight(self, key: str) -> bool:
         return key in self.weights

@@ -51,7 +51,7 @@ _SCAN = re.compile(
 
 
 KEYWORDS = ("as", "import", "from", "const", "block", "model", "input", "output", "else", "if", "elif", "train",
-            "repeat", "or", "and", "not", "true", "false", "none", "param", "for", "in")  # fmt: skip
+            "repeat", "or", "and", "not", "true", "false", "none", "param", "for", "in", "tie")  # fmt: skip
 # Keyword tokens of the current parse: the contextual lexer also matches `model` at the start of
 # `modelm` where no name may stand, so each is checked to end where a word ends.
 _keyword_tokens: ContextVar[list[Token]] = ContextVar("keyword_tokens")
@@ -280,6 +280,10 @@ class _ToAst(Transformer):
     def param_decl(self, meta, children):
         name, type_, init = children
         return ast.ParamDecl(self._l(meta), str(name), type_, init)
+
+    def tie_stmt(self, meta, children):
+        target, source = children
+        return ast.Tie(self._l(meta), target, source)
 
     def assign(self, meta, children):
         *targets, value = children

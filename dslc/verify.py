@@ -3,13 +3,16 @@
 Verification uses sizes other than the export example (batch 1 and a larger batch, shorter and
 longer sequences), so a dimension frozen by the exporter shows up as a failure.
 The tolerance is absolute for outputs within [-1, 1] and relative to the largest magnitude beyond
-(fp32 sums over trained weights, e.g. ImageNet logits of ~10, differ by ~1e-4 between runtimes).
+(fp32 sums over trained weights, e.g. ImageNet logits of ~10, differ by ~1e-4 between runtimes). A deep model's
+float32 rounding can exceed even that (GPT-2 with realistic weights: 1.3e-5 of its logits); then the module runs
+once more in float64, and onnxruntime passes when it is as close to that exact answer as PyTorch's float32 is.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -49,6 +52,46 @@ def _float_difference(want: np.ndarray, got: np.ndarray) -> float:
     return float(diff.max(initial=0.0))
 
 
+def output_scale(want: np.ndarray) -> float:
+    """1, or the output's largest finite magnitude: the tolerance is relative beyond [-1, 1]."""
+    finite = np.abs(want[np.isfinite(want)]) if want.dtype.kind == "f" else np.zeros(0)
+    return max(1.0, float(finite.max(initial=0.0)))
+
+
+class Float64Reference:
+    """The module's outputs computed in float64 (on first use): the exact answer float32 results round towards."""
+
+    def __init__(self, torch_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        self.torch_module, self.inputs = torch_module, inputs
+        self._outputs: tuple[np.ndarray, ...] | None = None
+
+    def outputs(self) -> tuple[np.ndarray, ...] | None:
+        if self._outputs is None:
+            import copy
+
+            try:
+                exact = copy.deepcopy(self.torch_module).double().eval()
+                inputs = [x.double() if x.is_floating_point() else x for x in self.inputs]
+                with torch.no_grad():
+                    out = exact(*inputs)
+            except Exception:  # an op without float64 support: no second opinion
+                self._outputs = ()
+                return None
+            out = out if isinstance(out, tuple) else (out,)
+            self._outputs = tuple(o.numpy() for o in out)
+        return self._outputs or None
+
+    def accepts(self, index: int, want: np.ndarray, got: np.ndarray, allowed: float, part: Any = ...) -> bool:
+        """Whether onnxruntime's `got` is within float32 rounding of the exact answer (output `index`, its `part`
+        such as some positions): no further from it than twice PyTorch's float32 `want` is, plus `allowed`."""
+        outputs = self.outputs()
+        if outputs is None or index >= len(outputs):
+            return False
+        exact = outputs[index][part].astype(np.float64)
+        torch_error = _float_difference(exact, want.astype(np.float64))
+        return _float_difference(exact, got.astype(np.float64)) <= 2 * torch_error + allowed
+
+
 def verification_inputs(
     module: ir.ModuleIR, program: ir.ProgramIR | None = None
 ) -> list[tuple[dict[str, int], tuple[torch.Tensor, ...]]]:
@@ -81,6 +124,7 @@ def verify(
         with torch.no_grad():
             expected = torch_module(*inputs)
         expected = expected if isinstance(expected, tuple) else (expected,)
+        exact = Float64Reference(torch_module, inputs) if tolerance == TOLERANCE else None
         feeds = {p.name: x.numpy() for p, x in zip(module.inputs, inputs)}
         try:
             actual = sess.run([p.name for p in module.outputs], feeds)
@@ -102,8 +146,14 @@ def verify(
             else:
                 diff = _float_difference(want.astype(np.float64), got.astype(np.float64))
             result.max_abs_diff = max(result.max_abs_diff, diff)
-            finite = np.abs(want[np.isfinite(want)]) if want.dtype.kind == "f" else np.zeros(0)
-            scale = max(1.0, float(finite.max(initial=0.0)))
+            scale = output_scale(want)
+            rounding = exact is not None and want.dtype.kind == "f"
+            if (
+                not diff <= tolerance * scale
+                and rounding
+                and exact.accepts(module.outputs.index(port), want, got, tolerance * scale)
+            ):
+                continue
             if not diff <= tolerance * scale:
                 result.passed = False
                 bound = f"{tolerance}" if scale == 1.0 else f"{tolerance} x {scale:.3g}, the output's largest magnitude"

@@ -75,6 +75,8 @@ class Op:
     example: str = ""
     shape_rule: str = ""  # the rule in words, for the reference
     param_count: Callable[[dict[str, Any]], int] = lambda init: 0
+    # The parameters' shapes by name, by init, for the ops whose weights a `tie` may name (dslc.ties).
+    weights: Callable[[dict[str, Any]], dict[str, tuple[int, ...]]] | None = None
 
     @property
     def stateful(self) -> bool:

@@ -66,6 +66,10 @@ register(
         forward=_call_module,
         prefix="fc",
         param_count=lambda a: a["in_features"] * a["out_features"] + a["out_features"] * a["bias"],
+        weights=lambda a: {
+            "weight": (a["out_features"], a["in_features"]),
+            **({"bias": (a["out_features"],)} if a["bias"] else {}),
+        },
         aliases=("Dense",),
         example="x -> Linear(128)",
         shape_rule="[batch, (time,) in] -> [batch, (time,) out_features]",
@@ -79,6 +83,11 @@ def _linear_onnx(g, xs, outs, a, key):
     bias = [g.weight(f"{key}bias")] if a["bias"] else []
     if x.type.rank == 2:  # one Gemm; [batch, time, in] is a MatMul by the transposed weight
         return g.node("Gemm", [x.name, g.weight(f"{key}weight"), *bias], transB=1)
+    if g.is_shared(f"{key}weight"):  # tied (an embedding's table): one initializer, so Gemm over the positions
+        rows = g.one("Reshape", [x.name, g.ints([-1, int(a["in_features"])])])
+        product = g.one("Gemm", [rows, g.weight(f"{key}weight"), *bias], transB=1)
+        batch_time = g.one("Slice", [g.one("Shape", [x.name]), g.ints([0]), g.ints([2])])
+        return [g.one("Reshape", [product, g.one("Concat", [batch_time, g.ints([-1])], axis=0)])]
     product = g.one("MatMul", [x.name, g.weight(f"{key}weight", transposed=True)])
     return [g.one("Add", [product, *bias])] if bias else [product]
 
@@ -111,6 +120,7 @@ register(
         forward=_call_module,
         prefix="embedding",
         param_count=lambda a: a["num_embeddings"] * a["embedding_dim"],
+        weights=lambda a: {"weight": (a["num_embeddings"], a["embedding_dim"])},
         example="tokens -> Embedding(10000, 100)",
         shape_rule="int[...] -> float32[..., embedding_dim]",
     )

@@ -76,6 +76,10 @@ register(
         prefix="proj",
         helpers=("Conv1D",),
         param_count=lambda a: a["in_features"] * a["out_features"] + a["out_features"] * a["bias"],
+        weights=lambda a: {
+            "weight": (a["in_features"], a["out_features"]),
+            **({"bias": (a["out_features"],)} if a["bias"] else {}),
+        },
         example="qkv = x -> c_attn: Conv1D(3 * d)",
         shape_rule="[batch, (time,) in] -> [batch, (time,) out_features]; weight [in, out]",
     )

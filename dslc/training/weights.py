@@ -69,6 +69,20 @@ def _pick(state: dict[str, torch.Tensor], models: dict[str, nn.Module], path: st
     return best
 
 
+def with_tied_keys(state: dict[str, Any], expected: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """`state` with each tied key it lacks taken from its twin: a checkpoint saved as HuggingFace saves a tied
+    model (`transformer.wte.weight`, no `lm_head.weight`) loads strictly."""
+    by_storage: dict[tuple[int, tuple[int, ...]], list[str]] = {}
+    for key, tensor in expected.items():
+        by_storage.setdefault((tensor.data_ptr(), tuple(tensor.shape)), []).append(key)
+    filled = dict(state)
+    for keys in by_storage.values():
+        present = [k for k in keys if k in state]
+        if len(keys) > 1 and present:
+            filled.update({k: state[present[0]] for k in keys if k not in state})
+    return filled
+
+
 def load_weights(items: list[str], models: dict[str, nn.Module]) -> list[str]:
     """Load each `[MODEL=]FILE` into its model (strict); returns log lines."""
     lines = []
@@ -80,6 +94,7 @@ def load_weights(items: list[str], models: dict[str, nn.Module]) -> list[str]:
         name = name or _pick(state, models, path)
         model = models[name]
         expected = model.state_dict()
+        state = with_tied_keys(state, expected)
         missing = [k for k in expected if k not in state]
         unexpected = [k for k in state if k not in expected]
         shapes = [

@@ -2,7 +2,7 @@
 
 Specs whose models share parameter names with a training model named like the file (`vae` in
 vae.model: `encoder.*`, `decoder.*`) are built with the training model's weights copied into the
-inference models, so the exported graphs can be compared with each other. bert_classifier and vit
+inference models, so the exported graphs can be compared with each other. bert_classifier, vit, gpt2 and llama
 are built with the deterministic reference weights of tests/fixtures (resnet18 and mobilenet_v2 are
 not: with realistic weights its logits reach ~10 and fp32 differences of ~1e-4 between PyTorch and
 onnxruntime exceed the build's absolute 1e-5 tolerance, so its reference check exports separately).
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SPECS_DIR = ROOT / "specs"
 FIXTURES = ROOT / "tests" / "fixtures"
 SPEC_FILES = sorted(SPECS_DIR.glob("*.model"))
-REFERENCE_WEIGHTS = {"bert_classifier", "vit"}
+REFERENCE_WEIGHTS = {"bert_classifier", "vit", "gpt2", "llama"}
 
 sys.path.insert(0, str(FIXTURES))
 from reference_weights import reference_array, reference_image, reference_tokens  # noqa: E402

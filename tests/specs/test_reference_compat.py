@@ -1,5 +1,6 @@
-"""resnet18.model and mobilenet_v2.model are torchvision's, bert_classifier.model and vit.model are HuggingFace's
-(BertForSequenceClassification, ViTForImageClassification): same parameter and buffer names and shapes, same logits.
+"""resnet18.model and mobilenet_v2.model are torchvision's; bert_classifier.model, vit.model, gpt2.model and
+llama.model are HuggingFace's (BertForSequenceClassification, ViTForImageClassification, GPT2LMHeadModel,
+LlamaForCausalLM): same parameter and buffer names and shapes, same logits.
 
 The fixtures were written by tests/fixtures/make_reference_fixtures.py from torchvision 0.29.1 and
 transformers (BERT-Tiny config) with the deterministic weights of tests/fixtures/reference_weights.py.
@@ -142,3 +143,54 @@ def test_vit_huggingface_weights_give_huggingface_logits(vit):
     np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5)
     (onnx_logits,) = session(vit.onnx("vit")).run(["logits"], {"pixel_values": image})
     np.testing.assert_allclose(onnx_logits, expected, rtol=1e-4, atol=1e-5)  # onnxruntime's fused kernels: ~3e-5
+
+
+# ---------------------------------------------------------------- causal language models
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def causal_lm(request, built):
+    return request.param, built(request.param)
+
+
+def test_causal_lm_names_shapes_and_count_match_huggingface(causal_lm):
+    name, b = causal_lm
+    reference = fixture(f"{name}_hf.json")
+    model = b.model(name)
+    assert state_layout(model) == reference["state_dict"]  # the tied lm_head.weight included, in GPT-2's order too
+    assert sum(p.numel() for p in model.parameters()) == reference["parameter_count"]
+
+
+def test_gpt2_lm_head_is_the_token_embedding(built):
+    """One tensor under two names: in the module, its parameter count, and the ONNX graph's initializers."""
+    import onnx
+
+    b = built("gpt2")
+    model = b.model("gpt2")
+    assert model.lm_head.weight is model.transformer.wte.weight
+    state = model.state_dict()
+    assert state["lm_head.weight"].data_ptr() == state["transformer.wte.weight"].data_ptr()
+    graph = onnx.load(b.onnx("gpt2")).graph
+    tables = [t for t in graph.initializer if list(t.dims) in ([256, 128], [128, 256])]
+    assert len(tables) == 2  # wte (shared with lm_head) and wpe, which is [positions, width] = [256, 128]
+
+
+def test_causal_lm_huggingface_weights_give_huggingface_logits(causal_lm):
+    """The build exported the model with the reference weights: PyTorch, ONNX and the KV-cache graphs match HF."""
+    name, b = causal_lm
+    expected = np.array(fixture(f"{name}_hf.json")["logits"], dtype=np.float32)
+    ids = reference_tokens(batch=2, time=11, vocab=256)["input_ids"]
+    model = b.model(name)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(ids)).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4)
+    (onnx_logits,) = session(b.onnx(name)).run(["logits"], {"input_ids": ids})
+    np.testing.assert_allclose(onnx_logits, expected, rtol=0, atol=1e-4)
+    prefill, step = session(b.out / f"{name}.prefill.onnx"), session(b.out / f"{name}.decode_step.onnx")
+    outputs = [o.name for o in prefill.get_outputs()]
+    first = dict(zip(outputs, prefill.run(outputs, {"input_ids": ids[:, :6]})))
+    np.testing.assert_allclose(first["logits"], expected[:, :6], rtol=0, atol=1e-4)
+    past = {k.replace("present.", "past_key_values."): v for k, v in first.items() if k.startswith("present.")}
+    outputs = [o.name for o in step.get_outputs()]
+    rest = dict(zip(outputs, step.run(outputs, {"input_ids": ids[:, 6:], **past})))
+    np.testing.assert_allclose(rest["logits"], expected[:, 6:], rtol=0, atol=1e-4)

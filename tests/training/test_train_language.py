@@ -58,6 +58,8 @@ CALLS = {
     "permute": "permute(image, 0, 2, 3, 1)",
     "position_ids": "position_ids(flatten(image))",
     "positions": "positions(image, dim=2)",
+    "attention": "attention(image[:, 0], image[:, 0], image[:, 0], heads=2, causal=true)",
+    "rotary": "rotary(image[:, 0], heads=2)",
     "relu": "relu(image)",
     "repeat": "repeat(image, 3, dim=1)",
     "reshape": "reshape(image, batch, 64)",
