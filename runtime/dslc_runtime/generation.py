@@ -104,15 +104,18 @@ def _pick_decoder(
 ) -> str:
     """The model to generate with: ``model``, else the one entry with a decoder section, else the only entry."""
     graphs = {
-        s.get(k)
+        v
         for s in sections.values()
         if isinstance(s, dict)
         for k in ("prefill", "decode_step")
+        if isinstance(v := s.get(k), str)
     }
     if model is not None:
         if model in graphs and model not in sections:
             owner = next(
-                n for n, s in sections.items() if isinstance(s, dict) and model in s.values()
+                n
+                for n, s in sections.items()
+                if isinstance(s, dict) and model in (s.get("prefill"), s.get("decode_step"))
             )
             raise ModelError(
                 f"{quoted(model)} is a KV-cache graph of {quoted(owner)}; pass model={owner!r}"
@@ -539,7 +542,21 @@ class Generator:
                 problems.append(f"missing input(s) {', '.join(map(display, missing))}")
             expects = ", ".join(map(display, self.static_inputs)) or "no inputs besides the prompt"
             raise InputError(f"{display(self.name)}: {'; '.join(problems)} (it takes {expects})")
-        return dict(given)
+        specs = {spec.name: spec for spec in self._first.signature.inputs}
+        # lists become arrays of the declared dtype here: the IOBinding path binds them as they are
+        arrays = {}
+        for k, v in given.items():
+            try:
+                arrays[k] = (
+                    v
+                    if isinstance(v, np.ndarray | ort.OrtValue)
+                    else np.asarray(v, specs[k].numpy_dtype)
+                )
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise InputError(
+                    f"{display(k)}: cannot convert {type(v).__name__} to {specs[k].dtype}: {exc}"
+                ) from None
+        return arrays
 
     def _too_long(self, prompt: int, new: int) -> InputError:
         return InputError(

@@ -257,6 +257,13 @@ def test_static_inputs_are_checked(transformer):
         gen.generate([[1], [1]], 4, source=transformer.static["source"], memory=np.zeros(3))
     with pytest.raises(InputError, match="batch"):  # two source rows, three prompts
         gen.generate([[1], [1], [1]], 4, source=transformer.static["source"])
+    listed = transformer.static["source"].tolist()  # lists take the declared dtype, also when bound
+    bound = Generator.load(transformer.out, providers="cpu", io_binding=True)
+    np.testing.assert_array_equal(
+        bound.generate([[1], [1]], 4, source=listed), gen.generate([[1], [1]], 4, **transformer.static)
+    )
+    with pytest.raises(InputError, match="source: cannot convert"):
+        gen.generate([[1], [1]], 4, source=[["a", "b"]])
     with pytest.raises(ModelError, match="KV-cache graph of 'transformer'"):
         Generator.load(transformer.out, model="transformer.decode_step")
 
@@ -311,6 +318,7 @@ HOSTILE = {
     "decoder is a string": (lambda m: m["models"][0].__setitem__("decoder", "prefill"), "'decoder' must be an object"),
     "decoder is a list": (lambda m: m["models"][0].__setitem__("decoder", [1]), "'decoder' must be an object"),
     "prefill is a number": (set_decoder("prefill", 3), r"\.prefill must be a non-empty string, got a number"),
+    "prefill is a list": (set_decoder("prefill", ["a"]), r"\.prefill must be a non-empty string, got a list"),
     "tokens missing": (lambda m: decoder(m).pop("tokens"), r"\.tokens must be a non-empty string, got null"),
     "logits empty": (set_decoder("logits", ""), r"\.logits must be a non-empty string"),
     "layers a string": (set_decoder("layers", "2"), r"\.layers must be a whole number"),
