@@ -154,13 +154,26 @@ def _optimizer_fn(cfg: c.TrainConfig, step: c.Step) -> str:
         if len(opt.models) > 1
         else f"list({opt.models[0]}.parameters())"
     )
+    if step.frozen:
+        lines.append(f"{I1}# frozen: keep their values (no gradient, not given to the optimizer)")
+        for model in dict.fromkeys(f.model for f in step.frozen):
+            paths = tuple(f.path for f in step.frozen if f.model == model)
+            lines.append(f"{I1}for name, p in {model}.named_parameters():")
+            lines.append(f'{I2}if any(name == f or name.startswith(f + ".") for f in {py_literal(paths)}):')
+            lines.append(f"{I2}{I1}p.requires_grad_(False)")
+        every = f"[p for p in {every} if p.requires_grad]"
     if opt.groups:
         lines.append(f"{I1}# parameter groups by submodule; the rest keeps the optimizer's settings")
         lines.append(f"{I1}params = []")
         lines.append(f"{I1}grouped = set()")
         for g in opt.groups:
             extra = "".join(f", {py_literal(k)}: {py_literal(v)}" for k, v in g.options.items())
-            lines.append(f'{I1}params.append({{"params": list({g.model}.{g.attr}.parameters()){extra}}})')
+            kept = (
+                f"[p for p in {g.model}.{g.attr}.parameters() if p.requires_grad]"
+                if step.frozen
+                else f"list({g.model}.{g.attr}.parameters())"
+            )
+            lines.append(f'{I1}params.append({{"params": {kept}{extra}}})')
             lines.append(f'{I1}grouped.update(id(p) for p in params[-1]["params"])')
         lines.append(f'{I1}params.append({{"params": [p for p in {every} if id(p) not in grouped]}})')
     else:
@@ -273,7 +286,8 @@ def _main(cfg: c.TrainConfig) -> str:
         out.append(f"{I1}scaler_{s.name} = run.grad_scaler()")
         if multi or s.clip_grad_norm is not None:
             out.append(
-                f"{I1}params_{s.name} = [p for name in {py_literal(s.optimizer.models)} for p in models[name].parameters()]"
+                f"{I1}params_{s.name} = [p for name in {py_literal(s.optimizer.models)} for p in models[name].parameters()"
+                + (" if p.requires_grad]" if s.frozen else "]")
             )
     state = ", ".join(f"{py_literal(s.name)}: (optimizer_{s.name}, scheduler_{s.name}, scaler_{s.name})" for s in steps)
     out += [

@@ -359,6 +359,10 @@ class ProgramIR:
         shared = sum(key[-1] for key, uses in seen.items() if uses > 1)
         return distinct, shared
 
+    def layer_params(self, module: ModuleIR) -> Iterator[tuple[str, str, str, int]]:
+        """(state_dict path, layer, init, parameters) of every parameter-holding layer of `module`."""
+        return self._layers(module, "")
+
     def _layers(self, module: ModuleIR, prefix: str) -> Iterator[tuple[str, str, str, int]]:
         """(path, layer, init, parameters) of every parameter-holding layer, blocks expanded."""
         stack = [(prefix, s) for s in module.submodules]

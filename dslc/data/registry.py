@@ -99,6 +99,17 @@ def _csv(a, base):
     return fields
 
 
+def _text_lm(a, base):
+    path = data_file(a["path"], base)
+    size = path.stat().st_size
+    if size < a["length"] + 1:
+        raise BindError(
+            f"text_lm: {a['path']} holds {size} bytes, fewer than one example of length {a['length']} (+1)",
+            "use a longer text or a smaller length",
+        )
+    return {"input_ids": _t("int64", a["length"]), "labels": _t("int64", a["length"])}
+
+
 def _text(a, base):
     text_examples(data_file(a["path"], base), limit=CHECK_BYTES)
     return {"tokens": _t("int64", a["max_len"]), "label": _t("int64")}
@@ -611,6 +622,22 @@ _register(
         (P("files", "any"), VALIDATION),
         _npy,
         files=(),
+    )
+)
+_register(
+    DatasetDef(
+        "text_lm",
+        "a UTF-8 text file for language modelling, as byte ids (0-255): input_ids int64[batch, length] are "
+        "consecutive bytes and labels the bytes one further on (next-token targets); examples start every `stride` "
+        "bytes (default: length); the vocabulary (the 256 byte values) is stored with the model",
+        (
+            P("path", "str"),
+            P("length", "int", 128, "bytes per example", low=1),
+            P("stride", "int", None, "bytes between example starts (default: length)", low=1),
+            VALIDATION,
+        ),
+        _text_lm,
+        files=("path",),
     )
 )
 _register(

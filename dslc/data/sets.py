@@ -306,6 +306,17 @@ def npy(base: Path, seed: int, files):
         raise error(None, f"not a readable .npy file ({exc})") from None
 
 
+def text_lm(base: Path, seed: int, path: str, length: int, stride: int | None):
+    """Byte ids of the file, cut into overlapping (input, next byte) windows."""
+    with _file_errors():
+        data = np.frombuffer(_open(path, base).read_bytes(), dtype=np.uint8).astype(np.int64)
+    step = stride or length
+    starts = np.arange(0, len(data) - length, step)
+    windows = np.stack([data[s : s + length + 1] for s in starts])
+    vocab = [bytes([i]).decode("latin-1") for i in range(256)]
+    return {"input_ids": windows[:, :-1].copy(), "labels": windows[:, 1:].copy()}, {"vocab": vocab}
+
+
 def text(base: Path, seed: int, path: str, max_len: int, min_freq: int, lowercase: bool):
     with _file_errors():
         examples = text_examples(_open(path, base))
@@ -345,6 +356,7 @@ LOADERS = {
     "npz": npz,
     "npy": npy,
     "text": text,
+    "text_lm": text_lm,
 }
 
 

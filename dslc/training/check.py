@@ -47,8 +47,15 @@ STEP_SETTINGS = {
     "schedule": "schedule = cosine(warmup=1)",
     "clip_grad_norm": "clip_grad_norm = 1.0",
     "accumulate": "accumulate = 4  (micro-batches per optimizer step)",
+    "freeze": 'freeze = ["transformer.wte", "transformer.wpe"]  (submodules or parameters kept as they are)',
 }
 # Names the generated training script uses for its own variables.
+
+
+def _covers(path: str, layer: str) -> bool:
+    """Whether freezing `path` touches the layer at `layer`: the layer, a submodule holding it, or one of its
+    parameters (`lm_head.weight`)."""
+    return layer == path or layer.startswith(path + ".") or path.startswith(layer + ".")
 
 
 class _CheckFailedError(Exception):
@@ -378,11 +385,39 @@ class TrainChecker:
         accumulate = self.setting(settings, "accumulate", P("accumulate", "int", 1, low=1))
         if accumulate < 1:
             raise self.fail(settings["accumulate"].loc, "accumulate must be at least 1")
+        frozen = self.frozen(settings.get("freeze"), optimizer) if "freeze" in settings else []
         for let_name, let in body.lets.items():  # check every step tensor, used or not
             self.guard(lambda n=let_name, s=let: body.tensor_named(n, s.loc))
         self._step_bodies[name] = body
         self._losses[name] = loss
-        return c.Step(name, loc, c.Body([], [], [], []), optimizer, schedule, clip, accumulate, [])
+        return c.Step(name, loc, c.Body([], [], [], []), optimizer, schedule, clip, accumulate, [], frozen)
+
+    def frozen(self, setting: ast.Setting, optimizer: c.Optimizer) -> list[c.Frozen]:
+        """`freeze = ["transformer.wte", ...]`: submodules or parameters of the trained models (state_dict names)
+        that keep their values; at least one parameter must still train."""
+        paths = self.static(setting.value)
+        if not isinstance(paths, (list, tuple)) or not paths or not all(isinstance(p, str) for p in paths):
+            raise self.fail(setting.value.loc, "freeze is a list of submodule names", f"e.g. {STEP_SETTINGS['freeze']}")
+        layers = {
+            m: [(path, size) for path, _, _, size in self.program.layer_params(self.models[m])]
+            for m in optimizer.models
+        }
+        frozen, sizes = [], dict.fromkeys(optimizer.models, 0)
+        for path in paths:
+            owners = [m for m, found in layers.items() if any(_covers(path, layer) for layer, _ in found)]
+            if not owners:
+                tops = sorted({layer.split(".")[0] for found in layers.values() for layer, _ in found})
+                raise self.fail(
+                    setting.value.loc,
+                    f"freeze: '{path}' names no submodule or parameter of {', '.join(optimizer.models)}",
+                    did_you_mean(path.split(".")[0], tops) or f"its submodules: {', '.join(tops)}",
+                )
+            for m in owners:
+                frozen.append(c.Frozen(m, path))
+                sizes[m] += sum(size for layer, size in layers[m] if layer == path or layer.startswith(path + "."))
+        if all(sizes[m] >= self.models[m].param_count for m in optimizer.models):
+            raise self.fail(setting.value.loc, "freeze leaves no parameter to train", "freeze fewer submodules")
+        return frozen
 
     def loss(self, setting: ast.Setting, body: TrainBody) -> ir.Expr:
         """Check `loss = ...` as the step's statement `loss = ...`; the loss is a scalar."""
@@ -721,6 +756,7 @@ def settings_json(cfg: c.TrainConfig) -> dict[str, Any]:
                 "schedule": {"name": s.schedule.kind, **s.schedule.options},
                 "clip_grad_norm": s.clip_grad_norm,
                 "accumulate": s.accumulate,
+                **({"freeze": [f"{f.model}.{f.path}" for f in s.frozen]} if s.frozen else {}),
             }
             for s in cfg.steps
         ],

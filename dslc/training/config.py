@@ -49,6 +49,14 @@ class Schedule:
 
 
 @dataclass
+class Frozen:
+    """`freeze = ["transformer.wte"]`: a trained model's submodule or parameter that keeps its values."""
+
+    model: str
+    path: str  # a state_dict name or its prefix
+
+
+@dataclass
 class Step:
     name: str
     loc: Loc
@@ -58,6 +66,7 @@ class Step:
     clip_grad_norm: float | None
     accumulate: int
     outputs: list[str]  # names the step returns for the metrics
+    frozen: list[Frozen] = field(default_factory=list)
 
 
 @dataclass

@@ -504,6 +504,14 @@ class Run:
         ):
             verified = f"verified (max abs diff {r.max_abs_diff:.1e})" if r.verified else "not verified"
             self.log(f"wrote {out / r.onnx}: {r.nodes} nodes, {r.params:,} parameters, {verified}")
+            for note in r.notes:
+                self.log(f"note: {note}")
+            if r.decoder:
+                d = r.decoder
+                self.log(
+                    f"wrote {out / d.prefill['onnx']} and {d.decode_step['onnx']}: KV cache of {d.layers} attention "
+                    f"layers, verified token by token (max abs diff {d.max_abs_diff:.1e})"
+                )
         if records:
             record = self.exported_record or records[-1]
             label = "final" if record is records[-1] else f"exported (best, epoch {record['epoch']})"
