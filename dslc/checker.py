@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,19 +74,35 @@ class LayerInstance:
     make_call: Any  # (inputs) -> ir.Expr
 
 
+@dataclass
+class Trace:
+    """What an editor reads of a check besides the IR (dslc.lsp): the texts to check in place of the files
+    (unsaved buffers, by resolved path), and, filled in by the check, the loader (file scopes), every body
+    checked (each use of a block, each model, each train body: their layers, bindings and names) and the IR
+    when the check got that far. A check with a trace reports the same diagnostics as one without."""
+
+    sources: dict[str, str] = field(default_factory=dict)
+    loader: Loader | None = None
+    bodies: list[BodyChecker] = field(default_factory=list)
+    program: ir.ProgramIR | None = None
+
+
 def check_file(
     path: str | Path,
     overrides: list[str] | dict[str, Any] | None = None,
     train_overrides: dict[str, Any] | None = None,
     data_dir: str | Path | None = None,
+    trace: Trace | None = None,
 ) -> ir.ProgramIR:
     """Parse, resolve and check a spec and its imports. Raises DslcError with every problem found. The train
     section's data files are found in `data_dir` (default: the spec's folder)."""
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
     checker = Checker()
-    loader = Loader(checker.evaluate_const)
+    loader = Loader(checker.evaluate_const, trace.sources if trace else None)
     checker.reporter = loader.reporter
+    if trace is not None:
+        checker.trace, trace.loader = trace, loader
     try:
         root = loader.load(path, overrides)
     except DslcError as exc:
@@ -95,6 +111,8 @@ def check_file(
         raise
     loader.reporter.raise_if_errors()
     program = checker.check_root(root)
+    if trace is not None:
+        trace.program = program
     loader.reporter.raise_if_errors()
     eliminate_common_subexpressions(program)
     program.classes = generalize(program)
@@ -124,6 +142,7 @@ class Checker:
         self.in_progress: list[str] = []
         self.unresolved: set[int] = set()  # ids of blocks whose names did not resolve (reported once)
         self._body_names: dict[int, tuple[ast.BlockDef, BodyNames]] = {}
+        self.trace: Trace | None = None  # set by check_file for an editor
 
     def body_names(self, block: ast.BlockDef) -> BodyNames:
         """The names a block's body declares, names its layers and reads: walked once, not once per use."""
@@ -285,6 +304,9 @@ class BodyChecker:
         self.next_local: dict[str, int] = {}  # fresh()'s next number per stem
         self.declared = names.declared  # fresh temporaries avoid them all
         self.in_train = False  # a train section's body may use losses and noise
+        self.bindings: list[tuple[Loc, str, Any]] = []  # (statement, name, value) in order, for an editor
+        if checker.trace is not None and (block is not None or type(self) is not BodyChecker):
+            checker.trace.bodies.append(self)
 
     @property
     def reporter(self) -> Reporter:
@@ -422,6 +444,7 @@ class BodyChecker:
         names = [d.id if isinstance(d, ast.Name) else None for d in stmt.type.dims]
         self.inputs.append(ir.Port(stmt.name, declared, " ".join(stmt.comments), names))
         self.env[stmt.name] = ir.Var([declared], stmt.name)
+        self.bindings.append((stmt.loc, stmt.name, self.env[stmt.name]))
 
     def output_decl(self, stmt: ast.OutputDecl) -> None:
         check_identifier(stmt.name, stmt.loc, "output", role="script" if self.block.is_model else "variable")
@@ -468,6 +491,7 @@ class BodyChecker:
         self.layers.add(ir.Submodule(stmt.name, "param", stmt.loc, init=init, params=count, layers=0))
         self.layers.record(stmt.loc, stmt.name, "param", [declared], count)
         self.env[stmt.name] = ir.ParamRef([declared], stmt.name)
+        self.bindings.append((stmt.loc, stmt.name, self.env[stmt.name]))
 
     def tie(self, stmt: ast.Tie) -> None:
         """`tie lm_head.weight = transformer.wte.weight`: one tensor under both names, counted once."""
@@ -483,7 +507,9 @@ class BodyChecker:
             try:
                 shapes.append(parameter_shape(key, self.layers.top, modules.get))
             except TieError as exc:
-                self.fail(stmt.loc, f"tie: {exc}", "tie names the layers above it, by their state_dict keys")
+                self.fail(
+                    stmt.loc, f"tie: {exc}", "tie names the layers above it, by their state_dict keys", section="tie"
+                )
         if stmt.target == stmt.source:
             self.fail(stmt.loc, f"tie: '{stmt.target}' is tied to itself")
         if shapes[0] != shapes[1]:
@@ -584,6 +610,7 @@ class BodyChecker:
                 self.env.update(zip(targets, result))
             else:
                 self.fail(stmt.loc, f"cannot unpack {brief(result)} into {len(targets)} names")
+        self.bindings.extend((stmt.loc, name, self.env[name]) for name in targets)
 
     def emit(self, stmt: ir.Stmt) -> None:
         current = self.current
@@ -1099,8 +1126,7 @@ class BodyChecker:
                     attr, "op", loc, op=op.name, init=inferred.init, args=bound, params=op.param_count(inferred.init)
                 )
             )
-            if not in_group:
-                self.layers.record(loc, attr, f"{op.name}", inferred.outputs, op.param_count(inferred.init))
+            self.layers.record(loc, attr, f"{op.name}", inferred.outputs, op.param_count(inferred.init))
             if name is not None and not in_group:
                 self.env[name] = self._instance(attr, op, bound, inferred.init)
         else:

@@ -247,6 +247,25 @@ model learned_bias {
 }
 ```
 
+<a id="tie"></a>
+## Tied weights
+
+`tie TARGET = SOURCE` in a model makes the parameter at state_dict key TARGET the one at SOURCE (GPT-2's
+output projection reading the token embedding: `tie lm_head.weight = transformer.wte.weight`). Both names
+stay in the state dict, the tensor is one (trained once, counted once, one initializer in ONNX), and a
+checkpoint holding only SOURCE, as HuggingFace saves tied models, loads strictly. The keys name layers
+above the statement; the shapes must agree. Linear, Conv1D and Embedding weights (and declared
+parameters) can be tied.
+
+```dslc
+model lm {
+    input tokens: int64[batch, time]
+    h = tokens -> wte: Embedding(256, 64) -> ln: LayerNorm
+    output logits = h -> lm_head: Linear(256, bias=false)
+    tie lm_head.weight = wte.weight
+}
+```
+
 <a id="repeat"></a>
 ## Repeat
 
@@ -526,6 +545,7 @@ def render() -> str:
                 ("groups", "groups"),
                 ("loops", "loops"),
                 ("declared parameters", "param"),
+                ("tied weights", "tie"),
                 ("repeat", "repeat"),
                 ("expressions", "expressions"),
                 ("indexing", "indexing"),
