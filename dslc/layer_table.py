@@ -27,6 +27,7 @@ class LayerTable:
         self.next_index: dict[str, int] = {}  # the next number per prefix
         self.pending: list[ir.Submodule] = []  # created since the last statement was emitted
         self.records: list[ir.LayerRecord] = []
+        self.all_records: list[ir.LayerRecord] = []  # inside groups and repeats too, for an editor's hover
         self.count = 0  # layers with every block and repeat expanded
 
     @property
@@ -69,9 +70,11 @@ class LayerTable:
         return f"{prefix}{n}"
 
     def record(self, loc: Loc, module: str, what: str, outputs: list[TensorType], params: int) -> None:
-        """A row of `dslc check --shapes` (the module's own layers only)."""
+        """A row of `dslc check --shapes` (the module's own layers only; `all_records` has every layer)."""
+        record = ir.LayerRecord(loc, module, what, ", ".join(str(t) for t in outputs), params)
+        self.all_records.append(record)
         if self.at_top:
-            self.records.append(ir.LayerRecord(loc, module, what, ", ".join(str(t) for t in outputs), params))
+            self.records.append(record)
 
     def take_pending(self) -> list[ir.Submodule]:
         taken, self.pending = self.pending, []

@@ -80,8 +80,9 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 class Loader:
-    def __init__(self, evaluate_const):
+    def __init__(self, evaluate_const, sources: dict[str, str] | None = None):
         self.evaluate_const = evaluate_const  # (expr, FileScope) -> value; provided by the checker
+        self.sources = sources or {}  # resolved path -> the text to check instead of the file's (an editor's buffer)
         self.scopes: dict[Path, FileScope] = {}
         self.loading: list[Path] = []
         self.reporter = Reporter()
@@ -101,7 +102,7 @@ class Loader:
         if key in self.scopes:
             return self.scopes[key]
         try:
-            source = read_source(path)
+            source = self.sources[str(key)] if str(key) in self.sources else read_source(path)
         except DslcError as exc:
             if loc is None:
                 raise
