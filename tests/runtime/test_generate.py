@@ -33,7 +33,6 @@ class Built:
         self.out, self.model, self.static = out, model, static
         torch.manual_seed(0)  # as dslc.build does before instantiating each model
         self.torch = load_generated(python).MODELS[model]().eval()
-        self.tokens = "target_in" if static else "tokens"
 
     def torch_greedy(self, prompt: np.ndarray, new: int) -> np.ndarray:
         """Greedy tokens recomputing the whole sequence with the PyTorch module."""
@@ -62,19 +61,31 @@ def transformer(tmp_path_factory) -> Built:
     return Built(out, "transformer", result.python_path, {"source": source})
 
 
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory) -> Built:
+    out = tmp_path_factory.mktemp("gpt2")
+    return Built(out, "gpt2", build(SPECS / "gpt2.model", out).python_path, {})
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory) -> Built:  # rotary positions: decode_step counts them from the past length
+    out = tmp_path_factory.mktemp("llama")
+    return Built(out, "llama", build(SPECS / "llama.model", out).python_path, {})
+
+
 def prompts(length: int, vocab: int) -> np.ndarray:
     return np.random.default_rng(length).integers(1, vocab, size=(2, length)).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- tokens against PyTorch
 @pytest.mark.parametrize("length", [1, 20])
-@pytest.mark.parametrize("which", ["text_generator", "transformer"])
+@pytest.mark.parametrize("which", ["text_generator", "transformer", "gpt2", "llama"])
 def test_cached_greedy_tokens_equal_pytorch(request, which, length):
     built: Built = request.getfixturevalue(which)
     prompt = prompts(length, 16)
     expected = built.torch_greedy(prompt, NEW)
     cached = Generator.load(built.out, model=built.model, providers="cpu", cache=True)
-    assert cached.cached and cached.layers == 2
+    assert cached.cached and cached.layers == {"gpt2": 4, "llama": 4}.get(which, 2)
     np.testing.assert_array_equal(cached.generate(prompt, NEW, **built.static), expected)
     # the same loop with the cache kept in onnxruntime values (the GPU path, on the CPU device)
     bound = Generator.load(built.out, model=built.model, providers="cpu", io_binding=True)
