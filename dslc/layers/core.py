@@ -12,6 +12,7 @@ from dslc.layers.base import (
     check_positive,
     expect_float,
     expect_rank,
+    helper,
     lowering,
     non_default,
     pycall,
@@ -103,6 +104,31 @@ def _embedding_infer(args, inputs):
     return Inferred([TensorType("float32", (*x.shape, args["embedding_dim"]))], dict(args))
 
 
+helper(
+    "normal_embedding",
+    '''
+def normal_embedding(
+    num_embeddings: int, embedding_dim: int, std: float, padding_idx: int | None = None
+) -> nn.Embedding:
+    """nn.Embedding whose vectors start from N(0, std^2), as GPT-2 and LLaMA initialise theirs (std 0.02)."""
+    layer = nn.Embedding(num_embeddings, embedding_dim, padding_idx=padding_idx)
+    nn.init.normal_(layer.weight, std=std)
+    if padding_idx is not None:
+        nn.init.zeros_(layer.weight[padding_idx])
+    return layer
+''',
+)
+
+
+def _embedding_module(a) -> str:
+    """`nn.Embedding(n, d)`, or `normal_embedding(n, d, std=...)` with a chosen initial spread."""
+    if a.get("std") is None:
+        return pycall("nn.Embedding", a["num_embeddings"], a["embedding_dim"], **non_default(a, padding_idx=None))
+    return pycall(
+        "normal_embedding", a["num_embeddings"], a["embedding_dim"], std=a["std"], **non_default(a, padding_idx=None)
+    )
+
+
 register(
     Op(
         name="Embedding",
@@ -111,12 +137,12 @@ register(
             Param("num_embeddings", "int", doc="vocabulary size"),
             Param("embedding_dim", "int", doc="vector size"),
             Param("padding_idx", "int", None, "id whose vector stays zero"),
+            Param("std", "float", None, "initial vectors drawn from N(0, std^2); none: PyTorch's N(0, 1)", low=0.0),
         ),
         infer=_embedding_infer,
         category="layer",
-        module=lambda a: pycall(
-            "nn.Embedding", a["num_embeddings"], a["embedding_dim"], **non_default(a, padding_idx=None)
-        ),
+        module=_embedding_module,
+        helpers=("normal_embedding",),
         forward=_call_module,
         prefix="embedding",
         param_count=lambda a: a["num_embeddings"] * a["embedding_dim"],

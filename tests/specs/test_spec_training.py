@@ -135,6 +135,18 @@ SHORT: dict[str, Case] = {
         notes="digits 32x32 RGB; chance 0.1",
     ),
     "vit": Case(("--epochs", "3"), "accuracy", 0.25, notes="digits 32x32 RGB; chance 0.1"),
+    "gpt2": Case(
+        ("--epochs", "2", "--set", "data.samples=600", "--set", "layers=2"),
+        "accuracy",
+        0.012,
+        notes="sorted sequences, 254 symbols; chance 0.004",
+    ),
+    "llama": Case(
+        ("--epochs", "2", "--set", "data.samples=600", "--set", "layers=2"),
+        "accuracy",
+        0.012,
+        notes="sorted sequences, 254 symbols; chance 0.004",
+    ),
     "unet": Case(("--epochs", "2"), "mae", 0.2, False, notes="denoising digits 28x28; the noisy input's mae is 0.24"),
     # the runtime decoding is checked below; the spec's own settings are trained in a slow test
     "deepspeech": Case(DEEPSPEECH_SMALL, "cer", 0.5, False, notes="speech; all-blank output has cer 1.0"),
