@@ -386,18 +386,54 @@ def plot(runs: tuple[str, ...], out: str, title: str | None) -> None:
 @click.option(
     "-o", "--out", "output_dir", default=None, type=click.Path(file_okay=False), help="Save outputs as .npy files here."
 )
+@click.option("--generate", is_flag=True, help="Generate tokens with a decoder's build (KV cache when it has one).")
+@click.option("--prompt", default=None, help="With --generate: token ids, e.g. '1 5 7' (rows of a batch split by ';').")
+@click.option("--text", default=None, help="With --generate: a text prompt in the model's vocabulary.")
+@click.option("--max-new-tokens", default=20, show_default=True, help="With --generate: tokens to add at most.")
+@click.option("--temperature", default=0.0, show_default=True, help="With --generate: 0 is greedy.")
+@click.option("--top-k", type=int, default=None, help="With --generate: sample among the k best tokens.")
+@click.option("--top-p", type=float, default=None, help="With --generate: sample within the nucleus of this mass.")
+@click.option("--seed", type=int, default=None, help="With --generate: seed of the sampling.")
+@click.option("--stop", type=int, multiple=True, help="With --generate: a stop token id (repeatable).")
+@click.option("--pad-id", type=int, default=None, help="With --generate: written after a row stopped.")
+@click.option("--cache/--no-cache", default=None, help="With --generate: require the KV cache, or recompute per token.")
 @_report_errors
 def run(
-    model_path: str, inputs: tuple[str, ...], model_name: str | None, providers: str, output_dir: str | None
+    model_path: str,
+    inputs: tuple[str, ...],
+    model_name: str | None,
+    providers: str,
+    output_dir: str | None,
+    generate: bool,
+    cache: bool | None,
+    **sampling,
 ) -> None:
-    """Run an exported model (ONNX file or build directory) on .npy inputs.
+    """Run an exported model (ONNX file or build directory) on .npy inputs, or generate tokens with a decoder.
 
     \b
     Example:
       dslc run build/cnn --input image=digits.npy -o predictions/
+      dslc run build/tg --generate --prompt "1 5 7" --max-new-tokens 32 --temperature 0.8 --top-p 0.9 --seed 0
+      dslc run build/transformer --model transformer --generate --prompt 1 --input source=source.npy
     """
-    from dslc_runtime.cli import parse_pairs, run_cli
+    from dslc_runtime.cli import generate_cli, parse_pairs, run_cli
 
+    if generate:
+        sampling["stop"] = list(sampling["stop"])
+        generate_cli(
+            model_path,
+            sampling.pop("prompt"),
+            inputs=parse_pairs(inputs),
+            output_dir=output_dir,
+            cache=cache,
+            providers=providers,
+            model=model_name,
+            **sampling,
+        )
+        return
+    given = [f"--{k.replace('_', '-')}" for k in ("prompt", "text") if sampling[k] is not None]
+    if given or cache is not None:
+        raise click.UsageError(f"{(given or ['--cache'])[0]} goes with --generate")
     run_cli(model_path, parse_pairs(inputs), output_dir, providers=providers, model=model_name)
 
 
