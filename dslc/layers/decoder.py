@@ -19,6 +19,7 @@ from dslc.layers.base import (
     Param,
     ShapeError,
     check_positive,
+    differs,
     expect_float,
     expect_rank,
     helper,
@@ -155,10 +156,10 @@ def _attention_infer(args, inputs):
 
 def _attention_functional(xs, a) -> str:
     extra = {"kv_heads": a["kv_heads"]} if a["kv_heads"] is not None else {}
-    if a["causal"]:
-        extra["causal"] = True
+    if differs(a["causal"], False):  # a block parameter is passed on as it is
+        extra["causal"] = a["causal"]
     parts = [*xs, f"heads={py_literal(a['heads'])}", *(f"{k}={py_literal(v)}" for k, v in extra.items())]
-    if plain(a["dropout"]):
+    if differs(a["dropout"], 0.0):
         parts.append(f"dropout={py_literal(a['dropout'])} if self.training else 0.0")
     return f"multi_head_attention({', '.join(parts)})"
 
@@ -281,7 +282,7 @@ def _rotary_infer(args, inputs):
 
 
 def _rotary_functional(xs, a) -> str:
-    base = f", base={py_literal(a['base'])}" if plain(a["base"]) != 10000.0 else ""
+    base = f", base={py_literal(a['base'])}" if differs(a["base"], 10000.0) else ""
     return f"rotary_embedding({xs[0]}, heads={py_literal(a['heads'])}{base})"
 
 

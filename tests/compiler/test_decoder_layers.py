@@ -145,9 +145,7 @@ def test_tie_errors_say_what_is_wrong(write_spec, body, message):
 
 
 def test_a_block_cannot_tie(write_spec):
-    spec = DECODER.replace(
-        "    output h = (tokens", "    tie wte.weight = wpe.weight\n    output h = (tokens"
-    )
+    spec = DECODER.replace("    output h = (tokens", "    tie wte.weight = wpe.weight\n    output h = (tokens")
     assert "tie is a model's statement" in errors_of(write_spec(spec))[0]
 
 
@@ -183,3 +181,32 @@ def test_a_decoder_whose_layers_mix_positions_gets_no_cache_graphs(tmp_path):
     assert report.verified and report.decoder is None
     assert any("no KV-cache graphs" in note for note in report.notes)
     assert not (tmp_path / "build" / "lm.prefill.onnx").exists()
+
+
+BLOCK_ARGUMENTS = """
+block Attn(heads: int, kv_heads: int, base: float = 10000.0, causal: bool = true) {
+    input x: float32[batch, time, d]
+    q = x -> q_proj: Linear(d, bias=false) -> rotary(heads=heads, base=base)
+    k = x -> k_proj: Linear(d // heads * kv_heads, bias=false) -> rotary(heads=kv_heads, base=base)
+    v = x -> v_proj: Linear(d // heads * kv_heads, bias=false)
+    output y = attention(q, k, v, heads=heads, kv_heads=kv_heads, causal=causal) -> o: Conv1D(d)
+}
+
+model lm {
+    input tokens: int64[batch, time]
+    h = tokens -> emb: Embedding(50, 32)
+    output logits = h -> a1: Attn(4, 2) -> a2: Attn(4, 1, base=500.0) -> head: Linear(50)
+}
+"""
+
+
+def test_attention_and_rotary_take_block_arguments(tmp_path):
+    """One class for both uses: heads, kv_heads and base reach the code as the block's arguments."""
+    spec = tmp_path / "blocks.model"
+    spec.write_text(BLOCK_ARGUMENTS)
+    result = build(spec, tmp_path / "build")  # verifies the graph and the KV-cache graphs
+    code = result.python_path.read_text()
+    assert code.count("class Attn") == 1
+    assert "rotary_embedding(q, heads=self.heads, base=self.base)" in code
+    assert "causal=self.causal" in code
+    assert result.models[0].decoder is not None and result.models[0].decoder.layers == 2
