@@ -67,6 +67,7 @@ def lowered_graph(program: ir.ProgramIR, module: ir.ModuleIR, graph: Graph) -> G
     outputs = _Lowering(program, graph).module(module, "", inputs)
     _name_outputs(graph, module.outputs, outputs)
     _fold_batchnorm(graph, {p.name for p in module.outputs})
+    _fold_transposes(graph, {p.name for p in module.outputs})
     return graph
 
 
@@ -119,6 +120,30 @@ def _fold_batchnorm(graph: Graph, outputs: set[str]) -> None:
     used = {n for node in graph.nodes for n in node.input}
     for name in [n for n in init if n not in used]:
         del init[name]
+
+
+def _fold_transposes(graph: Graph, outputs: set[str]) -> None:
+    """Transpose -> Transpose becomes one Transpose with the composed permutation (attention's keys: split into
+    heads, then turned for the scores), where the first feeds nothing else."""
+    consumers: dict[str, int] = {}
+    for node in graph.nodes:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    producers = {out: node for node in graph.nodes for out in node.output}
+    removed = set()
+    for node in graph.nodes:
+        inner = producers.get(node.input[0]) if node.op_type == "Transpose" else None
+        if inner is None or inner.op_type != "Transpose" or consumers.get(inner.output[0]) != 1:
+            continue
+        if inner.output[0] in outputs or id(inner) in removed:
+            continue
+        first = list(next(a.ints for a in inner.attribute if a.name == "perm"))
+        second = list(next(a.ints for a in node.attribute if a.name == "perm"))
+        node.input[0] = inner.input[0]
+        del node.attribute[:]
+        node.attribute.append(helper.make_attribute("perm", [first[i] for i in second]))
+        removed.add(id(inner))
+    graph.nodes[:] = [n for n in graph.nodes if id(n) not in removed]
 
 
 class _Lowering:

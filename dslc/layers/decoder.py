@@ -203,9 +203,9 @@ def repeat_heads(g, x: str, kv_heads: int, groups: int, head_size: int) -> str:
     return g.one("Reshape", [wide, g.ints([0, kv_heads * groups, -1, head_size])])
 
 
-def causal_mask(g, queries: str, keys: str) -> list[str]:
+def causal_mask(g, queries: str, keys: str, cached: bool) -> list[str]:
     """A bool [Tq, Tk] mask of the keys each query must not see, and -inf: query i sits at position
-    Tk - Tq + i (after any cached keys), and sees the keys up to it."""
+    Tk - Tq + i (after the cached keys, if any), and sees the keys up to it."""
     from dslc.onnx_graph import ONNX_DTYPES, fill_value
 
     def length(t: str) -> str:
@@ -213,18 +213,21 @@ def causal_mask(g, queries: str, keys: str) -> list[str]:
 
     tq, tk = length(queries), length(keys)
     ones = g.one("ConstantOfShape", [g.one("Concat", [tq, tk], axis=0)], value=fill_value(1, "int64"))
-    offset = g.one("Add", [g.one("Sub", [g.one("Squeeze", [tk]), g.one("Squeeze", [tq])]), g.constant(1, "int64", "k")])
+    offset = g.constant(1, "int64", "k")
+    if cached:
+        offset = g.one("Add", [g.one("Sub", [g.one("Squeeze", [tk]), g.one("Squeeze", [tq])]), offset])
     future = g.one("Trilu", [ones, offset], upper=1)
     return [g.one("Cast", [future], to=ONNX_DTYPES["bool"]), g.constant(float("-inf"), "float32", "minus_inf")]
 
 
-def scaled_attention(g, q: str, k: str, v: str, heads: int, kv_heads: int, head_size: int, causal: bool) -> str:
-    """softmax(q k^T) v over [batch, heads, time, d] (q already scaled), merged back to [batch, time, heads * d]."""
+def scaled_attention(g, q: str, k: str, v: str, heads: int, kv_heads: int, head_size: int, causal: tuple | None) -> str:
+    """softmax(q k^T) v over [batch, heads, time, d] (q already scaled), merged back to [batch, time, heads * d].
+    `causal` identifies the mask, None for none: layers whose queries and keys have the same lengths share one."""
     groups = heads // kv_heads
     keys = repeat_heads(g, k, kv_heads, groups, head_size)
     scores = g.one("MatMul", [q, g.one("Transpose", [keys], perm=[0, 1, 3, 2])])
-    if causal:
-        future, minus_inf = causal_mask(g, q, k)
+    if causal is not None:
+        future, minus_inf = g.memo(("causal", *causal), lambda: causal_mask(g, q, k, cached=causal[-1]))
         scores = g.one("Where", [future, minus_inf, scores])
     weights = g.one("Softmax", [scores], axis=-1)
     merged = g.one(
@@ -245,7 +248,15 @@ def _attention_onnx(g, xs, outs, a, key):
         k, v = g.cache.attend(g, xs, k, v, kv_heads, head_size)
     elif g.cache is not None:
         g.cache.require_static(xs[1:], "attention without causal=true")
-    return [scaled_attention(g, q, k, v, heads, kv_heads, head_size, bool(plain(a["causal"])))]
+    return [scaled_attention(g, q, k, v, heads, kv_heads, head_size, mask_key(g, xs, k, bool(plain(a["causal"]))))]
+
+
+def mask_key(g, inputs: list, keys: str, causal: bool) -> tuple | None:
+    """What a causal mask depends on: the queries' and keys' lengths, and whether cached keys come first."""
+    if not causal:
+        return None
+    cached = g.cache is not None and keys.startswith("present.")
+    return (str(inputs[0].type.shape[1]), str(inputs[1].type.shape[1]), cached)
 
 
 # ---------------------------------------------------------------- rotary position embedding

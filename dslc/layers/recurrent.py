@@ -373,7 +373,7 @@ def _mha_onnx(g, xs, outs, a, key):
     the causal mask, softmax, and the output projection. A decoder's KV-cache graphs keep its keys and values."""
     import math
 
-    from dslc.layers.decoder import scaled_attention, split_heads
+    from dslc.layers.decoder import mask_key, scaled_attention, split_heads
 
     q_in = xs[0]
     k_in = xs[1] if len(xs) > 1 else q_in
@@ -395,6 +395,6 @@ def _mha_onnx(g, xs, outs, a, key):
         k, v = g.cache.attend(g, [q_in, k_in, v_in], k, v, heads, head_size)
     elif g.cache is not None:
         g.cache.require_static([k_in, v_in], "MultiheadAttention without causal=true")
-    merged = scaled_attention(g, q, k, v, heads, heads, head_size, bool(a["causal"]))
+    merged = scaled_attention(g, q, k, v, heads, heads, head_size, mask_key(g, [q_in, k_in], k, bool(a["causal"])))
     out = g.one("MatMul", [merged, g.weight(f"{key}out_proj.weight", transposed=True)])
     return [g.one("Add", [out, g.weight(f"{key}out_proj.bias")])] if a["bias"] else [out]
