@@ -114,7 +114,7 @@ def text_generator_build(out: Path):
 
 
 def hf_generate(hf, prompt: np.ndarray, new: int) -> np.ndarray:
-    ids = torch.from_numpy(prompt)
+    ids = torch.from_numpy(prompt).to(hf.device)
     with torch.inference_mode():
         out = hf.generate(
             ids,
@@ -126,7 +126,7 @@ def hf_generate(hf, prompt: np.ndarray, new: int) -> np.ndarray:
             pad_token_id=0,
             eos_token_id=None,
         )
-    return out.numpy()
+    return out.cpu().numpy()
 
 
 def best_of(repeats: int, contenders: dict[str, Callable[[], object]]) -> dict[str, float]:
@@ -149,6 +149,9 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=512, help="new tokens per generation")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of onnxruntime and torch")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--providers", default="cpu", choices=["cpu", "cuda"], help="onnxruntime's (and torch's device)"
+    )
     args = parser.parse_args()
     spec = args.spec
     if spec == "auto":
@@ -158,7 +161,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / spec
         hf = (gpt2_build if spec == "gpt2" else text_generator_build)(out)
-        load = {"providers": "cpu", "intra_op_num_threads": args.threads, "inter_op_num_threads": 1}
+        load = {"providers": args.providers, "intra_op_num_threads": args.threads, "inter_op_num_threads": 1}
+        hf = hf.to("cuda" if args.providers == "cuda" else "cpu")
         cached = Generator.load(out, cache=True, **load)
         bound = Generator.load(out, cache=True, io_binding=True, **load)
         full = Generator.load(out, cache=False, **load)
@@ -170,7 +174,7 @@ def main() -> None:
         rng = np.random.default_rng(0)
         check = rng.integers(0, vocab, size=(1, 64)).astype(np.int64)
         with torch.inference_mode():
-            want = hf(torch.from_numpy(check)).logits.numpy()
+            want = hf(torch.from_numpy(check).to(hf.device)).logits.cpu().numpy()
         got = full.full.run({full.tokens: check})[full.logits]
         print(f"logits, ONNX vs HuggingFace: max abs diff {np.abs(got - want).max():.2e}")
         tokens = cached.generate(check[:, :32], 64)
