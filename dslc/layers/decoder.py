@@ -12,6 +12,7 @@ A causal `attention` is where a decoder's KV cache lives: dslc.decoding lowers i
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from dslc.layers.base import (
     Inferred,
@@ -106,9 +107,11 @@ def multi_head_attention(
     kv_heads: int | None = None,
     causal: bool = False,
     dropout: float = 0.0,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Scaled dot-product attention over [batch, time, heads * head_size] tensors. With kv_heads < heads, each
-    key and value head serves heads // kv_heads query heads (grouped-query attention)."""
+    key and value head serves heads // kv_heads query heads (grouped-query attention). A mask broadcasts to
+    [batch, heads, queries, keys]: true where a query may look (bool), or added to the scores (float)."""
     kv_heads = kv_heads or heads
     batch, length = q.size(0), q.size(1)
     q = q.reshape(batch, length, heads, -1).transpose(1, 2)
@@ -116,15 +119,19 @@ def multi_head_attention(
     v = v.reshape(batch, v.size(1), kv_heads, -1).transpose(1, 2)
     if kv_heads != heads:
         k, v = k.repeat_interleave(heads // kv_heads, dim=1), v.repeat_interleave(heads // kv_heads, dim=1)
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal)
+    if mask is not None and causal:  # scaled_dot_product_attention takes one or the other: both in the mask
+        seen = torch.ones(q.size(2), k.size(2), dtype=torch.bool, device=q.device).tril()
+        mask = mask & seen if mask.dtype == torch.bool else mask.masked_fill(~seen, float("-inf"))
+        causal = False
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
     return out.transpose(1, 2).reshape(batch, length, -1)
 ''',
 )
 
 
 def _attention_infer(args, inputs):
-    q, k, v = inputs
-    for t in inputs:
+    q, k, v = inputs[:3]
+    for t in inputs[:3]:
         expect_float(t, "attention")
         expect_rank(t, (3,), "attention", "[batch, time, heads * head_size]")
     check_positive(args, "heads")
@@ -150,17 +157,35 @@ def _attention_infer(args, inputs):
         raise ShapeError(f"attention: queries {q.shape_str()}, keys and values differ in batch size")
     if args["causal"] and q.shape[1] != k.shape[1]:
         raise ShapeError("attention: causal=true needs queries and keys of the same length")
+    if len(inputs) == 4:
+        _check_mask(inputs[3], (q.shape[0], args["heads"], q.shape[1], k.shape[1]))
     init = {**args, "kv_heads": args["kv_heads"] if args["kv_heads"] != heads else None, "head_size": head_size}
     return Inferred([q], init)
+
+
+def _check_mask(mask, scores: tuple) -> None:
+    """A mask broadcasts to the scores [batch, heads, queries, keys]: bool (true: may attend) or float (added)."""
+    from dslc.shapes import broadcast
+
+    if mask.dtype != "bool" and not mask.is_float:
+        raise ShapeError(f"attention: a mask is bool or float, got {mask.dtype}")
+    if not 2 <= mask.rank <= 4 or broadcast(mask.shape, scores) != scores:
+        shown = "[" + ", ".join(str(d) for d in scores) + "]"
+        raise ShapeError(
+            f"attention: the mask {mask.shape_str()} does not broadcast to the scores {shown}",
+            "a padding mask over the keys is [batch, 1, 1, keys]",
+        )
 
 
 def _attention_functional(xs, a) -> str:
     extra = {"kv_heads": a["kv_heads"]} if a["kv_heads"] is not None else {}
     if differs(a["causal"], False):  # a block parameter is passed on as it is
         extra["causal"] = a["causal"]
-    parts = [*xs, f"heads={py_literal(a['heads'])}", *(f"{k}={py_literal(v)}" for k, v in extra.items())]
+    parts = [*xs[:3], f"heads={py_literal(a['heads'])}", *(f"{k}={py_literal(v)}" for k, v in extra.items())]
     if differs(a["dropout"], 0.0):
         parts.append(f"dropout={py_literal(a['dropout'])} if self.training else 0.0")
+    if len(xs) == 4:
+        parts.append(f"mask={xs[3]}")
     return f"multi_head_attention({', '.join(parts)})"
 
 
@@ -170,7 +195,8 @@ register(
         doc="Scaled dot-product attention softmax(q k^T / sqrt(head_size)) v of projected queries, keys and "
         "values [batch, time, heads * head_size], split into heads; `kv_heads` fewer key/value heads for grouped-"
         "query (or, with 1, multi-query) attention; `causal=true` for a decoder, whose exported KV-cache graphs "
-        "keep this layer's keys and values.",
+        "keep this layer's keys and values. A fourth input masks the scores [batch, heads, queries, keys] it "
+        "broadcasts to: bool (true where a query may look) or float (added, e.g. -10000 at padding).",
         params=(
             Param("heads", "int", doc="number of query heads (must divide the query size)"),
             Param("kv_heads", "int", None, "number of key/value heads (default: heads); must divide heads"),
@@ -180,11 +206,11 @@ register(
         infer=_attention_infer,
         category="function",
         functional=_attention_functional,
-        inputs=(3, 3),
+        inputs=(3, 4),
         prefix="attended",
         helpers=("multi_head_attention",),
         example="a = attention(q, k, v, heads=32, kv_heads=8, causal=true)",
-        shape_rule="[batch, Tq, H*d], [batch, Tk, G*d], [batch, Tk, G*d] -> [batch, Tq, H*d]",
+        shape_rule="[batch, Tq, H*d], [batch, Tk, G*d], [batch, Tk, G*d] (, mask) -> [batch, Tq, H*d]",
     )
 )
 
@@ -220,16 +246,26 @@ def causal_mask(g, queries: str, keys: str, cached: bool) -> list[str]:
     return [g.one("Cast", [future], to=ONNX_DTYPES["bool"]), g.constant(float("-inf"), "float32", "minus_inf")]
 
 
-def scaled_attention(g, q: str, k: str, v: str, heads: int, kv_heads: int, head_size: int, causal: tuple | None) -> str:
+def scaled_attention(
+    g, q: str, k: str, v: str, heads: int, kv_heads: int, head_size: int, causal: tuple | None, mask: Any = None
+) -> str:
     """softmax(q k^T) v over [batch, heads, time, d] (q already scaled), merged back to [batch, time, heads * d].
     `causal` identifies the mask, None for none: layers whose queries and keys have the same lengths share one."""
     groups = heads // kv_heads
     keys = repeat_heads(g, k, kv_heads, groups, head_size)
     scores = g.one("MatMul", [q, g.one("Transpose", [keys], perm=[0, 1, 3, 2])])
+    if mask is not None:  # bool: true where a query may look; float: added
+        if mask.type.dtype == "bool":
+            minus_inf = g.constant(float("-inf"), "float32", "minus_inf")
+            scores = g.one("Where", [mask.name, scores, minus_inf])
+        else:
+            scores = g.one("Add", [scores, mask.name])
     if causal is not None:
         future, minus_inf = g.memo(("causal", *causal), lambda: causal_mask(g, q, k, cached=causal[-1]))
         scores = g.one("Where", [future, minus_inf, scores])
     weights = g.one("Softmax", [scores], axis=-1)
+    if mask is not None:  # a query whose every key is masked attends to nothing (0), as PyTorch's SDPA answers
+        weights = g.one("Where", [g.one("IsNaN", [weights]), g.constant(0.0, "float32", "zero"), weights])
     merged = g.one(
         "Transpose", [g.one("MatMul", [weights, repeat_heads(g, v, kv_heads, groups, head_size)])], perm=[0, 2, 1, 3]
     )
@@ -244,11 +280,15 @@ def _attention_onnx(g, xs, outs, a, key):
     scale = g.constant(1.0 / math.sqrt(head_size), "float32", "scale")
     q = split_heads(g, g.one("Mul", [xs[0].name, scale]), heads)
     k, v = split_heads(g, xs[1].name, kv_heads), split_heads(g, xs[2].name, kv_heads)
+    mask = xs[3] if len(xs) == 4 else None
     if a["causal"] and g.cache is not None:
-        k, v = g.cache.attend(g, xs, k, v, kv_heads, head_size)
+        if mask is not None:
+            g.cache.require_static(xs, "a masked causal attention")  # its mask would have to grow with the cache
+        k, v = g.cache.attend(g, xs[:3], k, v, kv_heads, head_size)
     elif g.cache is not None:
         g.cache.require_static(xs[1:], "attention without causal=true")
-    return [scaled_attention(g, q, k, v, heads, kv_heads, head_size, mask_key(g, xs, k, bool(plain(a["causal"]))))]
+    causal = mask_key(g, xs, k, bool(plain(a["causal"])))
+    return [scaled_attention(g, q, k, v, heads, kv_heads, head_size, causal, mask)]
 
 
 def mask_key(g, inputs: list, keys: str, causal: bool) -> tuple | None:

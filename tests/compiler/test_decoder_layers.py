@@ -97,9 +97,9 @@ def test_tied_weights_are_one_tensor_counted_once(decoder):
 
 def test_tied_weights_load_from_a_checkpoint_that_holds_one_name(decoder):
     """HuggingFace saves a tied model without the tied key (`lm_head.weight`): it still loads strictly."""
-    from dslc.training.weights import with_tied_keys
-
     import copy
+
+    from dslc.training.weights import with_tied_keys
 
     model = copy.deepcopy(decoder[1])
     state = {k: v.clone() + 1 for k, v in model.state_dict().items() if k != "lm_head.weight"}
@@ -210,3 +210,43 @@ def test_attention_and_rotary_take_block_arguments(tmp_path):
     assert "rotary_embedding(q, heads=self.heads, base=self.base)" in code
     assert "causal=self.causal" in code
     assert result.models[0].decoder is not None and result.models[0].decoder.layers == 2
+
+
+MASKED = """
+model encoder {
+    input x: float32[batch, time, 16]
+    input keep: bool[batch, 1, 1, time]
+    q = x -> q_proj: Linear(16)
+    k = x -> k_proj: Linear(16)
+    v = x -> v_proj: Linear(16)
+    output padded = attention(q, k, v, keep, heads=4)
+    output additive = attention(q, k, v, (1.0 - float(keep)) * -10000.0, heads=4)
+    output both = attention(q, k, v, keep, heads=2, causal=true)
+}
+"""
+
+
+def test_attention_masks_bool_and_additive(tmp_path):
+    spec = tmp_path / "masked.model"
+    spec.write_text(MASKED)
+    result = build(spec, tmp_path / "build")  # verified in onnxruntime
+    torch.manual_seed(0)
+    model = load_generated(result.python_path).MODELS["encoder"]().eval()
+    x = torch.randn(3, 7, 16)
+    keep = torch.ones(3, 1, 1, 7, dtype=torch.bool)
+    keep[1, ..., 5:] = False  # padding at the end of the second row
+    with torch.no_grad():
+        padded, additive, both = model(x, keep)
+        q, k, v = model.q_proj(x), model.k_proj(x), model.v_proj(x)
+        alone = model(x[1:2, :5], keep[1:2, ..., :5])[0]  # the row without its padding
+    torch.testing.assert_close(padded[1, :5], alone[0], rtol=0, atol=1e-5)  # padding changes nothing
+    torch.testing.assert_close(additive, padded, rtol=0, atol=1e-4)
+    reference = reference_attention(q, k, v, 2, 2)  # causal, no padding in row 0
+    torch.testing.assert_close(both[0], reference[0], rtol=0, atol=1e-5)
+    assert result.models[0].verified
+
+
+def test_attention_mask_must_broadcast_to_the_scores(write_spec):
+    spec = MASKED.replace("input keep: bool[batch, 1, 1, time]", "input keep: bool[batch, time]")
+    errors = errors_of(write_spec(spec))
+    assert "the mask [batch, time] does not broadcast to the scores [batch, 4, time, time]" in errors[0], errors
