@@ -121,6 +121,8 @@ def _imports(stem: str) -> str:
 
 
 def _load_data(cfg: c.TrainConfig) -> str:
+    if cfg.data.rollout:
+        return _load_episodes(cfg)
     opts = ", ".join(f"{k}={py_literal(_plain(v))}" for k, v in cfg.data.options.items())
     fields = ", ".join(f"{k} {v}" for k, v in cfg.data.fields.items())
     lines = [
@@ -134,6 +136,19 @@ def _load_data(cfg: c.TrainConfig) -> str:
         )
     lines.append(f"{I1}return data")
     return "\n".join(lines)
+
+
+def _load_episodes(cfg: c.TrainConfig) -> str:
+    opts = ", ".join(f"{k}={py_literal(_plain(v))}" for k, v in cfg.data.options.items() if k != "policy")
+    fields = ", ".join(f"{k} {v}" for k, v in cfg.data.fields.items())
+    text = f"{cfg.data.name}: {fields}; played by the current policy (act), batch = the steps of one update."
+    return "\n".join(
+        [
+            "def load_data(seed: int, data_dir: Path) -> sets.Episodes:",
+            *docstring(docstring_lines("\n".join(textwrap.wrap(text, 110))), I1),
+            f"{I1}return sets.Episodes(seed=seed, {opts})",
+        ]
+    )
 
 
 # ---------------------------------------------------------------- optimizers and schedules
@@ -218,7 +233,7 @@ def _metric_lines(cfg: c.TrainConfig) -> tuple[list[str], list[str]]:
 
 
 def _evaluate(cfg: c.TrainConfig) -> str:
-    validation = cfg.data.options["validation"] > 0
+    validation = cfg.data.options.get("validation", 0.0) > 0
     update, result = _metric_lines(cfg)
     first_field = next(iter(cfg.data.fields))
     lines = [
@@ -271,10 +286,10 @@ def _main(cfg: c.TrainConfig) -> str:
         f"{I1}data = load_data(args.seed, args.data_dir)",
         f"{I1}torch.manual_seed(args.seed)  # the same initial weights in every process",
         f"{I1}models = {{name: MODELS[name]().to(DEVICE) for name in {py_literal(cfg.models)}}}",
-        f"{I1}train_batches = run.batches(data.train, args.batch_size, shuffle={py_literal(cfg.shuffle)}, workers={cfg.workers})",
+        _train_batches(cfg),
     ]
     if needs_eval:
-        split = "data.val" if cfg.data.options["validation"] > 0 else "data.train"
+        split = "data.val" if cfg.data.options.get("validation", 0.0) > 0 else "data.train"
         out.append(
             f"{I1}eval_batches = run.batches({split}, args.batch_size, shuffle=False, workers={cfg.workers}, split=False)"
         )
@@ -312,6 +327,8 @@ def _main(cfg: c.TrainConfig) -> str:
         "",
         f"{I2}record = run.train_record(epoch, loss_sums, len(train_batches))",
     ]
+    if cfg.data.rollout:
+        out.append(f"{I2}record.update(train_batches.record(epoch))  # the mean return of the epoch's episodes")
     if needs_eval:
         out += [
             f"{I2}for model in models.values():",
@@ -340,9 +357,18 @@ def _main(cfg: c.TrainConfig) -> str:
     return "\n".join(out)
 
 
+def _train_batches(cfg: c.TrainConfig) -> str:
+    if cfg.data.rollout:
+        return f"{I1}train_batches = run.episodes(data, act, models)  # each batch: one update's episodes, played now"
+    return (
+        f"{I1}train_batches = run.batches(data.train, args.batch_size, shuffle={py_literal(cfg.shuffle)}, "
+        f"workers={cfg.workers})"
+    )
+
+
 def _evaluates(cfg: c.TrainConfig) -> bool:
     """Whether each epoch ends with evaluate(): for the validation losses or the metrics."""
-    return cfg.data.options["validation"] > 0 or bool(cfg.metrics)
+    return cfg.data.options.get("validation", 0.0) > 0 or bool(cfg.metrics)
 
 
 def _trained(cfg: c.TrainConfig) -> list[str]:

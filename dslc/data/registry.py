@@ -10,6 +10,7 @@ import codecs
 import contextlib
 import csv as csv_module
 import fnmatch
+import functools
 import io
 import math
 import os
@@ -46,6 +47,10 @@ class DatasetDef:
     params: tuple[P, ...]
     fields: Callable[[dict[str, Any], Path], dict[str, TensorType]]
     files: tuple[str, ...] = ()  # parameters naming files (resolved against the spec's folder)
+    # a source whose batches are played by the model being trained (episodes), not read from memory
+    rollout: bool = False
+    names: tuple[str, ...] = ()  # parameters written as a tensor name (`policy=logits`), kept as the name
+    records: tuple[tuple[str, bool], ...] = ()  # (key, higher is better): what it adds to each epoch's record
 
 
 def _t(dtype: str, *dims) -> TensorType:
@@ -113,6 +118,36 @@ def _text_lm(a, base):
 def _text(a, base):
     text_examples(data_file(a["path"], base), limit=CHECK_BYTES)
     return {"tokens": _t("int64", a["max_len"]), "label": _t("int64")}
+
+
+def _episodes(a, base):
+    observation, _ = env_spaces(a["env"])
+    return {"observation": _t("float32", *observation), "action": _t("int64"), "returns": _t("float32")}
+
+
+@functools.cache
+def env_spaces(env: str) -> tuple[tuple[int, ...], int]:
+    """(the observation's shape, the number of actions) of a gymnasium environment with a Box observation and a
+    Discrete action space; anything else is a BindError."""
+    from dslc.extras import require
+
+    gym = require("gymnasium", "the episodes data set")
+    try:
+        made = gym.make(env)
+    except Exception as exc:  # gymnasium raises its own errors (NameNotFound, VersionNotFound, ...) and others
+        raise BindError(
+            f"episodes: gymnasium cannot make the environment '{env}' ({_shown(str(exc), 160)})",
+            did_you_mean(env, list(gym.registry)) or 'e.g. env="CartPole-v1"',
+        ) from None
+    try:
+        observation, action = made.observation_space, made.action_space
+    finally:
+        made.close()
+    if not isinstance(observation, gym.spaces.Box) or not observation.shape:
+        raise BindError(f"episodes: {env} observes {observation}, expected a Box of numbers")
+    if not isinstance(action, gym.spaces.Discrete):
+        raise BindError(f"episodes: {env} acts in {action}; the policy samples discrete actions (a Discrete space)")
+    return tuple(int(d) for d in observation.shape), int(action.n)
 
 
 NUMPY_DTYPES = {
@@ -648,5 +683,28 @@ _register(
         (P("path", "str"), P("max_len", "int", 32), P("min_freq", "int", 1), P("lowercase", "bool", True), VALIDATION),
         _text,
         files=("path",),
+    )
+)
+_register(
+    DatasetDef(
+        "episodes",
+        "episodes of a gymnasium environment played by the policy being trained (reinforcement learning, "
+        "REINFORCE): each batch is one update's episodes, actions sampled from the softmax of the model output "
+        "`policy`; fields observation float32[batch, ...] (the environment's observation), action int64[batch] "
+        "(the action taken) and returns float32[batch] (the discounted return from that step on); `batch` is the "
+        "number of steps played. Each epoch records `episode_return`, the mean return of its episodes",
+        (
+            P("env", "str", doc='a gymnasium environment id with discrete actions, e.g. "CartPole-v1"'),
+            P("policy", "str", "logits", "the model output holding one score per action (a tensor name)"),
+            P("episodes_per_update", "int", 10, "episodes played for each optimizer step", low=1, high=100_000),
+            P("updates_per_epoch", "int", 10, "optimizer steps per epoch", low=1, high=1_000_000),
+            P("gamma", "float", 0.99, "discount factor of the returns", low=0.0, high=1.0),
+            P("max_steps", "int", None, "steps at most per episode (default: the environment's own limit)", low=1),
+            P("normalize", "bool", True, "standardise the returns over each batch (a baseline and a scale)"),
+        ),
+        _episodes,
+        rollout=True,
+        names=("policy",),
+        records=(("episode_return", True),),
     )
 )

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from dslc.data import registry
+from dslc.data.episodes import Episodes as Episodes  # the episodes data source, for training scripts
 from dslc.data.registry import DATASETS, check_columns, csv_number, data_file, read_csv, select_columns, text_examples
 from dslc.errors import did_you_mean, error
 from dslc.params import BindError

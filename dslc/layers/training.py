@@ -313,6 +313,44 @@ _loss(
 )
 
 
+def _reinforce_infer(args, inputs):
+    scores, action, returns = inputs
+    expect_float(scores, "reinforce")
+    if scores.rank < 2:
+        raise ShapeError(f"reinforce: 'scores' must be [batch, ..., actions], got {scores.shape_str()}")
+    _integer_ids(action, "reinforce", "action")
+    if action.shape != scores.shape[:-1]:
+        raise ShapeError(
+            f"reinforce: actions {action.shape_str()} do not match the scores {scores.shape_str()} "
+            f"(expected [{', '.join(map(str, scores.shape[:-1]))}])",
+            "the actions are the last dimension of the scores",
+        )
+    if not returns.is_float or returns.shape != action.shape:
+        raise ShapeError(
+            f"reinforce: 'returns' must be float, one per action {action.shape_str()}, got {returns}",
+            "the episodes data set gives them: episodes(...).returns",
+        )
+    return Inferred([SCALAR], dict(args))
+
+
+def _reinforce_src(xs, a):
+    scores, action, returns = xs
+    log_prob = f"{scores}.log_softmax(-1).gather(-1, {action}.unsqueeze(-1)).squeeze(-1)"
+    return f"-({log_prob} * {returns}).{a['reduction']}()"
+
+
+_loss(
+    "reinforce",
+    "The REINFORCE policy-gradient loss: -mean(log softmax(scores)[action] * returns), the log-probability of each "
+    "action taken weighted by the return that followed it (reduction=sum: summed over the steps).",
+    _reinforce_infer,
+    _reinforce_src,
+    (Param("reduction", "str", "mean", "mean or sum over the steps", ("mean", "sum")),),
+    inputs=(3, 3),
+    example="loss = reinforce(logits, action, returns)",
+)
+
+
 # ---------------------------------------------------------------- noise
 
 

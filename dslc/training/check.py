@@ -40,7 +40,10 @@ ROOT_SETTINGS = {
     "workers": "workers = 0",
     "shuffle": "shuffle = true",
     "augment": "augment = [random_crop(image, padding=4), random_flip(image)]",
+    "stop_at": "stop_at = 475.0  (stop once `monitor` reaches it)",
 }
+# Settings of batches read from memory: an episodes data set plays its own (episodes_per_update, updates_per_epoch).
+IN_MEMORY_SETTINGS = ("batch_size", "shuffle", "workers", "augment", "metrics")
 STEP_SETTINGS = {
     "loss": "loss = cross_entropy(logits, label)",
     "optimizer": "optimizer = adam(lr=1e-3)",
@@ -115,6 +118,14 @@ class TrainChecker:
         if data is None:
             return None
         self.fields = data.fields
+        act = self.guard(lambda: self.policy(data)) if data.rollout else None
+        for key in IN_MEMORY_SETTINGS if data.rollout else ():
+            if key in root_settings:
+                self.fail(
+                    root_settings[key].loc,
+                    f"'{key}' does not apply to {data.name}: each batch is the episodes of one update",
+                    "set episodes_per_update and updates_per_epoch instead; each epoch records episode_return",
+                )
         for name in self.fields:
             if name in self.models:
                 self.fail(data.loc, f"dataset field '{name}' has the name of a model; rename the model")
@@ -157,7 +168,10 @@ class TrainChecker:
         augment = self.guard(lambda: self.augment(root_settings.get("augment")))
         if augment is None:
             return None
+        if data.rollout and act is None:
+            return None
         config = self.config(root_settings, data, root, checked_steps, metrics)
+        config.act = act
         if augment:
             config.augment = augment
             config.settings["augment"] = augment
@@ -336,10 +350,10 @@ class TrainChecker:
                 cloc, f"unknown data set '{name}'", did_you_mean(name, DATASETS) or f"data sets: {', '.join(DATASETS)}"
             )
         dataset = DATASETS[name]
-        options = self.bind(
-            dataset.params, [self.static(a) for a in args], {k: self.static(v) for k, v in kwargs}, name, cloc
-        )
-        if not 0.0 <= options["validation"] < 1.0:
+        named = {k: v for k, v in kwargs if k in dataset.names and isinstance(v, ast.Name)}  # policy=logits
+        values = {k: v.id if k in named else self.static(v) for k, v in kwargs}
+        options = self.bind(dataset.params, [self.static(a) for a in args], values, name, cloc)
+        if not 0.0 <= options.get("validation", 0.0) < 1.0:
             raise self.fail(cloc, f"{name}: 'validation' must be in [0, 1), got {options['validation']}")
         for key in dataset.files:
             if not resolve_path(options[key], self.base).is_file():
@@ -353,7 +367,32 @@ class TrainChecker:
             raise self.fail(cloc, str(exc), exc.hint) from None
         for field in fields:
             check_identifier(field, cloc, "dataset field")
-        return c.Data(name, options, fields, cloc)
+        locs = {k: named[k].loc if k in named else cloc for k in dataset.names}
+        return c.Data(name, options, fields, cloc, dataset.rollout, dict(dataset.records), locs)
+
+    def policy(self, data: c.Data) -> c.Body:
+        """An episodes data set's policy: the model output it names, run on the observation alone, one score per
+        action of the environment. Returns the body the rollouts call (`act()` in the script)."""
+        from dslc.data.registry import env_spaces
+
+        name, loc = data.options["policy"], data.locs["policy"]
+        _, actions = env_spaces(data.options["env"])
+        body = TrainBody(self.checker, self.scope, self.models, {"observation": self.fields["observation"]}, {})
+        try:
+            scores = body.tensor_named(name, loc)
+        except _StatementFailedError:
+            raise _CheckFailedError from None
+        if not isinstance(body.env.get(name), ir.Var) or not any(isinstance(s, ir.Assign) for s in body.body):
+            raise self.fail(loc, f"{data.name}: policy '{name}' must be a model output, run on the observation")
+        want = f"float[batch, {actions}]"
+        if not scores.type.is_float or scores.type.rank != 2 or scores.type.shape[-1] != actions:
+            raise self.fail(
+                loc,
+                f"{data.name}: policy '{name}' is {scores.type}, but {data.options['env']} needs one score per "
+                f"action, {want}",
+                f"the model's last layer must have {actions} outputs, e.g. Linear({actions})",
+            )
+        return self.finish_body(body, set())
 
     # ------------------------------------------------------------ steps
 
@@ -576,11 +615,12 @@ class TrainChecker:
             if value < 1:
                 raise self.fail(settings[key].loc, f"{key} must be at least 1")
         patience = self.setting(settings, "early_stopping", P("early_stopping", "int", None, low=1))
-        validation = data.options["validation"] > 0
-        keys = ["train_loss", *(["val_loss"] if validation else []), *(u.key for u in metrics)]
+        validation = data.options.get("validation", 0.0) > 0
+        keys = ["train_loss", *(["val_loss"] if validation else []), *(u.key for u in metrics), *data.records]
         if len(steps) > 1:
             keys += [f"{p}_loss_{s.name}" for s in steps for p in (("train", "val") if validation else ("train",))]
-        monitor = self.setting(settings, "monitor", P("monitor", "str", "val_loss" if validation else "train_loss"))
+        default = next(iter(data.records), "val_loss" if validation else "train_loss")  # episodes: episode_return
+        monitor = self.setting(settings, "monitor", P("monitor", "str", default))
         if monitor not in keys:
             loc = settings["monitor"].loc if "monitor" in settings else self.train.loc
             raise self.fail(
@@ -589,7 +629,9 @@ class TrainChecker:
                 did_you_mean(monitor, keys) or f"recorded: {', '.join(keys)}",
             )
         use = next((u for u in metrics if u.key == monitor), None)
-        mode = "max" if use and METRICS[use.metric].higher_is_better else "min"
+        higher = METRICS[use.metric].higher_is_better if use else data.records.get(monitor, False)
+        mode = "max" if higher else "min"
+        stop_at = self.setting(settings, "stop_at", P("stop_at", "float", None))
         export = list(self.models)
         if "export" in settings:
             items = settings["export"].value
@@ -627,6 +669,7 @@ class TrainChecker:
             workers=workers,
             shuffle=self.setting(settings, "shuffle", P("shuffle", "bool", True)),
             label_checks=_unique(label_checks),
+            stop_at=stop_at,
         )
         config.settings = settings_json(config)
         return config
@@ -768,4 +811,5 @@ def settings_json(cfg: c.TrainConfig) -> dict[str, Any]:
         "checkpoint_every": cfg.checkpoint_every,
         "export": cfg.export,
         "shuffle": cfg.shuffle,
+        **({"stop_at": cfg.stop_at} if cfg.stop_at is not None else {}),
     }

@@ -85,6 +85,9 @@ class Data:
     options: dict[str, Any]
     fields: dict[str, TensorType]
     loc: Loc
+    rollout: bool = False  # played by the model being trained (episodes), not read from memory
+    records: dict[str, bool] = field(default_factory=dict)  # what it adds to each epoch's record: higher is better
+    locs: dict[str, Loc] = field(default_factory=dict)  # where its tensor-name options (policy=logits) are written
 
 
 @dataclass
@@ -118,3 +121,5 @@ class TrainConfig:
     label_checks: list[LabelCheck] = field(default_factory=list)
     augment: list[dict[str, Any]] = field(default_factory=list)  # {"name", "field", options}: training batches only
     settings: dict[str, Any] = field(default_factory=dict)  # the resolved settings, for config.json
+    stop_at: float | None = None  # stop once `monitor` reaches it (at least it for "max", at most for "min")
+    act: Body | None = None  # episodes: the policy's scores for a batch of observations, which the rollouts sample

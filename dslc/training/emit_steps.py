@@ -28,6 +28,8 @@ def step_functions(cfg: c.TrainConfig, source_lines: list[str]) -> list[str]:
     with writer.constant_names():
         parts = [writer.prepare()] if cfg.prepare.statements else []
         parts += [writer.step(s) for s in cfg.steps]
+        if cfg.act is not None:
+            parts.append(writer.act())
     return [writer.constants_block(), *parts] if writer.constants else parts
 
 
@@ -81,6 +83,20 @@ class _StepWriter:
                 f'{I1}"""Step \'{step.name}\': its loss{", and the tensors the metrics read" if outputs else ""}."""',
                 *[I1 + line for line in self.body_lines(step.body)],
                 f"{I1}return loss, {{{outputs}}}",
+            ]
+        )
+
+    def act(self) -> str:
+        """Episodes: the policy's action scores for a batch of observations; the rollouts sample from their softmax."""
+        policy = self.cfg.data.options["policy"]
+        return "\n".join(
+            [
+                "@torch.no_grad()",
+                f"def act{STEP_SIGNATURE} -> torch.Tensor:",
+                f'{I1}"""The action scores `{policy}` for the observations in `batch`: each action played is sampled '
+                'from their softmax."""',
+                *[I1 + line for line in self.body_lines(self.cfg.act)],
+                f"{I1}return {policy}",
             ]
         )
 

@@ -218,7 +218,8 @@ class Run:
         self.log = self.display.log
         self.folder = RunFolder(Path(args.out), self.log)
         monitor = self.config["monitor"]
-        self.history = History(monitor, self.config.get("monitor_mode", "min"), self.config.get("early_stopping"))
+        mode, patience = self.config.get("monitor_mode", "min"), self.config.get("early_stopping")
+        self.history = History(monitor, mode, patience, self.config.get("stop_at"))
         self.weights = WeightSources(self.log)
         self.models: dict[str, nn.Module] = {}
         self.steps: StepState = {}
@@ -252,6 +253,12 @@ class Run:
         rank, world = (self.processes.rank, self.processes.world) if split else (0, 1)
         batches = Batches(tensors, batch_size, shuffle, self.args.seed, rank, world, self.device, workers)
         return Augmented(batches, self.config["augment"]) if split and self.config.get("augment") else batches
+
+    def episodes(self, data: Any, act: Callable[..., torch.Tensor], models: dict[str, nn.Module]) -> Any:
+        """An episodes data source's batches, played by `act(models, batch)`: the policy's scores, in one process."""
+        if self.processes.world > 1:
+            raise error(None, "an episodes data set trains in one process", "drop --nproc (or run without torchrun)")
+        return data.play(lambda batch: act(models, batch), self.device)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         return self.processes.grad_scaler()
@@ -410,7 +417,10 @@ class Run:
             self.display.stop()
             self.processes.barrier()
             self._interrupted(f"after epoch {record['epoch']}", ckpt.path_for(self.folder.checkpoints, record["epoch"]))
-        if stop:
+        if stop and self.history.reached():
+            monitor = self.history.monitor
+            self.log(f"stopping: {monitor} reached {self.history.stop_at:g} ({record[monitor]:.4g}), stop_at")
+        elif stop:
             patience = self.config["early_stopping"]
             self.log(f"early stopping: {self.history.monitor} has not improved for {patience} epochs")
         self.processes.barrier()
