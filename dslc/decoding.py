@@ -140,8 +140,8 @@ def _decode_model(module: ir.ModuleIR, graph: Graph, cache: DecodeCache) -> onnx
         for layer in cache.layers
         for kind in ("key", "value")
         for fmt, shape in (
-            (PAST, [batch_name, layer.kv_heads, "past", layer.head_size]),
-            (PRESENT, [batch_name, layer.kv_heads, "total", layer.head_size]),
+            (PAST, [batch_name, layer.kv_heads, "past_sequence_length", layer.head_size]),
+            (PRESENT, [batch_name, layer.kv_heads, "total_sequence_length", layer.head_size]),
         )
     ]
     inputs = [value_info(p.name, p.type) for p in module.inputs] + [v for v in cached if v.name.startswith("past")]
@@ -152,15 +152,27 @@ def _decode_model(module: ir.ModuleIR, graph: Graph, cache: DecodeCache) -> onnx
 
 
 def _split(model: onnx.ModelProto, module: ir.ModuleIR, cache: DecodeCache) -> DecoderGraphs:
-    g = model.graph
-    producers = {out: node for node in g.node for out in node.output}
-    initializers = {t.name for t in g.initializer}
-    past = [v.name for v in g.input if v.name.startswith("past_key_values.")]
-    stepped = _stepped(g, {cache.stepped_input, *past})
-    types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
+    """decode_step: the graph cut at the memory values, fed as inputs; prefill: the graph on an empty past, also
+    returning the memory."""
+    past = [v.name for v in model.graph.input if v.name.startswith("past_key_values.")]
+    stepped = _stepped(model.graph, {cache.stepped_input, *past})
+    memory, kept_static = _memory(model.graph, stepped)
+    renamed = {name: MEMORY.format(i) for i, name in enumerate(memory)}
+    memory_info = [_typed(model.graph, name, renamed[name]) for name in memory]
+    decode = _decode_graph(model, cache, stepped, kept_static, renamed, memory_info)
+    prefill = _prefill_graph(model, cache, renamed, memory_info)
+    for m in (decode, prefill):
+        m.CopyFrom(onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True, data_prop=True))
+    return DecoderGraphs(cache.stepped_input, prefill, decode, list(cache.layers), list(renamed.values()))
 
-    # memory: the float values computed without the tokens that the stepped part reads (an encoder's output);
-    # integer values on the way (shapes) are recomputed by decode_step from the memory they come from
+
+def _memory(g: onnx.GraphProto, stepped: set[str]) -> tuple[list[str], set[str]]:
+    """The float values computed without the tokens that the stepped part reads (an encoder's output), in graph
+    order, and the names of the nodes decode_step keeps to recompute integer values (shapes) from them."""
+    producers = {out: node for node in g.node for out in node.output}
+    order = {out: i for i, node in enumerate(g.node) for out in node.output}
+    initializers = {t.name for t in g.initializer}
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
     memory: list[str] = []
     kept_static: set[str] = set()  # node names, unique in a lowered graph
     pending = [name for node in g.node if set(node.input) & stepped for name in node.input]
@@ -173,13 +185,19 @@ def _split(model: onnx.ModelProto, module: ir.ModuleIR, cache: DecodeCache) -> D
         if types.get(name) not in (ONNX_DTYPES["int64"], ONNX_DTYPES["bool"]):
             memory.append(name)
             continue
-        node = producers[name]
-        kept_static.add(node.name)
-        pending.extend(node.input)
-    memory.sort(key=lambda n: [i for i, node in enumerate(g.node) if n in node.output][0])
-    renamed = {name: MEMORY.format(i) for i, name in enumerate(memory)}
-    memory_info = [_typed(g, name, renamed[name]) for name in memory]
+        kept_static.add(producers[name].name)
+        pending.extend(producers[name].input)
+    return sorted(memory, key=order.__getitem__), kept_static
 
+
+def _decode_graph(
+    model: onnx.ModelProto,
+    cache: DecodeCache,
+    stepped: set[str],
+    kept_static: set[str],
+    renamed: dict[str, str],
+    memory_info: list[onnx.ValueInfoProto],
+) -> onnx.ModelProto:
     decode = onnx.ModelProto()
     decode.CopyFrom(model)
     nodes = [n for n in decode.graph.node if set(n.input) & stepped or n.name in kept_static]
@@ -192,22 +210,23 @@ def _split(model: onnx.ModelProto, module: ir.ModuleIR, cache: DecodeCache) -> D
     decode.graph.input.extend([*graph_inputs, *memory_info])
     _prune_initializers(decode)
     del decode.graph.value_info[:]
+    return decode
 
+
+def _prefill_graph(
+    model: onnx.ModelProto, cache: DecodeCache, renamed: dict[str, str], memory_info: list[onnx.ValueInfoProto]
+) -> onnx.ModelProto:
     prefill = onnx.ModelProto()
     prefill.CopyFrom(model)
-    empty = _empty_past(prefill, cache)
-    del prefill.graph.input[:]
-    prefill.graph.input.extend([v for v in model.graph.input if not v.name.startswith("past_key_values.")])
-    nodes = [*empty, *prefill.graph.node]
+    nodes = [*_empty_past(prefill, cache), *prefill.graph.node]
+    nodes += [helper.make_node("Identity", [name], [alias], name=f"n_{alias}") for name, alias in renamed.items()]
     del prefill.graph.node[:]
     prefill.graph.node.extend(nodes)
-    for name in memory:
-        prefill.graph.node.append(helper.make_node("Identity", [name], [renamed[name]], name=f"n_{renamed[name]}"))
+    del prefill.graph.input[:]
+    prefill.graph.input.extend([v for v in model.graph.input if not v.name.startswith("past_key_values.")])
     prefill.graph.output.extend(memory_info)
     del prefill.graph.value_info[:]
-    for m in (decode, prefill):
-        m.CopyFrom(onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True, data_prop=True))
-    return DecoderGraphs(cache.stepped_input, prefill, decode, list(cache.layers), [renamed[n] for n in memory])
+    return prefill
 
 
 def _stepped(g: onnx.GraphProto, roots: set[str]) -> set[str]:
