@@ -328,7 +328,7 @@ def _reinforce_infer(args, inputs):
     if not returns.is_float or returns.shape != action.shape:
         raise ShapeError(
             f"reinforce: 'returns' must be float, one per action {action.shape_str()}, got {returns}",
-            "the episodes data set gives them: episodes(...).returns",
+            "the episodes data set gives them as its field `returns`",
         )
     return Inferred([SCALAR], dict(args))
 

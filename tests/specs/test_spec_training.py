@@ -1,7 +1,8 @@
 """Every spec trains end to end: a short `dslc train` on a small subset of its data set lowers the
 loss (first vs last train_loss of metrics.jsonl), beats chance on its metric, and ends with
 verified ONNX graphs; the trained graphs then do their job through the dslc runtime (CTC decoding,
-greedy seq2seq decoding, sampling, generation). The RL policy trains with examples/policy_cartpole.py.
+greedy seq2seq decoding, sampling, generation). The RL policy trains by REINFORCE on CartPole-v1 (its episodes data
+set), so its check is the mean episode return, not the loss (tests/training/test_policy.py trains it to solved).
 
 The short runs use tiny subsets (`--set data.samples=N`) and 2 epochs, so the whole file takes a
 few minutes on 2 CPU cores; the learning checks marked slow train longer.
@@ -150,14 +151,14 @@ SHORT: dict[str, Case] = {
     "unet": Case(("--epochs", "2"), "mae", 0.2, False, notes="denoising digits 28x28; the noisy input's mae is 0.24"),
     # the runtime decoding is checked below; the spec's own settings are trained in a slow test
     "deepspeech": Case(DEEPSPEECH_SMALL, "cer", 0.5, False, notes="speech; all-blank output has cer 1.0"),
+    # 200 episodes of CartPole-v1 (measured: 23.0, then 59.3); the REINFORCE loss need not fall
+    "policy": Case(("--epochs", "2"), "episode_return", 40.0, notes="CartPole-v1; a random policy averages ~22"),
 }
-# policy.model: reinforcement learning, trained by examples/policy_cartpole.py (tested below)
-NOT_TRAINED_BY_DSLC_TRAIN = {"policy"}
 
 
 def test_every_spec_has_a_training_test():
     stems = {p.stem for p in SPEC_FILES}
-    assert stems == set(SHORT) | NOT_TRAINED_BY_DSLC_TRAIN
+    assert stems == set(SHORT)
 
 
 def train(spec: str, out: Path, *args: str) -> str:
@@ -201,6 +202,9 @@ def test_short_training_lowers_the_loss_and_exports_verified_onnx(trained, stem)
     if stem == "gan":
         # adversarial: the summed loss need not fall; the discriminator must beat chance (2 ln 2)
         assert history[-1]["train_loss_discriminator"] < 2 * np.log(2)
+    elif stem == "policy":
+        # REINFORCE's loss on standardised returns hovers around 0; the policy improves when its episodes last longer
+        assert history[-1]["episode_return"] > history[0]["episode_return"], history
     else:
         assert history[-1]["train_loss"] < history[0]["train_loss"], history
     if case.metric:
@@ -428,24 +432,19 @@ def _policy_main():
     return policy_cartpole.main
 
 
-def test_policy_reinforce_script_exports_a_policy_the_runtime_plays(tmp_path):
-    summary = _policy_main()(
-        ["--out", str(tmp_path), "--updates", "2", "--episodes", "4", "--eval-episodes", "2", "--quiet"]
-    )
+def test_policy_example_trains_through_dslc_train_and_the_runtime_plays_it(tmp_path):
+    """examples/policy_cartpole.py runs `dslc train` on the spec (its flags as --set values), then plays the exported
+    graph with the runtime; training to solved is tests/training/test_policy.py's slow test."""
+    args = ["--out", str(tmp_path), "--epochs", "2", "--updates-per-epoch", "1", "--episodes", "4"]
+    summary = _policy_main()([*args, "--eval-episodes", "2", "--quiet"])
     assert summary["verified"] and summary["max_abs_diff"] <= 1e-5
     assert summary["eval_episodes"] == 2 and summary["eval_mean_return"] >= 8  # CartPole ends after >= 8 steps
-    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2 == summary["epochs"]
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["train"]["data"]["episodes_per_update"] == 4 and config["train"]["stop_at"] == 475.0
 
 
 # ---------------------------------------------------------------- slow learning checks
-
-
-@pytest.mark.slow
-def test_policy_solves_cartpole_run_by_the_runtime(tmp_path):
-    """REINFORCE until CartPole is solved; the exported ONNX policy, run by dslc_runtime in the
-    environment, averages at least 195 over 100 episodes."""
-    summary = _policy_main()(["--out", str(tmp_path), "--quiet"])
-    assert summary["solved"] and summary["eval_mean_return"] >= 195, summary
 
 
 @pytest.mark.slow
