@@ -8,6 +8,7 @@ Only validated identifiers and `py_literal` text reach the output.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -55,13 +56,15 @@ def emit_train_script(
     text = "\n\n\n".join(p.rstrip("\n") for p in parts) + "\n"
     if "math." not in text.replace("import math\n", ""):
         text = text.replace("import math\n", "", 1)
+    functional = "import torch.nn.functional as F  # noqa: N812\n"
+    if not re.search(r"(?<![\w.])F\.", text.replace(functional, "")):  # a loss written without torch.nn.functional
+        text = text.replace(functional, "", 1)
     return format_long_lines("\n".join(line.rstrip() for line in text.split("\n")))
 
 
 def _helpers(code: str) -> list[str]:
     """The registry's helper functions the train steps call (`multi_head_attention(...)`), written out here: the
     model's file has only those its models call."""
-    import re
 
     from dslc.layers import HELPERS
 
@@ -173,7 +176,7 @@ def _optimizer_fn(cfg: c.TrainConfig, step: c.Step) -> str:
         lines.append(f"{I1}# frozen: keep their values (no gradient, not given to the optimizer)")
         for model in dict.fromkeys(f.model for f in step.frozen):
             paths = tuple(f.path for f in step.frozen if f.model == model)
-            lines.append(f"{I1}for name, p in {model}.named_parameters():")
+            lines.append(f"{I1}for name, p in {model}.named_parameters(remove_duplicate=False):  # tied: either name")
             lines.append(f'{I2}if any(name == f or name.startswith(f + ".") for f in {py_literal(paths)}):')
             lines.append(f"{I2}{I1}p.requires_grad_(False)")
         every = f"[p for p in {every} if p.requires_grad]"
