@@ -441,20 +441,23 @@ class TrainChecker:
             m: [(path, size) for path, _, _, size in self.program.layer_params(self.models[m])]
             for m in optimizer.models
         }
-        frozen, sizes = [], dict.fromkeys(optimizer.models, 0)
+        frozen: list[c.Frozen] = []
+        whole: dict[str, set[str]] = {m: set() for m in optimizer.models}  # layers frozen with all their parameters
         for path in paths:
             owners = [m for m, found in layers.items() if any(_covers(path, layer) for layer, _ in found)]
             if not owners:
-                tops = sorted({layer.split(".")[0] for found in layers.values() for layer, _ in found})
+                names = sorted({".".join(layer.split(".")[:n]) for found in layers.values() for layer, _ in found
+                                for n in range(1, layer.count(".") + 2)})  # fmt: skip
                 raise self.fail(
                     setting.value.loc,
                     f"freeze: '{path}' names no submodule or parameter of {', '.join(optimizer.models)}",
-                    did_you_mean(path.split(".")[0], tops) or f"its submodules: {', '.join(tops)}",
+                    did_you_mean(path, names) or f"its submodules: {', '.join(n for n in names if '.' not in n)}",
                 )
             for m in owners:
                 frozen.append(c.Frozen(m, path))
-                sizes[m] += sum(size for layer, size in layers[m] if layer == path or layer.startswith(path + "."))
-        if all(sizes[m] >= self.models[m].param_count for m in optimizer.models):
+                whole[m] |= {layer for layer, _ in layers[m] if layer == path or layer.startswith(path + ".")}
+        left = {m: sum(size for layer, size in layers[m] if layer not in whole[m]) for m in optimizer.models}
+        if not any(left.values()):
             raise self.fail(setting.value.loc, "freeze leaves no parameter to train", "freeze fewer submodules")
         return frozen
 

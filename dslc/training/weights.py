@@ -69,18 +69,44 @@ def _pick(state: dict[str, torch.Tensor], models: dict[str, nn.Module], path: st
     return best
 
 
-def with_tied_keys(state: dict[str, Any], expected: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """`state` with each tied key it lacks taken from its twin: a checkpoint saved as HuggingFace saves a tied
-    model (`transformer.wte.weight`, no `lm_head.weight`) loads strictly."""
+def tied_groups(expected: dict[str, torch.Tensor]) -> list[list[str]]:
+    """The state_dict keys that name one tensor (tied weights), in groups of two or more."""
     by_storage: dict[tuple[int, tuple[int, ...]], list[str]] = {}
     for key, tensor in expected.items():
         by_storage.setdefault((tensor.data_ptr(), tuple(tensor.shape)), []).append(key)
+    return [keys for keys in by_storage.values() if len(keys) > 1]
+
+
+def with_tied_keys(state: dict[str, Any], expected: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """`state` with each tied key it lacks taken from its twin: a checkpoint saved as HuggingFace saves a tied
+    model (`transformer.wte.weight`, no `lm_head.weight`) loads strictly. A checkpoint whose values under two
+    tied names differ is of an untied model: refused, not silently half-loaded."""
     filled = dict(state)
-    for keys in by_storage.values():
+    for keys in tied_groups(expected):
         present = [k for k in keys if k in state]
-        if len(keys) > 1 and present:
-            filled.update({k: state[present[0]] for k in keys if k not in state})
+        if not present:
+            continue
+        first = state[present[0]]
+        differ = next((k for k in present[1:] if state[k].shape != first.shape or not state[k].equal(first)), None)
+        if differ is not None:
+            raise error(
+                None,
+                f"--weights: the checkpoint's {present[0]} and {differ} differ, but the spec ties them (one tensor)",
+                "the checkpoint is of an untied model: remove the spec's tie (llama: --set tied=false)",
+            )
+        filled.update({k: first for k in keys if k not in state})
     return filled
+
+
+def _untied_hint(missing: list[str], state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str | None:
+    """A missing key shaped like a key the file has: the checkpoint's model ties them, the spec does not."""
+    for key in missing:
+        twin = next(
+            (k for k, v in state.items() if k in expected and tuple(v.shape) == tuple(expected[key].shape)), None
+        )
+        if twin is not None:
+            return f"if the checkpoint's model ties {key} to {twin}, the spec needs `tie {key} = {twin}` (llama: --set tied=true)"
+    return None
 
 
 def load_weights(items: list[str], models: dict[str, nn.Module]) -> list[str]:
@@ -94,6 +120,7 @@ def load_weights(items: list[str], models: dict[str, nn.Module]) -> list[str]:
         name = name or _pick(state, models, path)
         model = models[name]
         expected = model.state_dict()
+        given = len(state)
         state = with_tied_keys(state, expected)
         missing = [k for k in expected if k not in state]
         unexpected = [k for k in state if k not in expected]
@@ -114,9 +141,10 @@ def load_weights(items: list[str], models: dict[str, nn.Module]) -> list[str]:
             raise error(
                 None,
                 f"--weights: {path} does not fit model '{name}' (strict load): " + "; ".join(parts),
-                "check the spec's constants (e.g. --set classes=...) against the checkpoint",
+                (not unexpected and not shapes and _untied_hint(missing, state, expected))
+                or "check the spec's constants (e.g. --set classes=...) against the checkpoint",
             )
         with torch.no_grad():
             model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
-        lines.append(f"loaded {len(state)} tensors from {path} into '{name}'")
+        lines.append(f"loaded {given} tensors from {path} into '{name}'")
     return lines

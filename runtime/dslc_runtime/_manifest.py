@@ -69,7 +69,7 @@ def resolve(path: Path, model: str | None) -> Resolved:
     else:
         raise ModelError(f"model not found: {path}")
     manifest = read_manifest(manifest_path)
-    entry = _pick(_entries(manifest, manifest_path), model, manifest_path)
+    entry = _pick(_entries(manifest, manifest_path), model, manifest_path, _cache_graphs(manifest))
     onnx_path = resolve_inside(
         manifest_path.parent,
         entry.onnx,
@@ -213,14 +213,37 @@ def _strings(value: Any, where: str, path: Path) -> list[str] | None:
     return value
 
 
-def _pick(entries: list[ManifestEntry], model: str | None, path: Path) -> ManifestEntry:
+def _cache_graphs(manifest: dict[str, Any]) -> set[str]:
+    """The names of decoders' KV-cache graphs (a `decoder` section's prefill and decode_step): models of their
+    own, but not what a build directory means when no model is named."""
+    names: set[str] = set()
+    models = manifest.get("models")
+    for item in models if isinstance(models, list) else []:
+        decoder = item.get("decoder") if isinstance(item, dict) else None
+        if isinstance(decoder, dict):
+            names |= {
+                v
+                for k, v in decoder.items()
+                if k in ("prefill", "decode_step") and isinstance(v, str)
+            }
+    return names
+
+
+def _pick(
+    entries: list[ManifestEntry],
+    model: str | None,
+    path: Path,
+    cache_graphs: set[str] = frozenset(),
+) -> ManifestEntry:
     names = ", ".join(display(e.name) for e in entries)
     if model is None:
-        if len(entries) != 1:
+        main = [e for e in entries if e.name not in cache_graphs]
+        if len(main) != 1:
             raise ModelError(
-                f"{path} describes {len(entries)} models ({names}); choose one with model=NAME"
+                f"{path} describes {len(main)} models ({', '.join(display(e.name) for e in main)}); "
+                "choose one with model=NAME (--model NAME on the command line)"
             )
-        return entries[0]
+        return main[0]
     for entry in entries:
         if entry.name == model:
             return entry

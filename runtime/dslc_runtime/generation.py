@@ -330,12 +330,24 @@ class Generator:
         self.static_inputs = [n for n in first.input_names if n != tokens]
         """Inputs fed once (e.g. ``source``): what ``generate`` takes as keyword arguments."""
 
+    @property
+    def byte_level(self) -> bool:
+        """Whether the vocabulary is the 256 byte values (``text_lm``'s): text is its UTF-8 bytes."""
+        return (
+            self.vocab is not None
+            and len(self.vocab) == 256
+            and all(tok == chr(i) for i, tok in enumerate(self.vocab))
+        )
+
     def encode(self, text: str) -> list[int]:
-        """``text`` as token ids of the model's vocabulary (longest match first)."""
+        """``text`` as token ids of the model's vocabulary (longest match first; UTF-8 bytes for a byte-level
+        vocabulary)."""
         if not self.vocab:
             raise InputError(
                 f"{display(self.name)} has no vocabulary (dslc.vocab): give the prompt as token ids"
             )
+        if self.byte_level:
+            return list(text.encode("utf-8"))
         index = {tok: i for i, tok in reversed(list(enumerate(self.vocab))) if tok}
         longest = max(map(len, index), default=0)
         ids, at = [], 0
@@ -356,10 +368,22 @@ class Generator:
             at += size
         return ids
 
-    def decode(self, ids: Sequence[int]) -> str:
-        """Token ids as text (the vocabulary's tokens joined); ids outside it are written ``<id>``."""
+    def decode(self, ids: Any) -> str | list[str]:
+        """Token ids as text (the vocabulary's tokens joined; bytes read as UTF-8 for a byte-level vocabulary);
+        ids outside it are written ``<id>``. A batch ``[batch, time]``, as generate() returns it, gives a list."""
+        rows = np.asarray(ids)
+        if rows.size == 0:
+            return [] if rows.ndim == 2 else ""
+        if rows.ndim == 2:
+            return [self.decode(row) for row in rows]
+        if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+            raise InputError(
+                f"decode takes token ids [time] or [batch, time], got an array of shape {rows.shape}"
+            )
         vocab = self.vocab or []
-        return "".join(vocab[i] if 0 <= i < len(vocab) else f"<{i}>" for i in map(int, ids))
+        if self.byte_level and ((rows >= 0) & (rows < 256)).all():
+            return bytes(rows.astype(np.uint8).tolist()).decode("utf-8", errors="replace")
+        return "".join(vocab[i] if 0 <= i < len(vocab) else f"<{i}>" for i in map(int, rows))
 
     @property
     def cached(self) -> bool:

@@ -250,3 +250,16 @@ def test_attention_mask_must_broadcast_to_the_scores(write_spec):
     spec = MASKED.replace("input keep: bool[batch, 1, 1, time]", "input keep: bool[batch, time]")
     errors = errors_of(write_spec(spec))
     assert "the mask [batch, time] does not broadcast to the scores [batch, 4, time, time]" in errors[0], errors
+
+
+def test_a_checkpoint_whose_tied_names_differ_is_refused(decoder):
+    """An untied model's checkpoint into a tied spec: an error, not one of the two tensors silently dropped."""
+    import copy
+
+    from dslc.training.weights import with_tied_keys
+
+    model = copy.deepcopy(decoder[1])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["lm_head.weight"] = state["lm_head.weight"] + 1
+    with pytest.raises(DslcError, match="lm_head.weight differ, but the spec ties them"):
+        with_tied_keys(state, model.state_dict())

@@ -446,3 +446,25 @@ def test_dslc_run_generate(text_generator):
         [str(dslc), "run", str(text_generator.out), "--prompt", "1"], capture_output=True, text=True
     )
     assert misuse.returncode == 2 and "--prompt goes with --generate" in misuse.stderr
+
+
+def test_a_byte_vocabulary_reads_and_writes_utf8_and_decode_takes_a_batch():
+    """text_lm trains on UTF-8 bytes: encode and decode of a byte-level vocabulary do the same."""
+    from dslc_runtime.generation import Generator
+
+    gen = Generator.__new__(Generator)
+    gen.vocab = [chr(i) for i in range(256)]
+    assert gen.byte_level
+    ids = gen.encode("café")
+    assert ids == list("café".encode())
+    assert gen.decode(ids) == "café"
+    assert gen.decode(np.array([ids, ids])) == ["café", "café"]
+
+
+def test_a_decoders_build_directory_means_its_model_not_its_cache_graphs(text_generator):
+    """Model.load(build) picks the decoder itself: its prefill and decode_step entries are not candidates."""
+    from dslc_runtime import Model
+
+    model = Model.load(text_generator.out, providers="cpu")
+    assert model.name == "text_generator"
+    assert Model.load(text_generator.out, model="text_generator.prefill", providers="cpu").name.endswith("prefill")

@@ -59,3 +59,26 @@ def test_frozen_parameters_keep_their_values(tmp_path, write_spec):
 def test_freeze_errors(write_spec, frozen, message):
     errors = errors_of(write_spec(SPEC.replace("FROZEN", frozen)))
     assert len(errors) == 1 and message in errors[0], errors
+
+
+def test_freezing_a_tied_weight_freezes_it_under_both_names(tmp_path, write_spec):
+    tied = SPEC.replace(
+        "    output logits = h -> lm_head: Linear(vocab, bias=false)\n",
+        "    output logits = h -> lm_head: Linear(vocab, bias=false)\n    tie lm_head.weight = transformer.wte.weight\n",
+    ).replace("FROZEN", '["lm_head"]')
+    spec = write_spec(tied, "lm.model")
+    for out, extra in (("initial", ["--epochs", "0"]), ("trained", [])):
+        result = CliRunner().invoke(main, ["train", str(spec), "-o", str(tmp_path / out), "--quiet", *extra])
+        assert result.exit_code == 0, result.output
+    before = load_file(tmp_path / "initial" / "lm.safetensors")
+    after = load_file(tmp_path / "trained" / "lm.safetensors")
+    assert before["transformer.wte.weight"].equal(after["transformer.wte.weight"])
+    assert not before["transformer.wpe.weight"].equal(after["transformer.wpe.weight"])
+
+
+def test_overlapping_freezes_count_once_and_typos_get_the_full_name(write_spec):
+    from dslc.checker import check_file
+
+    check_file(write_spec(SPEC.replace("FROZEN", '["transformer.wte", "transformer"]')))  # ln and lm_head train
+    errors = errors_of(write_spec(SPEC.replace("FROZEN", '["transformer.wtee"]')))
+    assert "did you mean 'transformer.wte'" in errors[0], errors
