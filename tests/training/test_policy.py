@@ -67,6 +67,18 @@ def test_a_few_updates_raise_the_return_reproducibly(tmp_path):
     assert min(greedy_returns(tmp_path / "a", 3)) >= 8  # the exported graph plays: CartPole lasts >= 8 steps
 
 
+def test_a_resumed_run_plays_and_learns_what_an_uninterrupted_one_does(tmp_path):
+    """Resumed from epoch 2's checkpoint (epoch 3's removed), epoch 3 plays the same episodes: same record, same
+    weights."""
+    args = ("--epochs", "3", "--set", "data.updates_per_epoch=2")
+    whole = train(tmp_path, *args)
+    weights = (tmp_path / "policy.safetensors").read_bytes()
+    (tmp_path / "checkpoints" / "epoch-0003.safetensors").unlink()
+    resumed = train(tmp_path, *args, "--resume")
+    assert [r["episode_return"] for r in resumed] == [r["episode_return"] for r in whole]
+    assert (tmp_path / "policy.safetensors").read_bytes() == weights
+
+
 def test_another_seed_plays_other_episodes(tmp_path):
     args = ("--epochs", "1", "--set", "data.updates_per_epoch=2")
     assert (
