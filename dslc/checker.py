@@ -1103,7 +1103,7 @@ class BodyChecker:
         try:
             inferred = op.infer(bound, types)
         except ShapeError as exc:
-            self.fail(loc, str(exc), exc.hint, section=f"op-{op.name.lower()}")
+            self.fail(loc, str(exc), exc.hint, section=op.anchor)
         self.require_sizes(inferred.outputs, loc, op.name)
         if op.param_count(inferred.init):  # dslc's layers hold float32 weights: PyTorch refuses other floats
             for t in types:

@@ -49,6 +49,14 @@ def _report_errors(func):
             if missing is not None:
                 click.echo(missing.render(), err=True)
                 sys.exit(1)
+            if isinstance(exc, IndexError) and "index out of range in self" in str(exc):  # nn.Embedding's words
+                click.echo(
+                    "error: an Embedding was given an id beyond its table: token ids at or above its vocabulary "
+                    "size, or more positions than its table has (sequences longer than the model's position "
+                    "embedding: shorten them, e.g. text_lm's length)",
+                    err=True,
+                )
+                sys.exit(1)
             if debug:
                 traceback.print_exc()
             click.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)

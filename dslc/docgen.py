@@ -19,6 +19,7 @@ from typing import Any
 from dslc import checker, consteval, parser
 from dslc.errors import DOCS_URL, MAX_SHOWN
 from dslc.layers import REGISTRY, Op
+from dslc.layers.base import op_anchor
 from dslc.params import dsl_value, signature
 from dslc.shapes import DTYPES, MAX_EXAMPLE_SIZE
 
@@ -425,10 +426,6 @@ def param_table(params) -> list[str]:
             doc += ("; " if doc else "") + "one of " + ", ".join(f"`{dsl_value(c)}`" for c in choices)
         rows.append(f"| `{p.name}` | {p.kind} | {default} | {_cell(doc)} |")
     return rows
-
-
-def op_anchor(name: str) -> str:
-    return f"op-{name.lower()}"
 
 
 def unique_ops() -> list[Op]:

@@ -666,7 +666,7 @@ _register(
         "consecutive bytes and labels the bytes one further on (next-token targets); examples start every `stride` "
         "bytes (default: length); the vocabulary (the 256 byte values) is stored with the model",
         (
-            P("path", "str"),
+            P("path", "str", doc="the text file, relative to the spec's folder"),
             P("length", "int", 128, "bytes per example", low=1),
             P("stride", "int", None, "bytes between example starts (default: length)", low=1),
             VALIDATION,

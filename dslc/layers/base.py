@@ -82,6 +82,12 @@ class Op:
     def stateful(self) -> bool:
         return self.functional is None
 
+    @property
+    def anchor(self) -> str:
+        """The op's section in docs/reference.md: `op-conv2d`; of two names equal but for case (Conv1d and GPT-2's
+        Conv1D), the later registered gets `-2`."""
+        return op_anchor(self.name)
+
     def inputs_read_twice(self, init: dict[str, Any]) -> tuple[int, ...]:
         """The inputs the generated code mentions twice: each must be a name, not a repeated computation."""
         return self.reads_twice(init) if self.reads_twice is not None else ()
@@ -96,6 +102,12 @@ class Op:
 def reads_first_input(init: dict[str, Any]) -> tuple[int, ...]:
     """`reads_twice` of an op whose code mentions its (first) input twice whatever its arguments."""
     return (0,)
+
+
+def op_anchor(name: str) -> str:
+    """See `Op.anchor`: the anchor of the op registered as `name`."""
+    same = [n for n, op in REGISTRY.items() if n == op.name and n.lower() == name.lower()]
+    return f"op-{name.lower()}" + ("-2" if same and same[0] != name else "")
 
 
 REGISTRY: dict[str, Op] = {}
