@@ -37,6 +37,8 @@ def _train(train: Any) -> list[str]:
         lines += _train_body("prepare", train.prepare)
     for step in train.steps:
         lines += _train_body(f"step {step.name}", step.body)
+    if train.act is not None:  # episodes: what the rollouts sample actions from
+        lines += _train_body(f"act ({train.data.options['policy']})", train.act)
     return lines
 
 
