@@ -350,15 +350,21 @@ def train(spec: str, **values) -> None:
       dslc train specs/cnn.model --out runs/cnn --epochs 5
     """
     from dslc.training.command import prepare_run, resume_command_set, run_script
-    from dslc.training.run_folder import run_folder_locked
+    from dslc.training.run_folder import discard_unstarted_run, run_folder_locked
 
     resume = ["dslc", "train", spec, *train_flags.script_argv(values, command=True)]  # printed when interrupted
     out = Path(values["out"] or Path("runs") / module_name(Path(spec).stem))
     values.update(out=out, data_dir=values["data_dir"] or Path(spec).resolve().parent)
-    with run_folder_locked(out), resume_command_set(resume):  # one run at a time writes a run folder
-        script = prepare_run(spec, out, list(values["set"]), values["resume"], flags=values)
-        click.echo(f"wrote {script} (the training code that runs now)")
-        run_script(script, train_flags.script_argv(values), values["nproc"])
+    fresh = not out.exists() or not any(out.iterdir())
+    try:
+        with run_folder_locked(out), resume_command_set(resume):  # one run at a time writes a run folder
+            script = prepare_run(spec, out, list(values["set"]), values["resume"], flags=values)
+            click.echo(f"wrote {script} (the training code that runs now)")
+            run_script(script, train_flags.script_argv(values), values["nproc"])
+    except DslcError:
+        if fresh:  # a run that failed before its first checkpoint (a --weights file that does not fit) leaves nothing
+            discard_unstarted_run(out)
+        raise
 
 
 @main.command()

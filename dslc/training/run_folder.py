@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -242,3 +243,11 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         pass  # it exists, owned by someone else
     return True
+
+
+def discard_unstarted_run(out: Path) -> None:
+    """Remove a run folder this command created when the run failed before saving anything worth keeping (no
+    checkpoint, no exported graph): its config, scripts and spec copy describe a run that never happened."""
+    if not out.is_dir() or ckpt.checkpoints(out / "checkpoints") or any(out.glob("*.onnx")):
+        return
+    shutil.rmtree(out, ignore_errors=True)

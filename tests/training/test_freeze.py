@@ -82,3 +82,17 @@ def test_overlapping_freezes_count_once_and_typos_get_the_full_name(write_spec):
     check_file(write_spec(SPEC.replace("FROZEN", '["transformer.wte", "transformer"]')))  # ln and lm_head train
     errors = errors_of(write_spec(SPEC.replace("FROZEN", '["transformer.wtee"]')))
     assert "did you mean 'transformer.wte'" in errors[0], errors
+
+
+def test_a_checkpoint_that_does_not_fit_leaves_no_run_folder(tmp_path, write_spec):
+    """--weights of another model: a located error, and the new run folder is not left half-written."""
+    import torch
+    from safetensors.torch import save_file
+
+    spec = write_spec(SPEC.replace("FROZEN", '["transformer.wte"]'), "lm.model")
+    save_file({"other.weight": torch.zeros(2, 2)}, tmp_path / "other.safetensors")
+    out = tmp_path / "run"
+    args = ["train", str(spec), "-o", str(out), "--quiet", "--weights", str(tmp_path / "other.safetensors")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "--weights" in result.output
+    assert not out.exists()
