@@ -227,7 +227,7 @@ def build(
         if d:
             click.echo(
                 f"wrote {out / d.prefill['onnx']} and {d.decode_step['onnx']}: KV cache of {d.layers} attention "
-                f"layers; token by token they match PyTorch (max abs diff {d.max_abs_diff:.1e})"
+                f"layer{'s' if d.layers != 1 else ''}; token by token they match PyTorch (max abs diff {d.max_abs_diff:.1e})"
             )
 
 

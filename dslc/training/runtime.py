@@ -520,7 +520,7 @@ class Run:
                 d = r.decoder
                 self.log(
                     f"wrote {out / d.prefill['onnx']} and {d.decode_step['onnx']}: KV cache of {d.layers} attention "
-                    f"layers, verified token by token (max abs diff {d.max_abs_diff:.1e})"
+                    f"layer{'s' if d.layers != 1 else ''}, verified token by token (max abs diff {d.max_abs_diff:.1e})"
                 )
         if records:
             record = self.exported_record or records[-1]

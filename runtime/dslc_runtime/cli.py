@@ -162,7 +162,9 @@ def generate_cli(
     """Generate from a prompt (token ids, or ``text`` with the model's vocabulary) and print the tokens."""
     out = stream or sys.stdout
     _quiet_onnxruntime()
-    if (prompt is None) == (text is None):
+    if prompt is not None and text is not None:
+        raise InputError("give the prompt as --prompt (token ids) or as --text, not both")
+    if prompt is None and text is None:
         raise InputError("generating needs a prompt: --prompt '1 5 7' (token ids) or --text '...'")
     gen = Generator.load(model_path, model=model, providers=providers, cache=cache)
     ids = parse_prompt(prompt) if prompt is not None else [gen.encode(text or "")]
@@ -188,6 +190,11 @@ def generate_cli(
         inputs=static,
     )
     seconds = time.perf_counter() - start
+    if temperature <= 0 and (top_k is not None or top_p is not None or seed is not None):
+        print(
+            "  note: temperature 0 is greedy: --top-k, --top-p and --seed apply with --temperature > 0",
+            file=out,
+        )
     how = f"KV cache of {gen.layers} layers" if gen.cached else "full recompute per token"
     print(f"{display(gen.name)} on {gen.provider} ({how})", file=out)
     for note in gen.notes:
@@ -206,9 +213,9 @@ def generate_cli(
                 f"  text: {display(gen.decode(row[:prompt_len]), 10_000)} | {display(gen.decode(row[prompt_len:]), 10_000)}",
                 file=out,
             )
-    new = result.shape[0] * (result.shape[1] - prompt_len)
+    new = result.shape[0] * (result.shape[1] - prompt_len)  # padding after a stop token included
     print(
-        f"generated {new} token(s) in {seconds:.3f} s ({new / max(seconds, 1e-9):.0f} tokens/s)",
+        f"generated {new} token{'s' if new != 1 else ''} in {seconds:.3f} s ({new / max(seconds, 1e-9):.0f} tokens/s)",
         file=out,
     )
     if output_dir is not None:

@@ -447,8 +447,9 @@ class Generator:
         what = f"{quoted(name)} in {manifest_path}" if name is not None else str(path)
         if cache:
             raise ModelError(
-                f"{what} has no KV-cache graphs (no 'decoder' section in the manifest): rebuild it with this dslc, "
-                "or generate without the cache (cache=None or False)"
+                f"{what} has no KV-cache graphs (no 'decoder' section in the manifest): dslc writes them for a "
+                "decoder whose attention is causal; without them, generate with full recompute (--no-cache, "
+                "or cache=False in Python)"
             )
         full = Model.load(manifest_path or path, model=name, **options)
         tokens = _token_input(full)
