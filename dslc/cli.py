@@ -148,10 +148,10 @@ def _print_shapes(program) -> None:
         table = Table(title=escape(f"{module.kind} {module.signature}"), title_justify="left")
         for column in ("line", "layer", "op", "output", "params"):
             table.add_column(column, justify="right" if column in ("line", "params") else "left")
+        tied = {t.target.split(".")[0]: t for t in module.ties}  # counted in the total once, under the source
         for rec in module.records:
-            table.add_row(
-                str(rec.loc.line), escape(rec.module), escape(rec.what), escape(rec.output), f"{rec.params:,}"
-            )
+            params = f"{rec.params:,}" + (f" (tied: -{tied[rec.module].size:,})" if rec.module in tied else "")
+            table.add_row(str(rec.loc.line), escape(rec.module), escape(rec.what), escape(rec.output), params)
         table.add_row("", "", "total", "", f"{module.param_count:,}", style="bold")
         console.print(table)
 

@@ -28,8 +28,9 @@ def parameter_shape(
         sub = next((s for s in subs if s.attr == name), None)
         if sub is None:
             where = f"'{'.'.join(walked)}'" if walked else "the model"
-            known = ", ".join(s.attr for s in subs[:12]) or "none"
-            raise TieError(f"{where} has no layer or parameter '{name}' (it has: {known})")
+            known = ", ".join(s.attr for s in subs[:12])
+            has = f" (it has: {known})" if known else ""
+            raise TieError(f"{where} has no layer or parameter '{name}' above this line{has}")
         walked.append(name)
         if sub.kind == "param":
             if parts:
@@ -57,5 +58,7 @@ def _op_parameter(sub: ir.Submodule, parts: list[str], path: str) -> tuple[int, 
     if not parts:
         raise TieError(f"'{path}' is a layer, not a parameter: name one of its parameters, e.g. '{path}.weight'")
     if len(parts) != 1 or parts[0] not in shapes:
-        raise TieError(f"'{path}' ({op.name}) has the parameters {', '.join(shapes)}")
+        raise TieError(
+            f"'{path}' ({op.name}) has no parameter '{'.'.join(parts)}'; its parameters: {', '.join(shapes)}"
+        )
     return tuple(int(d) for d in shapes[parts[0]])
