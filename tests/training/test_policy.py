@@ -174,3 +174,30 @@ def test_stop_at_stops_once_the_monitor_reaches_it():
     assert not falling.should_stop()
     falling.records.append({"val_loss": 0.1})
     assert falling.should_stop()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_the_reinforce_loss_is_the_policy_gradient_of_the_actions_taken(tmp_path, reduction):
+    """The generated step computes -reduce(log softmax(logits)[action] * returns), and its act() returns the logits."""
+    import torch
+
+    from dslc.build import load_generated
+    from dslc.emit_torch import emit_program
+    from dslc.emit_train import emit_train_script
+
+    spec = tmp_path / "p.model"
+    loss = f'reinforce(logits, action, returns, reduction="{reduction}")'
+    spec.write_text(MODEL.format(data='episodes(env="CartPole-v1")', loss=loss, actions=2, extra=""))
+    program = check_file(spec)
+    (tmp_path / "p.py").write_text(emit_program(program))
+    (tmp_path / "p_train.py").write_text(emit_train_script(program))
+    sys.modules.pop("p", None)
+    script = load_generated(tmp_path / "p_train.py")
+    torch.manual_seed(0)
+    models = {"policy": script.MODELS["policy"]()}
+    batch = {"observation": torch.randn(5, 4), "action": torch.tensor([0, 1, 1, 0, 1]), "returns": torch.randn(5)}
+    logits = models["policy"](batch["observation"])
+    chosen = torch.log_softmax(logits, -1)[torch.arange(5), batch["action"]]
+    expected = -(chosen * batch["returns"])
+    torch.testing.assert_close(script.step_train(models, batch)[0], getattr(expected, reduction)())
+    torch.testing.assert_close(script.act(models, {"observation": batch["observation"]}), logits)
