@@ -12,7 +12,7 @@ from typing import Any
 
 from dslc import ast
 from dslc.errors import Loc, did_you_mean, error
-from dslc.hints import argument_hint
+from dslc.hints import argument_hint, call_hint
 from dslc.params import BindError, Param, brief, coerce, signature
 from dslc.shapes import Sym
 
@@ -37,14 +37,18 @@ def bind_arguments(
         values[params[0].name] = collected
         positional = []
     if len(positional) > len(params):
-        raise error(loc, f"{what} takes at most {len(params)} positional argument(s), got {len(positional)}", usage)
+        raise error(
+            loc,
+            f"{what} takes at most {len(params)} positional argument(s), got {len(positional)}",
+            call_hint(what) or usage,
+        )
     for param, value in zip(params, positional):
         values[param.name] = value
     by_name = {p.name: p for p in params}
     for key, vexpr in kwargs:
         if key not in by_name:
             literal = vexpr.value if isinstance(vexpr, (ast.Num, ast.Str)) else None  # `units=64`: Linear(64)
-            hint = argument_hint(what, key, params, literal) or did_you_mean(key, by_name) or usage
+            hint = argument_hint(what, key, params, literal) or call_hint(what) or did_you_mean(key, by_name) or usage
             raise error(vexpr.loc, f"{what} has no argument '{key}'", hint)
         if key in values:
             raise error(vexpr.loc, f"{what} got '{key}' twice")
@@ -73,4 +77,4 @@ def check_argument(param: Param, value: Any, loc: Loc, what: str) -> Any:
     try:
         return coerce(param, value, what)
     except BindError as exc:
-        raise error(loc, str(exc), exc.hint) from None
+        raise error(loc, str(exc), call_hint(what) or exc.hint) from None

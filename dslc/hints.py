@@ -16,8 +16,6 @@ _INFERRED = "in_channels come from the input"
 
 # Layer names dslc does not have -> the hint, with the dslc form in backticks.
 LAYERS: dict[str, str] = {
-    "Conv1D": "Keras's Conv1D(filters, kernel_size) is `Conv1d(out_channels, kernel)` in dslc; GPT-2's Conv1D "
-    "(Hugging Face) is a linear layer with its weight transposed: `Linear(out_features)`",
     "Conv2D": f"Keras's Conv2D(filters, kernel_size) is `Conv2d(out_channels, kernel)` in dslc; {_INFERRED}",
     "Conv2DTranspose": f"Keras's Conv2DTranspose is `ConvTranspose2d(out_channels, kernel)` in dslc; {_INFERRED}",
     "BatchNormalization": "Keras's BatchNormalization is `BatchNorm2d` (images) or `BatchNorm1d` ([batch, "
@@ -82,6 +80,18 @@ DROPPED: dict[str, str] = {
     "batch_first": "dslc's recurrent layers and attention are always batch-first; leave it out",
     "return_sequences": 'dslc writes it as returns="sequence" (the default) or returns="last"',
 }
+
+
+# Layers dslc has under a name another framework uses for something else: the hint when a call of it fails.
+CALLS: dict[str, str] = {
+    "Conv1D": "Keras's Conv1D(filters, kernel_size) is `Conv1d(out_channels, kernel)` in dslc; dslc's Conv1D is "
+    "GPT-2's (Hugging Face's) linear layer with an [in, out] weight: `Conv1D(out_features)`",
+}
+
+
+def call_hint(op: str) -> str | None:
+    """The hint for a failed call of `op`, when another framework's layer of that name takes other arguments."""
+    return CALLS.get(op)
 
 
 def layer_hint(name: str) -> str | None:

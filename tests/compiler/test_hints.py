@@ -38,7 +38,7 @@ ARGUMENTS = {
 
 LAYER_CASES = {
     "image -> Conv2D(8, 3)": "is `Conv2d(out_channels, kernel)` in dslc; in_channels come from the input",
-    "seq -> Conv1D(8, 3)": "GPT-2's Conv1D (Hugging Face) is a linear layer",
+    "seq -> Conv1D(8, 3)": "Keras's Conv1D(filters, kernel_size) is `Conv1d(out_channels, kernel)` in dslc",
     "image -> BatchNormalization": "`BatchNorm2d` (images) or `BatchNorm1d`",
     "image -> MaxPooling2D(2)": "`MaxPool2d(kernel)`",
     "image -> GlobalAveragePooling2D": "write `-> AdaptiveAvgPool2d(1) -> Flatten`",

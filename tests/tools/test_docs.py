@@ -52,6 +52,7 @@ def _spec_blocks():
 
 @pytest.mark.parametrize("source", list(_spec_blocks()))
 def test_doc_examples_check(source, tmp_path: Path):
+    (tmp_path / "corpus.txt").write_text("the text a fine-tuning example reads\n" * 20, encoding="utf-8")
     spec = tmp_path / "example.model"
     spec.write_text(source, encoding="utf-8")
     assert check_file(spec).exported
