@@ -177,7 +177,9 @@ def _optimizer_fn(cfg: c.TrainConfig, step: c.Step) -> str:
         for model in dict.fromkeys(f.model for f in step.frozen):
             paths = tuple(f.path for f in step.frozen if f.model == model)
             lines.append(f"{I1}for name, p in {model}.named_parameters(remove_duplicate=False):  # tied: either name")
-            lines.append(f'{I2}if any(name == f or name.startswith(f + ".") for f in {py_literal(paths)}):')
+            lines.append(
+                f'{I2}if any(name == prefix or name.startswith(prefix + ".") for prefix in {py_literal(paths)}):'
+            )
             lines.append(f"{I2}{I1}p.requires_grad_(False)")
         every = f"[p for p in {every} if p.requires_grad]"
     if opt.groups:

@@ -33,6 +33,7 @@ TRAIN_SCRIPT_NAMES = frozenset(
         "math", "model", "models", "n", "name", "nn", "outputs", "p", "params", "prepare", "progress", "record", "rt",
         "run", "seed", "sets", "start_epoch", "step", "steps_per_epoch", "sys", "torch", "F", "total", "totals",
         "train_batches", "train_models", "warmup", "optimizer", "scheduler", "data", "batch_size", "HERE", "data_dir",
+        "act", "prefix",
     }
 )  # fmt: skip
 TRAIN_SCRIPT_PREFIXES = ("step_", "make_optimizer_", "optimizer_", "scheduler_", "scaler_", "params_")
