@@ -237,22 +237,57 @@ def build(
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--check", is_flag=True, help="Change nothing; list the files that would change and exit 1 if any.")
+@click.option(
+    "--diff", is_flag=True, help="Change nothing; print a unified diff of the changes (with --check: exit 1 too)."
+)
 @_report_errors
-def fmt(files: tuple[str, ...], check: bool) -> None:
+def fmt(files: tuple[str, ...], check: bool, diff: bool) -> None:
     """Rewrite spec files in the canonical layout, keeping every comment.
+
+    Lines are at most 100 columns: long pipelines, calls, lists and block headers are wrapped.
 
     \b
     Example:
       dslc fmt specs/*.model
       dslc fmt --check specs/*.model   # in CI: exit 1 if a file is not formatted
+      dslc fmt --diff specs/cnn.model  # show what would change
     """
-    from dslc.fmt import format_file
+    from dslc.fmt import format_diff, format_file
 
-    changed = [path for path in files if format_file(path, check=check)]
-    for path in changed:
-        click.echo(f"{'would reformat' if check else 'reformatted'} {path}")
+    changed = []
+    for path in files:
+        if diff:
+            text = format_diff(path)
+            if text:
+                click.echo(text, nl=False)
+                changed.append(path)
+        elif format_file(path, check=check):
+            changed.append(path)
+    if not diff:
+        for path in changed:
+            click.echo(f"{'would reformat' if check else 'reformatted'} {path}")
     if check and changed:
         sys.exit(1)
+
+
+@main.command()
+@click.option("--stdio", is_flag=True, help="Talk over standard input and output (the default and only transport).")
+def lsp(stdio: bool) -> None:
+    """Run the language server: diagnostics, hover with shapes, completion, definitions, symbols,
+    formatting and inlay hints for editors (needs the `lsp` extra: pip install 'dslc[lsp]').
+
+    \b
+    Example:
+      dslc lsp    # started by the editor; see docs/editors.md for VS Code, Neovim and Helix
+    """
+    try:
+        from dslc.lsp.server import main as serve
+    except ImportError as exc:
+        click.echo(
+            f"error: dslc lsp needs pygls and lsprotocol ({exc}); install them with: pip install 'dslc[lsp]'", err=True
+        )
+        sys.exit(1)
+    serve()
 
 
 @main.command()

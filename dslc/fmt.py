@@ -4,18 +4,25 @@ The formatter prints the syntax tree back (canonical spacing, minimal parenthese
 strings, four-space indentation) and places the comments by position, found with the real lexer:
 
 * a comment on its own line stays on its own line, before the next statement (or before `}`);
-* a comment after code stays at the end of the line that holds that code.
+* a comment after code stays at the end of the line that holds that code, unless the line would
+  then be longer than MAX_WIDTH: it goes on its own line just above. Trailing comments of
+  consecutive lines start in one column where that keeps them within the width.
 
-Pipelines keep the line breaks the author chose between stages (each source line of stages becomes
-one continuation line `-> A -> B`); a one-line pipeline longer than MAX_WIDTH is broken before
-every `->`. Blank lines are kept, at most one in a row. Numbers and docstrings are written exactly
-as in the source. The result re-parses to the same syntax tree (checked on every call), and
-formatting it again changes nothing.
+Lines are at most MAX_WIDTH columns, unless a single token (a long string or name) is longer:
+layout is by `dslc.layout`. Pipelines keep the line breaks the author chose between stages (in
+groups, loops and ifs too) and fill each line up to the width, breaking before `->`; a stage too
+long for a line of its own breaks inside: a group's, loop's or if's stages go on their own lines, a
+call's arguments (a list's items, a block's parameters) on one indented line, or one per line when
+they do not fit there. Operator chains break before their operators as pipelines do. Blank lines
+are kept, at most one in a row. Numbers and docstrings are written exactly as in the source. The
+result re-parses to the same syntax tree (checked on every call), and formatting it again changes
+nothing.
 """
 
 from __future__ import annotations
 
 import bisect
+import difflib
 import json
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -24,6 +31,7 @@ from typing import Any
 from dslc import ast
 from dslc.errors import DslcError, error, read_source
 from dslc.fileio import write_atomic
+from dslc.layout import Break, Fill, Group, Indent, Text, flat, render
 from dslc.parser import _lark, parse
 
 MAX_WIDTH = 100
@@ -43,6 +51,7 @@ BINARY = {  # op -> (level, minimum level of the left operand, of the right oper
     "**": (POWER, POSTFIX, UNARY),
 }
 CHAINS = {"or", "and", "+", "-", "*", "/", "//", "%", "@"}  # operators a long statement may break before
+SOFT, LINE, HARD = Break(""), Break(" "), Break(" ", hard=True)
 
 
 @dataclass
@@ -71,23 +80,49 @@ class _Line:
         return code.ljust(self.column - 2) + "  " + "  ".join(self.trailing)
 
 
-def _align_trailing(lines: list[_Line]) -> None:
-    """Trailing comments on consecutive lines start in one column (as gofmt does)."""
+def _align_trailing(lines: list[_Line], width: int = MAX_WIDTH) -> None:
+    """Trailing comments on consecutive lines start in one column (as gofmt does), where that column keeps
+    every line of the run within MAX_WIDTH: a line that would overflow starts a new run."""
     run: list[_Line] = []
-    for line in [*lines, None]:
-        if line is not None and line.trailing and "\n" not in line.text:
-            run.append(line)
-            continue
-        column = max((len(INDENT * x.depth + x.text) + 2 for x in run), default=0)
+    column = longest = 0
+
+    def close() -> None:
         for x in run:
             x.column = column
-        run = []
+
+    for line in [*lines, None]:
+        if line is not None and line.trailing and "\n" not in line.text:
+            code = len(INDENT * line.depth + line.text) + 2
+            comment = len("  ".join(line.trailing))
+            if run and max(column, code) + max(longest, comment) > width:
+                close()
+                run, column, longest = [], 0, 0
+            run.append(line)
+            column, longest = max(column, code), max(longest, comment)
+            continue
+        close()
+        run, column, longest = [], 0, 0
 
 
-def format_source(source: str, path: str = "<string>") -> str:
-    """The canonical form of `source`. Raises DslcError on a syntax error."""
+def _lift_long_trailing(lines: list[_Line], width: int = MAX_WIDTH) -> list[_Line]:
+    """A trailing comment that would take its line past MAX_WIDTH goes on its own line just above (one
+    level deeper before a `}`, where the comment belongs to the body it closes)."""
+    out: list[_Line] = []
+    for line in lines:
+        if line.trailing and "\n" not in line.text:
+            used = len(INDENT * line.depth + line.text) + 2 + len("  ".join(line.trailing))
+            if used > width:
+                depth = line.depth + 1 if line.text.startswith("}") else line.depth
+                out += [_Line(depth, comment, line.src) for comment in line.trailing]
+                line.trailing = []
+        out.append(line)
+    return out
+
+
+def format_source(source: str, path: str = "<string>", width: int = MAX_WIDTH) -> str:
+    """The canonical form of `source` (lines of at most `width` columns). Raises DslcError on a syntax error."""
     program = parse(source, path)
-    result = _Formatter(program).run()
+    result = _Formatter(program, width).run()
     _check_same_tree(program, result, path)
     return result
 
@@ -101,6 +136,18 @@ def format_file(path: str | Path, check: bool = False) -> bool:
     if not check:
         write_atomic(path, result, follow_symlinks=True)
     return True
+
+
+def format_diff(path: str | Path) -> str:
+    """A unified diff from the file to its formatted text ("" when it is formatted already)."""
+    source = read_source(path)
+    result = format_source(source, str(path))
+    if result == source:
+        return ""
+    lines = difflib.unified_diff(
+        source.splitlines(keepends=True), result.splitlines(keepends=True), f"{path}", f"{path} (formatted)"
+    )
+    return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
 
 
 def strip_locations(node: Any) -> Any:
@@ -133,8 +180,9 @@ def _normalize_comment(raw: str) -> str:
 
 
 class _Formatter:
-    def __init__(self, program: ast.Program):
+    def __init__(self, program: ast.Program, width: int = MAX_WIDTH):
         self.program = program
+        self.width = width
         self.lines = program.source.split("\n")
         self.tokens: list[tuple[Pos, str]] = []  # (position, type) of every code token
         self.values: dict[Pos, str] = {}
@@ -176,7 +224,8 @@ class _Formatter:
         missing = [c for c in self.comments if c.pos not in self.used]
         if missing:
             raise error(None, f"internal error: fmt would drop the comment on line {missing[0].pos[0]}")
-        _align_trailing(self.out)
+        self.out = _lift_long_trailing(self.out, self.width)
+        _align_trailing(self.out, self.width)
         return "".join(line.render() + "\n" for line in self.out)
 
     def _emit(self, depth: int, text: str, src: int) -> _Line:
@@ -234,13 +283,13 @@ class _Formatter:
         self.blank = False
         return close
 
-    def _braced(self, depth: int, header: str, start: Pos, children, emit, close_text: str = "}") -> Pos:
+    def _braced(self, depth: int, header, start: Pos, children, emit, close_text: str = "}") -> Pos:
         open_ = self._next_token(start, "LBRACE")
         close = self._next_token(max([open_] + [e for _, e, _ in children]), "RBRACE")
         if not children and not self._has_comments(open_, close):
-            self._leaf(depth, [(0, header + " {}", start[0])], start, close)
+            self._leaf(depth, self._lines([header, Text(" {}")], depth, start[0]), start, close)
             return close
-        self._leaf(depth, [(0, header + " {", start[0])], start, open_)
+        self._leaf(depth, self._lines([header, Text(" {")], depth, start[0]), start, open_)
         self.out[-1].opens = True
         self._container(depth + 1, open_, children, emit)
         self._emit(depth, close_text, close[0])
@@ -269,23 +318,50 @@ class _Formatter:
             return (start[0], start[1] + len(value) - 1)
         return (start[0] + value.count("\n"), len(value) - last_nl - 1)
 
+    # ------------------------------------------------------------ layout
+
+    def _lines(self, doc, depth: int, src: int) -> list[tuple[int, str, int]]:
+        """`doc` laid out at the width, its first line at `depth`: (extra indent, text, source line)."""
+        return [
+            (level, text, line if line is not None else src) for level, text, line in render(doc, depth, self.width)
+        ]
+
+    def _bracket(self, open_: str, items: list, close: str, loc, trailing: str = ""):
+        """`open_ items close`: on one line if it fits, else the items on one indented line, else one per line."""
+        if not items:
+            return Text(open_ + close, loc.line)
+        inner: list = []
+        for k, item in enumerate(items):
+            if k:
+                inner += [Text(","), LINE]
+            inner.append(item)
+        if trailing:
+            inner.append(Text(trailing))
+        return Group([Text(open_, loc.line), Indent([SOFT, Group(inner)]), SOFT, Text(close, loc.end_line or loc.line)])
+
     # ------------------------------------------------------------ items
 
     def _item(self, item: ast.Item, depth: int) -> None:
         start, end = _start(item.loc), _end(item.loc)
+        line = start[0]
         if isinstance(item, ast.Import):
             if item.names is not None:
-                text = f"from {_str(item.path)} import {', '.join(item.names)}"
+                names = [Text(n + ("," if k < len(item.names) - 1 else "")) for k, n in enumerate(item.names)]
+                parts: list = [names[0]]
+                for name in names[1:]:
+                    parts += [LINE, name]
+                doc = [Text(f"from {_str(item.path)} import ", line), Indent([Fill(parts)])]
             else:
-                text = f"import {_str(item.path)}" + (f" as {item.alias}" if item.alias else "")
-            self._leaf(depth, [(0, text, start[0])], start, end)
+                doc = Text(f"import {_str(item.path)}" + (f" as {item.alias}" if item.alias else ""), line)
+            self._leaf(depth, self._lines(doc, depth, line), start, end)
         elif isinstance(item, ast.Const):
-            self._leaf(depth, self._value_lines(f"const {item.name} = ", item.value, start[0], depth), start, end)
+            self._leaf(depth, self._value_lines(f"const {item.name} = ", item.value, line, depth), start, end)
         elif isinstance(item, ast.BlockDef):
             if item.is_model:
-                header = f"model {item.name}"
+                header = Text(f"model {item.name}", line)
             else:
-                header = f"block {item.name}({', '.join(self._param(p) for p in item.params)})"
+                params = [self._param(p) for p in item.params]
+                header = [Text(f"block {item.name}", line), self._bracket("(", params, ")", item.loc)]
             self._body(
                 depth,
                 header,
@@ -295,10 +371,10 @@ class _Formatter:
                 self._stmt_child(depth + 1),
             )
         elif isinstance(item, ast.TrainDef):
-            header = "train" + (f" {item.name}" if item.name else "")
+            header = Text("train" + (f" {item.name}" if item.name else ""), line)
             self._body(depth, header, start, item.doc, self._train_children(item.items), self._train_child(depth + 1))
 
-    def _body(self, depth: int, header: str, start: Pos, doc: str | None, children, emit) -> None:
+    def _body(self, depth: int, header, start: Pos, doc: str | None, children, emit) -> None:
         if doc is not None:
             open_ = self._next_token(start, "LBRACE")
             doc_start = self._next_token(open_, "STRING")
@@ -316,8 +392,9 @@ class _Formatter:
     def _docstring(self, start: Pos, end: Pos, depth: int) -> None:
         self._leaf(depth, [(0, self.values[start], start[0])], start, end)
 
-    def _param(self, p: ast.Param) -> str:
-        return f"{p.name}: {p.type}" + (f" = {self.expr(p.default)}" if p.default is not None else "")
+    def _param(self, p: ast.Param):
+        head = Text(f"{p.name}: {p.type}", p.loc.line)
+        return [head, Text(" = "), self.expr_doc(p.default)] if p.default is not None else head
 
     # ------------------------------------------------------------ training
 
@@ -329,7 +406,7 @@ class _Formatter:
             if isinstance(item, ast.Setting):
                 self._leaf(depth, self._value_lines(f"{item.name} = ", item.value, start[0], depth), start, end)
             else:
-                header = item.kind + (f" {item.name}" if item.name else "")
+                header = Text(item.kind + (f" {item.name}" if item.name else ""), start[0])
                 self._braced(depth, header, start, self._train_children(item.items), self._train_child(depth + 1))
 
         return emit
@@ -341,20 +418,25 @@ class _Formatter:
             if isinstance(stmt, ast.If):
                 self._if(stmt, depth)
                 return
+            line = start[0]
             if isinstance(stmt, ast.InputDecl):
-                lines = [(0, f"input {stmt.name}: {self._type(stmt.type)}", start[0])]
+                lines = self._lines([Text(f"input {stmt.name}: ", line), self._type(stmt.type)], depth, line)
             elif isinstance(stmt, ast.ParamDecl):
-                head = f"param {stmt.name}: {self._type(stmt.type)}"
-                lines = [(0, head + (f" = {self.expr(stmt.init)}" if stmt.init else ""), start[0])]
+                doc = [Text(f"param {stmt.name}: ", line), self._type(stmt.type)]
+                if stmt.init:
+                    doc += [Text(" = "), self.expr_doc(stmt.init)]
+                lines = self._lines(doc, depth, line)
+            elif isinstance(stmt, getattr(ast, "Tie", ())):  # `tie lm_head.weight = transformer.wte.weight`
+                lines = [(0, f"tie {stmt.target} = {stmt.source}", line)]
             elif isinstance(stmt, ast.OutputDecl):
-                head = f"output {stmt.name}" + (f": {self._type(stmt.type)}" if stmt.type else "")
+                head = [Text(f"output {stmt.name}", line)] + ([Text(": "), self._type(stmt.type)] if stmt.type else [])
                 lines = (
-                    self._value_lines(head + " = ", stmt.value, start[0], depth)
+                    self._value_lines([*head, Text(" = ")], stmt.value, line, depth)
                     if stmt.value
-                    else [(0, head, start[0])]
+                    else self._lines(head, depth, line)
                 )
             else:
-                lines = self._value_lines(", ".join(stmt.targets) + " = ", stmt.value, start[0], depth)
+                lines = self._value_lines(", ".join(stmt.targets) + " = ", stmt.value, line, depth)
             self._leaf(depth, lines, start, end)
 
         return emit
@@ -364,190 +446,174 @@ class _Formatter:
         prev_close: Pos | None = None
         branches = list(stmt.branches)
         for i, (cond, body) in enumerate(branches):
-            word = "if" if i == 0 else "} elif"
+            word = "if " if i == 0 else "} elif "
             children = [(_start(s.loc), _end(s.loc), s) for s in body]
             header_start = start if prev_close is None else prev_close
-            prev_close = self._if_branch(depth, f"{word} {self.expr(cond)}", header_start, _end(cond.loc), children)
+            header = [Text(word, header_start[0]), self.expr_doc(cond)]
+            prev_close = self._if_branch(depth, header, header_start, _end(cond.loc), children)
         after = self._token_after(prev_close)
         if stmt.orelse or (after and after[1] == "ELSE"):
             children = [(_start(s.loc), _end(s.loc), s) for s in stmt.orelse]
-            prev_close = self._if_branch(depth, "} else", prev_close, after[0], children)
+            prev_close = self._if_branch(depth, Text("} else", prev_close[0]), prev_close, after[0], children)
         self._emit(depth, "}", prev_close[0])
 
-    def _if_branch(self, depth: int, header: str, start: Pos, cond_end: Pos, children) -> Pos:
+    def _if_branch(self, depth: int, header, start: Pos, cond_end: Pos, children) -> Pos:
         open_ = self._next_token(cond_end, "LBRACE")
-        self._leaf(depth, [(0, header + " {", start[0])], start, open_)
+        self._leaf(depth, self._lines([header, Text(" {")], depth, start[0]), start, open_)
         self.out[-1].opens = True
         return self._container(depth + 1, open_, children, self._stmt_child(depth + 1))
 
-    def _type(self, t: ast.TensorTypeExpr) -> str:
-        return f"{t.dtype}[{', '.join(self.expr(d, ARITH) for d in t.dims)}]"
+    def _type(self, t: ast.TensorTypeExpr):
+        return self._bracket(f"{t.dtype}[", [self.expr_doc(d, ARITH) for d in t.dims], "]", t.loc)
 
-    def _value_lines(self, head: str, value: ast.Expr, src: int, depth: int) -> list[tuple[int, str, int]]:
+    def _value_lines(self, head, value: ast.Expr, src: int, depth: int) -> list[tuple[int, str, int]]:
         """`head + value`; a pipeline or an operator chain may span lines (see the module doc)."""
-        if isinstance(value, ast.Pipe):
-            first = self.expr(value.source, POSTFIX)
-            pieces = [("->", self.stage(s), s.loc.line, s.loc.end_line) for s in value.stages]
-            lines = self._chain(head + first, value.source.loc.end_line, pieces, src, depth)
-            if all(_width(depth + extra, text) <= MAX_WIDTH for extra, text, _ in lines):
-                return lines
-            # a group, loop or if too long for one line: its stages one per line inside it (`h = x -> conv: (`)
-            first_stage, *rest = value.stages
-            lines = self._stage_lines(first_stage, 0, f"{head}{first} -> ", depth)
-            for stage in rest:
-                lines += self._stage_lines(stage, 1, "-> ", depth)
-            return lines
-        if isinstance(value, ast.BinOp) and value.op in CHAINS:
-            level, left_min, right_min = BINARY[value.op]
-            operands: list[tuple[str, ast.Expr]] = []
-            node: ast.Expr = value
-            while isinstance(node, ast.BinOp) and node.op in CHAINS and BINARY[node.op][0] == level:
-                operands.insert(0, (node.op, node.right))
-                node = node.left
-            pieces = [(op, self.expr(e, right_min), e.loc.line, e.loc.end_line) for op, e in operands]
-            return self._chain(head + self.expr(node, left_min), node.loc.end_line, pieces, src, depth)
-        return [(0, head + self.expr(value), src)]
+        head = Text(head, src) if isinstance(head, str) else head
+        return self._lines([head, self._value_doc(value)], depth, src)
 
-    def _chain(self, first: str, first_end: int, pieces, src: int, depth: int) -> list[tuple[int, str, int]]:
-        """Lines for `first op p1 op p2 ...`: the author's line breaks kept, long lines wrapped."""
-        lines: list[tuple[int, list[str], int]] = [(0, [first], src)]
-        last_line = first_end
-        for op, text, line, end_line in pieces:
-            if line > last_line:
-                lines.append((1, [], line))
-            lines[-1][1].append(f"{op} {text}")
-            last_line = end_line
-        out: list[tuple[int, str, int]] = []
-        for extra, parts, line in lines:
-            width = MAX_WIDTH - len(INDENT) * (depth + extra)
-            current = parts[0]
-            for part in parts[1:]:
-                if len(current) + 1 + len(part) > width:
-                    out.append((extra, current, line))
-                    current, extra, width = part, 1, MAX_WIDTH - len(INDENT) * (depth + 1)
-                else:
-                    current += " " + part
-            out.append((extra, current, line))
-        return out
+    def _value_doc(self, value: ast.Expr):
+        """A statement's value: a pipeline or operator chain keeps the author's line breaks."""
+        if isinstance(value, ast.Pipe):
+            return Indent([self._pipe_fill(self.expr_doc(value.source, POSTFIX), value.source, value.stages, True)])
+        if isinstance(value, ast.BinOp) and value.op in CHAINS:
+            return Indent([self._chain_fill(value, True)])
+        return self.expr_doc(value)
+
+    def _pipe_fill(self, first, first_node, stages: list[ast.Stage], keep_breaks: bool) -> Fill:
+        """`first -> s1 -> s2 ...`, breaking before `->`; hard breaks where the author broke (`keep_breaks`)."""
+        parts = [first]
+        last = first_node.loc.end_line or first_node.loc.line
+        for stage in stages:
+            parts.append(HARD if keep_breaks and stage.loc.line > last else LINE)
+            parts.append([Text("-> ", stage.loc.line), self.stage_doc(stage)])
+            last = stage.loc.end_line or stage.loc.line
+        return Fill(parts)
+
+    def _chain_fill(self, value: ast.BinOp, keep_breaks: bool) -> Fill:
+        level, left_min, right_min = BINARY[value.op]
+        operands: list[tuple[str, ast.Expr]] = []
+        node: ast.Expr = value
+        while isinstance(node, ast.BinOp) and node.op in CHAINS and BINARY[node.op][0] == level:
+            operands.insert(0, (node.op, node.right))
+            node = node.left
+        parts = [self.expr_doc(node, left_min)]
+        last = node.loc.end_line or node.loc.line
+        for op, operand in operands:
+            parts.append(HARD if keep_breaks and operand.loc.line > last else LINE)
+            parts.append([Text(f"{op} ", operand.loc.line), self.expr_doc(operand, right_min)])
+            last = operand.loc.end_line or operand.loc.line
+        return Fill(parts)
 
     # ------------------------------------------------------------ expressions
 
     def expr(self, e: ast.Expr, min_level: int = PIPE) -> str:
-        text, level = self._expr(e)
-        return f"({text})" if level < min_level else text
+        return flat(self.expr_doc(e, min_level))
 
-    def _expr(self, e: ast.Expr) -> tuple[str, int]:
+    def expr_doc(self, e: ast.Expr, min_level: int = PIPE):
+        doc, level = self._expr(e)
+        return [Text("(", e.loc.line), doc, Text(")")] if level < min_level else doc
+
+    def _expr(self, e: ast.Expr) -> tuple[Any, int]:
+        line = e.loc.line
         if isinstance(e, ast.Num):
-            return self._source_text(e), ATOM
+            return Text(self._source_text(e), line), ATOM
         if isinstance(e, ast.Str):
-            return _str(e.value), ATOM
+            return Text(_str(e.value), line), ATOM
         if isinstance(e, ast.Bool):
-            return ("true" if e.value else "false"), ATOM
+            return Text("true" if e.value else "false", line), ATOM
         if isinstance(e, ast.NoneLit):
-            return "none", ATOM
+            return Text("none", line), ATOM
         if isinstance(e, ast.Name):
-            return e.id, ATOM
+            return Text(e.id, line), ATOM
         if isinstance(e, ast.Call):
-            return f"{e.func}({self._args(e.args, e.kwargs)})", ATOM
+            return self._call(e.func, e.args, e.kwargs, e.loc), ATOM
         if isinstance(e, ast.TupleLit):
-            items = ", ".join(self.expr(i) for i in e.items)
-            return (f"({items},)" if len(e.items) == 1 else f"({items})"), ATOM
+            items = [self.expr_doc(i) for i in e.items]
+            return self._bracket("(", items, ")", e.loc, trailing="," if len(e.items) == 1 else ""), ATOM
         if isinstance(e, ast.ListLit):
-            return f"[{', '.join(self.expr(i) for i in e.items)}]", ATOM
+            return self._bracket("[", [self.expr_doc(i) for i in e.items], "]", e.loc), ATOM
         if isinstance(e, ast.Index):
-            return f"{self.expr(e.value, POSTFIX)}[{', '.join(self._subscript(i) for i in e.items)}]", POSTFIX
+            subscripts = self._bracket("[", [self._subscript(i) for i in e.items], "]", e.loc)
+            return [self.expr_doc(e.value, POSTFIX), subscripts], POSTFIX
         if isinstance(e, ast.UnaryOp):
             if e.op == "not":
-                return f"not {self.expr(e.operand, NOT)}", NOT
-            return f"-{self.expr(e.operand, UNARY)}", UNARY
+                return [Text("not ", line), self.expr_doc(e.operand, NOT)], NOT
+            return [Text("-", line), self.expr_doc(e.operand, UNARY)], UNARY
         if isinstance(e, ast.BinOp):
             level, left, right = BINARY[e.op]
-            return f"{self.expr(e.left, left)} {e.op} {self.expr(e.right, right)}", level
+            if e.op in CHAINS:
+                return Indent([self._chain_fill(e, False)]), level
+            return Group(
+                [self.expr_doc(e.left, left), Indent([LINE, Text(f"{e.op} "), self.expr_doc(e.right, right)])]
+            ), level
         if isinstance(e, ast.Pipe):
-            return " -> ".join([self.expr(e.source, POSTFIX), *(self.stage(s) for s in e.stages)]), PIPE
+            return Indent([self._pipe_fill(self.expr_doc(e.source, POSTFIX), e.source, e.stages, False)]), PIPE
         if isinstance(e, ast.CondExpr):
-            return f"({self.expr(e.then, OR)} if {self.expr(e.cond, OR)} else {self.expr(e.orelse, OR)})", ATOM
+            body = [LINE, Text("if "), self.expr_doc(e.cond, OR), LINE, Text("else "), self.expr_doc(e.orelse, OR)]
+            return Group([Text("(", line), self.expr_doc(e.then, OR), Indent(body), Text(")")]), ATOM
         raise TypeError(f"cannot format {type(e).__name__}")
 
-    def _subscript(self, e: ast.Expr) -> str:
+    def _subscript(self, e: ast.Expr):
         if isinstance(e, ast.EllipsisLit):
-            return "..."
+            return Text("...", e.loc.line)
         if isinstance(e, ast.Slice):
-            parts = [self.expr(p, ARITH) if p is not None else "" for p in (e.start, e.stop)]
-            text = ":".join(parts)
-            return text + (f":{self.expr(e.step, ARITH)}" if e.step is not None else "")
-        return self.expr(e, ARITH)
+            parts: list = [Text("", e.loc.line)]
+            if e.start is not None:
+                parts.append(self.expr_doc(e.start, ARITH))
+            parts.append(Text(":"))
+            if e.stop is not None:
+                parts.append(self.expr_doc(e.stop, ARITH))
+            if e.step is not None:
+                parts += [Text(":"), self.expr_doc(e.step, ARITH)]
+            return parts
+        return self.expr_doc(e, ARITH)
 
-    def _args(self, args: list[ast.Expr], kwargs: list[tuple[str, ast.Expr]]) -> str:
-        return ", ".join([self.expr(a) for a in args] + [f"{k}={self.expr(v)}" for k, v in kwargs])
+    def _call(self, func: str, args: list[ast.Expr], kwargs: list[tuple[str, ast.Expr]], loc):
+        items = [self.expr_doc(a) for a in args] + [[Text(f"{k}=", v.loc.line), self.expr_doc(v)] for k, v in kwargs]
+        return self._bracket(f"{func}(", items, ")", loc)
 
     def stage(self, s: ast.Stage) -> str:
+        return flat(self.stage_doc(s))
+
+    def stage_doc(self, s: ast.Stage):
+        line = s.loc.line
+        end = s.loc.end_line or line
         if isinstance(s, ast.LayerCall):
-            return s.name if s.bare else f"{s.name}({self._args(s.args, s.kwargs)})"
+            return Text(s.name, line) if s.bare else self._call(s.name, s.args, s.kwargs, s.loc)
         if isinstance(s, ast.NamedStage):
-            return f"{s.name}: {self.stage(s.body)}"
+            return [Text(f"{s.name}: ", line), self.stage_doc(s.body)]
         if isinstance(s, ast.Repeat):
             simple = isinstance(s.count, ast.Name) or (isinstance(s.count, ast.Num) and isinstance(s.count.value, int))
             count = self.expr(s.count) if simple else f"({self.expr(s.count)})"
-            return f"repeat {count} {self.stage(s.body)}"
+            return [Text(f"repeat {count} ", line), self.stage_doc(s.body)]
         if isinstance(s, ast.Group):
-            return "(" + self._stages(s.stages) + ")"
+            return Group([Text("(", line), Indent([SOFT, self._stages_fill(s.stages)]), Text(")", end)])
         if isinstance(s, ast.ForStage):
-            return f"for {', '.join(s.names)} in {self.expr(s.items, OR)} {{ {self._stages(s.stages)} }}"
+            head = [Text(f"for {', '.join(s.names)} in ", line), self.expr_doc(s.items, OR), Text(" {")]
+            return Group([*head, Indent([LINE, self._stages_fill(s.stages)]), LINE, Text("}", end)])
         if isinstance(s, ast.IfStage):
-            arms = [
-                f"{word} {self.expr(c, OR)} {{ {self._stages(arm)} }}"
-                for word, (c, arm) in zip(["if", *["elif"] * len(s.branches)], s.branches)
-            ]
+            parts: list = []
+            for k, (cond, arm) in enumerate(s.branches):
+                if k:
+                    parts += [LINE, Text("} elif ", cond.loc.line)]
+                else:
+                    parts.append(Text("if ", line))
+                parts += [self.expr_doc(cond, OR), Text(" {"), Indent([LINE, self._stages_fill(arm)])]
             if s.orelse:
-                arms.append(f"else {{ {self._stages(s.orelse)} }}")
-            return " ".join(arms)
+                parts += [LINE, Text("} else {"), Indent([LINE, self._stages_fill(s.orelse)])]
+            return Group([*parts, LINE, Text("}", end)])
         raise TypeError(f"cannot format {type(s).__name__}")
 
-    def _stage_lines(self, stage: ast.Stage, extra: int, prefix: str, depth: int) -> list[tuple[int, str, int]]:
-        """One stage on one line where it fits; else a group's, loop's or if's stages one per line."""
-        text = prefix + self.stage(stage)
-        if _width(depth + extra, text) <= MAX_WIDTH:
-            return [(extra, text, stage.loc.line)]
-        body = stage
-        while isinstance(body, (ast.NamedStage, ast.Repeat)):  # `name: repeat n (...)`: the head stays in front
-            body = body.body
-        if not isinstance(body, (ast.Group, ast.ForStage, ast.IfStage)):
-            return [(extra, text, stage.loc.line)]
-        head = text[: len(text) - len(self.stage(body))]  # the prefix, a name or `repeat n` before the body
-        if isinstance(body, ast.Group):
-            lines = [(extra, head + "(", stage.loc.line), *self._inner_lines(body.stages, extra + 1, depth)]
-            return [*lines[:-1], (lines[-1][0], lines[-1][1] + ")", lines[-1][2])]
-        if isinstance(body, ast.ForStage):
-            header = f"{head}for {', '.join(body.names)} in {self.expr(body.items, OR)} {{"
-            arms = [(header, body.stages)]
-        else:
-            words = [f"{head}if", *["} elif"] * (len(body.branches) - 1)]
-            arms = [(f"{w} {self.expr(c, OR)} {{", arm) for w, (c, arm) in zip(words, body.branches)]
-            arms += [("} else {", body.orelse)] if body.orelse else []
-        lines = []
-        for header, stages in arms:
-            lines += [(extra, header, stage.loc.line), *self._inner_lines(stages, extra + 1, depth)]
-        return [*lines, (extra, "}", stage.loc.end_line or stage.loc.line)]
-
-    def _inner_lines(self, stages: list[ast.Stage], extra: int, depth: int) -> list[tuple[int, str, int]]:
-        lines = []
-        for i, inner in enumerate(stages):
-            lines += self._stage_lines(inner, extra, "-> " if i else "", depth)
-        return lines
-
-    def _stages(self, stages: list[ast.Stage]) -> str:
-        return " -> ".join(self.stage(x) for x in stages)
+    def _stages_fill(self, stages: list[ast.Stage]) -> Fill:
+        """A group's, loop's or if's stages: the author's breaks kept, lines filled."""
+        first, *rest = stages
+        return self._pipe_fill(self.stage_doc(first), first, rest, True)
 
     def _source_text(self, e: ast.Expr) -> str:
         loc = e.loc
         if loc.end_line == loc.line and loc.end_col:
             return self.lines[loc.line - 1][loc.col - 1 : loc.end_col - 1]
         return repr(e.value)
-
-
-def _width(depth: int, text: str) -> int:
-    return len(INDENT) * depth + len(text)
 
 
 def _start(loc) -> Pos:

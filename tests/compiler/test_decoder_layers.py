@@ -130,7 +130,10 @@ def test_the_kv_cache_graphs_follow_the_model_token_by_token(decoder):
 @pytest.mark.parametrize(
     "body, message",
     [
-        ("tie lm_head.weight = transformer.wte.bias", "'transformer.wte' (Embedding) has no parameter 'bias'; its parameters: weight"),
+        (
+            "tie lm_head.weight = transformer.wte.bias",
+            "'transformer.wte' (Embedding) has no parameter 'bias'; its parameters: weight",
+        ),
         ("tie lm_head.weight = transformer.wtx.weight", "'transformer' has no layer or parameter 'wtx'"),
         ("tie lm_head.weight = k_proj.weight", "'lm_head.weight' is [40, 16] but 'k_proj.weight' is [8, 16]"),
         ("tie lm_head.weight = ln.weight", "'ln' is a LayerNorm, whose parameters cannot be tied"),

@@ -58,7 +58,9 @@ def test_build_verifies_onnx(built, stem):
     assert [r.name for r in b.result.models] == [m.spec_name for m in program.exported]
     manifest = json.loads((b.out / "manifest.json").read_text())
     cache_graphs = [f"{r.name}.{kind}" for r in b.result.models if r.decoder for kind in ("prefill", "decode_step")]
-    assert sorted(m["name"] for m in manifest["models"]) == sorted([m.spec_name for m in program.exported] + cache_graphs)
+    assert sorted(m["name"] for m in manifest["models"]) == sorted(
+        [m.spec_name for m in program.exported] + cache_graphs
+    )
     for report in b.result.models:
         assert report.verified
         # realistic reference weights: logits of ~14, whose float32 rounding (verification measures it against a

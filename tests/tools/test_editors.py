@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 
 import pytest
 from click.testing import CliRunner
@@ -61,6 +63,21 @@ def test_vscode_manifest_points_at_the_grammar():
     assert (EDITOR / grammar["path"]).exists() and grammar["scopeName"] == "source.dslc"
     assert ".model" in manifest["contributes"]["languages"][0]["extensions"]
     json.loads((EDITOR / "language-configuration.json").read_text())
+
+
+def test_vscode_extension_starts_the_language_server():
+    manifest = json.loads((EDITOR / "package.json").read_text())
+    script = EDITOR / manifest["main"].removeprefix("./")
+    assert script.exists() and "onLanguage:dslc" in manifest["activationEvents"]
+    assert "vscode-languageclient" in manifest["dependencies"]
+    settings = manifest["contributes"]["configuration"]["properties"]
+    assert settings["dslc.server.path"]["default"] == "dslc" and settings["dslc.server.args"]["default"] == ["lsp"]
+    assert settings["dslc.inlayHints.enabled"]["default"] is True
+    code = script.read_text()
+    assert 'require("vscode-languageclient/node")' in code and '"dslc.server"' in code
+    node = shutil.which("node")
+    if node:
+        assert subprocess.run([node, "--check", str(script)], capture_output=True).returncode == 0
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])

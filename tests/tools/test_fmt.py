@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from dslc.checker import check_file
 from dslc.cli import main
 from dslc.emit_torch import emit_program
-from dslc.fmt import format_source, strip_locations
+from dslc.fmt import MAX_WIDTH, format_source, strip_locations
 from dslc.parser import parse
 from tests.conftest import SPECS
 from tests.tools.spec_strategies import spec_sources
@@ -50,6 +50,99 @@ def test_random_specs(source):
     assert strip_locations(parse(once)) == strip_locations(parse(source))
     for n in range(1, source.count("# c") + 1):
         assert re.search(rf"# c{n}\b", once), f"comment c{n} lost"
+    assert max(len(line) for line in once.split("\n")) <= MAX_WIDTH  # the random specs' tokens are short
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec_sources())
+def test_random_specs_at_a_narrow_width(source):
+    """At 40 columns nearly every statement breaks: the layout is still stable and keeps the meaning."""
+    once = format_source(source, width=40)
+    assert format_source(once, width=40) == once, "not idempotent"
+    assert strip_locations(parse(once)) == strip_locations(parse(source))
+
+
+def _too_long(text: str) -> list[str]:
+    """Lines over the width that hold more than one token (a docstring's line, or a comment, is one token)."""
+    from dslc.lsp.text import Text
+
+    scanned = Text(text)
+    bad = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if len(line) > MAX_WIDTH:
+            on_line = [t for t in scanned.tokens if t.line <= number <= t.end_line]
+            if len(on_line) > 1:
+                bad.append(line)
+    return bad
+
+
+@pytest.mark.parametrize("spec", SPEC_FILES, ids=lambda p: p.stem)
+def test_no_formatted_line_is_wider_than_the_width(spec):
+    source = spec.read_text(encoding="utf-8")
+    assert _too_long(format_source(source, str(spec))) == []
+    for width in (40, 60):
+        narrow = format_source(source, str(spec), width=width)
+        assert format_source(narrow, width=width) == narrow, f"not idempotent at {width}"
+        assert strip_locations(parse(narrow)) == strip_locations(parse(source))
+
+
+def test_long_calls_and_lists_wrap():
+    source = (
+        'train {\n    data = csv("data/a/long/path/to/the/iris/measurements.csv", features=["sepal_length", '
+        '"sepal_width", "petal_length", "petal_width"], label="species", validation=0.2, shuffle=true)\n}\n'
+        "const SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072]\n"
+    )
+    assert format_source(source) == (
+        "train {\n"
+        "    data = csv(\n"
+        '        "data/a/long/path/to/the/iris/measurements.csv",\n'
+        '        features=["sepal_length", "sepal_width", "petal_length", "petal_width"],\n'
+        '        label="species",\n'
+        "        validation=0.2,\n"
+        "        shuffle=true\n"
+        "    )\n"
+        "}\n\n"
+        "const SIZES = [\n"
+        "    1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072\n"
+        "]\n"
+    )
+
+
+def test_a_multi_line_group_keeps_its_lines_and_long_pipelines_fill_the_width():
+    source = (
+        "model m {\n    input x: float32[batch, 3, 32, 32]\n    h = x -> features: (\n"
+        '        Conv2d(32, kernel=3, padding="same") -> BatchNorm2d -> ReLU\n'
+        '        -> Conv2d(64, kernel=3, padding="same") -> BatchNorm2d -> ReLU -> MaxPool2d(2)\n'
+        "    ) -> Flatten\n"
+        "    g = x -> Conv2d(8, kernel=3) -> ReLU -> Conv2d(8, kernel=3) -> ReLU -> Conv2d(8, kernel=3) -> ReLU -> Flatten\n"
+        "    output y = concat([h, g], dim=1) -> Linear(10)\n}\n"
+    )
+    assert format_source(source) == (
+        "model m {\n    input x: float32[batch, 3, 32, 32]\n    h = x -> features: (\n"
+        '        Conv2d(32, kernel=3, padding="same") -> BatchNorm2d -> ReLU\n'
+        '        -> Conv2d(64, kernel=3, padding="same") -> BatchNorm2d -> ReLU -> MaxPool2d(2))\n'
+        "        -> Flatten\n"
+        "    g = x -> Conv2d(8, kernel=3) -> ReLU -> Conv2d(8, kernel=3) -> ReLU -> Conv2d(8, kernel=3)\n"
+        "        -> ReLU -> Flatten\n"
+        "    output y = concat([h, g], dim=1) -> Linear(10)\n}\n"
+    )
+    short = "model m {\n    input x: float32[b, 2]\n    output y = x -> g: (\n        Linear(2) -> ReLU\n    )\n}\n"
+    assert "output y = x -> g: (Linear(2) -> ReLU)\n" in format_source(short)  # it fits: one line
+
+
+def test_a_trailing_comment_that_would_overflow_goes_above_its_line():
+    source = (
+        "model m {\n    input x: float32[batch, 8]\n"
+        "    h = x -> Linear(8)  # a comment long enough to push this line past the hundred-column limit, surely\n"
+        "    output y = h  # short\n}\n"
+    )
+    once = format_source(source)
+    assert once == (
+        "model m {\n    input x: float32[batch, 8]\n"
+        "    # a comment long enough to push this line past the hundred-column limit, surely\n"
+        "    h = x -> Linear(8)\n    output y = h  # short\n}\n"
+    )
+    assert format_source(once) == once
 
 
 def test_layout_rules():
@@ -86,6 +179,21 @@ def test_check_mode_and_rewrite(tmp_path):
     assert runner.invoke(main, ["fmt", str(bad)]).exit_code == 0
     assert bad.read_text() == "model m {\n    input x: float32[b, 2]\n    output y = x\n}\n"
     assert runner.invoke(main, ["fmt", "--check", str(bad)]).exit_code == 0
+
+
+def test_diff_prints_a_unified_diff_and_writes_nothing(tmp_path):
+    bad = tmp_path / "bad.model"
+    bad.write_text("model m {input x: float32[b, 2]\noutput y = x}\n")
+    runner = CliRunner()
+    result = runner.invoke(main, ["fmt", "--diff", str(bad)])
+    assert result.exit_code == 0
+    assert result.output.startswith(f"--- {bad}\n+++ {bad} (formatted)\n@@ ")
+    assert "-model m {input x: float32[b, 2]\n" in result.output and "+    input x: float32[b, 2]\n" in result.output
+    assert bad.read_text().startswith("model m {input")
+    assert runner.invoke(main, ["fmt", "--diff", "--check", str(bad)]).exit_code == 1
+    runner.invoke(main, ["fmt", str(bad)])
+    result = runner.invoke(main, ["fmt", "--diff", "--check", str(bad)])
+    assert result.exit_code == 0 and result.output == ""
 
 
 def test_syntax_error_is_reported(tmp_path):
