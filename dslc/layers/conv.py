@@ -17,6 +17,7 @@ from dslc.layers.base import (
     differs,
     expect_float,
     expect_rank,
+    helper,
     lowering,
     pair,
     pycall,
@@ -104,6 +105,7 @@ def _conv_infer(n: int, name: str):
             "groups": args["groups"],
             "bias": args["bias"],
             "spatial_dims": n,
+            **({"init": args["init"], "init_std": args["init_std"]} if args["init"] is not None else {}),
         }
         if n == 1 and plain(args["padding"]) == "causal":
             # Left padding only, so output t sees inputs up to t: the module pads nothing and forward() calls F.pad.
@@ -135,9 +137,32 @@ _CONV_DEFAULTS = {"stride": 1, "padding": 0, "output_padding": 0, "dilation": 1,
 def _conv_src(cls: str):
     def src(a):
         extra = {k: a[k] for k, d in _CONV_DEFAULTS.items() if k in a and differs(a[k], d)}
-        return pycall(f"nn.{cls}", a["in_channels"], a["out_channels"], a["kernel_size"], **extra)
+        layer = pycall(f"nn.{cls}", a["in_channels"], a["out_channels"], a["kernel_size"], **extra)
+        if a.get("init") is None:
+            return layer
+        std = {"std": a["init_std"]} if plain(a["init"]) == "normal" else {}
+        return pycall("initialized", Src(layer), a["init"], **std)
 
     return src
+
+
+helper(
+    "initialized",
+    '''
+def initialized(layer: nn.Module, init: str, std: float = 0.01) -> nn.Module:
+    """`layer` with its weight drawn as `init` names (as torchvision initialises its models) and its bias zero."""
+    draw = {
+        "kaiming_uniform": nn.init.kaiming_uniform_,
+        "kaiming_normal": lambda w: nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu"),
+        "xavier_uniform": nn.init.xavier_uniform_,
+        "normal": lambda w: nn.init.normal_(w, std=std),
+    }
+    draw[init](layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+    return layer
+''',
+)
 
 
 def _conv_forward(module, inputs, init):
@@ -155,6 +180,15 @@ _CONV_PARAMS = (
     Param("dilation", "ints", 1, "spacing between kernel taps"),
     Param("groups", "int", 1, "blocked connections between input and output channels"),
     Param("bias", "bool", True, "learn an additive bias"),
+    Param(
+        "init",
+        "str",
+        None,
+        "the weight's initialisation (bias zero): kaiming_uniform (He), kaiming_normal (fan out, ReLU), "
+        "xavier_uniform, normal (std init_std); none: PyTorch's",
+        ("kaiming_uniform", "kaiming_normal", "xavier_uniform", "normal"),
+    ),
+    Param("init_std", "float", 0.01, "the standard deviation of init='normal'", low=0.0),
 )
 
 for _n in (1, 2, 3):
@@ -168,6 +202,7 @@ for _n in (1, 2, 3):
             infer=_conv_infer(_n, f"Conv{_n}d"),
             category="layer",
             module=_conv_src(f"Conv{_n}d"),
+            helpers=("initialized",),
             forward=_conv_forward,
             prefix="conv",
             param_count=_conv_params,

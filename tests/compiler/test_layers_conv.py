@@ -500,3 +500,28 @@ def test_generated_code_is_ruff_clean(built):
     for check in (["check", "--select", "E,F,W,I", "--ignore", "E501"], ["format", "--check", "--line-length", "120"]):
         result = subprocess.run([sys.executable, "-m", "ruff", *check, *paths], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout
+
+
+def test_conv_init_draws_weights_as_torchvision_does(write_spec):
+    """init= chooses the weight's distribution (bias zero); PyTorch's default otherwise."""
+    import math
+
+    from dslc.build import load_generated, write_python
+
+    spec = write_spec(
+        """
+        model net {
+            input x: float32[batch, 64, 8, 8]
+            a = x -> he: Conv2d(256, kernel=3, init="kaiming_uniform")
+            output y = a -> small: Conv2d(512, kernel=1, init="normal", init_std=0.05) -> plain: Conv2d(8, kernel=1)
+        }
+        """
+    )
+    write_python(spec, spec.with_suffix(".py"))
+    torch.manual_seed(0)
+    net = load_generated(spec.with_suffix(".py")).MODELS["net"]()
+    fan_in = 64 * 9
+    assert abs(net.he.weight.std().item() - math.sqrt(2 / fan_in)) < 0.1 * math.sqrt(2 / fan_in)
+    assert abs(net.small.weight.std().item() - 0.05) < 0.005
+    assert not net.he.bias.any() and not net.small.bias.any()
+    assert net.plain.bias.any()  # PyTorch's default: a uniform bias

@@ -1,4 +1,4 @@
-"""resnet18.model and mobilenet_v2.model are torchvision's; bert_classifier.model, vit.model, gpt2.model and
+"""resnet18.model, mobilenet_v2.model and squeezenet.model are torchvision's; bert_classifier.model, vit.model, gpt2.model and
 llama.model are HuggingFace's (BertForSequenceClassification, ViTForImageClassification, GPT2LMHeadModel,
 LlamaForCausalLM): same parameter and buffer names and shapes, same logits.
 
@@ -118,6 +118,27 @@ def test_mobilenet_v2_torchvision_state_dict_gives_torchvision_logits(mobilenet,
     export(model, program, program.model("mobilenet_v2"), path)
     (onnx_logits,) = session(path).run(["logits"], {"image": image})
     np.testing.assert_allclose(onnx_logits, expected, rtol=0, atol=1e-5 * max(1.0, scale))
+
+
+def test_squeezenet_torchvision_state_dict_gives_torchvision_logits(built, tmp_path):
+    """squeezenet1_1's names, shapes and count, its logits in PyTorch and in the ONNX graph."""
+    reference = fixture("squeezenet_torchvision.json")
+    b = built("squeezenet")
+    model = b.model("squeezenet")
+    assert state_layout(model) == reference["state_dict"]
+    assert sum(p.numel() for p in model.parameters()) == reference["parameter_count"] == 1_235_496
+    model.load_state_dict(reference_state_dict(model), strict=True)
+    image = reference_image()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(image)).numpy()
+    expected = np.array(reference["logits"], dtype=np.float32)
+    scale = max(1.0, np.abs(expected).max())
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5 * scale)
+    program = b.result.program
+    path = tmp_path / "squeezenet.onnx"
+    export(model, program, program.model("squeezenet"), path)
+    (onnx_logits,) = session(path).run(["logits"], {"image": image})
+    np.testing.assert_allclose(onnx_logits, expected, rtol=0, atol=1e-5 * scale)
 
 
 @pytest.fixture(scope="module")

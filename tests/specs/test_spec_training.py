@@ -136,6 +136,12 @@ SHORT: dict[str, Case] = {
         notes="digits 32x32 RGB; chance 0.1",
     ),
     "vit": Case(("--epochs", "3"), "accuracy", 0.25, notes="digits 32x32 RGB; chance 0.1"),
+    "squeezenet": Case(
+        ("--epochs", "3", "--set", "classes=10", "--set", "image_size=32"),
+        "accuracy",
+        0.25,
+        notes="digits 32x32 RGB; chance 0.1",
+    ),
     "gpt2": Case(
         ("--epochs", "2", "--set", "data.samples=600", "--set", "layers=2"),
         "accuracy",
