@@ -143,7 +143,9 @@ def test_completion_after_an_arrow_lists_layers_with_their_arguments(client, tmp
     items = {i["label"]: i for i in result["items"]}
     assert {"Conv1d", "Conv2d", "ConvTranspose2d"} <= set(items)
     conv = items["Conv2d"]
-    assert conv["detail"].startswith("Conv2d(out_channels, kernel, stride=1, padding=0, dilation=1, groups=1, bias=true")
+    assert conv["detail"].startswith(
+        "Conv2d(out_channels, kernel, stride=1, padding=0, dilation=1, groups=1, bias=true"
+    )
     assert conv["textEdit"]["newText"] == "Conv2d(${1:out_channels}, ${2:kernel})$0"
     assert conv["textEdit"]["range"]["start"] == _position(source, "Con\n")
     assert "2-D convolution" in conv["documentation"]["value"]
