@@ -286,7 +286,8 @@ class _Formatter:
     def _braced(self, depth: int, header, start: Pos, children, emit, close_text: str = "}") -> Pos:
         open_ = self._next_token(start, "LBRACE")
         close = self._next_token(max([open_] + [e for _, e, _ in children]), "RBRACE")
-        if not children and not self._has_comments(open_, close):
+        # a comment on the brace's own line trails the header: the body is empty still, and stays `{}` when formatted again
+        if not children and not self._has_comments((open_[0] + 1, -1), close):
             self._leaf(depth, self._lines([header, Text(" {}")], depth, start[0]), start, close)
             return close
         self._leaf(depth, self._lines([header, Text(" {")], depth, start[0]), start, open_)

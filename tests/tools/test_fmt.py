@@ -215,3 +215,11 @@ def test_shipped_specs_are_formatted():
         [sys.executable, "-m", "dslc.cli", "fmt", "--check", *specs], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_an_empty_body_whose_only_comment_trails_its_brace_stays_empty():
+    """Found by test_random_specs: `{ # c\n}` became `{\n}` once and `{}` the next time."""
+    source = 'block Foo ( x : int = 0 [ 0 ] ** 0 + 0 == # c1\n0 # c2\n-> Linear ( ) ) { # c8\n} import "b.model"\n'
+    once = format_source(source)
+    assert format_source(once) == once
+    assert format_source("block Foo() { # c\n}\n") == "block Foo() {}  # c\n"
