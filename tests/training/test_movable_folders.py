@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 from click.testing import CliRunner
 
 from dslc.cli import main
@@ -49,6 +50,7 @@ def exported(folder: Path) -> None:
     assert y.shape == (3, 1)
 
 
+@pytest.mark.slow  # several processes of training: in CI's slow step, to keep the fast suite in 8 minutes
 def test_build_and_run_folders_train_resume_and_export_after_a_move(tmp_path):
     origin = tmp_path / "origin"
     origin.mkdir()

@@ -242,6 +242,7 @@ def wait_for(condition, what: str) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the training processes through /proc")
+@pytest.mark.slow  # several processes of training: in CI's slow step, to keep the fast suite in 8 minutes
 def test_processes_of_a_killed_nproc_command_take_its_lock_over(tmp_path):
     """`dslc train --nproc 2` holds the lock for its processes; kill -9 of the command leaves them running (torchrun
     and its workers live on), and rank 0 then holds the lock itself, so no other run can start in the folder."""

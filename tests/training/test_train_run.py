@@ -254,6 +254,7 @@ def test_resume_refuses_changed_spec_and_corrupt_checkpoint(tmp_path):
 # ---------------------------------------------------------------- kill -9 and resume
 
 
+@pytest.mark.slow  # several processes of training: in CI's slow step, to keep the fast suite in 8 minutes
 def test_kill_and_resume_is_bit_exact(tmp_path):
     spec = tmp_path / "net.model"
     spec.write_text(MLP_DIGITS.replace("EPOCHS", "10"))
@@ -291,6 +292,7 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
 # ---------------------------------------------------------------- several processes
 
 
+@pytest.mark.slow  # several processes of training: in CI's slow step, to keep the fast suite in 8 minutes
 def test_two_processes_match_one(tmp_path):
     spec = tmp_path / "mlp.model"
     spec.write_text((SPECS / "mlp.model").read_text().replace("momentum=0.9", "momentum=0.9, weight_decay=0.001"))
