@@ -32,7 +32,7 @@ def emit_program(program: ir.ProgramIR) -> str:
         body = "\n\n\n".join(writer.write(c) for c in program.classes)
     finally:
         CONSTANTS.reset(token)
-    helpers = sorted({h for m in program.modules for h in m.helpers if re.search(rf"(?<![\w.]){h}\(", body)})
+    helpers = called_helpers(body, {h for m in program.modules for h in m.helpers})
     parts = [_header(program) + "\n\n" + _imports(body, helpers)]
     if writer.constants:  # one blank line after the imports, as isort writes it
         parts[0] += "\n\n" + writer.constants_block()
@@ -40,6 +40,11 @@ def emit_program(program: ir.ProgramIR) -> str:
     parts.append(body)
     parts.append(_registry(program))
     return "\n\n\n".join(p.rstrip("\n") for p in parts) + "\n"
+
+
+def called_helpers(code: str, names) -> list[str]:
+    """The registry helpers among `names` that `code` calls (`multi_head_attention(...)`), sorted."""
+    return sorted(h for h in names if re.search(rf"(?<![\w.]){h}\(", code))
 
 
 def _header(program: ir.ProgramIR) -> str:

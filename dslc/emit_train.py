@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dslc import __version__, ir
-from dslc.emit_torch import format_long_lines
+from dslc.emit_torch import called_helpers, format_long_lines
 from dslc.pytext import docstring, docstring_lines, py_literal
 from dslc.training import config as c
 from dslc.training.emit_steps import step_functions
@@ -65,10 +65,9 @@ def emit_train_script(
 def _helpers(code: str) -> list[str]:
     """The registry's helper functions the train steps call (`multi_head_attention(...)`), written out here: the
     model's file has only those its models call."""
-
     from dslc.layers import HELPERS
 
-    return [HELPERS[h] for h in sorted(HELPERS) if re.search(rf"(?<![\w.]){h}\(", code)]
+    return [HELPERS[h] for h in called_helpers(code, HELPERS)]
 
 
 def _literal_dict(d: dict[str, Any]) -> str:
