@@ -223,12 +223,8 @@ def build(
             )
         for note in report.notes:
             click.echo(f"note: {note}")
-        d = report.decoder
-        if d:
-            click.echo(
-                f"wrote {out / d.prefill['onnx']} and {d.decode_step['onnx']}: KV cache of {d.layers} attention "
-                f"layer{'s' if d.layers != 1 else ''}; token by token they match PyTorch (max abs diff {d.max_abs_diff:.1e})"
-            )
+        if report.decoder:
+            click.echo(report.decoder.summary(out))
 
 
 # ---------------------------------------------------------------- tools: fmt, graph, init, completion

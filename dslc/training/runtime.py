@@ -517,11 +517,7 @@ class Run:
             for note in r.notes:
                 self.log(f"note: {note}")
             if r.decoder:
-                d = r.decoder
-                self.log(
-                    f"wrote {out / d.prefill['onnx']} and {d.decode_step['onnx']}: KV cache of {d.layers} attention "
-                    f"layer{'s' if d.layers != 1 else ''}, verified token by token (max abs diff {d.max_abs_diff:.1e})"
-                )
+                self.log(r.decoder.summary(out))
         if records:
             record = self.exported_record or records[-1]
             label = "final" if record is records[-1] else f"exported (best, epoch {record['epoch']})"
