@@ -114,8 +114,12 @@ def candidates(module: ir.ModuleIR) -> list[str]:
 def lower_decoder(program: ir.ProgramIR, module: ir.ModuleIR, weights: dict[str, np.ndarray]) -> DecoderGraphs | None:
     """The prefill and decode_step graphs of a decoder; None when the model is none (no input reaches a causal
     attention, or one that does also reaches an attention that looks ahead)."""
-    from dslc.lower_onnx import lowered_graph
+    from dslc.lower_onnx import lowered_graph, ops_used
 
+    if not any(
+        op in ("attention", "MultiheadAttention") and init.get("causal") for op, init in ops_used(program, module)
+    ):
+        return None  # no causal attention: no cache, and no second lowering to find that out
     for name in candidates(module):
         cache = DecodeCache(name)
         try:

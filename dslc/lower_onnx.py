@@ -33,16 +33,20 @@ _COMPARE = {"==": "Equal", "<": "Less", "<=": "LessOrEqual", ">": "Greater", ">=
 def lowerable(program: ir.ProgramIR, module: ir.ModuleIR) -> str | None:
     """None when every op and expression of the model (its blocks included) has an ONNX lowering, else
     what has none."""
+    return next((op for op, _ in ops_used(program, module) if REGISTRY[op].onnx is None), None)
+
+
+def ops_used(program: ir.ProgramIR, module: ir.ModuleIR) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(op, init) of every layer and inline function of the model, its blocks included."""
     for mod in _modules(program, module):
         for sub in _all_submodules(mod.submodules):
-            if sub.kind == "op" and REGISTRY[sub.op].onnx is None:
-                return sub.op
+            if sub.kind == "op":
+                yield sub.op, sub.init
         for stmt in mod.statements():
             for value in ir.values(stmt):
                 for e in ir.subexpressions(value):
-                    if isinstance(e, ir.OpCall) and REGISTRY[e.op].onnx is None:
-                        return e.op
-    return None
+                    if isinstance(e, ir.OpCall):
+                        yield e.op, e.init
 
 
 def lower(program: ir.ProgramIR, module: ir.ModuleIR, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
