@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dslc.build import build
+from tests.conftest import SMALL_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = sorted((ROOT / "specs").glob("*.model"))
@@ -48,7 +49,7 @@ def build_dirs(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("specs")
     dirs = []
     for spec in SPECS:
-        build(spec, root / spec.stem)
+        build(spec, root / spec.stem, SMALL_SETTINGS.get(spec.stem))
         dirs.append(root / spec.stem)
     return dirs
 

@@ -25,11 +25,18 @@ SPECS_DIR = ROOT / "specs"
 FIXTURES = ROOT / "tests" / "fixtures"
 SPEC_FILES = sorted(SPECS_DIR.glob("*.model"))
 REFERENCE_WEIGHTS = {"bert_classifier", "vit", "gpt2", "llama"}
+# Specs whose default build or short training takes a minute and gigabytes (vgg: 138M parameters): CI's slow step.
+LARGE = {"vgg"}
 
 sys.path.insert(0, str(FIXTURES))
 from reference_weights import reference_array, reference_image, reference_tokens  # noqa: E402
 
 __all__ = ["reference_array", "reference_image", "reference_tokens"]
+
+
+def by_stem(stems: list[str]) -> list:
+    """Parametrize over spec stems, the LARGE ones marked slow."""
+    return [pytest.param(s, marks=pytest.mark.slow) if s in LARGE else s for s in stems]
 
 
 @dataclass

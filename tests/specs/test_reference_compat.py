@@ -1,4 +1,4 @@
-"""resnet18.model, mobilenet_v2.model and squeezenet.model are torchvision's; bert_classifier.model, vit.model, gpt2.model and
+"""resnet18.model, mobilenet_v2.model, squeezenet.model and vgg.model are torchvision's; bert_classifier.model, vit.model, gpt2.model and
 llama.model are HuggingFace's (BertForSequenceClassification, ViTForImageClassification, GPT2LMHeadModel,
 LlamaForCausalLM): same parameter and buffer names and shapes, same logits.
 
@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from dslc.build import build, load_generated
 from dslc.export_onnx import export
 from dslc.verify import session
 
-from .conftest import FIXTURES, reference_image, reference_state_dict, reference_tokens
+from .conftest import FIXTURES, SPECS_DIR, reference_image, reference_state_dict, reference_tokens
 
 
 def fixture(name: str) -> dict:
@@ -215,3 +216,35 @@ def test_causal_lm_huggingface_weights_give_huggingface_logits(causal_lm):
     outputs = [o.name for o in step.get_outputs()]
     rest = dict(zip(outputs, step.run(outputs, {"input_ids": ids[:, 6:], **past})))
     np.testing.assert_allclose(rest["logits"], expected[:, 6:], rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow  # 138M parameters: a minute and 5 GB
+def test_vgg16_bn_torchvision_state_dict_gives_torchvision_logits(tmp_path):
+    """vgg16_bn's Sequential indices (pools and ReLUs counted), its logits at 64 px in PyTorch and ONNX: the features
+    end at 2x2, which the adaptive pool spreads over 7x7 (TorchScript's exporter refused such sizes)."""
+    reference = fixture("vgg_torchvision.json")
+    result = build(SPECS_DIR / "vgg.model", tmp_path / "vgg", ["image_size=64"], verify_onnx=False)
+    model = load_generated(result.python_path).MODELS["vgg"]().eval()
+    assert state_layout(model) == reference["state_dict"]  # features.0, features.1, features.3, ..., classifier.6
+    assert list(model.state_dict()) == list(reference["state_dict"])
+    assert sum(p.numel() for p in model.parameters()) == reference["parameter_count"] == 138_365_992
+    state = reference_state_dict(model)
+    # running statistics measured on the image (the formula's would drown the input's signal; see the fixture maker)
+    state.update({k: torch.tensor(v) for k, v in reference["batch_norm_statistics"].items()})
+    model.load_state_dict(state, strict=True)
+    image = reference_image(size=64)
+    with torch.no_grad():
+        features = model.features(torch.from_numpy(image)).numpy()
+        logits = model(torch.from_numpy(image)).numpy()
+    # thirteen convolutions, each normalised by statistics of two images: float32 differences of ~1e-4 between
+    # torch builds; a swapped pair of channels in any layer moves the features by 0.4 or more
+    expected_features = np.array(reference["features"], dtype=np.float32)
+    np.testing.assert_allclose(features, expected_features, rtol=0, atol=2e-4 * np.abs(expected_features).max())
+    expected = np.array(reference["logits"], dtype=np.float32)
+    scale = max(1.0, np.abs(expected).max())
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5 * scale)
+    program = result.program
+    path = tmp_path / "vgg.onnx"
+    export(model, program, program.model("vgg"), path)
+    (onnx_logits,) = session(path).run(["logits"], {"image": image})
+    np.testing.assert_allclose(onnx_logits, expected, rtol=0, atol=1e-5 * scale)
