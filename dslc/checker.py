@@ -440,6 +440,13 @@ class BodyChecker:
             declared = self.tensor_type(stmt.type, actual, input_index=index)
         else:
             declared = self.tensor_type(stmt.type, None)
+        if declared.dtype == "bfloat16" and self.block.is_model:  # numpy has no bfloat16; ORT's CPU no kernels
+            self.fail(
+                stmt.type.loc,
+                f"model input '{stmt.name}' is bfloat16, which numpy arrays (the runtime's inputs) cannot hold, "
+                "and onnxruntime's CPU kernels, which verify the graph, do not compute",
+                "declare it float32 (or float16); `dslc train --amp` trains in bfloat16 where the device has it",
+            )
         self.check_size(f"input '{stmt.name}'", [declared], 0, stmt.loc)
         names = [d.id if isinstance(d, ast.Name) else None for d in stmt.type.dims]
         self.inputs.append(ir.Port(stmt.name, declared, " ".join(stmt.comments), names))

@@ -144,7 +144,8 @@ output probabilities = softmax(logits, dim=-1)
 ## Tensor types and dimensions
 
 A tensor type is a dtype and a list of dimensions: `float32[batch, time, 64]`. The dtypes are
-DTYPE_LIST. A dimension is an integer, a constant, or a name. In a model's input, a name (`batch`,
+DTYPE_LIST (a model's inputs are not bfloat16: numpy, which feeds the graph, has no such type; train in
+bfloat16 with `dslc train --amp`). A dimension is an integer, a constant, or a name. In a model's input, a name (`batch`,
 `time`) is a symbolic size: it stays dynamic in the ONNX graph (a named dynamic axis) and the
 checker tracks it through every layer (`time - 2`, `(time - 11) // 2 + 1`, `2 * time`). The same
 name means the same size everywhere in a model. In a block's input, a name binds to the size the

@@ -149,7 +149,10 @@ def test_an_output_named_like_an_input_is_refused(write_spec):
 @pytest.mark.parametrize(
     ("input_type", "body", "message"),
     [
-        ("bfloat16[batch, 4]", "output y = x -> Linear(2)", "Linear has float32 weights but its input is bfloat16"),
+        ("float16[batch, 4]", "output y = x -> Linear(2)", "Linear has float32 weights but its input is float16"),
+        # numpy (verification's and the runtime's arrays) has no bfloat16, onnxruntime's CPU no bfloat16 arithmetic
+        ("bfloat16[batch, 4]", "output y = x * x", "model input 'x' is bfloat16, which numpy arrays"),
+        ("bfloat16[batch, 4]", "output y = float(x)", "model input 'x' is bfloat16, which numpy arrays"),
         ("float64[batch, 4]", "output y = x -> Linear(2)", "Linear has float32 weights but its input is float64"),
         ("float32[batch, 3, h, w]", "output y = x -> AdaptiveAvgPool2d(2)", "only to 1, not to 2"),
     ],
