@@ -1,8 +1,8 @@
 """ONNX graphs: dslc's lowering from the IR vs torch.onnx.export(dynamo=True, optimize=True) of the same module.
 
 For each shipped spec's exported models, in one run: compute nodes (Constant and Identity left out) of both
-graphs, and onnxruntime (CPU) latency at batch 1 and batch 32 of both, printed with the ratio dslc / torch.onnx
-(below 1: dslc's is smaller or faster). Both graphs get the same weights and inputs; where torch.onnx fails or
+graphs, and onnxruntime (CPU) median latency at batch 1 and batch 32 of both (ms, dslc / torch.onnx), printed with
+the ratio dslc / torch.onnx (below 1: dslc's is smaller or faster). Both graphs get the same weights and inputs; where torch.onnx fails or
 freezes a dimension, the row says so. The dynamo exporter needs onnxscript (`pip install onnxscript`).
 
     python bench/bench_onnx.py [--specs cnn bert_classifier] [--repeat 50] [--threads 1]
@@ -103,7 +103,10 @@ def main() -> None:
     logging.getLogger("torch").setLevel(logging.ERROR)  # the dynamo exporter's notes on missing torchvision ops
     specs = [s for s in SPECS if args.specs is None or s.stem in args.specs]
     print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, CPU, {args.threads} thread(s)")
-    print(f"{'model':<36} {'nodes dslc/torch':>18} {'ratio':>6} {'b1 ratio':>9} {'b32 ratio':>9}")
+    print(
+        f"{'model':<36} {'nodes dslc/torch':>18} {'ratio':>6} {'b1 ms dslc/torch':>17} {'b1 ratio':>9} "
+        f"{'b32 ms dslc/torch':>18} {'b32 ratio':>9}"
+    )
     node_ratios, b1, b32 = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
@@ -121,18 +124,23 @@ def main() -> None:
                     print(f"{name:<36} {compute_nodes(ours):>8} / failed: {failed}")
                     continue
                 nodes = (compute_nodes(ours), compute_nodes(theirs))
-                row = [nodes[0] / nodes[1]]
+                row, millis = [nodes[0] / nodes[1]], []
                 for batch, acc in ((1, b1), (32, b32)):
                     feeds = feeds_at(module, result.program, batch)
                     try:
                         times = [latency(session(p, args.threads), feeds, args.repeat) for p in (ours, theirs)]
                     except Exception:  # torch.onnx froze a size: its graph does not run at this batch
                         row.append(float("nan"))
+                        millis.append("n/a")
                         continue
                     row.append(times[0] / times[1])
+                    millis.append(f"{1e3 * times[0]:.2f} / {1e3 * times[1]:.2f}")
                     acc.append(row[-1])
                 node_ratios.append(row[0])
-                print(f"{name:<36} {nodes[0]:>8} / {nodes[1]:<7} {row[0]:>6.2f} {row[1]:>9.2f} {row[2]:>9.2f}")
+                print(
+                    f"{name:<36} {nodes[0]:>8} / {nodes[1]:<7} {row[0]:>6.2f} {millis[0]:>17} {row[1]:>9.2f} "
+                    f"{millis[1]:>18} {row[2]:>9.2f}"
+                )
     print(
         f"median ratios dslc / torch.onnx: nodes {statistics.median(node_ratios):.2f}, "
         f"batch-1 latency {statistics.median(b1):.2f}, batch-32 latency {statistics.median(b32):.2f}"

@@ -72,20 +72,29 @@ class DecodeCache:
 
     def attend(self, g: Graph, inputs: list[Any], k: str, v: str, kv_heads: int, head_size: int) -> tuple[str, str]:
         """A causal attention's keys and values [batch, kv_heads, new, d] with the past in front of them."""
+        cached = self.past(g, inputs, kv_heads, head_size)
+        if cached is None:
+            return k, v
+        past_key, past_value, present_key, present_value = cached
+        keys = g.node("Concat", [past_key, k], [present_key], axis=2)[0]
+        values = g.node("Concat", [past_value, v], [present_value], axis=2)[0]
+        return keys, values
+
+    def past(self, g: Graph, inputs: list[Any], kv_heads: int, head_size: int) -> tuple[str, str, str, str] | None:
+        """A new cached layer's past_key_values.N.key/.value and present.N.key/.value names, for a causal attention
+        over the generated tokens (None when its inputs do not depend on them): an ONNX Attention reads the past
+        and writes the present itself, the written-out lowering concatenates them (`attend`)."""
         if not all(self.is_stepped(x.name) for x in inputs):
             if any(self.is_stepped(x.name) for x in inputs):
                 raise NotCacheableError("a causal attention mixes the generated tokens with other values")
-            return k, v
+            return None
         i = len(self.layers)
         self.layers.append(CachedLayer(i, kv_heads, head_size))
         if i == 0:
             self.past_length(g)
-        for kind in ("key", "value"):
-            self.stepped.add(PAST.format(i, kind))
-        keys = g.node("Concat", [PAST.format(i, "key"), k], [PRESENT.format(i, "key")], axis=2)[0]
-        values = g.node("Concat", [PAST.format(i, "value"), v], [PRESENT.format(i, "value")], axis=2)[0]
-        self.stepped.update((keys, values))
-        return keys, values
+        names = (PAST.format(i, "key"), PAST.format(i, "value"), PRESENT.format(i, "key"), PRESENT.format(i, "value"))
+        self.stepped.update(names)
+        return names
 
     def require_static(self, inputs: list[Any], what: str) -> None:
         """Keys that change with the generated tokens must be causal self-attention's."""

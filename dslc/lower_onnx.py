@@ -24,8 +24,8 @@ from dslc.layers import REGISTRY
 from dslc.onnx_graph import ONNX_DTYPES, Graph, NotLowerableError, Value
 from dslc.shapes import TensorType
 
-OPSET = 20  # Gelu and LayerNormalization; the runtime's onnxruntime (1.17+) runs it
-IR_VERSION = 9  # opset 20's
+OPSET = 23  # Attention and RMSNormalization (23), Gelu (20), LayerNormalization (17)
+IR_VERSION = 11  # opset 23's
 _BINARY = {"+": "Add", "-": "Sub", "*": "Mul", "/": "Div", "**": "Pow", "@": "MatMul", "%": "Mod"}
 _COMPARE = {"==": "Equal", "<": "Less", "<=": "LessOrEqual", ">": "Greater", ">=": "GreaterOrEqual"}
 

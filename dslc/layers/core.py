@@ -294,11 +294,19 @@ register(
 
 @lowering("RMSNorm")
 def _rmsnorm_onnx(g, xs, outs, a, key):
-    """Written out: opset 20 has no RMSNormalization (23 has)."""
+    """One RMSNormalization (opset 23), which computes in float32 (stash_type 1) as PyTorch does."""
+    import numpy as np
+
     x = xs[0]
     dtype = x.type.dtype
     # PyTorch's default eps is the epsilon of the type it computes in: float32 for float16 and bfloat16 too
     eps = a["eps"] if a["eps"] is not None else 2.0**-52 if dtype == "float64" else 2.0**-23
+    if dtype == "float32":
+        shape = pair_of(a["normalized_shape"])
+        ones = np.ones(shape).tolist()
+        scale = g.weight(f"{key}weight") if a["elementwise_affine"] else g.constant(ones, dtype, "ones")
+        return g.node("RMSNormalization", [x.name, scale], axis=-a["dims"], epsilon=float(eps), stash_type=1)
+    # other types written out: float64 would be computed in float32 by RMSNormalization's stash_type
     axes = g.ints(list(range(-a["dims"], 0)), "axes")
     mean_square = g.one("ReduceMean", [g.one("Mul", [x.name, x.name]), axes], keepdims=1)
     rms = g.one("Sqrt", [g.one("Add", [mean_square, g.constant(float(eps), dtype, "eps")])])

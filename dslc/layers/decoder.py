@@ -277,18 +277,73 @@ def _attention_onnx(g, xs, outs, a, key):
     heads = int(plain(a["heads"]))
     kv_heads = int(plain(a["kv_heads"])) if a["kv_heads"] is not None else heads
     head_size = int(plain(a["head_size"]))
+    mask = xs[3] if len(xs) == 4 else None
+    causal = bool(plain(a["causal"]))
+    if fusable(xs, mask):
+        return [fused_attention(g, xs[:3], [x.name for x in xs[:3]], heads, kv_heads, head_size, causal, mask)]
     scale = g.constant(1.0 / math.sqrt(head_size), "float32", "scale")
     q = split_heads(g, g.one("Mul", [xs[0].name, scale]), heads)
     k, v = split_heads(g, xs[1].name, kv_heads), split_heads(g, xs[2].name, kv_heads)
-    mask = xs[3] if len(xs) == 4 else None
     if a["causal"] and g.cache is not None:
         if mask is not None:
             g.cache.require_static(xs, "a masked causal attention")  # its mask would have to grow with the cache
         k, v = g.cache.attend(g, xs[:3], k, v, kv_heads, head_size)
     elif g.cache is not None:
         g.cache.require_static(xs[1:], "attention without causal=true")
-    causal = mask_key(g, xs, k, bool(plain(a["causal"])))
-    return [scaled_attention(g, q, k, v, heads, kv_heads, head_size, causal, mask)]
+    causal_key = mask_key(g, xs, k, causal)
+    return [scaled_attention(g, q, k, v, heads, kv_heads, head_size, causal_key, mask)]
+
+
+def fusable(inputs: list, mask: Any) -> bool:
+    """Whether one ONNX Attention (opset 23) computes this attention as PyTorch does: float32 queries, keys and
+    values, and a bool mask or a float32 one. onnxruntime's CPU kernel then matches PyTorch's SDPA in every case
+    dslc's tests check: grouped-query heads, causal (with the past, aligned to the last key), bool and additive
+    masks, and a query whose every key is masked (a zero row, as SDPA gives). Other dtypes keep the written-out
+    lowering (its constants are float32, and onnxruntime's Attention kernels are float and float16 only)."""
+    if any(x.type.dtype != "float32" for x in inputs[:3]):
+        return False
+    return mask is None or mask.type.dtype in ("bool", "float32")
+
+
+def fused_attention(
+    g, inputs: list, qkv: list[str], heads: int, kv_heads: int, head_size: int, causal: bool, mask: Any = None
+) -> str:
+    """One Attention node on [batch, time, heads * head_size] queries, keys and values (`qkv`, projected from the
+    layer's `inputs`), its result [batch, time, heads * head_size]. In a decoder's KV-cache graphs a causal one
+    reads `past_key_values.N` and writes `present.N` itself; with past keys, is_causal aligns each query to the
+    last key (query i sees the past and the keys up to i), which is the cached decoder's mask."""
+    names = [*qkv, ""]
+    outputs: int | list[str] = 1
+    if causal and g.cache is not None:
+        if mask is not None:
+            g.cache.require_static(inputs, "a masked causal attention")  # its mask would have to grow with the cache
+        cached = g.cache.past(g, inputs, kv_heads, head_size)
+        if cached is not None:
+            names += cached[:2]
+            outputs = [g.fresh("attention"), *cached[2:]]
+    elif g.cache is not None:
+        g.cache.require_static(inputs[1:], "attention without causal=true")
+    if mask is not None:
+        names[3] = full_mask(g, mask, inputs[0], inputs[1], qkv[0], qkv[1])
+    while names[-1] == "":
+        names.pop()
+    attributes = {"q_num_heads": heads, "kv_num_heads": kv_heads, "scale": 1.0 / math.sqrt(head_size)}
+    return g.node("Attention", names, outputs, is_causal=1 if causal else None, **attributes)[0]
+
+
+def full_mask(g, mask: Any, queries: Any, keys: Any, q: str, k: str) -> str:
+    """The mask with its last two dimensions [queries, keys] in full: onnxruntime's Attention does not broadcast
+    them (a padding mask [batch, 1, 1, keys] is refused), so they are expanded, once per mask and lengths."""
+    tq, tk = queries.type.shape[1], keys.type.shape[1]
+    shape = mask.type.shape
+    if mask.type.rank >= 2 and str(shape[-2]) == str(tq) and str(shape[-1]) == str(tk):
+        return mask.name
+
+    def expand() -> list[str]:
+        lengths = [g.one("Shape", [name], start=1, end=2) for name in (q, k)]
+        return [g.one("Expand", [mask.name, g.one("Concat", lengths, axis=0)])]
+
+    return g.memo(("full_mask", mask.name, str(tq), str(tk)), expand)[0]
 
 
 def mask_key(g, inputs: list, keys: str, causal: bool) -> tuple | None:
@@ -386,4 +441,4 @@ def _rotary_onnx(g, xs, outs, a, key):
     return [g.one("Reshape", [out, g.ints([0, 0, -1])])]
 
 
-__all__ = ["causal_mask", "repeat_heads", "scaled_attention", "split_heads"]
+__all__ = ["causal_mask", "fusable", "fused_attention", "repeat_heads", "scaled_attention", "split_heads"]

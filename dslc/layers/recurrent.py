@@ -369,17 +369,36 @@ for _name in ("RNN", "LSTM", "GRU"):
 
 @lowering("MultiheadAttention")
 def _mha_onnx(g, xs, outs, a, key):
-    """Scaled dot-product attention written out (opset 20 has no Attention op): projections, heads, scores,
-    the causal mask, softmax, and the output projection. A decoder's KV-cache graphs keep its keys and values."""
-    import math
-
-    from dslc.layers.decoder import mask_key, scaled_attention, split_heads
+    """The projections, one ONNX Attention (opset 23) and the output projection; a decoder's KV-cache graphs keep
+    its keys and values (the Attention reads the past and writes the present). Projections that read the same
+    input become one MatMul (dslc.lower_onnx's sibling fold). Other dtypes than float32: written out."""
+    from dslc.layers.decoder import fusable, fused_attention
 
     q_in = xs[0]
     k_in = xs[1] if len(xs) > 1 else q_in
     v_in = xs[2] if len(xs) > 2 else k_in
     heads = int(a["heads"])
     head_size = int(a["embed_dim"]) // heads
+    causal = bool(a["causal"])
+
+    def project(x, name):
+        y = g.one("MatMul", [x.name, g.weight(f"{key}{name}.weight", transposed=True)])
+        return g.one("Add", [y, g.weight(f"{key}{name}.bias")]) if a["bias"] else y
+
+    if fusable([q_in, k_in, v_in], None):
+        qkv = [project(x, name) for x, name in ((q_in, "q_proj"), (k_in, "k_proj"), (v_in, "v_proj"))]
+        merged = fused_attention(g, [q_in, k_in, v_in], qkv, heads, heads, head_size, causal)
+    else:
+        merged = _mha_written_out(g, key, a, q_in, k_in, v_in, heads, head_size)
+    out = g.one("MatMul", [merged, g.weight(f"{key}out_proj.weight", transposed=True)])
+    return [g.one("Add", [out, g.weight(f"{key}out_proj.bias")])] if a["bias"] else [out]
+
+
+def _mha_written_out(g, key, a, q_in, k_in, v_in, heads: int, head_size: int) -> str:
+    """Scaled dot-product attention written out: projections, heads, scores, the causal mask, softmax."""
+    import math
+
+    from dslc.layers.decoder import mask_key, scaled_attention, split_heads
 
     def project(x, name, factor=1.0):
         """x W^T + b split into heads; the query's projection takes the 1/sqrt(dh) of the scores (folded)."""
@@ -395,6 +414,4 @@ def _mha_onnx(g, xs, outs, a, key):
         k, v = g.cache.attend(g, [q_in, k_in, v_in], k, v, heads, head_size)
     elif g.cache is not None:
         g.cache.require_static([k_in, v_in], "MultiheadAttention without causal=true")
-    merged = scaled_attention(g, q, k, v, heads, heads, head_size, mask_key(g, [q_in, k_in], k, bool(a["causal"])))
-    out = g.one("MatMul", [merged, g.weight(f"{key}out_proj.weight", transposed=True)])
-    return [g.one("Add", [out, g.weight(f"{key}out_proj.bias")])] if a["bias"] else [out]
+    return scaled_attention(g, q, k, v, heads, heads, head_size, mask_key(g, [q_in, k_in], k, bool(a["causal"])))

@@ -26,7 +26,7 @@ from dslc.export_onnx import state_arrays
 from dslc.layers import REGISTRY
 from dslc.layers.base import ShapeError
 from dslc.layers.conv import pool_out
-from dslc.lower_onnx import OPSET, lower
+from dslc.lower_onnx import IR_VERSION, OPSET, lower
 from dslc.onnx_graph import Graph, Value
 from dslc.params import bind
 from dslc.shapes import TensorType
@@ -468,7 +468,7 @@ def _lowered(op_name: str, x: np.ndarray, **kwargs) -> np.ndarray:
         [onnx.helper.make_tensor_value_info(y, onnx.TensorProto.FLOAT, inferred.outputs[0].shape)],
         list(g.initializers.values()),
     )
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)], ir_version=9)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
     onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {"x": x})[0]

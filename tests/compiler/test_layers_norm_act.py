@@ -83,20 +83,20 @@ CASES = [
         lambda: nn.LayerNorm(6, bias=False),
         "LayerNormalization",
     ),
-    Case("RMSNorm", "float32[batch, 5, 6]", (3, 5, 6), lambda: nn.RMSNorm(6), "ReduceMean"),
+    Case("RMSNorm", "float32[batch, 5, 6]", (3, 5, 6), lambda: nn.RMSNorm(6), "RMSNormalization"),
     Case(
         "RMSNorm(dims=2, eps=1e-6)",
         "float32[batch, 5, 6]",
         (3, 5, 6),
         lambda: nn.RMSNorm((5, 6), eps=1e-6),
-        "ReduceMean",
+        "RMSNormalization",
     ),
     Case(
         "RMSNorm(elementwise_affine=false)",
         "float32[batch, 5, 6]",
         (3, 5, 6),
         lambda: nn.RMSNorm(6, elementwise_affine=False),
-        "ReduceMean",
+        "RMSNormalization",
     ),
 ]
 
