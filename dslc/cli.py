@@ -49,13 +49,9 @@ def _report_errors(func):
             if missing is not None:
                 click.echo(missing.render(), err=True)
                 sys.exit(1)
-            if isinstance(exc, IndexError) and "index out of range in self" in str(exc):  # nn.Embedding's words
-                click.echo(
-                    "error: an Embedding was given an id beyond its table: token ids at or above its vocabulary "
-                    "size, or more positions than its table has (sequences longer than the model's position "
-                    "embedding: shorten them, e.g. text_lm's length)",
-                    err=True,
-                )
+            known = known_torch_error(exc)
+            if known is not None:
+                click.echo(f"error: {known}", err=True)
                 sys.exit(1)
             if debug:
                 traceback.print_exc()
@@ -65,6 +61,23 @@ def _report_errors(func):
             sys.exit(2)
 
     return wrapper
+
+
+def known_torch_error(exc: Exception) -> str | None:
+    """What a PyTorch error that bad data or a misused loss causes means, in the spec's terms (None: a bug)."""
+    text = str(exc)
+    if isinstance(exc, IndexError) and "index out of range in self" in text:  # nn.Embedding's words
+        return (
+            "an Embedding was given an id beyond its table: token ids at or above its vocabulary size, or more "
+            "positions than its table has (sequences longer than the model's position embedding: shorten them, "
+            "e.g. text_lm's length)"
+        )
+    if isinstance(exc, RuntimeError) and "elements of " in text and "should be between 0 and 1" in text:
+        return (  # binary_cross_entropy's
+            f"bce takes probabilities and targets in [0, 1], but was given values outside ({text}): give it "
+            "sigmoid(scores), or use bce_with_logits(scores, target) on raw scores"
+        )
+    return None
 
 
 def _runtime_errors() -> tuple[type[Exception], ...]:
@@ -392,9 +405,14 @@ def train(spec: str, **values) -> None:
             script = prepare_run(spec, out, list(values["set"]), values["resume"], flags=values)
             click.echo(f"wrote {script} (the training code that runs now)")
             run_script(script, train_flags.script_argv(values), values["nproc"])
-    except DslcError:
+    except Exception as exc:
+        known = known_torch_error(exc)
+        if not isinstance(exc, DslcError) and known is None:
+            raise
         if fresh:  # a run that failed before its first checkpoint (a --weights file that does not fit) leaves nothing
             discard_unstarted_run(out)
+        if known is not None:
+            raise error(None, known) from None
         raise
 
 

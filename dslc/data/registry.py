@@ -51,6 +51,13 @@ class DatasetDef:
     rollout: bool = False
     names: tuple[str, ...] = ()  # parameters written as a tensor name (`policy=logits`), kept as the name
     records: tuple[tuple[str, bool], ...] = ()  # (key, higher is better): what it adds to each epoch's record
+    size: int | None = None  # the number of examples of a fixed data set (a generated one has `samples`)
+
+    def examples(self, options: dict[str, Any]) -> int | None:
+        """How many examples the options give, where that is known without reading files."""
+        if self.size is not None:
+            return self.size
+        return options["samples"] if any(p is SAMPLES for p in self.params) else None
 
 
 def _t(dtype: str, *dims) -> TensorType:
@@ -502,6 +509,7 @@ _register(
             RAW_PIXELS,
         ),
         _digits,
+        size=1797,
     )
 )
 _register(
@@ -511,6 +519,7 @@ _register(
         "(standardised) and target float32[batch, 1] (standardised)",
         (VALIDATION,),
         lambda a, base: {"features": _t("float32", 10), "target": _t("float32", 1)},
+        size=442,
     )
 )
 _register(
@@ -520,7 +529,7 @@ _register(
         "0 is padding and 1 the start token (see shift_right)",
         (
             P("task", "str", "copy", choices=("copy", "reverse", "sort")),
-            P("vocab", "int", 12, low=2, high=1_000_000),
+            P("vocab", "int", 12, low=3, high=1_000_000),  # 0 and 1 are reserved: at least one token is left
             P("length", "int", 8, low=1, high=100_000),
             SAMPLES,
             P("validation", "float", 0.1, low=0.0, high=1.0, open_high=True),

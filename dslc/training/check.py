@@ -11,7 +11,7 @@ inputs); models may also be called as functions: `discriminator(generator(z))`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dslc import ast, ir, traced
 from dslc.checker import POISON, Checker, Poison, _StatementFailedError
@@ -24,6 +24,9 @@ from dslc.shapes import TensorType
 from dslc.training import config as c
 from dslc.training.functions import GROUP_PARAMS, METRICS, OPTIMIZERS, SCHEDULES
 from dslc.training.steps import TrainBody
+
+if TYPE_CHECKING:
+    from dslc.data.registry import DatasetDef
 
 SECTION = "training"
 ROOT_SETTINGS = {
@@ -355,6 +358,7 @@ class TrainChecker:
         options = self.bind(dataset.params, [self.static(a) for a in args], values, name, cloc)
         if not 0.0 <= options.get("validation", 0.0) < 1.0:
             raise self.fail(cloc, f"{name}: 'validation' must be in [0, 1), got {options['validation']}")
+        self._check_split(dataset, options, cloc)
         for key in dataset.files:
             if not resolve_path(options[key], self.base).is_file():
                 raise self.fail(cloc, f"{name}: data file '{options[key]}' not found (looked in {self.base})")
@@ -369,6 +373,21 @@ class TrainChecker:
             check_identifier(field, cloc, "dataset field")
         locs = {k: named[k].loc if k in named else cloc for k in dataset.names}
         return c.Data(name, options, fields, cloc, dataset.rollout, dict(dataset.records), locs)
+
+    def _check_split(self, dataset: DatasetDef, options: dict[str, Any], loc: Loc) -> None:
+        """Both splits of a data set of known size hold examples (dslc.data.sets.load rounds as here)."""
+        n, fraction = dataset.examples(options), options.get("validation", 0.0)
+        if n is None or fraction == 0.0:
+            return
+        held_out = int(round(n * fraction))
+        if held_out == 0 or held_out == n:
+            empty = "validation" if held_out == 0 else "training"
+            raise self.fail(
+                loc,
+                f"{dataset.name}: validation={fraction:g} of its {n:,} examples leaves the {empty} split empty",
+                f"hold out at least one example and keep one: validation between {1.5 / n:.3g} and {1 - 1.5 / n:.3g}"
+                + (", or 0 for no validation" if held_out == 0 else ""),
+            )
 
     def policy(self, data: c.Data) -> c.Body:
         """An episodes data set's policy: the model output it names, run on the observation alone, one score per

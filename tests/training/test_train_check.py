@@ -163,3 +163,43 @@ def test_nesterov_with_momentum_and_top_k_within_the_classes_check(write_spec):
         "    metrics = [top_k(k=3)]\n}\n"
     )
     check_file(path)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("diabetes(validation=0.001)", "validation=0.001 of its 442 examples leaves the validation split empty"),
+        ("diabetes(validation=0.999)", "validation=0.999 of its 442 examples leaves the training split empty"),
+        ("digits(validation=0.0002)", "of its 1,797 examples leaves the validation split empty"),
+        ('sequences(task="sort", vocab=2)', "'vocab' must be at least 3"),  # 0 and 1 are padding and start
+        ("sequences(samples=4, validation=0.1)", "of its 4 examples leaves the validation split empty"),
+    ],
+)
+def test_data_that_would_leave_nothing_to_train_or_score_is_refused_at_check(tmp_path, data, message):
+    spec = tmp_path / "t.model"
+    spec.write_text(
+        "model m {\n input features: float32[batch, 10]\n output prediction = features -> Linear(1)\n}\n"
+        f"train {{\n data = {data}\n loss = mse(prediction, target)\n}}\n"
+    )
+    with pytest.raises(DslcError) as info:
+        check_file(spec)
+    (diag,) = info.value.diagnostics
+    assert message in diag.message and diag.loc is not None and diag.loc.line == 6
+
+
+def test_bce_on_values_outside_0_and_1_is_a_clear_error_and_leaves_no_run_folder(tmp_path):
+    """diabetes' standardised target is no probability: torch's binary_cross_entropy refuses it mid-step."""
+    from click.testing import CliRunner
+
+    from dslc.cli import main
+
+    spec = tmp_path / "t.model"
+    spec.write_text(
+        "model m {\n input features: float32[batch, 10]\n output probability = features -> Linear(1) -> Sigmoid\n}\n"
+        "train {\n data = diabetes(validation=0.2)\n loss = bce(probability, target)\n epochs = 1\n}\n"
+    )
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", str(spec), "--out", str(out), "--quiet"])
+    assert result.exit_code == 1, result.output
+    assert "bce takes probabilities and targets in [0, 1]" in result.output and "bce_with_logits" in result.output
+    assert "internal error" not in result.output and not out.exists()
