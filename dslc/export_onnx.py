@@ -18,6 +18,7 @@ import onnx
 import torch
 
 from dslc import __version__, ir
+from dslc.fileio import name_text
 from dslc.ir import example_sizes, symbol_names  # noqa: F401 - part of this module's interface
 from dslc.shapes import Sym
 
@@ -218,7 +219,7 @@ def port_json(port: ir.Port) -> dict[str, Any]:
 def metadata(program: ir.ProgramIR, module: ir.ModuleIR) -> dict[str, str]:
     props = {
         "dslc.version": __version__,
-        "dslc.spec": Path(program.path).name,
+        "dslc.spec": name_text(program.path),
         "dslc.spec_sha256": program.sha256,
         "dslc.model": module.spec_name,
         "dslc.inputs": json.dumps([port_json(p) for p in module.inputs]),

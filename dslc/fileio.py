@@ -41,6 +41,13 @@ def spec_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def name_text(path: str | Path) -> str:
+    """A file's name as text that encodes anywhere: bytes that are not UTF-8 (which Python keeps as lone
+    surrogates) become U+FFFD, as a terminal shows them."""
+    name = Path(path).name
+    return os.fsencode(name).decode("utf-8", errors="replace")
+
+
 # ---------------------------------------------------------------- atomic writes
 
 

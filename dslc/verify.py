@@ -39,7 +39,12 @@ class VerifyResult:
 def session(path: Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source: str | bytes = str(path)
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError:  # a folder or file name that is not UTF-8, which onnxruntime's binding refuses
+        source = path.read_bytes()
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def _float_difference(want: np.ndarray, got: np.ndarray) -> float:

@@ -266,7 +266,7 @@ class Model:
 
         try:
             session = ort.InferenceSession(
-                str(source),
+                _session_source(Path(source), scan.external),
                 sess_options=options,
                 providers=[name for name, _ in plan.providers],
                 provider_options=[opts for _, opts in plan.providers],
@@ -722,3 +722,19 @@ def _finish_cache(temp: Path, final: Path) -> None:
             os.replace(temp, final)
     except OSError:
         temp.unlink(missing_ok=True)
+
+
+def _session_source(path: Path, external: bool) -> str | bytes:
+    """What onnxruntime opens: the path, or the file's bytes where the path is not UTF-8 (a name with bytes
+    that are not, which Python keeps as surrogates and onnxruntime's binding refuses)."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        if external:
+            raise ModelError(
+                f"{text!r} keeps its weights in external data, which onnxruntime finds only through a UTF-8 "
+                "path; rename the folder or file"
+            ) from None
+        return path.read_bytes()
+    return text

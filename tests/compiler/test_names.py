@@ -176,3 +176,23 @@ def test_a_parameter_named_forward_builds(write_spec, tmp_path):
     """)
     result = build(spec, tmp_path / "out")
     assert "self.forward_ = forward" in result.python_path.read_text() and result.models[0].verified
+
+
+def test_a_spec_in_a_folder_and_file_not_named_in_utf8_builds_and_runs(tmp_path):
+    """Linux names are bytes: Python keeps the bytes that are not UTF-8 as surrogates, which neither ONNX's metadata
+    (protobuf strings) nor onnxruntime's path argument can encode."""
+    import os
+
+    import numpy as np
+    from dslc_runtime import Model
+
+    folder = os.path.join(os.fsencode(tmp_path), b"d\xffir")
+    os.mkdir(folder)
+    spec = Path(os.fsdecode(os.path.join(folder, b"m\xfe.model")))
+    spec.write_text("model m {\n    input x: float32[batch, 4]\n    output y = x -> Linear(2)\n}\n")
+    out = spec.parent / "out"
+    result = build(spec, out)
+    assert result.models[0].verified
+    model = Model.load(out, providers="cpu")
+    assert model.metadata["dslc.spec"] == "m\ufffd.model"
+    assert model(x=np.ones((3, 4), np.float32))["y"].shape == (3, 2)
