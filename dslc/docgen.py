@@ -123,7 +123,8 @@ Only the importing file's own models are exported.
 `const NAME = expression` defines a compile-time value: an integer, a float, a bool (`true`,
 `false`), a string, `none`, or a tuple or list of those. Constants may use earlier constants
 (`const ffn = 4 * d_model`). `dslc check/build --set NAME=VALUE` overrides a constant for one run
-without editing the file.
+without editing the file; a list constant takes a list written as in a spec, which may use the constants
+defined before it (`--set 'STAGES=[[64], [128], [256, 256]]'`).
 
 <a id="inputs-and-outputs"></a>
 ## Inputs and outputs

@@ -132,7 +132,10 @@ class Loader:
                     value = self.evaluate_const(item.value, scope)
                     if item.name in overrides:
                         try:
-                            value = _coerce_override(item.name, value, overrides[item.name])
+                            override = overrides[item.name]
+                            if isinstance(value, tuple) and isinstance(override, str):  # `--set STAGES=[[64], [128]]`
+                                override = self._list_override(item.name, override, scope)
+                            value = _coerce_override(item.name, value, override)
                         except DslcError as exc:  # keep the spec's value so later uses check cleanly
                             self.reporter.extend(exc)
                     scope.consts[item.name] = value
@@ -158,6 +161,18 @@ class Loader:
             if name not in scope.consts:
                 hint = did_you_mean(name, scope.consts)
                 self.reporter.error(None, f"--set {name}: no constant '{name}'", hint)
+
+    def _list_override(self, name: str, text: str, scope: FileScope) -> Any:
+        """A list constant's --set value, written as in a spec (`[[64], [128, 128]]`) and evaluated as one."""
+        from dslc.parser import parse
+
+        try:
+            (const,) = parse(f"const {name} = {text}\n", f"--set {name}").items
+            return self.evaluate_const(const.value, scope)
+        except (DslcError, ValueError) as exc:
+            message = exc.diagnostics[0].message if isinstance(exc, DslcError) else str(exc)
+            hint = "write a list as in the spec: [[64], [128, 128]]"
+            raise error(None, f"--set {name}: {message} in {text!r}", hint) from None
 
     def _import(self, scope: FileScope, item: ast.Import, base: Path) -> None:
         other = self._load(base / item.path, item.loc, {})

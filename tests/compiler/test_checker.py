@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from dslc.checker import check_file
@@ -132,6 +134,21 @@ def test_constants_and_overrides(write_spec):
     assert "did you mean 'hidden'" in info.value.render()
     with pytest.raises(DslcError, match="expected int"):
         check_file(path, ["hidden=wide"])
+
+
+def test_a_list_constant_is_set_as_the_spec_writes_a_list(write_spec):
+    path = write_spec("""
+        const hidden = 16
+        const WIDTHS = [8, 8]
+        model m {
+            input x: float32[batch, 4]
+            output y = x -> for width in WIDTHS { Linear(width) -> ReLU }
+        }
+    """)
+    assert str(check_file(path, ["WIDTHS=[8, hidden * 2]"]).model("m").outputs[0].type) == "float32[batch, 32]"
+    for text, message in [("[8, 8", "syntax error"), ("(1 +)", "syntax error"), ("3", "expected tuple like (8, 8)")]:
+        with pytest.raises(DslcError, match=r"--set WIDTHS: .*" + re.escape(message)):
+            check_file(path, [f"WIDTHS={text}"])
 
 
 def test_imports(tmp_path):
