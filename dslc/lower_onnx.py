@@ -20,6 +20,7 @@ import onnx
 from onnx import helper
 
 from dslc import ir
+from dslc import onnx_passes as passes
 from dslc.layers import REGISTRY
 from dslc.onnx_graph import ONNX_DTYPES, Graph, NotLowerableError, Value
 from dslc.shapes import TensorType
@@ -67,12 +68,27 @@ def lower(program: ir.ProgramIR, module: ir.ModuleIR, weights: dict[str, np.ndar
 def lowered_graph(program: ir.ProgramIR, module: ir.ModuleIR, graph: Graph) -> Graph:
     """The model's nodes and initializers in `graph`, its outputs under their own names."""
     graph.used |= {p.name for p in [*module.inputs, *module.outputs]}  # fresh names never take a port's
-    inputs = [Value(p.name, p.type) for p in module.inputs]
+    inputs = _typed(graph, [Value(p.name, p.type) for p in module.inputs])
     outputs = _Lowering(program, graph).module(module, "", inputs)
     _name_outputs(graph, module.outputs, outputs)
-    _fold_batchnorm(graph, {p.name for p in module.outputs})
-    _fold_transposes(graph, {p.name for p in module.outputs})
+    keep = {p.name for p in module.outputs} | _cached_outputs(graph)
+    _fold_batchnorm(graph, keep)
+    passes.fuse_written_attention(graph, keep)
+    _fold_transposes(graph, keep)
+    passes.fold_position_tables(graph, keep)
+    passes.fold_shape_slices(graph, keep)
+    passes.fold_sibling_matmuls(graph, keep)
+    passes.drop_dead_nodes(graph, keep)
     return graph
+
+
+def _cached_outputs(graph: Graph) -> set[str]:
+    """The present.N.key/.value values of a decoder's KV-cache graphs, outputs that no node reads."""
+    if graph.cache is None:
+        return set()
+    from dslc.decoding import PRESENT
+
+    return {PRESENT.format(layer.index, kind) for layer in graph.cache.layers for kind in ("key", "value")}
 
 
 def _name_outputs(graph: Graph, ports: list[ir.Port], values: list[Value]) -> None:
@@ -89,6 +105,9 @@ def _name_outputs(graph: Graph, ports: list[ir.Port], values: list[Value]) -> No
     for node in graph.nodes:
         node.output[:] = [renamed.get(n, n) for n in node.output]
         node.input[:] = [renamed.get(n, n) for n in node.input]
+    for old, new in renamed.items():
+        if old in graph.types:
+            graph.types[new] = graph.types[old]
 
 
 def _fold_batchnorm(graph: Graph, outputs: set[str]) -> None:
@@ -185,7 +204,7 @@ class _Lowering:
         if lowering is None:
             raise NotLowerableError(f"{name} has no ONNX lowering yet")
         names = lowering(self.graph, inputs, types, init, key)
-        return [Value(n, t) for n, t in zip(names, types)]
+        return _typed(self.graph, [Value(n, t) for n, t in zip(names, types)])
 
 
 class _Scope:
@@ -211,6 +230,9 @@ class _Scope:
             self.env[stmt.target] = current[0]
 
     def expr(self, e: ir.Expr) -> list[Value]:
+        return _typed(self.graph, self._expr(e))
+
+    def _expr(self, e: ir.Expr) -> list[Value]:
         g = self.graph
         if isinstance(e, ir.Var):
             return [self.env[e.name]]
@@ -313,6 +335,13 @@ def index(g: Graph, x: Value, items: list[Any], out: TensorType) -> str:
     if new_axes:
         name = g.one("Unsqueeze", [name, g.ints(new_axes)])
     return name
+
+
+def _typed(g: Graph, values: list[Value]) -> list[Value]:
+    """Record the checker's types of values (the graph passes read the shapes of the values they rewrite)."""
+    for v in values:
+        g.types.setdefault(v.name, v.type)
+    return values
 
 
 def _renamed(sub: ir.Submodule, attr: str) -> ir.Submodule:

@@ -65,6 +65,7 @@ class Graph:
     _weight_names: dict[tuple[int, bool, tuple[int, ...] | None], str] = field(default_factory=dict)  # see weight
     _memo: dict[Any, list[str]] = field(default_factory=dict)
     cache: Any = None  # a dslc.decoding.DecodeCache when lowering a decoder's KV-cache graphs
+    types: dict[str, TensorType] = field(default_factory=dict)  # the checker's type of each value the IR names
 
     def fresh(self, stem: str) -> str:
         stem = "".join(c if c.isalnum() or c == "_" else "_" for c in stem) or "v"
