@@ -69,6 +69,7 @@ def lowered_graph(program: ir.ProgramIR, module: ir.ModuleIR, graph: Graph) -> G
     """The model's nodes and initializers in `graph`, its outputs under their own names."""
     graph.used |= {p.name for p in [*module.inputs, *module.outputs]}  # fresh names never take a port's
     inputs = _typed(graph, [Value(p.name, p.type) for p in module.inputs])
+    graph.inputs = [p.name for p in module.inputs]
     outputs = _Lowering(program, graph).module(module, "", inputs)
     _name_outputs(graph, module.outputs, outputs)
     keep = {p.name for p in module.outputs} | _cached_outputs(graph)
@@ -78,6 +79,7 @@ def lowered_graph(program: ir.ProgramIR, module: ir.ModuleIR, graph: Graph) -> G
     passes.fold_position_tables(graph, keep)
     passes.fold_shape_slices(graph, keep)
     passes.fold_sibling_matmuls(graph, keep)
+    passes.fold_add_chains(graph, keep)
     passes.drop_dead_nodes(graph, keep)
     return graph
 

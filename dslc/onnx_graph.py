@@ -66,6 +66,7 @@ class Graph:
     _memo: dict[Any, list[str]] = field(default_factory=dict)
     cache: Any = None  # a dslc.decoding.DecodeCache when lowering a decoder's KV-cache graphs
     types: dict[str, TensorType] = field(default_factory=dict)  # the checker's type of each value the IR names
+    inputs: list[str] = field(default_factory=list)  # the graph's inputs, which every node may read
 
     def fresh(self, stem: str) -> str:
         stem = "".join(c if c.isalnum() or c == "_" else "_" for c in stem) or "v"
@@ -113,6 +114,35 @@ class Graph:
             self.initializers[name] = numpy_helper.from_array(np.ascontiguousarray(data), name)
             self._weight_names[cache] = name
         return self._weight_names[cache]
+
+    def length(self, size: Any, name: str, axis: int) -> str:
+        """A 1-D int64 [size] of the dimension `axis` of `name`: a constant when the checker knows it, else one Shape
+        per symbolic size, of a graph input with that size where there is one (at the graph's start, so that every
+        node may read it), or of `name` (where it is, and shared with no other value's)."""
+        if isinstance(size, int):
+            return self.ints([size])
+        source = next(
+            (
+                (i, self.types[i].shape.index(size))
+                for i in self.inputs
+                if i in self.types and size in self.types[i].shape
+            ),
+            None,
+        )
+        if source is None:
+            return self.one("Shape", [name], start=axis, end=axis + 1)
+
+        def build() -> list[str]:
+            out = self.fresh("length")
+            start, end = source[1], source[1] + 1
+            self.nodes.insert(
+                0, helper.make_node("Shape", [source[0]], [out], name=self.fresh("n_Shape"), start=start, end=end)
+            )
+            if self.cache is not None:
+                self.cache.saw([source[0]], [out])
+            return [out]
+
+        return self.memo(("length", str(size)), build)[0]
 
     def memo(self, key: Any, build: Any) -> list[str]:
         """The values `build()` adds, built once per `key` (a causal mask per pair of symbolic lengths)."""

@@ -282,7 +282,10 @@ def _full_mask(
     if memo_key in graph._memo:
         return graph._memo[memo_key][0]
     lengths = []
-    for name in (q, k):
+    for size, name in ((qt.shape[2], q), (kt.shape[2], k)):
+        if isinstance(size, int) or any(i in graph.types and size in graph.types[i].shape for i in graph.inputs):
+            lengths.append(graph.length(size, name, time_axis))  # a constant, or a graph input's (at the start)
+            continue
         lengths.append(graph.fresh("shape"))
         new.append(
             helper.make_node(
@@ -390,14 +393,19 @@ def fold_position_tables(graph: Graph, keep: set[str]) -> None:
         if shape is None or place is None or place.ndim != 0 or len(shape.attribute) or _attribute(size, "axis", 0):
             continue
         i = int(place)
-        if i < 0:
+        source = graph.types.get(shape.input[0])
+        if i < 0 or source is None or i >= source.rank:
             continue
-        end = graph.fresh("shape")
-        sliced = helper.make_node("Shape", [shape.input[0]], [end], name=graph.fresh("n_Shape"), start=i, end=i + 1)
+        size = source.shape[i]
+        if isinstance(size, int) or any(n in graph.types and size in graph.types[n].shape for n in graph.inputs):
+            end = graph.length(size, shape.input[0], i)  # a constant, or one Shape at the start for every reader
+        else:
+            end = graph.fresh("shape")
+            sliced = helper.make_node("Shape", [shape.input[0]], [end], name=graph.fresh("n_Shape"), start=i, end=i + 1)
+            graph.nodes.insert(graph.nodes.index(node), sliced)
         node.op_type = "Slice"
         node.input[:] = [node.input[0], graph.ints([0], "start"), end, graph.ints([0], "axes")]
         del node.attribute[:]
-        graph.nodes.insert(graph.nodes.index(node), sliced)
     drop_dead_nodes(graph, keep)
 
 
@@ -452,3 +460,25 @@ __all__ = [
     "fold_sibling_matmuls",
     "fuse_written_attention",
 ]
+
+
+def fold_add_chains(graph: Graph, keep: set[str]) -> None:
+    """Add(Add(a, b), c), the inner one read only there, is Sum(a, b, c) (float values only: Sum is float)."""
+    while True:
+        index = _Index(graph, keep)
+        for node in graph.nodes:
+            if node.op_type not in ("Add", "Sum") or graph.types.get(node.output[0]) is None:
+                continue
+            if not graph.types[node.output[0]].is_float:
+                continue
+            inner = next((index.made_by(i, "Add", "Sum") for i in node.input if index.only_reader(i)), None)
+            if inner is None or inner.output[0] not in node.input:
+                continue
+            position = list(node.input).index(inner.output[0])
+            inputs = [*node.input[:position], *inner.input, *node.input[position + 1 :]]
+            node.op_type = "Sum"
+            node.input[:] = inputs
+            graph.nodes.remove(inner)
+            break
+        else:
+            return

@@ -340,7 +340,7 @@ def full_mask(g, mask: Any, queries: Any, keys: Any, q: str, k: str) -> str:
         return mask.name
 
     def expand() -> list[str]:
-        lengths = [g.one("Shape", [name], start=1, end=2) for name in (q, k)]
+        lengths = [g.length(size, name, 1) for size, name in ((tq, q), (tk, k))]
         return [g.one("Expand", [mask.name, g.one("Concat", lengths, axis=0)])]
 
     return g.memo(("full_mask", mask.name, str(tq), str(tk)), expand)[0]

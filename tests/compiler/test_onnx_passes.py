@@ -48,6 +48,7 @@ def test_written_out_attention_with_a_finite_padding_mask_is_one_attention_node(
     assert ops["Attention"] == 2 and "Softmax" not in ops and "Transpose" not in ops and "Reshape" not in ops
     assert ops["MatMul"] == 2 and ops["Split"] == 1  # query|key|value: one MatMul on the weights side by side; head
     assert "Range" not in ops and ops["Slice"] == 1  # the position embedding: the table's first rows
+    assert ops["Shape"] == 1  # the length of tokens: for the position table's rows and the mask's expansion
     attention = [n for n in model.graph.node if n.op_type == "Attention"]
     assert [len(n.input) for n in attention] == [4, 3]  # BERT's with its mask (expanded over queries), the other
     assert {a.name: a.f for a in attention[1].attribute}["scale"] == 0.25
@@ -106,3 +107,22 @@ def test_projections_of_one_input_are_one_matmul_with_or_without_biases(tmp_path
     }
     _compare(net, model, feeds)
     assert not any(i.name.endswith("gate_proj_weight_t") for i in model.graph.initializer)  # folded, not kept twice
+
+
+RESIDUAL = """
+model residual {
+    input x: float32[batch, time, 8]
+    input n: int64[batch, time]
+    h = x + (x -> proj: Linear(8))
+    output y = (h + (h -> ff: Linear(8) -> GELU -> out: Linear(8))) -> norm: LayerNorm
+    output m = n + n + n
+}
+"""
+
+
+def test_chained_float_additions_are_one_sum(tmp_path):
+    *_, net, model = _lowered(tmp_path, RESIDUAL, "residual")
+    ops = _ops(model)
+    assert ops["Sum"] == 2 and ops["Add"] == 3  # x + (x W + b); h + (g W + b); ff's bias; the int additions
+    rng = np.random.default_rng(3)
+    _compare(net, model, {"x": rng.standard_normal((2, 5, 8)).astype(np.float32), "n": rng.integers(0, 9, (2, 5))})
