@@ -415,25 +415,36 @@ register(
 
 @lowering("rotary")
 def _rotary_onnx(g, xs, outs, a, key):
+    """One RotaryEmbedding (opset 23, rotate-half: interleaved=0) on [batch, time, heads * d] float32, its cos and
+    sin [batch, time, d / 2] computed once per length (onnxruntime broadcasts neither batch nor position_ids);
+    other dtypes written out (Reshape, Split, Neg, Concat, Mul, Add)."""
     import numpy as np
 
     heads, size = int(plain(a["heads"])), int(plain(a["head_size"]))
     x = xs[0].name
+    batch, time = xs[0].type.shape[0], xs[0].type.shape[1]
+    fused = xs[0].type.dtype == "float32"
 
     def tables() -> list[str]:
-        """cos and sin [time, 1, head_size] of the positions of x's time axis."""
+        """cos and sin of the positions of x's time axis: [batch, time, head_size / 2] (fused), or [time, 1,
+        head_size] (written out)."""
         first = g.cache.past_length(g) if stepped else g.constant(0, "int64", "zero")
-        length = g.one("Squeeze", [g.one("Gather", [g.one("Shape", [x]), g.ints([1])], axis=0)])
-        end = g.one("Add", [first, length])
+        length = g.one("Squeeze", [g.length(time, x, 1)])
+        end = g.one("Add", [first, length]) if stepped else length
         places = g.one("Cast", [g.one("Range", [first, end, g.constant(1, "int64", "one")])], to=1)
         inv_freq = 1.0 / float(plain(a["base"])) ** (np.arange(0, size, 2, dtype=np.float32) / size)
         angles = g.one("Mul", [g.one("Unsqueeze", [places, g.ints([1])]), g.constant(inv_freq, "float32", "inv_freq")])
+        if fused:
+            shape = g.one("Concat", [g.length(batch, x, 0), g.length(time, x, 1), g.ints([size // 2])], axis=0)
+            return [g.one("Expand", [g.one(f, [angles]), shape]) for f in ("Cos", "Sin")]
         doubled = g.one("Concat", [angles, angles], axis=-1)
         return [g.one("Unsqueeze", [g.one(f, [doubled]), g.ints([1])]) for f in ("Cos", "Sin")]
 
     stepped = g.cache is not None and g.cache.is_stepped(x)
-    memo_key = ("rotary", str(xs[0].type.shape[1]), size, float(plain(a["base"])), stepped)
+    memo_key = ("rotary", str(batch), str(time), size, float(plain(a["base"])), stepped, fused)
     cos, sin = g.memo(memo_key, tables)
+    if fused:
+        return g.node("RotaryEmbedding", [x, cos, sin], num_heads=heads)
     h = g.one("Reshape", [x, g.ints([0, 0, heads, -1])])
     first_half, second_half = g.node("Split", [h], 2, axis=-1, num_outputs=2)
     rotated = g.one("Concat", [g.one("Neg", [second_half]), first_half], axis=-1)

@@ -1,6 +1,7 @@
-"""Attention lowered to one ONNX Attention node (opset 23) and RMSNorm to RMSNormalization: onnxruntime's CPU
-kernels give PyTorch's results for bool and additive masks, fully masked queries, causal attention (also with
-queries after cached keys), grouped-query heads, dropout in eval and cross-attention of other lengths."""
+"""Attention lowered to one ONNX Attention node (opset 23), RMSNorm to RMSNormalization, rotary to RotaryEmbedding:
+onnxruntime's CPU kernels give PyTorch's results for bool and additive masks, fully masked queries, causal
+attention (also with queries after cached keys), grouped-query heads, dropout in eval and cross-attention of other
+lengths."""
 
 from __future__ import annotations
 
@@ -162,6 +163,7 @@ def test_decode_step_queries_after_the_cache_see_every_earlier_key(tmp_path):
     program, module, net, model = _lowered(tmp_path, DECODER, "lm")
     ops = _ops(model)
     assert ops["Attention"] == 2 and ops["RMSNormalization"] == 1 and "ReduceMean" not in ops
+    assert ops["RotaryEmbedding"] == 2 and "Neg" not in ops  # rotate-half, its cos and sin computed once
     graphs = lower_decoder(program, module, state_arrays(net))
     step_ops = _ops(graphs.decode_step)
     assert step_ops["Attention"] == 2
