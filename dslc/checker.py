@@ -396,6 +396,17 @@ class BodyChecker:
         if isinstance(dim, Sym) and not (at_least <= 1 and _input_size(dim)):
             self.size_rules.setdefault((dim, at_least), SizeRule(dim, at_least, why, loc))
 
+    def require_op_sizes(self, op: Op, at_least: list[tuple[Any, int, str]], loc: Loc) -> None:
+        """An op's minimum input sizes (`Inferred.at_least`): a fixed size below one is an error here, a symbolic
+        one becomes a size rule (verification picks sizes meeting it; no sizes meeting it is an error)."""
+        for dim, minimum, why in at_least:
+            dim, minimum = traced.plain(dim), int(traced.plain(minimum))
+            if isinstance(dim, Sym):
+                if not _always_at_least(dim, minimum):
+                    self.require(dim, minimum, f"{op.name}: {why}", loc)
+            elif dim < minimum:
+                self.fail(loc, f"{op.name}: {why}", section=op.anchor)
+
     def require_sizes(self, types: list[TensorType], loc: Loc, what: str = "this expression") -> None:
         for t in types:
             for d in t.shape:
@@ -1111,6 +1122,7 @@ class BodyChecker:
             inferred = op.infer(bound, types)
         except ShapeError as exc:
             self.fail(loc, str(exc), exc.hint, section=op.anchor)
+        self.require_op_sizes(op, inferred.at_least, loc)
         self.require_sizes(inferred.outputs, loc, op.name)
         if op.param_count(inferred.init):  # dslc's layers hold float32 weights: PyTorch refuses other floats
             for t in types:
@@ -1152,6 +1164,7 @@ class BodyChecker:
                     loc,
                     f"layer '{attr}' was built for other input sizes; it cannot be reused with {[str(x.type) for x in inputs]}",
                 )
+            self.require_op_sizes(op, again.at_least, loc)
             self.require_sizes(again.outputs, loc, op.name)
             return ir.OpCall(again.outputs, op.name, list(inputs), init, attr)
 
@@ -1304,6 +1317,14 @@ def _input_size(dim: Sym) -> bool:
         return False
     ((monomial, coeff),) = dim.terms.items()
     return coeff == 1 and len(monomial) == 1 and monomial[0] not in FLOOR_ATOMS
+
+
+def _always_at_least(dim: Sym, minimum: int) -> bool:
+    """Whether `dim` is at least `minimum` at every input size (each at least 1): a sum of input sizes and their
+    products with positive coefficients (`2*h`, `h*w + 1`) is smallest where every size is 1."""
+    if any(c < 0 for m, c in dim.terms.items() if m) or any(a in FLOOR_ATOMS for a in dim.atoms()):
+        return False
+    return dim.evaluate(dict.fromkeys(dim.atoms(), 1)) >= minimum
 
 
 def _declares_output(stmts: list[ast.Stmt]) -> bool:

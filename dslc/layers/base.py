@@ -35,10 +35,14 @@ class AxisName:
 
 @dataclass
 class Inferred:
-    """A shape rule's answer: the output types and the resolved constructor arguments."""
+    """A shape rule's answer: the output types and the resolved constructor arguments; `at_least` lists
+    the input sizes the op needs to run, as (size, minimum, why): `why` says what needs it ("reflection
+    padding of 3 needs dimension 2 ('time') to be at least 4"). The checker refuses a fixed size below its
+    minimum and records a symbolic one as a size rule, which verification's sizes meet."""
 
     outputs: list[TensorType]
     init: dict[str, Any] = field(default_factory=dict)
+    at_least: list[tuple[Dim, int, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -240,3 +244,12 @@ def check_positive(args: dict[str, Any], *names: str) -> None:
         values = args[name] if isinstance(args[name], (tuple, list)) else (args[name],)
         if any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in values):
             raise ShapeError(f"{name} must be a positive integer, got {brief(args[name])}")
+
+
+def reflected_sizes(size: Dim, before: int, after: int, axis: int) -> list[tuple[Dim, int, str]]:
+    """`Inferred.at_least` of reflection padding: PyTorch reflects only a dimension larger than the padding."""
+    widest = max(before, after)
+    if not widest:
+        return []
+    why = f"reflection padding of {widest} needs dimension {axis} (size {size}) to be at least {widest + 1}"
+    return [(size, widest + 1, why)]

@@ -21,6 +21,7 @@ from dslc.layers.base import (
     lowering,
     pair,
     pycall,
+    reflected_sizes,
     register,
     simple,
     static,
@@ -415,6 +416,7 @@ def _pad_infer(n: int, name: str, mode: str):
         # PyTorch's order pads the last dimension first: (left, right) of the width, then (top, bottom).
         sides = [padding[2 * i : 2 * i + 2] for i in range(n)][::-1]
         spatial = x.shape[-n:]
+        at_least = []
         if mode == "reflect":
             for axis, (size, (before, after)) in enumerate(zip(spatial, sides), start=x.rank - n):
                 if isinstance(size, int) and max(before, after) >= size:
@@ -423,6 +425,7 @@ def _pad_infer(n: int, name: str, mode: str):
                         f"{max(before, after)} for size {size} (dimension {axis})",
                         "pad less, or use ReplicationPad or ZeroPad",
                     )
+                at_least += reflected_sizes(size, before, after, axis)
         init = {"padding": padding}
         if name.startswith("Constant"):
             value = args["value"]
@@ -430,7 +433,7 @@ def _pad_infer(n: int, name: str, mode: str):
                 raise ShapeError(f"{name}: an {x.dtype} tensor cannot be padded with {brief(value)}")
             init["value"] = value
         out = tuple(size + before + after for size, (before, after) in zip(spatial, sides))
-        return Inferred([x.with_shape((*x.shape[:-n], *out))], init)
+        return Inferred([x.with_shape((*x.shape[:-n], *out))], init, at_least)
 
     return infer
 

@@ -326,6 +326,12 @@ def _channel_shape(channels: int, x: TensorType) -> tuple[int, ...]:
     return (int(channels), *[1] * (x.rank - 2))
 
 
+def _one_value(name: str, x: TensorType, what: str) -> str:
+    """`Inferred.at_least`'s why of a normalisation over positions: PyTorch refuses a single position."""
+    positions = numel(x.shape[2:])
+    return f"{what} is normalised over its {positions} positions of {x.shape_str()}, which must be at least 2"
+
+
 def _groupnorm_infer(args, inputs):
     (x,) = inputs
     check_positive(args, "num_groups")
@@ -336,12 +342,16 @@ def _groupnorm_infer(args, inputs):
             f"GroupNorm: {channels} channels do not split into {args['num_groups']} groups",
             "num_groups must divide the channel count (dimension 1)",
         )
-    if channels // args["num_groups"] * numel(x.shape[2:]) == 1:  # PyTorch refuses it at batch size 1
+    per_group = channels // args["num_groups"]
+    if per_group * numel(x.shape[2:]) == 1:  # PyTorch refuses it at batch size 1
         raise ShapeError(
             f"GroupNorm({args['num_groups']}): each group of {x.shape_str()} holds one value per sample",
             "use fewer groups",
         )
-    return Inferred([x], {"num_channels": channels, **args})
+    at_least = []
+    if per_group == 1 and x.rank > 2:  # one channel a group: the positions must be more than one
+        at_least = [(numel(x.shape[2:]), 2, _one_value("GroupNorm", x, "a group of one channel"))]
+    return Inferred([x], {"num_channels": channels, **args}, at_least)
 
 
 register(
@@ -395,7 +405,8 @@ def _instancenorm_infer(rank: int, name: str):
         expect_rank(x, (rank,), name, layout)
         if numel(x.shape[2:]) == 1:  # PyTorch refuses it
             raise ShapeError(f"{name} normalises over positions, and {x.shape_str()} has one per channel")
-        return Inferred([x], {"num_features": _channels(x, name), **args})
+        at_least = [(numel(x.shape[2:]), 2, _one_value(name, x, "each channel"))]
+        return Inferred([x], {"num_features": _channels(x, name), **args}, at_least)
 
     return infer
 

@@ -19,6 +19,7 @@ from dslc.layers.base import (
     check_positive,
     lowering,
     pycall,
+    reflected_sizes,
     register,
     resolve_axis,
 )
@@ -179,7 +180,7 @@ def _pad_infer(args, inputs):
             raise ShapeError(f"pad: PyTorch has no {mode} padding of bool tensors", "convert with float(x) first")
         if plain(args["value"]) != 0:
             raise ShapeError(f"pad: a value fills constant padding only; {mode} padding copies the input's values")
-    shape = list(x.shape)
+    shape, at_least = list(x.shape), []
     for i in range(padded):
         axis, before, after = x.rank - 1 - i, pad[2 * i], pad[2 * i + 1]
         size = shape[axis]
@@ -188,9 +189,11 @@ def _pad_infer(args, inputs):
                 f"pad: reflect padding must be smaller than the size it reflects, but dimension {axis} of "
                 f"{x.shape_str()} is {size} and the padding {max(before, after)}"
             )
+        if mode == "reflect":
+            at_least += reflected_sizes(size, before, after, axis)
         shape[axis] = size + before + after
     init = {"pad": pad, "mode": mode, "value": _fill_value(args["value"], x, "pad")}
-    return Inferred([x.with_shape(shape)], init)
+    return Inferred([x.with_shape(shape)], init, at_least)
 
 
 def _pad_src(xs: list[str], a: dict[str, Any]) -> str:
@@ -328,7 +331,8 @@ def _topk_infer(args, inputs):
         raise ShapeError(f"topk: k is {k}, but dimension {axis} of {x.shape_str()} has only {size} elements")
     shape = tuple(k if i == axis else d for i, d in enumerate(x.shape))
     init = {"k": k, "dim": _signed_axis(axis, x), "largest": args["largest"]}
-    return Inferred([x.with_shape(shape), TensorType("int64", shape)], init)
+    at_least = [(size, k, f"k={k} needs dimension {axis} (size {size}) to be at least {k}")]
+    return Inferred([x.with_shape(shape), TensorType("int64", shape)], init, at_least)
 
 
 def _topk_src(xs: list[str], a: dict[str, Any]) -> str:
