@@ -280,7 +280,7 @@ class _Scope:
         if op_type is None:
             raise NotLowerableError(f"no ONNX lowering for '{e.op}'")
         if e.op == "%":  # Python's modulo takes the divisor's sign: ONNX Mod with fmod=0 for ints
-            return Value(g.one("Mod", [a.name, b.name], fmod=0 if not a.type.is_float else 1), e.type)
+            return Value(remainder(g, a, b) if a.type.is_float else g.one("Mod", [a.name, b.name], fmod=0), e.type)
         return Value(g.one(op_type, [a.name, b.name]), e.type)
 
 
@@ -305,6 +305,16 @@ def floor_divide(g: Graph, a: Value, b: Value) -> str:
     signs_differ = g.one("Xor", [g.one("Less", [a.name, zero]), g.one("Less", [b.name, zero])])
     adjust = g.one("Cast", [g.one("And", [inexact, signs_differ])], to=ONNX_DTYPES[a.type.dtype])
     return g.one("Sub", [quotient, adjust])
+
+
+def remainder(g: Graph, a: Value, b: Value) -> str:
+    """Python's `%` of floats, as torch.remainder computes it: C's fmod (ONNX Mod fmod=1, the dividend's sign),
+    plus the divisor where the two signs differ and the remainder is not 0. By 0 it is NaN, as in PyTorch."""
+    mod = g.one("Mod", [a.name, b.name], fmod=1)
+    zero = g.constant(0.0, a.type.dtype)
+    signs_differ = g.one("Xor", [g.one("Less", [mod, zero]), g.one("Less", [b.name, zero])])
+    adjust = g.one("And", [g.one("Not", [g.one("Equal", [mod, zero])]), signs_differ])
+    return g.one("Where", [adjust, g.one("Add", [mod, b.name]), mod])
 
 
 def index(g: Graph, x: Value, items: list[Any], out: TensorType) -> str:

@@ -97,6 +97,19 @@ def test_floor_division_and_modulo_follow_python_on_negative_integers(tmp_path):
     np.testing.assert_array_equal(r, x % 3)
 
 
+def test_float_modulo_takes_the_divisors_sign_as_pytorch(tmp_path):
+    """`%` of floats is torch.remainder (Python's: the divisor's sign), not C's fmod; by 0 it is NaN."""
+    net, session = _lower_spec(
+        tmp_path, "model m {\n    input x: float32[batch, 4]\n    input y: float32[batch, 4]\n    output r = x % y\n}\n"
+    )
+    x = np.array([[-2.5, 2.5, -2.5, 3.0], [-0.0, 1.0, -4.0, 5.0]], dtype=np.float32)
+    y = np.array([[1.0, -1.0, -1.0, 1.5], [2.0, 0.0, 2.0, -np.inf]], dtype=np.float32)
+    (r,) = session.run(None, {"x": x, "y": y})
+    want = net(torch.from_numpy(x), torch.from_numpy(y)).numpy()
+    np.testing.assert_array_equal(r, want)  # NaN where both are NaN
+    assert r[0, 0] == 0.5 and r[0, 1] == -0.5 and np.isnan(r[1, 1]) and r[1, 3] == -np.inf
+
+
 def test_indexing_slices_integers_and_new_axes(tmp_path):
     net, session = _lower_spec(
         tmp_path,
