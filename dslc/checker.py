@@ -553,6 +553,9 @@ class BodyChecker:
             hint = did_you_mean(name, INITIALIZERS) if name else None
             self.fail(expr.loc, f"a parameter starts as one of {', '.join(INITIALIZERS)}", hint, section="param")
         bound = bind_arguments(init.params, [], args, kwargs, expr.loc, init.name, self._arg_value)
+        problem = init.problem(bound)
+        if problem is not None:
+            self.fail(expr.loc, problem, section="param")
         return init.name, bound
 
     def if_stmt(self, stmt: ast.If) -> None:

@@ -20,6 +20,15 @@ class Initializer:
     doc: str
     params: tuple[Param, ...]
     torch: Callable[[str, dict[str, Any]], str]  # (the sizes as arguments, `1, 1, d`) -> the tensor's code
+    ordered: tuple[str, str] | None = None  # two bounds, the first at most the second (torch refuses the others)
+
+    def problem(self, args: dict[str, Any]) -> str | None:
+        """What is wrong with arguments that pass their own ranges but not together, or None."""
+        if self.ordered is not None:
+            low, high = self.ordered
+            if args[low] > args[high]:
+                return f"{self.name}: '{low}' ({args[low]:g}) is above '{high}' ({args[high]:g})"
+        return None
 
 
 def _init_call(function: str, keys: tuple[str, ...]) -> Callable[[str, dict[str, Any]], str]:
@@ -43,6 +52,7 @@ TORCH_DEFAULTS = {
 }
 
 _STD = Param("std", "float", 1.0, "standard deviation", low=0.0, high=1e3)
+_CUT_STD = Param("std", "float", 1.0, "standard deviation", low=0.0, high=1e3, open_low=True)  # the cuts divide by it
 _MEAN = Param("mean", "float", 0.0, "mean", low=-1e3, high=1e3)
 
 INITIALIZERS: dict[str, Initializer] = {
@@ -60,14 +70,16 @@ INITIALIZERS: dict[str, Initializer] = {
         Initializer(
             "trunc_normal",
             "N(mean, std^2) redrawn outside [a, b], as ViT's position embeddings start.",
-            (_MEAN, _STD, Param("a", "float", -2.0, "lower cut"), Param("b", "float", 2.0, "upper cut")),
+            (_MEAN, _CUT_STD, Param("a", "float", -2.0, "lower cut"), Param("b", "float", 2.0, "upper cut")),
             _init_call("trunc_normal_", ("mean", "std", "a", "b")),
+            ordered=("a", "b"),
         ),
         Initializer(
             "uniform",
             "Uniform on [a, b).",
             (Param("a", "float", 0.0, "lower bound"), Param("b", "float", 1.0, "upper bound")),
             _init_call("uniform_", ("a", "b")),
+            ordered=("a", "b"),
         ),
     )
 }

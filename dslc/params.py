@@ -36,9 +36,10 @@ class Param:
     default: Any = REQUIRED
     doc: str = ""
     choices: tuple[Any, ...] | None = None
-    low: float | None = None  # numbers (each item of floats/ints) must be >= low
+    low: float | None = None  # numbers (each item of floats/ints) must be >= low (> low when open_low)
     high: float | None = None  # ... and <= high (< high when open_high)
     open_high: bool = False
+    open_low: bool = False
     length: int | None = None  # floats/ints tuples: exactly this many items
 
     @property
@@ -93,10 +94,10 @@ def _check_range(param: Param, value: Any, what: str) -> None:
     for item in items:
         if isinstance(item, float) and not math.isfinite(item):
             raise BindError(f"{what}: '{param.name}' must be a finite number, got {brief(value)}")
-        too_low = param.low is not None and item < param.low
+        too_low = param.low is not None and (item <= param.low if param.open_low else item < param.low)
         too_high = param.high is not None and (item >= param.high if param.open_high else item > param.high)
         if too_low or too_high:
-            low = "" if param.low is None else f"at least {dsl_value(param.low)}"
+            low = "" if param.low is None else f"{'above' if param.open_low else 'at least'} {dsl_value(param.low)}"
             high = "" if param.high is None else f"{'below' if param.open_high else 'at most'} {dsl_value(param.high)}"
             raise BindError(
                 f"{what}: '{param.name}' must be {' and '.join(filter(None, (low, high)))}, got {brief(value)}"

@@ -151,6 +151,10 @@ def test_a_block_parameter_sizes_a_declared_parameter(write_spec):
         ("param p: int64[4]\n    output y = x", "3:14 parameters are float32"),
         ("param p: float32[4] = xavier\n    output y = x", "3:27 a parameter starts as one of zeros, ones"),
         ("param p: float32[4] = normal(sd=1)\n    output y = x", "normal has no argument 'sd'"),
+        # torch's trunc_normal_ divides by std, and uniform_ refuses a > b: internal errors at build before
+        ("param p: float32[4] = trunc_normal(std=0)\n    output y = x", "3:27 trunc_normal: 'std' must be above 0.0"),
+        ("param p: float32[4] = uniform(a=1, b=0)\n    output y = x", "3:27 uniform: 'a' (1) is above 'b' (0)"),
+        ("param p: float32[4] = trunc_normal(a=1, b=-1)\n    output y = x", "trunc_normal: 'a' (1) is above 'b' (-1)"),
         ("param x: float32[4]\n    output y = x", "3:5 'x' is already defined"),
         ("param p: float32[n]\n    output y = x", "3:22 unknown name 'n'"),
         ("output y = x -> (for i in 3 { Linear(4) })", "a loop walks a list, a tuple or a range, got 3"),
