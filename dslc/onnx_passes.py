@@ -441,25 +441,17 @@ def fold_shape_slices(graph: Graph, keep: set[str]) -> None:
 
 
 def drop_dead_nodes(graph: Graph, keep: set[str]) -> None:
-    """Drop the nodes whose results nothing reads (and that are no output), then unread initializers."""
-    while True:
-        read = {name for node in graph.nodes for name in node.input} | keep
-        alive = [n for n in graph.nodes if any(o in read for o in n.output)]
-        if len(alive) == len(graph.nodes):
-            break
-        graph.nodes[:] = alive
-    read = {name for node in graph.nodes for name in node.input}
-    for name in [n for n in graph.initializers if n not in read]:
+    """Drop the nodes whose results nothing reads (and that are no output), then unread initializers. One sweep
+    from the last node back (the nodes are in order), so a dead chain of any length goes at once."""
+    needed = set(keep)
+    alive = []
+    for node in reversed(graph.nodes):
+        if any(o in needed for o in node.output):
+            alive.append(node)
+            needed.update(node.input)
+    graph.nodes[:] = alive[::-1]
+    for name in [n for n in graph.initializers if n not in needed]:
         del graph.initializers[name]
-
-
-__all__ = [
-    "drop_dead_nodes",
-    "fold_position_tables",
-    "fold_shape_slices",
-    "fold_sibling_matmuls",
-    "fuse_written_attention",
-]
 
 
 def fold_add_chains(graph: Graph, keep: set[str]) -> None:
@@ -482,3 +474,13 @@ def fold_add_chains(graph: Graph, keep: set[str]) -> None:
             break
         else:
             return
+
+
+__all__ = [
+    "drop_dead_nodes",
+    "fold_add_chains",
+    "fold_position_tables",
+    "fold_shape_slices",
+    "fold_sibling_matmuls",
+    "fuse_written_attention",
+]
