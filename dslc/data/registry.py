@@ -60,6 +60,26 @@ class DatasetDef:
         return options["samples"] if any(p is SAMPLES for p in self.params) else None
 
 
+def check_split(name: str, examples: int, validation: float) -> None:
+    """Both splits of a data set of `examples` examples hold some at this validation fraction (dslc.data.sets.load
+    rounds the held-out count the same way); a BindError says which split would be empty."""
+    if validation == 0.0:
+        return
+    held_out = int(round(examples * validation))
+    if 0 < held_out < examples:
+        return
+    empty = "validation" if held_out == 0 else "training"
+    if examples < 2:
+        hint = "one example cannot be split: validation=0"
+    else:
+        low, high = 1 / examples, 1 - 1 / examples
+        hint = f"hold out at least one example and keep one: validation between {low:.3g} and {high:.3g}"
+        hint += ", or 0 for no validation" if held_out == 0 else ""
+    raise BindError(
+        f"{name}: validation={validation:g} of its {examples:,} examples leaves the {empty} split empty", hint
+    )
+
+
 def _t(dtype: str, *dims) -> TensorType:
     return TensorType(dtype, (BATCH, *dims))
 
@@ -76,6 +96,7 @@ def _image_folder(a, base):
     for path, _ in images[:: max(1, len(images) // CHECK_IMAGES)][:CHECK_IMAGES]:  # a sample's headers
         with open_image(path):
             pass
+    check_split("image_folder", len(images), a["validation"])
     s = a["size"]
     return {"image": _t("float32", 1 if a["grayscale"] else 3, s, s), "label": _t("int64")}
 
@@ -103,6 +124,8 @@ def _csv(a, base):
     for line, row in table.rows:
         for column in numeric:
             csv_number(p, line, row, column)
+    if table.complete:
+        check_split("csv", len(table.rows), a["validation"])
     fields = {"features": _t("float32", len(features))}
     if a["label"]:
         fields["label"] = _t("int64")
@@ -119,6 +142,7 @@ def _text_lm(a, base):
             f"text_lm: {a['path']} holds {size} bytes, fewer than one example of length {a['length']} (+1)",
             "use a longer text or a smaller length",
         )
+    check_split("text_lm", len(range(0, size - a["length"], a["stride"] or a["length"])), a["validation"])
     return {"input_ids": _t("int64", a["length"]), "labels": _t("int64", a["length"])}
 
 
@@ -172,7 +196,7 @@ NUMPY_DTYPES = {
 
 def _npz(a, base):
     path = data_file(a["path"], base)
-    fields = {}
+    arrays = {}
     try:
         with zipfile.ZipFile(path) as archive:
             for member in archive.infolist():
@@ -180,15 +204,15 @@ def _npz(a, base):
                 if name == member.filename:
                     raise BindError(f"{path}: member '{_shown(name)}' is not a .npy array")
                 with archive.open(member) as stream:
-                    fields[name] = _array_field(stream, member.file_size, f"{path}: array '{_shown(name)}'")
+                    arrays[name] = _array_field(stream, member.file_size, f"{path}: array '{_shown(name)}'")
     # RuntimeError, NotImplementedError: an encrypted member, a compression method Python lacks
     except (OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile) as exc:
         raise BindError(f"cannot read {path}: {exc}") from None
-    return fields
+    return _array_fields("npz", arrays, a["validation"])
 
 
 def _npy(a, base):
-    fields = {}
+    arrays = {}
     pairs = a["files"]
     if not isinstance(pairs, tuple) or not all(
         isinstance(x, tuple) and len(x) == 2 and all(isinstance(v, str) for v in x) for x in pairs
@@ -198,14 +222,27 @@ def _npy(a, base):
         path = data_file(file, base)
         try:
             with open(path, "rb") as stream:
-                fields[name] = _array_field(stream, os.fstat(stream.fileno()).st_size, str(path))
+                arrays[name] = _array_field(stream, os.fstat(stream.fileno()).st_size, str(path))
         except (OSError, ValueError, EOFError) as exc:
             raise BindError(f"cannot read {path}: {exc}") from None
-    return fields
+    return _array_fields("npy", arrays, a["validation"])
 
 
-def _array_field(stream: BinaryIO, size: int, where: str) -> TensorType:
-    """The field a .npy array gives, from its header alone (the data may be gigabytes, or compressed in an .npz)."""
+def _array_fields(source: str, arrays: dict[str, tuple[TensorType, int]], validation: float) -> dict[str, TensorType]:
+    """The fields of arrays read by `_array_field`: one row per example in each, so their row counts agree."""
+    if not arrays:
+        raise BindError(f"{source}: no arrays, so no fields")
+    rows = {name: n for name, (_, n) in arrays.items()}
+    if len(set(rows.values())) > 1:
+        sizes = ", ".join(f"'{_shown(name)}' {n:,}" for name, n in rows.items())
+        raise BindError(f"{source}: the arrays hold different numbers of examples ({sizes})", "one row per example")
+    check_split(source, next(iter(rows.values())), validation)
+    return {name: field for name, (field, _) in arrays.items()}
+
+
+def _array_field(stream: BinaryIO, size: int, where: str) -> tuple[TensorType, int]:
+    """The field a .npy array gives and its number of rows (examples), from its header alone (the data may be
+    gigabytes, or compressed in an .npz)."""
     from numpy.lib import format as npy
 
     version = npy.read_magic(stream)
@@ -220,7 +257,7 @@ def _array_field(stream: BinaryIO, size: int, where: str) -> TensorType:
         raise BindError(f"{where}: truncated, the header promises {needed:,} bytes and the file holds {size:,}")
     if str(dtype) not in NUMPY_DTYPES or not shape:
         raise BindError(f"{where}: unsupported dtype {dtype} or no batch dimension (one array row per example)")
-    return _t(NUMPY_DTYPES[str(dtype)], *shape[1:])
+    return _t(NUMPY_DTYPES[str(dtype)], *shape[1:]), shape[0]
 
 
 # ---------------------------------------------------------------- reading user files (dslc check and the loaders)
@@ -232,6 +269,7 @@ CHECK_BYTES = 1 << 20  # dslc check reads this much of a text data file: its hea
 class CsvTable:
     header: list[str]
     rows: list[tuple[int, dict[str, str]]]  # (the line a row starts on, its values by column)
+    complete: bool = True  # False when read up to a limit: the file holds more rows
 
 
 def read_csv(p: Path, limit: int | None = None) -> CsvTable:
@@ -256,7 +294,7 @@ def read_csv(p: Path, limit: int | None = None) -> CsvTable:
             raise BindError(f"{p}: empty file, expected a header row naming the columns")
         raise BindError(f"{p}: no header row in the first {limit:,} bytes", "is this a CSV file?")
     (header_line, header), *data = records
-    table = CsvTable(_csv_header(p, header_line, header), [])
+    table = CsvTable(_csv_header(p, header_line, header), [], complete)
     for line, record in data:
         if len(record) != len(header):
             raise BindError(

@@ -375,19 +375,15 @@ class TrainChecker:
         return c.Data(name, options, fields, cloc, dataset.rollout, dict(dataset.records), locs)
 
     def _check_split(self, dataset: DatasetDef, options: dict[str, Any], loc: Loc) -> None:
-        """Both splits of a data set of known size hold examples (dslc.data.sets.load rounds as here)."""
-        n, fraction = dataset.examples(options), options.get("validation", 0.0)
-        if n is None or fraction == 0.0:
-            return
-        held_out = int(round(n * fraction))
-        if held_out == 0 or held_out == n:
-            empty = "validation" if held_out == 0 else "training"
-            raise self.fail(
-                loc,
-                f"{dataset.name}: validation={fraction:g} of its {n:,} examples leaves the {empty} split empty",
-                f"hold out at least one example and keep one: validation between {1.5 / n:.3g} and {1 - 1.5 / n:.3g}"
-                + (", or 0 for no validation" if held_out == 0 else ""),
-            )
+        """Both splits of a data set whose size the options give hold examples (files are counted by `fields`)."""
+        from dslc.data.registry import check_split
+
+        n = dataset.examples(options)
+        if n is not None:
+            try:
+                check_split(dataset.name, n, options.get("validation", 0.0))
+            except BindError as exc:
+                raise self.fail(loc, str(exc), exc.hint) from None
 
     def policy(self, data: c.Data) -> c.Body:
         """An episodes data set's policy: the model output it names, run on the observation alone, one score per

@@ -113,7 +113,7 @@ def test_train_section_strings_and_comments_stay_data(tmp_path):
     from dslc.emit_train import emit_train_script
 
     evil_name = "d\"); __import__('os').getcwd(); (\".csv"
-    (tmp_path / evil_name).write_text("a,b,c,t\n1,2,3,4\n5,6,7,8\n")
+    (tmp_path / evil_name).write_text("a,b,c,t\n1,2,3,4\n5,6,7,8\n9,10,11,12\n")
     dsl_name = evil_name.replace('"', '\\"')
     spec = tmp_path / "t.model"
     spec.write_text(

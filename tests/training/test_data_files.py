@@ -76,7 +76,7 @@ def test_a_bad_csv_file_is_an_error_at_the_data_line(tmp_path, data, message, hi
 
 
 def test_a_good_csv_file_checks(tmp_path):
-    lines, code = check(tmp_path, b"\xef\xbb\xbfa,b,t\r\n1,2,3\r\n\r\n4,5,6\r\n")
+    lines, code = check(tmp_path, b"\xef\xbb\xbfa,b,t\r\n1,2,3\r\n\r\n4,5,6\r\n7,8,9\r\n")
     assert (code, lines) == (0, [f"{tmp_path / 's.model'}: ok (m; 3 parameters)"])
 
 
@@ -181,3 +181,34 @@ def test_an_npz_that_is_no_zip_and_a_truncated_npy(tmp_path):
     assert output.startswith(
         located(tmp_path, f"{tmp_path / 'x.npy'}: truncated, the header promises 160 bytes and the file holds 159")
     )
+
+
+def test_arrays_with_different_numbers_of_rows_are_refused_at_check(tmp_path):
+    (tmp_path / "x.npy").write_bytes(npy_bytes(np.zeros((4, 2), np.float32)))
+    (tmp_path / "y.npy").write_bytes(npy_bytes(np.zeros((3, 1), np.float32)))
+    code, output = dslc("check", str(write_spec(tmp_path, 'npy(files=[("features", "x.npy"), ("target", "y.npy")])')))
+    assert code == 1
+    assert output.startswith(
+        located(tmp_path, "npy: the arrays hold different numbers of examples ('features' 4, 'target' 3)")
+    ), output
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("npz", "npz: validation=0.2 of its 2 examples leaves the validation split empty"),
+        ("csv", "csv: validation=0.2 of its 2 examples leaves the validation split empty"),
+        ("text_lm", "text_lm: validation=0.2 of its 2 examples leaves the validation split empty"),
+    ],
+)
+def test_data_files_too_small_to_split_are_refused_at_check(tmp_path, source, message):
+    """`dslc train` would find an empty split: check counts the examples of a file (an array's header, all of a small
+    CSV file, a text's windows) as the loader splits them."""
+    (tmp_path / "d.csv").write_text("a,b,t\n1,2,3\n4,5,6\n")
+    (tmp_path / "d.txt").write_text("0123456789")
+    arrays = {"features.npy": npy_bytes(np.zeros((2, 2), np.float32)), "target.npy": npy_bytes(np.zeros((2, 1)))}
+    calls = {"npz": 'npz("d.npz")', "csv": CSV, "text_lm": 'text_lm("d.txt", length=4)'}
+    spec = npz_spec(tmp_path, arrays) if source == "npz" else write_spec(tmp_path, calls[source])
+    code, output = dslc("check", str(spec))
+    assert code == 1 and output.startswith(located(tmp_path, message)), output
+    assert "hint: hold out at least one example and keep one: validation between 0.5 and 0.5" in output

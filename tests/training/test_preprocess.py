@@ -114,7 +114,8 @@ def test_without_standardize_nothing_is_prepended(tmp_path):
 
 
 def check(folder: Path, features: str, header: str) -> tuple[int, str]:
-    (folder / "d.csv").write_text(header + "\n" + ",".join("1" for _ in header.split(",")) + "\n")
+    row = ",".join("1" for _ in header.split(","))
+    (folder / "d.csv").write_text(header + "\n" + f"{row}\n" * 5)  # 5 rows: 1 to validate, 4 to train
     width = 24
     (folder / "s.model").write_text(
         f"model m {{ input features: float32[batch, {width}]  output y = features -> Linear(1) }}\n"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from dslc.checker import check_file
-from dslc.errors import DslcError
+from dslc.errors import Diagnostic, DslcError
 from tests.conftest import SPECS
 
 MODEL = """
@@ -129,15 +130,21 @@ def test_train_overrides(write_spec):
 )
 def test_settings_torch_would_refuse_are_located_errors(tmp_path, setting, message):
     """Values PyTorch refuses at run time (an internal error in `dslc train` before) are refused by check."""
+    diag = regression_error(tmp_path, "diabetes(validation=0.2)", setting, "epochs = 1")
+    assert message in diag.message and diag.loc is not None
+
+
+def regression_error(tmp_path: Path, data: str, *settings: str) -> Diagnostic:
+    """The one error `check` gives for a linear regression on `data` with these train settings."""
     spec = tmp_path / "t.model"
     spec.write_text(
         "model m {\n input features: float32[batch, 10]\n output prediction = features -> Linear(1)\n}\n"
-        f"train {{\n data = diabetes(validation=0.2)\n loss = mse(prediction, target)\n {setting}\n epochs = 1\n}}\n"
+        f"train {{\n data = {data}\n loss = mse(prediction, target)\n" + "".join(f" {s}\n" for s in settings) + "}\n"
     )
     with pytest.raises(DslcError) as info:
         check_file(spec)
     (diag,) = info.value.diagnostics
-    assert message in diag.message and diag.loc is not None
+    return diag
 
 
 @pytest.mark.parametrize(
@@ -176,14 +183,7 @@ def test_nesterov_with_momentum_and_top_k_within_the_classes_check(write_spec):
     ],
 )
 def test_data_that_would_leave_nothing_to_train_or_score_is_refused_at_check(tmp_path, data, message):
-    spec = tmp_path / "t.model"
-    spec.write_text(
-        "model m {\n input features: float32[batch, 10]\n output prediction = features -> Linear(1)\n}\n"
-        f"train {{\n data = {data}\n loss = mse(prediction, target)\n}}\n"
-    )
-    with pytest.raises(DslcError) as info:
-        check_file(spec)
-    (diag,) = info.value.diagnostics
+    diag = regression_error(tmp_path, data)
     assert message in diag.message and diag.loc is not None and diag.loc.line == 6
 
 
