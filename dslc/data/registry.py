@@ -17,7 +17,7 @@ import os
 import stat
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -52,6 +52,9 @@ class DatasetDef:
     names: tuple[str, ...] = ()  # parameters written as a tensor name (`policy=logits`), kept as the name
     records: tuple[tuple[str, bool], ...] = ()  # (key, higher is better): what it adds to each epoch's record
     size: int | None = None  # the number of examples of a fixed data set (a generated one has `samples`)
+    # field -> the class ids it holds, where check can know them without reading gigabytes (a prefix of a file
+    # may give some of them): losses over these fields are checked against the model's number of classes
+    class_ids: Callable[[dict[str, Any], Path], dict[str, Sequence[int]]] = lambda a, base: {}
 
     def examples(self, options: dict[str, Any]) -> int | None:
         """How many examples the options give, where that is known without reading files."""
@@ -151,6 +154,18 @@ def _text(a, base):
     return {"tokens": _t("int64", a["max_len"]), "label": _t("int64")}
 
 
+def _text_class_ids(a, base) -> dict[str, range]:
+    return {"label": range(len({label for label, _ in text_examples(data_file(a["path"], base), CHECK_BYTES)}))}
+
+
+def _csv_class_ids(a, base) -> dict[str, range]:
+    """A label column's classes are its distinct values (ids 0..n-1), here those of the file's start."""
+    if not a["label"]:
+        return {}
+    table = read_csv(data_file(a["path"], base), limit=CHECK_BYTES)
+    return {"label": range(len({row[a["label"]] for _, row in table.rows}))}
+
+
 def _episodes(a, base):
     observation, _ = env_spaces(a["env"])
     return {"observation": _t("float32", *observation), "action": _t("int64"), "returns": _t("float32")}
@@ -197,17 +212,13 @@ NUMPY_DTYPES = {
 def _npz(a, base):
     path = data_file(a["path"], base)
     arrays = {}
-    try:
-        with zipfile.ZipFile(path) as archive:
-            for member in archive.infolist():
-                name = member.filename.removesuffix(".npy")
-                if name == member.filename:
-                    raise BindError(f"{path}: member '{_shown(name)}' is not a .npy array")
-                with archive.open(member) as stream:
-                    arrays[name] = _array_field(stream, member.file_size, f"{path}: array '{_shown(name)}'")
-    # RuntimeError, NotImplementedError: an encrypted member, a compression method Python lacks
-    except (OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile) as exc:
-        raise BindError(f"cannot read {path}: {exc}") from None
+    with _read_errors(path), zipfile.ZipFile(path) as archive:
+        for member in archive.infolist():
+            name = member.filename.removesuffix(".npy")
+            if name == member.filename:
+                raise BindError(f"{path}: member '{_shown(name)}' is not a .npy array")
+            with archive.open(member) as stream:
+                arrays[name] = _array_field(stream, member.file_size, f"{path}: array '{_shown(name)}'")
     return _array_fields("npz", arrays, a["validation"])
 
 
@@ -220,12 +231,57 @@ def _npy(a, base):
         raise BindError('npy: \'files\' must be a list of (field, path) pairs, e.g. [("image", "x.npy")]')
     for name, file in pairs:
         path = data_file(file, base)
-        try:
-            with open(path, "rb") as stream:
-                arrays[name] = _array_field(stream, os.fstat(stream.fileno()).st_size, str(path))
-        except (OSError, ValueError, EOFError) as exc:
-            raise BindError(f"cannot read {path}: {exc}") from None
+        with _read_errors(path), open(path, "rb") as stream:
+            arrays[name] = _array_field(stream, os.fstat(stream.fileno()).st_size, str(path))
     return _array_fields("npy", arrays, a["validation"])
+
+
+CHECK_CLASS_BYTES = 64 << 20  # dslc check reads integer arrays up to this size to see the class ids they hold
+
+
+def _npy_class_ids(a, base) -> dict[str, list[int]]:
+    ids = {}
+    for name, file in a["files"]:
+        path = data_file(file, base)
+        with _read_errors(path), open(path, "rb") as stream:
+            values = _small_int_values(stream)
+        if values is not None:
+            ids[name] = values
+    return ids
+
+
+def _npz_class_ids(a, base) -> dict[str, list[int]]:
+    ids, path = {}, data_file(a["path"], base)
+    with _read_errors(path), zipfile.ZipFile(path) as archive:
+        for member in archive.infolist():
+            with archive.open(member) as stream:
+                values = _small_int_values(stream)
+            if values is not None:
+                ids[member.filename.removesuffix(".npy")] = values
+    return ids
+
+
+def _small_int_values(stream: BinaryIO) -> list[int] | None:
+    """The distinct values of the integer .npy array `stream` holds (checked by `_array_field` already), or None when
+    it holds no integers or more than CHECK_CLASS_BYTES of them."""
+    import numpy as np
+    from numpy.lib import format as npy
+
+    version = npy.read_magic(stream)
+    shape, _, dtype = (npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0)(stream)
+    size = math.prod(shape) * dtype.itemsize
+    if dtype.kind not in "iu" or size > CHECK_CLASS_BYTES:
+        return None
+    return np.unique(np.frombuffer(stream.read(size), dtype=dtype)).tolist()  # the layout does not change the set
+
+
+@contextlib.contextmanager
+def _read_errors(path: Path):
+    try:
+        yield
+    # RuntimeError, NotImplementedError: an encrypted .npz member, a compression method Python lacks
+    except (OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile) as exc:
+        raise BindError(f"cannot read {path}: {exc}") from None
 
 
 def _array_fields(source: str, arrays: dict[str, tuple[TensorType, int]], validation: float) -> dict[str, TensorType]:
@@ -548,6 +604,7 @@ _register(
         ),
         _digits,
         size=1797,
+        class_ids=lambda a, base: {"label": range(10)},
     )
 )
 _register(
@@ -573,6 +630,7 @@ _register(
             P("validation", "float", 0.1, low=0.0, high=1.0, open_high=True),
         ),
         _sequences,
+        class_ids=lambda a, base: {"source": range(a["vocab"]), "target": range(a["vocab"])},
     )
 )
 _register(
@@ -594,6 +652,7 @@ _register(
             VALIDATION,
         ),
         lambda a, base: {"sequence": _t("float32", a["length"], a["features"]), "label": _t("int64")},
+        class_ids=lambda a, base: {"label": range(a["classes"])},
     )
 )
 _register(
@@ -608,6 +667,7 @@ _register(
             VALIDATION,
         ),
         lambda a, base: {"tokens": _t("int64", a["length"]), "label": _t("int64")},
+        class_ids=lambda a, base: {"label": range(2)},
     )
 )
 _register(
@@ -623,6 +683,7 @@ _register(
             VALIDATION,
         ),
         lambda a, base: {"tokens": _t("int64", a["length"]), "tags": _t("int64", a["length"])},
+        class_ids=lambda a, base: {"tags": range(a["classes"])},
     )
 )
 _register(
@@ -664,6 +725,7 @@ _register(
         ),
         _csv,
         files=("path",),
+        class_ids=_csv_class_ids,
     )
 )
 _register(
@@ -686,6 +748,7 @@ _register(
             ),
         ),
         _image_folder,
+        class_ids=lambda a, base: {"label": range(len(image_classes(data_folder(a["path"], base))))},
     )
 )
 _register(
@@ -695,6 +758,7 @@ _register(
         (P("path", "str"), VALIDATION),
         _npz,
         files=("path",),
+        class_ids=_npz_class_ids,
     )
 )
 _register(
@@ -704,6 +768,7 @@ _register(
         (P("files", "any"), VALIDATION),
         _npy,
         files=(),
+        class_ids=_npy_class_ids,
     )
 )
 _register(
@@ -720,6 +785,7 @@ _register(
         ),
         _text_lm,
         files=("path",),
+        class_ids=lambda a, base: {"input_ids": range(256), "labels": range(256)},
     )
 )
 _register(
@@ -730,6 +796,7 @@ _register(
         (P("path", "str"), P("max_len", "int", 32), P("min_freq", "int", 1), P("lowercase", "bool", True), VALIDATION),
         _text,
         files=("path",),
+        class_ids=_text_class_ids,
     )
 )
 _register(

@@ -10,6 +10,7 @@ inputs); models may also be called as functions: `discriminator(generator(z))`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -385,6 +386,27 @@ class TrainChecker:
             except BindError as exc:
                 raise self.fail(loc, str(exc), exc.hint) from None
 
+    def _check_class_ids(self, data: c.Data, checks: list[c.LabelCheck]) -> None:
+        """The class ids a data set holds fit the losses' numbers of classes (`dslc train` checks all of them)."""
+        from dslc.data.registry import DATASETS
+
+        if not checks or data.rollout:
+            return
+        try:
+            known = DATASETS[data.name].class_ids(data.options, self.base)
+        except BindError as exc:
+            raise self.fail(data.loc, str(exc), exc.hint) from None
+        for check in checks:
+            values = known.get(check.field)
+            bad = _outside(values, check.classes, check.ignore_index) if values else None
+            if bad is not None:
+                raise self.fail(
+                    data.loc,
+                    f"{data.name}: field '{check.field}' holds class id {bad}, outside [0, {check.classes}) for a "
+                    f"model with {check.classes} outputs",
+                    "the model's last layer must have as many outputs as there are classes",
+                )
+
     def policy(self, data: c.Data) -> c.Body:
         """An episodes data set's policy: the model output it names, run on the observation alone, one score per
         action of the environment. Returns the body the rollouts call (`act()` in the script)."""
@@ -627,6 +649,7 @@ class TrainChecker:
             body = self._step_bodies[step.name]
             step.body = self.finish_body(body, set(prepare.bound))
             label_checks += _label_checks(self._losses[step.name], body, self.fields)
+        self._check_class_ids(data, _unique(label_checks))
         epochs = self.setting(settings, "epochs", P("epochs", "int", 10, low=0))
         batch_size = self.setting(settings, "batch_size", P("batch_size", "int", 32, low=1, high=2**31 - 1))
         for key, value in (("epochs", epochs), ("batch_size", batch_size)):
@@ -691,6 +714,17 @@ class TrainChecker:
         )
         config.settings = settings_json(config)
         return config
+
+
+def _outside(values: Sequence[int], classes: int, ignore_index: int | None) -> int | None:
+    """The lowest of sorted distinct `values` when it is below 0, else the highest when it is not below `classes`,
+    leaving out `ignore_index`: both are among the first two and the last two, so a range of a million ids costs four
+    looks."""
+    ends = [value for value in (*values[:2], *values[-2:]) if value != ignore_index]
+    if not ends:
+        return None
+    low, high = min(ends), max(ends)
+    return low if low < 0 else high if high >= classes else None
 
 
 def _unique(checks: list[c.LabelCheck]) -> list[c.LabelCheck]:

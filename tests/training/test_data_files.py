@@ -212,3 +212,40 @@ def test_data_files_too_small_to_split_are_refused_at_check(tmp_path, source, me
     code, output = dslc("check", str(spec))
     assert code == 1 and output.startswith(located(tmp_path, message)), output
     assert "hint: hold out at least one example and keep one: validation between 0.5 and 0.5" in output
+
+
+def labelled_npy_spec(folder: Path, labels: np.ndarray, loss: str = "cross_entropy(y, label)") -> Path:
+    np.save(folder / "x.npy", np.zeros((len(labels), 2), np.float32))
+    np.save(folder / "y.npy", labels)
+    return write_spec(folder, 'npy(files=[("features", "x.npy"), ("label", "y.npy")])', loss)
+
+
+@pytest.mark.parametrize(
+    ("labels", "loss", "bad"),
+    [
+        (np.arange(12) % 3, "cross_entropy(y, label)", 2),  # the model has 1 output
+        (np.array([0, -1, 0, 0, 0]), "cross_entropy(y, label)", -1),
+        (np.array([0, -100, 0, 7, 0], np.int32), "cross_entropy(y, label, ignore_index=-100)", 7),
+    ],
+)
+def test_class_ids_a_model_cannot_score_are_refused_at_check(tmp_path, labels, loss, bad):
+    """`dslc train` found these before its first step; check reads small integer arrays to find them first."""
+    code, output = dslc("check", str(labelled_npy_spec(tmp_path, labels, loss)))
+    assert code == 1, output
+    assert output.startswith(
+        located(tmp_path, f"npy: field 'label' holds class id {bad}, outside [0, 1) for a model with 1 outputs")
+    ), output
+
+
+def test_class_ids_within_the_classes_or_ignored_check(tmp_path):
+    assert dslc("check", str(labelled_npy_spec(tmp_path, np.zeros(5, np.int64))))[0] == 0
+    spec = labelled_npy_spec(tmp_path, np.array([0, -100, 0, 0, 0]), "cross_entropy(y, label, ignore_index=-100)")
+    assert dslc("check", str(spec))[0] == 0
+
+
+def test_the_classes_of_a_csv_label_column_are_counted_at_check(tmp_path):
+    (tmp_path / "d.csv").write_text("a,b,kind\n" + "".join(f"1,2,{kind}\n" for kind in "xyzxyz"))
+    code, output = dslc(
+        "check", str(write_spec(tmp_path, 'csv("d.csv", features=["a", "b"], label="kind")', "cross_entropy(y, label)"))
+    )
+    assert code == 1 and output.startswith(located(tmp_path, "csv: field 'label' holds class id 2, outside [0, 1)"))

@@ -203,3 +203,25 @@ def test_bce_on_values_outside_0_and_1_is_a_clear_error_and_leaves_no_run_folder
     assert result.exit_code == 1, result.output
     assert "bce takes probabilities and targets in [0, 1]" in result.output and "bce_with_logits" in result.output
     assert "internal error" not in result.output and not out.exists()
+
+
+SEQUENCE_MODEL = (
+    "model net {\n    input sequence: float32[batch, 16, 8]\n    output logits = sequence -> Flatten -> Linear(6)\n}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "message"),
+    [
+        (MODEL.replace("Linear(10)", "Linear(6)"), "digits(image_size=8)", "digits: field 'label' holds class id 9"),
+        (SEQUENCE_MODEL, "sequence_classes(classes=7)", "sequence_classes: field 'label' holds class id 6"),
+    ],
+)
+def test_a_data_set_with_more_classes_than_the_model_scores_is_refused_at_check(write_spec, model, data, message):
+    """`dslc train` found this before its first step; the data set's class ids are known at check."""
+    path = write_spec(model + f"train {{\n    data = {data}\n    loss = cross_entropy(logits, label)\n}}\n")
+    with pytest.raises(DslcError) as info:
+        check_file(path)
+    (diag,) = info.value.diagnostics
+    assert diag.message == f"{message}, outside [0, 6) for a model with 6 outputs"
+    assert path.read_text().splitlines()[diag.loc.line - 1].strip().startswith("data = ")
