@@ -24,7 +24,12 @@ class Loc:
     end_col: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}"
+        return self.file if self.line == 0 else f"{self.file}:{self.line}:{self.col}"
+
+
+def argument_loc(argument: str) -> Loc:
+    """The place of a value given on the command line (`--set epochs=0`): its errors name the argument."""
+    return Loc(argument, 0, 0)
 
 
 @dataclass

@@ -654,7 +654,7 @@ class TrainChecker:
         batch_size = self.setting(settings, "batch_size", P("batch_size", "int", 32, low=1, high=2**31 - 1))
         for key, value in (("epochs", epochs), ("batch_size", batch_size)):
             if value < 1:
-                raise self.fail(settings[key].loc, f"{key} must be at least 1")
+                raise self.fail(settings[key].value.loc, f"{key} must be at least 1")
         patience = self.setting(settings, "early_stopping", P("early_stopping", "int", None, low=1))
         validation = data.options.get("validation", 0.0) > 0
         keys = ["train_loss", *(["val_loss"] if validation else []), *(u.key for u in metrics), *data.records]
@@ -663,7 +663,7 @@ class TrainChecker:
         default = next(iter(data.records), "val_loss" if validation else "train_loss")  # episodes: episode_return
         monitor = self.setting(settings, "monitor", P("monitor", "str", default))
         if monitor not in keys:
-            loc = settings["monitor"].loc if "monitor" in settings else self.train.loc
+            loc = settings["monitor"].value.loc if "monitor" in settings else self.train.loc
             raise self.fail(
                 loc,
                 f"monitor '{monitor}' is not a recorded value",

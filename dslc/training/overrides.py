@@ -10,9 +10,9 @@ from typing import Any
 
 from dslc import ast
 from dslc.data.registry import DATASETS
-from dslc.errors import DslcError, Loc, Reporter, error, read_source
+from dslc.errors import DslcError, Loc, Reporter, argument_loc, error, read_source
 from dslc.loader import parse_override
-from dslc.params import BindError, P, coerce, signature
+from dslc.params import BindError, P, coerce, dsl_value, signature
 from dslc.parser import parse
 from dslc.training.check import ROOT_SETTINGS, STEP_SETTINGS
 from dslc.training.functions import OPTIMIZERS, SCHEDULES
@@ -150,6 +150,7 @@ def apply_overrides(train: ast.TrainDef, overrides: dict[str, Any]) -> None:
     `--set optimizer.lr=0.1 --set optimizer=sgd` sets sgd's lr."""
     for key, value in sorted(overrides.items(), key=lambda item: "." in item[0]):
         head, _, arg = key.partition(".")
+        given = argument_loc(f"--set {key}={value if isinstance(value, str) else dsl_value(value)}")
         target = _find_setting(train.items, head)
         if target is None and arg and head in DEFAULT_CALLS:  # the default call, with this argument
             target = ast.Setting(train.loc, head, ast.Name(train.loc, DEFAULT_CALLS[head]))
@@ -158,14 +159,14 @@ def apply_overrides(train: ast.TrainDef, overrides: dict[str, Any]) -> None:
             if arg or head not in SETTINGS:
                 hint = _nearest(head, dict.fromkeys(SETTINGS, "a train setting"))
                 raise error(None, f"--set {key}: the train section has no setting '{head}'", hint)
-            train.items.append(ast.Setting(train.loc, head, _literal(head, value, train.loc)))
+            train.items.append(ast.Setting(given, head, _literal(head, value, given)))
             continue
         if not arg:
-            target.value = _literal(head, value, target.loc)
+            target.value = _literal(head, value, given)
         elif isinstance(target.value, ast.Call):
-            _set_argument(head, target.value, arg, _literal(None, value, target.loc))
+            _set_argument(head, target.value, arg, _literal(None, value, given))
         elif isinstance(target.value, ast.Name):
-            target.value = ast.Call(target.value.loc, target.value.id, [], [(arg, _literal(None, value, target.loc))])
+            target.value = ast.Call(target.value.loc, target.value.id, [], [(arg, _literal(None, value, given))])
         else:
             raise error(target.loc, f"--set {key}: setting '{head}' is not a call with arguments")
 

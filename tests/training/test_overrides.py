@@ -69,10 +69,18 @@ def test_check_takes_train_settings():
     assert code == 0, output
 
 
-def test_a_spec_value_error_from_an_override_is_located_at_the_setting():
-    """A plain setting's value is checked like written source, at the line it replaces."""
-    code, output = dslc("check", MLP, "--set", "epochs=many")
-    assert code == 1 and output.startswith(f"{MLP}:19:5: error: epochs: 'epochs' must be an integer, got \"many\"")
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("epochs=many", "epochs: 'epochs' must be an integer, got \"many\""),
+        ("epochs=0", "epochs must be at least 1"),
+        ("monitor=accuracy", "monitor 'accuracy' is not a recorded value"),  # a setting the spec leaves out
+    ],
+)
+def test_a_value_error_from_an_override_names_the_override_not_the_spec_line(override, message):
+    """A plain setting's value is checked like written source, but the error is the argument's, not line 19's."""
+    code, output = dslc("check", MLP, "--set", override)
+    assert code == 1 and output.startswith(f"--set {override}: error: {message}\n"), output
 
 
 def test_whole_values_apply_before_arguments():
