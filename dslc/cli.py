@@ -72,6 +72,11 @@ def known_torch_error(exc: Exception) -> str | None:
             "positions than its table has (sequences longer than the model's position embedding: shorten them, "
             "e.g. text_lm's length)"
         )
+    if isinstance(exc, RuntimeError) and text.startswith("Class values must be"):  # F.one_hot's words
+        return (
+            f"one_hot was given a class id outside [0, num_classes) ({text.rstrip('.')}): the ids it codes must lie "
+            "below its num_classes"
+        )
     if isinstance(exc, RuntimeError) and "elements of " in text and "should be between 0 and 1" in text:
         return (  # binary_cross_entropy's
             f"bce takes probabilities and targets in [0, 1], but was given values outside ({text}): give it "

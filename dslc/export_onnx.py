@@ -2,9 +2,9 @@
 metadata, the full ONNX check; and the example inputs export and verification use.
 
 Example sizes are chosen > 1 and distinct per symbolic dimension, so a graph that froze a size shows
-up in verification. Integer inputs that feed an Embedding (directly or through blocks, groups and
-repeats) get ids from 0 to the vocabulary size - 1, both ends included, so verification sees every
-valid id.
+up in verification. Integer inputs that feed an op taking ids (an Embedding, one_hot: `Op.id_limit`), directly
+or through blocks, groups and repeats, get ids from 0 to the limit - 1, both ends included, so verification sees
+every valid id.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 from dslc import __version__, ir
 from dslc.fileio import name_text
 from dslc.ir import example_sizes, symbol_names  # noqa: F401 - part of this module's interface
+from dslc.layers import REGISTRY
 from dslc.shapes import Sym
 
 TORCH_DTYPES = {
@@ -72,7 +73,8 @@ Taint = frozenset  # of input positions whose values an expression may hold
 
 
 class _Bounds:
-    """Which inputs of each module feed an Embedding, and which inputs' values reach each output.
+    """Which inputs of each module feed an op taking ids (an Embedding, one_hot), and which inputs' values reach
+    each output.
 
     Values are followed through assignments, value-preserving ops (VALUE_OPS, indexing, tuples) and
     into blocks, named groups and repeats; arithmetic and other ops make new values (`positions(ids)`
@@ -120,8 +122,9 @@ class _Bounds:
             return current[:outputs]
 
         def op(name: str, init: dict[str, Any], args: list[Taint], outputs: int) -> list[Taint]:
-            if name == "Embedding" and args:
-                bound(args[0], init["num_embeddings"])
+            limit = REGISTRY[name].id_limit
+            if limit is not None and args:
+                bound(args[0], limit(init))
             if name in VALUE_OPS:
                 return [Taint().union(*args)] * outputs
             return [Taint()] * outputs
@@ -164,7 +167,7 @@ class _Bounds:
 
 
 def int_input_bounds(module: ir.ModuleIR, program: ir.ProgramIR | None = None) -> dict[str, int]:
-    """For inputs feeding an Embedding, the smallest vocabulary size they feed (valid ids are below it).
+    """For inputs feeding an op that takes ids (`Op.id_limit`), the smallest limit they feed (valid ids are below it).
     Blocks are looked up in `program`; without it only the module's own layers count."""
     bounds, _ = _Bounds(program).summary(module)
     return {module.inputs[i].name: vocab for i, vocab in bounds.items()}
@@ -173,7 +176,7 @@ def int_input_bounds(module: ir.ModuleIR, program: ir.ProgramIR | None = None) -
 def example_inputs(
     module: ir.ModuleIR, sizes: dict[str, int], seed: int = 0, program: ir.ProgramIR | None = None
 ) -> tuple[torch.Tensor, ...]:
-    """Random inputs at `sizes`. An integer input feeding an Embedding holds ids below its vocabulary,
+    """Random inputs at `sizes`. An integer input feeding an op taking ids holds ids below its limit,
     other integer inputs 0 and 1; the first element is 0 and the last the largest valid id (the only
     element, of a one-element input), so the whole range is exercised, not what the draw happens to hit."""
     generator = torch.Generator().manual_seed(seed)

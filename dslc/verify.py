@@ -100,8 +100,8 @@ class Float64Reference:
 def verification_inputs(
     module: ir.ModuleIR, program: ir.ProgramIR | None = None
 ) -> list[tuple[dict[str, int], tuple[torch.Tensor, ...]]]:
-    """(sizes, inputs) of each verification run. With `program` (to look into blocks), integer inputs
-    feeding an Embedding hold ids from 0 to the vocabulary size - 1 (dslc.export_onnx.example_inputs)."""
+    """(sizes, inputs) of each verification run. With `program` (to look into blocks), integer inputs feeding an op
+    taking ids (Embedding, one_hot) hold ids from 0 to its limit - 1 (dslc.export_onnx.example_inputs)."""
     runs = []
     for i, shift in enumerate(VERIFY_SHIFTS):
         sizes = example_sizes(module, shift)

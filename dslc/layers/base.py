@@ -70,6 +70,9 @@ class Op:
     # A loss over class ids: (the input holding them, the number of classes, the ignored id), or None,
     # by init; the training script checks the data's ids against it once, before training.
     class_ids: Callable[[dict[str, Any]], tuple[int, Any, int | None] | None] | None = None
+    # Ids in the first input must lie below this, by init (Embedding's vocabulary, one_hot's classes): verification's
+    # integer inputs that reach it hold ids below it (dslc.export_onnx.example_inputs).
+    id_limit: Callable[[dict[str, Any]], int] | None = None
     # The ONNX lowering (dslc.lower_onnx): (graph, inputs as Values, output types, init, state_dict key prefix)
     # -> the output names. Attached next to the op with @lowering.
     onnx: Callable[..., list[str]] | None = None

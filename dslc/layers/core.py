@@ -147,6 +147,7 @@ register(
         prefix="embedding",
         param_count=lambda a: a["num_embeddings"] * a["embedding_dim"],
         weights=lambda a: {"weight": (a["num_embeddings"], a["embedding_dim"])},
+        id_limit=lambda a: a["num_embeddings"],
         example="tokens -> Embedding(10000, 100)",
         shape_rule="int[...] -> float32[..., embedding_dim]",
     )

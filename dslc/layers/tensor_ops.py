@@ -289,6 +289,7 @@ register(
         example="codes = float(one_hot(labels, 10))",
         shape_rule="[...] -> int64[..., num_classes]",
         differentiable=False,
+        id_limit=lambda a: a["num_classes"],
     )
 )
 

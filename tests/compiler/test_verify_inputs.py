@@ -127,6 +127,30 @@ def test_bounds_follow_ids_through_blocks_groups_and_shared_layers(write_spec, t
     assert result.models[0].verified
 
 
+def test_class_ids_for_one_hot_stay_below_its_classes_and_computed_ones_are_a_clear_build_error(write_spec, tmp_path):
+    """one_hot refuses an id at or above num_classes, as an Embedding does: verification's ids stay below the smaller
+    of the two an input feeds, and ids computed past it are refused in words (an internal error before)."""
+    from click.testing import CliRunner
+
+    from dslc.cli import main
+
+    spec = write_spec("""
+        model m {
+            input ids: int64[batch, 6]
+            output codes = one_hot(ids, 5)
+            output vectors = ids -> Embedding(10, 4)
+        }
+    """)
+    program = check_file(spec)
+    assert int_input_bounds(program.model("m"), program) == {"ids": 5}
+    assert build(spec, tmp_path / "out").models[0].verified
+    shifted = tmp_path / "shifted.model"
+    shifted.write_text("model m {\n    input ids: int64[batch, 6]\n    output codes = one_hot(ids + 7, 5)\n}\n")
+    result = CliRunner().invoke(main, ["build", str(shifted), "-o", str(tmp_path / "out2")])
+    assert result.exit_code == 1 and "internal error" not in result.output
+    assert result.output.startswith("error: one_hot was given a class id outside [0, num_classes)"), result.output
+
+
 def test_build_verifies_the_largest_token_id(tmp_path):
     """The built graphs are verified with those inputs (and pass)."""
     result = build(SPECS / "seq2seq_attention.model", tmp_path / "out")
