@@ -681,6 +681,7 @@ class BodyChecker:
             if isinstance(dexpr, ast.Name) and dexpr.id not in self.env and dexpr.id not in self.scope.consts:
                 if dexpr.id not in self.dims:
                     check_identifier(dexpr.id, dexpr.loc, "dimension")
+                    self._check_renamed_dim(dexpr, actual, i, input_index)
                     self.dims[dexpr.id] = self._bind_dim(dexpr.id, actual, i, input_index)
                 dims.append(self.dims[dexpr.id])
                 continue
@@ -694,6 +695,21 @@ class BodyChecker:
         if actual is not None and declared.shape != actual.shape:
             self.fail(texpr.loc, f"expected {declared}, got {actual}")
         return declared
+
+    def _check_renamed_dim(
+        self, dexpr: ast.Name, actual: TensorType | None, axis: int, input_index: int | None
+    ) -> None:
+        """A model output's new dimension name for a size that already has a name (`other` for an input's `time`)
+        would give the ONNX axis a name the graph does not use: refused, not bound."""
+        if actual is None or input_index is not None or not self.block.is_model:
+            return
+        size = actual.shape[axis]
+        if isinstance(size, Sym) and str(size).isidentifier():
+            self.fail(
+                dexpr.loc,
+                f"expected {actual}: dimension {axis} is '{size}', not '{dexpr.id}'",
+                f"write '{size}': a model's outputs name their dimensions as its inputs do",
+            )
 
     def _bind_dim(self, name: str, actual: TensorType | None, axis: int, input_index: int | None) -> Any:
         """A dimension name's size: a new symbol on a model's input, the size the use gives in a block

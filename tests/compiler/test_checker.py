@@ -192,12 +192,18 @@ def test_several_errors_in_one_run(write_spec):
     ]
 
 
+def test_an_output_may_name_a_fixed_size(write_spec):
+    """A new dimension name binds to a number; only a size that has a name already keeps it."""
+    check_file(write_spec("model m {\n input x: float32[batch, 4]\n output y: float32[batch, width] = x\n}\n"))
+
+
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
         ("a = x -> Linear(4)\n b = x -> Linear(3)\n output c = a + b", "do not broadcast"),
         ("a = x -> Linear(4)\n output c = a @ a", "matching inner sizes"),
         ("output y: float32[batch, 3] = x -> Linear(4)", "expected float32[batch, 3], got float32[batch, 4]"),
+        ("output y: float32[rows, 4] = x", "expected float32[batch, 4]: dimension 0 is 'batch', not 'rows'"),
         ("output y = x -> LSTM(3)", "LSTM expects [batch, time, features]"),
         ("output y = x -> Embedding(10, 4)", "Embedding expects integer token ids"),
         ("output y = x -> Conv2d(3)", "missing its 'kernel' argument"),
