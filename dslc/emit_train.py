@@ -36,7 +36,7 @@ def emit_train_script(
         "overrides": list(overrides or []),
         "train_overrides": sorted((train_overrides or {}).items()),
     }
-    source_lines = program.source.splitlines()
+    source_lines = program.source.split("\n")  # the lexer counts only \n as a line break (not U+2028)
     parts = [
         _header(program, stem) + "\n\n" + _imports(stem) + "\n\n"
         "# The spec this script was written from: its copy next to this script (the final export compiles it).\n"

@@ -62,6 +62,18 @@ def test_comments_cannot_break_lines(write_spec, tmp_path):
         assert not any(line.strip().startswith("__import__") for line in source.split("\n"))
 
 
+def test_the_training_script_numbers_lines_as_the_lexer_does(write_spec):
+    """`# line N:` comments count only \\n as a line break: a U+2028 or U+0085 in a comment does not shift them."""
+    from dslc.emit_train import emit_train_script
+
+    spec = write_spec(
+        "model m {\n    input features: float32[batch, 10]  # a\u2028b\n    output y = features -> Linear(1)\n}\n"
+        "train {\n    data = diabetes()  # c\x85d\n    loss = mse(y, target)\n}\n"
+    )
+    script = emit_train_script(check_file(spec))
+    assert "    # line 7: loss = mse(y, target)\n" in script
+
+
 def test_string_arguments_are_escaped_or_refused(write_spec, tmp_path):
     code, sentinel = payload(tmp_path)
     spec = write_spec(
