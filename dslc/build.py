@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,14 +39,17 @@ class ModelReport:
     verified: bool
     runs: list[dict[str, int]] = field(default_factory=list)
     sha256: str = ""  # of the .onnx file, so the runtime can tell a damaged copy
-    quantized: QuantizedReport | None = None  # `--quantize int8`: the second, smaller graph
+    variants: list[VariantReport] = field(default_factory=list)  # `--precision fp16`, `--quantize int8`: more graphs
     preprocess: dict[str, Any] = field(default_factory=dict)  # input -> the transform prepended to its graph
     decoder: Any = None  # a decoder's KV-cache graphs (dslc.decoding.DecoderReport)
     notes: list[str] = field(default_factory=list)  # what the build left out, and why
 
 
 @dataclass
-class QuantizedReport:
+class VariantReport:
+    """A graph written beside the float32 one in another precision, verified against PyTorch at its tolerance."""
+
+    kind: str  # fp16 | int8
     onnx: str
     sha256: str
     bytes: int
@@ -83,13 +87,13 @@ def build(
     vocab: list[str] | None = None,
     train_overrides: dict[str, Any] | None = None,
     data_dir: str | Path | None = None,
-    quantize: str | None = None,
+    variants: tuple[str, ...] = (),
     preprocess: dict[str, Any] | None = None,
 ) -> BuildResult:
     """Compile, export and verify. `labels` (class names) go into the metadata of every model with
     an output over that many classes; `vocab` (tokens by id) into every model's metadata. The train
-    section takes `train_overrides` (`--set epochs=3`) and finds its data files in `data_dir`. `quantize="int8"`
-    also writes `<model>.int8.onnx` (dynamically quantized weights), verified at INT8_TOLERANCE. `preprocess`
+    section takes `train_overrides` (`--set epochs=3`) and finds its data files in `data_dir`. Each of `variants`
+    (VARIANTS: "fp16", "int8") also writes `<model>.<variant>.onnx`, verified at the variant's tolerance. `preprocess`
     (dataset field -> transform, dslc.training.preprocess) is prepended to the graph of each model it feeds."""
     program = check_file(spec, overrides, train_overrides, data_dir)
     if labels:
@@ -107,7 +111,7 @@ def build(
         reports = []
         if export_onnx:
             reports = _export_all(
-                program, python_path, staging, verify_onnx, seed, state_dicts or {}, quantize, preprocess or {}
+                program, python_path, staging, verify_onnx, seed, state_dicts or {}, variants, preprocess or {}
             )
         manifest = _manifest(program, stem, reports)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -147,7 +151,7 @@ def _publish(staging: Path, out: Path) -> None:
 
 
 def _export_all(
-    program, python_path, staging, verify_onnx, seed, state_dicts, quantize=None, preprocess=None
+    program, python_path, staging, verify_onnx, seed, state_dicts, variants=(), preprocess=None
 ) -> list[ModelReport]:
     import torch
 
@@ -181,8 +185,7 @@ def _export_all(
                     module.loc, f"ONNX verification of '{module.spec_name}' failed: " + "; ".join(checked.problems)
                 )
             report.max_abs_diff, report.verified, report.runs = checked.max_abs_diff, True, checked.runs
-        if quantize == "int8":
-            report.quantized = _quantize_int8(model, program, module, onnx_path)
+        report.variants = [_write_variant(VARIANTS[kind], model, program, module, onnx_path) for kind in variants]
         if verify_onnx and not report.preprocess:
             _export_decoder(model, program, module, staging, report)
         reports.append(report)
@@ -201,40 +204,81 @@ def _export_decoder(model, program: ir.ProgramIR, module: ir.ModuleIR, staging: 
         report.notes.append(f"no KV-cache graphs for '{module.spec_name}': {exc}")
 
 
-INT8_TOLERANCE = 0.05  # 8-bit weights and activations: within 5% of the output's largest magnitude
+@dataclass(frozen=True)
+class Variant:
+    kind: str
+    description: str  # as the build's output and --help say it
+    tolerance: float  # verification's, relative to the output's largest magnitude (at least 1)
+    write: Callable[[Path, Path], None]  # (the verified float32 graph, the variant's path)
+    hint: str  # what to do when the variant is not within its tolerance
 
 
-def _quantize_int8(model, program: ir.ProgramIR, module: ir.ModuleIR, onnx_path: Path) -> QuantizedReport:
-    """`<model>.int8.onnx`: onnxruntime's dynamic quantization of the matrix products and embedding tables
-    (8-bit weights, activations quantized per call), verified against PyTorch like the float graph."""
+def _write_int8(source: Path, target: Path) -> None:
+    """onnxruntime's dynamic quantization of the matrix products and embedding tables (8-bit weights, activations
+    quantized per call)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from dslc.verify import verify
-
-    path = onnx_path.with_name(f"{module.spec_name}.int8.onnx")
     logging.disable(logging.WARNING)  # onnxruntime's advice to pre-process, printed on every call
     try:
-        quantize_dynamic(
-            onnx_path, path, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm", "Gather"]
-        )
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm", "Gather"])
     finally:
         logging.disable(logging.NOTSET)
-    checked = verify(model, module, path, tolerance=INT8_TOLERANCE, program=program)
+
+
+def _write_fp16(source: Path, target: Path) -> None:
+    import onnx
+
+    from dslc.onnx_precision import to_float16
+
+    target.write_bytes(to_float16(onnx.load(source)).SerializeToString())  # in the staging folder, published whole
+
+
+VARIANTS = {
+    "fp16": Variant(
+        "fp16",
+        "float16 weights and compute, float32 inputs and outputs",
+        1e-2,  # float16 keeps 11 significant bits: 5e-4 a rounding, compounded over the layers
+        _write_fp16,
+        "build without --precision; this model loses too much in float16",
+    ),
+    "int8": Variant(
+        "int8",
+        "8-bit weights (dynamic quantization)",
+        0.05,  # 8-bit weights and activations
+        _write_int8,
+        "build without --quantize; this model loses too much at 8 bits",
+    ),
+}
+
+
+def _write_variant(variant: Variant, model, program: ir.ProgramIR, module: ir.ModuleIR, onnx_path: Path):
+    """`<model>.<kind>.onnx` from the verified float32 graph, verified against PyTorch like it at the variant's
+    tolerance."""
+    from dslc.onnx_precision import PrecisionError
+    from dslc.verify import verify
+
+    path = onnx_path.with_name(f"{module.spec_name}.{variant.kind}.onnx")
+    try:
+        variant.write(onnx_path, path)
+    except PrecisionError as exc:
+        raise error(module.loc, f"no {variant.kind} graph of '{module.spec_name}': {exc}", variant.hint) from None
+    checked = verify(model, module, path, tolerance=variant.tolerance, program=program)
     if not checked.passed:
         raise error(
             module.loc,
-            f"the int8 graph of '{module.spec_name}' is not within {INT8_TOLERANCE:.0%} of PyTorch: "
+            f"the {variant.kind} graph of '{module.spec_name}' is not within {variant.tolerance:.0%} of PyTorch: "
             + "; ".join(checked.problems),
-            "build without --quantize; this model loses too much at 8 bits",
+            variant.hint,
         )
     data = path.read_bytes()
-    return QuantizedReport(
+    return VariantReport(
+        variant.kind,
         path.name,
         hashlib.sha256(data).hexdigest(),
         len(data),
         onnx_path.stat().st_size,
         checked.max_abs_diff,
-        INT8_TOLERANCE,
+        variant.tolerance,
     )
 
 
@@ -264,9 +308,8 @@ def _manifest(program: ir.ProgramIR, stem: str, reports: list[ModelReport]) -> d
                 verified=report.verified,
                 max_abs_diff=report.max_abs_diff,
             )
-            if report.quantized:
-                q = report.quantized
-                entry["int8"] = {"onnx": q.onnx, "onnx_sha256": q.sha256, "max_abs_diff": q.max_abs_diff}
+            for v in report.variants:
+                entry[v.kind] = {"onnx": v.onnx, "onnx_sha256": v.sha256, "max_abs_diff": v.max_abs_diff}
         if report and report.preprocess:
             entry["preprocess"] = report.preprocess
         if program.labels.get(module.spec_name):

@@ -187,6 +187,12 @@ def _print_shapes(program) -> None:
 @click.option("--no-onnx", is_flag=True, help="Write only the PyTorch code.")
 @click.option("--no-verify", is_flag=True, help="Skip running the ONNX graph against PyTorch.")
 @click.option(
+    "--precision",
+    type=click.Choice(["fp16"]),
+    default=None,
+    help="Also write <model>.fp16.onnx: float16 weights and compute (float32 inputs and outputs), verified within 1%.",
+)
+@click.option(
     "--quantize",
     type=click.Choice(["int8"]),
     default=None,
@@ -195,7 +201,13 @@ def _print_shapes(program) -> None:
 @_set_option
 @_report_errors
 def build(
-    spec: str, out_dir: str | None, no_onnx: bool, no_verify: bool, quantize: str | None, overrides: tuple[str, ...]
+    spec: str,
+    out_dir: str | None,
+    no_onnx: bool,
+    no_verify: bool,
+    precision: str | None,
+    quantize: str | None,
+    overrides: tuple[str, ...],
 ) -> None:
     """Compile a spec to PyTorch code and verified ONNX graphs.
 
@@ -208,8 +220,9 @@ def build(
 
     consts, settings = split_overrides(spec, list(overrides))
     out = Path(out_dir or Path("build") / module_name(Path(spec).stem))
-    if quantize and (no_onnx or no_verify):
-        raise error(None, "--quantize writes a second, verified ONNX file", "drop --no-onnx and --no-verify")
+    for option, value in (("--precision", precision), ("--quantize", quantize)):
+        if value and (no_onnx or no_verify):
+            raise error(None, f"{option} writes a second, verified ONNX file", "drop --no-onnx and --no-verify")
     result = run_build(
         spec,
         out,
@@ -217,7 +230,7 @@ def build(
         export_onnx=not no_onnx,
         verify_onnx=not no_verify,
         train_overrides=settings,
-        quantize=quantize,
+        variants=tuple(v for v in (precision, quantize) if v),
     )
     click.echo(f"wrote {result.python_path}")
     train_script = result.python_path.with_name(f"{result.python_path.stem}_train.py")
@@ -233,11 +246,10 @@ def build(
         else:
             line += "; not verified (--no-verify)"
         click.echo(line)
-        q = report.quantized
-        if q:
+        for v in report.variants:
             click.echo(
-                f"wrote {out / q.onnx}: int8, {q.bytes:,} bytes ({q.bytes / q.fp32_bytes:.2f}x the float32 file); "
-                f"onnxruntime within {q.tolerance:.0%} of PyTorch (max abs diff {q.max_abs_diff:.1e})"
+                f"wrote {out / v.onnx}: {v.kind}, {v.bytes:,} bytes ({v.bytes / v.fp32_bytes:.2f}x the float32 file); "
+                f"onnxruntime within {v.tolerance:.0%} of PyTorch (max abs diff {v.max_abs_diff:.1e})"
             )
         for note in report.notes:
             click.echo(f"note: {note}")
