@@ -6,7 +6,7 @@
    hand-written module (torch's default exporter): time and ONNX node count.
 3. onnxruntime vs torch eager latency for each spec, batch 1 and 32.
 
-    python bench/bench_compiler.py [--repeat 5]
+    python bench/bench_compiler.py [--repeat 5] [--only latency --specs resnet18 vae]
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def median_latency(fn, iterations: int) -> float:
     return statistics.median(times)
 
 
-def bench_latency(iterations: int) -> None:
+def bench_latency(iterations: int, stems: list[str] | None = None) -> None:
     from dslc.build import build, load_generated
     from dslc.export_onnx import example_inputs, example_sizes
 
@@ -178,7 +178,7 @@ def bench_latency(iterations: int) -> None:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     with tempfile.TemporaryDirectory() as tmp:
-        for spec in SPECS:
+        for spec in [s for s in SPECS if stems is None or s.stem in stems]:
             result = build(spec, Path(tmp) / spec.stem, SMALL_SETTINGS.get(spec.stem))
             generated = load_generated(result.python_path)
             for report in result.models:
@@ -205,6 +205,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--only", choices=["check", "build", "latency"])
+    parser.add_argument("--specs", nargs="+", metavar="STEM", help="latency of these specs only (default: all)")
     args = parser.parse_args()
     np.random.seed(0)
     if args.only in (None, "check"):
@@ -212,7 +213,7 @@ def main() -> None:
     if args.only in (None, "build"):
         bench_build()
     if args.only in (None, "latency"):
-        bench_latency(args.iterations)
+        bench_latency(args.iterations, args.specs)
 
 
 if __name__ == "__main__":

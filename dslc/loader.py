@@ -10,6 +10,7 @@ from typing import Any
 from dslc import ast
 from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error, read_source
 from dslc.layers import HELPERS, REGISTRY
+from dslc.params import dsl_value
 from dslc.parser import parse
 from dslc.pytext import MODEL_CODE_NAMES, MODULE_ATTRIBUTES, PYTHON_NAMES, TRAIN_SCRIPT_NAMES, TRAIN_SCRIPT_PREFIXES
 
@@ -63,7 +64,7 @@ def check_identifier(name: str, loc: Loc, what: str, role: str = "variable") -> 
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """`hidden=256` -> ("hidden", 256); values are ints, floats, true/false or strings."""
+    """`hidden=256` -> ("hidden", 256); values are ints, floats, true/false or strings (bare or quoted)."""
     name, sep, raw = text.partition("=")
     name = name.strip()
     if not sep or not name:
@@ -76,6 +77,8 @@ def parse_override(text: str) -> tuple[str, Any]:
             pass
     if raw in ("true", "false"):
         return name, raw == "true"
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'":  # written as the spec writes a string
+        return name, raw[1:-1]
     return name, raw
 
 
@@ -198,5 +201,23 @@ def _coerce_override(name: str, old: Any, value: Any) -> Any:
     if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if type(old) is not type(value):
-        raise error(None, f"--set {name}: expected {type(old).__name__} like {old!r}, got {value!r}")
+        raise error(None, f"--set {name}: expected {_kind(old)} like {_shown_value(old)}, got {_shown_value(value)}")
     return value
+
+
+def _kind(value: Any) -> str:
+    """A constant's kind as the language says it (a list constant is held as a tuple)."""
+    kinds = {bool: "a bool", int: "an integer", float: "a number", str: "a string", tuple: "a list", list: "a list"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _shown_value(value: Any) -> str:
+    """`value` as a spec writes it, lists in brackets, cut to a line."""
+    text = _written(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _written(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_written(v) for v in value) + "]"
+    return dsl_value(value)

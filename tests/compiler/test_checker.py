@@ -132,7 +132,7 @@ def test_constants_and_overrides(write_spec):
     with pytest.raises(DslcError, match="no constant 'hiden'") as info:
         check_file(path, ["hiden=5"])
     assert "did you mean 'hidden'" in info.value.render()
-    with pytest.raises(DslcError, match="expected int"):
+    with pytest.raises(DslcError, match="expected an integer"):
         check_file(path, ["hidden=wide"])
 
 
@@ -146,9 +146,11 @@ def test_a_list_constant_is_set_as_the_spec_writes_a_list(write_spec):
         }
     """)
     assert str(check_file(path, ["WIDTHS=[8, hidden * 2]"]).model("m").outputs[0].type) == "float32[batch, 32]"
-    for text, message in [("[8, 8", "syntax error"), ("(1 +)", "syntax error"), ("3", "expected tuple like (8, 8)")]:
+    for text, message in [("[8, 8", "syntax error"), ("(1 +)", "syntax error"), ("3", "expected a list like [8, 8]")]:
         with pytest.raises(DslcError, match=r"--set WIDTHS: .*" + re.escape(message)):
             check_file(path, [f"WIDTHS={text}"])
+    with pytest.raises(DslcError, match=re.escape('--set hidden: expected an integer like 16, got "wide"')):
+        check_file(path, ['hidden="wide"'])  # quoted as the spec quotes a string, shown so
 
 
 def test_imports(tmp_path):
