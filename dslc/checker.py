@@ -1291,7 +1291,11 @@ class BodyChecker:
         there), is an nn.Sequential whose layers are numbered 0, 1, ... as PyTorch numbers them."""
         if name is None and not in_group:
             return self.chain(stage.stages, inputs)
-        with self.layers.children() as children, closing(self.spliced(stage.stages, in_group=True)) as expanded:
+        start = self.layers.mark()
+        with (
+            self.layers.children(name) as children,
+            closing(self.spliced(stage.stages, in_group=True)) as expanded,
+        ):
             current = inputs
             for index, inner in enumerate(expanded):
                 out = self.stage(inner, current, str(index), in_group=True)
@@ -1302,7 +1306,7 @@ class BodyChecker:
             self.fail(stage.loc, "this group has no layers")
         params = sum(c.params for c in children)
         self.layers.add(ir.Submodule(name, "sequential", stage.loc, children=children, params=params, layers=0))
-        self.layers.record(stage.loc, name, "group", current[0].types, params)
+        self.layers.record(stage.loc, name, "group", current[0].types, params, at=start)
         if not in_group:
             self.env[name] = LayerInstance(name, None, lambda xs, loc: self._fail_reuse(name, loc))
         return ir.ModuleCall(current[0].types, name, list(inputs))

@@ -258,10 +258,11 @@ class LayerRecord:
     """One row of `dslc check --shapes`."""
 
     loc: Loc
-    module: str
+    module: str  # its path in the state dict: `features.0`
     what: str
     output: str
     params: int
+    depth: int = 0  # 1 for a layer of a named group, 2 in a group of that group, ...
 
 
 @dataclass

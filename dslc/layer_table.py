@@ -27,6 +27,7 @@ class LayerTable:
         self.next_index: dict[str, int] = {}  # the next number per prefix
         self.pending: list[ir.Submodule] = []  # created since the last statement was emitted
         self.records: list[ir.LayerRecord] = []
+        self.shown_groups: list[str] = []  # the named groups being checked, whose layers get rows of their own
         self.all_records: list[ir.LayerRecord] = []  # inside groups and repeats too, for an editor's hover
         self.count = 0  # layers with every block and repeat expanded
 
@@ -51,14 +52,20 @@ class LayerTable:
         self.containers[-1].append(sub)
 
     @contextmanager
-    def children(self) -> Iterator[list[ir.Submodule]]:
-        """Collect the layers made inside a container (a named group, a repeat)."""
+    def children(self, group: str | None = None) -> Iterator[list[ir.Submodule]]:
+        """Collect the layers made inside a container: a named `group`, whose layers get rows of their own under its
+        row (`features.0`), or a repeat, whose copies its one row stands for."""
         children: list[ir.Submodule] = []
         self.containers.append(children)
+        shown = group is not None and len(self.shown_groups) == len(self.containers) - 2
+        if shown:
+            self.shown_groups.append(group)
         try:
             yield children
         finally:
             self.containers.pop()
+            if shown:
+                self.shown_groups.pop()
 
     def auto_attr(self, prefix: str) -> str:
         if prefix[-1:].isdigit():
@@ -69,12 +76,22 @@ class LayerTable:
         self.next_index[prefix] = n + 1
         return f"{prefix}{n}"
 
-    def record(self, loc: Loc, module: str, what: str, outputs: list[TensorType], params: int) -> None:
-        """A row of `dslc check --shapes` (the module's own layers only; `all_records` has every layer)."""
-        record = ir.LayerRecord(loc, module, what, ", ".join(str(t) for t in outputs), params)
+    def mark(self) -> int:
+        """Where the next row goes: a group's row is placed here, above the rows of its layers."""
+        return len(self.records)
+
+    def record(
+        self, loc: Loc, module: str, what: str, outputs: list[TensorType], params: int, at: int | None = None
+    ) -> None:
+        """A row of `dslc check --shapes`: the module's own layers and those of its named groups (`all_records` has
+        every layer, inside repeats too)."""
+        depth = len(self.containers) - 1
+        shown = depth <= len(self.shown_groups)  # not inside a repeat
+        path = ".".join([*self.shown_groups[:depth], module]) if module and shown else module
+        record = ir.LayerRecord(loc, path, what, ", ".join(str(t) for t in outputs), params, depth)
         self.all_records.append(record)
-        if self.at_top:
-            self.records.append(record)
+        if shown:
+            self.records.insert(len(self.records) if at is None else at, record)
 
     def take_pending(self) -> list[ir.Submodule]:
         taken, self.pending = self.pending, []

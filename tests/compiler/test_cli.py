@@ -41,6 +41,31 @@ def test_check_shapes_table():
     assert "float32[batch, 32, 28, 28]" in result.stdout and "421,642" in result.stdout
 
 
+def test_check_shapes_lists_the_layers_of_named_groups_by_their_state_dict_paths(write_spec):
+    """A named group's row comes first, then a row per layer (`features.0`, a nested group's `features.2.0`; a
+    repeat splices its copies into the group's numbering, as PyTorch numbers an nn.Sequential)."""
+    from dslc.checker import check_file
+
+    path = write_spec("""
+        model m {
+            input x: float32[batch, 4]
+            output y = x -> features: (Linear(8) -> ReLU -> (Linear(8) -> Tanh) -> repeat 3 Linear(8)) -> Linear(2)
+        }
+    """)
+    rows = [(r.module, r.what, r.params) for r in check_file(path).model("m").records]
+    assert rows == [
+        ("features", "group", 40 + 72 + 3 * 72),
+        ("features.0", "Linear", 40),
+        ("features.1", "ReLU", 0),
+        ("features.2", "group", 72),
+        ("features.2.0", "Linear", 72),
+        ("features.2.1", "Tanh", 0),
+        *((f"features.{i}", "Linear", 72) for i in (3, 4, 5)),
+        ("fc1", "Linear", 18),
+    ]
+    assert "features.2.0" in dslc("check", str(path), "--shapes").stdout
+
+
 def test_check_reports_errors_with_carets(write_spec):
     path = write_spec("model m {\n    input x: float32[batch, 4]\n    output y = x -> Lineer(3)\n}\n")
     result = dslc("check", str(path))
