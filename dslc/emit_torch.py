@@ -447,10 +447,13 @@ def wrap(line: str) -> list[str]:
         elif close is None or open_ is None or open_ == close - 1:
             return [line]
     head, body, tail = line[: open_ + 1], line[open_ + 1 : close], line[close:]
+    inner = indent + INDENT
     if len(head) > WIDTH:  # `loss = f(a, b) + g(`: the head splits at its own last brackets
         *first, last = wrap(head)
-        return [*first, *wrap(last + body + tail)] if len(first) else [line]
-    inner = indent + INDENT
+        if first and last.endswith(line[open_]):
+            return [*first, *wrap(last + body + tail)]
+        # the head has no split that keeps its bracket open (a 100-character name): it stays one long line
+        return [head, *wrap(inner + body), indent + tail] if body.strip() else [line]
     items = _split_top_level(body)
     before = line[open_ - 1] if open_ else " "
     literal = line[open_] in "[{" and not (before.isalnum() or before in "_)]")  # not a subscript

@@ -152,3 +152,15 @@ def test_named_layers_without_parameters_build(write_spec, tmp_path):
         assert f"self.{attr} = nn." in source and f"self.{attr}(" in source
     (report,) = result.models
     assert report.verified
+
+
+@pytest.mark.parametrize("length", [60, 99, 100, 128])
+def test_a_line_a_long_name_keeps_over_the_width_is_still_valid_python(write_spec, length):
+    """`h = x + self.<long name>(...)` whose head cannot be split with its bracket left open (a name of 99 or 100
+    characters): the wrapper closed the sum's parentheses before the call's, a SyntaxError (found by the fuzzer)."""
+    name = "a" * length
+    spec = write_spec(
+        "model m {\n    input x: float32[batch, 4]\n"
+        f"    output h = x + (x -> norm: LayerNorm -> {name}: Linear(4))\n}}\n"
+    )
+    compile(emit_program(check_file(spec)), "generated.py", "exec")
