@@ -12,9 +12,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-# Ops that stay float32: no float16 kernel in onnxruntime's CPU provider (RNNs), or an accumulation whose float16
-# result overflows or loses its low bits (long reductions; Exp before a sum).
-FLOAT32_OPS = frozenset({"LSTM", "GRU", "RNN", "ReduceSum", "ReduceSumSquare", "ReduceLogSumExp", "CumSum", "Exp"})
+# Ops that stay float32: no float16 kernel in onnxruntime's CPU provider (RNNs; the Scan of an RNN's steps, whose body
+# holds float32 weights), or an accumulation whose float16 result overflows or loses its low bits (long reductions;
+# Exp before a sum).
+FLOAT32_OPS = frozenset(
+    {"LSTM", "GRU", "RNN", "Scan", "ReduceSum", "ReduceSumSquare", "ReduceLogSumExp", "CumSum", "Exp"}
+)
 # Inputs the ONNX standard types float32 whatever the data's type: Resize's roi and scales.
 FLOAT32_INPUTS = {"Resize": (1, 2)}
 FLOAT16_MAX = float(np.finfo(np.float16).max)

@@ -327,20 +327,20 @@ def _rnn_onnx(name: str):
         sequence = g.one("Transpose", [x.name], perm=[1, 0, 2])  # ONNX's default layout: [time, batch, features]
         finals: list[list[str]] = [[], []]
         for layer in range(layers):
-            inputs = [
-                sequence,
-                _stacked(g, key, name, layer, directions, "W"),
-                _stacked(g, key, name, layer, directions, "R"),
-            ]
-            inputs.append(_stacked(g, key, name, layer, directions, "B") if a["bias"] else "")
-            inputs.append("")  # sequence_lens: every sequence has the full length
+            initial = []
             for s in state:  # initial h (and c): this layer's directions of [layers * D, batch, H]
                 rows = g.ints([layer * directions]), g.ints([(layer + 1) * directions]), g.ints([0])
-                inputs.append(g.one("Slice", [s.name, *rows]))
+                initial.append(g.one("Slice", [s.name, *rows]))
             wants_sequence = layer < layers - 1 or a["returns"] in ("sequence", "all")
-            names = [g.fresh(f"{name.lower()}_y") if wants_sequence else ""]  # no Y where nothing reads it
-            names += [g.fresh(f"{name.lower()}_h"), *([g.fresh("lstm_c")] if name == "LSTM" else [])]
-            y, *last = g.node(name, inputs, names, **attrs)
+            if name == "RNN":  # onnxruntime's RNN kernel takes twice PyTorch's time at batch 32, a Scan half of it
+                y, *last = _rnn_scan(g, key, layer, directions, sequence, initial, a, wants_sequence)
+            else:
+                weights = [_stacked(g, key, name, layer, directions, part) for part in ("W", "R")]
+                weights.append(_stacked(g, key, name, layer, directions, "B") if a["bias"] else "")
+                names = [g.fresh(f"{name.lower()}_y") if wants_sequence else ""]  # no Y where nothing reads it
+                names += [g.fresh(f"{name.lower()}_h"), *([g.fresh("lstm_c")] if name == "LSTM" else [])]
+                # "": sequence_lens, every sequence has the full length
+                y, *last = g.node(name, [sequence, *weights, "", *initial], names, **attrs)
             for i, value in enumerate(last):
                 finals[i].append(value)
             if wants_sequence:  # [time, D, batch, H] -> [time, batch, D * H], the next layer's input
@@ -361,6 +361,62 @@ def _rnn_onnx(name: str):
         return states if returns == "state" else [results["sequence"], *states]
 
     return lower
+
+
+def _rnn_scan(g, key: str, layer: int, directions: int, sequence: str, initial: list[str], a, wants_sequence: bool):
+    """One layer of a vanilla RNN as the ONNX RNN op's outputs (Y [time, D, batch, H] or "", Y_h [D, batch, H]), each
+    direction a Scan over time: the input projection of every step is one MatMul before it, the step h' = act(xw_t +
+    h R + b) its body, which holds R, so graph passes and the float16 rewrite see no subgraph reading outer values."""
+    import numpy as np
+    from onnx import helper as onnx_helper
+    from onnx import numpy_helper
+
+    activation = "Relu" if a["nonlinearity"] == "relu" else "Tanh"
+    ys, hs = [], []
+    for d in range(directions):
+        suffix = f"l{layer}" + ("_reverse" if d else "")
+        w_ih, w_hh = g.weights[f"{key}weight_ih_{suffix}"], g.weights[f"{key}weight_hh_{suffix}"]
+        hidden = w_hh.shape[0]
+        bias = g.weights[f"{key}bias_ih_{suffix}"] + g.weights[f"{key}bias_hh_{suffix}"] if a["bias"] else None
+        projected = g.one("MatMul", [sequence, g.constant(np.ascontiguousarray(w_ih.T), "float32", f"{key}W_{suffix}")])
+        if bias is not None:
+            projected = g.one("Add", [projected, g.constant(bias, "float32", f"{key}B_{suffix}")])
+        if initial:
+            first = g.one("Slice", [initial[0], g.ints([d]), g.ints([d + 1]), g.ints([0])])
+            h0 = g.one("Squeeze", [first, g.ints([0])])
+        else:
+            shape = g.one("Concat", [g.one("Shape", [sequence], start=1, end=2), g.ints([hidden])], axis=0)
+            h0 = g.one("ConstantOfShape", [shape], value=numpy_helper.from_array(np.zeros(1, np.float32)))
+        h, xw, r, s, h_out, y_t = (g.fresh(f"rnn_{n}") for n in ("h", "xw", "R", "s", "h_out", "y"))
+        body = onnx_helper.make_graph(
+            [
+                onnx_helper.make_node("MatMul", [h, r], [s + "_hr"], name=g.fresh("n_MatMul")),
+                onnx_helper.make_node("Add", [xw, s + "_hr"], [s], name=g.fresh("n_Add")),
+                onnx_helper.make_node(activation, [s], [h_out], name=g.fresh(f"n_{activation}")),
+                onnx_helper.make_node("Identity", [h_out], [y_t], name=g.fresh("n_Identity")),
+            ],
+            g.fresh("rnn_step"),
+            [onnx_helper.make_tensor_value_info(v, 1, ["batch", hidden]) for v in (h, xw)],
+            [onnx_helper.make_tensor_value_info(v, 1, ["batch", hidden]) for v in (h_out, y_t)],
+            [numpy_helper.from_array(np.ascontiguousarray(w_hh.T), r)],
+        )
+        reverse = [1] if d else None  # a reverse direction reads the steps backwards, writes them in time order
+        h_last, y = g.node(
+            "Scan",
+            [h0, projected],
+            2,
+            body=body,
+            num_scan_inputs=1,
+            scan_input_directions=reverse,
+            scan_output_directions=reverse,
+        )
+        hs.append(g.one("Unsqueeze", [h_last, g.ints([0])]))
+        ys.append(g.one("Unsqueeze", [y, g.ints([1])]) if wants_sequence else "")
+    return (_concat(g, ys, 1) if wants_sequence else ""), _concat(g, hs, 0)
+
+
+def _concat(g, values: list[str], axis: int) -> str:
+    return values[0] if len(values) == 1 else g.one("Concat", values, axis=axis)
 
 
 for _name in ("RNN", "LSTM", "GRU"):
