@@ -47,11 +47,8 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
             nodes += _keep_float32(node)
             continue
         _convert_node(node)
-        for index in FLOAT32_INPUTS.get(node.op_type, ()):
-            if index < len(node.input) and node.input[index]:
-                wide = f"{node.input[index]}_fp32_for_{node.output[0]}"
-                nodes.append(_cast(node.input[index], wide, TensorProto.FLOAT))
-                node.input[index] = wide
+        inputs_fp32 = [i for i in FLOAT32_INPUTS.get(node.op_type, ()) if i < len(node.input) and node.input[i]]
+        nodes += [_widen_input(node, i) for i in inputs_fp32]
         nodes.append(node)
     nodes += [_cast(renamed[name], name, TensorProto.FLOAT) for name in sorted(outputs)]
     del graph.node[:]
@@ -95,15 +92,19 @@ def _convert_node(node: onnx.NodeProto) -> None:
             raise PrecisionError(f"{node.op_type} holds a subgraph, which --precision fp16 does not convert")
 
 
+def _widen_input(node: onnx.NodeProto, index: int) -> onnx.NodeProto:
+    """A Cast to float32 of the node's input `index`, which the node then reads."""
+    wide = f"{node.input[index]}_fp32_for_{node.output[0]}"
+    cast = _cast(node.input[index], wide, TensorProto.FLOAT)
+    node.input[index] = wide
+    return cast
+
+
 def _keep_float32(node: onnx.NodeProto) -> list[onnx.NodeProto]:
-    """`node` between Casts: its float inputs up to float32, its outputs back down to float16. Integer inputs pass
-    through a Cast to float32 unchanged in value, so every input is cast (a Cast of an empty name is left out)."""
-    before, after = [], []
-    for index, name in enumerate(node.input):
-        if name and not _integer_input(node, index):
-            wide = f"{name}_fp32_for_{node.output[0]}"
-            before.append(_cast(name, wide, TensorProto.FLOAT))
-            node.input[index] = wide
+    """`node` between Casts: its float inputs up to float32, its outputs back down to float16 (integer inputs and
+    left-out optional ones as they are)."""
+    indices = [i for i, name in enumerate(node.input) if name and not _integer_input(node, i)]
+    before, after = [_widen_input(node, i) for i in indices], []
     for index, name in enumerate(node.output):
         if name:
             wide = f"{name}_fp32"
