@@ -83,6 +83,22 @@ def check_split(name: str, examples: int, validation: float) -> None:
     )
 
 
+def check_class_ids(where: str, field: str, values: Sequence[int], classes: int, ignore_index: int | None) -> None:
+    """Sorted distinct class ids `values` lie in [0, classes) or equal `ignore_index`; else a BindError naming the
+    lowest below 0 or the highest beyond. Both are among the first two and the last two values, so a range of a
+    million ids costs four looks. `dslc check` and the training script (before its first step) both ask this."""
+    ends = [value for value in (*values[:2], *values[-2:]) if value != ignore_index]
+    if not ends:
+        return
+    low, high = min(ends), max(ends)
+    bad = low if low < 0 else high if high >= classes else None
+    if bad is not None:
+        raise BindError(
+            f"{where}: field '{field}' holds class id {bad}, outside [0, {classes}) for a model with {classes} outputs",
+            "the model's last layer must have as many outputs as there are classes",
+        )
+
+
 def _t(dtype: str, *dims) -> TensorType:
     return TensorType(dtype, (BATCH, *dims))
 

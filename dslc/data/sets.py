@@ -20,7 +20,16 @@ import torch
 
 from dslc.data import registry
 from dslc.data.episodes import Episodes as Episodes  # the episodes data source, for training scripts
-from dslc.data.registry import DATASETS, check_columns, csv_number, data_file, read_csv, select_columns, text_examples
+from dslc.data.registry import (
+    DATASETS,
+    check_class_ids,
+    check_columns,
+    csv_number,
+    data_file,
+    read_csv,
+    select_columns,
+    text_examples,
+)
 from dslc.errors import did_you_mean, error
 from dslc.params import BindError
 
@@ -42,17 +51,10 @@ class Data:
             values = tensors.get(name)
             if values is None or values.numel() == 0:
                 continue
-            bad = (values < 0) | (values >= classes)
-            if ignore_index is not None:
-                bad &= values != ignore_index
-            if bad.any():
-                value = int(values[bad][0])
-                raise error(
-                    None,
-                    f"{split} data: field '{name}' holds class id {value}, outside [0, {classes}) for a model "
-                    f"with {classes} outputs",
-                    "the model's last layer must have as many outputs as there are classes",
-                )
+            try:
+                check_class_ids(f"{split} data", name, values.unique().tolist(), classes, ignore_index)
+            except BindError as exc:
+                raise error(None, str(exc), exc.hint) from None
 
 
 def load(name: str, base: Path, seed: int, **options: Any) -> Data:

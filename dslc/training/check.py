@@ -10,7 +10,6 @@ inputs); models may also be called as functions: `discriminator(generator(z))`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -388,7 +387,7 @@ class TrainChecker:
 
     def _check_class_ids(self, data: c.Data, checks: list[c.LabelCheck]) -> None:
         """The class ids a data set holds fit the losses' numbers of classes (`dslc train` checks all of them)."""
-        from dslc.data.registry import DATASETS
+        from dslc.data.registry import DATASETS, check_class_ids
 
         if not checks or data.rollout:
             return
@@ -397,15 +396,10 @@ class TrainChecker:
         except BindError as exc:
             raise self.fail(data.loc, str(exc), exc.hint) from None
         for check in checks:
-            values = known.get(check.field)
-            bad = _outside(values, check.classes, check.ignore_index) if values else None
-            if bad is not None:
-                raise self.fail(
-                    data.loc,
-                    f"{data.name}: field '{check.field}' holds class id {bad}, outside [0, {check.classes}) for a "
-                    f"model with {check.classes} outputs",
-                    "the model's last layer must have as many outputs as there are classes",
-                )
+            try:
+                check_class_ids(data.name, check.field, known.get(check.field, ()), check.classes, check.ignore_index)
+            except BindError as exc:
+                raise self.fail(data.loc, str(exc), exc.hint) from None
 
     def policy(self, data: c.Data) -> c.Body:
         """An episodes data set's policy: the model output it names, run on the observation alone, one score per
@@ -714,17 +708,6 @@ class TrainChecker:
         )
         config.settings = settings_json(config)
         return config
-
-
-def _outside(values: Sequence[int], classes: int, ignore_index: int | None) -> int | None:
-    """The lowest of sorted distinct `values` when it is below 0, else the highest when it is not below `classes`,
-    leaving out `ignore_index`: both are among the first two and the last two, so a range of a million ids costs four
-    looks."""
-    ends = [value for value in (*values[:2], *values[-2:]) if value != ignore_index]
-    if not ends:
-        return None
-    low, high = min(ends), max(ends)
-    return low if low < 0 else high if high >= classes else None
 
 
 def _unique(checks: list[c.LabelCheck]) -> list[c.LabelCheck]:
