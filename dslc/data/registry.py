@@ -281,10 +281,8 @@ def _small_int_values(stream: BinaryIO) -> list[int] | None:
     """The distinct values of the integer .npy array `stream` holds (checked by `_array_field` already), or None when
     it holds no integers or more than CHECK_CLASS_BYTES of them."""
     import numpy as np
-    from numpy.lib import format as npy
 
-    version = npy.read_magic(stream)
-    shape, _, dtype = (npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0)(stream)
+    shape, dtype = _npy_header(stream, "a .npy array")
     size = math.prod(shape) * dtype.itemsize
     if dtype.kind not in "iu" or size > CHECK_CLASS_BYTES:
         return None
@@ -312,9 +310,8 @@ def _array_fields(source: str, arrays: dict[str, tuple[TensorType, int]], valida
     return {name: field for name, (field, _) in arrays.items()}
 
 
-def _array_field(stream: BinaryIO, size: int, where: str) -> tuple[TensorType, int]:
-    """The field a .npy array gives and its number of rows (examples), from its header alone (the data may be
-    gigabytes, or compressed in an .npz)."""
+def _npy_header(stream: BinaryIO, where: str) -> tuple[tuple[int, ...], Any]:
+    """(shape, dtype) from a .npy stream's header, which leaves the stream at the data."""
     from numpy.lib import format as npy
 
     version = npy.read_magic(stream)
@@ -322,6 +319,13 @@ def _array_field(stream: BinaryIO, size: int, where: str) -> tuple[TensorType, i
         raise BindError(f"{where}: .npy format version {version[0]}.{version[1]} is not supported (1.0 or 2.0)")
     read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
     shape, _, dtype = read_header(stream)
+    return shape, dtype
+
+
+def _array_field(stream: BinaryIO, size: int, where: str) -> tuple[TensorType, int]:
+    """The field a .npy array gives and its number of rows (examples), from its header alone (the data may be
+    gigabytes, or compressed in an .npz)."""
+    shape, dtype = _npy_header(stream, where)
     if dtype.hasobject:
         raise BindError(f"{where}: holds Python objects (pickled); only numeric arrays are read")
     needed = stream.tell() + math.prod(shape) * dtype.itemsize
