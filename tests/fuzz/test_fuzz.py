@@ -151,12 +151,14 @@ def test_corpus_file_is_handled(path, pools):
             pytest.fail(f"{built.label()} ({built.seconds:.1f} s CPU)\n{built.message}", pytrace=False)
 
 
+@pytest.mark.fuzz
 def test_ci_campaign_finds_no_problems(settings):
     campaign = run_campaign(CI_SEED, CI_COUNT, settings=settings)
     if campaign.problems():
         pytest.fail(failure_report(campaign), pytrace=False)
 
 
+@pytest.mark.fuzz
 def test_accepted_mutants_build_or_give_located_errors(settings):
     campaign = run_campaign(BUILD_SEED, 10 * BUILD_SAMPLE, settings=settings, build=BUILD_SAMPLE)
     built = [r for r in campaign.results if r.build is not None]

@@ -284,6 +284,7 @@ def _inductor_unavailable() -> str | None:
     return None
 
 
+@pytest.mark.slow  # inductor compiles the model: about 30 s of CPU
 @pytest.mark.skipif(_inductor_unavailable() is not None, reason=_inductor_unavailable() or "")
 def test_compile_one_epoch_on_cpu(tmp_path):
     from tests.conftest import SPECS
