@@ -410,7 +410,8 @@ class BodyChecker:
     def require_sizes(self, types: list[TensorType], loc: Loc, what: str = "this expression") -> None:
         for t in types:
             for d in t.shape:
-                self.require(d, 1, f"{what} gives a tensor of size '{d}', which must be at least 1", loc)
+                if isinstance(d, Sym):  # the message only where a rule may be recorded: it is built per layer
+                    self.require(d, 1, f"{what} gives a tensor of size '{d}', which must be at least 1", loc)
 
     def check_size(self, what: str, outputs: list[TensorType], params: int, loc: Loc) -> None:
         """Refuse a layer too large to build or to run once: its size is spelled out."""
@@ -423,7 +424,7 @@ class BodyChecker:
         for t in outputs:
             if any(isinstance(d, int) and d < 0 for d in t.shape):
                 self.fail(loc, f"{what} gives {t}, a negative size", "is the input smaller than the kernel or window?")
-            elements = math.prod(d for d in t.shape if isinstance(d, int))
+            elements = math.prod(traced.plain(d) for d in t.shape if isinstance(d, int))  # plain: no trace to build
             if elements > MAX_ELEMENTS:
                 self.fail(
                     loc,

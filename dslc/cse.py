@@ -11,6 +11,7 @@ value stays available until a name it reads is assigned again.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import replace
 from typing import Any
 
@@ -124,7 +125,7 @@ def _repeated(e: ir.Expr) -> list[ir.Expr]:
 
 def _reuse(e: ir.Expr, available: dict[Any, str], any_expr: bool = False) -> ir.Expr:
     """`e` with every available subexpression replaced by its variable (`any_expr`: layer calls too,
-    for the one just hoisted)."""
+    for the one just hoisted). A part with nothing replaced is kept, not copied."""
     if not available:
         return e
     if (any_expr or _pure(e)) and not isinstance(e, ir.Var):
@@ -132,19 +133,21 @@ def _reuse(e: ir.Expr, available: dict[Any, str], any_expr: bool = False) -> ir.
         if name is not None:
             return ir.Var(e.types, name)
 
-    def again(x: ir.Expr) -> ir.Expr:
-        return _reuse(x, available, any_expr)
-
     if isinstance(e, (ir.OpCall, ir.ModuleCall, ir.ModelCall)):
-        return replace(e, inputs=[again(x) for x in e.inputs])
+        inputs = [_reuse(x, available, any_expr) for x in e.inputs]
+        return e if all(map(operator.is_, inputs, e.inputs)) else replace(e, inputs=inputs)
     if isinstance(e, ir.BinOp):
-        return replace(e, left=again(e.left), right=again(e.right))
+        left, right = _reuse(e.left, available, any_expr), _reuse(e.right, available, any_expr)
+        return e if left is e.left and right is e.right else replace(e, left=left, right=right)
     if isinstance(e, ir.UnaryOp):
-        return replace(e, operand=again(e.operand))
+        operand = _reuse(e.operand, available, any_expr)
+        return e if operand is e.operand else replace(e, operand=operand)
     if isinstance(e, (ir.Index, ir.GetItem)):
-        return replace(e, value=again(e.value))
+        value = _reuse(e.value, available, any_expr)
+        return e if value is e.value else replace(e, value=value)
     if isinstance(e, ir.TupleExpr):
-        return replace(e, items=[again(x) for x in e.items])
+        items = [_reuse(x, available, any_expr) for x in e.items]
+        return e if all(map(operator.is_, items, e.items)) else replace(e, items=items)
     return e
 
 

@@ -21,6 +21,7 @@ from dslc.shapes import Sym, TensorType
 
 # Fields that differ between uses without changing the code: shapes, parameter counts, notes, and
 # the arguments as the spec wrote them (the code is written from the resolved `init`).
+_PLAIN_TYPES = {type(None), bool, int, float, str}
 _SIZE_FIELDS = {"types", "params", "layers", "comments", "source", "loc", "records", "args"}  # args: as written
 
 
@@ -77,7 +78,7 @@ class _Merger:
                 if choice is None:
                     return None
                 merged.append(choice)
-            elif all(self.key(s) == self.key(first) for s in stmts[1:]):
+            elif self.same_code(stmts):
                 merged.append(first)
             else:
                 return None
@@ -109,6 +110,10 @@ class _Merger:
         choice.comments, choice.source = first.comments, first.source
         return choice
 
+    def same_code(self, stmts: tuple[ir.Stmt, ...]) -> bool:
+        first = self.key(stmts[0])
+        return all(self.key(s) == first for s in stmts[1:])
+
     def key(self, stmt: ir.Stmt) -> Any:
         cached = self.keys.get(id(stmt))
         if cached is None or cached[0] is not stmt:
@@ -119,10 +124,13 @@ class _Merger:
 
 def generic_key(value: Any, class_of: dict[str, str]) -> Any:
     """What the generated code of `value` depends on: traced values by their expression, sizes not."""
+    kind = type(value)
+    if kind in _PLAIN_TYPES:  # most values: checked first, by exact type (a traced int is an int subclass)
+        return (kind.__name__, value)
     if traced.is_traced(value):
         return ("param", value.expr)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return (type(value).__name__, value)
+    if isinstance(value, (bool, int, float, str)):
+        return (kind.__name__, value)
     if isinstance(value, (tuple, list)):
         return ("seq", tuple(generic_key(v, class_of) for v in value))
     if isinstance(value, dict):

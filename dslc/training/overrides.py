@@ -33,6 +33,8 @@ PER_STEP = ("loss", "optimizer")
 def split_overrides(path: str | Path, overrides: list[str]) -> tuple[list[str], dict[str, Any]]:
     """`--set` values for spec constants (as given, for the loader) vs. train settings (`epochs`, `optimizer.lr`).
     Every problem is reported at once, each naming its `--set` argument."""
+    if not overrides:  # nothing to split: the spec is parsed once, by the check itself
+        return [], {}
     program = parse(read_source(path), str(path))
     train = next((i for i in program.items if isinstance(i, ast.TrainDef)), None)
     consts = {i.name for i in program.items if isinstance(i, ast.Const)}
