@@ -17,6 +17,10 @@ from dslc.params import BindError, Param, brief, coerce, signature
 from dslc.shapes import Sym
 
 
+def _usage(what: str, params: tuple[Param, ...]) -> str:  # written for an error only: binding runs per layer
+    return f"usage: {signature(what, params)}"
+
+
 def bind_arguments(
     params: tuple[Param, ...],
     args: list[Any],
@@ -27,7 +31,6 @@ def bind_arguments(
     value_of: Callable[[ast.Expr, Param | None], Any],
 ) -> dict[str, Any]:
     """`args` are values already computed; `arg_exprs` and `kwargs` are evaluated by `value_of`."""
-    usage = f"usage: {signature(what, params)}"
     values: dict[str, Any] = {}
     positional = list(args) + [
         value_of(e, params[i] if i < len(params) else None) for i, e in enumerate(arg_exprs, len(args))
@@ -40,7 +43,7 @@ def bind_arguments(
         raise error(
             loc,
             f"{what} takes at most {len(params)} positional argument(s), got {len(positional)}",
-            call_hint(what) or usage,
+            call_hint(what) or _usage(what, params),
         )
     for param, value in zip(params, positional):
         values[param.name] = value
@@ -48,7 +51,12 @@ def bind_arguments(
     for key, vexpr in kwargs:
         if key not in by_name:
             literal = vexpr.value if isinstance(vexpr, (ast.Num, ast.Str)) else None  # `units=64`: Linear(64)
-            hint = argument_hint(what, key, params, literal) or call_hint(what) or did_you_mean(key, by_name) or usage
+            hint = (
+                argument_hint(what, key, params, literal)
+                or call_hint(what)
+                or did_you_mean(key, by_name)
+                or _usage(what, params)
+            )
             raise error(vexpr.loc, f"{what} has no argument '{key}'", hint)
         if key in values:
             raise error(vexpr.loc, f"{what} got '{key}' twice")
@@ -56,7 +64,7 @@ def bind_arguments(
     for param in params:
         if param.name not in values:
             if param.required:
-                raise error(loc, f"{what} is missing its '{param.name}' argument", usage)
+                raise error(loc, f"{what} is missing its '{param.name}' argument", _usage(what, params))
             values[param.name] = param.default
         else:
             values[param.name] = check_argument(param, values[param.name], loc, what)

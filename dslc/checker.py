@@ -410,7 +410,8 @@ class BodyChecker:
     def require_sizes(self, types: list[TensorType], loc: Loc, what: str = "this expression") -> None:
         for t in types:
             for d in t.shape:
-                if isinstance(d, Sym):  # the message only where a rule may be recorded: it is built per layer
+                # An input's own size is at least 1; another size needs a rule, whose message is written once.
+                if isinstance(d, Sym) and not _input_size(d) and (d, 1) not in self.size_rules:
                     self.require(d, 1, f"{what} gives a tensor of size '{d}', which must be at least 1", loc)
 
     def check_size(self, what: str, outputs: list[TensorType], params: int, loc: Loc) -> None:
@@ -422,9 +423,14 @@ class BodyChecker:
                 f"dslc builds models of up to {MAX_PARAMETERS:,}",
             )
         for t in outputs:
-            if any(isinstance(d, int) and d < 0 for d in t.shape):
-                self.fail(loc, f"{what} gives {t}, a negative size", "is the input smaller than the kernel or window?")
-            elements = math.prod(traced.plain(d) for d in t.shape if isinstance(d, int))  # plain: no trace to build
+            elements = 1
+            for d in t.shape:
+                if isinstance(d, int):
+                    if d < 0:
+                        self.fail(
+                            loc, f"{what} gives {t}, a negative size", "is the input smaller than the kernel or window?"
+                        )
+                    elements *= int(d)  # int(): a plain product, not a traced one
             if elements > MAX_ELEMENTS:
                 self.fail(
                     loc,

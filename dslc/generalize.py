@@ -22,6 +22,10 @@ from dslc.shapes import Sym, TensorType
 # Fields that differ between uses without changing the code: shapes, parameter counts, notes, and
 # the arguments as the spec wrote them (the code is written from the resolved `init`).
 _PLAIN_TYPES = {type(None), bool, int, float, str}
+_IR_NODES = {
+    *(cls for cls in vars(ir).values() if isinstance(cls, type) and issubclass(cls, (ir.Expr, ir.Stmt))),
+    ir.SliceItem,
+}
 _SIZE_FIELDS = {"types", "params", "layers", "comments", "source", "loc", "records", "args"}  # args: as written
 
 
@@ -125,8 +129,14 @@ class _Merger:
 def generic_key(value: Any, class_of: dict[str, str]) -> Any:
     """What the generated code of `value` depends on: traced values by their expression, sizes not."""
     kind = type(value)
-    if kind in _PLAIN_TYPES:  # most values: checked first, by exact type (a traced int is an int subclass)
+    if kind in _PLAIN_TYPES:  # the common kinds first, by exact type (a traced int is an int subclass)
         return (kind.__name__, value)
+    if kind is list or kind is tuple:
+        return ("seq", tuple([generic_key(v, class_of) for v in value]))
+    if kind is dict:
+        return ("dict", tuple([(k, generic_key(v, class_of)) for k, v in value.items()]))
+    if kind in _IR_NODES:  # a statement or expression of the IR (Submodule has its own rules, below)
+        return _fields_key(value, class_of)
     if traced.is_traced(value):
         return ("param", value.expr)
     if isinstance(value, (bool, int, float, str)):
@@ -153,5 +163,5 @@ def _code_fields(cls: type) -> tuple[str, ...]:
 
 
 def _fields_key(value: Any, class_of: dict[str, str]) -> Any:
-    fields = tuple(generic_key(getattr(value, name), class_of) for name in _code_fields(type(value)))
+    fields = tuple([generic_key(getattr(value, name), class_of) for name in _code_fields(type(value))])
     return (type(value).__name__, fields)

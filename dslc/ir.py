@@ -260,9 +260,13 @@ class LayerRecord:
     loc: Loc
     module: str  # its path in the state dict: `features.0`
     what: str
-    output: str
+    types: list[TensorType]
     params: int
     depth: int = 0  # 1 for a layer of a named group, 2 in a group of that group, ...
+
+    @property
+    def output(self) -> str:  # written when shown: a check records a row per layer and shows few of them
+        return ", ".join(str(t) for t in self.types)
 
 
 @dataclass

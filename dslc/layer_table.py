@@ -88,7 +88,7 @@ class LayerTable:
         depth = len(self.containers) - 1
         shown = depth <= len(self.shown_groups)  # not inside a repeat
         path = ".".join([*self.shown_groups[:depth], module]) if module and shown else module
-        record = ir.LayerRecord(loc, path, what, ", ".join(str(t) for t in outputs), params, depth)
+        record = ir.LayerRecord(loc, path, what, outputs, params, depth)
         self.all_records.append(record)
         if shown:
             self.records.insert(len(self.records) if at is None else at, record)
