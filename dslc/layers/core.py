@@ -382,8 +382,8 @@ register(
 @lowering("GroupNorm")
 def _groupnorm_onnx(g, xs, outs, a, key):
     """Each group is one channel of x reshaped to [batch, groups, -1] for InstanceNormalization, then the per-channel
-    affine: opset 20's GroupNormalization (opset 18's) scales per group, not per channel as PyTorch, and is deprecated
-    for it."""
+    affine. Not opset 21's GroupNormalization: onnx 1.23's shape inference gives its output no type (onnx#7157), so
+    strict inference of the graph fails."""
     x = xs[0]
     groups, dtype = int(a["num_groups"]), x.type.dtype
     grouped = g.one("Reshape", [x.name, g.ints([0, groups, -1])])
