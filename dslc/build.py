@@ -218,9 +218,18 @@ def _write_int8(source: Path, target: Path) -> None:
     quantized per call)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from dslc.onnx_files import align_data_mode, data_path
+
     logging.disable(logging.WARNING)  # onnxruntime's advice to pre-process, printed on every call
     try:
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm", "Gather"])
+        quantize_dynamic(
+            source,
+            target,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm", "Gather"],
+            use_external_data_format=data_path(source).exists(),  # a quarter of a large model can still be large
+        )
+        align_data_mode(target)
     finally:
         logging.disable(logging.NOTSET)
 
@@ -228,9 +237,10 @@ def _write_int8(source: Path, target: Path) -> None:
 def _write_fp16(source: Path, target: Path) -> None:
     import onnx
 
+    from dslc.onnx_files import save
     from dslc.onnx_precision import to_float16
 
-    target.write_bytes(to_float16(onnx.load(source)).SerializeToString())  # in the staging folder, published whole
+    save(to_float16(onnx.load(source)), target)  # in the staging folder, published whole
 
 
 VARIANTS = {
@@ -254,6 +264,7 @@ VARIANTS = {
 def _write_variant(variant: Variant, model, program: ir.ProgramIR, module: ir.ModuleIR, onnx_path: Path):
     """`<model>.<kind>.onnx` from the verified float32 graph, verified against PyTorch like it at the variant's
     tolerance."""
+    from dslc.onnx_files import file_bytes
     from dslc.onnx_precision import PrecisionError
     from dslc.verify import verify
 
@@ -270,13 +281,12 @@ def _write_variant(variant: Variant, model, program: ir.ProgramIR, module: ir.Mo
             + "; ".join(checked.problems),
             variant.hint,
         )
-    data = path.read_bytes()
     return VariantReport(
         variant.kind,
         path.name,
-        hashlib.sha256(data).hexdigest(),
-        len(data),
-        onnx_path.stat().st_size,
+        hashlib.sha256(path.read_bytes()).hexdigest(),
+        file_bytes(path),
+        file_bytes(onnx_path),
         checked.max_abs_diff,
         variant.tolerance,
     )

@@ -24,6 +24,7 @@ import onnx
 from onnx import helper
 
 from dslc import ir
+from dslc.onnx_files import infer_shapes, save
 from dslc.onnx_graph import ONNX_DTYPES, Graph, NotLowerableError
 
 PAST = "past_key_values.{}.{}"
@@ -161,7 +162,7 @@ def _decode_model(module: ir.ModuleIR, graph: Graph, cache: DecodeCache) -> onnx
     outputs = [value_info(p.name, p.type) for p in module.outputs] + [v for v in cached if v.name.startswith("pres")]
     onnx_graph = helper.make_graph(graph.nodes, module.spec_name, inputs, outputs, list(graph.initializers.values()))
     model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
-    return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    return infer_shapes(model)
 
 
 def _split(model: onnx.ModelProto, module: ir.ModuleIR, cache: DecodeCache) -> DecoderGraphs:
@@ -174,8 +175,7 @@ def _split(model: onnx.ModelProto, module: ir.ModuleIR, cache: DecodeCache) -> D
     memory_info = [_typed(model.graph, name, renamed[name]) for name in memory]
     decode = _decode_graph(model, cache, stepped, kept_static, renamed, memory_info)
     prefill = _prefill_graph(model, cache, renamed, memory_info)
-    for m in (decode, prefill):
-        m.CopyFrom(onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True, data_prop=True))
+    decode, prefill = infer_shapes(decode), infer_shapes(prefill)
     return DecoderGraphs(cache.stepped_input, prefill, decode, list(cache.layers), list(renamed.values()))
 
 
@@ -370,14 +370,12 @@ def export_decoder(torch_module: Any, program: ir.ProgramIR, module: ir.ModuleIR
     logits = logits_output(module, graphs.stepped_input)
     if logits is None:
         return None
-    diff = verify_decoder(torch_module, program, module, graphs, logits)
-    entries = {}
+    entries, paths, written = {}, [], []
     for kind, model in (("prefill", graphs.prefill), ("decode_step", graphs.decode_step)):
         name = f"{module.spec_name}.{kind}"
         _stamp(model, program, module, name)
-        onnx.checker.check_model(model, full_check=True)
-        data = model.SerializeToString()
-        (folder / f"{name}.onnx").write_bytes(data)
+        paths.append(folder / f"{name}.onnx")
+        written += save(model, paths[-1])  # with the full check; verified from the files, as applications load them
         entries[kind] = {
             "name": name,
             "class": module.class_name,
@@ -385,11 +383,18 @@ def export_decoder(torch_module: Any, program: ir.ProgramIR, module: ir.ModuleIR
             "inputs": [_port(v) for v in model.graph.input],
             "outputs": [_port(v) for v in model.graph.output],
             "onnx": f"{name}.onnx",
-            "onnx_sha256": hashlib.sha256(data).hexdigest(),
+            "onnx_sha256": hashlib.sha256(paths[-1].read_bytes()).hexdigest(),
             "nodes": len(model.graph.node),
             "verified": True,
-            "max_abs_diff": diff,
         }
+    try:
+        diff = verify_decoder(torch_module, program, module, graphs, logits, paths)
+    except VerifyError:
+        for path in written:  # not published: the build goes on without them
+            path.unlink(missing_ok=True)
+        raise
+    for entry in entries.values():
+        entry["max_abs_diff"] = diff
     return DecoderReport(
         entries["prefill"],
         entries["decode_step"],
@@ -406,15 +411,15 @@ class VerifyError(Exception):
 
 
 def verify_decoder(
-    torch_module: Any, program: ir.ProgramIR, module: ir.ModuleIR, graphs: DecoderGraphs, logits: str
+    torch_module: Any, program: ir.ProgramIR, module: ir.ModuleIR, graphs: DecoderGraphs, logits: str, files: list[Any]
 ) -> float:
     """Run prefill on a prompt and decode_step token by token (then two tokens at once), comparing each step's
-    logits with the module's full forward pass over the whole sequence; the largest difference."""
-    import onnxruntime as ort
+    logits with the module's full forward pass over the whole sequence; the largest difference. `files`: the
+    prefill and decode_step graphs as written."""
     import torch
 
     from dslc.export_onnx import example_inputs
-    from dslc.verify import TOLERANCE, Float64Reference, _float_difference, output_scale
+    from dslc.verify import TOLERANCE, Float64Reference, _float_difference, output_scale, session
 
     tokens = next(p for p in module.inputs if p.name == graphs.stepped_input)
     sizes = dict(ir.example_sizes(module))
@@ -427,12 +432,7 @@ def verify_decoder(
     index = [p.name for p in module.outputs].index(logits)
     want = expected[index].numpy()
     exact = Float64Reference(torch_module, tuple(inputs.values()))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    sessions = [
-        ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        for m in (graphs.prefill, graphs.decode_step)
-    ]
+    sessions = [session(path) for path in files]
     feeds = {name: x.numpy() for name, x in inputs.items()}
     sequence = feeds[graphs.stepped_input]
     worst = 0.0

@@ -386,7 +386,7 @@ def limits_table() -> list[str]:
         ("integers (literals and compile-time arithmetic)", "2**63 - 1"),
         ("strings and tuples built with `*` or `+`", f"{consteval.MAX_ITEMS:,} items"),
         ("layer arguments (sizes, kernels, strides)", f"{checker.MAX_LAYER_INT:,}"),
-        ("parameters of a layer or a model", f"{checker.MAX_PARAMETERS:,} (1 GB of float32)"),
+        ("parameters of a layer or a model", f"{checker.MAX_PARAMETERS:,} (3.2 GB of float32)"),
         ("elements of one tensor per example (symbolic sizes count as 1)", f"{checker.MAX_ELEMENTS:,}"),
         ("copies made by `repeat`", f"{checker.MAX_REPEAT:,}"),
         ("errors printed per run (all are counted)", f"{MAX_SHOWN}"),

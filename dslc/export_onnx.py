@@ -21,6 +21,7 @@ from dslc import __version__, ir
 from dslc.fileio import name_text
 from dslc.ir import example_sizes, symbol_names  # noqa: F401 - part of this module's interface
 from dslc.layers import REGISTRY
+from dslc.onnx_files import save
 from dslc.shapes import Sym
 
 TORCH_DTYPES = {
@@ -269,13 +270,12 @@ def state_arrays(torch_module: torch.nn.Module) -> dict[str, Any]:
 
 
 def _finish(model: onnx.ModelProto, program: ir.ProgramIR, module: ir.ModuleIR, path: Path) -> ExportResult:
-    """dslc's metadata, the full check, and the file; the node count is what runs (no Constant nodes exist)."""
+    """dslc's metadata, the file and its full check; the node count is what runs (no Constant nodes exist)."""
     model.producer_name, model.producer_version = "dslc", __version__
     model.doc_string = module.doc or ""
     del model.metadata_props[:]
     for key, value in metadata(program, module).items():
         model.metadata_props.add(key=key, value=value)
-    onnx.checker.check_model(model, full_check=True)
-    path.write_bytes(model.SerializeToString())
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    save(model, path)  # with the full check; a large model's weights go to a file beside it
     return ExportResult(path, len(model.graph.node), opset, model.ir_version)

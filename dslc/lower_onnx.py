@@ -22,6 +22,7 @@ from onnx import helper
 from dslc import ir
 from dslc import onnx_passes as passes
 from dslc.layers import REGISTRY
+from dslc.onnx_files import infer_shapes
 from dslc.onnx_graph import ONNX_DTYPES, Graph, NotLowerableError, Value
 from dslc.shapes import TensorType
 
@@ -61,8 +62,7 @@ def lower(program: ir.ProgramIR, module: ir.ModuleIR, weights: dict[str, np.ndar
         list(graph.initializers.values()),
     )
     model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
-    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
-    return model
+    return infer_shapes(model)
 
 
 def lowered_graph(program: ir.ProgramIR, module: ir.ModuleIR, graph: Graph) -> Graph:

@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from dslc.onnx_files import infer_shapes
+
 # Ops that stay float32: no float16 kernel in onnxruntime's CPU provider (RNNs; the Scan of an RNN's steps, whose body
 # holds float32 weights), or an accumulation whose float16 result overflows or loses its low bits (long reductions;
 # Exp before a sum).
@@ -54,7 +56,7 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.value_info[:]  # float32 types of the values inside: inferred again
-    return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    return infer_shapes(model)
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -23,6 +23,7 @@ from torch import nn
 
 from dslc import ir
 from dslc.fileio import write_atomic
+from dslc.onnx_files import save
 
 Transform = dict[str, Any]  # {"subtract": number or nested list, "divide": ..., "raw": what the input holds}
 
@@ -74,9 +75,9 @@ def prepend(path: Path, inputs: dict[str, Transform]) -> int:
     del model.metadata_props[:]
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=value)
-    onnx.checker.check_model(model, full_check=True)
-    path.write_bytes(model.SerializeToString())  # the build's staging file: renamed into place after verification
-    return len(graph.node)
+    nodes = len(graph.node)
+    save(model, path)  # the build's staging file (with the full check): renamed into place after verification
+    return nodes
 
 
 class Raw(nn.Module):

@@ -64,9 +64,9 @@ def test_huge_intermediate_tensors_are_refused(write_spec):
 
 
 def test_model_size_is_spelled_out(write_spec):
-    layers = " -> ".join(["Linear(10000)"] * 3)  # 100 M parameters each: every layer fits, the model does not
+    layers = " -> ".join(["Linear(10000)"] * 9)  # 100 M parameters each: every layer fits, the model does not
     spec = write_spec(f"model m {{\n    input x: float32[batch, 10000]\n    output y = x -> {layers}\n}}\n")
-    assert "300,030,000 parameters (1.2 GB in float32)" in refused(spec)
+    assert "900,090,000 parameters (3.6 GB in float32)" in refused(spec)
 
 
 def test_unused_inputs_stay_in_the_onnx_signature(write_spec, tmp_path):
