@@ -357,23 +357,12 @@ for _n in (1, 2):
         )
 
 
-def _check_exportable_pooling(name: str, given, wanted: int) -> None:
-    """A symbolic size pools only to 1 (global pooling): other bins would depend on a size known at run time."""
-    if wanted != 1 and not isinstance(given, int):
-        raise ShapeError(
-            f"{name}: the symbolic size '{given}' can be pooled only to 1, not to {wanted}",
-            "pool to 1 (global pooling), or give the input a fixed size",
-        )
-
-
 def _adaptive_infer(n: int, name: str):
     def infer(args, inputs):
         (x,) = inputs
         expect_rank(x, (n + 2,), name, _layout(n))
         check_positive(args, "output_size")
         size = pair(args["output_size"], n)
-        for given, wanted in zip(x.shape[2:], size):
-            _check_exportable_pooling(name, given, wanted)
         return Inferred([x.with_shape((*x.shape[:2], *size))], {"output_size": simple(size)})
 
     return infer
@@ -666,35 +655,92 @@ for _n in (1, 2):
 
 def _adaptive_onnx(kind: str):
     """Adaptive pooling: global, a regular pooling where the bins are even, else PyTorch's uneven bins (start
-    floor(i*n/m), end ceil((i+1)*n/m)) written out per axis."""
+    floor(i*n/m), end ceil((i+1)*n/m)) written out per axis: as constants for a fixed size, computed from the size at
+    run time for a symbolic one."""
 
     def lower(g, xs, outs, a, key):
         x = xs[0]
-        n = x.type.rank - 2
-        size = _ints(a["output_size"], n)
+        rank = x.type.rank
+        size = _ints(a["output_size"], rank - 2)
+        spatial = list(x.type.shape[2:])
         if all(s == 1 for s in size):
             return g.node(f"Global{kind}Pool", [x.name])
-        spatial = [int(d) for d in x.type.shape[2:]]  # fixed: the checker pools a symbolic size only to 1
-        if all(d % s == 0 for d, s in zip(spatial, size)):
+        if all(isinstance(d, int) and d % s == 0 for d, s in zip(spatial, size)):
             kernel = [d // s for d, s in zip(spatial, size)]
             return g.node(f"{kind}Pool", [x.name], kernel_shape=kernel, strides=kernel)
-        if kind == "Average":  # a matrix per axis: y = P_h x P_w^T
-            y = g.one("MatMul", [x.name, g.constant(_bins(spatial[-1], size[-1]).T, "float32", "pool_w")])
-            if n == 2:
-                y = g.one("MatMul", [g.constant(_bins(spatial[0], size[0]), "float32", "pool_h"), y])
-            return [y]
-        # Max is separable over a rectangle: per axis, gather each bin's positions ([m, longest bin], the short
-        # bins repeating their last position, which leaves the maximum as it is) and reduce them.
         y = x.name
-        for axis, (d, m) in enumerate(zip(spatial, size), start=2):
-            bins = [_bin(i, d, m) for i in range(m)]
-            longest = max(len(b) for b in bins)
-            index = [list(b) + [b[-1]] * (longest - len(b)) for b in bins]
-            gathered = g.one("Gather", [y, g.constant(index, "int64", "pool_bins")], axis=axis)
-            y = g.one("ReduceMax", [gathered, g.ints([axis + 1], "axes")], keepdims=0)
+        for axis in reversed(range(2, rank)) if kind == "Average" else range(2, rank):
+            d, m = spatial[axis - 2], size[axis - 2]
+            if kind == "Average":  # a matrix per axis: y = P_h y P_w^T
+                y = _average_axis(g, y, axis, rank, d if isinstance(d, int) else g.length(d, x.name, axis), m)
+            elif isinstance(d, int):
+                y = _max_axis_fixed(g, y, axis, d, m)
+            else:
+                y = _max_axis_symbolic(g, y, axis, rank, g.length(d, x.name, axis), m)
         return [y]
 
     return lower
+
+
+def _average_axis(g, y: str, axis: int, rank: int, n: int | str, m: int) -> str:
+    """Average over the bins of `axis` (the last or the one before it): a MatMul with the bins' [m, n] matrix."""
+    from dslc.onnx_graph import ONNX_DTYPES
+
+    last = axis == rank - 1
+    if isinstance(n, int):
+        matrix = g.constant(_bins(n, m).T if last else _bins(n, m), "float32", "pool_bins")
+    else:
+        inside, start, end = _runtime_bins(g, n, m, transposed=last)
+        counts = g.one("Cast", [g.one("Sub", [end, start])], to=ONNX_DTYPES["float32"])
+        matrix = g.one("Div", [g.one("Cast", [inside], to=ONNX_DTYPES["float32"]), counts])
+    return g.one("MatMul", [y, matrix] if last else [matrix, y])
+
+
+def _max_axis_fixed(g, y: str, axis: int, n: int, m: int) -> str:
+    """Max is separable over a rectangle: per axis, gather each bin's positions ([m, longest bin], the short bins
+    repeating their last position, which leaves the maximum as it is) and reduce them."""
+    bins = [_bin(i, n, m) for i in range(m)]
+    longest = max(len(b) for b in bins)
+    index = [list(b) + [b[-1]] * (longest - len(b)) for b in bins]
+    gathered = g.one("Gather", [y, g.constant(index, "int64", "pool_bins")], axis=axis)
+    return g.one("ReduceMax", [gathered, g.ints([axis + 1], "axes")], keepdims=0)
+
+
+def _max_axis_symbolic(g, y: str, axis: int, rank: int, n: str, m: int) -> str:
+    """Max over bins known at run time: y repeated per bin ([..., m, n, ...]) with the positions outside the bin
+    replaced by y's minimum over the axis (not -inf, which a float16 graph cannot hold), then reduced."""
+    inside, _, _ = _runtime_bins(g, n, m, transposed=False)
+    trailing = rank - 1 - axis
+    if trailing:
+        inside = g.one("Unsqueeze", [inside, g.ints(list(range(2, 2 + trailing)), "axes")])
+    lowest = g.one("ReduceMin", [y, g.ints([axis], "axes")], keepdims=1)
+    picked = g.one(
+        "Where",
+        [inside, g.one("Unsqueeze", [y, g.ints([axis], "axes")]), g.one("Unsqueeze", [lowest, g.ints([axis], "axes")])],
+    )
+    return g.one("ReduceMax", [picked, g.ints([axis + 1], "axes")], keepdims=0)
+
+
+def _runtime_bins(g, n: str, m: int, transposed: bool) -> tuple[str, str, str]:
+    """For a length `n` known at run time (a 1-D int64 [n]): bool [m, n] (`transposed`: [n, m]), whether position p
+    lies in bin i, and the bins' starts and ends ([m, 1] or [1, m])."""
+    import numpy as np
+
+    def build() -> list[str]:
+        shape = (1, m) if transposed else (m, 1)
+        index = np.arange(m, dtype=np.int64).reshape(shape)
+        start = g.one("Div", [g.one("Mul", [g.constant(index, "int64", "bin"), n]), g.ints([m])])
+        end = g.one("Mul", [g.constant(index + 1, "int64", "bin_end"), n])
+        end = g.one("Div", [g.one("Add", [end, g.ints([m - 1])]), g.ints([m])])  # ceil((i + 1) * n / m)
+        zero, one = g.constant(0, "int64", "zero"), g.constant(1, "int64", "one")
+        positions = g.one("Range", [zero, g.one("Squeeze", [n]), one])
+        if transposed:
+            positions = g.one("Unsqueeze", [positions, g.ints([1], "axes")])
+        inside = g.one("And", [g.one("GreaterOrEqual", [positions, start]), g.one("Less", [positions, end])])
+        return [inside, start, end]
+
+    inside, start, end = g.memo(("adaptive_bins", n, m, transposed), build)  # once per size and bin count
+    return inside, start, end
 
 
 def _bin(i: int, n: int, m: int) -> range:

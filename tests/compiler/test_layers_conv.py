@@ -154,6 +154,38 @@ CASES = [
         _plain(nn.AdaptiveMaxPool2d(4)),
         (2, 3, 12, 8),
     ),
+    Case(  # bins computed from the sizes at run time
+        "adaptive_maxpool2d_symbolic",
+        "float32[batch, 3, h, w]",
+        "x -> AdaptiveMaxPool2d((3, 4))",
+        "float32[batch, 3, 3, 4]",
+        _plain(nn.AdaptiveMaxPool2d((3, 4))),
+        (2, 3, 10, 2),  # w smaller than its 4 bins: they overlap, as PyTorch's do
+    ),
+    Case(
+        "adaptive_avgpool2d_symbolic_and_fixed",
+        "float32[batch, 3, h, 9]",
+        "x -> AdaptiveAvgPool2d((7, 4))",
+        "float32[batch, 3, 7, 4]",
+        _plain(nn.AdaptiveAvgPool2d((7, 4))),
+        (2, 3, 11, 9),
+    ),
+    Case(
+        "adaptive_avgpool1d_symbolic",
+        "float32[batch, 3, time]",
+        "x -> AdaptiveAvgPool1d(5)",
+        "float32[batch, 3, 5]",
+        _plain(nn.AdaptiveAvgPool1d(5)),
+        (2, 3, 13),
+    ),
+    Case(
+        "adaptive_maxpool1d_symbolic",
+        "float32[batch, 3, time]",
+        "x -> AdaptiveMaxPool1d(3)",
+        "float32[batch, 3, 3]",
+        _plain(nn.AdaptiveMaxPool1d(3)),
+        (2, 3, 8),
+    ),
     Case(
         "adaptive_maxpool1d_global",
         "float32[batch, 3, time]",
@@ -359,7 +391,6 @@ def _refused(write_spec, input_type: str, layer: str) -> str:
             "padding 0 [give the input a fixed size, or use ceil_mode=false]",
         ),
         ("float32[batch, 2, 1]", "x -> AvgPool1d(3, stride=1, ceil_mode=true)", "input size 1 is smaller than"),
-        ("float32[batch, 3, h, w]", "x -> AdaptiveMaxPool2d(2)", "the symbolic size 'h' can be pooled only to 1"),
         (
             "float32[batch, 3, 4, 6]",
             "x -> ReflectionPad2d(4)",
