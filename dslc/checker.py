@@ -18,6 +18,7 @@ from typing import Any
 from dslc import ast, consteval, ir, tensor_rules, traced
 from dslc.binding import bind_arguments
 from dslc.cse import eliminate_common_subexpressions
+from dslc.dce import eliminate_dead_code
 from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error
 from dslc.fileio import spec_sha256
 from dslc.generalize import generalize
@@ -118,6 +119,7 @@ def check_file(
     loader.reporter.raise_if_errors()
     eliminate_common_subexpressions(program)
     program.classes = generalize(program)
+    eliminate_dead_code(program)
     sections = [i for i in root.program.items if isinstance(i, ast.TrainDef)]
     for extra in sections[1:]:
         loader.reporter.error(
