@@ -47,6 +47,11 @@ def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
+def _out_of_memory(exc: RuntimeError) -> bool:
+    """PyTorch's allocator failure, which it raises as a RuntimeError."""
+    return "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower()
+
+
 def _float_difference(want: np.ndarray, got: np.ndarray) -> float:
     """The largest absolute difference; NaN matching NaN and infinities of the same sign agree (log(0)
     is -inf in both runtimes), a NaN or infinity on one side only is an infinite difference."""
@@ -126,8 +131,18 @@ def verify(
         result.problems.append(f"onnxruntime cannot load the graph: {str(exc).splitlines()[0][:300]}")
         return result
     for sizes, inputs in verification_inputs(module, program):
-        with torch.no_grad():
-            expected = torch_module(*inputs)
+        try:
+            with torch.no_grad():
+                expected = torch_module(*inputs)
+        except (MemoryError, RuntimeError) as exc:
+            if not isinstance(exc, MemoryError) and not _out_of_memory(exc):
+                raise
+            result.passed = False
+            result.problems.append(
+                f"PyTorch ran out of memory running the model at sizes {sizes} (this machine cannot hold its "
+                "activations); build on a machine with more memory, or make the model or its fixed sizes smaller"
+            )
+            return result
         expected = expected if isinstance(expected, tuple) else (expected,)
         exact = Float64Reference(torch_module, inputs) if tolerance == TOLERANCE else None
         feeds = {p.name: x.numpy() for p, x in zip(module.inputs, inputs)}

@@ -224,3 +224,30 @@ def test_what_the_dtypes_allow_builds_with_the_dtype_pytorch_gives(write_spec, t
     spec = write_spec(f"model m {{\n    input x: {input_type}\n    {body}\n}}\n")
     assert check_file(spec).model("m").outputs[0].type.dtype == dtype
     assert_builds(spec, tmp_path)
+
+
+def test_running_out_of_memory_in_verification_is_a_clear_error(write_spec, tmp_path):
+    """Activations a machine cannot hold (here: address space capped at 6 GB) are the build's located error."""
+    import resource
+    import subprocess
+    import sys
+
+    chain = "\n".join(f"    h{i} = h{i - 1} -> ReLU" for i in range(1, 60))
+    outputs = " + ".join(f"h{i}" for i in range(0, 60, 6))  # ten of the 16 MB activations live at once, per example
+    spec = write_spec(
+        f"model big {{\n    input x: float32[batch, 64, 256, 256]\n    h0 = x\n{chain}\n    output y = {outputs}\n}}\n"
+    )
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "dslc.cli", "build", str(spec), "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        preexec_fn=cap,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "PyTorch ran out of memory running the model at sizes" in result.stderr, result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "big.onnx").exists()
