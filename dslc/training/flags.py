@@ -58,6 +58,8 @@ FLAGS = (
          "installed)"),
     Flag("--weights", "Load a .safetensors/.pth state dict (strict) before training; --epochs 0 only exports it",
          "[MODEL=]FILE", repeat=True),
+    Flag("--ignore-mismatched-sizes", "With --weights: tensors whose shape differs from the model's (a new head, "
+         "--set classes=10) keep their fresh initialisation, as in HuggingFace's from_pretrained"),
 )  # fmt: skip
 
 # flags people type for a train setting, and the `--set` key it is

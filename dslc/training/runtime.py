@@ -318,7 +318,7 @@ class Run:
         from dslc.training.weights import load_weights
 
         versions = {n: [t._version for t in m.state_dict().values()] for n, m in models.items()}
-        for line in load_weights(self.args.weights, models):
+        for line in load_weights(self.args.weights, models, getattr(self.args, "ignore_mismatched_sizes", False)):
             self.log(line)
         # models given weights explicitly keep them (share_trained_weights leaves them alone)
         changed = {n for n, m in models.items() if [t._version for t in m.state_dict().values()] != versions[n]}

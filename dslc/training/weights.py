@@ -5,7 +5,9 @@ FILE is a `.safetensors` file or a PyTorch `.pth`/`.pt`/`.bin` file read with
 `torch.load(weights_only=True)` (no code runs). A state dict wrapped as `{"state_dict": ...}` or
 `{"model": ...}` and DDP's `module.` prefix are unwrapped. Without `MODEL=`, the file goes to the
 model whose parameter names it holds (e.g. a torchvision resnet18 checkpoint to `resnet18`). The
-load is strict: every parameter and buffer must be present with its shape, and nothing extra.
+load is strict: every parameter and buffer must be present with its shape, and nothing extra; with
+`--ignore-mismatched-sizes`, a tensor of another shape (a classifier for other classes) is left at its
+initialisation and named in the log.
 """
 
 from __future__ import annotations
@@ -109,8 +111,9 @@ def _untied_hint(missing: list[str], state: dict[str, torch.Tensor], expected: d
     return None
 
 
-def load_weights(items: list[str], models: dict[str, nn.Module]) -> list[str]:
-    """Load each `[MODEL=]FILE` into its model (strict); returns log lines."""
+def load_weights(items: list[str], models: dict[str, nn.Module], ignore_mismatched_sizes: bool = False) -> list[str]:
+    """Load each `[MODEL=]FILE` into its model (strict, but for the tensors of another shape with
+    `ignore_mismatched_sizes`); returns log lines."""
     lines = []
     for item in items:
         name, sep, path = item.partition("=")
@@ -124,11 +127,12 @@ def load_weights(items: list[str], models: dict[str, nn.Module]) -> list[str]:
         state = with_tied_keys(state, expected)
         missing = [k for k in expected if k not in state]
         unexpected = [k for k in state if k not in expected]
-        shapes = [
-            f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-            for k, v in expected.items()
-            if k in state and state[k].shape != v.shape
-        ]
+        mismatched = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
+        shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched]
+        kept = []
+        if ignore_mismatched_sizes and shapes:
+            kept, shapes = shapes, []
+            state = {k: v for k, v in state.items() if k not in mismatched}
         if missing or unexpected or shapes:
             parts = []
             for label, found in (
@@ -142,9 +146,17 @@ def load_weights(items: list[str], models: dict[str, nn.Module]) -> list[str]:
                 None,
                 f"--weights: {path} does not fit model '{name}' (strict load): " + "; ".join(parts),
                 (not unexpected and not shapes and _untied_hint(missing, state, expected))
+                or (
+                    shapes
+                    and not missing
+                    and not unexpected
+                    and "a new head? --ignore-mismatched-sizes leaves the tensors of another shape freshly initialised"
+                )
                 or "check the spec's constants (e.g. --set classes=...) against the checkpoint",
             )
         with torch.no_grad():
-            model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
-        lines.append(f"loaded {given} tensors from {path} into '{name}'")
+            model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=not kept)
+        lines.append(f"loaded {given - len(kept)} tensors from {path} into '{name}'")
+        if kept:
+            lines.append(f"kept freshly initialised, their shape differs (file vs model): {', '.join(kept)}")
     return lines

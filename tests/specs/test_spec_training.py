@@ -385,6 +385,7 @@ def _torchvision_style_checkpoint(path: Path) -> None:
 def test_weights_loads_a_torchvision_checkpoint_strictly_and_exports_it(tmp_path):
     from dslc_runtime import Model
     from reference_weights import reference_image
+    from safetensors.torch import load_file
 
     checkpoint = tmp_path / "resnet18.pth"
     _torchvision_style_checkpoint(checkpoint)
@@ -415,6 +416,18 @@ def test_weights_loads_a_torchvision_checkpoint_strictly_and_exports_it(tmp_path
         ],
     )
     assert bad.exit_code == 1 and "fc.weight (1000, 512) vs (10, 512)" in bad.output, bad.output
+    assert "--ignore-mismatched-sizes" in bad.output  # the hint: what fine-tuning for other classes needs
+
+    # a new head, as HuggingFace's ignore_mismatched_sizes: the rest loads, fc keeps its initialisation
+    new_head = tmp_path / "new_head"
+    sets = ["--set", "classes=10", "--set", "image_size=32"]
+    output = train(str(SPECS_DIR / "resnet18.model"), new_head, *sets, "--epochs", "0", "--weights", str(checkpoint),
+                   "--ignore-mismatched-sizes")  # fmt: skip
+    assert "loaded 120 tensors" in output and "fc.weight (1000, 512) vs (10, 512), fc.bias (1000,) vs (10,)" in output
+    exported = load_file(new_head / "resnet18.safetensors")
+    given = torch.load(checkpoint, weights_only=True)
+    assert torch.equal(exported["layer4.1.conv2.weight"], given["layer4.1.conv2.weight"])
+    assert exported["fc.weight"].shape == (10, 512)
 
 
 def test_weights_fine_tunes_from_a_safetensors_checkpoint(tmp_path, trained):
