@@ -277,6 +277,9 @@ class Run:
         return first
 
     def _restore(self, models: dict[str, nn.Module], steps: StepState) -> int:
+        if getattr(self.args, "ignore_mismatched_sizes", False) and not self.args.weights:
+            raise error(None, "--ignore-mismatched-sizes applies to the --weights loaded, and none is given",
+                        "add --weights FILE, or drop --ignore-mismatched-sizes")  # fmt: skip
         latest = ckpt.load_latest(self.folder.checkpoints) if self.args.resume else None
         if latest is None:
             if self.args.resume:

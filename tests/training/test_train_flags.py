@@ -94,3 +94,9 @@ def test_near_miss_knows_nothing_it_should_not():
     assert near_miss("--frobnicate", script=False) is None
     assert near_miss("--nprocs", script=False) == "did you mean --nproc?"
     assert "--nproc" not in (near_miss("--nprocs", script=True) or "")  # no such flag in the script
+
+
+def test_ignore_mismatched_sizes_without_weights_is_refused(tmp_path):
+    args = ["train", str(SPECS / "mlp.model"), "-o", str(tmp_path / "run"), "--quiet", "--ignore-mismatched-sizes"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "--ignore-mismatched-sizes applies to the --weights loaded" in result.output
