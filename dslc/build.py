@@ -215,7 +215,8 @@ class Variant:
 
 def _write_int8(source: Path, target: Path) -> None:
     """onnxruntime's dynamic quantization of the matrix products and embedding tables (8-bit weights, activations
-    quantized per call)."""
+    quantized per call). Convolutions stay float32: quantized (ConvInteger) they were 10x slower (resnet18 at 32x32,
+    batch 1: 13.4 ms vs 1.24 ms) for a quarter of their size."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from dslc.onnx_files import align_data_mode, data_path

@@ -190,13 +190,15 @@ def _print_shapes(program) -> None:
     "--precision",
     type=click.Choice(["fp16"]),
     default=None,
-    help="Also write <model>.fp16.onnx: float16 weights and compute (float32 inputs and outputs), verified within 1%.",
+    help="Also write <model>.fp16.onnx: float16 weights and compute (float32 inputs and outputs), verified within "
+    "0.01 x max(1, largest |output|).",
 )
 @click.option(
     "--quantize",
     type=click.Choice(["int8"]),
     default=None,
-    help="Also write <model>.int8.onnx: 8-bit weights (dynamic quantization), verified within 5%.",
+    help="Also write <model>.int8.onnx: 8-bit weights for the matrix products and embeddings (dynamic quantization; "
+    "convolutions stay float32), verified within 0.05 x max(1, largest |output|).",
 )
 @_set_option
 @_report_errors
@@ -222,7 +224,8 @@ def build(
     out = Path(out_dir or Path("build") / module_name(Path(spec).stem))
     for option, value in (("--precision", precision), ("--quantize", quantize)):
         if value and (no_onnx or no_verify):
-            raise error(None, f"{option} writes a second, verified ONNX file", "drop --no-onnx and --no-verify")
+            off = "--no-onnx" if no_onnx else "--no-verify"
+            raise error(None, f"{option} writes a second, verified ONNX file, which {off} turns off", f"drop {off}")
     result = run_build(
         spec,
         out,
@@ -248,8 +251,9 @@ def build(
         click.echo(line)
         for v in report.variants:
             click.echo(
-                f"wrote {out / v.onnx}: {v.kind}, {v.bytes:,} bytes ({v.bytes / v.fp32_bytes:.2f}x the float32 file); "
-                f"onnxruntime within {v.tolerance:.0%} of PyTorch (max abs diff {v.max_abs_diff:.1e})"
+                f"wrote {out / v.onnx}: {v.kind}, {v.bytes:,} bytes ({v.bytes / v.fp32_bytes:.2f}x the float32 file's "
+                f"{v.fp32_bytes:,}); onnxruntime matches PyTorch within {v.tolerance:g} x max(1, largest |output|) "
+                f"(max abs diff {v.max_abs_diff:.1e})"
             )
         for note in report.notes:
             click.echo(f"note: {note}")
@@ -413,6 +417,7 @@ def train(spec: str, **values) -> None:
     from dslc.training.command import prepare_run, resume_command_set, run_script
     from dslc.training.run_folder import discard_unstarted_run, run_folder_locked
 
+    train_flags.check_combinations(values)
     resume = ["dslc", "train", spec, *train_flags.script_argv(values, command=True)]  # printed when interrupted
     out = Path(values["out"] or Path("runs") / module_name(Path(spec).stem))
     values.update(out=out, data_dir=values["data_dir"] or Path(spec).resolve().parent)

@@ -62,6 +62,19 @@ FLAGS = (
          "--set classes=10) keep their fresh initialisation, as in HuggingFace's from_pretrained"),
 )  # fmt: skip
 
+
+def check_combinations(values: dict[str, Any]) -> None:
+    """Flags that need another: refused before any work (by `dslc train`, and by the script for itself)."""
+    from dslc.errors import error
+
+    if values.get("ignore_mismatched_sizes") and not values.get("weights"):
+        raise error(
+            None,
+            "--ignore-mismatched-sizes applies to the --weights loaded, and none is given",
+            "add --weights FILE, or drop --ignore-mismatched-sizes",
+        )
+
+
 # flags people type for a train setting, and the `--set` key it is
 SETTING_FLAGS = {
     "--lr": "optimizer.lr",

@@ -28,7 +28,7 @@ from dslc.training import checkpoint as ckpt
 from dslc.training.augment import Augmented
 from dslc.training.board import Board
 from dslc.training.export import WeightSources, export_trained, match_state, write_weights
-from dslc.training.flags import parse_script_args, with_flags
+from dslc.training.flags import check_combinations, parse_script_args, with_flags
 from dslc.training.history import History
 from dslc.training.interrupts import Interrupts, RunInterruptedError, resume_command
 from dslc.training.preprocess import record_in_config
@@ -277,9 +277,7 @@ class Run:
         return first
 
     def _restore(self, models: dict[str, nn.Module], steps: StepState) -> int:
-        if getattr(self.args, "ignore_mismatched_sizes", False) and not self.args.weights:
-            raise error(None, "--ignore-mismatched-sizes applies to the --weights loaded, and none is given",
-                        "add --weights FILE, or drop --ignore-mismatched-sizes")  # fmt: skip
+        check_combinations(vars(self.args))  # the generated script's own flags
         latest = ckpt.load_latest(self.folder.checkpoints) if self.args.resume else None
         if latest is None:
             if self.args.resume:
