@@ -1,7 +1,8 @@
 """Pass 4b (after generalisation), dead code: a pure statement whose names nothing after it reads is dropped from
 its class, so the generated forward() neither computes nor keeps alive a value no output needs (a thousand unused
-activations are a thousand tensors held until forward() returns). Pure is CSE's sense without model calls:
-functions and operators, no layer (a BatchNorm updates its statistics, Dropout draws) and no random draw. A
+activations are a thousand tensors held until forward() returns). Pure: functions, operators and layers whose
+call changes nothing (a Linear; not a BatchNorm, which updates its statistics, nor a Dropout, which draws), no
+random draw, no block or model call. An unread layer call leaves forward(); the layer stays in __init__. A
 compile-time `if` reads what any of its arms reads. The ONNX lowering drops dead nodes by itself.
 """
 
@@ -30,7 +31,9 @@ def live_statements(body: list[ir.Stmt], live: set[str]) -> tuple[list[ir.Stmt],
                     read_before |= arm_reads
             live = read_before
         elif isinstance(stmt, ir.Assign):
-            if not live.intersection(stmt.targets) and not stmt.submodules and _pure(stmt.value):
+            if not live.intersection(stmt.targets) and _pure(stmt.value):
+                if stmt.submodules:  # a layer created here: it stays in __init__ (and the state dict), uncalled
+                    kept.append(ir.Layers(stmt.loc, submodules=stmt.submodules, source=stmt.source))
                 continue
             live.difference_update(stmt.targets)
         for value in ir.values(stmt):
@@ -40,9 +43,12 @@ def live_statements(body: list[ir.Stmt], live: set[str]) -> tuple[list[ir.Stmt],
 
 
 def _pure(value: ir.Expr) -> bool:
+    """Whether computing `value` only computes it: no random draw, no layer that changes (a named Linear's call is
+    pure, a BatchNorm's or a Dropout's is not), no block or model call (their bodies may)."""
     for e in ir.subexpressions(value):
         if isinstance(e, ir.OpCall):
-            if e.module is not None or not REGISTRY[e.op].deterministic:
+            op = REGISTRY[e.op]
+            if not op.deterministic or (e.module is not None and op.changes_state(e.init)):
                 return False
         elif not isinstance(
             e, (ir.Var, ir.Scalar, ir.ParamRef, ir.BinOp, ir.UnaryOp, ir.Index, ir.GetItem, ir.TupleExpr)

@@ -63,6 +63,12 @@ class Op:
     aliases: tuple[str, ...] = ()
     helpers: tuple[str, ...] = ()  # names of helper functions (HELPERS) the emitted code calls
     deterministic: bool = True  # False for random draws: two calls are two draws, never merged
+    # Whether a layer's forward changes it or draws random numbers, by init: BatchNorm's running statistics,
+    # Dropout. The default reads the arguments that do (a dropout probability, track_running_stats). A call
+    # without such effects whose output nothing reads leaves forward() (dslc.dce); its layer stays.
+    changes_state: Callable[[dict[str, Any]], bool] = lambda init: bool(
+        init.get("dropout") or init.get("track_running_stats")
+    )
     train_only: bool = False  # losses and noise: a train section's, not a model's (ONNX has no use for them)
     scalar_inputs: bool = False  # a number may stand for a tensor input (`bce_with_logits(score, 1.0)`)
     # The inputs the code reads twice (`x.reshape(x.size(0), ...)`), by init: each is passed as a name (dslc.cse).

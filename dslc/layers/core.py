@@ -190,6 +190,7 @@ for _name, _ranks in (("BatchNorm1d", (2, 3)), ("BatchNorm2d", (4,))):
             ),
             forward=_call_module,
             prefix="bn",
+            changes_state=lambda a: True,  # running statistics, updated by each call in training
             param_count=lambda a: 2 * a["num_features"] * a["affine"],
             example=f"x -> {_name}",
             shape_rule="unchanged",
@@ -508,6 +509,7 @@ register(
         module=lambda a: pycall("nn.Dropout", **non_default(a, p=0.5)),
         forward=_call_module,
         prefix="dropout",
+        changes_state=lambda a: True,  # a draw per call in training
         example="x -> Dropout(0.1)",
         shape_rule="unchanged",
     )

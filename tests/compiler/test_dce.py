@@ -28,6 +28,7 @@ model M {
     input x: float32[batch, 4]
     noted = x -> Dropout(0.5)
     stats = x -> BatchNorm1d
+    spare = x -> extra: Linear(3)
     output y = x -> Res(4) -> Res(6)
 }
 """
@@ -40,7 +41,8 @@ def test_unread_pure_values_are_not_computed(write_spec):
     assert "unused" not in block
     assert "scaled = x * 3.0" in block  # read by the else arm, which the second use takes
     model = forward_of(source, "M")
-    assert "dropout" in model.lower() and "stats = " in model  # layers run even when unread (statistics, draws)
+    assert "dropout" in model.lower() and "stats = " in model  # these change when called (a draw, statistics)
+    assert "spare" not in model and "self.extra = nn.Linear(4, 3)" in source  # a Linear's unread call is not made
     assert len([c for c in program.classes if c.name.startswith("Res")]) == 1  # both uses still share one class
 
 
@@ -50,3 +52,4 @@ def test_code_without_its_dead_values_matches_the_onnx_graph(write_spec, tmp_pat
     assert all(report.verified for report in result.models)
     model = load_generated(result.python_path).MODELS["M"]().eval()
     assert model(torch.randn(3, 4)).shape == (3, 6)
+    assert "extra.weight" in model.state_dict()  # the uncalled layer keeps its place in the state dict
