@@ -153,43 +153,62 @@ def _publish(staging: Path, out: Path) -> None:
 def _export_all(
     program, python_path, staging, verify_onnx, seed, state_dicts, variants=(), preprocess=None
 ) -> list[ModelReport]:
+    from dslc.verify import out_of_memory
+
+    generated = load_generated(python_path)
+    reports = []
+    for module in program.exported:
+        try:
+            reports.append(
+                _export_one(program, module, generated, staging, verify_onnx, seed, state_dicts, variants, preprocess)
+            )
+        except (MemoryError, RuntimeError) as exc:  # onnx's and onnxruntime's std::bad_alloc; PyTorch's RuntimeError
+            if isinstance(exc, RuntimeError) and not out_of_memory(exc):
+                raise
+            raise error(
+                module.loc,
+                f"building '{module.spec_name}' ran out of memory: {module.param_count:,} parameters are "
+                f"{module.param_count * 4 / 1e9:.1f} GB of float32, and a build holds about 5.5 copies of them",
+                "build on a machine with more memory, or make the model smaller",
+            ) from None
+    return reports
+
+
+def _export_one(
+    program, module, generated, staging, verify_onnx, seed, state_dicts, variants, preprocess
+) -> ModelReport:
+    """One model's verified ONNX graph, its variants and its KV-cache graphs, in `staging`."""
     import torch
 
     from dslc.export_onnx import ExportError, export
     from dslc.training import preprocess as pre
     from dslc.verify import verify
 
-    generated = load_generated(python_path)
-    reports = []
-    for module in program.exported:
-        torch.manual_seed(seed)
-        model = generated.MODELS[module.spec_name]()
-        if module.spec_name in state_dicts:
-            model.load_state_dict(state_dicts[module.spec_name])
-        model.eval()
-        onnx_path = staging / f"{module.spec_name}.onnx"
-        try:
-            exported = export(model, program, module, onnx_path)
-        except ExportError as exc:  # anything else is a bug in a lowering: the internal-error report
-            raise error(module.loc, f"ONNX export of '{module.spec_name}' failed: {exc}", EXPORT_HINT) from exc
-        report = ModelReport(module.spec_name, onnx_path.name, module.param_count, exported.nodes, None, False)
-        report.preprocess = pre.model_inputs(module, preprocess or {})
-        if report.preprocess:  # raw inputs: the graph and the model it is verified against both transform them
-            report.nodes = pre.prepend(onnx_path, report.preprocess)
-            model = pre.Raw(model, module, report.preprocess)
-        report.sha256 = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
-        if verify_onnx:
-            checked = verify(model, module, onnx_path, program=program)
-            if not checked.passed:
-                raise error(
-                    module.loc, f"ONNX verification of '{module.spec_name}' failed: " + "; ".join(checked.problems)
-                )
-            report.max_abs_diff, report.verified, report.runs = checked.max_abs_diff, True, checked.runs
-        report.variants = [_write_variant(VARIANTS[kind], model, program, module, onnx_path) for kind in variants]
-        if verify_onnx and not report.preprocess:
-            _export_decoder(model, program, module, staging, report)
-        reports.append(report)
-    return reports
+    torch.manual_seed(seed)
+    model = generated.MODELS[module.spec_name]()
+    if module.spec_name in state_dicts:
+        model.load_state_dict(state_dicts[module.spec_name])
+    model.eval()
+    onnx_path = staging / f"{module.spec_name}.onnx"
+    try:
+        exported = export(model, program, module, onnx_path)
+    except ExportError as exc:  # anything else is a bug in a lowering: the internal-error report
+        raise error(module.loc, f"ONNX export of '{module.spec_name}' failed: {exc}", EXPORT_HINT) from exc
+    report = ModelReport(module.spec_name, onnx_path.name, module.param_count, exported.nodes, None, False)
+    report.preprocess = pre.model_inputs(module, preprocess or {})
+    if report.preprocess:  # raw inputs: the graph and the model it is verified against both transform them
+        report.nodes = pre.prepend(onnx_path, report.preprocess)
+        model = pre.Raw(model, module, report.preprocess)
+    report.sha256 = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    if verify_onnx:
+        checked = verify(model, module, onnx_path, program=program)
+        if not checked.passed:
+            raise error(module.loc, f"ONNX verification of '{module.spec_name}' failed: " + "; ".join(checked.problems))
+        report.max_abs_diff, report.verified, report.runs = checked.max_abs_diff, True, checked.runs
+    report.variants = [_write_variant(VARIANTS[kind], model, program, module, onnx_path) for kind in variants]
+    if verify_onnx and not report.preprocess:
+        _export_decoder(model, program, module, staging, report)
+    return report
 
 
 def _export_decoder(model, program: ir.ProgramIR, module: ir.ModuleIR, staging: Path, report: ModelReport):

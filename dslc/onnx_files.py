@@ -13,6 +13,8 @@ from onnx import TensorProto
 
 EXTERNAL_DATA_BYTES = 1 << 30  # of initializers: below protobuf's 2 GiB with room for the graph and metadata
 SMALL_TENSOR_BYTES = 1024  # kept in the graph: shapes and axes (shape inference reads them), scalars
+# Past this, shape inference runs on a copy without weight values: onnx serializes the model it infers, twice over.
+INFER_WITHOUT_WEIGHTS_BYTES = 16 << 20
 
 
 def data_path(path: Path) -> Path:
@@ -74,9 +76,10 @@ def align_data_mode(path: Path) -> None:
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """onnx's strict shape and type inference (with data propagation). A large model is inferred on a copy whose big
-    weights hold no values (inference reads only their types and dims, and the values of small tensors)."""
-    if not is_large(model):
+    """onnx's strict shape and type inference (with data propagation). A model past INFER_WITHOUT_WEIGHTS_BYTES is
+    inferred on a copy whose big weights hold no values (inference reads only their types and dims, and the values
+    of small tensors), and gets the types in place."""
+    if weight_bytes(model) <= INFER_WITHOUT_WEIGHTS_BYTES:
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     weights = list(model.graph.initializer)
     del model.graph.initializer[:]

@@ -47,7 +47,7 @@ def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def _out_of_memory(exc: RuntimeError) -> bool:
+def out_of_memory(exc: RuntimeError) -> bool:
     """PyTorch's allocator failure, which it raises as a RuntimeError."""
     return "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower()
 
@@ -135,7 +135,7 @@ def verify(
             with torch.no_grad():
                 expected = torch_module(*inputs)
         except (MemoryError, RuntimeError) as exc:
-            if not isinstance(exc, MemoryError) and not _out_of_memory(exc):
+            if not isinstance(exc, MemoryError) and not out_of_memory(exc):
                 raise
             result.passed = False
             result.problems.append(
