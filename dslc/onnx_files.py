@@ -81,14 +81,14 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     of small tensors), and gets the types in place."""
     if weight_bytes(model) <= INFER_WITHOUT_WEIGHTS_BYTES:
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
-    weights = list(model.graph.initializer)
-    del model.graph.initializer[:]
-    try:
-        skeleton = onnx.ModelProto()
-        skeleton.CopyFrom(model)
-    finally:
-        model.graph.initializer.extend(weights)
-    skeleton.graph.initializer.extend(_valueless(t) if _tensor_bytes(t) > SMALL_TENSOR_BYTES else t for t in weights)
+    graph = model.graph
+    shells = [_valueless(t) if _tensor_bytes(t) > SMALL_TENSOR_BYTES else t for t in graph.initializer]
+    skeleton = onnx.helper.make_model(  # the graph without its weights' values: no copy of them is made
+        onnx.helper.make_graph(graph.node, graph.name, graph.input, graph.output, shells),
+        opset_imports=model.opset_import,
+        ir_version=model.ir_version,
+        functions=model.functions,
+    )
     inferred = onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True, data_prop=True)
     del model.graph.value_info[:]
     model.graph.value_info.extend(inferred.graph.value_info)

@@ -20,6 +20,7 @@ from tests.conftest import SPECS
 def large(monkeypatch):
     """Every model counts as large: weights over SMALL_TENSOR_BYTES go to external data."""
     monkeypatch.setattr(onnx_files, "EXTERNAL_DATA_BYTES", 0)
+    monkeypatch.setattr(onnx_files, "INFER_WITHOUT_WEIGHTS_BYTES", 0)  # and shape inference reads no weight values
 
 
 def _external(path) -> set[str]:
