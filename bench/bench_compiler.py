@@ -4,7 +4,8 @@
    checking must not pay for torch.
 2. `dslc build` (check, emit, export, verify) vs a bare `torch.onnx.export` of an equivalent
    hand-written module (torch's default exporter): time and ONNX node count.
-3. onnxruntime vs torch eager latency for each spec, batch 1 and 32.
+3. onnxruntime vs torch eager latency for each spec, batch 1 and 32, at the export sizes and, for specs
+   whose export sizes are far below what they run at (LONGER_SIZES), at a working size too.
 
     python bench/bench_compiler.py [--repeat 5] [--only latency --specs resnet18 vae]
 """
@@ -30,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.model"))
 # vgg at its defaults is 138M parameters and 15 GFLOPs an image: its latency is measured at this size
 SMALL_SETTINGS = {"vgg": ["image_size=32", "hidden=256"]}
+# deepspeech is exported at 16 frames (0.16 s of audio); speech runs at seconds: 200 frames is 2 s at 10 ms hops
+LONGER_SIZES = {"deepspeech": {"time": 200}}
 
 
 def timed_process(args: list[str], repeat: int) -> float:
@@ -187,17 +190,22 @@ def bench_latency(iterations: int, stems: list[str] | None = None) -> None:
                 session = ort.InferenceSession(
                     str(Path(tmp) / spec.stem / report.onnx), options, providers=["CPUExecutionProvider"]
                 )
-                for batch in (1, 32):
-                    sizes = {k: (batch if k == "batch" else v) for k, v in example_sizes(module_ir).items()}
-                    inputs = example_inputs(module_ir, sizes)
-                    feeds = {p.name: x.numpy() for p, x in zip(module_ir.inputs, inputs)}
-                    with torch.inference_mode():
-                        eager = median_latency(lambda m=model, x=inputs: m(*x), iterations)
-                    onnx_time = median_latency(lambda s=session, f=feeds: s.run(None, f), iterations)
-                    label = report.name if len(result.models) > 1 else spec.stem
-                    print(
-                        f"{label:<22} {batch:>5} {eager * 1e3:>9.3f} {onnx_time * 1e3:>8.3f} {onnx_time / eager:>10.2f}"
-                    )
+                label = report.name if len(result.models) > 1 else spec.stem
+                for longer in ({}, LONGER_SIZES.get(report.name)):
+                    if longer is None:
+                        continue
+                    for batch in (1, 32):
+                        sizes = {**example_sizes(module_ir), **longer, "batch": batch}
+                        inputs = example_inputs(module_ir, sizes)
+                        feeds = {p.name: x.numpy() for p, x in zip(module_ir.inputs, inputs)}
+                        with torch.inference_mode():
+                            eager = median_latency(lambda m=model, x=inputs: m(*x), iterations)
+                        onnx_time = median_latency(lambda s=session, f=feeds: s.run(None, f), iterations)
+                        shown = label + "".join(f" {k}={v}" for k, v in longer.items())
+                        print(
+                            f"{shown:<22} {batch:>5} {eager * 1e3:>9.3f} {onnx_time * 1e3:>8.3f} "
+                            f"{onnx_time / eager:>10.2f}"
+                        )
 
 
 def main() -> None:

@@ -6,7 +6,6 @@ after every ONNX graph has been verified, so a failed build leaves no half-writt
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -38,7 +37,7 @@ class ModelReport:
     max_abs_diff: float | None
     verified: bool
     runs: list[dict[str, int]] = field(default_factory=list)
-    sha256: str = ""  # of the .onnx file, so the runtime can tell a damaged copy
+    checksums: dict[str, str] = field(default_factory=dict)  # onnx_files.checksums: the runtime tells damaged copies
     variants: list[VariantReport] = field(default_factory=list)  # `--precision fp16`, `--quantize int8`: more graphs
     preprocess: dict[str, Any] = field(default_factory=dict)  # input -> the transform prepended to its graph
     decoder: Any = None  # a decoder's KV-cache graphs (dslc.decoding.DecoderReport)
@@ -51,7 +50,7 @@ class VariantReport:
 
     kind: str  # fp16 | int8
     onnx: str
-    sha256: str
+    checksums: dict[str, str]
     bytes: int
     fp32_bytes: int
     max_abs_diff: float
@@ -181,6 +180,7 @@ def _export_one(
     import torch
 
     from dslc.export_onnx import ExportError, export
+    from dslc.onnx_files import checksums
     from dslc.training import preprocess as pre
     from dslc.verify import verify
 
@@ -199,7 +199,7 @@ def _export_one(
     if report.preprocess:  # raw inputs: the graph and the model it is verified against both transform them
         report.nodes = pre.prepend(onnx_path, report.preprocess)
         model = pre.Raw(model, module, report.preprocess)
-    report.sha256 = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    report.checksums = checksums(onnx_path)
     if verify_onnx:
         checked = verify(model, module, onnx_path, program=program)
         if not checked.passed:
@@ -284,7 +284,7 @@ VARIANTS = {
 def _write_variant(variant: Variant, model, program: ir.ProgramIR, module: ir.ModuleIR, onnx_path: Path):
     """`<model>.<kind>.onnx` from the verified float32 graph, verified against PyTorch like it at the variant's
     tolerance."""
-    from dslc.onnx_files import file_bytes
+    from dslc.onnx_files import checksums, file_bytes
     from dslc.onnx_precision import PrecisionError
     from dslc.verify import verify
 
@@ -304,7 +304,7 @@ def _write_variant(variant: Variant, model, program: ir.ProgramIR, module: ir.Mo
     return VariantReport(
         variant.kind,
         path.name,
-        hashlib.sha256(path.read_bytes()).hexdigest(),
+        checksums(path),
         file_bytes(path),
         file_bytes(onnx_path),
         checked.max_abs_diff,
@@ -333,13 +333,13 @@ def _manifest(program: ir.ProgramIR, stem: str, reports: list[ModelReport]) -> d
         if report:
             entry.update(
                 onnx=report.onnx,
-                onnx_sha256=report.sha256,
+                **report.checksums,
                 nodes=report.nodes,
                 verified=report.verified,
                 max_abs_diff=report.max_abs_diff,
             )
             for v in report.variants:
-                entry[v.kind] = {"onnx": v.onnx, "onnx_sha256": v.sha256, "max_abs_diff": v.max_abs_diff}
+                entry[v.kind] = {"onnx": v.onnx, **v.checksums, "max_abs_diff": v.max_abs_diff}
         if report and report.preprocess:
             entry["preprocess"] = report.preprocess
         if program.labels.get(module.spec_name):

@@ -24,7 +24,7 @@ import onnx
 from onnx import helper
 
 from dslc import ir
-from dslc.onnx_files import infer_shapes, save
+from dslc.onnx_files import checksums, infer_shapes, save
 from dslc.onnx_graph import ONNX_DTYPES, Graph, NotLowerableError
 
 PAST = "past_key_values.{}.{}"
@@ -360,8 +360,6 @@ def logits_output(module: ir.ModuleIR, tokens: str) -> str | None:
 def export_decoder(torch_module: Any, program: ir.ProgramIR, module: ir.ModuleIR, folder: Any) -> DecoderReport | None:
     """Write `<model>.prefill.onnx` and `<model>.decode_step.onnx` into `folder` and verify them, for a decoder;
     None for any other model. Raises VerifyError when the graphs do not reproduce the module."""
-    import hashlib
-
     from dslc.export_onnx import state_arrays
 
     graphs = lower_decoder(program, module, state_arrays(torch_module))
@@ -383,7 +381,7 @@ def export_decoder(torch_module: Any, program: ir.ProgramIR, module: ir.ModuleIR
             "inputs": [_port(v) for v in model.graph.input],
             "outputs": [_port(v) for v in model.graph.output],
             "onnx": f"{name}.onnx",
-            "onnx_sha256": hashlib.sha256(paths[-1].read_bytes()).hexdigest(),
+            **checksums(paths[-1]),
             "nodes": len(model.graph.node),
             "verified": True,
         }

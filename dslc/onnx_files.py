@@ -4,6 +4,7 @@ and `onnx.load` read from the .onnx file's folder). Shape inference and the full
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -25,6 +26,24 @@ def file_bytes(path: Path) -> int:
     """The size of an ONNX file with its external data."""
     data = data_path(path)
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def checksums(path: Path) -> dict[str, str]:
+    """The manifest's record of an ONNX file: its sha256 and, when it has one, its data file's name and sha256, so
+    the runtime can tell a damaged or swapped copy of either."""
+    record = {"onnx_sha256": _sha256(path)}
+    data = data_path(path)
+    if data.exists():
+        record.update(onnx_data=data.name, onnx_data_sha256=_sha256(data))
+    return record
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):  # a data file can be many GiB
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:

@@ -40,6 +40,10 @@ class ManifestEntry:
     labels: list[str] | None = None
     vocab: list[str] | None = None
     onnx_sha256: str | None = None
+    onnx_data: str | None = (
+        None  # the external data file beside a large model's graph, and its sha256
+    )
+    onnx_data_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,8 @@ def resolve(path: Path, model: str | None) -> Resolved:
     require_regular(onnx_path, "model file", ModelError)
     if entry.onnx_sha256 is not None:
         _check_sha256(onnx_path, entry.onnx_sha256, manifest_path)
+    if entry.onnx_data is not None and entry.onnx_data_sha256 is not None:
+        _check_data(manifest_path, entry)
     return Resolved(onnx_path, entry, manifest, manifest_path)
 
 
@@ -98,11 +104,23 @@ def _single_onnx(folder: Path, model: str | None) -> Path:
     return candidates[0]
 
 
-def _check_sha256(onnx_path: Path, expected: str, manifest_path: Path) -> None:
-    actual = sha256_of(onnx_path, "model file", ModelError)
+def _check_data(manifest_path: Path, entry: ManifestEntry) -> None:
+    what = f"{manifest_path}: model {quoted(entry.name)}: 'onnx_data' file"
+    data_path = resolve_inside(
+        manifest_path.parent, entry.onnx_data, what, "the build directory", ModelError
+    )
+    if not os.path.exists(data_path):
+        raise ModelError(
+            f"{manifest_path} lists the weights file {entry.onnx_data!r} but {data_path} does not exist"
+        )
+    _check_sha256(data_path, entry.onnx_data_sha256, manifest_path, "weights file")
+
+
+def _check_sha256(path: Path, expected: str, manifest_path: Path, what: str = "model file") -> None:
+    actual = sha256_of(path, what, ModelError)
     if actual != expected.lower():
         raise ModelError(
-            f"{onnx_path}: sha256 is {actual} but {manifest_path} records {expected.lower()}; "
+            f"{path}: sha256 is {actual} but {manifest_path} records {expected.lower()}; "
             "the file was modified or corrupted after the build (rebuild or re-download it)"
         )
 
@@ -161,9 +179,14 @@ def _entry(raw: Any, where: str, path: Path) -> ManifestEntry:
     onnx = raw.get("onnx", f"{name}.onnx")
     if not isinstance(onnx, str):
         raise _invalid(path, f"{where}.onnx", "a file name (string)", onnx)
-    sha = raw.get("onnx_sha256")
-    if sha is not None and not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
-        raise ModelError(f"invalid manifest {path}: {where}.onnx_sha256 must be 64 hex digits")
+    sha = _sha256_field(raw, "onnx_sha256", where, path)
+    data, data_sha = raw.get("onnx_data"), _sha256_field(raw, "onnx_data_sha256", where, path)
+    if data is not None and not isinstance(data, str):
+        raise _invalid(path, f"{where}.onnx_data", "a file name (string)", data)
+    if (data is None) != (data_sha is None):
+        raise ModelError(
+            f"invalid manifest {path}: {where} gives one of onnx_data and onnx_data_sha256 without the other"
+        )
     return ManifestEntry(
         name=name,
         onnx=onnx,
@@ -172,7 +195,16 @@ def _entry(raw: Any, where: str, path: Path) -> ManifestEntry:
         labels=_strings(raw.get("labels"), f"{where}.labels", path),
         vocab=_strings(raw.get("vocab"), f"{where}.vocab", path),
         onnx_sha256=sha,
+        onnx_data=data,
+        onnx_data_sha256=data_sha,
     )
+
+
+def _sha256_field(raw: dict[str, Any], key: str, where: str, path: Path) -> str | None:
+    sha = raw.get(key)
+    if sha is not None and not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
+        raise ModelError(f"invalid manifest {path}: {where}.{key} must be 64 hex digits")
+    return sha
 
 
 def _ports(value: Any, where: str, path: Path) -> list[Port] | None:

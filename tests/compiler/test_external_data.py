@@ -4,6 +4,7 @@ int8 graphs, the KV-cache graphs, and the runtime."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import stat
 
@@ -43,8 +44,23 @@ def test_a_large_model_writes_its_weights_beside_the_graph_and_verifies(tmp_path
     assert 0.45 < half.bytes / half.fp32_bytes < 0.55  # sizes count the data files
     assert quantized.bytes < 0.4 * quantized.fp32_bytes
     assert not list(out.glob(".dslc-build-*"))  # staging removed, its data files published
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["models"][0]["onnx"] == "cnn.onnx"
+    entry = json.loads((out / "manifest.json").read_text())["models"][0]
+    assert entry["onnx"] == "cnn.onnx" and entry["onnx_data"] == "cnn.onnx.data"
+    assert entry["onnx_data_sha256"] == hashlib.sha256((out / "cnn.onnx.data").read_bytes()).hexdigest()
+    assert entry["fp16"]["onnx_data"] == "cnn.fp16.onnx.data"
+
+
+def test_the_runtime_refuses_a_changed_weights_file(tmp_path, large):
+    from dslc_runtime import Model, ModelError
+
+    build(SPECS / "cnn.model", tmp_path / "out", verify_onnx=False)
+    Model.load(tmp_path / "out")  # through the manifest, both checksums match
+    data = tmp_path / "out" / "cnn.onnx.data"
+    weights = bytearray(data.read_bytes())
+    weights[len(weights) // 2] ^= 1  # one bit of one weight: the graph file alone cannot show it
+    data.write_bytes(bytes(weights))
+    with pytest.raises(ModelError, match="cnn.onnx.data: sha256 is .* modified or corrupted"):
+        Model.load(tmp_path / "out")
 
 
 def test_the_runtime_loads_a_large_model_and_gives_the_same_output(tmp_path, large):

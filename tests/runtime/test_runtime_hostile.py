@@ -261,6 +261,14 @@ GARBAGE_MANIFESTS: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
     "vocab-numbers": (edit_entry(vocab=[1, 2]), "models[0].vocab must be a list of strings"),
     "sha256-short": (edit_entry(onnx_sha256="abc"), "models[0].onnx_sha256 must be 64 hex digits"),
     "sha256-a-number": (edit_entry(onnx_sha256=5), "models[0].onnx_sha256 must be 64 hex digits"),
+    "data-sha256-short": (
+        edit_entry(onnx_data="cnn.onnx.data", onnx_data_sha256="ab"),
+        "models[0].onnx_data_sha256 must be 64 hex digits",
+    ),
+    "data-a-number": (edit_entry(onnx_data=3, onnx_data_sha256="0" * 64), "models[0].onnx_data must be a file name"),
+    "data-without-sha256": (edit_entry(onnx_data="cnn.onnx.data"), "one of onnx_data and onnx_data_sha256"),
+    "data-outside": (edit_entry(onnx_data="../w.data", onnx_data_sha256="0" * 64), "outside the build directory"),
+    "data-missing": (edit_entry(onnx_data="w.data", onnx_data_sha256="0" * 64), "'w.data' but"),
     "duplicate-names": (
         lambda m: m["models"].append(dict(m["models"][0])),
         "two models are named 'cnn'",
