@@ -56,6 +56,14 @@ class VariantReport:
     max_abs_diff: float
     tolerance: float  # relative to the output's largest magnitude (at least 1), as verification states it
 
+    def summary(self, folder: Path) -> str:
+        """The line `dslc build` and `dslc train` print for it."""
+        return (
+            f"wrote {folder / self.onnx}: {self.kind}, {self.bytes:,} bytes ({self.bytes / self.fp32_bytes:.2f}x the "
+            f"float32 file's {self.fp32_bytes:,}); onnxruntime matches PyTorch within {self.tolerance:g} x max(1, "
+            f"largest |output|) (max abs diff {self.max_abs_diff:.1e})"
+        )
+
 
 @dataclass
 class BuildResult:
@@ -269,14 +277,14 @@ VARIANTS = {
         "float16 weights and compute, float32 inputs and outputs",
         1e-2,  # float16 keeps 11 significant bits: 5e-4 a rounding, compounded over the layers
         _write_fp16,
-        "build without --precision; this model loses too much in float16",
+        "drop --precision: this model loses too much in float16",
     ),
     "int8": Variant(
         "int8",
         "8-bit weights (dynamic quantization)",
         0.05,  # 8-bit weights and activations
         _write_int8,
-        "build without --quantize; this model loses too much at 8 bits",
+        "drop --quantize: this model loses too much at 8 bits",
     ),
 }
 

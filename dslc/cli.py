@@ -186,20 +186,8 @@ def _print_shapes(program) -> None:
 )
 @click.option("--no-onnx", is_flag=True, help="Write only the PyTorch code.")
 @click.option("--no-verify", is_flag=True, help="Skip running the ONNX graph against PyTorch.")
-@click.option(
-    "--precision",
-    type=click.Choice(["fp16"]),
-    default=None,
-    help="Also write <model>.fp16.onnx: float16 weights and compute (float32 inputs and outputs), verified within "
-    "0.01 x max(1, largest |output|).",
-)
-@click.option(
-    "--quantize",
-    type=click.Choice(["int8"]),
-    default=None,
-    help="Also write <model>.int8.onnx: 8-bit weights for the matrix products and embeddings (dynamic quantization; "
-    "convolutions stay float32), verified within 0.05 x max(1, largest |output|).",
-)
+@click.option("--precision", type=click.Choice(["fp16"]), default=None, help=f"{train_flags.PRECISION_HELP}.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None, help=f"{train_flags.QUANTIZE_HELP}.")
 @_set_option
 @_report_errors
 def build(
@@ -250,11 +238,7 @@ def build(
             line += "; not verified (--no-verify)"
         click.echo(line)
         for v in report.variants:
-            click.echo(
-                f"wrote {out / v.onnx}: {v.kind}, {v.bytes:,} bytes ({v.bytes / v.fp32_bytes:.2f}x the float32 file's "
-                f"{v.fp32_bytes:,}); onnxruntime matches PyTorch within {v.tolerance:g} x max(1, largest |output|) "
-                f"(max abs diff {v.max_abs_diff:.1e})"
-            )
+            click.echo(v.summary(out))
         for note in report.notes:
             click.echo(f"note: {note}")
         if report.decoder:

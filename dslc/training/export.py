@@ -143,11 +143,13 @@ def export_trained(
     labels: list[str] | None,
     weights: dict[str, str],
     preprocess: dict[str, Any] | None = None,
+    variants: tuple[str, ...] = (),
 ) -> list[Any]:
     """Build the spec's copy `spec_copy` (its hash must be `spec["sha256"]`, the spec the script was written from)
     with the trained state dicts, its data files read from `data_dir` (the checker reads their headers for the
     fields' types), the data set's input transforms `preprocess` prepended to the graphs; `weights` (model ->
-    "trained", "trained (from vae)", "initial") goes into the manifest entries."""
+    "trained", "trained (from vae)", "initial") goes into the manifest entries. Each of `variants` ("fp16", "int8")
+    writes one more verified graph per model."""
     from dslc.build import build
 
     kept = "the trained weights are in the run folder (*.safetensors)"
@@ -175,6 +177,7 @@ def export_trained(
                 train_overrides=dict(spec["train_overrides"]),
                 data_dir=data_dir,
                 preprocess=preprocess,
+                variants=variants,
             )
             manifest = json.loads((built / "manifest.json").read_text(encoding="utf-8"))
             for entry in manifest["models"]:

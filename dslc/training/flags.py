@@ -36,6 +36,16 @@ class Flag:
         return [self.short, self.name] if self.short else [self.name]
 
 
+# `dslc build` takes these too: the graphs written beside the float32 one (dslc.build.VARIANTS)
+PRECISION_HELP = (
+    "Also write <model>.fp16.onnx: float16 weights and compute (float32 inputs and outputs), verified within "
+    "0.01 x max(1, largest |output|)"
+)
+QUANTIZE_HELP = (
+    "Also write <model>.int8.onnx: 8-bit weights for the matrix products and embeddings (dynamic quantization; "
+    "convolutions stay float32), verified within 0.05 x max(1, largest |output|)"
+)
+
 FLAGS = (
     Flag("--out", "The run folder", "DIR", Path, short="-o", command_default="runs/<stem>",
          script_default="this script's folder"),
@@ -58,6 +68,8 @@ FLAGS = (
          "installed)"),
     Flag("--weights", "Load a .safetensors/.pth state dict (strict) before training; --epochs 0 only exports it",
          "[MODEL=]FILE", repeat=True),
+    Flag("--precision", PRECISION_HELP + " (of the weights exported)", "fp16", choices=("fp16",)),
+    Flag("--quantize", QUANTIZE_HELP, "int8", choices=("int8",)),
     Flag("--ignore-mismatched-sizes", "With --weights: tensors whose shape differs from the model's (a new head, "
          "--set classes=10) keep their fresh initialisation, as in HuggingFace's from_pretrained"),
 )  # fmt: skip

@@ -512,9 +512,12 @@ class Run:
             data.labels,
             sources,
             preprocess,
+            tuple(v for v in (self.args.precision, self.args.quantize) if v),
         ):
             verified = f"verified (max abs diff {r.max_abs_diff:.1e})" if r.verified else "not verified"
             self.log(f"wrote {out / r.onnx}: {r.nodes} nodes, {r.params:,} parameters, {verified}")
+            for variant in r.variants:
+                self.log(variant.summary(out))
             for note in r.notes:
                 self.log(f"note: {note}")
             if r.decoder:

@@ -92,6 +92,27 @@ def test_run_folder_mlp_regression(tmp_path):
     assert code == 1 and "already holds a run" in output
 
 
+def test_trained_weights_export_in_float16_and_int8(tmp_path):
+    """--precision and --quantize write the run's graphs of the trained weights too: here a checkpoint exported
+    again with --epochs 0, its fp16 and int8 graphs giving the float32 graph's outputs within their tolerances."""
+    first = tmp_path / "first"
+    code, output = train(str(SPECS / "mlp.model"), "--out", str(first), "--epochs", "1", "--quiet")
+    assert code == 0, output
+    out = tmp_path / "again"
+    weights = str(first / "mlp.safetensors")
+    args = ("--out", str(out), "--epochs", "0", "--weights", weights, "--precision", "fp16", "--quantize", "int8")
+    code, output = train(str(SPECS / "mlp.model"), *args)
+    assert code == 0, output
+    assert "mlp.fp16.onnx: fp16" in output and "mlp.int8.onnx: int8" in output, output
+    entry = json.loads((out / "manifest.json").read_text())["models"][0]
+    assert entry["fp16"]["onnx"] == "mlp.fp16.onnx" and entry["int8"]["onnx"] == "mlp.int8.onnx"
+    x = {"features": np.random.default_rng(0).standard_normal((4, 10)).astype(np.float32)}
+    run = {name: ort.InferenceSession(out / name).run(None, x)[0] for name in ("mlp.onnx", "mlp.fp16.onnx")}
+    trained = ort.InferenceSession(first / "mlp.onnx").run(None, x)[0]
+    np.testing.assert_allclose(run["mlp.onnx"], trained, atol=1e-6)  # the checkpoint's weights, not new ones
+    assert np.abs(run["mlp.fp16.onnx"] - trained).max() < 1e-2 * max(1.0, np.abs(trained).max())
+
+
 def test_build_writes_the_same_training_script(tmp_path):
     build_dir, run_dir = tmp_path / "b", tmp_path / "r"
     assert (
