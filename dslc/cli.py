@@ -415,8 +415,9 @@ def train(spec: str, **values) -> None:
         known = known_torch_error(exc)
         if not isinstance(exc, DslcError) and known is None:
             raise
-        if fresh:  # a run that failed before its first checkpoint (a --weights file that does not fit) leaves nothing
-            discard_unstarted_run(out)
+        # a run that failed before its first checkpoint (a --weights file that does not fit) leaves nothing
+        if fresh and discard_unstarted_run(out):
+            click.echo(f"removed {out}: the run stopped before it saved anything", err=True)
         if known is not None:
             raise error(None, known) from None
         raise

@@ -245,9 +245,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def discard_unstarted_run(out: Path) -> None:
+def discard_unstarted_run(out: Path) -> bool:
     """Remove a run folder this command created when the run failed before saving anything worth keeping (no
-    checkpoint, no exported graph): its config, scripts and spec copy describe a run that never happened."""
+    checkpoint, no exported graph): its config, scripts and spec copy describe a run that never happened. True when
+    it was removed."""
     if not out.is_dir() or ckpt.checkpoints(out / "checkpoints") or any(out.glob("*.onnx")):
-        return
+        return False
     shutil.rmtree(out, ignore_errors=True)
+    return not out.exists()

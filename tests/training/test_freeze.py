@@ -95,4 +95,4 @@ def test_a_checkpoint_that_does_not_fit_leaves_no_run_folder(tmp_path, write_spe
     args = ["train", str(spec), "-o", str(out), "--quiet", "--weights", str(tmp_path / "other.safetensors")]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1 and "--weights" in result.output
-    assert not out.exists()
+    assert not out.exists() and f"removed {out}: the run stopped before it saved anything" in result.output
