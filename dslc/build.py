@@ -202,7 +202,10 @@ def _export_one(
         exported = export(model, program, module, onnx_path)
     except ExportError as exc:  # anything else is a bug in a lowering: the internal-error report
         raise error(module.loc, f"ONNX export of '{module.spec_name}' failed: {exc}", EXPORT_HINT) from exc
-    report = ModelReport(module.spec_name, onnx_path.name, module.param_count, exported.nodes, None, False)
+    in_graph = module.param_count - sum(exported.unused.values())
+    report = ModelReport(module.spec_name, onnx_path.name, in_graph, exported.nodes, None, False)
+    if exported.unused:
+        report.notes.append(_uncalled_note(exported.unused))
     report.preprocess = pre.model_inputs(module, preprocess or {})
     if report.preprocess:  # raw inputs: the graph and the model it is verified against both transform them
         report.nodes = pre.prepend(onnx_path, report.preprocess)
@@ -217,6 +220,16 @@ def _export_one(
     if verify_onnx and not report.preprocess:
         _export_decoder(model, program, module, staging, report)
     return report
+
+
+def _uncalled_note(unused: dict[str, int]) -> str:
+    layers = [f"{layer} ({count:,} parameters)" for layer, count in unused.items()]
+    shown = ", ".join(layers[:3]) + (f" and {len(layers) - 3} more" if len(layers) > 3 else "")
+    one = len(layers) == 1
+    return (
+        f"{shown} {'reaches' if one else 'reach'} no output: {'it stays' if one else 'they stay'} in the PyTorch "
+        "module and its state dict, not in the graph"
+    )
 
 
 def _export_decoder(model, program: ir.ProgramIR, module: ir.ModuleIR, staging: Path, report: ModelReport):

@@ -10,7 +10,7 @@ every valid id.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class ExportResult:
     nodes: int
     opset: int
     ir_version: int
+    unused: dict[str, int] = field(default_factory=dict)  # layer -> parameters no output depends on
 
 
 def concrete_shape(shape, sizes: dict[str, int]) -> tuple[int, ...]:
@@ -250,11 +251,17 @@ def export(torch_module: torch.nn.Module, program: ir.ProgramIR, module: ir.Modu
     missing = lowerable(program, module)
     if missing is not None:
         raise ExportError(f"{missing} has no ONNX lowering")
+    arrays, read = state_arrays(torch_module), set()
     try:
-        model = lower(program, module, state_arrays(torch_module))
+        model = lower(program, module, arrays, read)
     except NotLowerableError as exc:
         raise ExportError(str(exc)) from exc
-    return _finish(model, program, module, path)
+    result = _finish(model, program, module, path)
+    for key, parameter in torch_module.named_parameters():  # one name per tensor: tied weights count once
+        if id(arrays[key]) not in read:
+            layer = key.rpartition(".")[0] or key
+            result.unused[layer] = result.unused.get(layer, 0) + parameter.numel()
+    return result
 
 
 def state_arrays(torch_module: torch.nn.Module) -> dict[str, Any]:

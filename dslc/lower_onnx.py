@@ -51,9 +51,12 @@ def ops_used(program: ir.ProgramIR, module: ir.ModuleIR) -> Iterator[tuple[str, 
                         yield e.op, e.init
 
 
-def lower(program: ir.ProgramIR, module: ir.ModuleIR, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """The model as an ONNX ModelProto (without dslc's metadata; dslc.export_onnx adds it)."""
-    graph = lowered_graph(program, module, Graph(weights=weights))
+def lower(
+    program: ir.ProgramIR, module: ir.ModuleIR, weights: dict[str, np.ndarray], read: set[int] | None = None
+) -> onnx.ModelProto:
+    """The model as an ONNX ModelProto (without dslc's metadata; dslc.export_onnx adds it). `read` gets the ids of
+    the arrays of `weights` the graph uses."""
+    graph = lowered_graph(program, module, Graph(weights=weights, read=set() if read is None else read))
     onnx_graph = helper.make_graph(
         graph.nodes,
         module.spec_name,
@@ -73,6 +76,8 @@ def lowered_graph(program: ir.ProgramIR, module: ir.ModuleIR, graph: Graph) -> G
     outputs = _Lowering(program, graph).module(module, "", inputs)
     _name_outputs(graph, module.outputs, outputs)
     keep = {p.name for p in module.outputs} | _cached_outputs(graph)
+    passes.drop_dead_nodes(graph, keep)  # first, so that the weights the graph uses are known before folding
+    graph.record_live_weights()
     _fold_batchnorm(graph, keep)
     passes.fuse_written_attention(graph, keep)
     _fold_transposes(graph, keep)

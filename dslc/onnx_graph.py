@@ -68,6 +68,7 @@ class Graph:
     cache: Any = None  # a dslc.decoding.DecodeCache when lowering a decoder's KV-cache graphs
     types: dict[str, TensorType] = field(default_factory=dict)  # the checker's type of each value the IR names
     inputs: list[str] = field(default_factory=list)  # the graph's inputs, which every node may read
+    read: set[int] = field(default_factory=set)  # ids of the weight arrays live nodes use (record_live_weights)
 
     def fresh(self, stem: str) -> str:
         stem = "".join(c if c.isalnum() or c == "_" else "_" for c in stem) or "v"
@@ -101,13 +102,26 @@ class Graph:
     def ints(self, values: list[int] | tuple[int, ...], stem: str = "shape") -> str:
         return self.constant(list(values), "int64", stem)
 
+    def array(self, key: str) -> np.ndarray:
+        """The state_dict entry `key`, for a lowering that computes its own constants from it (recorded as used)."""
+        array = self._array(key)
+        self.read.add(id(array))
+        return array
+
+    def _array(self, key: str) -> np.ndarray:
+        if key not in self.weights:
+            raise NotLowerableError(f"no weight '{key}' in the state dict")
+        return self.weights[key]
+
+    def record_live_weights(self) -> None:
+        """Add the arrays behind the initializers still in the graph to `read` (after the dead nodes are gone)."""
+        self.read.update(cache[0] for cache, name in self._weight_names.items() if name in self.initializers)
+
     def weight(self, key: str, transposed: bool = False, shape: tuple[int, ...] | None = None) -> str:
         """The initializer of the state_dict entry `key` (`transposed`: of a matrix's transpose; `shape`: reshaped,
         such as a per-channel [C] to [C, 1, 1] that broadcasts over [N, C, H, W]); a tensor shared by two keys (tied
         weights) is stored once."""
-        if key not in self.weights:
-            raise NotLowerableError(f"no weight '{key}' in the state dict")
-        array = self.weights[key]
+        array = self._array(key)
         cache = (id(array), transposed, shape)
         if cache not in self._weight_names:
             name = self.fresh(f"{key}_t" if transposed else key)

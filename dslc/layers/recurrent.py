@@ -307,10 +307,10 @@ def _stacked(g, key: str, name: str, layer: int, directions: int, part: str):
     for d in range(directions):
         suffix = f"l{layer}" + ("_reverse" if d else "")
         if part == "B":
-            halves = [g.weights[f"{key}bias_{kind}_{suffix}"] for kind in ("ih", "hh")]
+            halves = [g.array(f"{key}bias_{kind}_{suffix}") for kind in ("ih", "hh")]
             mats.append(np.concatenate([np.split(h, len(order))[i] for h in halves for i in order]))
             continue
-        matrix = g.weights[f"{key}weight_{'ih' if part == 'W' else 'hh'}_{suffix}"]
+        matrix = g.array(f"{key}weight_{'ih' if part == 'W' else 'hh'}_{suffix}")
         mats.append(np.concatenate([np.split(matrix, len(order))[i] for i in order]))
     return g.constant(np.stack(mats), "float32", f"{key}{part}_l{layer}")
 
@@ -375,9 +375,9 @@ def _rnn_scan(g, key: str, layer: int, directions: int, sequence: str, initial: 
     ys, hs = [], []
     for d in range(directions):
         suffix = f"l{layer}" + ("_reverse" if d else "")
-        w_ih, w_hh = g.weights[f"{key}weight_ih_{suffix}"], g.weights[f"{key}weight_hh_{suffix}"]
+        w_ih, w_hh = g.array(f"{key}weight_ih_{suffix}"), g.array(f"{key}weight_hh_{suffix}")
         hidden = w_hh.shape[0]
-        bias = g.weights[f"{key}bias_ih_{suffix}"] + g.weights[f"{key}bias_hh_{suffix}"] if a["bias"] else None
+        bias = g.array(f"{key}bias_ih_{suffix}") + g.array(f"{key}bias_hh_{suffix}") if a["bias"] else None
         projected = g.one("MatMul", [sequence, g.constant(np.ascontiguousarray(w_ih.T), "float32", f"{key}W_{suffix}")])
         if bias is not None:
             projected = g.one("Add", [projected, g.constant(bias, "float32", f"{key}B_{suffix}")])
@@ -458,10 +458,10 @@ def _mha_written_out(g, key, a, q_in, k_in, v_in, heads: int, head_size: int) ->
 
     def project(x, name, factor=1.0):
         """x W^T + b split into heads; the query's projection takes the 1/sqrt(dh) of the scores (folded)."""
-        weight = g.weights[f"{key}{name}.weight"].T
+        weight = g.array(f"{key}{name}.weight").T
         y = g.one("MatMul", [x.name, g.constant(weight * factor, "float32", f"{key}{name}.weight")])
         if a["bias"]:
-            y = g.one("Add", [y, g.constant(g.weights[f"{key}{name}.bias"] * factor, "float32", f"{key}{name}.bias")])
+            y = g.one("Add", [y, g.constant(g.array(f"{key}{name}.bias") * factor, "float32", f"{key}{name}.bias")])
         return split_heads(g, y, heads)  # [batch, heads, time, dh]
 
     q = project(q_in, "q_proj", 1.0 / math.sqrt(head_size))

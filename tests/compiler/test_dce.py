@@ -53,3 +53,9 @@ def test_code_without_its_dead_values_matches_the_onnx_graph(write_spec, tmp_pat
     model = load_generated(result.python_path).MODELS["M"]().eval()
     assert model(torch.randn(3, 4)).shape == (3, 6)
     assert "extra.weight" in model.state_dict()  # the uncalled layer keeps its place in the state dict
+    (report,) = result.models  # and the build says the graph leaves it out
+    assert report.params == result.program.model("M").param_count - 8 - 15  # nor the unread BatchNorm's
+    assert report.notes == [
+        "bn1 (8 parameters), extra (15 parameters) reach no output: they stay in the PyTorch module and its state "
+        "dict, not in the graph"
+    ]

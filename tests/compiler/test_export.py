@@ -40,6 +40,7 @@ def test_onnx_is_valid_and_described(built, stem):
         assert [i.name for i in model.graph.input] == [p.name for p in module.inputs]
         assert [o.name for o in model.graph.output] == [p.name for p in module.outputs]
         assert report.verified and report.max_abs_diff <= 1e-5
+        assert report.params == module.param_count and not report.notes  # the graph uses every parameter
 
 
 @pytest.mark.parametrize("stem", SMALL_SPECS)
