@@ -10,19 +10,24 @@ import numpy as np
 
 
 def bench_model(
-    path: Path, model_name: str | None, providers: list[str], batch_sizes: list[int], iterations: int
+    path: Path,
+    model_name: str | None,
+    providers: list[str],
+    batch_sizes: list[int],
+    iterations: int,
+    variant: str | None = None,
 ) -> None:
     from dslc_runtime import Model
     from dslc_runtime.cli import bench_cli, random_inputs
 
-    results = bench_cli(path, providers, batch_sizes, iterations, model=model_name)
+    results = bench_cli(path, providers, batch_sizes, iterations, model=model_name, variant=variant)
     eager = _eager_model(path, model_name)
     if eager is None or not results:
         return
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    runtime_model = Model.load(path, model=model_name, providers="cpu")
+    runtime_model = Model.load(path, model=model_name, variant=variant, providers="cpu")
     print(f"\n{'torch eager (cpu)':<28} {'batch':>5} {'p50 ms':>9} {'ort/torch p50':>14}")
     for batch in batch_sizes:
         feeds = random_inputs(runtime_model, batch)

@@ -16,6 +16,7 @@ import tempfile
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,20 +49,21 @@ class ModelReport:
 class VariantReport:
     """A graph written beside the float32 one in another precision, verified against PyTorch at its tolerance."""
 
-    kind: str  # fp16 | int8
+    kind: str  # fp16 | bf16 | int8
     onnx: str
     checksums: dict[str, str]
     bytes: int
     fp32_bytes: int
     max_abs_diff: float
     tolerance: float  # relative to the output's largest magnitude (at least 1), as verification states it
+    verified_by: str = "onnxruntime"  # the engine that ran it (dslc.verify.ENGINES)
 
     def summary(self, folder: Path) -> str:
         """The line `dslc build` and `dslc train` print for it."""
         return (
             f"wrote {folder / self.onnx}: {self.kind}, {self.bytes:,} bytes ({self.bytes / self.fp32_bytes:.2f}x the "
-            f"float32 file's {self.fp32_bytes:,}); onnxruntime matches PyTorch within {self.tolerance:g} x max(1, "
-            f"largest |output|) (max abs diff {self.max_abs_diff:.1e})"
+            f"float32 file's {self.fp32_bytes:,}); {self.verified_by} matches PyTorch within {self.tolerance:g} x "
+            f"max(1, largest |output|) (max abs diff {self.max_abs_diff:.1e})"
         )
 
 
@@ -251,6 +253,7 @@ class Variant:
     tolerance: float  # verification's, relative to the output's largest magnitude (at least 1)
     write: Callable[[Path, Path], None]  # (the verified float32 graph, the variant's path)
     hint: str  # what to do when the variant is not within its tolerance
+    verified_by: str = "onnxruntime"  # what runs it for verification (dslc.verify.ENGINES)
 
 
 def _write_int8(source: Path, target: Path) -> None:
@@ -275,13 +278,14 @@ def _write_int8(source: Path, target: Path) -> None:
         logging.disable(logging.NOTSET)
 
 
-def _write_fp16(source: Path, target: Path) -> None:
+def _write_half(source: Path, target: Path, precision: str) -> None:
+    """The graph at `source` computing in `precision` (a key of dslc.onnx_precision.HALVES)."""
     import onnx
 
     from dslc.onnx_files import save
-    from dslc.onnx_precision import to_float16
+    from dslc.onnx_precision import HALVES, to_half
 
-    save(to_float16(onnx.load(source)), target)  # in the staging folder, published whole
+    save(to_half(onnx.load(source), HALVES[precision]), target)  # in the staging folder, published whole
 
 
 VARIANTS = {
@@ -289,8 +293,17 @@ VARIANTS = {
         "fp16",
         "float16 weights and compute, float32 inputs and outputs",
         1e-2,  # float16 keeps 11 significant bits: 5e-4 a rounding, compounded over the layers
-        _write_fp16,
+        partial(_write_half, precision="float16"),
         "drop --precision: this model loses too much in float16",
+    ),
+    "bf16": Variant(
+        "bf16",
+        "bfloat16 weights and compute, float32 inputs and outputs",
+        0.05,  # bfloat16 keeps 8 significant bits, as int8 does: 4e-3 a rounding, compounded over the layers
+        partial(_write_half, precision="bfloat16"),
+        "drop --precision or use fp16: this model loses too much in bfloat16",
+        # onnxruntime has bfloat16 kernels on CUDA only; the reference implementation runs any type, op by op
+        verified_by="onnx's reference implementation",
     ),
     "int8": Variant(
         "int8",
@@ -314,7 +327,7 @@ def _write_variant(variant: Variant, model, program: ir.ProgramIR, module: ir.Mo
         variant.write(onnx_path, path)
     except PrecisionError as exc:
         raise error(module.loc, f"no {variant.kind} graph of '{module.spec_name}': {exc}", variant.hint) from None
-    checked = verify(model, module, path, tolerance=variant.tolerance, program=program)
+    checked = verify(model, module, path, tolerance=variant.tolerance, program=program, engine=variant.verified_by)
     if not checked.passed:
         raise error(
             module.loc,
@@ -330,6 +343,7 @@ def _write_variant(variant: Variant, model, program: ir.ProgramIR, module: ir.Mo
         file_bytes(onnx_path),
         checked.max_abs_diff,
         variant.tolerance,
+        variant.verified_by,
     )
 
 

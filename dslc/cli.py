@@ -186,7 +186,9 @@ def _print_shapes(program) -> None:
 )
 @click.option("--no-onnx", is_flag=True, help="Write only the PyTorch code.")
 @click.option("--no-verify", is_flag=True, help="Skip running the ONNX graph against PyTorch.")
-@click.option("--precision", type=click.Choice(["fp16"]), default=None, help=f"{train_flags.PRECISION_HELP}.")
+@click.option(
+    "--precision", type=click.Choice(train_flags.PRECISIONS), default=None, help=f"{train_flags.PRECISION_HELP}."
+)
 @click.option("--quantize", type=click.Choice(["int8"]), default=None, help=f"{train_flags.QUANTIZE_HELP}.")
 @_set_option
 @_report_errors
@@ -452,6 +454,12 @@ def plot(runs: tuple[str, ...], out: str, title: str | None) -> None:
 @click.argument("model_path", type=click.Path(exists=True))
 @click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=FILE.npy", help="An input array (repeatable).")
 @click.option("--model", "model_name", default=None, help="Which model of a build directory to run.")
+@click.option(
+    "--variant",
+    type=click.Choice(["fp16", "bf16", "int8"]),
+    default=None,
+    help="The model's fp16, bf16 or int8 graph (dslc build --precision/--quantize), checked against the manifest.",
+)
 @click.option("--providers", default="auto", help="auto, cpu, cuda or tensorrt.")
 @click.option(
     "-o", "--out", "output_dir", default=None, type=click.Path(file_okay=False), help="Save outputs as .npy files here."
@@ -472,6 +480,7 @@ def run(
     model_path: str,
     inputs: tuple[str, ...],
     model_name: str | None,
+    variant: str | None,
     providers: str,
     output_dir: str | None,
     generate: bool,
@@ -488,6 +497,8 @@ def run(
     """
     from dslc_runtime.cli import generate_cli, parse_pairs, run_cli
 
+    if generate and variant:
+        raise click.UsageError("--variant runs a model's other graph; generation uses its KV-cache graphs")
     if generate:
         sampling["stop"] = list(sampling["stop"])
         generate_cli(
@@ -504,17 +515,25 @@ def run(
     given = [f"--{k.replace('_', '-')}" for k in ("prompt", "text") if sampling[k] is not None]
     if given or cache is not None:
         raise click.UsageError(f"{(given or ['--cache'])[0]} goes with --generate")
-    run_cli(model_path, parse_pairs(inputs), output_dir, providers=providers, model=model_name)
+    run_cli(model_path, parse_pairs(inputs), output_dir, providers=providers, model=model_name, variant=variant)
 
 
 @main.command()
 @click.argument("model_path", type=click.Path(exists=True))
 @click.option("--model", "model_name", default=None, help="Which model of a build directory to time.")
+@click.option(
+    "--variant",
+    type=click.Choice(["fp16", "bf16", "int8"]),
+    default=None,
+    help="The model's fp16, bf16 or int8 graph (dslc build --precision/--quantize), checked against the manifest.",
+)
 @click.option("--providers", default="auto", help="Comma-separated providers to compare, e.g. cpu,cuda.")
 @click.option("--batch-sizes", default="1,8", help="Comma-separated batch sizes.")
 @click.option("--iterations", default=100, show_default=True, help="Timed calls per configuration.")
 @_report_errors
-def bench(model_path: str, model_name: str | None, providers: str, batch_sizes: str, iterations: int) -> None:
+def bench(
+    model_path: str, model_name: str | None, variant: str | None, providers: str, batch_sizes: str, iterations: int
+) -> None:
     """Latency percentiles and throughput per provider, and against torch eager for a build directory.
 
     \b
@@ -524,7 +543,7 @@ def bench(model_path: str, model_name: str | None, providers: str, batch_sizes: 
     from dslc.benchmark import bench_model
 
     sizes = [int(b) for b in batch_sizes.split(",") if b]
-    bench_model(Path(model_path), model_name, providers.split(","), sizes, iterations)
+    bench_model(Path(model_path), model_name, providers.split(","), sizes, iterations, variant)
 
 
 if __name__ == "__main__":

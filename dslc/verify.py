@@ -47,6 +47,24 @@ def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
+class ReferenceSession:
+    """The graph in onnx's reference implementation (numpy, op by op, as the standard defines each op): slow, but it
+    runs types onnxruntime's CPU provider has no kernels for (bfloat16)."""
+
+    def __init__(self, path: Path) -> None:
+        import onnx
+        from onnx.reference import ReferenceEvaluator
+
+        self._evaluator = ReferenceEvaluator(onnx.load(path))
+
+    def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self._evaluator.run(output_names, feeds)
+
+
+# What runs a graph being verified, by the name messages give it
+ENGINES = {"onnxruntime": session, "onnx's reference implementation": ReferenceSession}
+
+
 def out_of_memory(exc: RuntimeError) -> bool:
     """PyTorch's allocator failure, which it raises as a RuntimeError."""
     return "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower()
@@ -120,15 +138,17 @@ def verify(
     path: Path,
     tolerance: float | None = None,
     program: ir.ProgramIR | None = None,
+    engine: str = "onnxruntime",
 ) -> VerifyResult:
+    """Runs the graph at `path` in `engine` (a key of ENGINES) against `torch_module`."""
     tolerance = TOLERANCE if tolerance is None else tolerance
     torch_module.eval()
     result = VerifyResult(True, 0.0)
     try:
-        sess = session(path)
+        sess = ENGINES[engine](path)
     except Exception as exc:  # onnxruntime raises its own types (e.g. NOT_IMPLEMENTED for an op and dtype)
         result.passed = False
-        result.problems.append(f"onnxruntime cannot load the graph: {str(exc).splitlines()[0][:300]}")
+        result.problems.append(f"{engine} cannot load the graph: {str(exc).splitlines()[0][:300]}")
         return result
     for sizes, inputs in verification_inputs(module, program):
         try:
@@ -150,7 +170,8 @@ def verify(
             actual = sess.run([p.name for p in module.outputs], feeds)
         except Exception as exc:  # onnxruntime raises its own exception types
             result.passed = False
-            result.problems.append(f"onnxruntime failed at sizes {sizes}: {str(exc).splitlines()[0]}")
+            first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+            result.problems.append(f"{engine} failed at sizes {sizes}: {first_line}")
             continue
         result.runs.append(sizes)
         for port, want, got in zip(module.outputs, expected, actual):

@@ -37,9 +37,11 @@ class Flag:
 
 
 # `dslc build` takes these too: the graphs written beside the float32 one (dslc.build.VARIANTS)
+PRECISIONS = ("fp16", "bf16")
 PRECISION_HELP = (
-    "Also write <model>.fp16.onnx: float16 weights and compute (float32 inputs and outputs), verified within "
-    "0.01 x max(1, largest |output|)"
+    "Also write <model>.fp16.onnx or <model>.bf16.onnx: float16 or bfloat16 weights and compute (float32 inputs "
+    "and outputs); fp16 verified in onnxruntime within 0.01 x max(1, largest |output|), bf16 (which onnxruntime "
+    "runs on CUDA only) in onnx's reference implementation within 0.05 x max(1, largest |output|)"
 )
 QUANTIZE_HELP = (
     "Also write <model>.int8.onnx: 8-bit weights for the matrix products and embeddings (dynamic quantization; "
@@ -68,7 +70,7 @@ FLAGS = (
          "installed)"),
     Flag("--weights", "Load a .safetensors/.pth state dict (strict) before training; --epochs 0 only exports it",
          "[MODEL=]FILE", repeat=True),
-    Flag("--precision", PRECISION_HELP + " (of the weights exported)", "fp16", choices=("fp16",)),
+    Flag("--precision", PRECISION_HELP + " (of the weights exported)", "fp16|bf16", choices=PRECISIONS),
     Flag("--quantize", QUANTIZE_HELP, "int8", choices=("int8",)),
     Flag("--ignore-mismatched-sizes", "With --weights: tensors whose shape differs from the model's (a new head, "
          "--set classes=10) keep their fresh initialisation, as in HuggingFace's from_pretrained"),

@@ -11,7 +11,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,12 @@ class ManifestEntry:
         None  # the external data file beside a large model's graph, and its sha256
     )
     onnx_data_sha256: str | None = None
+    variants: dict[str, ManifestEntry] = field(default_factory=dict)
+    """``dslc build --precision fp16|bf16`` and ``--quantize int8``: the same model's other graphs, by kind."""
+
+
+VARIANTS = ("fp16", "bf16", "int8")
+"""The graphs ``dslc build`` writes beside the float32 one (the manifest entry's keys of the same names)."""
 
 
 @dataclass(frozen=True)
@@ -56,24 +62,31 @@ class Resolved:
     manifest_path: Path | None = None
 
 
-def resolve(path: Path, model: str | None) -> Resolved:
-    """Find the ONNX file for ``path``: an ``.onnx`` file, a build directory, or a manifest."""
+def resolve(path: Path, model: str | None, variant: str | None = None) -> Resolved:
+    """Find the ONNX file for ``path``: an ``.onnx`` file, a build directory, or a manifest; with ``variant``
+    (one of VARIANTS), the manifest entry's graph of that kind."""
     check_name(str(path), "model path", ModelError)
+    if variant is not None and variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     # os.path's tests answer False on any OSError (Path's raise e.g. PermissionError): the
     # checks below then report what is wrong with the path.
     if os.path.isdir(path):
         manifest_path = path / MANIFEST
         if not os.path.lexists(manifest_path):
+            _no_manifest_for(variant, path)
             return Resolved(_single_onnx(path, model))
     elif path.name == MANIFEST or path.suffix == ".json":
         manifest_path = path
     elif os.path.lexists(path):
+        _no_manifest_for(variant, path)
         require_regular(path, "model file", ModelError)
         return Resolved(path)
     else:
         raise ModelError(f"model not found: {path}")
     manifest = read_manifest(manifest_path)
     entry = _pick(_entries(manifest, manifest_path), model, manifest_path, _cache_graphs(manifest))
+    if variant is not None:
+        entry = _variant(entry, variant, manifest_path)
     onnx_path = resolve_inside(
         manifest_path.parent,
         entry.onnx,
@@ -89,6 +102,34 @@ def resolve(path: Path, model: str | None) -> Resolved:
     if entry.onnx_data is not None and entry.onnx_data_sha256 is not None:
         _check_data(manifest_path, entry)
     return Resolved(onnx_path, entry, manifest, manifest_path)
+
+
+def _no_manifest_for(variant: str | None, path: Path) -> None:
+    if variant is not None:
+        raise ModelError(
+            f"{path}: variant={variant!r} picks a graph listed in a build's {MANIFEST}; pass the build "
+            f"directory, or the variant's .onnx file itself without variant="
+        )
+
+
+def _variant(entry: ManifestEntry, variant: str, manifest_path: Path) -> ManifestEntry:
+    """``entry`` with the files of its ``variant`` graph (same inputs, outputs, labels and vocabulary)."""
+    chosen = entry.variants.get(variant)
+    if chosen is None:
+        built = ", ".join(entry.variants) or "none"
+        option = "--quantize int8" if variant == "int8" else f"--precision {variant}"
+        raise ModelError(
+            f"{manifest_path}: model {quoted(entry.name)} has no {variant} graph (variants built: {built}); "
+            f"rebuild with `dslc build ... {option}`"
+        )
+    return replace(
+        entry,
+        onnx=chosen.onnx,
+        onnx_sha256=chosen.onnx_sha256,
+        onnx_data=chosen.onnx_data,
+        onnx_data_sha256=chosen.onnx_data_sha256,
+        variants={},
+    )
 
 
 def _single_onnx(folder: Path, model: str | None) -> Path:
@@ -176,7 +217,29 @@ def _entry(raw: Any, where: str, path: Path) -> ManifestEntry:
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise _invalid(path, f"{where}.name", "a non-empty string", name)
-    onnx = raw.get("onnx", f"{name}.onnx")
+    variants = {}
+    for kind in VARIANTS:
+        if kind in raw:
+            files = raw[kind]
+            if not isinstance(files, dict) or not isinstance(files.get("onnx"), str):
+                raise _invalid(path, f"{where}.{kind}", "an object naming its 'onnx' file", files)
+            variants[kind] = ManifestEntry(
+                name, **_files(files, f"{where}.{kind}", path, files["onnx"])
+            )
+    return ManifestEntry(
+        name=name,
+        inputs=_ports(raw.get("inputs"), f"{where}.inputs", path),
+        outputs=_ports(raw.get("outputs"), f"{where}.outputs", path),
+        labels=_strings(raw.get("labels"), f"{where}.labels", path),
+        vocab=_strings(raw.get("vocab"), f"{where}.vocab", path),
+        variants=variants,
+        **_files(raw, where, path, f"{name}.onnx"),
+    )
+
+
+def _files(raw: dict[str, Any], where: str, path: Path, default_onnx: str) -> dict[str, str | None]:
+    """The graph file, its weights file and their checksums, as ManifestEntry's fields."""
+    onnx = raw.get("onnx", default_onnx)
     if not isinstance(onnx, str):
         raise _invalid(path, f"{where}.onnx", "a file name (string)", onnx)
     sha = _sha256_field(raw, "onnx_sha256", where, path)
@@ -187,17 +250,7 @@ def _entry(raw: Any, where: str, path: Path) -> ManifestEntry:
         raise ModelError(
             f"invalid manifest {path}: {where} gives one of onnx_data and onnx_data_sha256 without the other"
         )
-    return ManifestEntry(
-        name=name,
-        onnx=onnx,
-        inputs=_ports(raw.get("inputs"), f"{where}.inputs", path),
-        outputs=_ports(raw.get("outputs"), f"{where}.outputs", path),
-        labels=_strings(raw.get("labels"), f"{where}.labels", path),
-        vocab=_strings(raw.get("vocab"), f"{where}.vocab", path),
-        onnx_sha256=sha,
-        onnx_data=data,
-        onnx_data_sha256=data_sha,
-    )
+    return {"onnx": onnx, "onnx_sha256": sha, "onnx_data": data, "onnx_data_sha256": data_sha}
 
 
 def _sha256_field(raw: dict[str, Any], key: str, where: str, path: Path) -> str | None:

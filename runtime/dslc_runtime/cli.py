@@ -20,6 +20,7 @@ from typing import Any, TextIO
 import numpy as np
 import onnxruntime as ort
 
+from ._manifest import VARIANTS
 from ._npy import load_npy
 from ._output_files import output_file_names, save_outputs
 from .errors import DslcRuntimeError, InputError, ProviderError
@@ -97,6 +98,7 @@ def run_cli(
     *,
     providers: str = "auto",
     model: str | None = None,
+    variant: str | None = None,
     stream: TextIO | None = None,
 ) -> dict[str, np.ndarray]:
     """Run a model on ``.npy`` inputs, print a summary of each output, save ``NAME.npy`` files.
@@ -106,9 +108,9 @@ def run_cli(
     """
     out = stream or sys.stdout
     _quiet_onnxruntime()
-    m = Model.load(model_path, model=model, providers=providers)
+    m = Model.load(model_path, model=model, variant=variant, providers=providers)
     results = m.run(load_inputs(m, inputs))
-    print(f"{display(m.name)} on {m.provider}", file=out)
+    print(f"{display(m.name)}{f' ({variant})' if variant else ''} on {m.provider}", file=out)
     for note in m.notes:
         print(f"  note: {note}", file=out)
     arrays = {name: np.asarray(value) for name, value in results.items()}
@@ -228,13 +230,14 @@ def info_cli(
     model_path: str | Path,
     *,
     model: str | None = None,
+    variant: str | None = None,
     providers: str = "auto",
     stream: TextIO | None = None,
 ) -> Model:
     """Print a model's signature, provider and dslc metadata."""
     out = stream or sys.stdout
     _quiet_onnxruntime()
-    m = Model.load(model_path, model=model, providers=providers)
+    m = Model.load(model_path, model=model, variant=variant, providers=providers)
     print(f"{display(m.name)}  ({m.path})", file=out)
     print(f"provider: {m.provider}", file=out)
     for note in [*m.notes, *([m.cpu_only] if m.cpu_only else [])]:
@@ -308,6 +311,7 @@ def bench_cli(
     *,
     warmup: int = 10,
     model: str | None = None,
+    variant: str | None = None,
     dims: Mapping[str, int] | None = None,
     stream: TextIO | None = None,
 ) -> list[BenchResult]:
@@ -324,7 +328,7 @@ def bench_cli(
     )
     for request in providers:
         try:
-            m = Model.load(model_path, model=model, providers=request)
+            m = Model.load(model_path, model=model, variant=variant, providers=request)
         except ProviderError as exc:
             print(f"{request:<28} skipped: {exc}", file=out)
             continue
@@ -374,6 +378,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("model", help=".onnx file or build directory with manifest.json")
         p.add_argument(
             "--model", dest="model_name", help="model name when the manifest has several"
+        )
+        p.add_argument(
+            "--variant",
+            choices=VARIANTS,
+            help="the model's fp16, bf16 or int8 graph (dslc build --precision/--quantize)",
         )
 
     p_run = sub.add_parser("run", help="run a model on .npy inputs")
@@ -437,6 +446,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     try:
+        if args.command == "run" and args.generate and args.variant:
+            raise InputError(
+                "--variant runs a model's other graph; generation uses its KV-cache graphs"
+            )
         if args.command == "run" and args.generate:
             generate_cli(
                 args.model,
@@ -462,6 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.output_dir,
                 providers=args.providers,
                 model=args.model_name,
+                variant=args.variant,
             )
         elif args.command == "bench":
             dims = {k: _sizes(v, f"--dim {k}")[0] for k, v in parse_pairs(args.dim, "dim").items()}
@@ -472,10 +486,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.iterations,
                 warmup=args.warmup,
                 model=args.model_name,
+                variant=args.variant,
                 dims=dims,
             )
         else:
-            info_cli(args.model, model=args.model_name, providers=args.providers)
+            info_cli(
+                args.model, model=args.model_name, variant=args.variant, providers=args.providers
+            )
     except DslcRuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -74,6 +74,19 @@ def clean_ort_message(message: str) -> str:
     return text
 
 
+def _precision_hint(metadata: Mapping[str, str], message: str) -> str:
+    """Why a graph of ``dslc build --precision bf16`` found no kernels, and what runs it."""
+    if (
+        metadata.get("dslc.precision") != "bfloat16"
+        or "Could not find an implementation" not in message
+    ):
+        return ""
+    return (
+        " (the graph computes in bfloat16, which onnxruntime's CPU provider has no kernels for: run it with "
+        "providers='cuda', or load the float32 or fp16 graph of the same build on the CPU)"
+    )
+
+
 def _is_torch(x: Any) -> bool:
     return type(x).__module__.split(".", 1)[0] == "torch"
 
@@ -212,6 +225,7 @@ class Model:
         path: str | os.PathLike[str],
         *,
         model: str | None = None,
+        variant: str | None = None,
         providers: _providers.ProviderRequest = "auto",
         device_id: int = 0,
         cache_dir: str | os.PathLike[str] | None = None,
@@ -226,6 +240,8 @@ class Model:
 
         Args:
             model: model name when the manifest lists several (e.g. ``"generator"``).
+            variant: ``"fp16"``, ``"bf16"`` or ``"int8"``: the model's graph that ``dslc build --precision`` or
+                ``--quantize`` wrote, found (and its sha256 checked) through the build's manifest.
             providers: ``"auto"`` (CUDA if really usable, else CPU), ``"cpu"``, ``"cuda"``,
                 ``"tensorrt"`` (TensorRT -> CUDA -> CPU), or a list of onnxruntime provider
                 names. Explicit requests raise :class:`ProviderError` instead of falling back.
@@ -235,7 +251,7 @@ class Model:
             optimization: graph optimization level: ``all`` (default), ``extended``, ``basic``,
                 ``none``.
         """
-        resolved = resolve(Path(path), model)
+        resolved = resolve(Path(path), model, variant)
         onnx_path = resolved.onnx_path
         scan = scan_file(onnx_path)
         check_external_data(onnx_path, scan)
@@ -273,7 +289,9 @@ class Model:
             )
         except Exception as exc:  # onnxruntime raises pybind exception types
             message = clean_ort_message(str(exc)) or type(exc).__name__
-            raise ModelError(f"onnxruntime cannot load {onnx_path}: {message}") from None
+            raise ModelError(
+                f"onnxruntime cannot load {onnx_path}: {message}{_precision_hint(metadata, message)}"
+            ) from None
         if pending is not None:
             _finish_cache(*pending)
 

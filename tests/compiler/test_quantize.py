@@ -1,4 +1,5 @@
-"""`dslc build --precision fp16` and `--quantize int8`: a second graph, verified against PyTorch, in the manifest."""
+"""`dslc build --precision fp16|bf16` and `--quantize int8`: a second graph, verified against PyTorch, in the
+manifest."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from dslc.build import VARIANTS, build
+from dslc.errors import DslcError
 from dslc.onnx_precision import PrecisionError, to_float16
+from dslc.verify import ReferenceSession
 from tests.conftest import ROOT, SPECS
 
 
@@ -82,7 +85,56 @@ def test_a_weight_beyond_float16s_range_is_refused():
         to_float16(helper.make_model(graph))
 
 
-@pytest.mark.parametrize("option", [["--quantize", "int8"], ["--precision", "fp16"]])
+def test_bf16_graph_computes_in_bfloat16_and_is_verified_in_the_reference_implementation(tmp_path):
+    from dslc_runtime import Model, ModelError
+
+    result = build(SPECS / "cnn.model", tmp_path / "out", variants=("bf16",))
+    (half,) = result.models[0].variants
+    assert (
+        half.kind == "bf16" and half.onnx == "cnn.bf16.onnx" and half.verified_by == "onnx's reference implementation"
+    )
+    assert 0.45 < half.bytes / half.fp32_bytes < 0.55
+    assert 0 < half.max_abs_diff <= VARIANTS["bf16"].tolerance
+    graph = onnx.load(tmp_path / "out" / half.onnx)
+    assert {t.data_type for t in graph.graph.initializer} - {TensorProto.INT64} == {TensorProto.BFLOAT16}
+    assert {p.type.tensor_type.elem_type for p in [*graph.graph.input, *graph.graph.output]} == {TensorProto.FLOAT}
+    assert {p.key: p.value for p in graph.metadata_props}["dslc.precision"] == "bfloat16"
+    onnx.checker.check_model(graph, full_check=True)
+    entry = json.loads((tmp_path / "out" / "manifest.json").read_text())["models"][0]
+    assert entry["bf16"]["onnx"] == "cnn.bf16.onnx" and len(entry["bf16"]["onnx_sha256"]) == 64
+    # onnxruntime's CPU provider has no bfloat16 kernels: the runtime says so, and what runs the graph
+    with pytest.raises(ModelError, match="computes in bfloat16, which onnxruntime's CPU provider has no kernels"):
+        Model.load(tmp_path / "out" / half.onnx, providers="cpu")
+
+
+def test_the_reference_implementation_agrees_with_onnxruntime_on_float32(tmp_path):
+    result = build(SPECS / "cnn.model", tmp_path / "out")
+    path = tmp_path / "out" / result.models[0].onnx
+    image = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    import onnxruntime as ort
+
+    want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"image": image})[0]
+    (got,) = ReferenceSession(path).run(["logits"], {"image": image})
+    assert got.shape == want.shape == (3, 10)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_a_model_bfloat16_cannot_hold_is_refused(write_spec, tmp_path):
+    """Near 1000 bfloat16's values are 4 apart: x + 1000 - 1000 loses x, and the build says so."""
+    spec = write_spec("""
+        model m {
+            input x: float32[batch, 4]
+            output y = (x + 1000.0) - 1000.0
+        }
+    """)
+    with pytest.raises(DslcError) as caught:
+        build(spec, tmp_path / "out", variants=("bf16",))
+    message = str(caught.value)
+    assert "the bf16 graph of 'm' is not within 5% of PyTorch" in message and "use fp16" in message
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.onnx"))
+
+
+@pytest.mark.parametrize("option", [["--quantize", "int8"], ["--precision", "fp16"], ["--precision", "bf16"]])
 def test_a_second_graph_needs_verification(option):
     result = subprocess.run(
         [sys.executable, "-m", "dslc.cli", "build", str(SPECS / "mlp.model"), *option, "--no-verify"],

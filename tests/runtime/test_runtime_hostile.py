@@ -269,6 +269,16 @@ GARBAGE_MANIFESTS: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
     "data-without-sha256": (edit_entry(onnx_data="cnn.onnx.data"), "one of onnx_data and onnx_data_sha256"),
     "data-outside": (edit_entry(onnx_data="../w.data", onnx_data_sha256="0" * 64), "outside the build directory"),
     "data-missing": (edit_entry(onnx_data="w.data", onnx_data_sha256="0" * 64), "'w.data' but"),
+    "variant-a-string": (edit_entry(fp16="cnn.fp16.onnx"), "models[0].fp16 must be an object naming its 'onnx'"),
+    "variant-without-onnx": (edit_entry(int8={}), "models[0].int8 must be an object naming its 'onnx' file"),
+    "variant-sha256-short": (
+        edit_entry(bf16={"onnx": "cnn.bf16.onnx", "onnx_sha256": "ab"}),
+        "models[0].bf16.onnx_sha256 must be 64 hex digits",
+    ),
+    "variant-data-alone": (
+        edit_entry(fp16={"onnx": "cnn.fp16.onnx", "onnx_data": "cnn.fp16.onnx.data"}),
+        "models[0].fp16 gives one of onnx_data and onnx_data_sha256",
+    ),
     "duplicate-names": (
         lambda m: m["models"].append(dict(m["models"][0])),
         "two models are named 'cnn'",
