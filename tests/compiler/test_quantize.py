@@ -144,3 +144,23 @@ def test_a_second_graph_needs_verification(option):
     )
     assert result.returncode == 1
     assert f"{option[0]} writes a second, verified ONNX file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bf16_keeps_averages_float32(write_spec, tmp_path):
+    """onnx's reference implementation averages bfloat16 in bfloat16 (GPU kernels in float32): the bf16 graph widens
+    an average pool and a mean to float32; the fp16 graph, run by onnxruntime's own kernels, does not."""
+    spec = write_spec("""
+        model m {
+            input x: float32[batch, 4, 13, 13]
+            output pooled = x -> AdaptiveAvgPool2d(1) -> Flatten
+            output centred = x - mean(x, dim=-1, keepdim=true)
+        }
+    """)
+    result = build(spec, tmp_path / "out", variants=("fp16", "bf16"))
+    for variant, averages_in in zip(result.models[0].variants, (TensorProto.FLOAT16, TensorProto.FLOAT)):
+        graph = onnx.load(tmp_path / "out" / variant.onnx)
+        cast_to = {n.output[0]: n.attribute[0].i for n in graph.graph.node if n.op_type == "Cast"}
+        averages = [n for n in graph.graph.node if n.op_type in ("GlobalAveragePool", "ReduceMean")]
+        assert len(averages) == 2
+        for node in averages:
+            assert cast_to.get(node.input[0], TensorProto.FLOAT16) == averages_in, (variant.kind, node.op_type)
