@@ -4,7 +4,9 @@
 #   2. the fast tests with CUDA visible (training picks the GPU with --device auto; the runtime the CUDA provider);
 #   3. dslc train --device cuda --amp on a shipped spec, then its ONNX through the CUDA provider;
 #   4. cached generation with the CUDA provider and IOBinding (the cache stays on the device): tokens equal CPU's;
-#   5. the GPU benches: generation (runtime vs HuggingFace generate() on the GPU) and the runtime's call overhead.
+#   5. the fp16, bf16 and int8 graphs on the CUDA provider (bf16 runs nowhere else): within their tolerance of float32;
+#   6. the GPU benches: generation (runtime vs HuggingFace generate() on the GPU), the runtime's call overhead, and
+#      the precisions' latency and accuracy on CUDA.
 # Figures go to stdout and to $OUT (default ./gpu_check) so a remote run brings them back.
 # Needs onnxruntime-gpu with its CUDA libraries and a CUDA build of torch (a CPU machine fails at step 1).
 set -uo pipefail
@@ -71,9 +73,37 @@ assert gpu.provider == "CUDAExecutionProvider", gpu.provider
 assert np.array_equal(tokens, cpu), "CUDA tokens differ from CPU tokens"
 EOF
 
-step "5. GPU benches"
+step "5. fp16, bf16 and int8 graphs on the CUDA provider, against the float32 graph on the CPU"
+for spec in cnn bert_classifier; do
+  rm -rf "$OUT/precision_$spec"
+  run "$DSLC" build "specs/$spec.model" -o "$OUT/precision_$spec/fp16" --precision fp16 --quantize int8
+  run "$DSLC" build "specs/$spec.model" -o "$OUT/precision_$spec/bf16" --precision bf16
+  run "$PY" - "$OUT/precision_$spec" <<'EOF'
+import sys
+from pathlib import Path
+
+import numpy as np
+from dslc_runtime import Model
+from dslc_runtime.cli import random_inputs
+
+root = Path(sys.argv[1])
+full = Model.load(root / "fp16", providers="cpu")
+feeds = random_inputs(full, 8)
+want = full.run(feeds)
+scale = max(1.0, max(float(np.abs(w).max()) for w in want.values()))
+for folder, variant, tolerance in (("fp16", "fp16", 1e-2), ("fp16", "int8", 0.05), ("bf16", "bf16", 0.05)):
+    model = Model.load(root / folder, variant=variant, providers="cuda")
+    got = model.run(feeds)
+    diff = max(float(np.abs(got[k] - want[k]).max()) for k in want)
+    print(f"{root.name} {variant} on {model.provider}: max abs diff to float32 {diff:.2e} (allowed {tolerance * scale:.2e})")
+    assert model.provider == "CUDAExecutionProvider" and diff <= tolerance * scale, variant
+EOF
+done
+
+step "6. GPU benches"
 run "$PY" bench/bench_generate.py --providers cuda --prompts 32,128 --new 512
 run "$PY" bench/bench_runtime.py --rounds 11
+run "$PY" bench/bench_precision.py --cuda
 
 echo
 [ "$status" -eq 0 ] && echo "gpu_check: all steps passed" || echo "gpu_check: some steps FAILED (see above)"
