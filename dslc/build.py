@@ -56,7 +56,7 @@ class VariantReport:
     fp32_bytes: int
     max_abs_diff: float
     tolerance: float  # relative to the output's largest magnitude (at least 1), as verification states it
-    verified_by: str = "onnxruntime"  # the engine that ran it (dslc.verify.ENGINES)
+    verified_by: str = "onnxruntime"  # what ran it, as the summary says it (dslc.verify.ENGINES)
 
     def summary(self, folder: Path) -> str:
         """The line `dslc build` and `dslc train` print for it."""
@@ -253,7 +253,7 @@ class Variant:
     tolerance: float  # verification's, relative to the output's largest magnitude (at least 1)
     write: Callable[[Path, Path], None]  # (the verified float32 graph, the variant's path)
     hint: str  # what to do when the variant is not within its tolerance
-    verified_by: str = "onnxruntime"  # what runs it for verification (dslc.verify.ENGINES)
+    engine: str = "onnxruntime"  # what runs it for verification (a key of dslc.verify.ENGINES)
 
 
 def _write_int8(source: Path, target: Path) -> None:
@@ -303,7 +303,7 @@ VARIANTS = {
         partial(_write_half, precision="bfloat16"),
         "drop --precision or use fp16: this model loses too much in bfloat16",
         # onnxruntime has bfloat16 kernels on CUDA only; the reference implementation runs any type, op by op
-        verified_by="onnx's reference implementation",
+        engine="reference",
     ),
     "int8": Variant(
         "int8",
@@ -320,14 +320,14 @@ def _write_variant(variant: Variant, model, program: ir.ProgramIR, module: ir.Mo
     tolerance."""
     from dslc.onnx_files import checksums, file_bytes
     from dslc.onnx_precision import PrecisionError
-    from dslc.verify import verify
+    from dslc.verify import ENGINES, verify
 
     path = onnx_path.with_name(f"{module.spec_name}.{variant.kind}.onnx")
     try:
         variant.write(onnx_path, path)
     except PrecisionError as exc:
         raise error(module.loc, f"no {variant.kind} graph of '{module.spec_name}': {exc}", variant.hint) from None
-    checked = verify(model, module, path, tolerance=variant.tolerance, program=program, engine=variant.verified_by)
+    checked = verify(model, module, path, tolerance=variant.tolerance, program=program, engine=variant.engine)
     if not checked.passed:
         raise error(
             module.loc,
@@ -343,7 +343,7 @@ def _write_variant(variant: Variant, model, program: ir.ProgramIR, module: ir.Mo
         file_bytes(onnx_path),
         checked.max_abs_diff,
         variant.tolerance,
-        variant.verified_by,
+        ENGINES[variant.engine].name,
     )
 
 

@@ -10,6 +10,7 @@ once more in float64, and onnxruntime passes when it is as close to that exact a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,18 @@ class ReferenceSession:
         return self._evaluator.run(output_names, feeds)
 
 
-# What runs a graph being verified, by the name messages give it
-ENGINES = {"onnxruntime": session, "onnx's reference implementation": ReferenceSession}
+@dataclass(frozen=True)
+class Engine:
+    """What runs a graph being verified."""
+
+    name: str  # as messages say it
+    open: Callable[[Path], Any]  # the graph's path -> an object with onnxruntime's run(output_names, feeds)
+
+
+ENGINES = {
+    "onnxruntime": Engine("onnxruntime", session),
+    "reference": Engine("onnx's reference implementation", ReferenceSession),
+}
 
 
 def out_of_memory(exc: RuntimeError) -> bool:
@@ -144,11 +155,12 @@ def verify(
     tolerance = TOLERANCE if tolerance is None else tolerance
     torch_module.eval()
     result = VerifyResult(True, 0.0)
+    runner = ENGINES[engine]
     try:
-        sess = ENGINES[engine](path)
+        sess = runner.open(path)
     except Exception as exc:  # onnxruntime raises its own types (e.g. NOT_IMPLEMENTED for an op and dtype)
         result.passed = False
-        result.problems.append(f"{engine} cannot load the graph: {str(exc).splitlines()[0][:300]}")
+        result.problems.append(f"{runner.name} cannot load the graph: {str(exc).splitlines()[0][:300]}")
         return result
     for sizes, inputs in verification_inputs(module, program):
         try:
@@ -171,7 +183,7 @@ def verify(
         except Exception as exc:  # onnxruntime raises its own exception types
             result.passed = False
             first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
-            result.problems.append(f"{engine} failed at sizes {sizes}: {first_line}")
+            result.problems.append(f"{runner.name} failed at sizes {sizes}: {first_line}")
             continue
         result.runs.append(sizes)
         for port, want, got in zip(module.outputs, expected, actual):
