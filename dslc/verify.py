@@ -58,7 +58,7 @@ class ReferenceSession:
 
         self._evaluator = ReferenceEvaluator(onnx.load(path))
 
-    def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self._evaluator.run(output_names, feeds)
 
 

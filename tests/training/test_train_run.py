@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from dslc.build import load_generated
 from dslc.cli import main
+from dslc.verify import ReferenceSession
 from tests.conftest import ROOT, SPECS
 
 MLP_DIGITS = """
@@ -92,7 +93,7 @@ def test_run_folder_mlp_regression(tmp_path):
     assert code == 1 and "already holds a run" in output
 
 
-def test_trained_weights_export_in_float16_and_int8(tmp_path):
+def test_trained_weights_export_in_float16_bfloat16_and_int8(tmp_path):
     """--precision and --quantize write the run's graphs of the trained weights too: here a checkpoint exported
     again with --epochs 0, its fp16 and int8 graphs giving the float32 graph's outputs within their tolerances."""
     first = tmp_path / "first"
@@ -111,6 +112,12 @@ def test_trained_weights_export_in_float16_and_int8(tmp_path):
     trained = ort.InferenceSession(first / "mlp.onnx").run(None, x)[0]
     np.testing.assert_allclose(run["mlp.onnx"], trained, atol=1e-6)  # the checkpoint's weights, not new ones
     assert np.abs(run["mlp.fp16.onnx"] - trained).max() < 1e-2 * max(1.0, np.abs(trained).max())
+    # bf16 (no onnxruntime CPU kernels): written beside them by another export, verified in the reference implementation
+    code, output = train(str(SPECS / "mlp.model"), "--out", str(tmp_path / "bf16"), "--epochs", "0", "--weights",
+                         weights, "--precision", "bf16")  # fmt: skip
+    assert code == 0 and "mlp.bf16.onnx: bf16" in output and "onnx's reference implementation matches" in output
+    (got,) = ReferenceSession(tmp_path / "bf16" / "mlp.bf16.onnx").run(None, x)
+    assert np.abs(got - trained).max() < 0.05 * max(1.0, np.abs(trained).max())
 
 
 def test_build_writes_the_same_training_script(tmp_path):
