@@ -99,7 +99,7 @@ def trained_weights(spec: Path, tmp: Path, epochs: int) -> dict:
 def session(path: Path, threads: int, cuda: bool):
     """An onnxruntime session; on the CPU, for a bfloat16 graph, onnx's reference implementation (not timed)."""
     if ".bf16." in path.name and not cuda:
-        from dslc.verify import ReferenceSession
+        from dslc.onnx_reference import ReferenceSession
 
         return ReferenceSession(path)
     options = ort.SessionOptions()

@@ -62,7 +62,8 @@ class VariantReport:
         """The line `dslc build` and `dslc train` print for it."""
         return (
             f"wrote {folder / self.onnx}: {self.kind}, {self.bytes:,} bytes ({self.bytes / self.fp32_bytes:.2f}x the "
-            f"float32 file's {self.fp32_bytes:,}); {self.verified_by} matches PyTorch within {self.tolerance:g} x "
+            f"float32 file's {self.fp32_bytes:,}); {self.verified_by} {'match' if ' and ' in self.verified_by else 'matches'} "
+            f"PyTorch within {self.tolerance:g} x "
             f"max(1, largest |output|) (max abs diff {self.max_abs_diff:.1e})"
         )
 
@@ -253,7 +254,7 @@ class Variant:
     tolerance: float  # verification's, relative to the output's largest magnitude (at least 1)
     write: Callable[[Path, Path], None]  # (the verified float32 graph, the variant's path)
     hint: str  # what to do when the variant is not within its tolerance
-    engine: str = "onnxruntime"  # what runs it for verification (a key of dslc.verify.ENGINES)
+    engines: tuple[str, ...] = ("onnxruntime",)  # what runs it for verification (keys of dslc.verify.ENGINES)
 
 
 def _write_int8(source: Path, target: Path) -> None:
@@ -295,6 +296,9 @@ VARIANTS = {
         1e-2,  # float16 keeps 11 significant bits: 5e-4 a rounding, compounded over the layers
         partial(_write_half, precision="float16"),
         "drop --precision: this model loses too much in float16",
+        # onnxruntime's CPU provider runs float16 ops it has no kernel for in float32, rounding only between some:
+        # the reference implementation rounds every op's output, as a GPU does
+        engines=("onnxruntime", "reference"),
     ),
     "bf16": Variant(
         "bf16",
@@ -303,7 +307,7 @@ VARIANTS = {
         partial(_write_half, precision="bfloat16"),
         "drop --precision or use fp16: this model loses too much in bfloat16",
         # onnxruntime has bfloat16 kernels on CUDA only; the reference implementation runs any type, op by op
-        engine="reference",
+        engines=("reference",),
     ),
     "int8": Variant(
         "int8",
@@ -327,23 +331,26 @@ def _write_variant(variant: Variant, model, program: ir.ProgramIR, module: ir.Mo
         variant.write(onnx_path, path)
     except PrecisionError as exc:
         raise error(module.loc, f"no {variant.kind} graph of '{module.spec_name}': {exc}", variant.hint) from None
-    checked = verify(model, module, path, tolerance=variant.tolerance, program=program, engine=variant.engine)
-    if not checked.passed:
-        raise error(
-            module.loc,
-            f"the {variant.kind} graph of '{module.spec_name}' is not within {variant.tolerance:.0%} of PyTorch: "
-            + "; ".join(checked.problems),
-            variant.hint,
-        )
+    largest = 0.0
+    for engine in variant.engines:
+        checked = verify(model, module, path, tolerance=variant.tolerance, program=program, engine=engine)
+        if not checked.passed:
+            raise error(
+                module.loc,
+                f"the {variant.kind} graph of '{module.spec_name}' is not within {variant.tolerance:.0%} of PyTorch "
+                f"in {ENGINES[engine].name}: " + "; ".join(checked.problems),
+                variant.hint,
+            )
+        largest = max(largest, checked.max_abs_diff)
     return VariantReport(
         variant.kind,
         path.name,
         checksums(path),
         file_bytes(path),
         file_bytes(onnx_path),
-        checked.max_abs_diff,
+        largest,
         variant.tolerance,
-        ENGINES[variant.engine].name,
+        " and ".join(ENGINES[engine].name for engine in variant.engines),
     )
 
 

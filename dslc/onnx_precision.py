@@ -22,10 +22,6 @@ from dslc.onnx_files import infer_shapes
 FLOAT32_OPS = frozenset(
     {"LSTM", "GRU", "RNN", "Scan", "ReduceSum", "ReduceSumSquare", "ReduceLogSumExp", "CumSum", "Exp"}
 )
-# Averages a bfloat16 graph keeps float32 too: GPU kernels accumulate them in float32 whatever the type, onnx's
-# reference implementation (which verifies bfloat16 graphs) in the type itself, 8 bits (squeezenet's 13x13 average
-# pool: logits 7% off)
-BFLOAT16_FLOAT32_OPS = FLOAT32_OPS | {"GlobalAveragePool", "AveragePool", "ReduceMean"}
 # Inputs the ONNX standard types float32 whatever the data's type: Resize's roi and scales.
 FLOAT32_INPUTS = {"Resize": (1, 2)}
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -38,7 +34,6 @@ class Half:
     name: str  # as messages say it
     elem_type: int  # TensorProto's
     largest: float  # a weight beyond it would become infinite
-    float32_ops: frozenset[str]
     # onnxruntime 1.31's CPU provider crashes (a segmentation fault) fusing a float16 Transpose into a MatMul; it
     # has no bfloat16 kernels at all, so the bfloat16 graph keeps its Transposes 16-bit
     float32_transposes: bool
@@ -51,10 +46,8 @@ class Half:
         return values.astype(np.float16)
 
 
-FLOAT16 = Half("float16", TensorProto.FLOAT16, FLOAT16_MAX, FLOAT32_OPS, float32_transposes=True)
-BFLOAT16 = Half(
-    "bfloat16", TensorProto.BFLOAT16, float(np.finfo(np.float32).max), BFLOAT16_FLOAT32_OPS, float32_transposes=False
-)
+FLOAT16 = Half("float16", TensorProto.FLOAT16, FLOAT16_MAX, float32_transposes=True)
+BFLOAT16 = Half("bfloat16", TensorProto.BFLOAT16, float(np.finfo(np.float32).max), float32_transposes=False)
 HALVES = {half.name: half for half in (FLOAT16, BFLOAT16)}
 
 
@@ -84,7 +77,7 @@ def to_half(model: onnx.ModelProto, half: Half) -> onnx.ModelProto:
     fed_to_matmul = {name for node in graph.node if node.op_type in ("MatMul", "Gemm") for name in node.input}
     for node in graph.node:
         transpose = node.op_type == "Transpose" and node.output[0] in fed_to_matmul
-        keep = node.op_type in half.float32_ops or (transpose and half.float32_transposes)
+        keep = node.op_type in FLOAT32_OPS or (transpose and half.float32_transposes)
         node.input[:] = [renamed.get(name, name) for name in node.input]
         node.output[:] = [renamed.get(name, name) for name in node.output]
         if keep:
@@ -162,12 +155,6 @@ def _keep_float32(node: onnx.NodeProto, half: Half) -> list[onnx.NodeProto]:
 
 def _integer_input(node: onnx.NodeProto, index: int) -> bool:
     """Inputs that hold integers whatever the precision: axes, sequence lengths."""
-    integer_inputs = {
-        "ReduceSum": {1},
-        "ReduceSumSquare": {1},
-        "ReduceLogSumExp": {1},
-        "ReduceMean": {1},
-        "CumSum": {1},
-    }
+    integer_inputs = {"ReduceSum": {1}, "ReduceSumSquare": {1}, "ReduceLogSumExp": {1}, "CumSum": {1}}
     integer_inputs |= {"LSTM": {4}, "GRU": {4}, "RNN": {4}}
     return index in integer_inputs.get(node.op_type, set())

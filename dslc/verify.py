@@ -21,6 +21,7 @@ import torch
 
 from dslc import ir
 from dslc.export_onnx import example_inputs, example_sizes
+from dslc.onnx_reference import ReferenceSession
 
 TOLERANCE = 1e-5
 VERIFY_SHIFTS = (
@@ -48,20 +49,6 @@ def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-class ReferenceSession:
-    """The graph in onnx's reference implementation (numpy, op by op, as the standard defines each op): slow, but it
-    runs types onnxruntime's CPU provider has no kernels for (bfloat16)."""
-
-    def __init__(self, path: Path) -> None:
-        import onnx
-        from onnx.reference import ReferenceEvaluator
-
-        self._evaluator = ReferenceEvaluator(onnx.load(path))
-
-    def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self._evaluator.run(output_names, feeds)
-
-
 @dataclass(frozen=True)
 class Engine:
     """What runs a graph being verified."""
@@ -72,7 +59,7 @@ class Engine:
 
 ENGINES = {
     "onnxruntime": Engine("onnxruntime", session),
-    "reference": Engine("onnx's reference implementation", ReferenceSession),
+    "reference": Engine("onnx's reference implementation", ReferenceSession),  # any type; float32 accumulators
 }
 
 

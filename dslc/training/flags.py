@@ -40,8 +40,9 @@ class Flag:
 PRECISIONS = ("fp16", "bf16")
 PRECISION_HELP = (
     "Also write <model>.fp16.onnx or <model>.bf16.onnx: float16 or bfloat16 weights and compute (float32 inputs "
-    "and outputs); fp16 verified in onnxruntime within 0.01 x max(1, largest |output|), bf16 (which onnxruntime "
-    "runs on CUDA only) in onnx's reference implementation within 0.05 x max(1, largest |output|)"
+    "and outputs); fp16 verified in onnxruntime and in onnx's reference implementation (every op rounded to 16 bits, "
+    "as on a GPU) within 0.01 x max(1, largest |output|), bf16 (which onnxruntime runs on CUDA only) in the "
+    "reference implementation within 0.05 x max(1, largest |output|)"
 )
 QUANTIZE_HELP = (
     "Also write <model>.int8.onnx: 8-bit weights for the matrix products and embeddings (dynamic quantization; "

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from dslc.build import load_generated
 from dslc.cli import main
-from dslc.verify import ReferenceSession
+from dslc.onnx_reference import ReferenceSession
 from tests.conftest import ROOT, SPECS
 
 MLP_DIGITS = """
