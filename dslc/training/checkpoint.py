@@ -117,6 +117,14 @@ def load(
     return models, state, meta
 
 
+def model_states(path: Path) -> dict[str, dict[str, torch.Tensor]] | None:
+    """The models' state dicts in an epoch checkpoint (checksum checked), or None for a safetensors file that is not
+    one (a plain state dict)."""
+    if path.suffix != ".safetensors" or META_KEY not in _read(path)[1]:
+        return None
+    return load(path)[0]
+
+
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and the string metadata of a safetensors file."""
     try:

@@ -72,9 +72,16 @@ class WeightSources:
                 origins[name] = "loaded (--weights)"
             else:
                 origins[name] = "initial"
-                if name not in trained and any(True for _ in models[name].parameters()):
+                if not any(True for _ in models[name].parameters()):
+                    continue
+                if name not in trained:
                     self.log(
                         f"warning: model '{name}' is exported with its initial, untrained weights (no step trains it)"
+                    )
+                elif self.loaded and not after_training:  # --epochs 0 with --weights for the other models only
+                    self.log(
+                        f"warning: model '{name}' is exported with its initial, untrained weights: no --weights "
+                        f"file was given for it (--weights {name}=FILE)"
                     )
         return origins
 

@@ -4,8 +4,9 @@
 FILE is a `.safetensors` file or a PyTorch `.pth`/`.pt`/`.bin` file read with
 `torch.load(weights_only=True)` (no code runs). A state dict wrapped as `{"state_dict": ...}` or
 `{"model": ...}` and DDP's `module.` prefix are unwrapped. Without `MODEL=`, the file goes to the
-model whose parameter names it holds (e.g. a torchvision resnet18 checkpoint to `resnet18`). The
-load is strict: every parameter and buffer must be present with its shape, and nothing extra; with
+model whose parameter names it holds (e.g. a torchvision resnet18 checkpoint to `resnet18`). An epoch
+checkpoint of a run (`RUN/checkpoints/epoch-0003.safetensors`, its checksum checked) gives each model it holds, or
+MODEL's alone. The load is strict: every parameter and buffer must be present with its shape, and nothing extra; with
 `--ignore-mismatched-sizes`, a tensor of another shape (a classifier for other classes) is left at its
 initialisation and named in the log.
 """
@@ -119,44 +120,73 @@ def load_weights(items: list[str], models: dict[str, nn.Module], ignore_mismatch
         name, sep, path = item.partition("=")
         if not sep or name not in models:
             name, path = "", item
+        for target, state in _states(path, name, models):
+            lines += _load_one(path, target, state, models[target], ignore_mismatched_sizes)
+    return lines
+
+
+def _states(path: str, name: str, models: dict[str, nn.Module]) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """(model, state dict) pairs a file gives: a state dict for `name` (or the model whose names it holds), or from
+    an epoch checkpoint of a run (`checkpoints/epoch-0003.safetensors`) each model it holds, or `name`'s."""
+    from dslc.training.checkpoint import model_states
+
+    p = Path(path)
+    held = model_states(p) if p.is_file() else None
+    if held is None:
         state = read_state_dict(path)
-        name = name or _pick(state, models, path)
-        model = models[name]
-        expected = model.state_dict()
-        given = len(state)
-        state = with_tied_keys(state, expected)
-        missing = [k for k in expected if k not in state]
-        unexpected = [k for k in state if k not in expected]
-        mismatched = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
-        shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched]
-        kept = []
-        if ignore_mismatched_sizes and shapes:
-            kept, shapes = shapes, []
-            state = {k: v for k, v in state.items() if k not in mismatched}
-        if missing or unexpected or shapes:
-            parts = []
-            for label, found in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("wrong shape (file vs model)", shapes),
-            ):
-                if found:
-                    parts.append(f"{label}: {', '.join(found[:4])}{' ...' if len(found) > 4 else ''} ({len(found)})")
-            raise error(
-                None,
-                f"--weights: {path} does not fit model '{name}' (strict load): " + "; ".join(parts),
-                (not unexpected and not shapes and _untied_hint(missing, state, expected))
-                or (
-                    shapes
-                    and not missing
-                    and not unexpected
-                    and "a new head? --ignore-mismatched-sizes leaves the tensors of another shape freshly initialised"
-                )
-                or "check the spec's constants (e.g. --set classes=...) against the checkpoint",
+        return [(name or _pick(state, models, path), state)]
+    wanted = [name] if name else [n for n in models if n in held]
+    absent = [n for n in wanted if n not in held]
+    if absent or not wanted:
+        raise error(
+            None,
+            f"--weights: the checkpoint {path} holds the models {', '.join(held)}, "
+            + (f"not '{absent[0]}'" if absent else f"none of this spec's ({', '.join(models)})"),
+            "pass a checkpoint of a run of this spec",
+        )
+    return [(n, held[n]) for n in wanted]
+
+
+def _load_one(
+    path: str, name: str, state: dict[str, torch.Tensor], model: nn.Module, ignore_mismatched_sizes: bool
+) -> list[str]:
+    """Load `state` into `model` (named `name`); returns log lines."""
+    lines = []
+    expected = model.state_dict()
+    given = len(state)
+    state = with_tied_keys(state, expected)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched]
+    kept = []
+    if ignore_mismatched_sizes and shapes:
+        kept, shapes = shapes, []
+        state = {k: v for k, v in state.items() if k not in mismatched}
+    if missing or unexpected or shapes:
+        parts = []
+        for label, found in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape (file vs model)", shapes),
+        ):
+            if found:
+                parts.append(f"{label}: {', '.join(found[:4])}{' ...' if len(found) > 4 else ''} ({len(found)})")
+        raise error(
+            None,
+            f"--weights: {path} does not fit model '{name}' (strict load): " + "; ".join(parts),
+            (not unexpected and not shapes and _untied_hint(missing, state, expected))
+            or (
+                shapes
+                and not missing
+                and not unexpected
+                and "a new head? --ignore-mismatched-sizes leaves the tensors of another shape freshly initialised"
             )
-        with torch.no_grad():
-            model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=not kept)
-        lines.append(f"loaded {given - len(kept)} tensors from {path} into '{name}'")
-        if kept:
-            lines.append(f"kept freshly initialised, their shape differs (file vs model): {', '.join(kept)}")
+            or "check the spec's constants (e.g. --set classes=...) against the checkpoint",
+        )
+    with torch.no_grad():
+        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=not kept)
+    lines.append(f"loaded {given - len(kept)} tensors from {path} into '{name}'")
+    if kept:
+        lines.append(f"kept freshly initialised, their shape differs (file vs model): {', '.join(kept)}")
     return lines

@@ -18,6 +18,7 @@ from dslc.training.history import History
 from dslc.training.processes import Processes
 from dslc.training.progress import Progress, refuse_diverged, refuse_non_finite
 from dslc.training.run_folder import RunFolder, load_checkpoint
+from dslc.training.weights import load_weights
 
 # ---------------------------------------------------------------- processes and device
 
@@ -220,6 +221,39 @@ def test_weight_sources_share_by_name_and_say_where_weights_come_from():
     untrained = WeightSources(log)
     assert untrained.origins(models, ["probe"], trained=[], after_training=False) == {"probe": "initial"}
     assert lines[-1] == "warning: model 'probe' is exported with its initial, untrained weights (no step trains it)"
+    partly = WeightSources(log)  # --epochs 0, --weights for one model of two
+    partly.loaded = {"loaded"}
+    assert partly.origins(models, ["loaded", "probe"], trained=["loaded", "probe"], after_training=False) == {
+        "loaded": "loaded (--weights)",
+        "probe": "initial",
+    }
+    assert lines[-1] == (
+        "warning: model 'probe' is exported with its initial, untrained weights: no --weights file was given for it "
+        "(--weights probe=FILE)"
+    )
+
+
+def test_weights_from_an_epoch_checkpoint_go_to_each_model_it_holds(tmp_path):
+    trained = {"generator": nn.Linear(3, 4), "discriminator": nn.Linear(4, 1)}
+    path = tmp_path / "epoch-0001.safetensors"
+    ckpt.save(path, trained, {"step": 3}, {"epoch": 1, "history": []})
+    fresh = {"generator": nn.Linear(3, 4), "discriminator": nn.Linear(4, 1)}
+    assert load_weights([str(path)], fresh) == [
+        f"loaded 2 tensors from {path} into 'generator'",
+        f"loaded 2 tensors from {path} into 'discriminator'",
+    ]
+    assert all(torch.equal(fresh[n].weight, trained[n].weight) for n in trained)
+    alone = {"generator": nn.Linear(3, 4), "discriminator": nn.Linear(4, 1)}
+    load_weights([f"discriminator={path}"], alone)
+    assert torch.equal(alone["discriminator"].weight, trained["discriminator"].weight)
+    assert not torch.equal(alone["generator"].weight, trained["generator"].weight)
+    with pytest.raises(DslcError, match="holds the models generator, discriminator, none of this spec's \\(mlp\\)"):
+        load_weights([str(path)], {"mlp": nn.Linear(3, 4)})
+    damaged = bytearray(path.read_bytes())
+    damaged[-1] ^= 1  # a weight's last byte
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(DslcError, match="does not match its checksum"):
+        load_weights([str(path)], fresh)
 
 
 # ---------------------------------------------------------------- what a resume must match
