@@ -187,7 +187,10 @@ def _print_shapes(program) -> None:
 @click.option("--no-onnx", is_flag=True, help="Write only the PyTorch code.")
 @click.option("--no-verify", is_flag=True, help="Skip running the ONNX graph against PyTorch.")
 @click.option(
-    "--precision", type=click.Choice(train_flags.PRECISIONS), default=None, help=f"{train_flags.PRECISION_HELP}."
+    "--precision",
+    type=click.Choice(train_flags.PRECISIONS),
+    multiple=True,
+    help=f"{train_flags.PRECISION_HELP} (repeatable).",
 )
 @click.option("--quantize", type=click.Choice(["int8"]), default=None, help=f"{train_flags.QUANTIZE_HELP}.")
 @_set_option
@@ -197,7 +200,7 @@ def build(
     out_dir: str | None,
     no_onnx: bool,
     no_verify: bool,
-    precision: str | None,
+    precision: tuple[str, ...],
     quantize: str | None,
     overrides: tuple[str, ...],
 ) -> None:
@@ -223,7 +226,7 @@ def build(
         export_onnx=not no_onnx,
         verify_onnx=not no_verify,
         train_overrides=settings,
-        variants=tuple(v for v in (precision, quantize) if v),
+        variants=train_flags.variants(precision, quantize),
     )
     click.echo(f"wrote {result.python_path}")
     train_script = result.python_path.with_name(f"{result.python_path.stem}_train.py")

@@ -39,7 +39,7 @@ class Flag:
 # `dslc build` takes these too: the graphs written beside the float32 one (dslc.build.VARIANTS)
 PRECISIONS = ("fp16", "bf16")
 PRECISION_HELP = (
-    "Also write <model>.fp16.onnx or <model>.bf16.onnx: float16 or bfloat16 weights and compute (float32 inputs "
+    "Also write <model>.fp16.onnx and/or <model>.bf16.onnx: float16 or bfloat16 weights and compute (float32 inputs "
     "and outputs); fp16 verified in onnxruntime and in onnx's reference implementation (every op rounded to 16 bits, "
     "as on a GPU) within 0.01 x max(1, largest |output|), bf16 (which onnxruntime runs on CUDA only) in the "
     "reference implementation within 0.05 x max(1, largest |output|)"
@@ -71,7 +71,8 @@ FLAGS = (
          "installed)"),
     Flag("--weights", "Load a .safetensors/.pth state dict (strict) before training; --epochs 0 only exports it",
          "[MODEL=]FILE", repeat=True),
-    Flag("--precision", PRECISION_HELP + " (of the weights exported)", "fp16|bf16", choices=PRECISIONS),
+    Flag("--precision", PRECISION_HELP + " (of the weights exported; repeatable)", "fp16|bf16", choices=PRECISIONS,
+         repeat=True),
     Flag("--quantize", QUANTIZE_HELP, "int8", choices=("int8",)),
     Flag("--ignore-mismatched-sizes", "With --weights: tensors whose shape differs from the model's (a new head, "
          "--set classes=10) keep their fresh initialisation, as in HuggingFace's from_pretrained"),
@@ -144,7 +145,8 @@ def _argparse_options(flag: Flag, default: Any) -> dict[str, Any]:
         return {"action": "store_true", "help": shown}
     options: dict[str, Any] = {"type": flag.type, "help": shown}
     if flag.repeat:
-        return {**options, "action": "append", "default": [], "metavar": flag.metavar}
+        choices = {"choices": flag.choices} if flag.choices else {}
+        return {**options, **choices, "action": "append", "default": [], "metavar": flag.metavar}
     if flag.choices:
         return {**options, "choices": flag.choices, "default": default}
     return {**options, "default": default, "metavar": flag.metavar}
@@ -181,9 +183,15 @@ def _click_options(flag: Flag) -> dict[str, Any]:
         return {"is_flag": True, "help": shown}
     options: dict[str, Any] = {"help": shown, "metavar": flag.metavar, "multiple": flag.repeat}
     if flag.choices:
-        return {**options, "type": click.Choice(flag.choices), "default": flag.default, "show_default": True}
+        default = () if flag.repeat else flag.default
+        return {**options, "type": click.Choice(flag.choices), "default": default, "show_default": not flag.repeat}
     kind = click.IntRange(min=flag.minimum) if flag.minimum is not None else click.Path() if flag.type is Path else None
     return {**options, "type": kind or flag.type, "default": flag.default, "show_default": flag.default is not None}
+
+
+def variants(precision: list[str] | tuple[str, ...], quantize: str | None) -> tuple[str, ...]:
+    """The graphs to write beside the float32 one (dslc.build.VARIANTS), each once, in the flags' order."""
+    return tuple(dict.fromkeys([*precision, *([quantize] if quantize else [])]))
 
 
 def with_flags(config: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:

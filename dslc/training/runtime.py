@@ -28,7 +28,7 @@ from dslc.training import checkpoint as ckpt
 from dslc.training.augment import Augmented
 from dslc.training.board import Board
 from dslc.training.export import WeightSources, export_trained, match_state, write_weights
-from dslc.training.flags import check_combinations, parse_script_args, with_flags
+from dslc.training.flags import check_combinations, parse_script_args, variants, with_flags
 from dslc.training.history import History
 from dslc.training.interrupts import Interrupts, RunInterruptedError, resume_command
 from dslc.training.preprocess import record_in_config
@@ -512,7 +512,7 @@ class Run:
             data.labels,
             sources,
             preprocess,
-            tuple(v for v in (self.args.precision, self.args.quantize) if v),
+            variants(self.args.precision or [], self.args.quantize),
         ):
             verified = f"verified (max abs diff {r.max_abs_diff:.1e})" if r.verified else "not verified"
             self.log(f"wrote {out / r.onnx}: {r.nodes} nodes, {r.params:,} parameters, {verified}")

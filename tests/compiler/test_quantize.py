@@ -176,3 +176,18 @@ def test_the_reference_session_accumulates_16_bit_ops_in_float32(op_type):
     if op_type == "GlobalAveragePool":
         (plain,) = ReferenceEvaluator(str(path)).run(None, inputs)
         assert np.abs(plain.astype(np.float64) / exact - 1).max() > 0.01
+
+
+def test_precision_repeats_for_both_graphs(tmp_path):
+    args = ["build", str(SPECS / "mlp.model"), "-o", str(tmp_path / "out")]
+    args += ["--precision", "bf16", "--precision", "fp16", "--precision", "bf16"]
+    result = subprocess.run([sys.executable, "-m", "dslc.cli", *args], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    written = [
+        line.split(":")[0].removeprefix("wrote ")
+        for line in result.stdout.splitlines()
+        if ": bf16" in line or ": fp16" in line
+    ]
+    assert [Path(w).name for w in written] == ["mlp.bf16.onnx", "mlp.fp16.onnx"]  # each once, in the flags' order
+    entry = json.loads((tmp_path / "out" / "manifest.json").read_text())["models"][0]
+    assert {"fp16", "bf16"} <= set(entry)
