@@ -57,6 +57,7 @@ class VariantReport:
     max_abs_diff: float
     tolerance: float  # relative to the output's largest magnitude (at least 1), as verification states it
     verified_by: str = "onnxruntime"  # what ran it, as the summary says it (dslc.verify.ENGINES)
+    notes: list[str] = field(default_factory=list)  # what stays as it was (recurrent layers of a 16-bit graph)
 
     def summary(self, folder: Path) -> str:
         """The line `dslc build` and `dslc train` print for it."""
@@ -64,7 +65,7 @@ class VariantReport:
             f"wrote {folder / self.onnx}: {self.kind}, {self.bytes:,} bytes ({self.bytes / self.fp32_bytes:.2f}x the "
             f"float32 file's {self.fp32_bytes:,}); {self.verified_by} {'match' if ' and ' in self.verified_by else 'matches'} "
             f"PyTorch within {self.tolerance:g} x "
-            f"max(1, largest |output|) (max abs diff {self.max_abs_diff:.1e})"
+            f"max(1, largest |output|) (max abs diff {self.max_abs_diff:.1e})" + "".join(f"; {n}" for n in self.notes)
         )
 
 
@@ -252,12 +253,12 @@ class Variant:
     kind: str
     description: str  # as the build's output and --help say it
     tolerance: float  # verification's, relative to the output's largest magnitude (at least 1)
-    write: Callable[[Path, Path], None]  # (the verified float32 graph, the variant's path)
+    write: Callable[[Path, Path], list[str]]  # (the verified float32 graph, the variant's path) -> notes
     hint: str  # what to do when the variant is not within its tolerance
     engines: tuple[str, ...] = ("onnxruntime",)  # what runs it for verification (keys of dslc.verify.ENGINES)
 
 
-def _write_int8(source: Path, target: Path) -> None:
+def _write_int8(source: Path, target: Path) -> list[str]:
     """onnxruntime's dynamic quantization of the matrix products and embedding tables (8-bit weights, activations
     quantized per call). Convolutions stay float32: quantized (ConvInteger) they were 10x slower (resnet18 at 32x32,
     batch 1: 13.4 ms vs 1.24 ms) for a quarter of their size."""
@@ -277,16 +278,23 @@ def _write_int8(source: Path, target: Path) -> None:
         align_data_mode(target)
     finally:
         logging.disable(logging.NOTSET)
+    return []
 
 
-def _write_half(source: Path, target: Path, precision: str) -> None:
+def _write_half(source: Path, target: Path, precision: str) -> list[str]:
     """The graph at `source` computing in `precision` (a key of dslc.onnx_precision.HALVES)."""
     import onnx
 
     from dslc.onnx_files import save
-    from dslc.onnx_precision import HALVES, to_half
+    from dslc.onnx_precision import HALVES, float32_layers, to_half
 
-    save(to_half(onnx.load(source), HALVES[precision]), target)  # in the staging folder, published whole
+    model = onnx.load(source)
+    save(to_half(model, HALVES[precision]), target)  # in the staging folder, published whole
+    recurrent = float32_layers(model)
+    if not recurrent:
+        return []
+    note = f"its recurrent layers ({', '.join(recurrent)}) compute in float32, having no 16-bit kernels"
+    return [note + ("; the Scan's weights stay float32 in the file" if "Scan" in recurrent else "")]
 
 
 VARIANTS = {
@@ -328,7 +336,7 @@ def _write_variant(variant: Variant, model, program: ir.ProgramIR, module: ir.Mo
 
     path = onnx_path.with_name(f"{module.spec_name}.{variant.kind}.onnx")
     try:
-        variant.write(onnx_path, path)
+        notes = variant.write(onnx_path, path)
     except PrecisionError as exc:
         raise error(module.loc, f"no {variant.kind} graph of '{module.spec_name}': {exc}", variant.hint) from None
     largest = 0.0
@@ -351,6 +359,7 @@ def _write_variant(variant: Variant, model, program: ir.ProgramIR, module: ir.Mo
         largest,
         variant.tolerance,
         " and ".join(ENGINES[engine].name for engine in variant.engines),
+        notes,
     )
 
 

@@ -55,6 +55,14 @@ class PrecisionError(Exception):
     """The graph cannot be written in this precision; the message says why."""
 
 
+RECURRENT_OPS = ("LSTM", "GRU", "RNN", "Scan")
+
+
+def float32_layers(model: onnx.ModelProto) -> list[str]:
+    """The recurrent ops a 16-bit graph of `model` keeps float32 (with their weights), each type once."""
+    return list(dict.fromkeys(n.op_type for n in model.graph.node if n.op_type in RECURRENT_OPS))
+
+
 def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model` computing in float16 (see the module docstring). Raises PrecisionError for a weight
     beyond float16's range (65504), which would become infinite."""

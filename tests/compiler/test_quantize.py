@@ -65,6 +65,9 @@ def test_fp16_keeps_float32_where_onnxruntime_needs_it(write_spec, tmp_path):
         }
     """)
     result = build(spec, tmp_path / "out", variants=("fp16",))
+    assert result.models[0].variants[0].notes == [
+        "its recurrent layers (GRU) compute in float32, having no 16-bit kernels"
+    ]
     graph = onnx.load(tmp_path / "out" / result.models[0].variants[0].onnx)
     cast_to = {n.output[0]: n.attribute[0].i for n in graph.graph.node if n.op_type == "Cast"}
     for node in graph.graph.node:
