@@ -502,18 +502,27 @@ class Run:
         sources = self.weights.origins(models, export, trained, after_training=bool(records))
         preprocess = getattr(data, "preprocess", {})  # raw inputs -> what the model trained on (preprocess.py)
         record_in_config(out, preprocess)
-        for r in export_trained(
-            self.spec_copy,
-            self.spec,
-            Path(self.args.data_dir),
-            out,
-            states,
-            data.vocab,
-            data.labels,
-            sources,
-            preprocess,
-            variants(self.args.precision or [], self.args.quantize),
-        ):
+        try:
+            reports = export_trained(
+                self.spec_copy,
+                self.spec,
+                Path(self.args.data_dir),
+                out,
+                states,
+                data.vocab,
+                data.labels,
+                sources,
+                preprocess,
+                variants(self.args.precision or [], self.args.quantize),
+            )
+        except DslcError as exc:
+            if records:  # the training is saved: say how to export it again without training
+                exc.diagnostics[0].notes.append(
+                    f"the trained weights are saved in {out}: run again with --resume (and the export flags you "
+                    "want) to export them without training again"
+                )
+            raise
+        for r in reports:
             verified = f"verified (max abs diff {r.max_abs_diff:.1e})" if r.verified else "not verified"
             self.log(f"wrote {out / r.onnx}: {r.nodes} nodes, {r.params:,} parameters, {verified}")
             for variant in r.variants:

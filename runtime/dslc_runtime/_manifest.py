@@ -107,8 +107,8 @@ def resolve(path: Path, model: str | None, variant: str | None = None) -> Resolv
 def _no_manifest_for(variant: str | None, path: Path) -> None:
     if variant is not None:
         raise ModelError(
-            f"{path}: variant={variant!r} picks a graph listed in a build's {MANIFEST}; pass the build "
-            f"directory, or the variant's .onnx file itself without variant="
+            f"{path}: the {variant} variant is found through a build's {MANIFEST}, which this path is not; "
+            "load the build directory with it, or the variant's .onnx file itself without it"
         )
 
 
@@ -221,8 +221,12 @@ def _entry(raw: Any, where: str, path: Path) -> ManifestEntry:
     for kind in VARIANTS:
         if kind in raw:
             files = raw[kind]
-            if not isinstance(files, dict) or not isinstance(files.get("onnx"), str):
+            if not isinstance(files, dict):
                 raise _invalid(path, f"{where}.{kind}", "an object naming its 'onnx' file", files)
+            if not isinstance(files.get("onnx"), str):
+                raise _invalid(
+                    path, f"{where}.{kind}.onnx", "a file name (string)", files.get("onnx")
+                )
             variants[kind] = ManifestEntry(
                 name, **_files(files, f"{where}.{kind}", path, files["onnx"])
             )

@@ -110,7 +110,7 @@ def run_cli(
     _quiet_onnxruntime()
     m = Model.load(model_path, model=model, variant=variant, providers=providers)
     results = m.run(load_inputs(m, inputs))
-    print(f"{display(m.name)}{f' ({variant})' if variant else ''} on {m.provider}", file=out)
+    print(f"{display(m.name)}{f' ({m.variant})' if m.variant else ''} on {m.provider}", file=out)
     for note in m.notes:
         print(f"  note: {note}", file=out)
     arrays = {name: np.asarray(value) for name, value in results.items()}
@@ -238,7 +238,7 @@ def info_cli(
     out = stream or sys.stdout
     _quiet_onnxruntime()
     m = Model.load(model_path, model=model, variant=variant, providers=providers)
-    print(f"{display(m.name)}  ({m.path})", file=out)
+    print(f"{display(m.name)}{f' ({m.variant})' if m.variant else ''}  ({m.path})", file=out)
     print(f"provider: {m.provider}", file=out)
     for note in [*m.notes, *([m.cpu_only] if m.cpu_only else [])]:
         print(f"  note: {note}", file=out)

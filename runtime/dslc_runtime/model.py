@@ -82,8 +82,8 @@ def _precision_hint(metadata: Mapping[str, str], message: str) -> str:
     ):
         return ""
     return (
-        " (the graph computes in bfloat16, which onnxruntime's CPU provider has no kernels for: run it with "
-        "providers='cuda', or load the float32 or fp16 graph of the same build on the CPU)"
+        " (the graph computes in bfloat16, which onnxruntime's CPU provider has no kernels for: run it on the "
+        "CUDA provider (providers='cuda', --providers cuda), or load the float32 or fp16 graph of the build on the CPU)"
     )
 
 
@@ -183,6 +183,7 @@ class Model:
         device_id: int = 0,
         cuda_graph: bool = False,
         cpu_only: str | None = None,
+        variant: str | None = None,
     ) -> None:
         self._session = session
         self.path = path
@@ -192,6 +193,8 @@ class Model:
         self.vocab = vocab
         self.manifest = manifest
         self.notes = notes or []
+        self.variant = variant
+        """``"fp16"``, ``"bf16"`` or ``"int8"`` when loaded with ``variant=``; None for the float32 graph."""
         self.cpu_only = cpu_only
         """Why ``"auto"`` chose the CPU on a machine without a GPU (``info`` shows it)."""
         self.device_id = device_id
@@ -341,6 +344,7 @@ class Model:
             device_id=device_id,
             cuda_graph=enable_cuda_graph,
             cpu_only=plan.cpu_only,
+            variant=variant,
         )
 
     # --------------------------------------------------------------- properties
@@ -367,7 +371,8 @@ class Model:
         return list(self._output_names)
 
     def __repr__(self) -> str:
-        return f"<dslc_runtime.Model {self.name!r} {self.signature} on {self.provider}>"
+        variant = f" ({self.variant})" if self.variant else ""
+        return f"<dslc_runtime.Model {self.name!r}{variant} {self.signature} on {self.provider}>"
 
     # ------------------------------------------------------------------ running
     def __call__(self, **inputs: Any) -> dict[str, Any]:

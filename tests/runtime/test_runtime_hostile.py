@@ -270,7 +270,7 @@ GARBAGE_MANIFESTS: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
     "data-outside": (edit_entry(onnx_data="../w.data", onnx_data_sha256="0" * 64), "outside the build directory"),
     "data-missing": (edit_entry(onnx_data="w.data", onnx_data_sha256="0" * 64), "'w.data' but"),
     "variant-a-string": (edit_entry(fp16="cnn.fp16.onnx"), "models[0].fp16 must be an object naming its 'onnx'"),
-    "variant-without-onnx": (edit_entry(int8={}), "models[0].int8 must be an object naming its 'onnx' file"),
+    "variant-without-onnx": (edit_entry(int8={}), "models[0].int8.onnx must be a file name (string), got null"),
     "variant-sha256-short": (
         edit_entry(bf16={"onnx": "cnn.bf16.onnx", "onnx_sha256": "ab"}),
         "models[0].bf16.onnx_sha256 must be 64 hex digits",

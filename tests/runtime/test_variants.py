@@ -34,7 +34,8 @@ def test_a_variant_loads_the_graph_the_manifest_names_and_runs(folder):
     full = Model.load(folder, providers="cpu").run(image=image)["logits"]
     for kind in ("fp16", "int8"):
         model = Model.load(folder, variant=kind, providers="cpu")
-        assert model.path.name == f"cnn.{kind}.onnx" and model.input_names == ["image"]
+        assert model.path.name == f"cnn.{kind}.onnx" and model.input_names == ["image"] and model.variant == kind
+        assert f"'cnn' ({kind})" in repr(model)
         np.testing.assert_allclose(model.run(image=image)["logits"], full, atol=0.05)
 
 
@@ -53,7 +54,9 @@ def test_a_variant_not_built_names_those_built_and_the_option(folder):
 
 
 def test_a_variant_needs_a_manifest(folder):
-    with pytest.raises(ModelError, match="picks a graph listed in a build's manifest.json"):
+    with pytest.raises(
+        ModelError, match="the fp16 variant is found through a build.s manifest.json, which this path is not"
+    ):
         Model.load(folder / "cnn.onnx", variant="fp16", providers="cpu")
     with pytest.raises(ValueError, match="variant must be one of fp16, bf16, int8"):
         Model.load(folder, variant="fp8", providers="cpu")

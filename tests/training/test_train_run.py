@@ -120,6 +120,29 @@ def test_trained_weights_export_in_float16_bfloat16_and_int8(tmp_path):
     assert np.abs(got - trained).max() < 0.05 * max(1.0, np.abs(trained).max())
 
 
+def test_a_refused_variant_after_training_says_how_to_export_again(tmp_path, write_spec):
+    """bfloat16 cannot hold x + 1000 - 1000: the export fails after training, and the trained run is kept."""
+    spec = write_spec("""
+        model m {
+            input features: float32[batch, 10]
+            output prediction = ((features + 1000.0) - 1000.0) -> Linear(1)
+        }
+
+        train {
+            data = diabetes(validation=0.2)
+            loss = mse(prediction, target)
+            optimizer = adam(lr=1e-3)
+            epochs = 1
+        }
+    """)
+    out = tmp_path / "run"
+    code, output = train(str(spec), "--out", str(out), "--precision", "bf16", "--quiet")
+    assert code == 1 and "the bf16 graph of 'm' is not within 5% of PyTorch" in output, output
+    assert f"note: the trained weights are saved in {out}: run again with --resume" in output
+    code, output = train(str(spec), "--out", str(out), "--resume", "--quiet")
+    assert code == 0 and "resumed from" in output and "m.onnx: 3 nodes" in output, output
+
+
 def test_build_writes_the_same_training_script(tmp_path):
     build_dir, run_dir = tmp_path / "b", tmp_path / "r"
     assert (
