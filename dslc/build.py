@@ -6,6 +6,7 @@ after every ONNX graph has been verified, so a failed build leaves no half-writt
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -111,9 +112,11 @@ def build(
         program.labels = {m.spec_name: list(labels) for m in program.exported if _classifies(m, len(labels))}
     program.vocab = list(vocab) if vocab else None
     out = Path(out_dir)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     stem = program.module_name
     staging = Path(tempfile.mkdtemp(prefix=".dslc-build-", dir=out))
+    published = False
     try:
         python_path = staging / f"{stem}.py"
         python_path.write_text(emit_program(program), encoding="utf-8")
@@ -126,10 +129,39 @@ def build(
             )
         manifest = _manifest(program, stem, reports)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        earlier = _graph_files(out / "manifest.json")
         _publish(staging, out)
+        published = True
+        if export_onnx:  # --no-onnx rewrites the code and leaves the graphs alone
+            _remove_stale(out, earlier - _graph_files(out / "manifest.json"))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not published:  # a failed first build leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
     return BuildResult(program, out / f"{stem}.py", reports)
+
+
+def _graph_files(manifest_path: Path) -> set[str]:
+    """The ONNX and weights files a build's manifest lists (the graphs of its models and their variants): plain
+    file names only, whatever an edited manifest says."""
+    try:
+        models = json.loads(manifest_path.read_text(encoding="utf-8")).get("models", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    entries = [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+    entries += [m[kind] for m in entries for kind in VARIANTS if isinstance(m.get(kind), dict)]
+    names = {e.get(key) for e in entries for key in ("onnx", "onnx_data")}
+    return {n for n in names if isinstance(n, str) and n == Path(n).name and n.endswith((".onnx", ".onnx.data"))}
+
+
+def _remove_stale(out: Path, names: set[str]) -> None:
+    """Graphs an earlier build into `out` wrote and this one did not (a variant not asked for again): a build folder
+    holds one build."""
+    for name in names:
+        path = out / name
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
 
 
 def _stage_train_script(

@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+from dslc.build import build
+from dslc.errors import DslcError
 from tests.conftest import ROOT, SPECS
 
 
@@ -112,6 +114,24 @@ def test_failed_build_keeps_previous_output(write_spec, tmp_path):
     assert result.returncode == 1
     assert (out / "mlp.py").read_bytes() == before
     assert not any(p.name.startswith(".dslc-build") for p in out.iterdir())
+
+
+def test_a_rebuild_removes_the_graphs_it_no_longer_writes(tmp_path):
+    """A build folder holds one build: a variant not asked for again goes, files the manifest never listed stay."""
+    out = tmp_path / "out"
+    build(SPECS / "mlp.model", out, variants=("fp16", "int8"))
+    (out / "notes.onnx").write_text("the user's own file")
+    build(SPECS / "mlp.model", out, variants=("int8",))
+    assert {p.name for p in out.glob("*.onnx")} == {"mlp.onnx", "mlp.int8.onnx", "notes.onnx"}
+    build(SPECS / "mlp.model", out, export_onnx=False)  # --no-onnx: the code only, the graphs as they were
+    assert (out / "mlp.int8.onnx").exists()
+
+
+def test_a_failed_first_build_leaves_no_folder(write_spec, tmp_path):
+    spec = write_spec("model m {\n    input x: float32[batch, 4]\n    output y = (x + 1000.0) - 1000.0\n}\n")
+    with pytest.raises(DslcError, match="is not within 5% of PyTorch"):
+        build(spec, tmp_path / "new" / "out", variants=("bf16",))
+    assert not (tmp_path / "new" / "out").exists()
 
 
 @pytest.mark.parametrize("command", ["check", "build", "run", "bench"])
