@@ -45,6 +45,14 @@ class ModelReport:
     decoder: Any = None  # a decoder's KV-cache graphs (dslc.decoding.DecoderReport)
     notes: list[str] = field(default_factory=list)  # what the build left out, and why
 
+    def summary(self, folder: Path) -> str:
+        """The line `dslc build` and `dslc train` print for the graph."""
+        line = f"wrote {folder / self.onnx}: {self.nodes} nodes, {self.params:,} parameters"
+        if not self.verified:
+            return line + "; not verified (--no-verify)"
+        sizes = "; ".join(", ".join(f"{k}={v}" for k, v in run.items()) or "fixed shapes" for run in self.runs)
+        return line + f"; onnxruntime matches PyTorch (max abs diff {self.max_abs_diff:.1e} at {sizes})"
+
 
 @dataclass
 class VariantReport:

@@ -235,13 +235,7 @@ def build(
             f"wrote {train_script} (the training script; `python {train_script.name}` trains as `dslc train` does)"
         )
     for report in result.models:
-        line = f"wrote {out / report.onnx}: {report.nodes} nodes, {report.params:,} parameters"
-        if report.verified:
-            sizes = "; ".join(", ".join(f"{k}={v}" for k, v in run.items()) or "fixed shapes" for run in report.runs)
-            line += f"; onnxruntime matches PyTorch (max abs diff {report.max_abs_diff:.1e} at {sizes})"
-        else:
-            line += "; not verified (--no-verify)"
-        click.echo(line)
+        click.echo(report.summary(out))
         for v in report.variants:
             click.echo(v.summary(out))
         for note in report.notes:

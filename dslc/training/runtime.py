@@ -523,8 +523,7 @@ class Run:
                 )
             raise
         for r in reports:
-            verified = f"verified (max abs diff {r.max_abs_diff:.1e})" if r.verified else "not verified"
-            self.log(f"wrote {out / r.onnx}: {r.nodes} nodes, {r.params:,} parameters, {verified}")
+            self.log(r.summary(out))
             for variant in r.variants:
                 self.log(variant.summary(out))
             for note in r.notes:
