@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -40,6 +41,9 @@ def _report_errors(func):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except BrokenPipeError:  # `dslc ... | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error flushing stdout at exit
+            sys.exit(141)  # as a shell reports SIGPIPE
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as exc:  # an internal error: say so, show the traceback only on request

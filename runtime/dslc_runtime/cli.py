@@ -322,15 +322,20 @@ def bench_cli(
             f"bench needs iterations >= 1 and warmup >= 0 (got {iterations}, {warmup})"
         )
     results: list[BenchResult] = []
-    print(
-        f"{'provider':<28} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'samples/s':>11}",
-        file=out,
-    )
+    header = [
+        f"{'provider':<28} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'samples/s':>11}"
+    ]
+
+    def row(text: str) -> None:  # the header with the first row: an error before any prints alone
+        while header:
+            print(header.pop(), file=out)
+        print(text, file=out)
+
     for request in providers:
         try:
             m = Model.load(model_path, model=model, variant=variant, providers=request)
         except ProviderError as exc:
-            print(f"{request:<28} skipped: {exc}", file=out)
+            row(f"{request:<28} skipped: {exc}")
             continue
         lead = (
             m.signature.inputs[0].shape[0]
@@ -350,10 +355,9 @@ def bench_cli(
             p50, p90, p99 = (float(v) * 1e3 for v in np.percentile(times, [50, 90, 99]))
             result = BenchResult(m.provider, actual, p50, p90, p99, actual / float(times.mean()))
             results.append(result)
-            print(
+            row(
                 f"{m.provider:<28} {actual:>5} {p50:>9.3f} {p90:>9.3f} {p99:>9.3f} "
-                f"{result.throughput:>11.1f}",
-                file=out,
+                f"{result.throughput:>11.1f}"
             )
     return results
 

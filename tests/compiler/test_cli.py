@@ -145,3 +145,14 @@ def test_internal_errors_say_so(tmp_path):
     result = dslc("--debug", "check", str(tmp_path))
     assert result.returncode in (1, 2)
     assert "error" in result.stderr
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`dslc check ... | head -1`: the reader stops; dslc exits as a shell's SIGPIPE does, with no error."""
+    specs = sorted(str(p) for p in SPECS.glob("*.model"))
+    command = [sys.executable, "-m", "dslc.cli", "check", *specs * 80]  # more output than a pipe buffers
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    assert process.stdout.readline().endswith(b"ok (autoencoder; 209,968 parameters)\n")
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141 and stderr == "", stderr
