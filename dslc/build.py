@@ -65,15 +65,15 @@ class VariantReport:
     fp32_bytes: int
     max_abs_diff: float
     tolerance: float  # relative to the output's largest magnitude (at least 1), as verification states it
-    verified_by: str = "onnxruntime"  # what ran it, as the summary says it (dslc.verify.ENGINES)
+    verified_by: tuple[str, ...] = ("onnxruntime",)  # the engines that ran it, as messages name them (dslc.verify)
     notes: list[str] = field(default_factory=list)  # what stays as it was (recurrent layers of a 16-bit graph)
 
     def summary(self, folder: Path) -> str:
         """The line `dslc build` and `dslc train` print for it."""
         return (
             f"wrote {folder / self.onnx}: {self.kind}, {self.bytes:,} bytes ({self.bytes / self.fp32_bytes:.2f}x the "
-            f"float32 file's {self.fp32_bytes:,}); {self.verified_by} {'match' if ' and ' in self.verified_by else 'matches'} "
-            f"PyTorch within {self.tolerance:g} x "
+            f"float32 file's {self.fp32_bytes:,}); {' and '.join(self.verified_by)} "
+            f"{'matches' if len(self.verified_by) == 1 else 'match'} PyTorch within {self.tolerance:g} x "
             f"max(1, largest |output|) (max abs diff {self.max_abs_diff:.1e})" + "".join(f"; {n}" for n in self.notes)
         )
 
@@ -372,16 +372,15 @@ def _write_variant(variant: Variant, model, program: ir.ProgramIR, module: ir.Mo
     tolerance."""
     from dslc.onnx_files import checksums, file_bytes
     from dslc.onnx_precision import PrecisionError
-    from dslc.verify import ENGINES, verify
+    from dslc.verify import ENGINES, verify_in
 
     path = onnx_path.with_name(f"{module.spec_name}.{variant.kind}.onnx")
     try:
         notes = variant.write(onnx_path, path)
     except PrecisionError as exc:
         raise error(module.loc, f"no {variant.kind} graph of '{module.spec_name}': {exc}", variant.hint) from None
-    largest = 0.0
-    for engine in variant.engines:
-        checked = verify(model, module, path, tolerance=variant.tolerance, program=program, engine=engine)
+    checks = verify_in(variant.engines, model, module, path, tolerance=variant.tolerance, program=program)
+    for engine, checked in checks.items():
         if not checked.passed:
             raise error(
                 module.loc,
@@ -389,16 +388,15 @@ def _write_variant(variant: Variant, model, program: ir.ProgramIR, module: ir.Mo
                 f"in {ENGINES[engine].name}: " + "; ".join(checked.problems),
                 variant.hint,
             )
-        largest = max(largest, checked.max_abs_diff)
     return VariantReport(
         variant.kind,
         path.name,
         checksums(path),
         file_bytes(path),
         file_bytes(onnx_path),
-        largest,
+        max(checked.max_abs_diff for checked in checks.values()),
         variant.tolerance,
-        " and ".join(ENGINES[engine].name for engine in variant.engines),
+        tuple(ENGINES[engine].name for engine in variant.engines),
         notes,
     )
 

@@ -139,16 +139,30 @@ def verify(
     engine: str = "onnxruntime",
 ) -> VerifyResult:
     """Runs the graph at `path` in `engine` (a key of ENGINES) against `torch_module`."""
+    return verify_in((engine,), torch_module, module, path, tolerance, program)[engine]
+
+
+def verify_in(
+    engines: tuple[str, ...],
+    torch_module: torch.nn.Module,
+    module: ir.ModuleIR,
+    path: Path,
+    tolerance: float | None = None,
+    program: ir.ProgramIR | None = None,
+) -> dict[str, VerifyResult]:
+    """Runs the graph at `path` in each of `engines` against `torch_module`, which runs once per size for all."""
     tolerance = TOLERANCE if tolerance is None else tolerance
     torch_module.eval()
-    result = VerifyResult(True, 0.0)
-    runner = ENGINES[engine]
-    try:
-        sess = runner.open(path)
-    except Exception as exc:  # onnxruntime raises its own types (e.g. NOT_IMPLEMENTED for an op and dtype)
-        result.passed = False
-        result.problems.append(f"{runner.name} cannot load the graph: {str(exc).splitlines()[0][:300]}")
-        return result
+    results = {engine: VerifyResult(True, 0.0) for engine in engines}
+    sessions = {}
+    for engine, result in results.items():
+        try:
+            sessions[engine] = ENGINES[engine].open(path)
+        except Exception as exc:  # onnxruntime raises its own types (e.g. NOT_IMPLEMENTED for an op and dtype)
+            result.passed = False
+            result.problems.append(f"{ENGINES[engine].name} cannot load the graph: {str(exc).splitlines()[0][:300]}")
+    if not sessions:
+        return results
     for sizes, inputs in verification_inputs(module, program):
         try:
             with torch.no_grad():
@@ -156,46 +170,63 @@ def verify(
         except (MemoryError, RuntimeError) as exc:
             if not isinstance(exc, MemoryError) and not out_of_memory(exc):
                 raise
-            result.passed = False
-            result.problems.append(
-                f"PyTorch ran out of memory running the model at sizes {sizes} (this machine cannot hold its "
-                "activations); build on a machine with more memory, or make the model or its fixed sizes smaller"
-            )
-            return result
+            for result in results.values():
+                result.passed = False
+                result.problems.append(
+                    f"PyTorch ran out of memory running the model at sizes {sizes} (this machine cannot hold its "
+                    "activations); build on a machine with more memory, or make the model or its fixed sizes smaller"
+                )
+            return results
         expected = expected if isinstance(expected, tuple) else (expected,)
         exact = Float64Reference(torch_module, inputs) if tolerance == TOLERANCE else None
         feeds = {p.name: x.numpy() for p, x in zip(module.inputs, inputs)}
-        try:
-            actual = sess.run([p.name for p in module.outputs], feeds)
-        except Exception as exc:  # onnxruntime raises its own exception types
+        for engine, sess in sessions.items():
+            _compare(results[engine], ENGINES[engine].name, sess, module, sizes, feeds, expected, tolerance, exact)
+    return results
+
+
+def _compare(
+    result: VerifyResult,
+    engine_name: str,
+    sess: Any,
+    module: ir.ModuleIR,
+    sizes: dict[str, int],
+    feeds: dict[str, np.ndarray],
+    expected: tuple[torch.Tensor, ...],
+    tolerance: float,
+    exact: Float64Reference | None,
+) -> None:
+    """Runs `sess` on `feeds` and records in `result` how its outputs differ from PyTorch's `expected`."""
+    try:
+        actual = sess.run([p.name for p in module.outputs], feeds)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        result.passed = False
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+        result.problems.append(f"{engine_name} failed at sizes {sizes}: {first_line}")
+        return
+    result.runs.append(sizes)
+    for port, want, got in zip(module.outputs, expected, actual):
+        want = want.numpy()
+        if want.shape != got.shape:
             result.passed = False
-            first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
-            result.problems.append(f"{runner.name} failed at sizes {sizes}: {first_line}")
+            result.problems.append(
+                f"output '{port.name}' has shape {got.shape} in ONNX, {want.shape} in PyTorch (sizes {sizes})"
+            )
             continue
-        result.runs.append(sizes)
-        for port, want, got in zip(module.outputs, expected, actual):
-            want = want.numpy()
-            if want.shape != got.shape:
-                result.passed = False
-                result.problems.append(
-                    f"output '{port.name}' has shape {got.shape} in ONNX, {want.shape} in PyTorch (sizes {sizes})"
-                )
-                continue
-            if want.dtype == np.bool_ or np.issubdtype(want.dtype, np.integer):
-                diff = float(np.abs(want.astype(np.int64) - got.astype(np.int64)).max(initial=0))
-            else:
-                diff = _float_difference(want.astype(np.float64), got.astype(np.float64))
-            result.max_abs_diff = max(result.max_abs_diff, diff)
-            scale = output_scale(want)
-            rounding = exact is not None and want.dtype.kind == "f"
-            if (
-                not diff <= tolerance * scale
-                and rounding
-                and exact.accepts(module.outputs.index(port), want, got, tolerance * scale)
-            ):
-                continue
-            if not diff <= tolerance * scale:
-                result.passed = False
-                bound = f"{tolerance}" if scale == 1.0 else f"{tolerance} x {scale:.3g}, the output's largest magnitude"
-                result.problems.append(f"output '{port.name}' differs by {diff:.3g} (> {bound}) at sizes {sizes}")
-    return result
+        if want.dtype == np.bool_ or np.issubdtype(want.dtype, np.integer):
+            diff = float(np.abs(want.astype(np.int64) - got.astype(np.int64)).max(initial=0))
+        else:
+            diff = _float_difference(want.astype(np.float64), got.astype(np.float64))
+        result.max_abs_diff = max(result.max_abs_diff, diff)
+        scale = output_scale(want)
+        rounding = exact is not None and want.dtype.kind == "f"
+        if (
+            not diff <= tolerance * scale
+            and rounding
+            and exact.accepts(module.outputs.index(port), want, got, tolerance * scale)
+        ):
+            continue
+        if not diff <= tolerance * scale:
+            result.passed = False
+            bound = f"{tolerance}" if scale == 1.0 else f"{tolerance} x {scale:.3g}, the output's largest magnitude"
+            result.problems.append(f"output '{port.name}' differs by {diff:.3g} (> {bound}) at sizes {sizes}")

@@ -96,7 +96,9 @@ def test_bf16_graph_computes_in_bfloat16_and_is_verified_in_the_reference_implem
     result = build(SPECS / "cnn.model", tmp_path / "out", variants=("bf16",))
     (half,) = result.models[0].variants
     assert (
-        half.kind == "bf16" and half.onnx == "cnn.bf16.onnx" and half.verified_by == "onnx's reference implementation"
+        half.kind == "bf16"
+        and half.onnx == "cnn.bf16.onnx"
+        and half.verified_by == ("onnx's reference implementation",)
     )
     assert 0.45 < half.bytes / half.fp32_bytes < 0.55
     assert 0 < half.max_abs_diff <= VARIANTS["bf16"].tolerance
