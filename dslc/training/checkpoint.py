@@ -129,7 +129,7 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and the string metadata of a safetensors file."""
     try:
         raw = path.read_bytes()
-        tensors = st_load(raw)
+        tensors = dict(sorted(st_load(raw).items()))  # safetensors' order is random per process (a Rust HashMap)
         header_len = int.from_bytes(raw[:8], "little")
         metadata = json.loads(raw[8 : 8 + header_len]).get("__metadata__") or {}
     except (SafetensorError, OSError, ValueError, AttributeError) as exc:

@@ -32,7 +32,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state: Any = load_file(str(p))
+            state: Any = dict(sorted(load_file(str(p)).items()))  # in name order: safetensors' is random
         else:
             state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (any unreadable file: a message, not a traceback)
@@ -118,7 +118,13 @@ def load_weights(items: list[str], models: dict[str, nn.Module], ignore_mismatch
     lines = []
     for item in items:
         name, sep, path = item.partition("=")
-        if not sep or name not in models:
+        if sep and name not in models and name.isidentifier() and not Path(item).exists():
+            raise error(
+                None,
+                f"--weights {name}=...: this spec has no model '{name}'",
+                f"its models: {', '.join(models)}; or pass the file alone, for the model whose parameter names it holds",
+            )
+        if not sep or name not in models:  # FILE alone, or a file name holding '='
             name, path = "", item
         for target, state in _states(path, name, models):
             lines += _load_one(path, target, state, models[target], ignore_mismatched_sizes)

@@ -247,7 +247,10 @@ def test_weights_from_an_epoch_checkpoint_go_to_each_model_it_holds(tmp_path):
     load_weights([f"discriminator={path}"], alone)
     assert torch.equal(alone["discriminator"].weight, trained["discriminator"].weight)
     assert not torch.equal(alone["generator"].weight, trained["generator"].weight)
-    with pytest.raises(DslcError, match="holds the models generator, discriminator, none of this spec's \\(mlp\\)"):
+    with pytest.raises(DslcError, match="this spec has no model 'critic'") as caught:
+        load_weights([f"critic={path}"], alone)  # a typo is not taken for a file named 'critic=...'
+    assert caught.value.diagnostics[0].hint.startswith("its models: generator, discriminator; or pass the file alone")
+    with pytest.raises(DslcError, match="holds the models discriminator, generator, none of this spec's \\(mlp\\)"):
         load_weights([str(path)], {"mlp": nn.Linear(3, 4)})
     damaged = bytearray(path.read_bytes())
     damaged[-1] ^= 1  # a weight's last byte
