@@ -115,10 +115,10 @@ class _Printer:
     # ------------------------------------------------------------ output
 
     def text(self, value: str, src: int | None) -> None:
+        if self.src is None and src is not None:  # an empty text can mark where a line starts (a bare `:` slice)
+            self.src = src
         if not value:
             return
-        if self.src is None and src is not None:
-            self.src = src
         self.parts.append(value)
         self.column += len(value)
 

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from dslc.checker import check_file
 from dslc.cli import main
 from dslc.emit_torch import emit_program
-from dslc.fmt import MAX_WIDTH, format_source, strip_locations
+from dslc.fmt import MAX_WIDTH, SOFT, format_source, strip_locations
+from dslc.layout import Indent, Text, render
 from dslc.parser import parse
 from tests.conftest import SPECS
 from tests.tools.spec_strategies import spec_sources
@@ -223,3 +224,17 @@ def test_an_empty_body_whose_only_comment_trails_its_brace_stays_empty():
     once = format_source(source)
     assert format_source(once) == once
     assert format_source("block Foo() { # c\n}\n") == "block Foo() {}  # c\n"
+
+
+def test_a_bare_slice_on_its_own_line_keeps_the_comments_around_it_in_place():
+    """Found by test_random_specs_at_a_narrow_width: a `:` slice has no text of its own before the colon, and its
+    line took the source line of the line above, so a comment moved from before the `:` to after it when formatted
+    again."""
+    source = (
+        "model x { if 0 { if 0 { y = -0 * (not 0.5 -> Linear() -> ReLU) ** 0 == (0 -> ReLU) # c1\n[:][0] ** 0 } } }\n"
+    )
+    once = format_source(source, width=40)
+    assert re.search(r"\[\n\s+:\n", once), "the case needs the `:` on a line of its own"
+    assert format_source(once, width=40) == once
+    lines = render([Text("a[", 1), Indent([SOFT, Text("", 3), Text(":")]), SOFT, Text("]", 4)], 0, 3)
+    assert lines == [(0, "a[", 1), (1, ":", 3), (0, "]", 4)]
