@@ -73,7 +73,15 @@ def main() -> None:
         "dslc_version": "0.1.0",
         "spec": "iris.model",
         "spec_sha256": hashlib.sha256(SPEC.encode()).hexdigest(),
-        "models": [{"name": "iris", "onnx": "iris.onnx", "inputs": INPUTS, "outputs": OUTPUTS}],
+        "models": [
+            {
+                "name": "iris",
+                "onnx": "iris.onnx",
+                "onnx_sha256": hashlib.sha256((OUT / "iris.onnx").read_bytes()).hexdigest(),
+                "inputs": INPUTS,
+                "outputs": OUTPUTS,
+            }
+        ],
     }
     (OUT / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"wrote {OUT}")

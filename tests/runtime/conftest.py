@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -71,5 +72,7 @@ def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             {"name": "generator", "onnx": "generator.onnx"},  # no ports listed: metadata gives docs
         ],
     }
+    for entry in manifest["models"]:
+        entry["onnx_sha256"] = hashlib.sha256((root / entry["onnx"]).read_bytes()).hexdigest()
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root

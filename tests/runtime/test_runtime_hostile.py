@@ -363,12 +363,17 @@ def test_manifest_disagreeing_with_the_graph(tmp_path, case):
     refused(lambda: load(folder), ModelError, "model 'cnn' does not match", "cnn.onnx", expected)
 
 
-def test_manifest_without_ports_or_hash_still_loads(tmp_path):
-    def strip(manifest: dict[str, Any]) -> None:
-        manifest["models"] = [{"name": "cnn"}]  # "onnx" defaults to <name>.onnx
+def test_manifest_without_ports_still_loads_but_not_without_the_graphs_checksum(tmp_path):
+    folder = build_folder(tmp_path / "build")
+    sha256 = json.loads((folder / "manifest.json").read_text())["models"][0]["onnx_sha256"]
 
-    m = load(build_folder(tmp_path / "build", strip))
-    np.testing.assert_allclose(m(image=IMAGE)["logits"], load(tmp_path / "build" / "cnn.onnx")(image=IMAGE)["logits"])
+    def strip(manifest: dict[str, Any]) -> None:
+        manifest["models"] = [{"name": "cnn", "onnx_sha256": sha256}]  # "onnx" defaults to <name>.onnx
+
+    m = load(build_folder(folder, strip))
+    np.testing.assert_allclose(m(image=IMAGE)["logits"], load(folder / "cnn.onnx")(image=IMAGE)["logits"])
+    build_folder(folder, edit_entry(onnx_sha256=None))
+    refused(lambda: load(folder), ModelError, "model 'cnn' gives no onnx_sha256 for 'cnn.onnx'")
 
 
 # -------------------------------------------------------------------- integrity (sha256)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -115,6 +116,10 @@ def test_manifest_loading(build_dir):
 def test_manifest_single_model_and_escape(tmp_path, models):
     (tmp_path / "only.onnx").write_bytes(models.generator.read_bytes())
     manifest = {"models": [{"name": "only", "onnx": "only.onnx"}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="model 'only' gives no onnx_sha256 for 'only.onnx'"):
+        Model.load(tmp_path, providers="cpu")  # a graph the manifest cannot vouch for is not opened
+    manifest["models"][0]["onnx_sha256"] = hashlib.sha256(models.generator.read_bytes()).hexdigest()
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert Model.load(tmp_path, providers="cpu").input_names == ["z"]
 
