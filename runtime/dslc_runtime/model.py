@@ -74,12 +74,20 @@ def clean_ort_message(message: str) -> str:
     return text
 
 
+_BF16_FALLBACK = (
+    "The graph computes in bfloat16, which onnxruntime's CPU provider has no kernels for: falling back to the CPU "
+    "would not run it; load the float32 or fp16 graph of the build there."
+)
+
+
+def _needs_cuda(metadata: Mapping[str, str]) -> bool:
+    """A graph of ``dslc build --precision bf16``: onnxruntime has bfloat16 kernels on CUDA only."""
+    return metadata.get("dslc.precision") == "bfloat16"
+
+
 def _precision_hint(metadata: Mapping[str, str], message: str) -> str:
     """Why a graph of ``dslc build --precision bf16`` found no kernels, and what runs it."""
-    if (
-        metadata.get("dslc.precision") != "bfloat16"
-        or "Could not find an implementation" not in message
-    ):
+    if not _needs_cuda(metadata) or "Could not find an implementation" not in message:
         return ""
     return (
         " (the graph computes in bfloat16, which onnxruntime's CPU provider has no kernels for: run it on the "
@@ -260,11 +268,13 @@ class Model:
         check_external_data(onnx_path, scan)
         metadata = dict(scan.metadata)
 
+        fallback = _providers.CPU_FALLBACK if not _needs_cuda(metadata) else _BF16_FALLBACK
         plan = _providers.resolve(
             providers,
             device_id=device_id,
             enable_cuda_graph=enable_cuda_graph,
             provider_options=provider_options,
+            fallback=fallback,
         )
         if optimization not in _OPT_LEVELS:
             raise ValueError(f"optimization must be one of {', '.join(_OPT_LEVELS)}")
@@ -303,7 +313,7 @@ class Model:
             raise ProviderError(
                 f"{plan.required} was requested but onnxruntime created the session with "
                 f"{', '.join(active)} (the provider failed to initialise; check the CUDA/cuDNN "
-                "installation). Use providers='auto' to allow CPU fallback."
+                f"installation). {fallback}"
             )
         notes = list(plan.notes)
         wanted = plan.providers[0][0]

@@ -93,6 +93,10 @@ def _gpu_problem(device_id: int) -> str | None:
     return None
 
 
+CPU_FALLBACK = "Use providers='auto' to fall back to CPU."
+"""What a refused explicit provider request advises, unless the graph cannot run on the CPU either."""
+
+
 @functools.cache
 def provider_problem(name: str, device_id: int = 0) -> str | None:
     """Why ``name`` cannot run here (None if it looks usable). Cached per process."""
@@ -119,8 +123,10 @@ def resolve(
     device_id: int = 0,
     enable_cuda_graph: bool = False,
     provider_options: dict[str, dict[str, Any]] | None = None,
+    fallback: str = CPU_FALLBACK,
 ) -> ProviderPlan:
-    """Turn ``"auto" | "cpu" | "cuda" | "tensorrt"`` (or a list of names) into a provider plan."""
+    """Turn ``"auto" | "cpu" | "cuda" | "tensorrt"`` (or a list of names) into a provider plan; ``fallback`` is the
+    advice a refused explicit request ends with."""
     extra = provider_options or {}
 
     def options(name: str) -> dict[str, str]:
@@ -165,8 +171,7 @@ def resolve(
     problem = provider_problem(primary, device_id)
     if problem is not None:
         raise ProviderError(
-            f"{primary} was requested explicitly but is not usable: {problem}. "
-            "Use providers='auto' to fall back to CPU."
+            f"{primary} was requested explicitly but is not usable: {problem}. {fallback}"
         )
     return ProviderPlan(
         [(n, options(n)) for n in chain], required=primary if primary != CPU else None

@@ -112,6 +112,13 @@ def test_bf16_graph_computes_in_bfloat16_and_is_verified_in_the_reference_implem
     # onnxruntime's CPU provider has no bfloat16 kernels: the runtime says so, and what runs the graph
     with pytest.raises(ModelError, match="computes in bfloat16, which onnxruntime's CPU provider has no kernels"):
         Model.load(tmp_path / "out" / half.onnx, providers="cpu")
+    from dslc_runtime import ProviderError, providers
+
+    if providers.provider_problem(providers.CUDA) is not None:  # no GPU: the advice is not to fall back to the CPU
+        with pytest.raises(ProviderError) as caught:
+            Model.load(tmp_path / "out" / half.onnx, providers="cuda")
+        assert "falling back to the CPU would not run it" in str(caught.value)
+        assert "providers='auto'" not in str(caught.value)
 
 
 def test_the_reference_implementation_agrees_with_onnxruntime_on_float32(tmp_path):
