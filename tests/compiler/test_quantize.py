@@ -32,6 +32,19 @@ def test_int8_graph_is_smaller_verified_and_listed(tmp_path):
     assert {p.key for p in graph.metadata_props} >= {"dslc.model", "dslc.inputs", "dslc.outputs"}
     entry = json.loads((tmp_path / "out" / "manifest.json").read_text())["models"][0]
     assert entry["int8"]["onnx"] == "cnn.int8.onnx" and entry["onnx"] == "cnn.onnx"
+    assert not [note for note in q.notes if "not smaller" in note]
+
+
+def test_a_variant_not_smaller_than_float32_says_why(tmp_path):
+    """mlp has 61 parameters: the Casts of its fp16 graph and the scales of its int8 graph outweigh them."""
+    result = build(SPECS / "mlp.model", tmp_path / "out", variants=("fp16", "int8"))
+    for variant in result.models[0].variants:
+        assert variant.bytes >= variant.fp32_bytes
+        assert variant.notes == [
+            "not smaller than the float32 file: with 61 parameters, the nodes the conversion adds outweigh what the "
+            "weights save"
+        ]
+        assert variant.summary(tmp_path).endswith(variant.notes[0])
 
 
 def test_fp16_graph_computes_in_float16_behind_float32_inputs_and_outputs(tmp_path):
@@ -66,7 +79,9 @@ def test_fp16_keeps_float32_where_onnxruntime_needs_it(write_spec, tmp_path):
     """)
     result = build(spec, tmp_path / "out", variants=("fp16",))
     assert result.models[0].variants[0].notes == [
-        "its recurrent layers (GRU) compute in float32, having no 16-bit kernels"
+        "its recurrent layers (GRU) compute in float32, having no 16-bit kernels",
+        "not smaller than the float32 file: with 162 parameters, the nodes the conversion adds outweigh what the "
+        "weights save",
     ]
     graph = onnx.load(tmp_path / "out" / result.models[0].variants[0].onnx)
     cast_to = {n.output[0]: n.attribute[0].i for n in graph.graph.node if n.op_type == "Cast"}
