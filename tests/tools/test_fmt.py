@@ -54,7 +54,7 @@ def test_random_specs(source):
     assert max(len(line) for line in once.split("\n")) <= MAX_WIDTH  # the random specs' tokens are short
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec_sources())
 def test_random_specs_at_a_narrow_width(source):
     """At 40 columns nearly every statement breaks: the layout is still stable and keeps the meaning."""
