@@ -93,6 +93,9 @@ _TEXTS: dict[str, dict[int, str]] = {
     "dim": {2: "dimension name", 3: "dimension denotation"},
 }
 _MODEL_IR_VERSION, _MODEL_GRAPH, _MODEL_METADATA = 1, 7, 14
+_GRAPH_INITIALIZER, _GRAPH_INPUT, _GRAPH_OUTPUT = 5, 11, 12
+_VALUE_NAME, _VALUE_TYPE, _TYPE_TENSOR, _TENSOR_ELEM_TYPE, _TENSOR_SHAPE = 1, 2, 1, 1, 2
+_SHAPE_DIM, _DIM_VALUE, _DIM_PARAM = 1, 1, 2
 _TENSOR_NAME, _TENSOR_EXTERNAL_DATA = 8, 13
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
 
@@ -109,6 +112,16 @@ class ExternalRef:
     location: str
 
 
+@dataclass(frozen=True)
+class PortScan:
+    """A graph input or output as the file declares it: ONNX's element type number (0: not a tensor or not
+    given) and dims (a size, a dim_param name, or None), or no shape at all."""
+
+    name: str
+    elem_type: int
+    shape: tuple[int | str | None, ...] | None
+
+
 @dataclass
 class ModelScan:
     """What the scanner learnt about a model file."""
@@ -116,6 +129,8 @@ class ModelScan:
     ir_version: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
     external: list[ExternalRef] = field(default_factory=list)
+    inputs: list[PortScan] = field(default_factory=list)  # the main graph's, initializers left out
+    outputs: list[PortScan] = field(default_factory=list)
 
 
 def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
@@ -206,11 +221,65 @@ class _Scanner:
                 key, value = _entry(buf, a, b, "metadata")
                 self.result.metadata[key] = value
             else:
-                has_graph |= number == _MODEL_GRAPH and wire == 2
+                if number == _MODEL_GRAPH and wire == 2:
+                    has_graph = True
+                    self.ports(a, b)
                 self.field("model", number, wire, a, b, 1)
         if not has_graph:
             raise ModelError("not an ONNX model: no graph found")
         return self.result
+
+    def ports(self, a: int, b: int) -> None:
+        """The main graph's inputs (those no initializer gives a value) and outputs."""
+        initialized, inputs, outputs = set(), [], []
+        for number, wire, x, y in self.fields(a, b):
+            if wire != 2:
+                continue
+            if number == _GRAPH_INITIALIZER:
+                initialized.add(self.tensor_name(x, y))
+            elif number in (_GRAPH_INPUT, _GRAPH_OUTPUT):
+                (inputs if number == _GRAPH_INPUT else outputs).append(self.port(x, y))
+        self.result.inputs = [p for p in inputs if p.name not in initialized]
+        self.result.outputs = outputs
+
+    def tensor_name(self, a: int, b: int) -> str:
+        for number, wire, x, y in self.fields(a, b):
+            if number == _TENSOR_NAME and wire == 2:
+                return _utf8(self.buf, x, y, "tensor name")
+        return ""
+
+    def port(self, a: int, b: int) -> PortScan:
+        """A ValueInfoProto: its name, and its tensor type's element type and shape."""
+        name, elem_type, shape = "", 0, None
+        for number, wire, x, y in self.fields(a, b):
+            if wire == 2 and number == _VALUE_NAME:
+                name = _utf8(self.buf, x, y, "input/output name")
+            elif wire == 2 and number == _VALUE_TYPE:
+                for t_number, t_wire, tx, ty in self.fields(x, y):
+                    if t_wire == 2 and t_number == _TYPE_TENSOR:
+                        elem_type, shape = self.tensor_type(tx, ty)
+        return PortScan(name, elem_type, shape)
+
+    def tensor_type(self, a: int, b: int) -> tuple[int, tuple[int | str | None, ...] | None]:
+        elem_type, shape = 0, None
+        for number, wire, x, y in self.fields(a, b):
+            if wire == 0 and number == _TENSOR_ELEM_TYPE:
+                elem_type = x
+            elif wire == 2 and number == _TENSOR_SHAPE:
+                shape = tuple(
+                    self.dim(dx, dy)
+                    for d_number, d_wire, dx, dy in self.fields(x, y)
+                    if d_wire == 2 and d_number == _SHAPE_DIM
+                )
+        return elem_type, shape
+
+    def dim(self, a: int, b: int) -> int | str | None:
+        for number, wire, x, y in self.fields(a, b):
+            if wire == 0 and number == _DIM_VALUE:
+                return x if x < 1 << 63 else None  # a negative int64 (two's complement): no size
+            if wire == 2 and number == _DIM_PARAM:
+                return _utf8(self.buf, x, y, "dimension name")
+        return None
 
     def message(self, kind: str, a: int, b: int, depth: int) -> None:
         if depth > _MAX_DEPTH:

@@ -23,9 +23,9 @@ import onnxruntime as ort
 from ._manifest import VARIANTS
 from ._npy import load_npy
 from ._output_files import output_file_names, save_outputs
-from .errors import DslcRuntimeError, InputError, ProviderError
+from .errors import DslcRuntimeError, InputError, ModelError, ProviderError
 from .generation import Generator
-from .model import Model
+from .model import Description, Model, describe, needs_cuda
 from .signature import TensorSpec, display, quoted
 
 __all__ = [
@@ -233,14 +233,26 @@ def info_cli(
     variant: str | None = None,
     providers: str = "auto",
     stream: TextIO | None = None,
-) -> Model:
-    """Print a model's signature, provider and dslc metadata."""
+) -> Model | Description:
+    """Print a model's signature, provider and dslc metadata. A graph that no provider here has kernels for
+    (bfloat16 on the CPU) is described from its file, with why it cannot run."""
     out = stream or sys.stdout
     _quiet_onnxruntime()
-    m = Model.load(model_path, model=model, variant=variant, providers=providers)
+    m: Model | Description
+    try:
+        m = Model.load(model_path, model=model, variant=variant, providers=providers)
+        provider, notes = m.provider, [*m.notes, *([m.cpu_only] if m.cpu_only else [])]
+    except ModelError as exc:
+        try:
+            m = describe(model_path, model=model, variant=variant)
+        except DslcRuntimeError:
+            raise exc from None
+        if not needs_cuda(m.metadata):
+            raise
+        provider, notes = "none on this machine", [str(exc)]
     print(f"{display(m.name)}{f' ({m.variant})' if m.variant else ''}  ({m.path})", file=out)
-    print(f"provider: {m.provider}", file=out)
-    for note in [*m.notes, *([m.cpu_only] if m.cpu_only else [])]:
+    print(f"provider: {provider}", file=out)
+    for note in notes:
         print(f"  note: {note}", file=out)
     print(m.signature.describe(), file=out)
     for key in ("dslc.version", "dslc.spec_sha256"):

@@ -9,6 +9,7 @@ import platform
 import re
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import onnxruntime as ort
 from . import providers as _providers
 from ._files import sha256_of
 from ._manifest import Resolved, check_ports, resolve
-from ._onnx_scan import check_external_data, scan_file
+from ._onnx_scan import ModelScan, PortScan, check_external_data, scan_file
 from .errors import DslcRuntimeError, InputError, ModelError, ProviderError, RunError
 from .signature import (
     Signature,
@@ -80,14 +81,9 @@ _BF16_FALLBACK = (
 )
 
 
-def _needs_cuda(metadata: Mapping[str, str]) -> bool:
-    """A graph of ``dslc build --precision bf16``: onnxruntime has bfloat16 kernels on CUDA only."""
-    return metadata.get("dslc.precision") == "bfloat16"
-
-
 def _precision_hint(metadata: Mapping[str, str], message: str) -> str:
     """Why a graph of ``dslc build --precision bf16`` found no kernels, and what runs it."""
-    if not _needs_cuda(metadata) or "Could not find an implementation" not in message:
+    if not needs_cuda(metadata) or "Could not find an implementation" not in message:
         return ""
     return (
         " (the graph computes in bfloat16, which onnxruntime's CPU provider has no kernels for: run it on the "
@@ -126,8 +122,11 @@ def _declared(items: Any) -> dict[str, dict[str, Any]]:
     return {str(d["name"]): d for d in items if isinstance(d, dict) and "name" in d}
 
 
+_Port = tuple[str, str, Any]  # (name, dtype, shape) as the graph declares it
+
+
 def _graph_signature(
-    session: ort.InferenceSession, resolved: Resolved, metadata: Mapping[str, str]
+    inputs: list[_Port], outputs: list[_Port], resolved: Resolved, metadata: Mapping[str, str]
 ) -> Signature:
     """Names, dtypes and shapes from the graph; docs and dim names from the manifest or metadata."""
     path, entry = resolved.onnx_path, resolved.entry
@@ -137,21 +136,99 @@ def _graph_signature(
     decl_outputs = _declared(entry and entry.outputs) or _declared(
         _json_meta(metadata, "dslc.outputs", path)
     )
+    return Signature(
+        tuple(merge_spec(n, t, shape, decl_inputs.get(n)) for n, t, shape in inputs),
+        tuple(merge_spec(n, t, shape, decl_outputs.get(n)) for n, t, shape in outputs),
+    )
+
+
+def _session_ports(session: ort.InferenceSession, path: Path) -> tuple[list[_Port], list[_Port]]:
     try:  # onnxruntime decodes names lazily, on attribute access
-        return Signature(
-            tuple(
-                merge_spec(i.name, dtype_from_ort(i.type), i.shape, decl_inputs.get(i.name))
-                for i in session.get_inputs()
-            ),
-            tuple(
-                merge_spec(o.name, dtype_from_ort(o.type), o.shape, decl_outputs.get(o.name))
-                for o in session.get_outputs()
-            ),
+        return (
+            [(i.name, dtype_from_ort(i.type), i.shape) for i in session.get_inputs()],
+            [(o.name, dtype_from_ort(o.type), o.shape) for o in session.get_outputs()],
         )
     except UnicodeDecodeError:
         raise ModelError(
             f"{path}: an input or output name or dimension is not valid UTF-8 (corrupt file?)"
         ) from None
+
+
+# ONNX's TensorProto.DataType numbers, as the runtime names the types.
+_ONNX_TYPES = {
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    4: "uint16",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    8: "string",
+    9: "bool",
+    10: "float16",
+    11: "float64",
+    12: "uint32",
+    13: "uint64",
+    16: "bfloat16",
+}
+
+
+def _scanned_ports(scan: ModelScan) -> tuple[list[_Port], list[_Port]]:
+    def port(p: PortScan) -> _Port:
+        return p.name, _ONNX_TYPES.get(p.elem_type, f"onnx type {p.elem_type}"), p.shape or ()
+
+    return [port(p) for p in scan.inputs], [port(p) for p in scan.outputs]
+
+
+def _string_lists(
+    metadata: Mapping[str, str], resolved: Resolved
+) -> tuple[list[str] | None, list[str] | None]:
+    """The model's labels and vocabulary: from its metadata, else from its manifest entry."""
+    path, entry = resolved.onnx_path, resolved.entry
+    labels = _string_list(
+        _json_meta(metadata, "dslc.labels", path) or (entry and entry.labels), "dslc.labels", path
+    )
+    vocab = _string_list(
+        _json_meta(metadata, "dslc.vocab", path) or (entry and entry.vocab), "dslc.vocab", path
+    )
+    return labels, vocab
+
+
+@dataclass(frozen=True)
+class Description:
+    """What the file and its manifest say of a model, read without onnxruntime (``describe``)."""
+
+    path: Path
+    signature: Signature
+    metadata: dict[str, str]
+    labels: list[str] | None
+    vocab: list[str] | None
+    variant: str | None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.get("dslc.model") or self.path.stem
+
+
+def describe(
+    path: str | os.PathLike[str], *, model: str | None = None, variant: str | None = None
+) -> Description:
+    """The model ``Model.load(path, model=..., variant=...)`` would load, its checksums checked, without opening an
+    onnxruntime session: for a graph this machine has no kernels for (bfloat16 on the CPU)."""
+    resolved = resolve(Path(path), model, variant)
+    scan = scan_file(resolved.onnx_path)
+    check_external_data(resolved.onnx_path, scan)
+    metadata = dict(scan.metadata)
+    signature = _graph_signature(*_scanned_ports(scan), resolved, metadata)
+    check_ports(resolved, signature)
+    return Description(
+        resolved.onnx_path, signature, metadata, *_string_lists(metadata, resolved), variant
+    )
+
+
+def needs_cuda(metadata: Mapping[str, str]) -> bool:
+    """A graph of ``dslc build --precision bf16``: onnxruntime has bfloat16 kernels on CUDA only."""
+    return metadata.get("dslc.precision") == "bfloat16"
 
 
 def _ort_error_types() -> tuple[type[BaseException], ...]:
@@ -268,7 +345,7 @@ class Model:
         check_external_data(onnx_path, scan)
         metadata = dict(scan.metadata)
 
-        fallback = _providers.CPU_FALLBACK if not _needs_cuda(metadata) else _BF16_FALLBACK
+        fallback = _providers.CPU_FALLBACK if not needs_cuda(metadata) else _BF16_FALLBACK
         plan = _providers.resolve(
             providers,
             device_id=device_id,
@@ -320,19 +397,9 @@ class Model:
         if wanted != active[0]:
             notes.append(f"{wanted} failed to initialise; running on {active[0]}")
 
-        signature = _graph_signature(session, resolved, metadata)
+        signature = _graph_signature(*_session_ports(session, onnx_path), resolved, metadata)
         check_ports(resolved, signature)
-        entry = resolved.entry
-        labels = _string_list(
-            _json_meta(metadata, "dslc.labels", onnx_path) or (entry and entry.labels),
-            "dslc.labels",
-            onnx_path,
-        )
-        vocab = _string_list(
-            _json_meta(metadata, "dslc.vocab", onnx_path) or (entry and entry.vocab),
-            "dslc.vocab",
-            onnx_path,
-        )
+        labels, vocab = _string_lists(metadata, resolved)
         if enable_cuda_graph and active[0] not in (_providers.CUDA, _providers.TENSORRT):
             raise ProviderError("enable_cuda_graph=True needs the CUDA or TensorRT provider")
         if enable_cuda_graph:

@@ -3,6 +3,7 @@ manifest."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -128,6 +129,13 @@ def test_bf16_graph_computes_in_bfloat16_and_is_verified_in_the_reference_implem
     with pytest.raises(ModelError, match="computes in bfloat16, which onnxruntime's CPU provider has no kernels"):
         Model.load(tmp_path / "out" / half.onnx, providers="cpu")
     from dslc_runtime import ProviderError, providers
+    from dslc_runtime.cli import info_cli
+
+    shown = io.StringIO()
+    info_cli(tmp_path / "out", variant="bf16", providers="cpu", stream=shown)  # described from the file
+    lines = shown.getvalue().splitlines()
+    assert lines[1] == "provider: none on this machine" and "computes in bfloat16" in lines[2]
+    assert "    image: float32[batch, 1, 28, 28]" in lines and "    logits: float32[batch, 10]" in lines
 
     if providers.provider_problem(providers.CUDA) is not None:  # no GPU: the advice is not to fall back to the CPU
         with pytest.raises(ProviderError) as caught:

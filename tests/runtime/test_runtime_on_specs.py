@@ -31,6 +31,7 @@ class Block(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, Block())
 from dslc_runtime import Model
+from dslc_runtime.model import describe
 from dslc_runtime.cli import random_inputs
 
 results = {}
@@ -38,6 +39,8 @@ for directory in sys.argv[1:]:
     manifest = json.load(open(f"{directory}/manifest.json"))
     for entry in manifest["models"]:
         model = Model.load(directory, model=entry["name"], providers="cpu")
+        described = describe(directory, model=entry["name"])  # read from the file, as `info` does without a session
+        assert described.signature == model.signature, (directory, described.signature, model.signature)
         outputs = model.run(random_inputs(model, batch=2, dims={"time": 12}))
         results[f"{manifest['spec']}:{entry['name']}"] = {k: list(v.shape) for k, v in outputs.items()}
 print(json.dumps(results))
