@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -243,10 +244,8 @@ def info_cli(
         m = Model.load(model_path, model=model, variant=variant, providers=providers)
         provider, notes = m.provider, [*m.notes, *([m.cpu_only] if m.cpu_only else [])]
     except ModelError as exc:
-        try:
-            m = describe(model_path, model=model, variant=variant)
-        except DslcRuntimeError:
-            raise exc from None
+        # the file's own error comes first (a manifest disagreeing with the graph), then the session's
+        m = describe(model_path, model=model, variant=variant)
         if not needs_cuda(m.metadata):
             raise
         provider, notes = "none on this machine", [str(exc)]
@@ -512,6 +511,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DslcRuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted
+        os.dup2(
+            os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()
+        )  # no second error flushing stdout at exit
+        return 141  # as a shell reports SIGPIPE
     return 0
 
 

@@ -136,6 +136,11 @@ def test_bf16_graph_computes_in_bfloat16_and_is_verified_in_the_reference_implem
     lines = shown.getvalue().splitlines()
     assert lines[1] == "provider: none on this machine" and "computes in bfloat16" in lines[2]
     assert "    image: float32[batch, 1, 28, 28]" in lines and "    logits: float32[batch, 10]" in lines
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    manifest["models"][0]["inputs"][0]["shape"] = ["batch", 3, 28, 28]
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="input 'image' dim 1 is 3 in the manifest"):  # not the CPU's missing kernels
+        info_cli(tmp_path / "out", variant="bf16", providers="cpu", stream=io.StringIO())
 
     if providers.provider_problem(providers.CUDA) is not None:  # no GPU: the advice is not to fall back to the CPU
         with pytest.raises(ProviderError) as caught:

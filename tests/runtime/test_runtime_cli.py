@@ -148,3 +148,17 @@ def test_node_example_matches_python(tmp_path):
     assert res.returncode == 0, res.stderr
     python_logits = Model.load(IRIS, providers="cpu")(features=x)["logits"]
     np.testing.assert_allclose(_outputs(res.stdout), python_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_closed_pipe_ends_run_quietly(tmp_path):
+    """`python -m dslc_runtime run ... | head -1`: exit 141, as a shell's SIGPIPE, with no traceback."""
+    from rt_hostile import build_identities
+
+    model = build_identities(tmp_path / "many.onnx", [f"output_{i:04d}" for i in range(3000)])  # > a pipe's buffer
+    np.save(tmp_path / "x.npy", np.ones(2, np.float32))
+    command = [sys.executable, "-m", "dslc_runtime", "run", str(model), "--input", f"x={tmp_path / 'x.npy'}"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline().startswith(b"many on CPUExecutionProvider")
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141 and stderr == "", stderr
