@@ -13,6 +13,8 @@ initialisation and named in the log.
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +36,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             state: Any = dict(sorted(load_file(str(p)).items()))  # in name order: safetensors' is random
         else:
-            state = torch.load(p, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's advice on pickle protocols is not the user's to act on
+                warnings.simplefilter("ignore")
+                state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (any unreadable file: a message, not a traceback)
+        # weights-only loading never runs code from the file; it refuses any pickle of other objects (or of no
+        # checkpoint at all) with a long message suggesting weights_only=False, which this must not follow
+        detail = "not a state dict" if isinstance(exc, pickle.UnpicklingError) else (str(exc).splitlines() or [""])[0]
         raise error(
             None,
-            f"--weights: cannot read {p} ({type(exc).__name__}: {exc})",
+            f"--weights: cannot read {p} ({type(exc).__name__}: {detail[:200]})",
             "pass a .safetensors file or a state_dict saved with torch.save(model.state_dict(), path)",
         ) from None
     for key in WRAPPERS:
@@ -56,20 +63,36 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _fitting(state: dict[str, torch.Tensor], model: nn.Module, shapes: bool = True) -> int:
+    """How many of the file's tensors `model` has by name (and, with `shapes`, of the same shape)."""
+    expected = model.state_dict()
+    return sum(k in expected and (not shapes or expected[k].shape == v.shape) for k, v in state.items())
+
+
 def _pick(state: dict[str, torch.Tensor], models: dict[str, nn.Module], path: str) -> str:
+    """The model a file given without MODEL= is for: the one holding most of its tensors, names and shapes (gan's
+    generator and discriminator both name theirs fc1..fc3), else names alone."""
     keys = set(state)
-    overlap = {name: len(keys & set(m.state_dict())) for name, m in models.items()}
-    exact = [name for name, m in models.items() if set(m.state_dict()) == keys]
-    if len(exact) == 1:
-        return exact[0]
-    best = max(overlap, key=lambda n: overlap[n])
-    if overlap[best] == 0:
+    for shapes in (True, False):
+        scores = {name: _fitting(state, m, shapes) for name, m in models.items()}
+        best = max(scores.values())
+        if not best:
+            continue
+        tied = [name for name, score in scores.items() if score == best]
+        exact = [name for name in tied if set(models[name].state_dict()) == keys]
+        if len(tied) == 1 or len(exact) == 1:
+            return (exact or tied)[0]
         raise error(
             None,
-            f"--weights: {path} shares no parameter name with any model ({', '.join(models)})",
-            f"e.g. the file has '{next(iter(keys))}'; model '{best}' has '{next(iter(models[best].state_dict()), '')}'",
+            f"--weights: {path} fits the models {', '.join(tied)} alike",
+            f"say which it is for: --weights {tied[0]}={path}",
         )
-    return best
+    first = next(iter(models))
+    raise error(
+        None,
+        f"--weights: {path} shares no parameter name with any model ({', '.join(models)})",
+        f"e.g. the file has '{next(iter(keys))}'; model '{first}' has '{next(iter(models[first].state_dict()), '')}'",
+    )
 
 
 def tied_groups(expected: dict[str, torch.Tensor]) -> list[list[str]]:
@@ -127,7 +150,7 @@ def load_weights(items: list[str], models: dict[str, nn.Module], ignore_mismatch
         if not sep or name not in models:  # FILE alone, or a file name holding '='
             name, path = "", item
         for target, state in _states(path, name, models):
-            lines += _load_one(path, target, state, models[target], ignore_mismatched_sizes)
+            lines += _load_one(path, target, state, models, ignore_mismatched_sizes)
     return lines
 
 
@@ -154,11 +177,13 @@ def _states(path: str, name: str, models: dict[str, nn.Module]) -> list[tuple[st
 
 
 def _load_one(
-    path: str, name: str, state: dict[str, torch.Tensor], model: nn.Module, ignore_mismatched_sizes: bool
+    path: str, name: str, state: dict[str, torch.Tensor], models: dict[str, nn.Module], ignore_mismatched_sizes: bool
 ) -> list[str]:
-    """Load `state` into `model` (named `name`); returns log lines."""
+    """Load `state` into the model `name` of `models`; returns log lines."""
     lines = []
+    model = models[name]
     expected = model.state_dict()
+    elsewhere = [n for n, m in models.items() if n != name and _fitting(state, m) == len(state)]
     given = len(state)
     state = with_tied_keys(state, expected)
     missing = [k for k in expected if k not in state]
@@ -166,7 +191,7 @@ def _load_one(
     mismatched = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched]
     kept = []
-    if ignore_mismatched_sizes and shapes:
+    if ignore_mismatched_sizes and shapes and len(mismatched) < len(state):
         kept, shapes = shapes, []
         state = {k: v for k, v in state.items() if k not in mismatched}
     if missing or unexpected or shapes:
@@ -181,11 +206,13 @@ def _load_one(
         raise error(
             None,
             f"--weights: {path} does not fit model '{name}' (strict load): " + "; ".join(parts),
-            (not unexpected and not shapes and _untied_hint(missing, state, expected))
+            (elsewhere and f"the file fits model '{elsewhere[0]}': --weights {elsewhere[0]}={path}")
+            or (not unexpected and not shapes and _untied_hint(missing, state, expected))
             or (
                 shapes
                 and not missing
                 and not unexpected
+                and len(mismatched) < len(state)  # a new head, not another model's file
                 and "a new head? --ignore-mismatched-sizes leaves the tensors of another shape freshly initialised"
             )
             or "check the spec's constants (e.g. --set classes=...) against the checkpoint",

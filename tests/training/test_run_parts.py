@@ -259,6 +259,42 @@ def test_weights_from_an_epoch_checkpoint_go_to_each_model_it_holds(tmp_path):
         load_weights([str(path)], fresh)
 
 
+def test_a_file_alone_goes_to_the_model_of_its_names_and_shapes(tmp_path):
+    """gan's generator and discriminator both name their layers fc1..fc3: the shapes say which model a file is for."""
+    from safetensors.torch import save_file
+
+    trained = nn.Linear(4, 1)
+    path = tmp_path / "discriminator.safetensors"
+    save_file(trained.state_dict(), path)
+    models = {"generator": nn.Linear(3, 4), "discriminator": nn.Linear(4, 1)}
+    assert load_weights([str(path)], models) == [f"loaded 2 tensors from {path} into 'discriminator'"]
+    assert torch.equal(models["discriminator"].weight, trained.weight)
+    for ignore in (False, True):  # not another model's file taken for a new head, loading nothing
+        with pytest.raises(DslcError, match="does not fit model 'generator'") as caught:
+            load_weights([f"generator={path}"], models, ignore_mismatched_sizes=ignore)
+        assert (
+            caught.value.diagnostics[0].hint == f"the file fits model 'discriminator': --weights discriminator={path}"
+        )
+    with pytest.raises(DslcError, match="fits the models a, b alike") as caught:
+        load_weights([str(path)], {"a": nn.Linear(4, 1), "b": nn.Linear(4, 1)})
+    assert caught.value.diagnostics[0].hint == f"say which it is for: --weights a={path}"
+
+
+def test_a_file_that_is_no_state_dict_is_refused_in_one_line_without_running_it(tmp_path):
+    import pickle
+
+    script = tmp_path / "model.py"
+    script.write_text("print('hello')\n")
+    hostile = tmp_path / "weights.pt"
+    hostile.write_bytes(pickle.dumps({"a": os.system}))  # a pickle that names a function: never called
+    for path in (script, hostile):
+        with pytest.raises(DslcError) as caught:
+            load_weights([str(path)], {"mlp": nn.Linear(3, 4)})
+        assert (
+            caught.value.diagnostics[0].message == f"--weights: cannot read {path} (UnpicklingError: not a state dict)"
+        )
+
+
 # ---------------------------------------------------------------- what a resume must match
 
 
