@@ -318,7 +318,19 @@ def _write_int8(source: Path, target: Path) -> list[str]:
         align_data_mode(target)
     finally:
         logging.disable(logging.NOTSET)
+    if not _has_int8_weights(target):
+        return [f"{NOTHING_QUANTIZED}: no matrix product or embedding holds weights (convolutions stay float32)"]
     return []
+
+
+NOTHING_QUANTIZED = "nothing to quantize"  # the int8 graph is the float32 one (unet: only convolutions)
+
+
+def _has_int8_weights(path: Path) -> bool:
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    return any(t.data_type == onnx.TensorProto.INT8 for t in model.graph.initializer)
 
 
 def _write_half(source: Path, target: Path, precision: str) -> list[str]:
@@ -389,7 +401,8 @@ def _write_variant(variant: Variant, model, program: ir.ProgramIR, module: ir.Mo
                 variant.hint,
             )
     size, fp32_size = file_bytes(path), file_bytes(onnx_path)
-    if size >= fp32_size:  # a tiny model: the Casts (or quantization scales) outweigh what the weights save
+    # a tiny model: the Casts (or quantization scales) outweigh what its weights save
+    if size >= fp32_size and not any(n.startswith(NOTHING_QUANTIZED) for n in notes):
         notes = [
             *notes,
             f"not smaller than the float32 file: with {module.param_count:,} parameters, the nodes the conversion adds "

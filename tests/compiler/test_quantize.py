@@ -48,6 +48,19 @@ def test_a_variant_not_smaller_than_float32_says_why(tmp_path):
         assert variant.summary(tmp_path).endswith(variant.notes[0])
 
 
+def test_an_int8_graph_with_nothing_to_quantize_says_so(write_spec, tmp_path):
+    spec = write_spec("""
+        model m {
+            input x: float32[batch, 2, 8, 8]
+            output y = x -> Conv2d(4, 3, padding=1) -> ReLU
+        }
+    """)
+    (variant,) = build(spec, tmp_path / "out", variants=("int8",)).models[0].variants
+    assert variant.notes == [
+        "nothing to quantize: no matrix product or embedding holds weights (convolutions stay float32)"
+    ]
+
+
 def test_fp16_graph_computes_in_float16_behind_float32_inputs_and_outputs(tmp_path):
     result = build(SPECS / "cnn.model", tmp_path / "out", variants=("fp16", "int8"))
     (report,) = result.models
