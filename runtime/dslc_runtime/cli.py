@@ -27,6 +27,7 @@ from ._output_files import output_file_names, save_outputs
 from .errors import DslcRuntimeError, InputError, ModelError, ProviderError
 from .generation import Generator
 from .model import Description, Model, describe, needs_cuda
+from .providers import check_known
 from .signature import TensorSpec, display, quoted
 
 __all__ = [
@@ -266,7 +267,7 @@ def info_cli(
 
 
 def random_inputs(
-    model: Model, batch: int, dims: Mapping[str, int] | None = None, seed: int = 0
+    model: Model | Description, batch: int, dims: Mapping[str, int] | None = None, seed: int = 0
 ) -> dict[str, np.ndarray]:
     """Random inputs matching the signature: leading symbolic dim = ``batch``; ints are zeros."""
     rng = np.random.default_rng(seed)
@@ -342,11 +343,19 @@ def bench_cli(
             print(header.pop(), file=out)
         print(text, file=out)
 
+    for request in providers:  # a typo is an error; a provider this machine lacks is skipped
+        check_known(request)
+    skipped = []
     for request in providers:
         try:
             m = Model.load(model_path, model=model, variant=variant, providers=request)
-        except ProviderError as exc:
+        except (ProviderError, ModelError) as exc:
+            if isinstance(exc, ModelError) and not needs_cuda(
+                describe(model_path, model=model, variant=variant).metadata
+            ):
+                raise  # a graph no provider could run, not one this provider cannot
             row(f"{request:<28} skipped: {exc}")
+            skipped.append(request)
             continue
         lead = (
             m.signature.inputs[0].shape[0]
@@ -370,6 +379,10 @@ def bench_cli(
                 f"{m.provider:<28} {actual:>5} {p50:>9.3f} {p90:>9.3f} {p99:>9.3f} "
                 f"{result.throughput:>11.1f}"
             )
+    if not results:
+        raise ProviderError(
+            f"nothing measured: no provider asked for ({', '.join(skipped)}) can run the model here"
+        )
     return results
 
 

@@ -117,6 +117,16 @@ def provider_problem(name: str, device_id: int = 0) -> str | None:
     return _gpu_problem(device_id)
 
 
+def check_known(name: str) -> None:
+    """Refuse a provider name that is neither an alias ('auto', 'cpu', 'cuda', ...) nor onnxruntime's (a typo)."""
+    known = {"auto", *ALIASES} | set(ALIASES.values()) | set(ort.get_available_providers())
+    if name not in known and name.lower() not in ALIASES and name.lower() != "auto":
+        raise ProviderError(
+            f"unknown execution provider {name!r}; use 'auto', 'cpu', 'cuda', 'tensorrt' "
+            f"or one of {', '.join(ort.get_available_providers())}"
+        )
+
+
 def resolve(
     request: ProviderRequest,
     *,
@@ -154,13 +164,8 @@ def resolve(
         names = [ALIASES.get(n.lower(), n) for n in request]
     if not names:
         raise ProviderError("empty provider list")
-    known = set(ALIASES.values()) | set(ort.get_available_providers())
     for name in names:
-        if name not in known:
-            raise ProviderError(
-                f"unknown execution provider {name!r}; use 'auto', 'cpu', 'cuda', 'tensorrt' "
-                f"or one of {', '.join(ort.get_available_providers())}"
-            )
+        check_known(name)
     # Complete the chain: TensorRT -> CUDA -> CPU.
     chain = list(dict.fromkeys(names))
     if chain[0] == TENSORRT and CUDA not in chain:

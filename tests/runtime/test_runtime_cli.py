@@ -63,6 +63,19 @@ def test_python_m_run_and_errors(tmp_path, models):
     assert "missing input(s): scale" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_bench_refuses_a_typo_and_a_run_that_measures_nothing(models):
+    from dslc_runtime import ProviderError
+    from dslc_runtime import providers as prov
+
+    with pytest.raises(ProviderError, match="unknown execution provider 'cpux'"):
+        bench_cli(models.classifier, ["cpu", "cpux"], [1], iterations=1, stream=io.StringIO())  # before measuring
+    if prov.provider_problem(prov.CUDA) is not None:  # a provider this machine lacks is skipped, but not all of them
+        out = io.StringIO()
+        with pytest.raises(ProviderError, match=r"nothing measured: no provider asked for \(cuda\) can run"):
+            bench_cli(models.classifier, ["cuda"], [1], iterations=1, stream=out)
+        assert "cuda                         skipped: CUDAExecutionProvider was requested" in out.getvalue()
+
+
 def test_bench_and_info(models, capsys):
     out = io.StringIO()
     results = bench_cli(models.classifier, ["cpu"], [1, 4], iterations=5, warmup=1, stream=out)
