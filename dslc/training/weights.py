@@ -139,6 +139,7 @@ def load_weights(items: list[str], models: dict[str, nn.Module], ignore_mismatch
     """Load each `[MODEL=]FILE` into its model (strict, but for the tensors of another shape with
     `ignore_mismatched_sizes`); returns log lines."""
     lines = []
+    loaded: dict[str, str] = {}  # model -> the file that gave its weights
     for item in items:
         name, sep, path = item.partition("=")
         if sep and name not in models and name.isidentifier() and not Path(item).exists():
@@ -150,6 +151,13 @@ def load_weights(items: list[str], models: dict[str, nn.Module], ignore_mismatch
         if not sep or name not in models:  # FILE alone, or a file name holding '='
             name, path = "", item
         for target, state in _states(path, name, models):
+            if target in loaded:
+                raise error(
+                    None,
+                    f"--weights: model '{target}' is given weights twice ({loaded[target]} and {path})",
+                    "give each model one file",
+                )
+            loaded[target] = path
             lines += _load_one(path, target, state, models, ignore_mismatched_sizes)
     return lines
 
@@ -157,10 +165,17 @@ def load_weights(items: list[str], models: dict[str, nn.Module], ignore_mismatch
 def _states(path: str, name: str, models: dict[str, nn.Module]) -> list[tuple[str, dict[str, torch.Tensor]]]:
     """(model, state dict) pairs a file gives: a state dict for `name` (or the model whose names it holds), or from
     an epoch checkpoint of a run (`checkpoints/epoch-0003.safetensors`) each model it holds, or `name`'s."""
-    from dslc.training.checkpoint import model_states
+    from dslc.training.checkpoint import CheckpointError, model_states
 
     p = Path(path)
-    held = model_states(p) if p.is_file() else None
+    try:
+        held = model_states(p) if p.is_file() else None
+    except CheckpointError as exc:  # its hint is about --resume
+        raise error(
+            None,
+            f"--weights: {exc.diagnostics[0].message}",
+            "pass another checkpoint of the run, or the weights file its export wrote (<model>.safetensors)",
+        ) from None
     if held is None:
         state = read_state_dict(path)
         return [(name or _pick(state, models, path), state)]

@@ -77,7 +77,7 @@ def clean_ort_message(message: str) -> str:
 
 _BF16_FALLBACK = (
     "The graph computes in bfloat16, which onnxruntime's CPU provider has no kernels for: falling back to the CPU "
-    "would not run it; load the float32 or fp16 graph of the build there."
+    "would not run it; load the build's float32 graph there (no variant), or its fp16 one (variant='fp16', --variant fp16)."
 )
 
 
@@ -87,7 +87,7 @@ def _precision_hint(metadata: Mapping[str, str], message: str) -> str:
         return ""
     return (
         " (the graph computes in bfloat16, which onnxruntime's CPU provider has no kernels for: run it on the "
-        "CUDA provider (providers='cuda', --providers cuda), or load the float32 or fp16 graph of the build on the CPU)"
+        "CUDA provider (providers='cuda', --providers cuda), or load the build's float32 or fp16 graph on the CPU: no variant, or variant='fp16' (--variant fp16))"
     )
 
 

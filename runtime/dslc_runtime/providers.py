@@ -93,7 +93,7 @@ def _gpu_problem(device_id: int) -> str | None:
     return None
 
 
-CPU_FALLBACK = "Use providers='auto' to fall back to CPU."
+CPU_FALLBACK = "Use providers='auto' (--providers auto) to fall back to CPU."
 """What a refused explicit provider request advises, unless the graph cannot run on the CPU either."""
 
 

@@ -246,6 +246,11 @@ def test_weights_from_an_epoch_checkpoint_go_to_each_model_it_holds(tmp_path):
     alone = {"generator": nn.Linear(3, 4), "discriminator": nn.Linear(4, 1)}
     load_weights([f"discriminator={path}"], alone)
     assert torch.equal(alone["discriminator"].weight, trained["discriminator"].weight)
+    with pytest.raises(DslcError, match="model 'discriminator' is given weights twice"):
+        load_weights(
+            [str(path), f"discriminator={path}"],
+            {n: nn.Linear(m.in_features, m.out_features) for n, m in trained.items()},
+        )
     assert not torch.equal(alone["generator"].weight, trained["generator"].weight)
     with pytest.raises(DslcError, match="this spec has no model 'critic'") as caught:
         load_weights([f"critic={path}"], alone)  # a typo is not taken for a file named 'critic=...'
@@ -255,8 +260,9 @@ def test_weights_from_an_epoch_checkpoint_go_to_each_model_it_holds(tmp_path):
     damaged = bytearray(path.read_bytes())
     damaged[-1] ^= 1  # a weight's last byte
     path.write_bytes(bytes(damaged))
-    with pytest.raises(DslcError, match="does not match its checksum"):
+    with pytest.raises(DslcError, match="does not match its checksum") as caught:
         load_weights([str(path)], fresh)
+    assert caught.value.diagnostics[0].hint.startswith("pass another checkpoint of the run")  # not about --resume
 
 
 def test_a_file_alone_goes_to_the_model_of_its_names_and_shapes(tmp_path):
