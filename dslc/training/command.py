@@ -40,6 +40,10 @@ def prepare_run(
             "add `train { data = ...  loss = ... }`; see docs/training.md",
         )
     stem = program.module_name
+    if flags and flags.get("weights"):
+        from dslc.training.weights import check_weight_sources
+
+        check_weight_sources(list(flags["weights"]), [m.spec_name for m in program.exported])
     found = ckpt.checkpoints(out / "checkpoints")
     if found and not resume:
         raise error(

@@ -135,21 +135,36 @@ def _untied_hint(missing: list[str], state: dict[str, torch.Tensor], expected: d
     return None
 
 
+def weight_source(item: str, models: list[str]) -> tuple[str, str]:
+    """(model or "", file) of a `[MODEL=]FILE` of `--weights`, for a spec with these `models`."""
+    name, sep, path = item.partition("=")
+    if sep and name not in models and name.isidentifier() and not Path(item).exists():
+        raise error(
+            None,
+            f"--weights {name}=...: this spec has no model '{name}'",
+            f"its models: {', '.join(models)}; or pass the file alone, for the model whose parameter names it holds",
+        )
+    if not sep or name not in models:  # FILE alone, or a file name holding '='
+        return "", item
+    return name, path
+
+
+def check_weight_sources(items: list[str], models: list[str]) -> None:
+    """What `--weights` can be told before any model is built: each names a model of the spec and an existing file
+    (so a refused run writes nothing)."""
+    for item in items:
+        _, path = weight_source(item, models)
+        if not Path(path).is_file():
+            raise error(None, f"--weights: no file {path}")
+
+
 def load_weights(items: list[str], models: dict[str, nn.Module], ignore_mismatched_sizes: bool = False) -> list[str]:
     """Load each `[MODEL=]FILE` into its model (strict, but for the tensors of another shape with
     `ignore_mismatched_sizes`); returns log lines."""
     lines = []
     loaded: dict[str, str] = {}  # model -> the file that gave its weights
     for item in items:
-        name, sep, path = item.partition("=")
-        if sep and name not in models and name.isidentifier() and not Path(item).exists():
-            raise error(
-                None,
-                f"--weights {name}=...: this spec has no model '{name}'",
-                f"its models: {', '.join(models)}; or pass the file alone, for the model whose parameter names it holds",
-            )
-        if not sep or name not in models:  # FILE alone, or a file name holding '='
-            name, path = "", item
+        name, path = weight_source(item, list(models))
         for target, state in _states(path, name, models):
             if target in loaded:
                 raise error(

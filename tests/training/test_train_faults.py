@@ -482,3 +482,22 @@ def test_a_spec_named_like_python_is_copied_as_a_model_file(tmp_path):
         assert (out / f"{module}.model").read_text() == spec.read_text()
         assert "MODELS = " in (out / f"{module}.py").read_text()
         assert sorted(p.name for p in out.glob("*.py")) == sorted({f"{module}.py", f"{module}_train.py"})
+
+
+def test_a_refused_weights_option_writes_nothing_into_an_existing_folder(tmp_path):
+    """`--weights critic=FILE` for a spec without a model 'critic', or a file that is not there, is refused before
+    the run's code is written: a folder of the user's gets no half-started run."""
+    from dslc.training.command import prepare_run
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    weights = tmp_path / "d.safetensors"
+    weights.write_bytes(b"")
+    for items, message in (
+        ([f"critic={weights}"], "this spec has no model 'critic'"),
+        ([str(tmp_path / "gone.safetensors")], "no file"),
+    ):
+        with pytest.raises(DslcError, match=message):
+            prepare_run(SPECS / "gan.model", out, [], resume=False, flags={"weights": items})
+        assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
