@@ -103,6 +103,7 @@ class TrainChecker:
         self.models = {m.spec_name: m for m in program.exported}
         self.consts = program.constants
         self.fields: dict[str, TensorType] = {}
+        self.data_loc: Loc | None = None  # the `data = ...` setting, once checked
         self.base = data_dir
         self._step_bodies: dict[str, TrainBody] = {}
         self._losses: dict[str, ir.Expr] = {}
@@ -120,7 +121,7 @@ class TrainChecker:
         data = self.guard(lambda: self.data(root_settings.get("data"), self.train.loc))
         if data is None:
             return None
-        self.fields = data.fields
+        self.fields, self.data_loc = data.fields, data.loc
         act = self.guard(lambda: self.policy(data)) if data.rollout else None
         for key in IN_MEMORY_SETTINGS if data.rollout else ():
             if key in root_settings:
@@ -230,7 +231,7 @@ class TrainChecker:
             self.refused.add(name)
 
     def body(self, lets: dict[str, ast.Setting], parent: TrainBody | None) -> TrainBody:
-        body = TrainBody(self.checker, self.scope, self.models, self.fields, lets, parent)
+        body = TrainBody(self.checker, self.scope, self.models, self.fields, lets, parent, self.data_loc)
         body.env.update(dict.fromkeys(self.refused, POISON))
         return body
 

@@ -34,11 +34,13 @@ class TrainBody(BodyChecker):
         fields: dict[str, TensorType],
         lets: dict[str, ast.Setting],
         parent: TrainBody | None = None,
+        data_loc: Loc | None = None,
     ) -> None:
         super().__init__(checker, None, scope, {}, None)
         self.in_train = True
         self.models = models
         self.fields = fields
+        self.data_loc = data_loc  # the `data = ...` setting: where a field a model is fed implicitly comes from
         self.lets = lets
         self.parent = parent
         self.resolving: list[str] = []
@@ -113,6 +115,10 @@ class TrainBody(BodyChecker):
             return
         self.bound.append(name)
 
+    def _is_field(self, name: str) -> bool:
+        """Whether `name` reads the data set's field, not a train tensor of that name."""
+        return name in self.fields and name not in self.lets and (self.parent is None or self.parent._is_field(name))
+
     def _producer(self, name: str, loc: Loc) -> ir.ModuleIR | None:
         producers = [m for m in self.models.values() if any(p.name == name for p in m.outputs)]
         if len(producers) > 1:
@@ -133,7 +139,14 @@ class TrainBody(BodyChecker):
                     or f"define it in the train section, e.g. `{port.name} = ...`, or call the model explicitly",
                 )
             inputs.append(self.tensor_named(port.name, loc))
-        call = self.model_call(model, inputs, loc)
+        fields = [self.data_loc is not None and self._is_field(p.name) for p in model.inputs]
+        call = self.model_call(
+            model,
+            inputs,
+            loc,
+            [self.data_loc if field else loc for field in fields],
+            [f"the data set's '{p.name}'" if field else "this" for p, field in zip(model.inputs, fields)],
+        )
         targets = [p.name for p in model.outputs]
         for target in targets:
             check_identifier(target, model.loc, "model output", role="script")
@@ -190,18 +203,27 @@ class TrainBody(BodyChecker):
         return self.model_call(model, inputs, expr.loc, [a.loc for a in expr.args])
 
     def model_call(
-        self, model: ir.ModuleIR, inputs: list[ir.Expr], loc: Loc, arg_locs: list[Loc] | None = None
+        self,
+        model: ir.ModuleIR,
+        inputs: list[ir.Expr],
+        loc: Loc,
+        arg_locs: list[Loc] | None = None,
+        subjects: list[str] | None = None,
     ) -> ir.ModelCall:
-        """The call, its output types in the caller's sizes (`time` of the model is the field's `frames`)."""
+        """The call, its output types in the caller's sizes (`time` of the model is the field's `frames`); a mismatch
+        is reported at the argument's location, calling it by its subject ("this", "the data set's 'image'")."""
         sizes: dict[str, Any] = {}
         for i, (value, port) in enumerate(zip(inputs, model.inputs)):
-            self._match_port(value.type, port, model, arg_locs[i] if arg_locs else loc, sizes)
+            where, subject = (arg_locs[i] if arg_locs else loc), (subjects[i] if subjects else "this")
+            self._match_port(value.type, port, model, where, sizes, subject)
         types = [o.type.with_shape(tuple(substitute(d, sizes) for d in o.type.shape)) for o in model.outputs]
         if model.spec_name not in self.models_used:
             self.models_used.append(model.spec_name)
         return ir.ModelCall(types, model.spec_name, list(inputs))
 
-    def _match_port(self, actual: TensorType, port: ir.Port, model: ir.ModuleIR, loc: Loc, sizes: dict) -> None:
+    def _match_port(
+        self, actual: TensorType, port: ir.Port, model: ir.ModuleIR, loc: Loc, sizes: dict, subject: str = "this"
+    ) -> None:
         want = port.type
         problem = None
         if actual.dtype != want.dtype:
@@ -221,7 +243,7 @@ class TrainBody(BodyChecker):
                     break
         if problem:
             self.fail(
-                loc, f"this is {actual} but model '{model.spec_name}' input '{port.name}' expects {want}", problem
+                loc, f"{subject} is {actual} but model '{model.spec_name}' input '{port.name}' expects {want}", problem
             )
 
     # ------------------------------------------------------------ what a train section may not hold

@@ -138,7 +138,7 @@ def test_feature_columns_by_range_or_glob(tmp_path, features):
     [
         (
             '"t0:t22"',
-            "this is float32[batch, 23] but model 'm' input 'features' expects float32[batch, 24]",
+            "the data set's 'features' is float32[batch, 23] but model 'm' input 'features' expects float32[batch, 24]",
         ),  # 23 columns for a model of 24: the shapes disagree
         ('"t23:t0"', "column range 't23:t0' is empty: 't23' comes after 't0'"),
         ('"u*"', "no column matches 'u*'"),
@@ -150,6 +150,12 @@ def test_bad_feature_selections_are_located_errors(tmp_path, features, message):
     code, output = check(tmp_path, features, WINDOW)
     assert code == 1 and message in output, output
     assert f"{tmp_path / 's.model'}:2:" in output
+
+
+def test_a_field_fed_to_a_model_implicitly_is_reported_at_the_data_set(tmp_path):
+    """`loss = mse(y, target)` runs the model on the field `features`: a width mismatch is the data set's."""
+    code, output = check(tmp_path, '"t0:t22"', WINDOW)
+    assert code == 1 and f"{tmp_path / 's.model'}:2:16: error: the data set's 'features' is" in output, output
 
 
 # ---------------------------------------------------------------- image folders and raw pixels
