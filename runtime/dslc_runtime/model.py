@@ -219,11 +219,31 @@ def describe(
     scan = scan_file(resolved.onnx_path)
     check_external_data(resolved.onnx_path, scan)
     metadata = dict(scan.metadata)
+    _check_precision(resolved, variant, metadata)
     signature = _graph_signature(*_scanned_ports(scan), resolved, metadata)
     check_ports(resolved, signature)
     return Description(
         resolved.onnx_path, signature, metadata, *_string_lists(metadata, resolved), variant
     )
+
+
+_PRECISIONS = {
+    "fp16": "float16",
+    "bf16": "bfloat16",
+}  # a variant's dslc.precision metadata (int8 and float32: none)
+
+
+def _check_precision(resolved: Resolved, variant: str | None, metadata: Mapping[str, str]) -> None:
+    """A graph found through a manifest computes in the type its entry says: not a float16 file as the float32 one."""
+    if resolved.entry is None:
+        return
+    want, got = _PRECISIONS.get(variant or ""), metadata.get("dslc.precision")
+    if got != want:
+        listed = f"its {variant} graph" if variant else "its graph"
+        raise ModelError(
+            f"{resolved.manifest_path}: model {quoted(resolved.entry.name)}: {listed} {resolved.onnx_path.name} "
+            f"computes in {got or 'float32'}, not {want or 'float32'} (the manifest names the wrong file)"
+        )
 
 
 def needs_cuda(metadata: Mapping[str, str]) -> bool:
@@ -344,6 +364,7 @@ class Model:
         scan = scan_file(onnx_path)
         check_external_data(onnx_path, scan)
         metadata = dict(scan.metadata)
+        _check_precision(resolved, variant, metadata)
 
         fallback = _providers.CPU_FALLBACK if not needs_cuda(metadata) else _BF16_FALLBACK
         plan = _providers.resolve(

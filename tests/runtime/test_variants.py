@@ -71,6 +71,19 @@ def test_a_variant_outside_the_build_directory_is_refused(folder, tmp_path):
         Model.load(folder, variant="fp16", providers="cpu")
 
 
+def test_a_manifest_naming_a_graph_of_another_precision_is_refused(folder):
+    """Checksums show the file is the one the manifest names, not that it is the kind the entry says."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    entry = manifest["models"][0]
+    fp16, fp32 = dict(entry["fp16"]), {"onnx": entry["onnx"], "onnx_sha256": entry["onnx_sha256"]}
+    entry["fp16"], entry["onnx"], entry["onnx_sha256"] = fp32, fp16["onnx"], fp16["onnx_sha256"]  # swapped
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="its fp16 graph cnn.onnx computes in float32, not float16"):
+        Model.load(folder, variant="fp16", providers="cpu")
+    with pytest.raises(ModelError, match="its graph cnn.fp16.onnx computes in float16, not float32"):
+        Model.load(folder, providers="cpu")
+
+
 def test_dslc_run_takes_a_variant(folder, tmp_path):
     np.save(tmp_path / "image.npy", np.zeros((1, 1, 28, 28), np.float32))
     run = [sys.executable, "-m", "dslc.cli", "run", str(folder), "-i", f"image={tmp_path / 'image.npy'}"]
