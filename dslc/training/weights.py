@@ -26,10 +26,15 @@ from dslc.errors import error
 WRAPPERS = ("state_dict", "model_state_dict", "model")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def _require_file(path: str | Path) -> Path:
     p = Path(path)
     if not p.is_file():
         raise error(None, f"--weights: no file {p}")
+    return p
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    p = _require_file(path)
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -153,9 +158,7 @@ def check_weight_sources(items: list[str], models: list[str]) -> None:
     """What `--weights` can be told before any model is built: each names a model of the spec and an existing file
     (so a refused run writes nothing)."""
     for item in items:
-        _, path = weight_source(item, models)
-        if not Path(path).is_file():
-            raise error(None, f"--weights: no file {path}")
+        _require_file(weight_source(item, models)[1])
 
 
 def load_weights(items: list[str], models: dict[str, nn.Module], ignore_mismatched_sizes: bool = False) -> list[str]:

@@ -97,9 +97,8 @@ def resolve(path: Path, model: str | None, variant: str | None = None) -> Resolv
     if not os.path.exists(onnx_path):
         raise ModelError(f"{manifest_path} lists {entry.onnx!r} but {onnx_path} does not exist")
     require_regular(onnx_path, "model file", ModelError)
-    if (
-        entry.onnx_sha256 is None
-    ):  # checked before onnxruntime parses the file: a damaged or swapped graph is refused
+    # checked before onnxruntime parses the file: a damaged or swapped graph is refused
+    if entry.onnx_sha256 is None:
         raise ModelError(
             f"invalid manifest {manifest_path}: model {quoted(entry.name)} gives no onnx_sha256 for {entry.onnx!r} "
             "(every dslc build records it); rebuild the folder, or load the .onnx file itself"

@@ -25,6 +25,7 @@ from .signature import (
     Signature,
     describe_values,
     display,
+    dtype_from_onnx,
     dtype_from_ort,
     dtype_name,
     input_error,
@@ -77,7 +78,8 @@ def clean_ort_message(message: str) -> str:
 
 _BF16_FALLBACK = (
     "The graph computes in bfloat16, which onnxruntime's CPU provider has no kernels for: falling back to the CPU "
-    "would not run it; load the build's float32 graph there (no variant), or its fp16 one (variant='fp16', --variant fp16)."
+    "would not run it; load the build's float32 graph there (no variant), or its fp16 one "
+    "(variant='fp16', --variant fp16)."
 )
 
 
@@ -87,7 +89,8 @@ def _precision_hint(metadata: Mapping[str, str], message: str) -> str:
         return ""
     return (
         " (the graph computes in bfloat16, which onnxruntime's CPU provider has no kernels for: run it on the "
-        "CUDA provider (providers='cuda', --providers cuda), or load the build's float32 or fp16 graph on the CPU: no variant, or variant='fp16' (--variant fp16))"
+        "CUDA provider (providers='cuda', --providers cuda), or load the build's float32 or fp16 graph on the CPU: "
+        "no variant, or variant='fp16' (--variant fp16))"
     )
 
 
@@ -154,28 +157,9 @@ def _session_ports(session: ort.InferenceSession, path: Path) -> tuple[list[_Por
         ) from None
 
 
-# ONNX's TensorProto.DataType numbers, as the runtime names the types.
-_ONNX_TYPES = {
-    1: "float32",
-    2: "uint8",
-    3: "int8",
-    4: "uint16",
-    5: "int16",
-    6: "int32",
-    7: "int64",
-    8: "string",
-    9: "bool",
-    10: "float16",
-    11: "float64",
-    12: "uint32",
-    13: "uint64",
-    16: "bfloat16",
-}
-
-
 def _scanned_ports(scan: ModelScan) -> tuple[list[_Port], list[_Port]]:
     def port(p: PortScan) -> _Port:
-        return p.name, _ONNX_TYPES.get(p.elem_type, f"onnx type {p.elem_type}"), p.shape or ()
+        return p.name, dtype_from_onnx(p.elem_type), p.shape or ()
 
     return [port(p) for p in scan.inputs], [port(p) for p in scan.outputs]
 
@@ -210,16 +194,24 @@ class Description:
         return self.metadata.get("dslc.model") or self.path.stem
 
 
-def describe(
-    path: str | os.PathLike[str], *, model: str | None = None, variant: str | None = None
-) -> Description:
-    """The model ``Model.load(path, model=..., variant=...)`` would load, its checksums checked, without opening an
-    onnxruntime session: for a graph this machine has no kernels for (bfloat16 on the CPU)."""
+def _open_file(
+    path: str | os.PathLike[str], model: str | None, variant: str | None
+) -> tuple[Resolved, ModelScan, dict[str, str]]:
+    """The graph ``path`` leads to, checked before onnxruntime sees it (checksums, external data, precision)."""
     resolved = resolve(Path(path), model, variant)
     scan = scan_file(resolved.onnx_path)
     check_external_data(resolved.onnx_path, scan)
     metadata = dict(scan.metadata)
     _check_precision(resolved, variant, metadata)
+    return resolved, scan, metadata
+
+
+def describe(
+    path: str | os.PathLike[str], *, model: str | None = None, variant: str | None = None
+) -> Description:
+    """The model ``Model.load(path, model=..., variant=...)`` would load, its checksums checked, without opening an
+    onnxruntime session: for a graph this machine has no kernels for (bfloat16 on the CPU)."""
+    resolved, scan, metadata = _open_file(path, model, variant)
     signature = _graph_signature(*_scanned_ports(scan), resolved, metadata)
     check_ports(resolved, signature)
     return Description(
@@ -227,10 +219,8 @@ def describe(
     )
 
 
-_PRECISIONS = {
-    "fp16": "float16",
-    "bf16": "bfloat16",
-}  # a variant's dslc.precision metadata (int8 and float32: none)
+# a variant's dslc.precision metadata (int8 and float32 graphs have none)
+_PRECISIONS = {"fp16": "float16", "bf16": "bfloat16"}
 
 
 def _check_precision(resolved: Resolved, variant: str | None, metadata: Mapping[str, str]) -> None:
@@ -359,12 +349,8 @@ class Model:
             optimization: graph optimization level: ``all`` (default), ``extended``, ``basic``,
                 ``none``.
         """
-        resolved = resolve(Path(path), model, variant)
+        resolved, scan, metadata = _open_file(path, model, variant)
         onnx_path = resolved.onnx_path
-        scan = scan_file(onnx_path)
-        check_external_data(onnx_path, scan)
-        metadata = dict(scan.metadata)
-        _check_precision(resolved, variant, metadata)
 
         fallback = _providers.CPU_FALLBACK if not needs_cuda(metadata) else _BF16_FALLBACK
         plan = _providers.resolve(

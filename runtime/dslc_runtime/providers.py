@@ -119,8 +119,8 @@ def provider_problem(name: str, device_id: int = 0) -> str | None:
 
 def check_known(name: str) -> None:
     """Refuse a provider name that is neither an alias ('auto', 'cpu', 'cuda', ...) nor onnxruntime's (a typo)."""
-    known = {"auto", *ALIASES} | set(ALIASES.values()) | set(ort.get_available_providers())
-    if name not in known and name.lower() not in ALIASES and name.lower() != "auto":
+    onnxruntime_names = {*ALIASES.values(), *ort.get_available_providers()}
+    if name.lower() not in {"auto", *ALIASES} and name not in onnxruntime_names:
         raise ProviderError(
             f"unknown execution provider {name!r}; use 'auto', 'cpu', 'cuda', 'tensorrt' "
             f"or one of {', '.join(ort.get_available_providers())}"

@@ -31,6 +31,29 @@ _ORT_TYPES = {
 }
 
 
+_ONNX_TYPES = {  # TensorProto.DataType numbers, as the graph file stores an input's type
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    4: "uint16",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    8: "string",
+    9: "bool",
+    10: "float16",
+    11: "float64",
+    12: "uint32",
+    13: "uint64",
+    16: "bfloat16",
+}
+
+
+def dtype_from_onnx(elem_type: int) -> str:
+    """ONNX's element type number (``1``) -> ``"float32"``, as :func:`dtype_from_ort` names it."""
+    return _ONNX_TYPES.get(elem_type, f"onnx type {elem_type}")
+
+
 def dtype_from_ort(type_str: str) -> str:
     """``"tensor(float)"`` -> ``"float32"``; non-tensor types are returned unchanged."""
     if type_str.startswith("tensor(") and type_str.endswith(")"):
