@@ -23,6 +23,7 @@ from dslc.errors import DslcError, Loc, Reporter, did_you_mean, error
 from dslc.fileio import spec_sha256
 from dslc.generalize import generalize
 from dslc.hints import layer_hint
+from dslc.id_flow import position_limits
 from dslc.initializers import INITIALIZERS
 from dslc.layer_table import LayerTable
 from dslc.layers import REGISTRY, AxisName, Op, ShapeError
@@ -205,8 +206,21 @@ class Checker:
             constants=dict(root.consts),
         )
 
+    def _limit_positions(self, module: ir.ModuleIR) -> None:
+        """Positions that index a table (a learned position embedding) may count no further than its rows: a fixed
+        count beyond them is an error, a symbolic one (`time`) becomes a size rule with a largest size."""
+        for limit in position_limits(module, self.modules):
+            why = f"{limit.layer} has {limit.rows} rows, and the positions it is given count to '{limit.count}'"
+            if isinstance(limit.count, Sym):
+                rule = SizeRule(limit.count, 1, why, limit.loc, at_most=limit.rows)
+                if rule.key not in {r.key for r in module.size_rules}:
+                    module.size_rules.append(rule)
+            elif limit.count > limit.rows:
+                self.reporter.error(limit.loc or module.loc, why, f"give it at least {limit.count} rows")
+
     def _check_size_rules(self, module: ir.ModuleIR) -> None:
         """Every model must run for some input sizes: refuse one whose size rules no sizes meet."""
+        self._limit_positions(module)
         _, unmet = solve_sizes(ir.default_sizes(module, ir.SMALLEST_SHIFT), module.size_rules)
         largest = ir.example_sizes(module, ir.LARGEST_SHIFT)
         for port in [*module.inputs, *module.outputs]:  # verification runs the model at these sizes
@@ -219,11 +233,7 @@ class Checker:
                 )
                 break
         for rule in unmet:
-            self.reporter.error(
-                rule.loc,
-                f"{rule.why}; no input size up to {MAX_EXAMPLE_SIZE} gives that",
-                "a kernel, pooling window or index larger than the input?",
-            )
+            self.reporter.error(rule.loc, *_unmet_rule_message(rule, module.size_rules))
 
     def instantiate(
         self,
@@ -304,7 +314,7 @@ class BodyChecker:
         self.current: ast.Stmt | None = None
         self.emitted_locs: set[Loc] = set()
         self.source_texts: dict[Loc, str] = {}
-        self.size_rules: dict[tuple[Any, int], SizeRule] = {}
+        self.size_rules: dict[tuple[Any, int, int | None], SizeRule] = {}
         self.next_local: dict[str, int] = {}  # fresh()'s next number per stem
         self.declared = names.declared  # fresh temporaries avoid them all
         self.in_train = False  # a train section's body may use losses and noise
@@ -398,7 +408,8 @@ class BodyChecker:
     def require(self, dim: Any, at_least: int, why: str, loc: Loc) -> None:
         """Record that a symbolic size must be at least `at_least` for the model to run."""
         if isinstance(dim, Sym) and not (at_least <= 1 and _input_size(dim)):
-            self.size_rules.setdefault((dim, at_least), SizeRule(dim, at_least, why, loc))
+            rule = SizeRule(dim, at_least, why, loc)
+            self.size_rules.setdefault(rule.key, rule)
 
     def require_op_sizes(self, op: Op, at_least: list[tuple[Any, int, str]], loc: Loc) -> None:
         """An op's minimum input sizes (`Inferred.at_least`): a fixed size below one is an error here, a symbolic
@@ -415,7 +426,7 @@ class BodyChecker:
         for t in types:
             for d in t.shape:
                 # An input's own size is at least 1; another size needs a rule, whose message is written once.
-                if isinstance(d, Sym) and not _input_size(d) and (d, 1) not in self.size_rules:
+                if isinstance(d, Sym) and not _input_size(d) and (d, 1, None) not in self.size_rules:
                     self.require(d, 1, f"{what} gives a tensor of size '{d}', which must be at least 1", loc)
 
     def check_size(self, what: str, outputs: list[TensorType], params: int, loc: Loc) -> None:
@@ -1205,7 +1216,7 @@ class BodyChecker:
         hyper = self.block_args(block, stage)
         module = self.checker.instantiate(block, scope, hyper, [x.type for x in inputs], stage.loc)
         for rule in module.size_rules:
-            self.size_rules.setdefault((rule.dim, rule.at_least), rule)
+            self.size_rules.setdefault(rule.key, rule)
         attr = name or self.layers.auto_attr(_snake(block.name))
         call_args = _call_args(module, hyper, inputs)
         self.layers.add(
@@ -1335,6 +1346,23 @@ def _call_args(module: ir.ModuleIR, hyper: dict[str, Any], inputs: list[ir.Expr]
 def _output_types(module: ir.ModuleIR, call_args: dict[str, Any]) -> list[TensorType]:
     """The block's output types with its parameters replaced by the caller's arguments."""
     return [o.type.with_shape(traced.substitute(tuple(o.type.shape), call_args)) for o in module.outputs]
+
+
+def _unmet_rule_message(rule: SizeRule, rules: list[SizeRule]) -> tuple[str, str]:
+    """(message, hint) for a size rule no sizes meet; a smallest and a largest that exclude each other name both."""
+    others = [r for r in rules if r is not rule and r.dim.atoms() & rule.dim.atoms()]
+    limit = next((r for r in others if r.at_most is not None), None)
+    if rule.at_most is not None:
+        needs = next((r for r in others if r.at_most is None), None)
+        but = f"{needs.why} (line {needs.loc.line})" if needs and needs.loc else "no input size meets that"
+        return f"{rule.why}, so it is at most {rule.at_most}; but {but}", "a larger table?"
+    if limit is not None:
+        where = f" (line {limit.loc.line})" if limit.loc else ""
+        return f"{rule.why}; but {limit.why}{where}, so it is at most {limit.at_most}", "a larger table?"
+    return (
+        f"{rule.why}; no input size up to {MAX_EXAMPLE_SIZE} gives that",
+        "a kernel, pooling window or index larger than the input?",
+    )
 
 
 def _gigabytes(count: int) -> str:

@@ -363,8 +363,8 @@ def export_decoder(torch_module: Any, program: ir.ProgramIR, module: ir.ModuleIR
     from dslc.export_onnx import state_arrays
 
     graphs = lower_decoder(program, module, state_arrays(torch_module))
-    if graphs is None:
-        return None
+    if graphs is None or longest_sequence(module, graphs.stepped_input) < 3:
+        return None  # not a decoder, or a context too short to decode in steps
     logits = logits_output(module, graphs.stepped_input)
     if logits is None:
         return None
@@ -408,6 +408,21 @@ class VerifyError(Exception):
     """The cache graphs do not reproduce the module's logits; the message says where."""
 
 
+def longest_sequence(module: ir.ModuleIR, tokens: str) -> int:
+    """The tokens verification decodes: PROMPT + STEPS + 2, or fewer where the model's position table is shorter."""
+    time = next(p for p in module.inputs if p.name == tokens).type.shape[1]
+    limits = [r.at_most for r in module.size_rules if r.at_most is not None and r.dim == time]
+    return min([PROMPT + STEPS + 2, *limits])
+
+
+def decode_spans(length: int) -> list[tuple[int, int]]:
+    """(start, stop) of the prompt, then of each decode step, over `length` tokens: single steps, and a last one
+    of two tokens where there is room."""
+    prompt = min(PROMPT, length - 2)
+    last = length - 2 if length - prompt >= 3 else length
+    return [(0, prompt), *((t, t + 1) for t in range(prompt, last)), *([(last, length)] if last < length else [])]
+
+
 def verify_decoder(
     torch_module: Any, program: ir.ProgramIR, module: ir.ModuleIR, graphs: DecoderGraphs, logits: str, files: list[Any]
 ) -> float:
@@ -419,9 +434,10 @@ def verify_decoder(
     from dslc.export_onnx import example_inputs
     from dslc.verify import TOLERANCE, Float64Reference, _float_difference, output_scale, session
 
+    spans = decode_spans(longest_sequence(module, graphs.stepped_input))
     tokens = next(p for p in module.inputs if p.name == graphs.stepped_input)
     sizes = dict(ir.example_sizes(module))
-    sizes[str(tokens.type.shape[1])] = PROMPT + STEPS + 2
+    sizes[str(tokens.type.shape[1])] = spans[-1][1]
     inputs = dict(zip([p.name for p in module.inputs], example_inputs(module, sizes, seed=7, program=program)))
     torch_module.eval()
     with torch.no_grad():
@@ -436,7 +452,6 @@ def verify_decoder(
     worst = 0.0
     allowed = TOLERANCE * output_scale(want)
     state: dict[str, np.ndarray] = {}
-    spans = [(0, PROMPT)] + [(t, t + 1) for t in range(PROMPT, PROMPT + STEPS)] + [(PROMPT + STEPS, PROMPT + STEPS + 2)]
     for step, (start, stop) in enumerate(spans):
         sess = sessions[0 if step == 0 else 1]
         wanted = {i.name for i in sess.get_inputs()}

@@ -19,8 +19,8 @@ import torch
 
 from dslc import __version__, ir
 from dslc.fileio import name_text
+from dslc.id_flow import int_input_bounds
 from dslc.ir import example_sizes, symbol_names  # noqa: F401 - part of this module's interface
-from dslc.layers import REGISTRY
 from dslc.onnx_files import save
 from dslc.shapes import Sym
 
@@ -48,131 +48,6 @@ class ExportResult:
 
 def concrete_shape(shape, sizes: dict[str, int]) -> tuple[int, ...]:
     return tuple(d if isinstance(d, int) else d.evaluate(sizes) for d in shape)
-
-
-# Ops whose output holds the values of their (integer) inputs, rearranged: ids stay ids through them.
-VALUE_OPS = frozenset(
-    {
-        "concat",
-        "cat",
-        "stack",
-        "split",
-        "chunk",
-        "unsqueeze",
-        "squeeze",
-        "reshape",
-        "Reshape",
-        "permute",
-        "Permute",
-        "transpose",
-        "flatten",
-        "Flatten",
-        "Identity",
-    }
-)
-
-Taint = frozenset  # of input positions whose values an expression may hold
-
-
-class _Bounds:
-    """Which inputs of each module feed an op taking ids (an Embedding, one_hot), and which inputs' values reach
-    each output.
-
-    Values are followed through assignments, value-preserving ops (VALUE_OPS, indexing, tuples) and
-    into blocks, named groups and repeats; arithmetic and other ops make new values (`positions(ids)`
-    feeds a position Embedding with positions, not with the ids)."""
-
-    def __init__(self, program: ir.ProgramIR | None):
-        self.program = program
-        self.summaries: dict[int, tuple[dict[int, int], list[Taint]]] = {}  # by id() of the ModuleIR
-
-    def summary(self, module: ir.ModuleIR) -> tuple[dict[int, int], list[Taint]]:
-        """(input position -> smallest vocabulary it feeds, per output the inputs its values may hold)."""
-        key = id(module)
-        if key not in self.summaries:
-            self.summaries[key] = ({}, [Taint() for _ in module.outputs])  # blocks do not recurse; never loop
-            self.summaries[key] = self._walk(module)
-        return self.summaries[key]
-
-    def _walk(self, module: ir.ModuleIR) -> tuple[dict[int, int], list[Taint]]:
-        bounds: dict[int, int] = {}
-        env: dict[str, Taint] = {p.name: Taint({i}) for i, p in enumerate(module.inputs)}
-        subs = {s.attr: s for s in module.submodules}
-
-        def bound(taint: Taint, vocab: int) -> None:
-            for i in taint:
-                bounds[i] = min(bounds.get(i, vocab), vocab)
-
-        def call(callee: ir.ModuleIR, args: list[Taint]) -> list[Taint]:
-            callee_bounds, passes = self.summary(callee)
-            for i, vocab in callee_bounds.items():
-                if i < len(args):
-                    bound(args[i], vocab)
-            return [Taint().union(*(args[i] for i in p if i < len(args))) for p in passes]
-
-        def layer(sub: ir.Submodule, args: list[Taint], outputs: int) -> list[Taint]:
-            """Run the taints through a submodule: an op, a block, or a group / repeat (chained children)."""
-            if sub.kind == "op":
-                return op(sub.op, sub.init, args, outputs)
-            if sub.kind == "block":
-                if self.program is None:
-                    return [Taint()] * outputs
-                return call(self.program.module(sub.block), args)
-            current = args
-            for child in sub.children:
-                current = layer(child, current, outputs) + args[1:]  # a repeat passes its extra inputs to every copy
-            return current[:outputs]
-
-        def op(name: str, init: dict[str, Any], args: list[Taint], outputs: int) -> list[Taint]:
-            limit = REGISTRY[name].id_limit
-            if limit is not None and args:
-                bound(args[0], limit(init))
-            if name in VALUE_OPS:
-                return [Taint().union(*args)] * outputs
-            return [Taint()] * outputs
-
-        def target(path: str) -> ir.Submodule | None:
-            return subs.get(path.removeprefix("self."))
-
-        def taint(e: ir.Expr) -> list[Taint]:
-            outputs = max(1, len(e.types))
-            if isinstance(e, ir.Var):
-                return [env.get(e.name, Taint())] * outputs
-            if isinstance(e, ir.OpCall):
-                return op(e.op, e.init, [taint(x)[0] for x in e.inputs], outputs)
-            if isinstance(e, ir.ModuleCall):
-                sub = target(e.module)
-                args = [taint(x)[0] for x in e.inputs]
-                return layer(sub, args, outputs) if sub else [Taint()] * outputs
-            if isinstance(e, ir.GetItem):
-                values = taint(e.value)
-                return [values[e.index] if e.index < len(values) else Taint()]
-            if isinstance(e, ir.Index):
-                return taint(e.value)[:1]
-            if isinstance(e, ir.TupleExpr):
-                return [t for x in e.items for t in taint(x)]
-            for x in ir.operands(e):  # arithmetic: new values, but Embeddings may sit inside
-                taint(x)
-            return [Taint()] * outputs
-
-        for stmt in module.statements():
-            if isinstance(stmt, ir.Assign):
-                values = taint(stmt.value)
-                if len(values) != len(stmt.targets):
-                    values = [Taint().union(*values)] * len(stmt.targets)
-                env.update(zip(stmt.targets, values))
-            elif isinstance(stmt, ir.RepeatLoop):
-                sub = target(stmt.module)
-                args = [taint(stmt.first)[0], *(taint(x)[0] for x in stmt.extra)]
-                env[stmt.target] = layer(sub, args, 1)[0] if sub else Taint()
-        return bounds, [env.get(p.name, Taint()) for p in module.outputs]
-
-
-def int_input_bounds(module: ir.ModuleIR, program: ir.ProgramIR | None = None) -> dict[str, int]:
-    """For inputs feeding an op that takes ids (`Op.id_limit`), the smallest limit they feed (valid ids are below it).
-    Blocks are looked up in `program`; without it only the module's own layers count."""
-    bounds, _ = _Bounds(program).summary(module)
-    return {module.inputs[i].name: vocab for i, vocab in bounds.items()}
 
 
 def example_inputs(

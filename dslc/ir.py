@@ -427,6 +427,10 @@ def example_sizes(module: ModuleIR, shift: int = 0) -> dict[str, int]:
     smallest = default_sizes(module, SMALLEST_SHIFT)
     solved, _ = solve_sizes(smallest, module.size_rules)
     sizes = {name: size + solved[name] - smallest[name] for name, size in default_sizes(module, shift).items()}
+    for rule in module.size_rules:  # below a largest size, the shifts still give distinct sizes
+        name = rule.dim.plain_name if rule.at_most is not None else None
+        if name in sizes:
+            sizes[name] = min(sizes[name], max(1, rule.at_most - (LARGEST_SHIFT - shift) // 4))
     if unmet_rules(module.size_rules, sizes):  # a rule that does not grow with its sizes
         sizes, _ = solve_sizes(sizes, module.size_rules)
     return sizes

@@ -61,7 +61,7 @@ def _module(module: ir.ModuleIR) -> list[str]:
     for port in module.outputs:
         lines.append(f"{INDENT}output {port.name}: {_type(port.type)}")
     for rule in module.size_rules:
-        lines.append(f"{INDENT}require {rule.dim} >= {rule.at_least}  # line {rule.loc.line if rule.loc else '?'}")
+        lines.append(f"{INDENT}require {rule}  # line {rule.loc.line if rule.loc else '?'}")
     return lines
 
 

@@ -105,6 +105,15 @@ class Sym:
     def atoms(self) -> set[str]:
         return {a for m in self.terms for a in m}
 
+    @property
+    def plain_name(self) -> str | None:
+        """`time` for the size `time`; None for a compound size (`2*time`, `time // 2`)."""
+        if len(self.terms) == 1:
+            ((monomial, coeff),) = self.terms.items()
+            if coeff == 1 and len(monomial) == 1 and monomial[0] not in FLOOR_ATOMS:
+                return monomial[0]
+        return None
+
     def __str__(self) -> str:
         parts = []
         for m, c in sorted(self.terms.items(), key=lambda mc: (len(mc[0]) == 0, mc[0])):
@@ -219,12 +228,31 @@ MAX_EXAMPLE_SIZE = 4096  # the largest size chosen for a symbolic dimension when
 
 @dataclass(frozen=True)
 class SizeRule:
-    """`dim >= at_least` must hold at run time: a convolution's output, or an index into a dimension."""
+    """`at_least <= dim <= at_most` must hold at run time: a convolution's output or an index into a dimension
+    needs a smallest size, positions that index a table (a learned position embedding) a largest."""
 
     dim: Sym
     at_least: int
     why: str
     loc: Any = None  # dslc.errors.Loc of the layer or index that needs it
+    at_most: int | None = None
+
+    @property
+    def key(self) -> tuple[Sym, int, int | None]:
+        return self.dim, self.at_least, self.at_most
+
+    def holds(self, sizes: dict[str, int]) -> bool:
+        size = self.dim.evaluate(sizes)
+        return self.at_least <= size and (self.at_most is None or size <= self.at_most)
+
+    def __str__(self) -> str:
+        if self.at_most is None:
+            return f"{self.dim} >= {self.at_least}"
+        return (
+            f"{self.dim} <= {self.at_most}"
+            if self.at_least <= 1
+            else f"{self.at_least} <= {self.dim} <= {self.at_most}"
+        )
 
 
 def _base_atoms(dim: Sym) -> set[str]:
@@ -236,27 +264,45 @@ def _base_atoms(dim: Sym) -> set[str]:
 
 
 def unmet_rules(rules, sizes: dict[str, int]) -> list[SizeRule]:
-    return [r for r in rules if r.dim.evaluate(sizes) < r.at_least]
+    return [r for r in rules if not r.holds(sizes)]
 
 
 def solve_sizes(defaults: dict[str, int], rules) -> tuple[dict[str, int], list[SizeRule]]:
-    """Sizes at least `defaults` for which every rule holds, raising the sizes the unmet rules depend on.
+    """Sizes near `defaults` for which every rule holds: sizes above a rule's largest are lowered to it, the
+    sizes an unmet smallest depends on raised.
 
-    Returns the sizes and the rules still unmet (empty when solved; a rule such as `4 - time >= 1`
-    or one needing sizes beyond MAX_EXAMPLE_SIZE stays unmet).
+    Returns the sizes and the rules still unmet (empty when solved; a rule such as `4 - time >= 1`,
+    one needing sizes beyond MAX_EXAMPLE_SIZE, or a smallest above a largest stays unmet).
     """
     sizes = dict(defaults)
+    lower_to_limits(sizes, rules)
     for _ in range(64):
         unmet = unmet_rules(rules, sizes)
         if not unmet:
             return sizes, []
-        grown = False
+        before = dict(sizes)
         for rule in unmet:
             deficit = rule.at_least - rule.dim.evaluate(sizes)
+            if deficit <= 0:
+                continue  # above its largest: lowered below
             for name in _base_atoms(rule.dim) & sizes.keys():
-                bigger = min(MAX_EXAMPLE_SIZE, max(sizes[name] + deficit, sizes[name] * 2))
-                grown |= bigger != sizes[name]
-                sizes[name] = bigger
-        if not grown:
+                sizes[name] = min(MAX_EXAMPLE_SIZE, max(sizes[name] + deficit, sizes[name] * 2))
+        lower_to_limits(sizes, rules)
+        if sizes == before:
             break
     return sizes, unmet_rules(rules, sizes)
+
+
+def lower_to_limits(sizes: dict[str, int], rules) -> None:
+    """Lower the sizes each rule with a largest size depends on until it holds (sizes stay at least 1)."""
+    for rule in rules:
+        if rule.at_most is None:
+            continue
+        for name in sorted(_base_atoms(rule.dim) & sizes.keys()):
+            excess = rule.dim.evaluate(sizes) - rule.at_most
+            while excess > 0 and sizes[name] > 1:
+                slope = rule.dim.evaluate(sizes) - rule.dim.evaluate({**sizes, name: sizes[name] - 1})
+                if slope <= 0:
+                    break  # the size does not shrink with this name
+                sizes[name] = max(1, sizes[name] - -(-excess // slope))  # exact for a size linear in `name`
+                excess = rule.dim.evaluate(sizes) - rule.at_most

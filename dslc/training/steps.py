@@ -18,7 +18,7 @@ from dslc.errors import Loc, did_you_mean
 from dslc.layers import Op
 from dslc.loader import FileScope, check_identifier
 from dslc.params import brief
-from dslc.shapes import FLOOR_ATOMS, Sym, TensorType, substitute
+from dslc.shapes import Sym, TensorType, substitute
 
 BATCH = Sym.named("batch")
 
@@ -216,10 +216,24 @@ class TrainBody(BodyChecker):
         for i, (value, port) in enumerate(zip(inputs, model.inputs)):
             where, subject = (arg_locs[i] if arg_locs else loc), (subjects[i] if subjects else "this")
             self._match_port(value.type, port, model, where, sizes, subject)
+        self._check_size_rules(model, sizes, arg_locs[0] if arg_locs else loc)
         types = [o.type.with_shape(tuple(substitute(d, sizes) for d in o.type.shape)) for o in model.outputs]
         if model.spec_name not in self.models_used:
             self.models_used.append(model.spec_name)
         return ir.ModelCall(types, model.spec_name, list(inputs))
+
+    def _check_size_rules(self, model: ir.ModuleIR, sizes: dict[str, Any], loc: Loc) -> None:
+        """A rule of the model's sizes (a position table's rows, a kernel's width) that the call's fixed sizes break."""
+        fixed = {name: size for name, size in sizes.items() if isinstance(size, int)}
+        for rule in model.size_rules:
+            if rule.dim.atoms() <= fixed.keys() and not rule.holds(fixed):
+                at = ", ".join(f"{name}={fixed[name]}" for name in sorted(rule.dim.atoms()))
+                where = f" (model line {rule.loc.line})" if rule.loc else ""
+                self.fail(
+                    loc,
+                    f"model '{model.spec_name}' cannot run at {at}: {rule.why}{where}, which needs {rule}",
+                    "change the data set's size options (e.g. its length) or the model",
+                )
 
     def _match_port(
         self, actual: TensorType, port: ir.Port, model: ir.ModuleIR, loc: Loc, sizes: dict, subject: str = "this"
@@ -259,11 +273,7 @@ class TrainBody(BodyChecker):
 
 def _size_name(d: Any) -> str | None:
     """`time` for the size Sym(time), None for a number or a compound size (`2*time`)."""
-    if isinstance(d, Sym) and len(d.terms) == 1:
-        ((monomial, coeff),) = d.terms.items()
-        if coeff == 1 and len(monomial) == 1 and monomial[0] not in FLOOR_ATOMS:
-            return monomial[0]
-    return None
+    return d.plain_name if isinstance(d, Sym) else None
 
 
 def _port_names(model: ir.ModuleIR) -> str:
