@@ -323,8 +323,9 @@ class Generator:
         self._first = first
         self.device = _device(first)
         self.io_binding = self.device != "cpu" if io_binding is None else bool(io_binding)
-        self.position_limit: int | None = None
-        """The longest context that runs, once a run found it (generation checks against it from then on)."""
+        self.position_limit: int | None = _declared_context(first, tokens)
+        """The longest context that runs: the model's declared largest size, or once a run found it (generation
+        checks against it from then on)."""
         self.vocab = first.vocab
         self.vocab_size = _vocab_size(first.signature.outputs, logits)
         self.static_inputs = [n for n in first.input_names if n != tokens]
@@ -610,6 +611,13 @@ class Generator:
             mid = (low + high) // 2
             low, high = (mid, high) if runs(mid) else (low, mid)
         return low
+
+
+def _declared_context(model: Model, tokens: str) -> int | None:
+    """The largest length of the tokens' time axis the model declares (``dslc.max_sizes``), if it does."""
+    shape = model.signature[tokens].shape if tokens in model.signature.input_names else ()
+    time = shape[1] if len(shape) == 2 else None
+    return model.signature.max_sizes.get(time) if isinstance(time, str) else None
 
 
 def _vocab_size(outputs: Sequence[TensorSpec], logits: str) -> int | None:

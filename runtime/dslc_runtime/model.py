@@ -142,7 +142,21 @@ def _graph_signature(
     return Signature(
         tuple(merge_spec(n, t, shape, decl_inputs.get(n)) for n, t, shape in inputs),
         tuple(merge_spec(n, t, shape, decl_outputs.get(n)) for n, t, shape in outputs),
+        _max_sizes(_json_meta(metadata, "dslc.max_sizes", path), path),
     )
+
+
+def _max_sizes(value: Any, path: Path) -> dict[str, int]:
+    """``dslc.max_sizes``: dim name -> its largest size, a positive integer."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and type(v) is int and 1 <= v < 2**63 for k, v in value.items()
+    ):
+        raise ModelError(
+            f"{path}: metadata 'dslc.max_sizes' must map dim names to positive integers"
+        )
+    return value
 
 
 def _session_ports(session: ort.InferenceSession, path: Path) -> tuple[list[_Port], list[_Port]]:
@@ -572,6 +586,12 @@ class Model:
                     problems.append(
                         f"{display(name)}: dim {i} ({quoted(sym)}) is {shape[i]} but {display(seen[1])} has {quoted(sym)} = {seen[0]}"
                     )
+        for sym, (size, name) in symbols.items():
+            largest = self.signature.max_sizes.get(sym)
+            if largest is not None and size > largest:
+                problems.append(
+                    f"{display(name)}: {quoted(sym)} is {size} but the model takes at most {largest}"
+                )
         if problems:
             raise input_error(self.signature, problems, describe_values(feeds))
         return arrays, special
@@ -742,6 +762,8 @@ def _compile_fast_check(signature: Signature) -> Callable[[Mapping[str, Any]], b
                     conditions.append(f"{here} != {first_seen[dim]}")
                 else:
                     first_seen[dim] = here
+                    if dim in signature.max_sizes:
+                        conditions.append(f"{here} > {int(signature.max_sizes[dim])}")
     lines.append(f"    if {' or '.join(conditions) or 'False'}:")
     lines.append("        return False")
     lines.append("    return True")

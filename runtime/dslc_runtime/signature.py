@@ -137,6 +137,8 @@ class Signature:
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    max_sizes: dict[str, int] = field(default_factory=dict)
+    """The largest value of a named dim (``{"time": 128}``: a position table's rows), checked before a run."""
     _by_name: dict[str, TensorSpec] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -161,6 +163,9 @@ class Signature:
         lines += [f"{indent}  {s}" for s in self.inputs] or [f"{indent}  (none)"]
         lines.append(f"{indent}outputs:")
         lines += [f"{indent}  {s}" for s in self.outputs] or [f"{indent}  (none)"]
+        if self.max_sizes:
+            largest = ", ".join(f"{display(k)} <= {v}" for k, v in self.max_sizes.items())
+            lines.append(f"{indent}sizes: {largest}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -169,9 +174,11 @@ class Signature:
         return f"({ins}) -> ({outs})"
 
     def to_json(self) -> dict[str, Any]:
+        largest = {"max_sizes": dict(self.max_sizes)} if self.max_sizes else {}
         return {
             "inputs": [s.to_json() for s in self.inputs],
             "outputs": [s.to_json() for s in self.outputs],
+            **largest,
         }
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from dslc_runtime import InputError, Model
 
 from dslc import ir, ir_text
 from dslc.build import build
@@ -44,6 +46,11 @@ def test_a_position_table_limits_its_size_and_verification_keeps_to_it(write_spe
     assert lengths == sorted(set(lengths)) and lengths[-1] == 8  # distinct, the longest at the table's end
     (report,) = build(spec, tmp_path / "out").models
     assert report.verified
+    model = Model.load(tmp_path / "out", model="m", providers="cpu")  # the graph declares it: dslc.max_sizes
+    assert model.signature.max_sizes == {"time": 8}
+    assert model.run(tokens=np.zeros((2, 8), np.int64))["y"].shape == (2, 8, 4)
+    with pytest.raises(InputError, match="'time' is 9 but the model takes at most 8"):
+        model.run(tokens=np.zeros((2, 9), np.int64))
 
 
 def test_a_table_longer_than_verification_needs_changes_no_size(write_spec):

@@ -210,6 +210,7 @@ def test_sampling_draws_from_those_probabilities():
 def test_context_beyond_the_position_table_is_an_input_error(text_generator):
     for cache in (True, False):
         gen = Generator.load(text_generator.out, providers="cpu", cache=cache)
+        assert gen.position_limit == 128  # the graphs' dslc.max_sizes: refused before running
         with pytest.raises(InputError, match=r"at most 128 positions .* 100 tokens and 40 new ones need 140"):
             gen.generate(prompts(100, 96), 40)
         assert gen.position_limit == 128

@@ -423,6 +423,10 @@ def build_with(path: Path, meta: dict[str, str] | None = None, output: str = "y"
         ({"dslc.labels": '[["cat"], "dog"]'}, "dslc.labels must be a JSON list of strings"),
         ({"dslc.vocab": '{"a": 1}'}, "dslc.vocab must be a JSON list of strings"),
         ({"dslc.inputs": "[not json"}, "metadata 'dslc.inputs' is not valid JSON"),
+        ({"dslc.max_sizes": '{"time": -1}'}, "'dslc.max_sizes' must map dim names to positive integers"),
+        ({"dslc.max_sizes": '{"time": true}'}, "'dslc.max_sizes' must map dim names to positive integers"),
+        ({"dslc.max_sizes": '{"time": 1e99}'}, "'dslc.max_sizes' must map dim names to positive integers"),
+        ({"dslc.max_sizes": "[8]"}, "'dslc.max_sizes' must map dim names to positive integers"),
     ],
 )
 def test_hostile_metadata(tmp_path, meta, expected):
