@@ -411,8 +411,7 @@ class VerifyError(Exception):
 def longest_sequence(module: ir.ModuleIR, tokens: str) -> int:
     """The tokens verification decodes: PROMPT + STEPS + 2, or fewer where the model's position table is shorter."""
     time = next(p for p in module.inputs if p.name == tokens).type.shape[1]
-    limits = [r.at_most for r in module.size_rules if r.at_most is not None and r.dim == time]
-    return min([PROMPT + STEPS + 2, *limits])
+    return min(PROMPT + STEPS + 2, ir.largest_sizes(module).get(str(time), PROMPT + STEPS + 2))
 
 
 def decode_spans(length: int) -> list[tuple[int, int]]:

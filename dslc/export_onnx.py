@@ -96,17 +96,6 @@ def port_json(port: ir.Port) -> dict[str, Any]:
     }
 
 
-def largest_sizes(module: ir.ModuleIR) -> dict[str, int]:
-    """The largest size of each input size name that has one (positions indexing a table: `time <= 512`), which
-    applications check before running the graph."""
-    largest: dict[str, int] = {}
-    for rule in module.size_rules:
-        name = rule.dim.plain_name if rule.at_most is not None else None
-        if name is not None:
-            largest[name] = min(largest.get(name, rule.at_most), rule.at_most)
-    return dict(sorted(largest.items()))
-
-
 def metadata(program: ir.ProgramIR, module: ir.ModuleIR) -> dict[str, str]:
     props = {
         "dslc.version": __version__,
@@ -116,7 +105,7 @@ def metadata(program: ir.ProgramIR, module: ir.ModuleIR) -> dict[str, str]:
         "dslc.inputs": json.dumps([port_json(p) for p in module.inputs]),
         "dslc.outputs": json.dumps([port_json(p) for p in module.outputs]),
     }
-    largest = largest_sizes(module)
+    largest = ir.largest_sizes(module)
     if largest:
         props["dslc.max_sizes"] = json.dumps(largest)
     labels = program.labels.get(module.spec_name)

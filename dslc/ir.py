@@ -421,16 +421,26 @@ SMALLEST_SHIFT = -8  # the smallest and largest sizes verification uses (dslc.ve
 LARGEST_SHIFT = 12
 
 
+def largest_sizes(module: ModuleIR) -> dict[str, int]:
+    """The largest size of each input size name that has one (positions indexing a table: `time <= 512`): what
+    verification keeps below, and what the graph's dslc.max_sizes tells applications."""
+    largest: dict[str, int] = {}
+    for rule in module.size_rules:
+        name = rule.dim.plain_name if rule.at_most is not None else None
+        if name is not None:
+            largest[name] = min(largest.get(name, rule.at_most), rule.at_most)
+    return dict(sorted(largest.items()))
+
+
 def example_sizes(module: ModuleIR, shift: int = 0) -> dict[str, int]:
     """`default_sizes`, raised by the same amount at every shift where the model's size rules need it
     (a kernel wider than the default length), so export and verification sizes stay distinct."""
     smallest = default_sizes(module, SMALLEST_SHIFT)
     solved, _ = solve_sizes(smallest, module.size_rules)
     sizes = {name: size + solved[name] - smallest[name] for name, size in default_sizes(module, shift).items()}
-    for rule in module.size_rules:  # below a largest size, the shifts still give distinct sizes
-        name = rule.dim.plain_name if rule.at_most is not None else None
+    for name, largest in largest_sizes(module).items():  # below a largest size, the shifts still give distinct sizes
         if name in sizes:
-            sizes[name] = min(sizes[name], max(1, rule.at_most - (LARGEST_SHIFT - shift) // 4))
+            sizes[name] = min(sizes[name], max(1, largest - (LARGEST_SHIFT - shift) // 4))
     if unmet_rules(module.size_rules, sizes):  # a rule that does not grow with its sizes
         sizes, _ = solve_sizes(sizes, module.size_rules)
     return sizes
